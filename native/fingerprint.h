@@ -1,0 +1,30 @@
+/*
+ * fingerprint.h - batched block fingerprints and zero detection.
+ *
+ * A fingerprint is the XXH3-128 hash (seed 0) of a block's bytes, stored in
+ * canonical form (XXH128_canonicalFromHash: big-endian high64 then low64), so
+ * it equals python `xxhash.xxh3_128(block).digest()` on every host.
+ */
+#ifndef NX_FINGERPRINT_H
+#define NX_FINGERPRINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NX_FINGERPRINT_BYTES 16
+
+/*
+ * nx_fingerprint_blocks: hash `nblocks` consecutive blocks of `block_size`
+ * bytes starting at `buf` (any alignment).
+ *   fps_out  receives 16 * nblocks bytes: fingerprint i at fps_out + 16 * i.
+ *   zero_out receives nblocks bytes: 1 iff block i is all zero bytes, else 0.
+ * nblocks == 0 writes nothing. block_size == 0 hashes empty blocks.
+ * Never fails; touches no global state; safe to call from several threads.
+ */
+void nx_fingerprint_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
+                           uint8_t *fps_out, uint8_t *zero_out);
+
+/* nx_is_zero: 1 iff the `len` bytes at `p` (any alignment) are all zero. */
+int nx_is_zero(const uint8_t *p, size_t len);
+
+#endif /* NX_FINGERPRINT_H */

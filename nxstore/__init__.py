@@ -1,0 +1,18 @@
+"""nxstore: thin vDisks on a deduplicating, compressing extent store, with
+zero-copy snapshots and clones, a durable OpLog, and replication between sites.
+
+    import nxstore
+    with nxstore.Cluster.create("/srv/site-a") as c:
+        vd = c.create_vdisk("db", size=8 << 30)
+        vd.write(0, b"hello")
+        vd.flush()
+"""
+
+from . import errors
+from .catalog import ContainerRow as Container
+from .cluster import Cluster
+from .snapshot import Snapshot
+from .vdisk import VDisk
+
+__all__ = ["Cluster", "Container", "Snapshot", "VDisk", "errors"]
+__version__ = "0.1.0"

@@ -1,0 +1,326 @@
+"""Block maps: layers of block index -> extent id, and operations on chains of them.
+
+A vDisk's map is a chain of layers (redirect-on-write). In one layer, value 0
+means "zero / trimmed here" and masks the layers below; a block absent from a
+layer falls through to the next layer down; a block absent from every layer
+reads as zero. A snapshot freezes the head layer, so every layer except a
+vDisk's head is immutable. Which layer sits on which is the catalogue's
+business (`layers.py`); every function here takes a chain as a list of
+MapLayer objects, top first.
+
+MapLayer keeps its entries in two sorted parts, like a two-level LSM tree:
+the main arrays and a small "recent" part that `set` merges batches into.
+The recent part is folded into the main arrays once it exceeds
+``max(_RECENT_MIN, isqrt(_RECENT_FACTOR * len(main)))`` entries. Merging a
+batch costs O(len(recent)) and a fold O(len(main)); with the square-root
+bound both amortise to O(sqrt(len(main))) element copies per batch (about 8k
+for a 1M-entry layer), so small frequent batches stay cheap on big layers.
+`freeze` folds the recent part, so frozen layers are one pair of arrays.
+
+The map primitives (merge, diff, lookup) are `nxstore.native`; there are no
+per-block Python loops in this module. MapLayer is not thread-safe: the
+caller serialises access (the cluster's map lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import isqrt
+
+import numpy as np
+
+from . import native
+from .errors import InvalidArgument, ReadOnly
+
+_RECENT_MIN = 4096  # entries; the recent part is never folded below this size
+_RECENT_FACTOR = 64  # recent bound = isqrt(64 * len(main)): 8000 entries at 1M
+_EMPTY = np.zeros(0, dtype=np.uint64)
+_EMPTY.flags.writeable = False
+
+
+def as_u64(a: object, what: str = "array") -> np.ndarray:
+    """`a` as a contiguous 1-D uint64 array (no copy when it already is one)."""
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"{what}: not an array of integers") from e
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.dtype != np.uint64:
+        if arr.size and arr.dtype.kind not in "iu":
+            raise InvalidArgument(f"{what}: dtype {arr.dtype} is not an integer type")
+        if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
+            raise InvalidArgument(f"{what}: negative entries")
+        arr = arr.astype(np.uint64)
+    return np.ascontiguousarray(arr)
+
+
+def sorted_last_wins(blocks: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort a batch by block, keeping the last value given for a repeated block."""
+    n = len(blocks)
+    if n < 2 or bool(np.all(blocks[1:] > blocks[:-1])):
+        return blocks, vals
+    order = np.argsort(blocks, kind="stable")
+    sb = blocks[order]
+    last = np.empty(n, dtype=bool)
+    last[-1] = True
+    np.not_equal(sb[1:], sb[:-1], out=last[:-1])
+    return sb[last], vals[order][last]
+
+
+def _lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not len(keys):
+        return np.zeros(len(query), dtype=np.uint64), np.zeros(len(query), dtype=bool)
+    v, f = native.map_lookup(keys, vals, query)
+    return v, f.view(bool) if f.dtype == np.uint8 else f.astype(bool, copy=False)
+
+
+def _merge(top: tuple[np.ndarray, np.ndarray], bot: tuple[np.ndarray, np.ndarray]):
+    if not len(top[0]):
+        return bot
+    if not len(bot[0]):
+        return top
+    return native.map_merge(top[0], top[1], bot[0], bot[1])
+
+
+def _merge_all(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Union of maps given top first, the upper one winning: a balanced pairwise
+    merge, O(total entries * log(len(parts)))."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return _EMPTY, _EMPTY
+    while len(parts) > 1:
+        merged = [_merge(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            merged.append(parts[-1])
+        parts = merged
+    return parts[0]
+
+
+class MapLayer:
+    """One layer: sorted unique uint64 block indices -> uint64 extent ids.
+
+    Value 0 is an entry like any other here ("zero / trimmed in this layer");
+    the chain functions give it its masking meaning.
+    """
+
+    __slots__ = ("_keys", "_vals", "_rkeys", "_rvals", "_extra", "_frozen")
+
+    def __init__(self, keys: np.ndarray | None = None, vals: np.ndarray | None = None):
+        """A mutable layer holding (keys, vals).
+
+        Raises InvalidArgument unless keys are strictly ascending and as many as vals.
+        The arrays are kept, not copied: do not modify them afterwards.
+        """
+        k = _EMPTY if keys is None else as_u64(keys, "keys")
+        v = _EMPTY if vals is None else as_u64(vals, "vals")
+        if len(k) != len(v):
+            raise InvalidArgument(f"{len(k)} keys but {len(v)} values")
+        if len(k) > 1 and not bool(np.all(k[1:] > k[:-1])):
+            raise InvalidArgument("keys are not strictly ascending")
+        self._set_main(k, v)
+        self._frozen = False
+
+    @classmethod
+    def _trusted(cls, keys: np.ndarray, vals: np.ndarray) -> MapLayer:
+        """A layer on arrays already known sorted, unique and uint64 (no checks)."""
+        layer = cls.__new__(cls)
+        layer._set_main(keys, vals)
+        layer._frozen = False
+        return layer
+
+    def _set_main(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        self._keys, self._vals = keys, vals
+        self._rkeys, self._rvals = _EMPTY, _EMPTY
+        self._extra = 0  # keys of the recent part that are not in the main arrays
+
+    # -- reads ----------------------------------------------------------------
+    def lookup(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vals, found) for `blocks` (any order, repeats allowed).
+
+        vals[i] is 0 where found[i] is False. Both arrays are new.
+        """
+        q = as_u64(blocks, "blocks")
+        v, f = _lookup(self._keys, self._vals, q)
+        if len(self._rkeys):
+            rv, rf = _lookup(self._rkeys, self._rvals, q)
+            v = np.where(rf, rv, v)
+            f = f | rf
+        return v, f
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, vals): every entry, keys strictly ascending. Read-only views."""
+        self._fold()
+        k, v = self._keys.view(), self._vals.view()
+        k.flags.writeable = False
+        v.flags.writeable = False
+        return k, v
+
+    def __len__(self) -> int:
+        return len(self._keys) + self._extra
+
+    def nbytes(self) -> int:
+        """RAM held by the entry arrays (16 bytes per entry, plus the recent part)."""
+        return self._keys.nbytes + self._vals.nbytes + self._rkeys.nbytes + self._rvals.nbytes
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def __repr__(self) -> str:
+        state = "frozen" if self._frozen else "mutable"
+        return f"<MapLayer {len(self)} entries, {state}>"
+
+    # -- writes ---------------------------------------------------------------
+    def set(self, blocks: np.ndarray, vals: np.ndarray) -> None:
+        """Upsert a batch; where a block repeats in the batch the later entry wins.
+
+        Raises ReadOnly if the layer is frozen, InvalidArgument on mismatched
+        lengths or non-integer/negative input. Amortised cost
+        O(len(batch) * log + sqrt(len(self))).
+        """
+        if self._frozen:
+            raise ReadOnly("block map layer is frozen")
+        b = as_u64(blocks, "blocks")
+        v = as_u64(vals, "vals")
+        if len(b) != len(v):
+            raise InvalidArgument(f"{len(b)} blocks but {len(v)} values")
+        if not len(b):
+            return
+        b, v = sorted_last_wins(b, v)
+        b, v = b.copy(), v.copy()  # never alias the caller's arrays
+        if not len(self._keys) and not len(self._rkeys) and len(b) > _RECENT_MIN:
+            self._set_main(b, v)  # bulk load of an empty layer
+            return
+        _, in_recent = _lookup(self._rkeys, self._rvals, b)
+        fresh = b[~in_recent]
+        if len(fresh):
+            _, in_main = _lookup(self._keys, self._vals, fresh)
+            self._extra += int(len(fresh) - np.count_nonzero(in_main))
+        self._rkeys, self._rvals = _merge((b, v), (self._rkeys, self._rvals))
+        if len(self._rkeys) > max(_RECENT_MIN, isqrt(_RECENT_FACTOR * len(self._keys))):
+            self._fold()
+
+    def _fold(self) -> None:
+        """Merge the recent part into the main arrays."""
+        if len(self._rkeys):
+            k, v = _merge((self._rkeys, self._rvals), (self._keys, self._vals))
+            self._set_main(k, v)
+
+    def freeze(self) -> None:
+        """Make the layer immutable (idempotent); later `set` raises ReadOnly."""
+        self._fold()
+        self._frozen = True
+
+
+Chain = Sequence[MapLayer]
+
+
+def chain_lookup(layers: Chain, blocks: np.ndarray) -> np.ndarray:
+    """Extent ids of `blocks` (any order, repeats allowed) as the chain resolves
+    them, top layer first; 0 = zero block (masked by a 0 entry, or unmapped).
+    Layers below the point where every block is found are not consulted."""
+    q = as_u64(blocks, "blocks")
+    out = np.zeros(len(q), dtype=np.uint64)
+    pending = None  # indices of q still unresolved; None = all of them
+    for layer in layers:
+        if not len(layer):
+            continue
+        sub = q if pending is None else q[pending]
+        v, f = layer.lookup(sub)
+        if pending is None:
+            out[f] = v[f]
+            pending = np.flatnonzero(~f)
+        else:
+            out[pending[f]] = v[f]
+            pending = pending[~f]
+        if not len(pending):
+            break
+    return out
+
+
+def flatten(layers: Chain, *, is_root: bool) -> MapLayer:
+    """One new mutable layer that resolves every block as the chain does.
+
+    is_root=True: the chain ends at the root, so 0 entries are dropped (absent
+    reads as zero too). is_root=False: the result will sit on a further parent,
+    so 0 entries are kept because they mask it. Cost O(entries * log(depth)).
+    """
+    k, v = _merge_all([layer.items() for layer in layers])
+    if is_root and len(k):
+        keep = v != 0
+        if not bool(keep.all()):
+            k, v = k[keep], v[keep]
+    return MapLayer._trusted(k, v)
+
+
+def collapse(layers: Chain, *, is_root: bool = False) -> MapLayer:
+    """Merge a run of adjacent layers (top first) into one new mutable layer that,
+    put in their place, resolves every block exactly as the run did.
+
+    0 entries are kept (the run may sit on a parent) unless is_root=True says
+    the run ends at the root. The caller freezes the result if the run's top
+    layer was frozen.
+    """
+    return flatten(layers, is_root=is_root)
+
+
+def written_blocks(layers: Chain) -> np.ndarray:
+    """Sorted union of the keys of `layers`: every block written (or trimmed)
+    in them, i.e. "written since" the layer below the run."""
+    parts = [layer.items()[0] for layer in layers]
+    k, _ = _merge_all([(p, p) for p in parts])
+    return k
+
+
+def changed_blocks(
+    chain_a: Chain, chain_b: Chain, common: int, *, exact: bool = True
+) -> np.ndarray:
+    """Blocks that may differ between two chains sharing their bottom `common` layers.
+
+    chain_a and chain_b are top first; their last `common` layers must be the
+    very same MapLayer objects (the common ancestor and everything below it).
+    Only the layers above the common part are scanned, so the cost is
+    proportional to the entries written above it, never to the disk size.
+
+    exact=True: returns the sorted blocks whose resolved value (chain_lookup)
+    differs between the two chains -- precisely those: applying chain_b's value
+    of every returned block onto chain_a's resolved map reproduces chain_b's,
+    and no returned block resolves equally on both sides. Blocks written on
+    one side only are checked against the common part (one lookup per such
+    block), so rewriting a block with its old extent id, or trimming a block
+    that already read as zero, is not a change.
+
+    exact=False: "written since" -- the sorted union of the keys of every layer
+    above the common part on either side (no lookups at all). A superset of
+    the exact answer.
+
+    Raises InvalidArgument if `common` is out of range or the common layers
+    are not identical objects.
+    """
+    if not 0 <= common <= min(len(chain_a), len(chain_b)):
+        raise InvalidArgument(f"common={common} for chains of {len(chain_a)} and {len(chain_b)}")
+    above_a = list(chain_a[: len(chain_a) - common])
+    above_b = list(chain_b[: len(chain_b) - common])
+    shared = list(chain_a[len(chain_a) - common :])
+    if any(x is not y for x, y in zip(shared, chain_b[len(chain_b) - common :], strict=True)):
+        raise InvalidArgument("the common layers of the two chains are not the same layers")
+    if not exact:
+        return written_blocks(above_a + above_b)
+    fa = _merge_all([layer.items() for layer in above_a])
+    fb = _merge_all([layer.items() for layer in above_b])
+    if not len(fa[0]) and not len(fb[0]):
+        return _EMPTY.copy()
+    d = native.map_diff(fa[0], fa[1], fb[0], fb[1])
+    if not len(d):
+        return d
+    va, in_a = _lookup(fa[0], fa[1], d)
+    vb, in_b = _lookup(fb[0], fb[1], d)
+    one_sided = ~(in_a & in_b)
+    if bool(one_sided.any()) and shared:
+        base = chain_lookup(shared, d[one_sided])
+        va = va.copy()
+        vb = vb.copy()
+        va[one_sided & ~in_a] = base[~in_a[one_sided]]
+        vb[one_sided & ~in_b] = base[~in_b[one_sided]]
+    return d[va != vb]

@@ -1,0 +1,240 @@
+"""The cluster catalogue: containers, vDisks, map layers and snapshots in SQLite.
+
+SQLite (WAL, synchronous=FULL) gives atomic multi-row updates: a snapshot,
+clone or restore is one transaction, so after a crash it exists completely or
+not at all. SQLite has no page checksums, so every row carries `ck`, an XXH3-64
+of its other columns; a row whose checksum fails raises Corruption naming the
+table and row. Per-block data never lives here (see map_store, extent_store).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from typing import Any, TypeVar
+
+import xxhash
+
+from .constants import CLUSTER_FORMAT_VERSION
+from .errors import AlreadyExists, Corruption, FormatError, NotFound
+
+
+@dataclass
+class ContainerRow:
+    id: int
+    name: str
+    dedup: bool
+    compression: bool
+    verify_dedup: bool
+
+
+@dataclass
+class VDiskRow:
+    id: int
+    name: str
+    container_id: int
+    size: int
+    head_layer: int
+    created_at: float
+    read_only: bool
+
+
+@dataclass
+class LayerRow:
+    """A block-map layer; `parent` 0 means root. `shortcut` is the id of a layer
+    holding this layer's whole chain flattened (0 = none): reads stop there.
+    `created_seq` is the OpLog sequence number at creation: records up to it
+    never apply to this layer (recovery replays only later ones)."""
+
+    id: int
+    parent: int
+    frozen: bool
+    shortcut: int
+    created_seq: int
+
+
+@dataclass
+class SnapshotRow:
+    id: int
+    vdisk_id: int
+    name: str
+    layer_id: int
+    created_at: float
+    size: int
+
+
+Row = TypeVar("Row", ContainerRow, VDiskRow, LayerRow, SnapshotRow)
+
+_TABLES: dict[type, str] = {
+    ContainerRow: "containers",
+    VDiskRow: "vdisks",
+    LayerRow: "layers",
+    SnapshotRow: "snapshots",
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS containers (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    dedup INTEGER, compression INTEGER, verify_dedup INTEGER, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS vdisks (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    container_id INTEGER, size INTEGER, head_layer INTEGER, created_at REAL,
+    read_only INTEGER, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER,
+    frozen INTEGER, shortcut INTEGER, created_seq INTEGER, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER, name TEXT,
+    layer_id INTEGER, created_at REAL, size INTEGER, ck INTEGER NOT NULL,
+    UNIQUE (vdisk_id, name));
+"""
+
+
+def _row_checksum(table: str, values: tuple) -> int:
+    # repr() of ints/floats/str is stable across runs and platforms; SQLite hands
+    # booleans back as 0/1, so they are hashed as ints.
+    canonical = tuple(int(v) if isinstance(v, bool) else v for v in values)
+    return xxhash.xxh3_64_intdigest(repr((table, canonical)).encode())
+
+
+class Catalog:
+    """Typed access to the SQLite catalogue. Thread-safe (one connection, one lock).
+
+    Writes happen inside `transaction()`; they are durable when it exits.
+    """
+
+    def __init__(self, path: str, *, create: bool = False) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            if create:
+                self._db.executescript(_SCHEMA)
+            result = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise Corruption(f"catalogue {path}: {exc}") from exc
+        if result != "ok":
+            raise Corruption(f"catalogue {path}: {result}")
+
+    # -- meta ---------------------------------------------------------------
+    def init_meta(self, values: dict[str, Any]) -> None:
+        """Write the cluster's meta values (create time only); checksummed as a whole."""
+        with self.transaction():
+            for key, value in values.items():
+                self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, repr(value)))
+            self._db.execute(
+                "INSERT INTO meta VALUES ('ck', ?)", (str(_row_checksum("meta", self._meta_items())),)
+            )
+
+    def _meta_items(self) -> tuple:
+        rows = self._db.execute("SELECT key, value FROM meta WHERE key != 'ck' ORDER BY key")
+        return tuple(rows.fetchall())
+
+    def meta(self) -> dict[str, Any]:
+        """The meta values; raises FormatError on a newer format, Corruption on a bad checksum."""
+        import ast
+
+        with self._lock:
+            try:
+                items = self._meta_items()
+                ck = self._db.execute("SELECT value FROM meta WHERE key = 'ck'").fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise Corruption(f"catalogue {self.path}: {exc}") from exc
+        if ck is None or int(ck[0]) != _row_checksum("meta", items):
+            raise Corruption(f"catalogue {self.path}: meta table checksum mismatch")
+        meta = {key: ast.literal_eval(value) for key, value in items}
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > CLUSTER_FORMAT_VERSION:
+            raise FormatError(
+                f"cluster format version {version} is not supported "
+                f"(this nxstore reads up to {CLUSTER_FORMAT_VERSION})"
+            )
+        return meta
+
+    # -- rows -----------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic, durable catalogue update (nested calls join the outer one)."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def insert(self, row: Row) -> Row:
+        """Insert `row`; an id of 0 is replaced by a fresh one. Raises AlreadyExists."""
+        table = _TABLES[type(row)]
+        names = [f.name for f in fields(row)]
+        with self._lock:
+            if row.id == 0:
+                # AUTOINCREMENT ids are never reused, so OpLog records of a deleted
+                # object can never be mistaken for a new one's.
+                (seq,) = self._db.execute(
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = ?), 0)", (table,)
+                ).fetchone()
+                (max_id,) = self._db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
+                row.id = max(seq, max_id) + 1
+            values = astuple(row)
+            marks = ", ".join("?" * (len(names) + 1))
+            try:
+                self._db.execute(
+                    f"INSERT INTO {table} ({', '.join(names)}, ck) VALUES ({marks})",
+                    (*values, _row_checksum(table, values)),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"{table[:-1]} {getattr(row, 'name', row.id)!r} exists") from exc
+        return row
+
+    def update(self, row: Row) -> None:
+        """Rewrite `row` (matched by id)."""
+        table = _TABLES[type(row)]
+        names = [f.name for f in fields(row)][1:]
+        values = astuple(row)
+        sets = ", ".join(f"{n} = ?" for n in names)
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE {table} SET {sets}, ck = ? WHERE id = ?",
+                (*values[1:], _row_checksum(table, values), row.id),
+            )
+        if cur.rowcount != 1:
+            raise NotFound(f"{table[:-1]} id {row.id} not found")
+
+    def delete(self, row_type: type[Row], row_id: int) -> None:
+        with self._lock:
+            self._db.execute(f"DELETE FROM {_TABLES[row_type]} WHERE id = ?", (row_id,))
+
+    def rows(self, row_type: type[Row], where: str = "", args: tuple = ()) -> list[Row]:
+        """Rows of a table, each verified against its checksum (Corruption otherwise)."""
+        table = _TABLES[row_type]
+        names = [f.name for f in fields(row_type)]
+        sql = f"SELECT {', '.join(names)}, ck FROM {table}"
+        if where:
+            sql += f" WHERE {where}"
+        with self._lock:
+            try:
+                raw = self._db.execute(sql + " ORDER BY id", args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise Corruption(f"catalogue {self.path}: {exc}") from exc
+        out = []
+        bools = [i for i, f in enumerate(fields(row_type)) if f.type == "bool"]
+        for *values, ck in raw:
+            for i in bools:
+                values[i] = bool(values[i])
+            row = row_type(*values)
+            typed = astuple(row)
+            if ck != _row_checksum(table, typed):
+                raise Corruption(f"catalogue {self.path}: {table} row id {values[0]} fails its checksum")
+            out.append(row)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

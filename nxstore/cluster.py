@@ -1,0 +1,397 @@
+"""Cluster: one directory, one writer process, the owner of every other object.
+
+Directory layout (docs/format.md has the byte-level formats):
+
+    LOCK          flock()ed by the process that has the cluster open
+    catalog.db    SQLite catalogue: meta, containers, vDisks, layers, snapshots
+    oplog/        OpLog segments (write-ahead log of small writes)
+    extents/      extent groups, the extent-table checkpoint, the fingerprint index
+    maps/         block-map layers (base + delta per layer)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .block_map import flatten
+from .catalog import Catalog, ContainerRow, SnapshotRow, VDiskRow
+from .constants import (
+    CATALOG_FILE,
+    CLUSTER_FORMAT_VERSION,
+    DEFAULT_BLOCK_SIZE,
+    EXTENT_DIR,
+    LOCK_FILE,
+    MAP_DIR,
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+    OPLOG_DIR,
+)
+from .context import ClusterContext
+from .drainer import Drainer
+from .errors import (
+    AlreadyExists,
+    ClosedError,
+    InUse,
+    InvalidArgument,
+    Locked,
+    NotFound,
+)
+from .extent_store import ExtentStore
+from .fileutil import fsync_dir
+from .layers import LayerTree
+from .map_store import MapStore
+from .oplog import OpLog, RecordType
+from .snapshot import Snapshot, take_snapshots
+from .vdisk import VDisk
+
+log = logging.getLogger(__name__)
+
+
+def _check_name(kind: str, name: object) -> str:
+    if not isinstance(name, str) or not name or any(c in name for c in "@/\0") or name != name.strip():
+        raise InvalidArgument(f"bad {kind} name {name!r}: non-empty, no '@', '/' or surrounding spaces")
+    return name
+
+
+class Cluster:
+    """An open cluster. Use `Cluster.create` / `Cluster.open`, ideally as a context manager."""
+
+    def __init__(self, path: str, *, clock: Callable[[], float] | None = None,
+                 salvage: bool = False, background: bool = True) -> None:
+        """Open the cluster at `path` (prefer `Cluster.open`)."""
+        self.path = os.path.abspath(path)
+        if not os.path.isfile(os.path.join(self.path, CATALOG_FILE)):
+            raise NotFound(f"no nxstore cluster at {self.path}")
+        self._lock_fd = self._take_lock()
+        self._closed = False
+        try:
+            self._open(clock or time.time, salvage)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._drainer = Drainer(self) if background else None
+        if self._drainer:
+            self._ctx.oplog.on_pressure = self._drainer.kick
+            self._drainer.start()
+
+    # -- lifecycle ---------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str, block_size: int = DEFAULT_BLOCK_SIZE, **kwargs: Any) -> Cluster:
+        """Create a new cluster directory and open it.
+
+        Raises AlreadyExists if `path` exists and is not an empty directory,
+        InvalidArgument unless block_size is a power of two in 4-64 KiB.
+        Atomic: built under a temporary name and renamed into place.
+        """
+        if (not isinstance(block_size, int) or block_size & (block_size - 1)
+                or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
+            raise InvalidArgument(
+                f"block_size must be a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}, "
+                f"not {block_size!r}"
+            )
+        path = os.path.abspath(path)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise AlreadyExists(f"{path} exists and is not an empty directory")
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise NotFound(f"parent directory {parent} does not exist")
+        tmp = f"{path}.creating.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR):
+            os.mkdir(os.path.join(tmp, sub))
+        catalog = Catalog(os.path.join(tmp, CATALOG_FILE), create=True)
+        catalog.init_meta({
+            "format_version": CLUSTER_FORMAT_VERSION,
+            "block_size": block_size,
+            "cluster_id": uuid.uuid4().hex,
+            "created_at": time.time(),
+        })
+        with catalog.transaction():
+            catalog.insert(ContainerRow(0, "default", True, True, False))
+        catalog.close()
+        ExtentStore.open(os.path.join(tmp, EXTENT_DIR), block_size, create=True).close()
+        for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR, "."):
+            fsync_dir(os.path.join(tmp, sub))
+        if os.path.isdir(path):
+            os.rmdir(path)
+        os.rename(tmp, path)
+        fsync_dir(parent)
+        return cls(path, **kwargs)
+
+    @classmethod
+    def open(cls, path: str, **kwargs: Any) -> Cluster:
+        """Open an existing cluster.
+
+        Raises NotFound (no cluster there), Locked (open elsewhere), FormatError
+        (newer format), Corruption (damaged metadata or OpLog; `salvage=True`
+        drops a damaged OpLog tail instead). Replays the OpLog: every write
+        acknowledged by a returned flush() before a crash reads back.
+        Keyword arguments: clock (callable returning seconds), salvage,
+        background (run the drain thread; default True).
+        """
+        return cls(path, **kwargs)
+
+    def _take_lock(self) -> int:
+        fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise Locked(f"cluster {self.path} is open in another process (pid {holder or '?'})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _open(self, clock: Callable[[], float], salvage: bool) -> None:
+        catalog = Catalog(os.path.join(self.path, CATALOG_FILE))
+        meta = catalog.meta()
+        self.block_size: int = meta["block_size"]
+        self.id: str = meta["cluster_id"]
+        store = ExtentStore.open(os.path.join(self.path, EXTENT_DIR), self.block_size)
+        tree = LayerTree(catalog, MapStore(os.path.join(self.path, MAP_DIR)))
+        oplog = OpLog(os.path.join(self.path, OPLOG_DIR), salvage=salvage)
+        containers = {row.id: row for row in catalog.rows(ContainerRow)}
+        self._ctx = ClusterContext(self.path, self.block_size, catalog, oplog, store, tree,
+                                   containers, clock)
+        self._ctx.prune = self._prune
+        self._vdisks: dict[str, VDisk] = {
+            row.name: VDisk(self._ctx, row) for row in catalog.rows(VDiskRow)
+        }
+        self._registry_lock = threading.RLock()
+        removed = tree.remove_orphans()
+        if removed:
+            log.info("removed %d orphaned map layer files", removed)
+        self._replay()
+
+    def _replay(self) -> None:
+        by_id = {vd.id: vd for vd in self._vdisks.values()}
+        with self._ctx.map_lock:
+            starts = {vd.id: self._ctx.tree.applied_seq(vd.head_layer) for vd in by_id.values()}
+        if not starts:
+            return
+        replayed = skipped = 0
+        for record in self._ctx.oplog.records(min(starts.values()) + 1):
+            vd = by_id.get(record.vdisk_id)
+            if vd is None or record.seq <= starts[vd.id] or record.type == RecordType.MARKER:
+                continue
+            if vd.replay(record):
+                replayed += 1
+            else:
+                skipped += 1
+        if replayed or skipped:
+            log.info("replayed %d OpLog records (%d unacknowledged skipped)", replayed, skipped)
+
+    def close(self) -> None:
+        """Make every write durable, persist maps, release the lock. Idempotent."""
+        if self._closed:
+            return
+        if self._drainer:
+            self._drainer.stop()
+        for vd in self._all_vdisks():
+            with vd._lock:
+                vd._persist()
+        self._ctx.oplog.sync()
+        self._ctx.store.checkpoint()
+        self._ctx.oplog.close()
+        self._ctx.store.close()
+        self._ctx.catalog.close()
+        self._closed = True
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"cluster {self.path} is closed")
+
+    # -- containers ------------------------------------------------------------
+    def create_container(self, name: str, dedup: bool = True, compression: bool = True,
+                         verify_dedup: bool = False) -> ContainerRow:
+        """A storage container: a namespace with its own dedup/compression policy.
+        Containers with dedup on share one dedup domain (the cluster's)."""
+        self._check_open()
+        _check_name("container", name)
+        with self._ctx.catalog.transaction():
+            row = self._ctx.catalog.insert(
+                ContainerRow(0, name, bool(dedup), bool(compression), bool(verify_dedup)))
+        self._ctx.containers[row.id] = row
+        return row
+
+    def containers(self) -> list[ContainerRow]:
+        return sorted(self._ctx.containers.values(), key=lambda c: c.id)
+
+    def _container(self, name: str) -> ContainerRow:
+        for row in self._ctx.containers.values():
+            if row.name == name:
+                return row
+        raise NotFound(f"no container {name!r}")
+
+    # -- vDisks -------------------------------------------------------------------
+    def create_vdisk(self, name: str, size: int, container: str = "default") -> VDisk:
+        """A new thin vDisk of `size` bytes (costs no data space until written).
+        Raises AlreadyExists, NotFound (container), InvalidArgument (size)."""
+        self._check_open()
+        _check_name("vDisk", name)
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise InvalidArgument(f"vDisk size must be a positive int, not {size!r}")
+        return self._new_vdisk(name, size, self._container(container).id, parent_layer=0)
+
+    def _new_vdisk(self, name: str, size: int, container_id: int, parent_layer: int) -> VDisk:
+        with self._registry_lock:
+            if name in self._vdisks:
+                raise AlreadyExists(f"vDisk {name!r} exists")
+            with self._ctx.map_lock, self._ctx.catalog.transaction():
+                head = self._ctx.tree.create(parent_layer, self._ctx.oplog.last_seq)
+                row = self._ctx.catalog.insert(
+                    VDiskRow(0, name, container_id, size, head, self._ctx.clock(), False))
+            vd = self._vdisks[name] = VDisk(self._ctx, row)
+        return vd
+
+    def vdisk(self, name: str) -> VDisk:
+        """The vDisk called `name` (NotFound otherwise)."""
+        self._check_open()
+        try:
+            return self._vdisks[name]
+        except (KeyError, TypeError):
+            raise NotFound(f"no vDisk {name!r}") from None
+
+    def vdisks(self) -> list[VDisk]:
+        self._check_open()
+        return sorted(self._all_vdisks(), key=lambda vd: vd.name)
+
+    def _all_vdisks(self) -> list[VDisk]:
+        with self._registry_lock:
+            return list(self._vdisks.values())
+
+    def delete_vdisk(self, name: str, *, with_snapshots: bool = False) -> None:
+        """Delete a vDisk. If it has snapshots this raises InUse unless
+        `with_snapshots=True`, which deletes them too. Clones of its snapshots
+        are unaffected (they keep the layers they share)."""
+        vd = self.vdisk(name)
+        snaps = vd.snapshots()
+        if snaps and not with_snapshots:
+            raise InUse(f"vDisk {name!r} has {len(snaps)} snapshot(s); "
+                        "pass with_snapshots=True to delete them too")
+        with self._registry_lock, vd._lock:
+            with self._ctx.catalog.transaction():
+                for snap in snaps:
+                    self._ctx.catalog.delete(SnapshotRow, snap.id)
+                self._ctx.catalog.delete(VDiskRow, vd.id)
+            vd._deleted = True
+            vd._dirty.clear()
+            vd._pending.clear()
+            del self._vdisks[name]
+        self._prune()
+
+    # -- snapshots and clones --------------------------------------------------------
+    def snapshot(self, vdisk_name: str, snap_name: str) -> Snapshot:
+        """The snapshot `snap_name` of vDisk `vdisk_name` (NotFound otherwise)."""
+        for snap in self.vdisk(vdisk_name).snapshots():
+            if snap.name == snap_name:
+                return snap
+        raise NotFound(f"vDisk {vdisk_name!r} has no snapshot {snap_name!r}")
+
+    def snapshot_group(self, vdisks: Sequence[VDisk], name: str) -> list[Snapshot]:
+        """Snapshots of several vDisks at one crash-consistent point (a consistency group)."""
+        self._check_open()
+        if not vdisks:
+            raise InvalidArgument("snapshot_group needs at least one vDisk")
+        return take_snapshots(self._ctx, [self.vdisk(vd.name) for vd in vdisks], name)
+
+    def clone(self, snapshot: Snapshot, name: str) -> VDisk:
+        """A writable vDisk sharing every block of `snapshot`; O(1)."""
+        self._check_open()
+        _check_name("vDisk", name)
+        if not isinstance(snapshot, Snapshot):
+            raise InvalidArgument(f"clone needs a Snapshot, not {type(snapshot).__name__}")
+        snapshot._check_alive()
+        source = next((r for r in self._ctx.catalog.rows(VDiskRow, "id = ?", (snapshot.vdisk_id,))), None)
+        container_id = source.container_id if source else min(self._ctx.containers)
+        return self._new_vdisk(name, snapshot.size, container_id, parent_layer=snapshot.layer_id)
+
+    def _prune(self) -> None:
+        """Drop layers nothing needs; fold unnamed parents into vDisk heads."""
+        with self._ctx.map_lock:
+            named = {vd.head_layer for vd in self._all_vdisks()}
+            named |= {row.layer_id for row in self._ctx.catalog.rows(SnapshotRow)}
+            folds = self._ctx.tree.prune(named)
+        heads = {vd.head_layer: vd for vd in self._all_vdisks()}
+        for head, parent in folds:
+            if head in heads:
+                heads[head].fold_parent(parent)
+
+    # -- upkeep ---------------------------------------------------------------------
+    def drain(self) -> None:
+        """Move all OpLog data into the extent store, persist maps, free OpLog space,
+        and collapse read chains deeper than the configured depth."""
+        self._check_open()
+        vdisks = self._all_vdisks()
+        for vd in vdisks:
+            vd.drain()
+        if vdisks:
+            self._ctx.oplog.release(min(vd.release_point() for vd in vdisks))
+        else:
+            self._ctx.oplog.release(self._ctx.oplog.last_seq)
+        with self._ctx.map_lock:
+            for vd in vdisks:
+                self._ctx.tree.shortcut_for(vd.head_layer)
+
+    def gc(self) -> dict[str, int]:
+        """Reclaim space of extents no vDisk, snapshot or clone references
+        (mark and sweep, then extent-group compaction). Returns counters."""
+        self._check_open()
+        with self._ctx.map_lock:
+            live = self._ctx.tree.all_extent_ids()
+            return self._ctx.store.gc(live)
+
+    def scrub(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Verify every extent, map layer and catalogue row; return the problems found."""
+        self._check_open()
+        from .scrub import scrub_cluster
+
+        return scrub_cluster(self._ctx, progress)
+
+    def stats(self) -> dict[str, float]:
+        """Space counters: logical_bytes (data the vDisk heads hold), unique_bytes,
+        stored_bytes, dedup_ratio, compression_ratio, oplog_bytes, and more."""
+        self._check_open()
+        bs = self.block_size
+        logical = 0
+        for vd in self._all_vdisks():
+            with vd._lock, self._ctx.map_lock:
+                _, vals = flatten(self._ctx.tree.chain(vd.head_layer), is_root=True).items()
+                dirty = vd.dirty_bytes
+            logical += int(np.count_nonzero(vals)) * bs + dirty
+        store = self._ctx.store.stats()
+        unique = int(store["raw_bytes"])
+        stored = int(store["stored_bytes"])
+        ram, disk = self._ctx.tree.map_bytes()
+        return {
+            "vdisks": len(self._vdisks),
+            "logical_bytes": logical,
+            "unique_bytes": unique,
+            "stored_bytes": stored,
+            "dedup_ratio": logical / unique if unique else 1.0,
+            "compression_ratio": unique / stored if stored else 1.0,
+            "oplog_bytes": self._ctx.oplog.bytes_used,
+            "extents": int(store["extents"]),
+            "map_ram_bytes": ram,
+            "map_disk_bytes": disk,
+            "index_memory_bytes": int(store.get("index_memory_bytes", 0)),
+        }

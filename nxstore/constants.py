@@ -1,0 +1,53 @@
+"""Every on-disk and on-wire constant of nxstore, each with its unit.
+
+Changing a format constant means bumping the matching *_VERSION below and
+teaching the reader the old one (or refusing it with FormatError).
+"""
+
+# --- cluster ---------------------------------------------------------------
+CLUSTER_FORMAT_VERSION = 1          # catalogue/meta layout version (meta.format_version)
+MIN_BLOCK_SIZE = 4 * 1024           # bytes; 2**12
+MAX_BLOCK_SIZE = 64 * 1024          # bytes; 2**16
+DEFAULT_BLOCK_SIZE = 16 * 1024      # bytes; 2**14
+LOCK_FILE = "LOCK"                  # fcntl lock held by the one writer process
+CATALOG_FILE = "catalog.db"         # SQLite (WAL) catalogue
+
+# --- fingerprints ------------------------------------------------------------
+FINGERPRINT_BYTES = 16              # XXH3-128, canonical (big-endian) form
+
+# --- OpLog -------------------------------------------------------------------
+OPLOG_DIR = "oplog"
+OPLOG_FORMAT_VERSION = 1
+OPLOG_SEGMENT_BYTES = 64 * 1024 * 1024      # bytes; a segment is closed past this size
+OPLOG_CAP_BYTES = 1024 * 1024 * 1024        # bytes; writers block above this (back-pressure)
+OPLOG_DRAIN_START_BYTES = 256 * 1024 * 1024  # bytes; background drain starts above this
+OPLOG_BYPASS_BYTES = 256 * 1024             # bytes; block-aligned writes this large skip the OpLog
+OPLOG_DRAIN_INTERVAL_S = 5.0                # seconds between background drains when idle
+OPLOG_DIRTY_CAP_BYTES = 512 * 1024 * 1024   # bytes; RAM for undrained (dirty) blocks
+OPLOG_BUFFER_BYTES = 1024 * 1024            # bytes; appended records are written out early past this
+
+# --- extent store --------------------------------------------------------------
+EXTENT_DIR = "extents"
+EXTENT_FORMAT_VERSION = 1
+EXTENT_GROUP_BYTES = 64 * 1024 * 1024       # bytes; an extent group file is closed past this
+COMPRESS_MIN_SAVING = 8                     # store compressed only if it saves >= 1/8 of the block
+GC_COMPACT_DEAD_FRACTION = 0.25             # compact an extent group once 1/4 of it is garbage
+EXTENT_TABLE_FILE = "extent_table.bin"      # checkpoint of the extent table (in EXTENT_DIR)
+
+# --- block maps ----------------------------------------------------------------
+MAP_DIR = "maps"
+MAP_FORMAT_VERSION = 1
+MAP_DELTA_COMPACT_RATIO = 0.25       # rewrite a layer's base once its delta log is 1/4 its size
+MAP_DELTA_COMPACT_MIN_BYTES = 1024 * 1024  # bytes; a delta log below this is never compacted
+CHAIN_COLLAPSE_DEPTH = 8             # layers a read may fall through before a collapse
+
+# --- fingerprint index -------------------------------------------------------------
+INDEX_FILE = "fpindex.bin"
+INDEX_FORMAT_VERSION = 1
+INDEX_MAX_LOAD = 0.70                # open-addressing table grows past this load factor
+
+# --- native ------------------------------------------------------------------
+INDEX_BLOB_MAGIC = b"NXFPIDX\0"     # 8 bytes; starts FingerprintIndex.to_bytes()
+INDEX_BLOB_VERSION = 1              # layout of to_bytes(): docs/_parts/native.md
+INDEX_BLOB_HEADER_BYTES = 48        # bytes before the slot array
+INDEX_SLOT_BYTES = 24               # bytes per slot: 16 fingerprint + 8 id (u64 LE); id 0 = empty

@@ -1,0 +1,34 @@
+"""The shared parts of one open cluster, handed to the objects that need them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .catalog import Catalog, ContainerRow
+from .extent_store import ExtentStore
+from .layers import LayerTree
+from .oplog import OpLog
+
+
+@dataclass
+class ClusterContext:
+    """Components of an open cluster.
+
+    Lock order, always: a VDisk's lock, then `map_lock`. `map_lock` guards every
+    block-map and layer-tree change and every ingest into the extent store, so
+    gc (which holds it) sees a stable set of references.
+    """
+
+    path: str
+    block_size: int
+    catalog: Catalog
+    oplog: OpLog
+    store: ExtentStore
+    tree: LayerTree
+    containers: dict[int, ContainerRow]
+    clock: Callable[[], float]
+    map_lock: threading.RLock = field(default_factory=threading.RLock)
+    #: drops layers no head or snapshot needs any more (set by the Cluster)
+    prune: Callable[[], None] = lambda: None

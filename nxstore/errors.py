@@ -1,0 +1,48 @@
+"""The exceptions nxstore raises. Every one derives from NxError."""
+
+
+class NxError(Exception):
+    """Base class of every nxstore error."""
+
+
+class NotFound(NxError, KeyError):
+    """A named object (cluster, vDisk, snapshot, container, site...) does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExists(NxError):
+    """An object with that name already exists."""
+
+
+class OutOfRange(NxError, ValueError):
+    """An offset, length or size lies outside what the object allows."""
+
+
+class InvalidArgument(NxError, ValueError):
+    """An argument has the wrong type or an impossible value."""
+
+
+class Locked(NxError):
+    """The cluster is opened by another process (or another Cluster object)."""
+
+
+class Corruption(NxError):
+    """Stored data failed its checksum or fingerprint; the message names the object."""
+
+
+class FormatError(NxError):
+    """A file is of an unknown format or a newer format version than this build reads."""
+
+
+class InUse(NxError):
+    """The object cannot be removed or changed while something depends on it."""
+
+
+class ReadOnly(NxError):
+    """The object is read-only (a snapshot, a replica)."""
+
+
+class ClosedError(NxError):
+    """The cluster was closed."""

@@ -1,0 +1,355 @@
+"""Persistence of block-map layers: one base file + one append-only delta log each.
+
+For layer id N the directory holds ``L<N as 16 hex digits>.base`` and
+``L<N as 16 hex digits>.delta``; docs/_parts/block_map.md gives every byte.
+
+* The base is a whole map, written with `fileutil.write_checksummed` (temp
+  file, fsync, rename, fsync dir): a reader sees the old or the new one.
+* The delta log is a header + records, each record one batch of map entries
+  with its own checksums, appended with pwrite + fdatasync.
+* Base and delta carry a generation number. `write_base` writes base
+  generation g+1 first, then replaces the delta by an empty one of generation
+  g+1. On load a delta of generation g+1 is applied; one of generation g is
+  the leftover of a crash between those two steps, already contained in the
+  base, and is ignored. (A generation, not the records' applied_seq, decides
+  this: it stays correct even if a caller writes a base with a lower
+  applied_seq than records it appended earlier.)
+* A crash mid-append leaves a torn last record: shorter than it declares, or
+  (on file systems that extend the size before the data) ending in zeros. Load
+  drops it; the next append truncates it away first. Any other checksum
+  failure raises Corruption naming the file.
+
+A layer with neither file loads as empty (a head that was never persisted).
+MapStore serialises its own calls with a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+import sys
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+from .block_map import MapLayer, as_u64, sorted_last_wins
+from .constants import MAP_DELTA_COMPACT_MIN_BYTES, MAP_DELTA_COMPACT_RATIO, MAP_FORMAT_VERSION
+from .errors import Corruption, FormatError, InvalidArgument
+from .fileutil import atomic_write, fsync_dir, read_checksummed, write_checksummed
+
+BASE_MAGIC = b"NXMAPBAS"
+DELTA_MAGIC = b"NXMAPDLT"
+_BASE_META = struct.Struct("<QQQQ")  # layer id, generation, applied_seq, entry count
+_DELTA_HEAD = struct.Struct("<8sIIQQ")  # magic, version, reserved, layer id, generation
+DELTA_HEADER_BYTES = _DELTA_HEAD.size + 8  # + XXH3-64 of the above = 40
+_REC_HEAD = struct.Struct("<QQQ")  # applied_seq, entry count, XXH3-64 of the payload
+RECORD_HEADER_BYTES = _REC_HEAD.size + 8  # + XXH3-64 of the above = 32
+_NAME = re.compile(r"^L([0-9a-f]{16})\.(base|delta)$")
+_LITTLE = sys.byteorder == "little"
+
+
+def _le(a: np.ndarray) -> np.ndarray:
+    return a if _LITTLE else a.astype("<u8")
+
+
+def _h(data: bytes | memoryview) -> int:
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def _strictly_ascending(k: np.ndarray) -> bool:
+    return len(k) < 2 or bool(np.all(k[1:] > k[:-1]))
+
+
+def _delta_header(layer_id: int, generation: int) -> bytes:
+    head = _DELTA_HEAD.pack(DELTA_MAGIC, MAP_FORMAT_VERSION, 0, layer_id, generation)
+    return head + struct.pack("<Q", _h(head))
+
+
+def encode_record(blocks: np.ndarray, vals: np.ndarray, applied_seq: int) -> list[bytes]:
+    """A delta record (header, keys, vals) for a sorted unique batch."""
+    kb, vb = _le(blocks).tobytes(), _le(vals).tobytes()
+    payload_hash = xxhash.xxh3_64(kb)
+    payload_hash.update(vb)
+    head = _REC_HEAD.pack(applied_seq, len(blocks), payload_hash.intdigest())
+    return [head + struct.pack("<Q", _h(head)), kb, vb]
+
+
+@dataclass
+class _Delta:
+    """What a scan of a delta log found."""
+
+    generation: int
+    records: list[tuple[int, np.ndarray, np.ndarray]]  # (applied_seq, keys, vals)
+    valid_end: int  # offset just past the last valid record
+    size: int  # file size (> valid_end when a torn tail is present)
+
+
+@dataclass
+class _State:
+    """What this MapStore knows about a layer's files (cached between calls)."""
+
+    generation: int  # the base's generation (0 = no base)
+    delta_gen: int | None  # generation of the delta header; None = no delta file
+    end: int  # where the next record goes
+    size: int  # delta file size
+
+
+class MapStore:
+    """Base + delta files of every block-map layer, in one directory."""
+
+    def __init__(self, directory: str, compact_min_bytes: int = MAP_DELTA_COMPACT_MIN_BYTES):
+        """`directory` is the maps directory itself (the cluster passes
+        ``<root>/constants.MAP_DIR``); it is created if missing."""
+        self.directory = os.fspath(directory)
+        self.compact_min_bytes = compact_min_bytes
+        os.makedirs(self.directory, exist_ok=True)
+        self._lock = threading.Lock()
+        self._states: dict[int, _State] = {}
+
+    # -- paths ----------------------------------------------------------------
+    def base_path(self, layer_id: int) -> str:
+        return os.path.join(self.directory, f"L{self._check_id(layer_id):016x}.base")
+
+    def delta_path(self, layer_id: int) -> str:
+        return os.path.join(self.directory, f"L{self._check_id(layer_id):016x}.delta")
+
+    @staticmethod
+    def _check_id(layer_id: int) -> int:
+        if not isinstance(layer_id, (int, np.integer)) or not 0 <= layer_id < 2**64:
+            raise InvalidArgument(f"bad layer id {layer_id!r}")
+        return int(layer_id)
+
+    # -- public API -------------------------------------------------------------
+    def load(self, layer_id: int) -> tuple[MapLayer, int]:
+        """(layer, applied_seq): the base plus every valid delta record, as a new
+        mutable layer. applied_seq is the highest of the base's and the records'.
+
+        A torn last delta record (crash mid-append) is dropped. Raises Corruption
+        naming the file for a bad base, a bad delta header, a bad record that is
+        not a torn tail, or a delta whose generation does not fit the base;
+        FormatError for a foreign file or a newer format version. A layer with
+        neither file loads as (empty layer, 0).
+        """
+        with self._lock:
+            gen, seq, keys, vals = self._read_base(layer_id)
+            delta = self._scan_delta(layer_id)
+            layer = MapLayer._trusted(keys, vals)
+            st = _State(gen, None, 0, 0)
+            if delta is not None:
+                st.delta_gen, st.end, st.size = delta.generation, delta.valid_end, delta.size
+                if delta.generation == gen:
+                    if delta.records:
+                        layer.set(
+                            np.concatenate([r[1] for r in delta.records]),
+                            np.concatenate([r[2] for r in delta.records]),
+                        )
+                        seq = max(seq, max(r[0] for r in delta.records))
+                elif delta.generation != gen - 1:
+                    raise Corruption(
+                        f"{self.delta_path(layer_id)}: generation {delta.generation} "
+                        f"does not fit base generation {gen}"
+                    )
+            self._states[layer_id] = st
+            return layer, seq
+
+    def append(self, layer_id: int, blocks: np.ndarray, vals: np.ndarray, applied_seq: int) -> None:
+        """Append one delta record (blocks, vals, applied_seq); durable on return
+        (pwrite + fdatasync). Repeated blocks: the later entry wins, as in
+        MapLayer.set. An empty batch is allowed (it records applied_seq).
+        Raises InvalidArgument on bad input, Corruption if the existing delta is bad.
+        """
+        b = as_u64(blocks, "blocks")
+        v = as_u64(vals, "vals")
+        if len(b) != len(v):
+            raise InvalidArgument(f"{len(b)} blocks but {len(v)} values")
+        if not 0 <= applied_seq < 2**64:
+            raise InvalidArgument(f"bad applied_seq {applied_seq}")
+        b, v = sorted_last_wins(b, v)
+        chunks = encode_record(b, v, applied_seq)
+        with self._lock:
+            st = self._state(layer_id)
+            path = self.delta_path(layer_id)
+            if st.delta_gen != st.generation:  # missing, or stale after a crash
+                self._reset_delta(layer_id, st)
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                if st.size != st.end:  # cut a torn tail before writing after it
+                    os.ftruncate(fd, st.end)
+                    os.fsync(fd)
+                    st.size = st.end
+                data = b"".join(chunks)
+                view, off = memoryview(data), st.end
+                while view:
+                    n = os.pwrite(fd, view, off)
+                    view, off = view[n:], off + n
+                os.fdatasync(fd)
+            except BaseException:
+                self._states.pop(layer_id, None)  # unknown file state: rescan next time
+                raise
+            finally:
+                os.close(fd)
+            st.end = st.size = off
+
+    def write_base(self, layer_id: int, layer: MapLayer, applied_seq: int) -> None:
+        """Make `layer` the whole persisted map of `layer_id` (durable on return)
+        and empty the delta. Crash-safe: new base (generation g+1) by atomic
+        rename first, then the delta replaced by an empty one of generation g+1.
+        """
+        if not 0 <= applied_seq < 2**64:
+            raise InvalidArgument(f"bad applied_seq {applied_seq}")
+        keys, vals = layer.items()
+        with self._lock:
+            st = self._state(layer_id)
+            gen = max(st.generation, st.delta_gen or 0) + 1
+            meta = _BASE_META.pack(self._check_id(layer_id), gen, applied_seq, len(keys))
+            write_checksummed(
+                self.base_path(layer_id),
+                BASE_MAGIC,
+                MAP_FORMAT_VERSION,
+                [meta, memoryview(_le(keys)), memoryview(_le(vals))],
+            )
+            st.generation = gen
+            self._reset_delta(layer_id, st)
+
+    def maybe_compact(self, layer_id: int, layer: MapLayer, applied_seq: int) -> bool:
+        """write_base(layer_id, layer, applied_seq) if the delta log is larger than
+        MAP_DELTA_COMPACT_RATIO of the base and than compact_min_bytes; return
+        whether it did. `layer` must be the layer's full current map."""
+        with self._lock:
+            delta = self._size(self.delta_path(layer_id))
+            base = self._size(self.base_path(layer_id))
+        if delta <= max(MAP_DELTA_COMPACT_RATIO * base, self.compact_min_bytes):
+            return False
+        self.write_base(layer_id, layer, applied_seq)
+        return True
+
+    def delete(self, layer_id: int) -> None:
+        """Remove both files of a layer (missing files are fine); durable on return."""
+        with self._lock:
+            for path in (self.delta_path(layer_id), self.base_path(layer_id)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            fsync_dir(self.directory)
+            self._states.pop(layer_id, None)
+
+    def layer_ids(self) -> list[int]:
+        """Sorted ids of every layer with a file here (for orphan cleanup)."""
+        ids = set()
+        for name in os.listdir(self.directory):
+            m = _NAME.match(name)
+            if m:
+                ids.add(int(m.group(1), 16))
+        return sorted(ids)
+
+    def disk_bytes(self, layer_id: int | None = None) -> int:
+        """Bytes on disk of one layer's files, or of every layer's."""
+        ids = self.layer_ids() if layer_id is None else [layer_id]
+        return sum(self._size(self.base_path(i)) + self._size(self.delta_path(i)) for i in ids)
+
+    # -- internals --------------------------------------------------------------
+    @staticmethod
+    def _size(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _state(self, layer_id: int) -> _State:
+        st = self._states.get(layer_id)
+        if st is None:
+            gen = self._read_base(layer_id)[0]
+            delta = self._scan_delta(layer_id)
+            if delta is None:
+                st = _State(gen, None, 0, 0)
+            else:
+                if delta.generation not in (gen, gen - 1):
+                    raise Corruption(
+                        f"{self.delta_path(layer_id)}: generation {delta.generation} "
+                        f"does not fit base generation {gen}"
+                    )
+                st = _State(gen, delta.generation, delta.valid_end, delta.size)
+            self._states[layer_id] = st
+        return st
+
+    def _reset_delta(self, layer_id: int, st: _State) -> None:
+        atomic_write(self.delta_path(layer_id), [_delta_header(layer_id, st.generation)])
+        st.delta_gen = st.generation
+        st.end = st.size = DELTA_HEADER_BYTES
+
+    def _read_base(self, layer_id: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(generation, applied_seq, keys, vals); generation 0 and empty if no base."""
+        path = self.base_path(layer_id)
+        try:
+            _, payload = read_checksummed(path, BASE_MAGIC, MAP_FORMAT_VERSION)
+        except FileNotFoundError:
+            empty = np.zeros(0, dtype=np.uint64)
+            return 0, 0, empty, empty
+        if len(payload) < _BASE_META.size:
+            raise Corruption(f"{path}: base payload too short ({len(payload)} bytes)")
+        lid, gen, seq, count = _BASE_META.unpack_from(payload)
+        if lid != layer_id:
+            raise Corruption(f"{path}: holds layer {lid}, expected {layer_id}")
+        if len(payload) != _BASE_META.size + 16 * count or gen < 1:
+            raise Corruption(f"{path}: {count} entries do not fit {len(payload)} bytes")
+        off = _BASE_META.size
+        keys = np.frombuffer(payload, "<u8", count, off).astype(np.uint64, copy=False)
+        vals = np.frombuffer(payload, "<u8", count, off + 8 * count).astype(np.uint64, copy=False)
+        if not _strictly_ascending(keys):
+            raise Corruption(f"{path}: keys are not strictly ascending")
+        return gen, seq, keys, vals
+
+    def _scan_delta(self, layer_id: int) -> _Delta | None:
+        """Parse a delta log; None if it does not exist. See the module docstring
+        for what counts as a torn tail (dropped) and what as Corruption."""
+        path = self.delta_path(layer_id)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        n = len(data)
+        if n < DELTA_HEADER_BYTES:
+            raise Corruption(f"{path}: truncated delta header ({n} bytes)")
+        (head_hash,) = struct.unpack_from("<Q", data, _DELTA_HEAD.size)
+        if _h(data[: _DELTA_HEAD.size]) != head_hash:
+            raise Corruption(f"{path}: delta header checksum mismatch")
+        magic, version, _, lid, gen = _DELTA_HEAD.unpack_from(data)
+        if magic != DELTA_MAGIC:
+            raise FormatError(f"{path}: not a delta log (magic {magic!r})")
+        if version > MAP_FORMAT_VERSION:
+            raise FormatError(
+                f"{path}: format version {version} is newer than {MAP_FORMAT_VERSION}"
+            )
+        if lid != layer_id:
+            raise Corruption(f"{path}: holds layer {lid}, expected {layer_id}")
+        mv = memoryview(data)
+        records = []
+        p = DELTA_HEADER_BYTES
+        while p < n:
+            if n - p < RECORD_HEADER_BYTES:
+                break  # torn: not even a whole record header
+            seq, count, payload_hash = _REC_HEAD.unpack_from(data, p)
+            (rec_hash,) = struct.unpack_from("<Q", data, p + _REC_HEAD.size)
+            if _h(mv[p : p + _REC_HEAD.size]) != rec_hash:
+                if data.count(b"\0", p) == n - p:
+                    break  # torn: size extended, zeros never overwritten
+                raise Corruption(f"{path}: record header checksum mismatch at offset {p}")
+            end = p + RECORD_HEADER_BYTES + 16 * count
+            if end > n:
+                break  # torn: record cut short
+            if _h(mv[p + RECORD_HEADER_BYTES : end]) != payload_hash:
+                if end == n and data[end - 8 : end] == bytes(8):
+                    break  # torn: last record ends in never-written zeros
+                raise Corruption(f"{path}: record payload checksum mismatch at offset {p}")
+            off = p + RECORD_HEADER_BYTES
+            keys = np.frombuffer(data, "<u8", count, off).astype(np.uint64, copy=False)
+            vals = np.frombuffer(data, "<u8", count, off + 8 * count).astype(np.uint64, copy=False)
+            if not _strictly_ascending(keys):
+                raise Corruption(f"{path}: record keys not ascending at offset {p}")
+            records.append((seq, keys, vals))
+            p = end
+        return _Delta(gen, records, p, n)

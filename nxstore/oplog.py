@@ -1,0 +1,600 @@
+"""The OpLog: the cluster's single write-ahead log.
+
+Small and random vDisk writes are appended here and acknowledged once `sync()` made them
+durable; the drain later moves them into the extent store and calls `release()`. Light-weight
+snapshot (LWS) markers are records too: the episodes between two markers are what NearSync reads
+back with `records()` and ships.
+
+Files: ``<directory>/oplog-<first seq, 20 digits>.seg``. A segment is a 32-byte header (magic,
+format version, first seq, XXH3-64 of the header) followed by records: a 48-byte header (magic
+"OR", type, flags, payload length, seq, vdisk id, offset, length, checksum) and the payload. The
+checksum is XXH3-64 over header bytes 0..39 seeded with XXH3-64 of the payload, so a flipped
+byte anywhere in a record is detected. Seqs are consecutive u64s starting at 1, shared by all
+vDisks; file order is seq order. Byte-by-byte layout and the crash-safety argument:
+docs/_parts/oplog.md; the codec: `nxstore.oplog_record`.
+
+Durability: `append_*` only buffers (in memory, written out early past OPLOG_BUFFER_BYTES);
+`sync()` writes the buffer with one os.write and fdatasyncs; concurrent callers share one
+fdatasync (group commit). What `sync(seq)` returned for survives kill -9 and power loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+from .constants import (
+    OPLOG_BUFFER_BYTES,
+    OPLOG_CAP_BYTES,
+    OPLOG_FORMAT_VERSION,
+    OPLOG_SEGMENT_BYTES,
+)
+from .errors import ClosedError, Corruption, InvalidArgument
+from .fileutil import fsync_dir
+from .oplog_record import (
+    MAX_PAYLOAD_BYTES,
+    RECORD_HEAD,
+    RECORD_HEADER_BYTES,
+    RECORD_MAGIC,
+    SEGMENT_HEADER_BYTES,
+    Record,
+    RecordType,
+    decode_segment_header,
+    encode_segment_header,
+    iter_bytes,
+    iter_file,
+    scan_segment,
+)
+
+__all__ = ["OpLog", "Record", "RecordType", "Salvage"]
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_RE = re.compile(r"^oplog-(\d{20})\.seg$")
+_U64 = struct.Struct("<Q")
+_pack_head = RECORD_HEAD.pack
+_pack_u64 = _U64.pack
+_xxh = xxhash.xxh3_64_intdigest
+_WRITE, _TRIM, _MAP, _MARKER = (int(t) for t in RecordType)
+
+
+def segment_name(first_seq: int) -> str:
+    return f"oplog-{first_seq:020d}.seg"
+
+
+@dataclass
+class _Segment:
+    path: str
+    first_seq: int
+    size: int  # bytes in the file: header + records written out (not the in-memory buffer)
+    version: int
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What opening with salvage=True dropped."""
+
+    path: str  # segment in which the damage was found
+    offset: int  # byte offset of the damage in it; the log now ends there
+    reason: str
+    dropped_bytes: int  # bytes cut from that segment and from the segments deleted whole
+    dropped_segments: tuple[str, ...]  # segment files deleted whole
+    last_kept_seq: int  # the log now ends with this seq (appends continue after it)
+
+
+class OpLog:
+    """A directory of segments; see the module docstring.
+
+    Thread-safe. `on_pressure`: a callable (no arguments) or None, invoked by a caller of
+    `wait_for_space` that is about to block, outside every OpLog lock.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        segment_bytes: int = OPLOG_SEGMENT_BYTES,
+        cap_bytes: int = OPLOG_CAP_BYTES,
+        salvage: bool = False,
+    ) -> None:
+        """Open (creating it if missing) the OpLog in `directory` and recover it.
+
+        A torn tail (incomplete or unverifiable last records of the newest segment) is cut
+        off (logged at INFO). Any other bad record, bad segment header or gap in the seq space
+        raises Corruption naming the file and byte offset, unless `salvage` is true: then the
+        log is truncated at the damage (logged at WARNING) and `self.salvaged` says what went.
+        A foreign or newer-version segment raises FormatError. Everything recovered is durable
+        on return (`durable_seq == last_seq`).
+        """
+        if segment_bytes <= 0 or cap_bytes <= 0:
+            raise InvalidArgument("segment_bytes and cap_bytes must be positive")
+        self._dir = os.fspath(directory)
+        self._segment_bytes = segment_bytes
+        self._cap = cap_bytes
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._release_lock = threading.Lock()  # serialises segment deletion (prefix order)
+        self._buf = bytearray()
+        self._closed = False
+        self._syncing = False  # a group-commit leader is in fdatasync outside the lock
+        self._io_error: OSError | None = None
+        self._fd = -1
+        self.on_pressure: Callable[[], object] | None = None
+        self.salvaged: Salvage | None = None
+        os.makedirs(self._dir, exist_ok=True)
+        self._segments: list[_Segment] = []
+        self._last_seq = 0
+        self._recover(salvage)
+        self._written_seq = self._last_seq  # records <= this are in the file
+        self._durable_seq = self._last_seq  # records <= this are fdatasynced
+        self._durable_size = self._segments[-1].size  # durable bytes of the active segment
+
+    # --- recovery ---------------------------------------------------------------------
+
+    def _recover(self, salvage: bool) -> None:
+        found: list[tuple[int, str]] = []
+        for name in os.listdir(self._dir):
+            m = _SEGMENT_RE.match(name)
+            if m:
+                found.append((int(m.group(1)), os.path.join(self._dir, name)))
+            elif name.startswith("oplog-") and name.endswith(".tmp"):
+                os.unlink(os.path.join(self._dir, name))  # segment whose creation crashed
+        found.sort()
+        next_seq = found[0][0] if found else 1
+        truncate_at: int | None = None
+        for i, (name_seq, path) in enumerate(found):
+            newest = i == len(found) - 1
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                version, first_seq = decode_segment_header(data, path)
+            except Corruption as e:
+                reason = str(e).removeprefix(f"{path}: ")
+                self._damage(salvage, found, i, 0, reason, len(data), next_seq)
+                return
+            if first_seq != name_seq:
+                reason = f"header says first seq {first_seq}, file name says {name_seq}"
+                self._damage(salvage, found, i, 0, reason, len(data), next_seq)
+                return
+            if first_seq != next_seq:
+                reason = f"seq gap: segment starts at {first_seq}, expected {next_seq}"
+                self._damage(salvage, found, i, 0, reason, len(data), next_seq)
+                return
+            scan = scan_segment(data, first_seq)
+            next_seq = first_seq + scan.count
+            self._segments.append(_Segment(path, first_seq, scan.end, version))
+            if scan.bad_reason is not None:
+                if newest and scan.valid_after < 0:
+                    cut = len(data) - scan.end
+                    log.info("%s: cut torn tail of %d bytes at byte %d", path, cut, scan.end)
+                    truncate_at = scan.end
+                else:
+                    reason = scan.bad_reason
+                    if scan.valid_after >= 0:
+                        reason += f" (a valid record follows at byte {scan.valid_after})"
+                    self._damage(salvage, found, i, scan.end, reason, len(data), next_seq)
+                    return
+        self._last_seq = next_seq - 1
+        self._open_active(truncate_at)
+
+    def _damage(self, salvage, found, i, offset, reason, seg_len, next_seq) -> None:
+        """Handle damage at byte `offset` of segment found[i]: raise, or cut the log there."""
+        path = found[i][1]
+        if not salvage:
+            raise Corruption(f"{path}: at byte {offset}: {reason}")
+        dropped = seg_len - offset
+        gone: list[str] = []
+        for _, later in found[i + 1 :]:
+            dropped += os.path.getsize(later)
+            gone.append(later)
+        for later in reversed(gone):  # newest first: a crash midway leaves a valid prefix
+            os.unlink(later)
+            fsync_dir(self._dir)
+        if offset < SEGMENT_HEADER_BYTES:
+            if self._segments and self._segments[-1].path == path:
+                self._segments.pop()
+            os.unlink(path)
+            fsync_dir(self._dir)
+            gone.insert(0, path)
+            truncate_at = None
+        else:
+            truncate_at = offset
+        self._last_seq = next_seq - 1
+        self.salvaged = Salvage(path, offset, reason, dropped, tuple(gone), self._last_seq)
+        msg = "%s: at byte %d: %s; salvage dropped %d bytes, log now ends at seq %d"
+        log.warning(msg, path, offset, reason, dropped, self._last_seq)
+        self._open_active(truncate_at)
+
+    def _open_active(self, truncate_at: int | None) -> None:
+        """Open the newest segment for appending (cutting it at truncate_at) or start one."""
+        if self._segments:
+            seg = self._segments[-1]
+            fd = os.open(seg.path, os.O_WRONLY)
+            try:
+                if truncate_at is not None:
+                    os.ftruncate(fd, truncate_at)
+                    seg.size = truncate_at
+                os.fdatasync(fd)  # what a crashed predecessor left in the page cache
+                if seg.version == OPLOG_FORMAT_VERSION and seg.size < self._segment_bytes:
+                    os.lseek(fd, seg.size, os.SEEK_SET)
+                    self._fd = fd
+                    return
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        self._start_segment(self._last_seq + 1)
+
+    def _start_segment(self, first_seq: int) -> None:
+        """Create a segment durably (tmp + fsync + rename + dir fsync); make it active."""
+        name = segment_name(first_seq)
+        path = os.path.join(self._dir, name)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, encode_segment_header(first_seq))
+            os.fdatasync(fd)
+            os.rename(tmp, path)
+            fsync_dir(self._dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._segments.append(_Segment(path, first_seq, SEGMENT_HEADER_BYTES, OPLOG_FORMAT_VERSION))
+
+    # --- appends ----------------------------------------------------------------------
+
+    def append_write(self, vdisk_id: int, offset: int, data) -> int:
+        """Append a WRITE of the bytes-like `data` at byte `offset`; return its seq.
+
+        Not durable until `sync()`. Raises InvalidArgument for negative or too-large
+        numbers, ClosedError after close().
+        """
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        n = mv.nbytes
+        return self._append(_WRITE, vdisk_id, offset, n, mv)
+
+    def append_trim(self, vdisk_id: int, offset: int, length: int) -> int:
+        """Append a TRIM of `length` bytes at byte `offset`; return its seq."""
+        return self._append(_TRIM, vdisk_id, offset, length, b"")
+
+    def append_map(self, vdisk_id: int, first_block: int, extent_ids: np.ndarray) -> int:
+        """Append a MAP: blocks first_block.. now point at `extent_ids` (1-D, >= 0)."""
+        ids = np.asarray(extent_ids)
+        if ids.ndim != 1 or ids.dtype.kind not in "ui":
+            raise InvalidArgument("extent_ids must be a 1-D integer array")
+        if ids.dtype.kind == "i" and ids.size and int(ids.min()) < 0:
+            raise InvalidArgument("extent ids must not be negative")
+        payload = np.ascontiguousarray(ids, dtype="<u8").tobytes()
+        return self._append(_MAP, vdisk_id, first_block, len(ids), payload)
+
+    def append_marker(self, vdisk_id: int, payload: bytes) -> int:
+        """Append a MARKER (light-weight snapshot) with an opaque payload; return its seq."""
+        return self._append(_MARKER, vdisk_id, 0, 0, bytes(payload))
+
+    def _append(self, rtype: int, vdisk_id: int, offset: int, length: int, payload) -> int:
+        plen = len(payload)
+        if plen > MAX_PAYLOAD_BYTES:
+            raise InvalidArgument(f"record payload of {plen} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        phash = _xxh(payload)  # outside the lock: the only O(payload) work besides the copy
+        with self._lock:
+            if self._closed or self._io_error is not None:
+                self._check_open()
+            seq = self._last_seq + 1
+            try:
+                head = _pack_head(RECORD_MAGIC, rtype, 0, plen, seq, vdisk_id, offset, length)
+            except struct.error:
+                raise InvalidArgument(
+                    f"vdisk_id/offset/length out of range: {vdisk_id}, {offset}, {length}"
+                ) from None
+            buf = self._buf
+            buf += head
+            buf += _pack_u64(_xxh(head, phash))
+            buf += payload
+            self._last_seq = seq
+            if len(buf) >= OPLOG_BUFFER_BYTES:
+                self._write_buffer_locked()
+            if self._segments[-1].size + len(self._buf) >= self._segment_bytes:
+                self._rotate_locked(
+                    lambda: self._segments[-1].size + len(self._buf) >= self._segment_bytes
+                )
+            return seq
+
+    # --- durability -------------------------------------------------------------------
+
+    def sync(self, seq: int | None = None) -> None:
+        """Return once every record with seq <= `seq` (default: all appended) is durable.
+
+        Group commit: while one caller (the leader) is in fdatasync, others wait; the next
+        leader writes everything appended meanwhile and one fdatasync covers them all. A seq
+        already durable returns at once; a seq beyond last_seq means "everything appended".
+        Raises ClosedError after close(), OSError if the write or fdatasync fails (the log is
+        then unusable: every later call raises OSError).
+        """
+        with self._cond:
+            self._check_open()
+            target = self._last_seq if seq is None else min(seq, self._last_seq)
+            while self._durable_seq < target:
+                if self._syncing:
+                    self._cond.wait()
+                    if self._durable_seq >= target:
+                        break
+                    self._check_open()
+                    continue
+                self._write_buffer_locked()
+                upto = self._written_seq
+                size = self._segments[-1].size
+                fd = self._fd
+                self._syncing = True
+                self._lock.release()
+                err: OSError | None = None
+                try:
+                    os.fdatasync(fd)
+                except OSError as e:
+                    err = e
+                finally:
+                    self._lock.acquire()
+                    self._syncing = False
+                    self._cond.notify_all()
+                if err is not None:
+                    self._io_error = err
+                    raise err
+                if upto > self._durable_seq:
+                    self._durable_seq = upto
+                    self._durable_size = size
+
+    def _write_buffer_locked(self) -> None:
+        buf = self._buf
+        if not buf:
+            return
+        self._buf = bytearray()
+        try:
+            view = memoryview(buf)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            self._io_error = e
+            raise
+        self._segments[-1].size += len(buf)
+        self._written_seq = self._last_seq
+
+    def _rotate_locked(self, still_needed: Callable[[], bool]) -> None:
+        """Close the active segment durably and start the next one, if still_needed()."""
+        while self._syncing:
+            self._cond.wait()
+        if self._closed or not still_needed():
+            return
+        self._check_open()
+        self._write_buffer_locked()
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            self._io_error = e
+            raise
+        self._durable_seq = self._written_seq
+        os.close(self._fd)
+        self._fd = -1
+        self._start_segment(self._last_seq + 1)
+        self._durable_size = SEGMENT_HEADER_BYTES
+        self._cond.notify_all()
+
+    # --- space ------------------------------------------------------------------------
+
+    def release(self, upto_seq: int) -> None:
+        """Every record <= upto_seq is no longer needed.
+
+        Deletes (oldest first, fsyncing the directory after each) every segment all of whose
+        records are <= upto_seq. When everything appended is released, the active segment is
+        closed and a fresh one started so that it can go too. Wakes `wait_for_space` waiters.
+        Idempotent. Records of a retained segment stay readable through `records()`, and come
+        back after a reopen: replaying them must be harmless.
+        """
+        with self._release_lock:
+            with self._cond:
+                self._check_open()
+                segs = self._segments
+                active = segs[-1]
+                if upto_seq >= self._last_seq >= active.first_seq:
+                    self._rotate_locked(
+                        lambda: upto_seq >= self._last_seq >= self._segments[-1].first_seq
+                    )
+                doomed: list[_Segment] = []
+                while len(segs) > 1 and segs[1].first_seq - 1 <= upto_seq:
+                    doomed.append(segs.pop(0))
+                if doomed:
+                    self._cond.notify_all()
+            for seg in doomed:
+                os.unlink(seg.path)
+                fsync_dir(self._dir)
+
+    def wait_for_space(self, nbytes: int, timeout: float | None = None) -> bool:
+        """Block while bytes_used + nbytes > cap_bytes; return False on timeout, else True.
+
+        Call it without holding your own locks. Before blocking, `on_pressure` (if set) is
+        called once, outside the OpLog's locks. Never blocks when no record is retained (so a
+        request larger than the cap cannot wait forever). Raises ClosedError if the log is or
+        gets closed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notified = False
+        with self._cond:
+            while True:
+                self._check_open()
+                if not self._over_cap(nbytes):
+                    return True
+                if not notified and self.on_pressure is not None:
+                    notified = True
+                    callback = self.on_pressure
+                    self._lock.release()
+                    try:
+                        callback()
+                    except Exception:
+                        log.exception("OpLog on_pressure callback failed")
+                    finally:
+                        self._lock.acquire()
+                    continue
+                if deadline is None:
+                    self._cond.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+
+    def _over_cap(self, nbytes: int) -> bool:
+        if self._segments[0].first_seq > self._last_seq:
+            return False  # nothing retained: nothing to wait for
+        return self._bytes_used_locked() + nbytes > self._cap
+
+    def _bytes_used_locked(self) -> int:
+        return sum(s.size for s in self._segments) + len(self._buf)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def records(self, from_seq: int = 0, to_seq: int | None = None) -> Iterator[Record]:
+        """Iterate the records with from_seq <= seq <= to_seq in seq order.
+
+        Covers retained segments and the unsynced buffer, as of this call: records appended
+        later are not seen, and segments released meanwhile stay readable (their files are held
+        open). Records below `first_retained_seq` are gone and silently absent: a consumer that
+        needs a complete range checks `first_retained_seq <= from_seq` first. Records at or
+        above it that were released may still be returned. Every returned record was verified;
+        a bad one raises Corruption naming the file and byte offset.
+        """
+        with self._lock:
+            self._check_open()
+            hi = self._last_seq if to_seq is None else min(to_seq, self._last_seq)
+            segs = self._segments
+            files = []
+            try:
+                for i, seg in enumerate(segs):
+                    last = segs[i + 1].first_seq - 1 if i + 1 < len(segs) else self._written_seq
+                    if last < from_seq or seg.first_seq > hi or last < seg.first_seq:
+                        continue
+                    f = open(seg.path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the iterator
+                    files.append((f, seg.path, seg.size))
+            except BaseException:
+                for f, _, _ in files:
+                    f.close()
+                raise
+            tail = bytes(self._buf) if hi > self._written_seq else b""
+            tail_name = f"{segs[-1].path} (unwritten buffer)"
+            tail_base = segs[-1].size
+        return _RecordIterator(files, tail, tail_name, tail_base, from_seq, hi)
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        return self._dir
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the newest appended record (0 for a log that never had one)."""
+        return self._last_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Every record with seq <= this survives a crash."""
+        return self._durable_seq
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes of the retained segment files plus the unwritten buffer."""
+        with self._lock:
+            return self._bytes_used_locked()
+
+    @property
+    def first_retained_seq(self) -> int:
+        """Seq of the oldest record still readable; last_seq + 1 when none is."""
+        with self._lock:
+            return self._segments[0].first_seq
+
+    @property
+    def segment_paths(self) -> list[str]:
+        """Paths of the retained segment files, oldest first."""
+        with self._lock:
+            return [s.path for s in self._segments]
+
+    def close(self) -> None:
+        """Close the log. Writes out the buffer (no fdatasync: only synced records are promised).
+
+        Idempotent; every other call afterwards raises ClosedError; blocked `sync` and
+        `wait_for_space` callers get ClosedError.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._syncing:
+                self._cond.wait()
+            try:
+                if self._io_error is None and self._fd >= 0:
+                    self._write_buffer_locked()
+            finally:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
+                self._cond.notify_all()
+
+    def __enter__(self) -> OpLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OpLog({self._dir!r}, last_seq={self._last_seq}, durable_seq={self._durable_seq})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"OpLog {self._dir} is closed")
+        if self._io_error is not None:
+            e = self._io_error
+            raise OSError(e.errno, f"OpLog {self._dir} unusable after an I/O error: {e.strerror}")
+
+
+class _RecordIterator:
+    """Iterator over a snapshot of segment files + buffer; closes its files when done."""
+
+    def __init__(self, files, tail: bytes, tail_name: str, tail_base: int, lo: int, hi: int):
+        self._files = files
+        self._gen = self._run(tail, tail_name, tail_base, lo, hi)
+
+    def _run(self, tail, tail_name, tail_base, lo, hi):
+        try:
+            for f, path, end in self._files:
+                yield from iter_file(f, path, SEGMENT_HEADER_BYTES, end, lo, hi)
+            if tail:
+                yield from iter_bytes(tail, tail_base, tail_name, lo, hi)
+        finally:
+            self.close()
+
+    def __iter__(self) -> _RecordIterator:
+        return self
+
+    def __next__(self) -> Record:
+        return next(self._gen)
+
+    def close(self) -> None:
+        files, self._files = self._files, []
+        for f, _, _ in files:
+            f.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+assert RECORD_HEADER_BYTES == 48 and SEGMENT_HEADER_BYTES == 32

@@ -1,0 +1,396 @@
+"""VDisk: a thin, byte-addressed virtual disk.
+
+Write path: small or unaligned writes are appended to the OpLog and folded
+into the vDisk's dirty blocks (reads see them at once); block-aligned runs of
+at least OPLOG_BYPASS_BYTES go straight to the extent store and are logged as
+a MAP record. Either way a write is acknowledged as durable by `flush()`.
+The drain later moves dirty blocks into the extent store and the head layer of
+the block map, and persists the map with the OpLog sequence number it is
+complete up to (`safe_point`); recovery replays the OpLog past that point.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .block_map import collapse
+from .catalog import SnapshotRow, VDiskRow
+from .constants import OPLOG_BYPASS_BYTES
+from .context import ClusterContext
+from .dirty import DirtyBlocks
+from .errors import Corruption, InvalidArgument, NotFound, OutOfRange
+from .oplog import Record, RecordType
+
+if TYPE_CHECKING:
+    from .snapshot import Snapshot
+
+DRAIN_BATCH_BLOCKS = 256  # blocks moved per drain step (bounds how long writers wait)
+
+
+def as_buffer(data: object) -> memoryview:
+    """`data` as a flat byte memoryview (bytes, bytearray, memoryview, uint8 ndarray)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise InvalidArgument(f"numpy data must be uint8, not {data.dtype}")
+        data = np.ascontiguousarray(data).reshape(-1)
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"data must be bytes-like or a uint8 numpy array, not {type(data).__name__}")
+    view = memoryview(data)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def check_range(what: str, offset: object, length: object, size: int) -> None:
+    """Raise InvalidArgument/OutOfRange unless [offset, offset+length) lies in [0, size)."""
+    if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool):
+        raise InvalidArgument(f"{what}: offset must be an int, not {type(offset).__name__}")
+    if not isinstance(length, (int, np.integer)) or isinstance(length, bool):
+        raise InvalidArgument(f"{what}: length must be an int, not {type(length).__name__}")
+    if offset < 0 or length < 0 or offset + length > size:
+        raise OutOfRange(f"{what}: range [{offset}, {offset + length}) is outside [0, {size})")
+
+
+def read_image(
+    ctx: ClusterContext, top_layer: int, name: str, offset: int, length: int,
+    dirty: DirtyBlocks | None = None,
+) -> bytes:
+    """Bytes [offset, offset+length) of the image seen from `top_layer` (plus dirty blocks).
+
+    Every extent is verified; a mismatch raises Corruption naming `name` and the offset.
+    """
+    if length == 0:
+        return b""
+    bs = ctx.block_size
+    first = offset // bs
+    nblocks = (offset + length - 1) // bs - first + 1
+    out = np.empty(nblocks * bs, dtype=np.uint8)
+    dirty_mask = dirty.overlay(first, nblocks, out) if dirty is not None else None
+    blocks = np.arange(first, first + nblocks, dtype=np.uint64)
+    if dirty_mask is not None and dirty_mask.any():
+        blocks = blocks[~dirty_mask]
+    if blocks.size:
+        with ctx.map_lock:
+            ids = ctx.tree.lookup(top_layer, blocks)
+        target = out if blocks.size == nblocks else np.empty(blocks.size * bs, dtype=np.uint8)
+        try:
+            ctx.store.read_blocks(ids, target)
+        except Corruption as exc:
+            where = int(blocks[getattr(exc, "batch_index", 0)]) * bs
+            raise Corruption(f"{name} at offset {where}: {exc}") from exc
+        if target is not out:
+            out.reshape(nblocks, bs)[~dirty_mask] = target.reshape(-1, bs)
+    start = offset - first * bs
+    return out[start : start + length].tobytes()
+
+
+def block_ranges(blocks: np.ndarray, block_size: int, size: int) -> list[tuple[int, int]]:
+    """Sorted block indices -> merged (offset, length) byte ranges clipped to `size`."""
+    if blocks.size == 0:
+        return []
+    blocks = blocks.astype(np.int64)
+    breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+    starts = blocks[np.r_[0, breaks]]
+    ends = blocks[np.r_[breaks - 1, blocks.size - 1]] + 1
+    return [
+        (int(s) * block_size, min(int(e) * block_size, size) - int(s) * block_size)
+        for s, e in zip(starts, ends, strict=True)
+    ]
+
+
+class VDisk:
+    """A thin virtual disk; get one from `Cluster.create_vdisk` / `Cluster.vdisk`.
+
+    Thread-safe: writes to one vDisk are applied in one order (its lock).
+    """
+
+    def __init__(self, ctx: ClusterContext, row: VDiskRow) -> None:
+        self._ctx = ctx
+        self._row = row
+        self._lock = threading.RLock()
+        self._dirty = DirtyBlocks(ctx.block_size)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # map entries not yet persisted
+        self._last_seq = 0
+        self._deleted = False
+
+    # -- properties ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._row.name
+
+    @property
+    def id(self) -> int:
+        return self._row.id
+
+    @property
+    def size(self) -> int:
+        return self._row.size
+
+    @property
+    def container(self) -> str:
+        return self._ctx.containers[self._row.container_id].name
+
+    @property
+    def head_layer(self) -> int:
+        return self._row.head_layer
+
+    @property
+    def dirty_bytes(self) -> int:
+        return self._dirty.nbytes
+
+    def __repr__(self) -> str:
+        return f"VDisk({self.name!r}, size={self.size})"
+
+    # -- I/O --------------------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes at [offset, offset+length); unwritten and trimmed ranges read as zeros.
+
+        Raises OutOfRange/InvalidArgument for a bad range, Corruption if stored
+        data fails verification (never returns wrong bytes).
+        """
+        with self._lock:
+            check_range(f"read of {self.name}", offset, length, self.size)
+            return read_image(
+                self._ctx, self._row.head_layer, self.name, int(offset), int(length), self._dirty
+            )
+
+    def write(self, offset: int, data: object) -> None:
+        """Write `data` at `offset`. Durable once a later `flush()` returns."""
+        view = as_buffer(data)
+        n = len(view)
+        check_range(f"write to {self.name}", offset, n, self.size)
+        if n == 0:
+            return
+        offset = int(offset)
+        bs = self._ctx.block_size
+        lo, hi = -(-offset // bs) * bs, (offset + n) // bs * bs
+        if n >= OPLOG_BYPASS_BYTES and hi - lo >= bs:
+            self._ctx.oplog.wait_for_space(n - (hi - lo))
+            with self._lock:
+                self._check_alive()
+                self._write_logged(offset, view[: lo - offset])
+                self._write_direct(lo, view[lo - offset : hi - offset])
+                self._write_logged(hi, view[hi - offset :])
+        else:
+            self._ctx.oplog.wait_for_space(n)
+            with self._lock:
+                self._check_alive()
+                self._write_logged(offset, view)
+
+    def trim(self, offset: int, length: int) -> None:
+        """Discard [offset, offset+length): it reads as zeros. Durable after `flush()`."""
+        check_range(f"trim of {self.name}", offset, length, self.size)
+        if length == 0:
+            return
+        with self._lock:
+            self._check_alive()
+            seq = self._ctx.oplog.append_trim(self.id, int(offset), int(length))
+            self._apply_trim(int(offset), int(length), seq)
+
+    def flush(self) -> None:
+        """Return once every earlier write and trim of this vDisk is durable."""
+        with self._lock:
+            seq = self._last_seq
+        # The extents a MAP record names must be durable before the record is.
+        self._ctx.store.sync()
+        self._ctx.oplog.sync(seq)
+
+    def resize(self, new_size: int) -> None:
+        """Grow the vDisk to `new_size` bytes (shrinking raises OutOfRange)."""
+        if not isinstance(new_size, int) or new_size < self.size:
+            raise OutOfRange(f"{self.name}: cannot resize from {self.size} to {new_size} (grow only)")
+        with self._lock, self._ctx.catalog.transaction():
+            self._row.size = new_size
+            self._ctx.catalog.update(self._row)
+
+    # -- OpLog application (used live and by recovery) ---------------------------
+    def _write_logged(self, offset: int, view: memoryview) -> None:
+        if len(view):
+            seq = self._ctx.oplog.append_write(self.id, offset, view)
+            self._apply_write(offset, view, seq)
+
+    def _write_direct(self, offset: int, view: memoryview) -> None:
+        container = self._ctx.containers[self._row.container_id]
+        first = offset // self._ctx.block_size
+        with self._ctx.map_lock:
+            ids = self._ctx.store.put_blocks(
+                np.frombuffer(view, dtype=np.uint8),
+                dedup=container.dedup,
+                compress=container.compression,
+                verify_dedup=container.verify_dedup,
+                container_id=container.id,
+            )
+            seq = self._ctx.oplog.append_map(self.id, first, ids)
+            self._apply_map(first, ids, seq)
+
+    def _apply_write(self, offset: int, view: memoryview, seq: int) -> None:
+        self._dirty.write(offset, view, seq, self._base_block)
+        self._last_seq = seq
+
+    def _apply_trim(self, offset: int, length: int, seq: int) -> None:
+        bs = self._ctx.block_size
+        lo, hi = -(-offset // bs) * bs, (offset + length) // bs * bs
+        if hi <= lo:
+            self._apply_write(offset, memoryview(bytes(length)), seq)
+            return
+        if lo > offset:
+            self._apply_write(offset, memoryview(bytes(lo - offset)), seq)
+        if offset + length > hi:
+            self._apply_write(hi, memoryview(bytes(offset + length - hi)), seq)
+        blocks = np.arange(lo // bs, hi // bs, dtype=np.uint64)
+        with self._ctx.map_lock:
+            self._set_map(blocks, np.zeros(blocks.size, dtype=np.uint64))
+        self._last_seq = seq
+
+    def _apply_map(self, first_block: int, ids: np.ndarray, seq: int) -> None:
+        blocks = np.arange(first_block, first_block + ids.size, dtype=np.uint64)
+        self._set_map(blocks, ids)
+        self._last_seq = seq
+
+    def _set_map(self, blocks: np.ndarray, ids: np.ndarray) -> None:
+        """Whole-block map update of the head (caller holds both locks)."""
+        self._ctx.tree.layer(self._row.head_layer).set(blocks, ids)
+        self._pending.append((blocks, ids))
+        self._dirty.discard(blocks)
+
+    def replay(self, record: Record) -> bool:
+        """Re-apply one OpLog record after a crash; False if it was skipped
+        (a MAP record naming extents that never became durable: never acknowledged)."""
+        with self._lock:
+            if record.type == RecordType.WRITE:
+                self._apply_write(record.offset, memoryview(record.payload), record.seq)
+            elif record.type == RecordType.TRIM:
+                self._apply_trim(record.offset, record.length, record.seq)
+            elif record.type == RecordType.MAP:
+                ids = np.frombuffer(record.payload, dtype="<u8").astype(np.uint64)
+                if not self._ctx.store.contains(ids):
+                    return False
+                with self._ctx.map_lock:
+                    self._apply_map(record.offset, ids, record.seq)
+            return True
+
+    def _base_block(self, block: int) -> bytes:
+        """The block's content below the OpLog (for partial-block writes)."""
+        bs = self._ctx.block_size
+        return read_image(self._ctx, self._row.head_layer, self.name, block * bs, bs)
+
+    def _check_alive(self) -> None:
+        if self._deleted:
+            raise NotFound(f"vDisk {self.name!r} was deleted")
+
+    # -- drain --------------------------------------------------------------------
+    def drain(self) -> int:
+        """Move every dirty block into the extent store and the head map; persist
+        the map. Returns the number of blocks moved."""
+        moved = 0
+        while True:
+            with self._lock:
+                step = self._drain_step()
+                if not step:
+                    self._persist()
+                    return moved
+                moved += step
+
+    def _drain_step(self) -> int:
+        blocks, entries = self._dirty.take_batch(DRAIN_BATCH_BLOCKS)
+        if not entries:
+            return 0
+        zero = bytes(self._ctx.block_size)
+        data = np.frombuffer(
+            b"".join(zero if e.data is None else e.data for e in entries), dtype=np.uint8
+        )
+        container = self._ctx.containers[self._row.container_id]
+        with self._ctx.map_lock:
+            ids = self._ctx.store.put_blocks(
+                data,
+                dedup=container.dedup,
+                compress=container.compression,
+                verify_dedup=container.verify_dedup,
+                container_id=container.id,
+            )
+            self._set_map(blocks, ids)
+        return len(entries)
+
+    def drain_all_locked(self) -> None:
+        """Drain and persist everything (caller holds this vDisk's lock)."""
+        while self._drain_step():
+            pass
+        self._persist()
+
+    def safe_point(self) -> int:
+        """OpLog seq up to which every record of this vDisk is in the in-memory map."""
+        first = self._dirty.first_seq()
+        return first - 1 if first is not None else self._ctx.oplog.last_seq
+
+    def release_point(self) -> int:
+        """OpLog seq up to which this vDisk needs no record any more (all persisted)."""
+        with self._lock:
+            if len(self._dirty) or self._pending:
+                with self._ctx.map_lock:
+                    return self._ctx.tree.applied_seq(self._row.head_layer)
+            return self._ctx.oplog.last_seq
+
+    def _persist(self) -> None:
+        if not self._pending:
+            return
+        blocks = np.concatenate([b for b, _ in self._pending])
+        vals = np.concatenate([v for _, v in self._pending])
+        safe = self.safe_point()
+        self._ctx.store.sync()  # extents before the map entries that name them
+        with self._ctx.map_lock:
+            self._ctx.tree.persist(self._row.head_layer, blocks, vals, safe)
+        self._pending.clear()
+
+    def fold_parent(self, parent: int) -> None:
+        """Merge the unnamed layer `parent` into this vDisk's head (after its
+        snapshot was deleted), so reads and gc no longer see it."""
+        with self._lock:
+            self._ctx.store.sync()  # pending entries' extents, before rewriting the map
+            with self._ctx.map_lock:
+                tree = self._ctx.tree
+                head = self._row.head_layer
+                if tree.rows[head].parent != parent:
+                    return
+                merged = collapse([tree.layer(head), tree.layer(parent)])
+                tree.fold_into_head(parent, head, merged, self.safe_point())
+                self._pending.clear()
+
+    # -- snapshots ------------------------------------------------------------------
+    def snapshot(self, name: str) -> Snapshot:
+        """Freeze the vDisk's current content as snapshot `name` (O(1) in disk size).
+
+        Raises AlreadyExists if this vDisk has a snapshot of that name. Durable and
+        atomic: after a crash the snapshot exists completely or not at all.
+        """
+        from .snapshot import take_snapshots
+
+        return take_snapshots(self._ctx, [self], name)[0]
+
+    def snapshots(self) -> list[Snapshot]:
+        """This vDisk's snapshots, oldest first."""
+        from .snapshot import Snapshot
+
+        rows = self._ctx.catalog.rows(SnapshotRow, "vdisk_id = ?", (self.id,))
+        return [Snapshot(self._ctx, row, self.name) for row in rows]
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Make the vDisk read exactly as `snapshot` (its size too). Its snapshots stay."""
+        from .snapshot import restore_vdisk
+
+        restore_vdisk(self._ctx, self, snapshot)
+
+    def changed_blocks(
+        self, base: Snapshot, target: Snapshot | None = None
+    ) -> list[tuple[int, int]]:
+        """Byte ranges whose content DIFFERS between `base` and `target` (or the live disk).
+
+        Block granular: every returned range is made of whole blocks (the last
+        clipped to the size) each of which differs from `base` somewhere, and every
+        block that differs is in a range. Cost grows with the changes, not the size.
+        Works between any two snapshots of related vDisks (ancestors, descendants,
+        clones).
+        """
+        from .snapshot import changed_blocks
+
+        return changed_blocks(self._ctx, base, target, live=self)
