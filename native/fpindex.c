@@ -132,7 +132,7 @@ static void delete_at(nx_index *ix, uint64_t p)
             break;
         uint64_t h = home_of(ix->slots[q].fp, ix->shift);
         /* The entry at q may fill the hole at p iff its home is not in (p, q]. */
-        if (((q - h) & mask) > ((q - p) & mask)) {
+        if (((q - h) & mask) >= ((q - p) & mask)) {
             ix->slots[p] = ix->slots[q];
             p = q;
         }

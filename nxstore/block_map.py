@@ -8,14 +8,16 @@ vDisk's head is immutable. Which layer sits on which is the catalogue's
 business (`layers.py`); every function here takes a chain as a list of
 MapLayer objects, top first.
 
-MapLayer keeps its entries in two sorted parts, like a two-level LSM tree:
-the main arrays and a small "recent" part that `set` merges batches into.
-The recent part is folded into the main arrays once it exceeds
-``max(_RECENT_MIN, isqrt(_RECENT_FACTOR * len(main)))`` entries. Merging a
-batch costs O(len(recent)) and a fold O(len(main)); with the square-root
-bound both amortise to O(sqrt(len(main))) element copies per batch (about 8k
-for a 1M-entry layer), so small frequent batches stay cheap on big layers.
-`freeze` folds the recent part, so frozen layers are one pair of arrays.
+MapLayer keeps its entries like a small three-level LSM tree, so that small
+frequent `set` batches stay cheap on a big layer: the main arrays; L1, a
+sorted part of at most ``max(_RECENT_MIN, _RECENT_FACTOR * isqrt(len(main)))``
+entries (64k at 1M); L0, a sorted part of at most _L0_MAX (512) entries that
+each batch is merged into. L0 is merged into L1 when it overflows, L1 into
+the main arrays when it does. Per 32-entry batch into a 1M-entry layer that
+amortises to a few thousand element copies instead of a million; a lookup
+checks the newest part first in effect (L0 over L1 over main). `freeze` and
+`items` fold everything into the main arrays, so frozen layers are one pair
+of sorted arrays.
 
 The map primitives (merge, diff, lookup) are `nxstore.native`; there are no
 per-block Python loops in this module. MapLayer is not thread-safe: the
@@ -32,8 +34,9 @@ import numpy as np
 from . import native
 from .errors import InvalidArgument, ReadOnly
 
-_RECENT_MIN = 4096  # entries; the recent part is never folded below this size
-_RECENT_FACTOR = 64  # recent bound = isqrt(64 * len(main)): 8000 entries at 1M
+_L0_MAX = 512  # entries; L0 is merged into L1 past this
+_RECENT_MIN = 4096  # entries; L1 is never folded into the main arrays below this
+_RECENT_FACTOR = 64  # L1 bound = 64 * isqrt(len(main)): 64k entries at 1M
 _EMPTY = np.zeros(0, dtype=np.uint64)
 _EMPTY.flags.writeable = False
 
@@ -104,7 +107,7 @@ class MapLayer:
     the chain functions give it its masking meaning.
     """
 
-    __slots__ = ("_keys", "_vals", "_rkeys", "_rvals", "_extra", "_frozen")
+    __slots__ = ("_keys", "_vals", "_parts", "_len", "_frozen")
 
     def __init__(self, keys: np.ndarray | None = None, vals: np.ndarray | None = None):
         """A mutable layer holding (keys, vals).
@@ -131,8 +134,9 @@ class MapLayer:
 
     def _set_main(self, keys: np.ndarray, vals: np.ndarray) -> None:
         self._keys, self._vals = keys, vals
-        self._rkeys, self._rvals = _EMPTY, _EMPTY
-        self._extra = 0  # keys of the recent part that are not in the main arrays
+        # recent parts: [L1 (medium), L0 (small, newest)]; a newer part wins
+        self._parts = [(_EMPTY, _EMPTY), (_EMPTY, _EMPTY)]
+        self._len: int | None = len(keys)  # None = not known since the last set
 
     # -- reads ----------------------------------------------------------------
     def lookup(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,11 +146,23 @@ class MapLayer:
         """
         q = as_u64(blocks, "blocks")
         v, f = _lookup(self._keys, self._vals, q)
-        if len(self._rkeys):
-            rv, rf = _lookup(self._rkeys, self._rvals, q)
-            v = np.where(rf, rv, v)
-            f = f | rf
+        for pk, pv in self._parts:
+            if len(pk):
+                rv, rf = _lookup(pk, pv, q)
+                v = np.where(rf, rv, v)
+                f |= rf
         return v, f
+
+    def _lookup_in_range(self, q: np.ndarray, bounds: np.ndarray | None):
+        """lookup(q) given bounds[0] <= q < bounds[1], or None when no key lies
+        in that range: a folded (e.g. frozen) layer answers that from one
+        vectorised binary search."""
+        if bounds is None or len(self._parts[0][0]) or len(self._parts[1][0]):
+            return self.lookup(q) if not self.is_empty() else None
+        i, j = np.searchsorted(self._keys, bounds)
+        if i == j:
+            return None
+        return _lookup(self._keys[i:j], self._vals[i:j], q)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, vals): every entry, keys strictly ascending. Read-only views."""
@@ -157,11 +173,22 @@ class MapLayer:
         return k, v
 
     def __len__(self) -> int:
-        return len(self._keys) + self._extra
+        if self._len is None:
+            self._push_l0()
+            rk = self._parts[0][0]
+            _, in_main = _lookup(self._keys, self._vals, rk)
+            self._len = len(self._keys) + len(rk) - int(np.count_nonzero(in_main))
+        return self._len
+
+    def is_empty(self) -> bool:
+        """len(self) == 0, in O(1)."""
+        return not (len(self._keys) or len(self._parts[0][0]) or len(self._parts[1][0]))
 
     def nbytes(self) -> int:
-        """RAM held by the entry arrays (16 bytes per entry, plus the recent part)."""
-        return self._keys.nbytes + self._vals.nbytes + self._rkeys.nbytes + self._rvals.nbytes
+        """RAM held by the entry arrays (16 bytes per entry, plus the recent parts)."""
+        return (
+            self._keys.nbytes + self._vals.nbytes + sum(k.nbytes + v.nbytes for k, v in self._parts)
+        )
 
     @property
     def frozen(self) -> bool:
@@ -176,36 +203,44 @@ class MapLayer:
         """Upsert a batch; where a block repeats in the batch the later entry wins.
 
         Raises ReadOnly if the layer is frozen, InvalidArgument on mismatched
-        lengths or non-integer/negative input. Amortised cost
-        O(len(batch) * log + sqrt(len(self))).
+        lengths or non-integer/negative input. Amortised cost: see the module
+        docstring.
         """
         if self._frozen:
             raise ReadOnly("block map layer is frozen")
-        b = as_u64(blocks, "blocks")
-        v = as_u64(vals, "vals")
-        if len(b) != len(v):
-            raise InvalidArgument(f"{len(b)} blocks but {len(v)} values")
-        if not len(b):
+        b0 = as_u64(blocks, "blocks")
+        v0 = as_u64(vals, "vals")
+        if len(b0) != len(v0):
+            raise InvalidArgument(f"{len(b0)} blocks but {len(v0)} values")
+        if not len(b0):
             return
-        b, v = sorted_last_wins(b, v)
-        b, v = b.copy(), v.copy()  # never alias the caller's arrays
-        if not len(self._keys) and not len(self._rkeys) and len(b) > _RECENT_MIN:
+        b, v = sorted_last_wins(b0, v0)
+        if b is b0:
+            b, v = b.copy(), v.copy()  # never alias the caller's arrays
+        if self.is_empty() and len(b) > _RECENT_MIN:
             self._set_main(b, v)  # bulk load of an empty layer
             return
-        _, in_recent = _lookup(self._rkeys, self._rvals, b)
-        fresh = b[~in_recent]
-        if len(fresh):
-            _, in_main = _lookup(self._keys, self._vals, fresh)
-            self._extra += int(len(fresh) - np.count_nonzero(in_main))
-        self._rkeys, self._rvals = _merge((b, v), (self._rkeys, self._rvals))
-        if len(self._rkeys) > max(_RECENT_MIN, isqrt(_RECENT_FACTOR * len(self._keys))):
+        self._len = None
+        if len(b) <= _L0_MAX:
+            self._parts[1] = _merge((b, v), self._parts[1])
+            if len(self._parts[1][0]) > _L0_MAX:
+                self._push_l0()
+        else:
+            self._push_l0()
+            self._parts[0] = _merge((b, v), self._parts[0])
+        if len(self._parts[0][0]) > max(_RECENT_MIN, _RECENT_FACTOR * isqrt(len(self._keys))):
             self._fold()
 
+    def _push_l0(self) -> None:
+        """Merge L0 into L1."""
+        if len(self._parts[1][0]):
+            self._parts = [_merge(self._parts[1], self._parts[0]), (_EMPTY, _EMPTY)]
+
     def _fold(self) -> None:
-        """Merge the recent part into the main arrays."""
-        if len(self._rkeys):
-            k, v = _merge((self._rkeys, self._rvals), (self._keys, self._vals))
-            self._set_main(k, v)
+        """Merge the recent parts into the main arrays."""
+        self._push_l0()
+        if len(self._parts[0][0]):
+            self._set_main(*_merge(self._parts[0], (self._keys, self._vals)))
 
     def freeze(self) -> None:
         """Make the layer immutable (idempotent); later `set` raises ReadOnly."""
@@ -222,12 +257,18 @@ def chain_lookup(layers: Chain, blocks: np.ndarray) -> np.ndarray:
     Layers below the point where every block is found are not consulted."""
     q = as_u64(blocks, "blocks")
     out = np.zeros(len(q), dtype=np.uint64)
+    if not len(q):
+        return out
+    hi = int(q.max())
+    # [min, max + 1): lets a layer with no key in range be skipped (None: no bound)
+    bounds = np.array([q.min(), hi + 1], dtype=np.uint64) if hi < 2**64 - 1 else None
     pending = None  # indices of q still unresolved; None = all of them
     for layer in layers:
-        if not len(layer):
-            continue
         sub = q if pending is None else q[pending]
-        v, f = layer.lookup(sub)
+        found = layer._lookup_in_range(sub, bounds)
+        if found is None:
+            continue
+        v, f = found
         if pending is None:
             out[f] = v[f]
             pending = np.flatnonzero(~f)

@@ -257,7 +257,9 @@ class Cluster:
             if name in self._vdisks:
                 raise AlreadyExists(f"vDisk {name!r} exists")
             with self._ctx.map_lock, self._ctx.catalog.transaction():
-                head = self._ctx.tree.create(parent_layer, self._ctx.oplog.last_seq)
+                seq = self._ctx.oplog.last_seq
+                self._ctx.oplog.sync(seq)  # a durable created_seq must name durable records
+                head = self._ctx.tree.create(parent_layer, seq)
                 row = self._ctx.catalog.insert(
                     VDiskRow(0, name, container_id, size, head, self._ctx.clock(), False))
             vd = self._vdisks[name] = VDisk(self._ctx, row)

@@ -51,3 +51,23 @@ INDEX_BLOB_MAGIC = b"NXFPIDX\0"     # 8 bytes; starts FingerprintIndex.to_bytes(
 INDEX_BLOB_VERSION = 1              # layout of to_bytes(): docs/_parts/native.md
 INDEX_BLOB_HEADER_BYTES = 48        # bytes before the slot array
 INDEX_SLOT_BYTES = 24               # bytes per slot: 16 fingerprint + 8 id (u64 LE); id 0 = empty
+
+# --- replication wire --------------------------------------------------------------
+# Layout and meaning: docs/_parts/wire.md. Code: nxstore/replication/.
+WIRE_MAGIC = b"NXRP"                # 4 bytes; starts every frame
+WIRE_PROTOCOL_VERSION = 1           # frame layout + message set version this build speaks
+WIRE_MIN_PROTOCOL_VERSION = 1       # oldest version this build still speaks
+WIRE_FRAME_HEADER_BYTES = 32        # bytes before the payload
+WIRE_MAX_FRAME_PAYLOAD = 16 * 1024 * 1024   # bytes; 2**24, both as sent and uncompressed
+WIRE_COMPRESS_MIN_PAYLOAD = 4 * 1024        # bytes; smaller payloads are never compressed
+WIRE_NONCE_BYTES = 32               # handshake nonce (os.urandom)
+WIRE_PROOF_BYTES = 32               # HMAC-SHA256 output
+WIRE_MAX_STRING_BYTES = 4096        # bytes of UTF-8 in any string field
+WIRE_MAX_BATCH = 4096               # fingerprints / blocks / map entries per batch message
+WIRE_DEFAULT_BATCH = 64             # blocks per BLOCKS message the source sends by default
+WIRE_DEFAULT_WINDOW = 8             # data requests a sender keeps in flight (credit)
+WIRE_ACK_EVERY = 4                  # a receiver acknowledges at least every N data requests
+WIRE_HANDSHAKE_TIMEOUT_S = 10.0     # seconds for the whole handshake, each side
+WIRE_WRITE_HIGH_WATER = 4 * 1024 * 1024     # bytes buffered in the socket writer before drain blocks
+WIRE_READ_LIMIT = 1024 * 1024       # bytes; asyncio StreamReader buffer limit
+WIRE_BANDWIDTH_CHUNK = 64 * 1024    # bytes; a rate-limited frame is paced in pieces this large

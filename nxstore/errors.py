@@ -46,3 +46,30 @@ class ReadOnly(NxError):
 
 class ClosedError(NxError):
     """The cluster was closed."""
+
+
+# --- replication wire ------------------------------------------------------------------
+
+
+class ProtocolError(NxError):
+    """The peer broke the replication protocol: garbage bytes, a bad frame header, an
+    unexpected message, a connection closed mid-conversation or a timeout. The connection
+    is unusable afterwards."""
+
+
+class VersionMismatch(ProtocolError):
+    """The two sides share no replication protocol version (or a frame has an unknown one)."""
+
+
+class ConnectionClosed(ProtocolError):
+    """The peer closed the connection (or it was closed locally) before the expected frame."""
+
+
+class FrameCorruption(ProtocolError, Corruption):
+    """A replication frame failed its checksum, or its payload does not decompress to the
+    length the header states: bytes were changed on the wire. Both a ProtocolError (the
+    connection is unusable) and a Corruption (nothing of it may be stored)."""
+
+
+class AuthenticationError(NxError):
+    """The peer failed the shared-secret challenge-response (or rejected ours)."""

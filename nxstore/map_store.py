@@ -48,6 +48,7 @@ _DELTA_HEAD = struct.Struct("<8sIIQQ")  # magic, version, reserved, layer id, ge
 DELTA_HEADER_BYTES = _DELTA_HEAD.size + 8  # + XXH3-64 of the above = 40
 _REC_HEAD = struct.Struct("<QQQ")  # applied_seq, entry count, XXH3-64 of the payload
 RECORD_HEADER_BYTES = _REC_HEAD.size + 8  # + XXH3-64 of the above = 32
+_SECTOR = 512  # bytes; the smallest unit a crash leaves written or not
 _NAME = re.compile(r"^L([0-9a-f]{16})\.(base|delta)$")
 _LITTLE = sys.byteorder == "little"
 
@@ -62,6 +63,15 @@ def _h(data: bytes | memoryview) -> int:
 
 def _strictly_ascending(k: np.ndarray) -> bool:
     return len(k) < 2 or bool(np.all(k[1:] > k[:-1]))
+
+
+def _zero_filled(data: bytes, p: int, hi: int) -> bool:
+    """Whether a record starting at `p` looks torn by a crash that extended the
+    file but left the rest unwritten: the file from p, or from a sector boundary
+    in (p, hi), to its end is zeros. (p is where the previous fdatasync ended;
+    beyond it the disk holds whole sectors that were or were not written.)"""
+    z = len(data.rstrip(b"\0"))  # the file's trailing zeros start here
+    return z <= p or -(-z // _SECTOR) * _SECTOR < hi
 
 
 def _delta_header(layer_id: int, generation: int) -> bytes:
@@ -335,15 +345,15 @@ class MapStore:
             seq, count, payload_hash = _REC_HEAD.unpack_from(data, p)
             (rec_hash,) = struct.unpack_from("<Q", data, p + _REC_HEAD.size)
             if _h(mv[p : p + _REC_HEAD.size]) != rec_hash:
-                if data.count(b"\0", p) == n - p:
-                    break  # torn: size extended, zeros never overwritten
+                if _zero_filled(data, p, min(n, p + RECORD_HEADER_BYTES)):
+                    break  # torn: size extended, header never written
                 raise Corruption(f"{path}: record header checksum mismatch at offset {p}")
             end = p + RECORD_HEADER_BYTES + 16 * count
             if end > n:
                 break  # torn: record cut short
             if _h(mv[p + RECORD_HEADER_BYTES : end]) != payload_hash:
-                if end == n and data[end - 8 : end] == bytes(8):
-                    break  # torn: last record ends in never-written zeros
+                if end == n and _zero_filled(data, p, n):
+                    break  # torn: size extended, payload not all written
                 raise Corruption(f"{path}: record payload checksum mismatch at offset {p}")
             off = p + RECORD_HEADER_BYTES
             keys = np.frombuffer(data, "<u8", count, off).astype(np.uint64, copy=False)

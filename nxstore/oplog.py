@@ -11,7 +11,7 @@ format version, first seq, XXH3-64 of the header) followed by records: a 48-byte
 checksum is XXH3-64 over header bytes 0..39 seeded with XXH3-64 of the payload, so a flipped
 byte anywhere in a record is detected. Seqs are consecutive u64s starting at 1, shared by all
 vDisks; file order is seq order. Byte-by-byte layout and the crash-safety argument:
-docs/_parts/oplog.md; the codec: `nxstore.oplog_record`.
+docs/_parts/oplog.md; codec, recovery and reading: `nxstore.oplog_record`.
 
 Durability: `append_*` only buffers (in memory, written out early past OPLOG_BUFFER_BYTES);
 `sync()` writes the buffer with one os.write and fdatasyncs; concurrent callers share one
@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import xxhash
@@ -38,57 +36,32 @@ from .constants import (
     OPLOG_FORMAT_VERSION,
     OPLOG_SEGMENT_BYTES,
 )
-from .errors import ClosedError, Corruption, InvalidArgument
+from .errors import ClosedError, InvalidArgument
 from .fileutil import fsync_dir
 from .oplog_record import (
     MAX_PAYLOAD_BYTES,
     RECORD_HEAD,
-    RECORD_HEADER_BYTES,
     RECORD_MAGIC,
     SEGMENT_HEADER_BYTES,
     Record,
+    RecordIterator,
     RecordType,
-    decode_segment_header,
+    Salvage,
+    Segment,
     encode_segment_header,
-    iter_bytes,
-    iter_file,
-    scan_segment,
+    recover,
+    segment_name,
 )
 
 __all__ = ["OpLog", "Record", "RecordType", "Salvage"]
 
 log = logging.getLogger(__name__)
 
-_SEGMENT_RE = re.compile(r"^oplog-(\d{20})\.seg$")
 _U64 = struct.Struct("<Q")
 _pack_head = RECORD_HEAD.pack
 _pack_u64 = _U64.pack
 _xxh = xxhash.xxh3_64_intdigest
 _WRITE, _TRIM, _MAP, _MARKER = (int(t) for t in RecordType)
-
-
-def segment_name(first_seq: int) -> str:
-    return f"oplog-{first_seq:020d}.seg"
-
-
-@dataclass
-class _Segment:
-    path: str
-    first_seq: int
-    size: int  # bytes in the file: header + records written out (not the in-memory buffer)
-    version: int
-
-
-@dataclass(frozen=True)
-class Salvage:
-    """What opening with salvage=True dropped."""
-
-    path: str  # segment in which the damage was found
-    offset: int  # byte offset of the damage in it; the log now ends there
-    reason: str
-    dropped_bytes: int  # bytes cut from that segment and from the segments deleted whole
-    dropped_segments: tuple[str, ...]  # segment files deleted whole
-    last_kept_seq: int  # the log now ends with this seq (appends continue after it)
 
 
 class OpLog:
@@ -129,90 +102,17 @@ class OpLog:
         self._io_error: OSError | None = None
         self._fd = -1
         self.on_pressure: Callable[[], object] | None = None
-        self.salvaged: Salvage | None = None
         os.makedirs(self._dir, exist_ok=True)
-        self._segments: list[_Segment] = []
-        self._last_seq = 0
-        self._recover(salvage)
+        found = recover(self._dir, salvage)
+        self._segments: list[Segment] = found.segments
+        self._last_seq = found.last_seq
+        self.salvaged = found.salvaged
+        self._open_active(found.truncate_at)
         self._written_seq = self._last_seq  # records <= this are in the file
         self._durable_seq = self._last_seq  # records <= this are fdatasynced
         self._durable_size = self._segments[-1].size  # durable bytes of the active segment
 
-    # --- recovery ---------------------------------------------------------------------
-
-    def _recover(self, salvage: bool) -> None:
-        found: list[tuple[int, str]] = []
-        for name in os.listdir(self._dir):
-            m = _SEGMENT_RE.match(name)
-            if m:
-                found.append((int(m.group(1)), os.path.join(self._dir, name)))
-            elif name.startswith("oplog-") and name.endswith(".tmp"):
-                os.unlink(os.path.join(self._dir, name))  # segment whose creation crashed
-        found.sort()
-        next_seq = found[0][0] if found else 1
-        truncate_at: int | None = None
-        for i, (name_seq, path) in enumerate(found):
-            newest = i == len(found) - 1
-            with open(path, "rb") as f:
-                data = f.read()
-            try:
-                version, first_seq = decode_segment_header(data, path)
-            except Corruption as e:
-                reason = str(e).removeprefix(f"{path}: ")
-                self._damage(salvage, found, i, 0, reason, len(data), next_seq)
-                return
-            if first_seq != name_seq:
-                reason = f"header says first seq {first_seq}, file name says {name_seq}"
-                self._damage(salvage, found, i, 0, reason, len(data), next_seq)
-                return
-            if first_seq != next_seq:
-                reason = f"seq gap: segment starts at {first_seq}, expected {next_seq}"
-                self._damage(salvage, found, i, 0, reason, len(data), next_seq)
-                return
-            scan = scan_segment(data, first_seq)
-            next_seq = first_seq + scan.count
-            self._segments.append(_Segment(path, first_seq, scan.end, version))
-            if scan.bad_reason is not None:
-                if newest and scan.valid_after < 0:
-                    cut = len(data) - scan.end
-                    log.info("%s: cut torn tail of %d bytes at byte %d", path, cut, scan.end)
-                    truncate_at = scan.end
-                else:
-                    reason = scan.bad_reason
-                    if scan.valid_after >= 0:
-                        reason += f" (a valid record follows at byte {scan.valid_after})"
-                    self._damage(salvage, found, i, scan.end, reason, len(data), next_seq)
-                    return
-        self._last_seq = next_seq - 1
-        self._open_active(truncate_at)
-
-    def _damage(self, salvage, found, i, offset, reason, seg_len, next_seq) -> None:
-        """Handle damage at byte `offset` of segment found[i]: raise, or cut the log there."""
-        path = found[i][1]
-        if not salvage:
-            raise Corruption(f"{path}: at byte {offset}: {reason}")
-        dropped = seg_len - offset
-        gone: list[str] = []
-        for _, later in found[i + 1 :]:
-            dropped += os.path.getsize(later)
-            gone.append(later)
-        for later in reversed(gone):  # newest first: a crash midway leaves a valid prefix
-            os.unlink(later)
-            fsync_dir(self._dir)
-        if offset < SEGMENT_HEADER_BYTES:
-            if self._segments and self._segments[-1].path == path:
-                self._segments.pop()
-            os.unlink(path)
-            fsync_dir(self._dir)
-            gone.insert(0, path)
-            truncate_at = None
-        else:
-            truncate_at = offset
-        self._last_seq = next_seq - 1
-        self.salvaged = Salvage(path, offset, reason, dropped, tuple(gone), self._last_seq)
-        msg = "%s: at byte %d: %s; salvage dropped %d bytes, log now ends at seq %d"
-        log.warning(msg, path, offset, reason, dropped, self._last_seq)
-        self._open_active(truncate_at)
+    # --- segment files ---------------------------------------------------------------------
 
     def _open_active(self, truncate_at: int | None) -> None:
         """Open the newest segment for appending (cutting it at truncate_at) or start one."""
@@ -249,7 +149,7 @@ class OpLog:
             os.close(fd)
             raise
         self._fd = fd
-        self._segments.append(_Segment(path, first_seq, SEGMENT_HEADER_BYTES, OPLOG_FORMAT_VERSION))
+        self._segments.append(Segment(path, first_seq, SEGMENT_HEADER_BYTES, OPLOG_FORMAT_VERSION))
 
     # --- appends ----------------------------------------------------------------------
 
@@ -410,7 +310,7 @@ class OpLog:
                     self._rotate_locked(
                         lambda: upto_seq >= self._last_seq >= self._segments[-1].first_seq
                     )
-                doomed: list[_Segment] = []
+                doomed: list[Segment] = []
                 while len(segs) > 1 and segs[1].first_seq - 1 <= upto_seq:
                     doomed.append(segs.pop(0))
                 if doomed:
@@ -492,7 +392,7 @@ class OpLog:
             tail = bytes(self._buf) if hi > self._written_seq else b""
             tail_name = f"{segs[-1].path} (unwritten buffer)"
             tail_base = segs[-1].size
-        return _RecordIterator(files, tail, tail_name, tail_base, from_seq, hi)
+        return RecordIterator(files, tail, tail_name, tail_base, from_seq, hi)
 
     # --- state ------------------------------------------------------------------------
 
@@ -564,37 +464,3 @@ class OpLog:
         if self._io_error is not None:
             e = self._io_error
             raise OSError(e.errno, f"OpLog {self._dir} unusable after an I/O error: {e.strerror}")
-
-
-class _RecordIterator:
-    """Iterator over a snapshot of segment files + buffer; closes its files when done."""
-
-    def __init__(self, files, tail: bytes, tail_name: str, tail_base: int, lo: int, hi: int):
-        self._files = files
-        self._gen = self._run(tail, tail_name, tail_base, lo, hi)
-
-    def _run(self, tail, tail_name, tail_base, lo, hi):
-        try:
-            for f, path, end in self._files:
-                yield from iter_file(f, path, SEGMENT_HEADER_BYTES, end, lo, hi)
-            if tail:
-                yield from iter_bytes(tail, tail_base, tail_name, lo, hi)
-        finally:
-            self.close()
-
-    def __iter__(self) -> _RecordIterator:
-        return self
-
-    def __next__(self) -> Record:
-        return next(self._gen)
-
-    def close(self) -> None:
-        files, self._files = self._files, []
-        for f, _, _ in files:
-            f.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-assert RECORD_HEADER_BYTES == 48 and SEGMENT_HEADER_BYTES == 32

@@ -23,12 +23,16 @@ Record, 48-byte header + payload::
     40  8  checksum = XXH3-64(bytes 0..39, seed = XXH3-64(payload))
     48  …  payload
 
-This module has no state; `nxstore.oplog` owns the files.
+Besides the codec: `recover()` (verify the segments of a directory at open, cut torn tails,
+salvage) and `RecordIterator` (read records back). `nxstore.oplog` owns the writing.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -38,6 +42,9 @@ import xxhash
 
 from .constants import OPLOG_FORMAT_VERSION
 from .errors import Corruption, FormatError
+from .fileutil import fsync_dir
+
+log = logging.getLogger("nxstore.oplog")
 
 SEGMENT_MAGIC = b"NXOPLOG\x00"
 SEGMENT_HEAD = struct.Struct("<8sIIQ")  # the 24 checksummed bytes
@@ -222,3 +229,143 @@ def iter_file(f, path: str, start: int, end: int, lo: int, hi: int):
                 raise Corruption(f"{path}: at byte {pos}: record checksum mismatch")
             yield Record(seq, RecordType(rtype), vdisk, off, ln, payload)
         pos = nxt
+
+
+# --- segments and recovery ---------------------------------------------------------------
+
+_SEGMENT_RE = re.compile(r"^oplog-(\d{20})\.seg$")
+
+
+def segment_name(first_seq: int) -> str:
+    """File name of the segment whose first record has seq `first_seq`."""
+    return f"oplog-{first_seq:020d}.seg"
+
+
+@dataclass
+class Segment:
+    path: str
+    first_seq: int
+    size: int  # bytes in the file: header + records written out (not the in-memory buffer)
+    version: int
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What opening with salvage=True dropped."""
+
+    path: str  # segment in which the damage was found
+    offset: int  # byte offset of the damage in it; the log now ends there
+    reason: str
+    dropped_bytes: int  # bytes cut from that segment and from the segments deleted whole
+    dropped_segments: tuple[str, ...]  # segment files deleted whole
+    last_kept_seq: int  # the log now ends with this seq (appends continue after it)
+
+
+class Recovered(NamedTuple):
+    segments: list[Segment]  # verified, oldest first; sizes exclude any cut tail
+    last_seq: int
+    truncate_at: int | None  # cut the newest segment's file here before appending to it
+    salvaged: Salvage | None
+
+
+def recover(directory: str, salvage: bool) -> Recovered:
+    """Find and verify every segment in `directory` (see OpLog.__init__ for the rules).
+
+    Deletes leftover *.tmp segments and, with salvage, the segments after the damage; the
+    caller cuts the newest segment at `truncate_at`. Raises Corruption / FormatError.
+    """
+    found: list[tuple[int, str]] = []
+    for name in os.listdir(directory):
+        m = _SEGMENT_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+        elif name.startswith("oplog-") and name.endswith(".tmp"):
+            os.unlink(os.path.join(directory, name))  # a segment whose creation crashed
+    found.sort()
+    segments: list[Segment] = []
+    next_seq = found[0][0] if found else 1
+    for i, (name_seq, path) in enumerate(found):
+        with open(path, "rb") as f:
+            data = f.read()
+        reason = None
+        try:
+            version, first_seq = decode_segment_header(data, path)
+        except Corruption as e:
+            reason = str(e).removeprefix(f"{path}: ")
+        else:
+            if first_seq != name_seq:
+                reason = f"header says first seq {first_seq}, file name says {name_seq}"
+            elif first_seq != next_seq:
+                reason = f"seq gap: segment starts at {first_seq}, expected {next_seq}"
+        if reason is not None:
+            return _damage(directory, salvage, found, i, 0, reason, segments, next_seq, len(data))
+        scan = scan_segment(data, first_seq)
+        next_seq = first_seq + scan.count
+        segments.append(Segment(path, first_seq, scan.end, version))
+        if scan.bad_reason is None:
+            continue
+        if i == len(found) - 1 and scan.valid_after < 0:
+            cut = len(data) - scan.end
+            log.info("%s: cut torn tail of %d bytes at byte %d", path, cut, scan.end)
+            return Recovered(segments, next_seq - 1, scan.end, None)
+        reason = scan.bad_reason
+        if scan.valid_after >= 0:
+            reason += f" (a valid record follows at byte {scan.valid_after})"
+        return _damage(
+            directory, salvage, found, i, scan.end, reason, segments, next_seq, len(data)
+        )
+    return Recovered(segments, next_seq - 1, None, None)
+
+
+def _damage(directory, salvage, found, i, offset, reason, segments, next_seq, seg_len) -> Recovered:
+    """Damage at byte `offset` of segment found[i]: raise Corruption, or cut the log there."""
+    path = found[i][1]
+    if not salvage:
+        raise Corruption(f"{path}: at byte {offset}: {reason}")
+    dropped = seg_len - offset
+    gone = [later for _, later in found[i + 1 :]]
+    dropped += sum(os.path.getsize(p) for p in gone)
+    for later in reversed(gone):  # newest first: a crash midway leaves the damage in place
+        os.unlink(later)
+        fsync_dir(directory)
+    truncate_at: int | None = offset
+    if offset < SEGMENT_HEADER_BYTES:  # the whole segment goes
+        os.unlink(path)
+        fsync_dir(directory)
+        gone.insert(0, path)
+        truncate_at = None
+    report = Salvage(path, offset, reason, dropped, tuple(gone), next_seq - 1)
+    msg = "%s: at byte %d: %s; salvage dropped %d bytes, log now ends at seq %d"
+    log.warning(msg, path, offset, reason, dropped, next_seq - 1)
+    return Recovered(segments, next_seq - 1, truncate_at, report)
+
+
+class RecordIterator:
+    """Iterator over a snapshot of segment files + buffer; closes its files when done."""
+
+    def __init__(self, files, tail: bytes, tail_name: str, tail_base: int, lo: int, hi: int):
+        self._files = files  # [(open binary file, path, end offset)]
+        self._gen = self._run(tail, tail_name, tail_base, lo, hi)
+
+    def _run(self, tail, tail_name, tail_base, lo, hi):
+        try:
+            for f, path, end in self._files:
+                yield from iter_file(f, path, SEGMENT_HEADER_BYTES, end, lo, hi)
+            if tail:
+                yield from iter_bytes(tail, tail_base, tail_name, lo, hi)
+        finally:
+            self.close()
+
+    def __iter__(self) -> RecordIterator:
+        return self
+
+    def __next__(self) -> Record:
+        return next(self._gen)
+
+    def close(self) -> None:
+        files, self._files = self._files, []
+        for f, _, _ in files:
+            f.close()
+
+    def __del__(self) -> None:
+        self.close()

@@ -112,6 +112,7 @@ def take_snapshots(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str) -> l
         rows = []
         with ctx.map_lock, ctx.catalog.transaction():
             seq = ctx.oplog.last_seq
+            ctx.oplog.sync(seq)  # a durable created_seq must name durable records
             now = ctx.clock()
             for vd in members:
                 head = vd._row.head_layer
@@ -128,7 +129,9 @@ def restore_vdisk(ctx: ClusterContext, vd: VDisk, snapshot: Snapshot) -> None:
     with vd._lock:
         vd._check_alive()
         with ctx.map_lock, ctx.catalog.transaction():
-            vd._row.head_layer = ctx.tree.create(snapshot.layer_id, ctx.oplog.last_seq)
+            seq = ctx.oplog.last_seq
+            ctx.oplog.sync(seq)  # a durable created_seq must name durable records
+            vd._row.head_layer = ctx.tree.create(snapshot.layer_id, seq)
             vd._row.size = snapshot.size
             ctx.catalog.update(vd._row)
             # Undrained writes belong to the old head, which is dropped; the OpLog

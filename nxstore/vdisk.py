@@ -338,6 +338,9 @@ class VDisk:
         vals = np.concatenate([v for _, v in self._pending])
         safe = self.safe_point()
         self._ctx.store.sync()  # extents before the map entries that name them
+        # The OpLog hands out again the seqs of records lost before a sync, so a
+        # map may only claim a safe point whose records are durable.
+        self._ctx.oplog.sync(safe)
         with self._ctx.map_lock:
             self._ctx.tree.persist(self._row.head_layer, blocks, vals, safe)
         self._pending.clear()
@@ -353,7 +356,9 @@ class VDisk:
                 if tree.rows[head].parent != parent:
                     return
                 merged = collapse([tree.layer(head), tree.layer(parent)])
-                tree.fold_into_head(parent, head, merged, self.safe_point())
+                safe = self.safe_point()
+                self._ctx.oplog.sync(safe)
+                tree.fold_into_head(parent, head, merged, safe)
                 self._pending.clear()
 
     # -- snapshots ------------------------------------------------------------------

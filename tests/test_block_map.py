@@ -62,9 +62,7 @@ def check_layer(layer: MapLayer, model: dict[int, int], queries: list[int]) -> N
 # -- MapLayer -------------------------------------------------------------------
 
 batches = st.lists(
-    st.lists(
-        st.tuples(st.integers(0, 300), st.integers(0, 2**64 - 1)), min_size=0, max_size=40
-    ),
+    st.lists(st.tuples(st.integers(0, 300), st.integers(0, 2**64 - 1)), min_size=0, max_size=40),
     max_size=25,
 )
 
@@ -72,6 +70,7 @@ batches = st.lists(
 @pytest.fixture
 def small_recent(monkeypatch):
     """Fold the recent part after a handful of entries so tests cross the threshold."""
+    monkeypatch.setattr(block_map, "_L0_MAX", 2)
     monkeypatch.setattr(block_map, "_RECENT_MIN", 3)
     monkeypatch.setattr(block_map, "_RECENT_FACTOR", 1)
 
@@ -269,3 +268,14 @@ def test_changed_blocks_bad_common():
         changed_blocks([base], [base], 2)
     with pytest.raises(InvalidArgument):
         changed_blocks([base], [base], -1)
+
+
+def test_extreme_block_indices():
+    top = MapLayer()
+    top.set(arr([2**64 - 1, 0]), arr([5, 6]))
+    base = layer_of({2**64 - 2: 7, 2**64 - 1: 8})
+    base.freeze()
+    q = arr([2**64 - 1, 2**64 - 2, 0, 1])
+    assert chain_lookup([top, base], q).tolist() == [5, 7, 6, 0]
+    assert chain_lookup([top, base], q[1:2]).tolist() == [7]
+    assert chain_lookup([base], arr([])).tolist() == []

@@ -269,7 +269,9 @@ _ops = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=_ops)
 def test_model(tmp_path_factory, ops):
     """Random append/sync/release/reopen/crash against a list model.

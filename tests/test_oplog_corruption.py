@@ -57,7 +57,8 @@ def _seqs(d, **kw):
 def test_torn_tail_every_offset(tmp_path, caplog):
     d = tmp_path / "log"
     (seg,) = _make(d, n=5)
-    original = open(seg, "rb").read()
+    with open(seg, "rb") as f:
+        original = f.read()
     start = _record_offset(4)
     assert len(original) == _record_offset(5)
     caplog.set_level(logging.INFO, logger="nxstore.oplog")

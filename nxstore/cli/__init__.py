@@ -1,1 +1,98 @@
-"""Command line (filled in by the CLI module)."""
+"""The `nxstore` command line.
+
+    nxstore [-v] COMMAND ...      (`nxstore --help`, `nxstore COMMAND --help`)
+
+Exit status: 0 success, 1 operational error (one `nxstore: error: ...` line on
+stderr), 2 usage error, 130 interrupted. Log messages go to stderr through the
+logging module: warnings by default, `-v` for INFO, `-vv` for DEBUG (which also
+prints the traceback of an unexpected error).
+
+One module per command group: cluster_cmds (create, info, container, drain,
+gc, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
+(import, export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import NoReturn
+
+log = logging.getLogger("nxstore.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)parser accepts -v and reports usage errors in one line."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                          help="more log output on stderr (-v INFO, -vv DEBUG)")
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"nxstore: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    from . import cluster_cmds, image_cmds, snapshot_cmds, vdisk_cmds
+
+    parser = _Parser(
+        prog="nxstore",
+        description="nxstore: thin vDisks on a deduplicating, compressing extent store "
+        "with zero-copy snapshots and clones.",
+        epilog="SIZE accepts bytes or K/M/G/T suffixes (binary: 1K = 1024), e.g. 10G, 512M, 4096.",
+    )
+    parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds):
+        module.register(sub)
+    return parser
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (never raises, except SystemExit
+    from --help/--version handling inside argparse, which main converts too)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        return 130
+    verbose = getattr(args, "verbose", 0)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
+        format="nxstore: %(levelname)s: %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from ..errors import NxError
+    from .common import CliError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("nxstore: interrupted\n")
+        return 130
+    except BrokenPipeError:  # e.g. `nxstore vdisk list PATH | head -1`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (CliError, NxError, OSError) as exc:
+        log.debug("%s failed", args.command, exc_info=True)
+        sys.stderr.write(f"nxstore: error: {_error_text(exc)}\n")
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback with -vv
+        log.debug("unexpected error", exc_info=True)
+        sys.stderr.write(f"nxstore: error: internal error: {type(exc).__name__}: {exc}"
+                         f"{'' if verbose >= 2 else ' (run with -vv for the traceback)'}\n")
+        return 1

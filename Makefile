@@ -1,0 +1,72 @@
+# nxstore: `make demo` and `make test` are the only commands a fresh machine needs.
+#
+# setup (internal; demo, test and bench depend on it):
+#   1. system packages the build and the tests need, when missing: libxxhash-dev (the native
+#      extension links it), qemu-utils (qemu-img, compared against in benchmarks), and on a bare
+#      Debian python3-venv / python3-dev (Python.h). Installed with apt-get when root; otherwise
+#      the exact command is printed and make stops.
+#   2. .venv (python3 -m venv) and `pip install -e '.[test]'`, which compiles nxstore._native.
+#   3. a stamp file: re-running is instant until pyproject.toml, setup.py or native/* change.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.nxstore-setup-stamp
+SETUP_INPUTS := pyproject.toml setup.py $(wildcard native/*)
+PYTEST_FLAGS := -q -p no:cacheprovider
+
+.PHONY: setup demo test bench lint clean distclean sysdeps
+
+demo: setup
+	$(PY) -m nxstore.demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_FLAGS) tests/
+
+bench: setup
+	$(VENV)/bin/pytest $(PYTEST_FLAGS) benchmarks/ --benchmark-only
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	@$(MAKE) --no-print-directory sysdeps
+	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	@$(PY) -c 'import nxstore._native, nxstore.cli; print("nxstore._native built:", nxstore._native.__file__)' \
+	  || { echo "setup: the native extension nxstore._native did not build (see the pip output above)" >&2; exit 1; }
+	@touch $@
+
+# Install missing system packages (Debian/Ubuntu). Checks files, not dpkg, so a
+# hand-built libxxhash or qemu-img also counts.
+sysdeps:
+	@missing=""; \
+	[ -f /usr/include/xxhash.h ] || [ -f /usr/local/include/xxhash.h ] || missing="$$missing libxxhash-dev"; \
+	command -v qemu-img >/dev/null 2>&1 || missing="$$missing qemu-utils"; \
+	test -x $(PY) || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || missing="$$missing python3-dev"; \
+	[ -z "$$missing" ] && exit 0; \
+	cmd="apt-get install -y --no-install-recommends$$missing"; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "setup: missing system packages:$$missing" >&2; \
+	  echo "setup: install them with:  sudo apt-get update && sudo $$cmd" >&2; \
+	  echo "setup: then run make again." >&2; \
+	  exit 1; \
+	fi; \
+	command -v apt-get >/dev/null || { echo "setup: missing$$missing and no apt-get; install them by hand" >&2; exit 1; }; \
+	echo "setup: installing$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$cmd || { apt-get update && $$cmd; }
+
+clean:
+	rm -rf build *.egg-info nxstore/_native*.so nxstore/_native.c nxstore/_native.o \
+	  demo-data .pytest_cache .ruff_cache .hypothesis $(STAMP)
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .benchmarks

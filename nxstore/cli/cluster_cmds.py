@@ -1,0 +1,164 @@
+"""Cluster-wide commands: create, info, container create|list, drain, gc, scrub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .. import Cluster
+from ..constants import DEFAULT_BLOCK_SIZE
+from .common import human, open_cluster, size_arg, table
+from .progress import Progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("create", help="create a new cluster directory")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--block-size", type=size_arg, default=DEFAULT_BLOCK_SIZE, metavar="N",
+                   help=f"block size, a power of two from 4K to 64K (default {DEFAULT_BLOCK_SIZE // 1024}K)")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("info", help="space statistics: logical vs stored bytes, dedup and compression")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("container", help="storage containers (dedup/compression policy)")
+    csub = p.add_subparsers(dest="container_cmd", metavar="COMMAND", required=True)
+    q = csub.add_parser("create", help="create a container")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--no-dedup", dest="dedup", action="store_false", help="turn dedup off")
+    q.add_argument("--no-compression", dest="compression", action="store_false",
+                   help="turn compression off")
+    q.add_argument("--verify-dedup", action="store_true",
+                   help="compare bytes on every dedup hit")
+    q.set_defaults(func=cmd_container_create)
+    q = csub.add_parser("list", help="list containers")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_container_list)
+
+    p = sub.add_parser("drain", help="move all OpLog data into the extent store")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("gc", help="reclaim the space of unreferenced extents")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("scrub", help="verify every extent, map and record; exit 1 on problems")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_scrub)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    with Cluster.create(args.path, block_size=args.block_size, background=False):
+        pass
+    print(f"created cluster {args.path} (block size {human(args.block_size)})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        stats = c.stats()
+        block_size = getattr(c, "block_size", None)
+        containers = len(c.containers())
+        vdisks = c.vdisks()
+        snapshots = sum(len(vd.snapshots()) for vd in vdisks)
+    if args.json:
+        out = {"path": args.path, "block_size": block_size, "containers": containers,
+               "snapshots": snapshots, **stats}
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0
+    saved = stats["logical_bytes"] - stats["stored_bytes"]
+    lines = [
+        ("cluster", args.path),
+        ("block size", human(block_size) if block_size else "?"),
+        ("containers", str(containers)),
+        ("vDisks", str(len(vdisks))),
+        ("snapshots", str(snapshots)),
+        ("logical data", human(stats["logical_bytes"])),
+        ("unique data", human(stats["unique_bytes"])),
+        ("stored data", human(stats["stored_bytes"])),
+        ("space saved", human(max(saved, 0))),
+        ("dedup ratio", f"{stats['dedup_ratio']:.2f}x"),
+        ("compression ratio", f"{stats['compression_ratio']:.2f}x"),
+        ("data reduction", _ratio(stats["logical_bytes"], stats["stored_bytes"])),
+        ("OpLog", human(stats["oplog_bytes"])),
+        ("extents", f"{stats['extents']:,}"),
+        ("block maps", f"{human(stats['map_ram_bytes'])} RAM, {human(stats['map_disk_bytes'])} disk"),
+        ("fingerprint index", f"{human(stats['index_memory_bytes'])} RAM"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 1}}  {value}")
+    return 0
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def cmd_container_create(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        row = c.create_container(args.name, dedup=args.dedup, compression=args.compression,
+                                 verify_dedup=args.verify_dedup)
+    print(f"created container {row.name}")
+    return 0
+
+
+def cmd_container_list(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        rows = c.containers()
+    if args.json:
+        print(json.dumps([{"name": r.name, "dedup": r.dedup, "compression": r.compression,
+                           "verify_dedup": r.verify_dedup} for r in rows], indent=2))
+        return 0
+
+    def onoff(flag: bool) -> str:
+        return "on" if flag else "off"
+
+    print(table([(r.name, onoff(r.dedup), onoff(r.compression), onoff(r.verify_dedup))
+                 for r in rows], ("NAME", "DEDUP", "COMPRESSION", "VERIFY-DEDUP")))
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        before = c.stats()["oplog_bytes"]
+        c.drain()
+        after = c.stats()["oplog_bytes"]
+    print(f"drained: OpLog {human(before)} -> {human(after)}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        before = c.stats()["stored_bytes"]
+        counters = c.gc()
+        after = c.stats()["stored_bytes"]
+    details = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                        for k, v in sorted(counters.items()))
+    print(f"gc: stored {human(before)} -> {human(after)}" + (f" ({details})" if details else ""))
+    return 0
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    # The engine logs each problem as a warning; the report below lists them
+    # once, so keep those log lines for -v.
+    scrub_log = logging.getLogger("nxstore.scrub")
+    if scrub_log.getEffectiveLevel() > logging.INFO:
+        scrub_log.setLevel(logging.ERROR)
+    with open_cluster(args.path) as c, Progress(None, "scrub", unit="extent") as bar:
+        problems = c.scrub(progress=bar.set)
+    if problems:
+        for line in problems:
+            print(line)
+        print(f"nxstore: error: scrub found {len(problems)} problem(s) in {args.path}",
+              file=sys.stderr)
+        return 1
+    print(f"scrub: {args.path} is healthy")
+    return 0

@@ -1,0 +1,95 @@
+"""Helpers shared by the command modules: size parsing and printing, opening a
+cluster, the VDISK@SNAP syntax, and the error type commands raise."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .. import Cluster
+from ..errors import NotFound
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+class CliError(Exception):
+    """An operational error detected by the CLI itself (exit status 1)."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '4096', '512K', '10G', '1.5GiB', '2TB' (binary units: K = 1024).
+
+    Raises ValueError for anything else, zero and fractional byte counts included.
+    """
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"bad size {text!r}: use bytes or a number with K, M, G, T or P (e.g. 10G)")
+    number, unit = m.group(1), m.group(2).upper()
+    scale = _UNITS[unit]
+    if "." in number:
+        whole, frac = number.split(".")
+        num, den = int(whole + frac), 10 ** len(frac)
+        if (num * scale) % den:
+            raise ValueError(f"bad size {text!r}: not a whole number of bytes")
+        value = num * scale // den
+    else:
+        value = int(number) * scale
+    if value <= 0:
+        raise ValueError(f"bad size {text!r}: must be positive")
+    return value
+
+
+def size_arg(text: str) -> int:
+    """argparse `type=` wrapper around parse_size (turns errors into usage errors)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def human(n: float) -> str:
+    """1536 -> '1.5 KiB'; exact bytes below 1 KiB."""
+    n = float(n)
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def split_ref(ref: str, *, need_snap: bool) -> tuple[str, str | None]:
+    """'db@snap' -> ('db', 'snap'); 'db' -> ('db', None) unless `need_snap`."""
+    vdisk, sep, snap = ref.partition("@")
+    if not vdisk or (sep and not snap):
+        raise CliError(f"bad reference {ref!r}: expected VDISK or VDISK@SNAPSHOT")
+    if need_snap and not sep:
+        raise CliError(f"bad reference {ref!r}: expected VDISK@SNAPSHOT")
+    return vdisk, (snap or None)
+
+
+@contextmanager
+def open_cluster(path: str, *, background: bool = False) -> Iterator[Cluster]:
+    """Open the cluster at `path` for one command; closed (and unlocked) on exit.
+
+    `background` runs the engine's drain thread (for commands that write a lot).
+    """
+    try:
+        cluster = Cluster.open(path, background=background)
+    except NotFound as exc:
+        raise CliError(f"{exc} (create one with 'nxstore create {path}')") from None
+    with cluster:
+        yield cluster
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    """Left-aligned text columns."""
+    allrows = [header, *rows]
+    widths = [max(len(r[i]) for r in allrows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in allrows
+    )

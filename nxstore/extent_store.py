@@ -1,0 +1,648 @@
+"""The extent store: deduplicated, compressed, verified fixed-size blocks.
+
+Blocks go in as batches and come back as extent ids (dense uint64 from 1; id 0
+is the zero block, never stored). Each new block becomes a record in an
+append-only extent group file (codec: extent_group.py); the extent table
+(extent_table.py) maps id -> (group, offset, stored length, flags, fingerprint,
+container) in RAM and is checkpointed; the native fingerprint index maps
+fingerprint -> id for dedup (persisted by fingerprint_index.py).
+
+Durability: `put_blocks` writes to the page cache; `sync` makes every extent put
+before it durable (fdatasync of the touched groups + directory); `checkpoint`
+also persists the table and index so `open` only scans group tails. `open`
+recovers from a crash at any point: see docs/_parts/extent_store.md.
+
+One lock serialises all calls; the store may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import lz4.block
+import numpy as np
+import xxhash
+
+from .constants import (
+    COMPRESS_MIN_SAVING,
+    EXTENT_GROUP_BYTES,
+    EXTENT_TABLE_FILE,
+    GC_COMPACT_DEAD_FRACTION,
+    INDEX_FILE,
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+)
+from .errors import ClosedError, Corruption, InvalidArgument, NotFound
+from .extent_group import (
+    FLAG_COMPRESSED,
+    FLAG_INDEXED,
+    HEADER_BYTES,
+    RECORD_FLAGS,
+    ExtentCorruption,
+    bad_headers,
+    decode_payload,
+    encode_records,
+    gather_headers,
+    group_file_name,
+    parse_group_name,
+    scan_group,
+)
+from .extent_table import PRESENT, ExtentTable, load_checkpoint
+from .fileutil import fsync_dir
+from .fingerprint_index import load_or_rebuild, save_index
+from .native import fingerprint_blocks
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExtentCorruption", "ExtentStore"]
+
+_MAX_RUN = 4 << 20  # bytes read by one preadv
+_MAX_FDS = 256  # cached group file descriptors
+_SAMPLE = 8  # batches above this many new blocks: lz4 on 8 spread blocks decides (see _store)
+assert EXTENT_GROUP_BYTES + HEADER_BYTES + MAX_BLOCK_SIZE < 2**32  # offsets are u32
+
+
+class ExtentStore:
+    """See the module docstring. Create with `ExtentStore.open`."""
+
+    def __init__(self, directory: str, block_size: int) -> None:
+        self.directory = directory
+        self.block_size = block_size
+        self._lock = threading.RLock()
+        self._table = ExtentTable()
+        self._glen: dict[int, int] = {}  # group -> bytes of valid records
+        self._next_group = 1
+        self._active: int | None = None  # group receiving puts
+        self._gc_active: int | None = None  # group receiving compacted extents
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._dirty: set[int] = set()
+        self._dir_dirty = False
+        self._changed = False  # since the last checkpoint
+        self._closed = False
+        self._problems: list[str] = []  # found by open(); scrub reports them
+        self._scratch = np.empty(_MAX_RUN + HEADER_BYTES + MAX_BLOCK_SIZE, np.uint8)
+        self._zero_fp = np.frombuffer(xxhash.xxh3_128(bytes(block_size)).digest(), np.uint8)
+        self._index = None  # set by open
+        self._n_extents = self._stored = self._n_compressed = 0
+
+    # -- open / close -------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str, block_size: int, *, create: bool = False) -> ExtentStore:
+        """Open (or with create=True, create if missing) the store in `directory`.
+
+        Loads the table checkpoint, scans group bytes beyond it, truncates torn
+        group tails, rebuilds the table (from the groups) or the index (from the
+        table) when their file is missing or damaged, logging why. Damage found
+        elsewhere is logged and kept for `scrub`. Raises NotFound (no store and
+        not create), InvalidArgument (block size differs from the store's),
+        FormatError (a file from a newer version).
+        """
+        if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
+            raise InvalidArgument(f"block size {block_size} is not a power of two in range")
+        ckpt_path = os.path.join(directory, EXTENT_TABLE_FILE)
+        if not os.path.isdir(directory):
+            if not create:
+                raise NotFound(f"no extent store at {directory}")
+            os.makedirs(directory)
+            fsync_dir(os.path.dirname(os.path.abspath(directory)))
+        self = cls(directory, block_size)
+        names = os.listdir(directory)
+        for name in names:
+            if ".tmp." in name:
+                os.unlink(os.path.join(directory, name))
+        groups = sorted(g for g in map(parse_group_name, names) if g is not None)
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except Corruption as exc:
+            log.warning("%s; rebuilding the extent table from the extent groups", exc)
+            ckpt = None
+        if ckpt is None and not groups and not os.path.exists(ckpt_path):
+            if not create:
+                raise NotFound(f"no extent store at {directory}")
+            self._index = load_or_rebuild(self._path(INDEX_FILE), None, self._indexed)[0]
+            self.checkpoint()
+            return self
+        if ckpt is not None:
+            if ckpt.block_size != block_size:
+                raise InvalidArgument(f"{directory}: block size is {ckpt.block_size}, not {block_size}")
+            self._table, self._next_group = ckpt.table, ckpt.next_group
+            covered = ckpt.groups
+            for g in groups:  # left behind by a gc that checkpointed, then crashed
+                if g < ckpt.next_group and g not in covered:
+                    log.info("%s: removing compacted group %s", directory, group_file_name(g))
+                    os.unlink(self._path(group_file_name(g)))
+                    self._dir_dirty = True
+            groups = [g for g in groups if g in covered or g >= ckpt.next_group]
+            for g in sorted(set(covered) - set(groups)):
+                self._problem(f"extent group {self._path(group_file_name(g))} is missing")
+                self._glen[g] = covered[g]
+        else:
+            covered = {}
+            self._check_block_size(groups)
+        scanned = self._recover_groups(groups, covered)
+        t = self._table
+        self._next_group = max([self._next_group, *(g + 1 for g in self._glen)])
+        token = ckpt.token if ckpt is not None else None
+        self._index, rebuilt = load_or_rebuild(self._path(INDEX_FILE), token, self._indexed)
+        if not rebuilt and scanned.size:
+            sel = scanned[(t.flags[scanned] & (PRESENT | FLAG_INDEXED)) == PRESENT | FLAG_INDEXED]
+            sel = sel[self._index.lookup(t.fp[sel]) == 0]
+            self._index.insert(t.fp[sel], sel)
+        self._recount()
+        if groups and self._glen.get(groups[-1], EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES:
+            self._active = groups[-1]
+        self._changed = bool(scanned.size) or ckpt is None or rebuilt
+        self.sync()
+        return self
+
+    def _check_block_size(self, groups: list[int]) -> None:
+        """Refuse (before any truncation) groups written with another block size."""
+        for g in groups:
+            with open(self._path(group_file_name(g)), "rb") as f:
+                head = f.read(HEADER_BYTES)
+            if len(head) == HEADER_BYTES and head[:4] == b"NXEX":
+                raw = int.from_bytes(head[16:20], "little")
+                if raw != self.block_size:
+                    raise InvalidArgument(f"{self.directory}: block size is {raw}, not {self.block_size}")
+                return
+
+    def _recover_groups(self, groups: list[int], covered: dict[int, int]) -> np.ndarray:
+        """Scan every group beyond its checkpointed length; apply what is found
+        (a newer group wins for an id found twice). Returns the ids added."""
+        t = self._table
+        added = []
+        for g in groups:
+            fd = self._fd(g)
+            size = os.fstat(fd).st_size
+            start = covered.get(g, 0)
+            if size < start:
+                self._problem(f"{self._path(group_file_name(g))} is {size} bytes, checkpoint covers {start}")
+                self._glen[g] = start
+                continue
+            res = scan_group(fd, self._path(group_file_name(g)), start, size, self.block_size)
+            for p in res.problems:
+                self._problem(p)
+            if res.torn:
+                log.warning("%s: dropping torn tail at offset %d (%d bytes)",
+                            self._path(group_file_name(g)), res.end, size - res.end)  # fmt: skip
+                os.truncate(self._path(group_file_name(g)), res.end)
+                self._dirty.add(g)
+            self._glen[g] = res.end
+            ids = res.ids
+            if ids.size:
+                t.reserve(int(ids.max()) + 1)
+                t.next_id = max(t.next_id, int(ids.max()) + 1)
+                cur = t.flags[ids] & PRESENT
+                take = (cur == 0) | (t.group[ids] <= g)
+                ids = ids[take]
+                t.group[ids] = g
+                t.offset[ids] = res.offsets[take]
+                t.slen[ids] = res.slens[take]
+                t.container[ids] = res.containers[take]
+                t.fp[ids] = res.fps[take]
+                ok = res.data_ok[take]
+                t.flags[ids] = (res.flags[take] & RECORD_FLAGS) | PRESENT
+                t.flags[ids[~ok]] &= ~np.uint8(FLAG_INDEXED)  # never dedup onto bad data
+                added.append(ids)
+        return np.unique(np.concatenate(added)) if added else np.zeros(0, np.uint64)
+
+    def _indexed(self) -> tuple[np.ndarray, np.ndarray]:
+        t = self._table
+        ids = t.present_ids()
+        ids = ids[(t.flags[ids] & FLAG_INDEXED) != 0]
+        return t.fp[ids], ids
+
+    def _recount(self) -> None:
+        t = self._table
+        ids = t.present_ids()
+        self._n_extents = int(ids.size)
+        self._stored = int(t.slen[ids].sum(dtype=np.int64))
+        self._n_compressed = int(np.count_nonzero(t.flags[ids] & FLAG_COMPRESSED))
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Checkpoint (or, with checkpoint=False, only sync) and release the files.
+        Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if checkpoint and self._changed:
+                    self.checkpoint()
+                else:
+                    self.sync()
+            finally:
+                self._closed = True
+                for fd in self._fds.values():
+                    os.close(fd)
+                self._fds.clear()
+
+    def __enter__(self) -> ExtentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- files ------------------------------------------------------------------------
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def _problem(self, text: str) -> None:
+        log.error("extent store: %s", text)
+        self._problems.append(text)
+
+    def _fd(self, g: int) -> int:
+        fd = self._fds.get(g)
+        if fd is not None:
+            self._fds.move_to_end(g)
+            return fd
+        try:
+            fd = os.open(self._path(group_file_name(g)), os.O_RDWR)
+        except FileNotFoundError:
+            raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
+        self._fds[g] = fd
+        while len(self._fds) > _MAX_FDS:
+            old, ofd = next(iter(self._fds.items()))
+            if old in self._dirty:
+                os.fdatasync(ofd)
+                self._dirty.discard(old)
+            del self._fds[old]
+            os.close(ofd)
+        return fd
+
+    def _new_group(self) -> int:
+        g = self._next_group
+        self._next_group += 1
+        fd = os.open(self._path(group_file_name(g)), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fds[g] = fd
+        self._glen[g] = 0
+        self._dir_dirty = True
+        return g
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"extent store {self.directory} is closed")
+
+    def _write_records(self, buf: object, sizes: np.ndarray, slot: str) -> tuple[np.ndarray, np.ndarray]:
+        """Append encoded records (concatenated in `buf`) to the group in attribute
+        `slot`, starting a new group once one passes EXTENT_GROUP_BYTES. Returns
+        each record's (group, offset). On an I/O error every touched group is cut
+        back to its old length and the error re-raised."""
+        k = len(sizes)
+        ends = np.cumsum(sizes, dtype=np.int64)
+        groups = np.empty(k, np.uint32)
+        offs = np.empty(k, np.int64)
+        mv = memoryview(buf).cast("B")  # type: ignore[arg-type]
+        touched: list[tuple[int, int]] = []
+        i = boff = 0
+        try:
+            while i < k:
+                g = getattr(self, slot)
+                if g is None or self._glen[g] >= EXTENT_GROUP_BYTES:
+                    g = self._new_group()
+                    setattr(self, slot, g)
+                start = self._glen[g]
+                touched.append((g, start))
+                j = min(k, i + 1 + int(np.searchsorted(ends[i:] - boff, EXTENT_GROUP_BYTES - start)))
+                nbytes = int(ends[j - 1]) - boff
+                fd, chunk, pos = self._fd(g), mv[boff : boff + nbytes], start
+                while chunk:
+                    n = os.pwrite(fd, chunk, pos)
+                    chunk, pos = chunk[n:], pos + n
+                offs[i:j] = start + (ends[i:j] - sizes[i:j] - boff)
+                groups[i:j] = g
+                self._glen[g] = start + nbytes
+                self._dirty.add(g)
+                boff += nbytes
+                i = j
+        except OSError:
+            for g, start in touched:
+                os.truncate(self._path(group_file_name(g)), start)
+                self._glen[g] = start
+            raise
+        return groups, offs
+
+    # -- put ----------------------------------------------------------------------------
+    def _blocks(self, data: object) -> np.ndarray:
+        arr = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data  # type: ignore[call-overload]
+        if arr.dtype != np.uint8:
+            raise InvalidArgument(f"data must be uint8, not {arr.dtype}")
+        arr = np.ascontiguousarray(arr).reshape(-1)
+        if arr.size % self.block_size:
+            raise InvalidArgument(f"{arr.size} bytes is not a multiple of the block size {self.block_size}")
+        return arr.reshape(-1, self.block_size)
+
+    def put_blocks(
+        self, data: object, *, dedup: bool = True, compress: bool = True,
+        verify_dedup: bool = False, container_id: int = 1,
+    ) -> np.ndarray:  # fmt: skip
+        """Store n blocks (`data`: uint8 buffer of n*block_size bytes); return their
+        extent ids (uint64 (n,), 0 for all-zero blocks, which are never stored).
+
+        dedup: a block whose fingerprint is indexed gets the existing id
+        (verify_dedup: only if the bytes are equal; otherwise it is stored anew,
+        unindexed). dedup=False stores every nonzero block, unindexed.
+        compress: lz4 where it saves >= 1/COMPRESS_MIN_SAVING of the block.
+        Not durable until `sync`. Raises InvalidArgument, ClosedError, OSError
+        (the store is then unchanged).
+        """
+        rows = self._blocks(data)
+        fps, zero = fingerprint_blocks(rows, self.block_size)
+        return self._put(rows, fps, zero, dedup, compress, verify_dedup, container_id)
+
+    def put_blocks_known(
+        self, data: object, fps: np.ndarray, *, dedup: bool = True, compress: bool = True,
+        verify_dedup: bool = False, container_id: int = 1,
+    ) -> np.ndarray:  # fmt: skip
+        """`put_blocks` for blocks whose fingerprints (uint8 (n, 16)) the caller has
+        already computed or verified (replication): skips hashing. Wrong
+        fingerprints store wrong data that every later read reports as Corruption."""
+        rows = self._blocks(data)
+        fps = np.ascontiguousarray(fps, np.uint8).reshape(-1, 16)
+        if len(fps) != len(rows):
+            raise InvalidArgument(f"{len(rows)} blocks but {len(fps)} fingerprints")
+        zero = np.all(fps == self._zero_fp, axis=1)
+        return self._put(rows, fps, zero, dedup, compress, verify_dedup, container_id)
+
+    def _put(self, rows, fps, zero, dedup, compress, verify, container) -> np.ndarray:  # noqa: ANN001
+        ids = np.zeros(len(rows), np.uint64)
+        nz = np.flatnonzero(~zero)
+        if not nz.size:
+            return ids
+        with self._lock:
+            self._check_open()
+            t = self._table
+            first = t.next_id
+            if not dedup:
+                pos, indexed = nz, False
+                ids[nz] = np.arange(first, first + nz.size, dtype=np.uint64)
+                return self._store(rows, pos, ids, fps, indexed, compress, container)
+            got, is_new, n_new = self._index.lookup_or_insert(fps[nz], first)
+            ids[nz] = got
+            pos = nz[is_new]
+            try:
+                anew = self._verify_dups(rows, nz[~is_new], ids, first, pos) if verify else nz[:0]
+                if anew.size:
+                    ids[anew] = np.arange(first + n_new, first + n_new + anew.size, dtype=np.uint64)
+                    pos = np.concatenate([pos, anew])
+                    indexed = np.concatenate([np.ones(n_new, bool), np.zeros(anew.size, bool)])
+                else:
+                    indexed = True
+                return self._store(rows, pos, ids, fps, indexed, compress, container)
+            except BaseException:
+                self._index.remove(fps[nz[is_new]])
+                raise
+
+    def _verify_dups(self, rows, dup_pos, ids, first, new_pos) -> np.ndarray:  # noqa: ANN001
+        """Positions among dup_pos whose bytes differ from the extent they dedup to."""
+        if not dup_pos.size:
+            return dup_pos
+        dids = ids[dup_pos]
+        old = dids < first
+        expect = np.empty((dup_pos.size, self.block_size), np.uint8)
+        if old.any():
+            bad = self._load(dids[old], expect, np.flatnonzero(old))
+            fps_got, _ = fingerprint_blocks(expect, self.block_size)
+            sel = np.flatnonzero(old)
+            mism = np.any(fps_got[sel] != self._table.fp[dids[old].astype(np.int64)], axis=1)
+            for i in set(bad) | set(sel[mism].tolist()):
+                log.warning("verify_dedup: stored extent %d is damaged; storing the block anew", int(dids[i]))
+                expect[i] = ~rows[dup_pos[i]]  # force a mismatch
+        inb = np.flatnonzero(~old)  # duplicates of a block new in this batch
+        expect[inb] = rows[new_pos[(dids[inb] - first).astype(np.int64)]]
+        differ = np.any(expect != rows[dup_pos], axis=1)
+        return dup_pos[differ]
+
+    def _store(self, rows, pos, ids, fps, indexed, compress, container) -> np.ndarray:  # noqa: ANN001
+        """Encode and append the blocks rows[pos] with ids ids[pos]; update the table."""
+        bs, k = self.block_size, len(pos)
+        if not k:
+            return ids
+        contiguous = bool(k) and int(pos[-1]) - int(pos[0]) == k - 1 and bool(np.all(np.diff(pos) == 1))
+        sel = rows[int(pos[0]) : int(pos[0]) + k] if contiguous else rows[pos]
+        payloads: dict[int, bytes] = {}
+        if compress:
+            limit = bs - bs // COMPRESS_MIN_SAVING
+            probe = range(k) if k <= _SAMPLE else np.linspace(0, k - 1, _SAMPLE).astype(int).tolist()
+            for i in probe:
+                p = lz4.block.compress(sel[i], store_size=False)
+                if len(p) <= limit:
+                    payloads[i] = p
+            if payloads and k > _SAMPLE:
+                for i in range(k):
+                    if i not in payloads:
+                        p = lz4.block.compress(sel[i], store_size=False)
+                        if len(p) <= limit:
+                            payloads[i] = p
+        sids = ids[pos]
+        flags = np.full(k, FLAG_INDEXED, np.uint8) * np.asarray(indexed, np.uint8)
+        for i in payloads:
+            flags[i] |= FLAG_COMPRESSED
+        buf, sizes = encode_records(sids, flags, bs, container, fps[pos], sel, payloads)
+        groups, offs = self._write_records(buf, sizes, "_active")
+        t = self._table
+        top = int(sids.max()) + 1
+        t.reserve(top)
+        si = sids.astype(np.int64)
+        t.group[si], t.offset[si] = groups, offs
+        t.slen[si] = sizes - HEADER_BYTES
+        t.container[si] = container
+        t.flags[si] = flags | PRESENT
+        t.fp[si] = fps[pos]
+        t.next_id = max(t.next_id, top)
+        self._n_extents += k
+        self._stored += int(sizes.sum()) - k * HEADER_BYTES
+        self._n_compressed += len(payloads)
+        self._changed = True
+        return ids
+
+    # -- read ---------------------------------------------------------------------------
+    def _load(self, eids: np.ndarray, out2d: np.ndarray, rows: np.ndarray) -> dict[int, str]:
+        """Read extents eids[i] (present) into out2d[rows[i]], checking headers.
+        Coalesces records adjacent in a group into one preadv. Returns {i: problem}
+        for extents whose record is unreadable (the caller still checks fingerprints)."""
+        t, bs = self._table, self.block_size
+        e = eids.astype(np.int64)
+        g, o, s, f = t.group[e], t.offset[e].astype(np.int64), t.slen[e].astype(np.int64), t.flags[e]
+        order = np.lexsort((o, g))
+        gs, os_, ss, fs = g[order], o[order], s[order], f[order]
+        ends = os_ + HEADER_BYTES + ss
+        brk = np.flatnonzero((gs[1:] != gs[:-1]) | (os_[1:] != ends[:-1])) + 1
+        bounds = [0, *brk.tolist(), len(order)]
+        errors: dict[int, str] = {}
+        scratch = self._scratch
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            while a < b:
+                # cap the run at _MAX_RUN bytes (at least one record)
+                c = a + max(1, int(np.searchsorted(ends[a:b] - os_[a], _MAX_RUN, side="right")))
+                grp, base = int(gs[a]), int(os_[a])
+                name = self._path(group_file_name(grp))
+                nbytes = int(ends[c - 1]) - base
+                buf = scratch[:nbytes]
+                try:
+                    got = os.preadv(self._fd(grp), [buf], base)
+                except (Corruption, OSError) as exc:
+                    got, why = 0, str(exc)
+                else:
+                    why = f"{name} is truncated"
+                idx = order[a:c]
+                rel = os_[a:c] - base
+                short = rel + HEADER_BYTES + ss[a:c] > got
+                hdr = gather_headers(buf, np.minimum(rel, max(got - HEADER_BYTES, 0)))
+                bad = bad_headers(hdr, eids[idx], ss[a:c], fs[a:c], bs) | short
+                dest = rows[idx]
+                if not (fs[a:c] & FLAG_COMPRESSED).any() and bool(np.all(ss[a:c] == bs)) and not short.any():
+                    data = buf.reshape(-1)[: (c - a) * (HEADER_BYTES + bs)].reshape(c - a, -1)[:, HEADER_BYTES:]
+                    d0 = int(dest[0])
+                    if int(dest[-1]) - d0 == c - a - 1 and bool(np.all(np.diff(dest) == 1)):
+                        out2d[d0 : d0 + c - a] = data
+                    else:
+                        out2d[dest] = data
+                else:
+                    for j in range(c - a):
+                        r = int(rel[j])
+                        raw = b"" if short[j] else decode_payload(
+                            buf[r + HEADER_BYTES : r + HEADER_BYTES + int(ss[a + j])],
+                            bool(fs[a + j] & FLAG_COMPRESSED), bs,
+                        )  # fmt: skip
+                        if len(raw) == bs:
+                            out2d[dest[j]] = np.frombuffer(raw, np.uint8)
+                        else:
+                            out2d[dest[j]] = 0
+                            errors[int(idx[j])] = f"{name} offset {int(os_[a + j])}: payload does not decode"
+                for j in np.flatnonzero(bad).tolist():
+                    what = why if short[j] else "bad record header"
+                    errors[int(idx[j])] = f"{name} offset {int(os_[a + j])}: {what}"
+                a = c
+        return errors
+
+    def _raise(self, eid: int, batch_index: int | None, what: str) -> None:
+        t = self._table
+        g, o = (int(t.group[eid]), int(t.offset[eid])) if eid < t.next_id else (0, 0)
+        where = f"{self._path(group_file_name(g))} offset {o}" if g else self.directory
+        raise ExtentCorruption(f"extent {eid} ({where}): {what}", eid, batch_index, g, o)
+
+    def read_blocks(self, extent_ids: np.ndarray, out: np.ndarray) -> None:
+        """Fill `out` (uint8, len(extent_ids)*block_size bytes, C-contiguous) with
+        the blocks; id 0 gives zeros. Every extent's header and fingerprint is
+        checked: raises ExtentCorruption (a Corruption with .extent_id,
+        .batch_index, .group, .offset) for the first bad or missing extent;
+        InvalidArgument for a wrong `out`."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        n, bs = len(ids), self.block_size
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.nbytes != n * bs:
+            raise InvalidArgument(f"out must be a uint8 array of {n * bs} bytes")
+        if not out.flags.c_contiguous:
+            raise InvalidArgument("out must be C-contiguous")
+        out2d = out.reshape(n, bs)
+        with self._lock:
+            self._check_open()
+            nz = np.flatnonzero(ids)
+            if nz.size < n:
+                out2d[ids == 0] = 0
+            if not nz.size:
+                return
+            eids = ids[nz]
+            missing = ~self._table.is_present(eids)
+            if missing.any():
+                i = int(np.argmax(missing))
+                self._raise(int(eids[i]), int(nz[i]), "extent is not in the store")
+            errors = self._load(eids, out2d, nz)
+            fps, _ = fingerprint_blocks(out2d, bs) if nz.size == n else fingerprint_blocks(out2d[nz], bs)
+            bad = np.any(fps != self._table.fp[eids.astype(np.int64)], axis=1)
+            if errors or bad.any():
+                i = min([*errors, *np.flatnonzero(bad).tolist()])
+                self._raise(int(eids[i]), int(nz[i]), errors.get(i, "data does not match its fingerprint"))
+
+    def fingerprints(self, extent_ids: np.ndarray) -> np.ndarray:
+        """Fingerprints (uint8 (n, 16)) of the extents; id 0 gives the zero block's.
+        Raises ExtentCorruption for an id not in the store."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        with self._lock:
+            self._check_open()
+            miss = ~self._table.is_present(ids) & (ids != 0)
+            if miss.any():
+                i = int(np.argmax(miss))
+                self._raise(int(ids[i]), i, "extent is not in the store")
+            out = self._table.fp[ids.astype(np.int64)]
+            out[ids == 0] = self._zero_fp
+            return out
+
+    def lookup(self, fps: np.ndarray) -> np.ndarray:
+        """Extent ids (uint64) of indexed extents with these fingerprints; 0 where absent."""
+        with self._lock:
+            self._check_open()
+            return self._index.lookup(fps)
+
+    def contains_each(self, extent_ids: np.ndarray) -> np.ndarray:
+        """Mask: id is 0 or a live extent."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        with self._lock:
+            return (ids == 0) | self._table.is_present(ids)
+
+    def contains(self, extent_ids: np.ndarray) -> bool:
+        """True iff every id is 0 or a live extent."""
+        return bool(np.all(self.contains_each(extent_ids)))
+
+    # -- durability -----------------------------------------------------------------------
+    def sync(self) -> None:
+        """Make every extent put so far durable (fdatasync of the groups written
+        since the last sync, then of the directory if a group was created)."""
+        with self._lock:
+            self._check_open()
+            for g in sorted(self._dirty):
+                os.fdatasync(self._fd(g))
+            self._dirty.clear()
+            if self._dir_dirty:
+                fsync_dir(self.directory)
+                self._dir_dirty = False
+
+    def checkpoint(self) -> None:
+        """sync, then atomically persist the table (with the length of every group
+        it covers) and then the index, tagged with one fresh token. A crash
+        anywhere leaves the old checkpoint or the new one; an index without the
+        matching table is rebuilt on open."""
+        with self._lock:
+            self.sync()
+            token = int.from_bytes(os.urandom(8), "little")
+            self._table.save(self._path(EXTENT_TABLE_FILE), self.block_size, dict(self._glen),
+                             self._next_group, token)  # fmt: skip
+            save_index(self._path(INDEX_FILE), self._index, token)
+            self._changed = False
+
+    # -- gc / scrub / stats live in extent_maintenance.py --------------------------------
+    def gc(self, live: np.ndarray) -> dict[str, int]:
+        """Drop extents not in `live`, compact groups that are mostly garbage; see
+        extent_maintenance.gc."""
+        from .extent_maintenance import gc
+
+        return gc(self, live)
+
+    def scrub(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Verify every live extent; list the problems (empty = healthy)."""
+        from .extent_maintenance import scrub
+
+        return scrub(self, progress)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: extents, stored_bytes, raw_bytes, compressed_extents, groups,
+        group_bytes, index_entries, index_memory_bytes, table_memory_bytes,
+        table_bytes_per_extent, next_extent_id."""
+        with self._lock:
+            t = self._table
+            return {
+                "extents": self._n_extents,
+                "stored_bytes": self._stored,
+                "raw_bytes": self._n_extents * self.block_size,
+                "compressed_extents": self._n_compressed,
+                "groups": len(self._glen),
+                "group_bytes": sum(self._glen.values()),
+                "index_entries": len(self._index),
+                "index_memory_bytes": self._index.memory_bytes(),
+                "table_memory_bytes": t.memory_bytes(),
+                "table_bytes_per_extent": t.memory_bytes() // max(1, len(t.flags)),
+                "next_extent_id": t.next_id,
+            }

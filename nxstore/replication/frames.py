@@ -1,0 +1,228 @@
+"""Replication frame codec: one frame = a 32-byte header + a payload.
+
+Byte layout (docs/_parts/wire.md; all integers little-endian)::
+
+    0   4  magic b"NXRP" (WIRE_MAGIC)
+    4   1  protocol version (u8)
+    5   1  message type (u8, messages.MessageType)
+    6   2  flags (u16): bit 0 = payload is one lz4 block (no size prefix); others 0
+    8   4  payload length as sent (u32) <= WIRE_MAX_FRAME_PAYLOAD
+    12  4  uncompressed payload length (u32) <= WIRE_MAX_FRAME_PAYLOAD;
+           equals the payload length when bit 0 is clear
+    16  8  request id (u64): chosen by the requester, echoed by the reply; 0 = none
+    24  8  checksum = XXH3-64(bytes 0..23, seed = XXH3-64(payload as sent))
+    32  …  payload
+
+The checksum covers every header byte and the payload as it travels, so a changed byte
+anywhere in a frame is detected before anything is decompressed or parsed. Lengths are
+checked against WIRE_MAX_FRAME_PAYLOAD before any buffer is allocated.
+
+This module has no state and does no I/O except `read_frame`, which reads one frame
+from an `asyncio.StreamReader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import lz4.block
+import xxhash
+
+from ..constants import (
+    COMPRESS_MIN_SAVING,
+    WIRE_COMPRESS_MIN_PAYLOAD,
+    WIRE_FRAME_HEADER_BYTES,
+    WIRE_MAGIC,
+    WIRE_MAX_FRAME_PAYLOAD,
+    WIRE_MIN_PROTOCOL_VERSION,
+    WIRE_PROTOCOL_VERSION,
+)
+from ..errors import ConnectionClosed, FrameCorruption, ProtocolError, VersionMismatch
+
+FLAG_LZ4 = 0x0001
+KNOWN_FLAGS = FLAG_LZ4
+
+HEAD = struct.Struct("<4sBBHIIQ")  # the 24 bytes the checksum covers directly
+_U64 = struct.Struct("<Q")
+assert HEAD.size + 8 == WIRE_FRAME_HEADER_BYTES
+
+_xxh64 = xxhash.xxh3_64_intdigest
+
+Buffer = bytes | bytearray | memoryview
+
+
+class FrameHeader(NamedTuple):
+    """A parsed, validated frame header (the checksum is not verified yet)."""
+
+    version: int
+    type: int
+    flags: int
+    length: int  # payload bytes as sent
+    raw_length: int  # payload bytes after decompression
+    req_id: int
+    checksum: int
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & FLAG_LZ4)
+
+
+class Frame(NamedTuple):
+    """A decoded frame: header fields and the verified, decompressed payload."""
+
+    version: int
+    type: int
+    req_id: int
+    payload: bytes | memoryview
+    wire_bytes: int  # header + payload as sent
+
+
+def _payload_hash(parts: Sequence[Buffer]) -> int:
+    if len(parts) == 1:
+        return _xxh64(parts[0])
+    h = xxhash.xxh3_64()
+    for p in parts:
+        h.update(p)
+    return h.intdigest()
+
+
+def maybe_compress(payload: Buffer) -> bytes | None:
+    """The lz4 block of `payload` if it saves at least 1/COMPRESS_MIN_SAVING, else None
+    (the extent store's rule)."""
+    n = len(payload)
+    if n < WIRE_COMPRESS_MIN_PAYLOAD:
+        return None
+    c = lz4.block.compress(payload, store_size=False)
+    return c if len(c) <= n - n // COMPRESS_MIN_SAVING else None
+
+
+def encode_frame(
+    msg_type: int,
+    parts: Sequence[Buffer],
+    *,
+    req_id: int = 0,
+    compress: bool = False,
+    version: int = WIRE_PROTOCOL_VERSION,
+) -> list[Buffer]:
+    """Frame a payload given as buffers (joined logically, never copied unless compressed).
+
+    `parts` are bytes-like objects (C-contiguous; numpy arrays are sent as their raw bytes).
+    Returns [header, *payload parts]: write them in order. With `compress`, the payload is
+    sent as an lz4 block when that saves >= 1/8 of it. Raises ProtocolError if the payload
+    exceeds WIRE_MAX_FRAME_PAYLOAD or a header field is out of range.
+    """
+    parts = [p if isinstance(p, bytes) else memoryview(p).cast("B") for p in parts]
+    raw_length = sum(len(p) for p in parts)
+    if raw_length > WIRE_MAX_FRAME_PAYLOAD:
+        raise ProtocolError(
+            f"frame payload of {raw_length} bytes exceeds the limit of {WIRE_MAX_FRAME_PAYLOAD}"
+        )
+    if not 0 <= msg_type <= 0xFF or not 0 <= req_id < 1 << 64:
+        raise ProtocolError(f"frame type {msg_type} or request id {req_id} out of range")
+    flags = 0
+    if compress and raw_length >= WIRE_COMPRESS_MIN_PAYLOAD:
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        c = maybe_compress(joined)
+        if c is not None:
+            parts, flags = [c], FLAG_LZ4
+    length = len(parts[0]) if flags else raw_length
+    head = HEAD.pack(WIRE_MAGIC, version, msg_type, flags, length, raw_length, req_id)
+    checksum = _xxh64(head, seed=_payload_hash(parts) if length else 0)
+    return [head + _U64.pack(checksum), *parts]
+
+
+def parse_header(buf: Buffer) -> FrameHeader:
+    """Validate the 32 header bytes. Raises ProtocolError (bad magic, unknown flags,
+    oversize, inconsistent lengths) or VersionMismatch (unknown version)."""
+    if len(buf) != WIRE_FRAME_HEADER_BYTES:
+        raise ProtocolError(f"frame header of {len(buf)} bytes, need {WIRE_FRAME_HEADER_BYTES}")
+    magic, version, mtype, flags, length, raw_length, req_id = HEAD.unpack_from(buf)
+    (checksum,) = _U64.unpack_from(buf, HEAD.size)
+    if magic != WIRE_MAGIC:
+        raise ProtocolError(f"bad frame magic {bytes(magic)!r} (expected {WIRE_MAGIC!r})")
+    if not WIRE_MIN_PROTOCOL_VERSION <= version <= WIRE_PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"frame of protocol version {version}; this build speaks "
+            f"{WIRE_MIN_PROTOCOL_VERSION}..{WIRE_PROTOCOL_VERSION}"
+        )
+    if flags & ~KNOWN_FLAGS:
+        raise ProtocolError(f"unknown frame flags {flags:#06x}")
+    if length > WIRE_MAX_FRAME_PAYLOAD or raw_length > WIRE_MAX_FRAME_PAYLOAD:
+        raise ProtocolError(
+            f"frame payload of {max(length, raw_length)} bytes exceeds the limit of "
+            f"{WIRE_MAX_FRAME_PAYLOAD}"
+        )
+    if not flags & FLAG_LZ4 and raw_length != length:
+        raise ProtocolError(f"uncompressed frame with lengths {length} != {raw_length}")
+    return FrameHeader(version, mtype, flags, length, raw_length, req_id, checksum)
+
+
+def open_payload(header: bytes, h: FrameHeader, payload: Buffer) -> bytes | memoryview:
+    """Verify the checksum of a frame whose header bytes and payload (as sent) are given,
+    and return the decompressed payload. Raises FrameCorruption."""
+    ck = _xxh64(header[: HEAD.size], seed=_xxh64(payload) if h.length else 0)
+    if ck != h.checksum:
+        raise FrameCorruption(
+            f"frame checksum mismatch (type {h.type}, request {h.req_id}, {h.length} bytes): "
+            f"{ck:#018x} != {h.checksum:#018x}"
+        )
+    if not h.compressed:
+        return payload
+    try:
+        raw = lz4.block.decompress(payload, uncompressed_size=h.raw_length)
+    except lz4.block.LZ4BlockError as e:
+        raise FrameCorruption(f"frame payload (type {h.type}) does not decompress: {e}") from e
+    if len(raw) != h.raw_length:
+        raise FrameCorruption(
+            f"frame payload (type {h.type}) decompresses to {len(raw)} bytes, "
+            f"header says {h.raw_length}"
+        )
+    return raw
+
+
+def decode_frame(buf: Buffer, offset: int = 0) -> Frame:
+    """Decode the one frame starting at `offset` of an in-memory buffer.
+
+    Raises ProtocolError (bad header; ConnectionClosed if `buf` ends inside the frame),
+    VersionMismatch, FrameCorruption. Used by tests and tools; connections use `read_frame`.
+    """
+    mv = memoryview(buf).cast("B")
+    head = bytes(mv[offset : offset + WIRE_FRAME_HEADER_BYTES])
+    if len(head) < WIRE_FRAME_HEADER_BYTES:
+        raise ConnectionClosed(f"truncated frame: {len(head)} header bytes of 32")
+    h = parse_header(head)
+    start = offset + WIRE_FRAME_HEADER_BYTES
+    payload = mv[start : start + h.length]
+    if len(payload) < h.length:
+        raise ConnectionClosed(f"truncated frame: {len(payload)} payload bytes of {h.length}")
+    data = open_payload(head, h, payload)
+    return Frame(h.version, h.type, h.req_id, data, WIRE_FRAME_HEADER_BYTES + h.length)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """Read exactly one frame. Raises ConnectionClosed (EOF before or inside the frame; the
+    message says which), ProtocolError, VersionMismatch, FrameCorruption. Nothing beyond
+    the header is allocated before the header has been validated."""
+    try:
+        head = await reader.readexactly(WIRE_FRAME_HEADER_BYTES)
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            raise ConnectionClosed("connection closed by peer") from None
+        raise ConnectionClosed(
+            f"connection closed inside a frame header ({len(e.partial)} of 32 bytes)"
+        ) from None
+    h = parse_header(head)
+    if h.length:
+        try:
+            payload = await reader.readexactly(h.length)
+        except asyncio.IncompleteReadError as e:
+            raise ConnectionClosed(
+                f"connection closed inside a frame payload ({len(e.partial)} of {h.length} bytes)"
+            ) from None
+    else:
+        payload = b""
+    data = open_payload(head, h, payload)
+    return Frame(h.version, h.type, h.req_id, data, WIRE_FRAME_HEADER_BYTES + h.length)

@@ -1,0 +1,79 @@
+"""Shared fixtures: a temporary cluster factory and a fake clock."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+BS = 4096  # block size of the test clusters: small, so tests stay fast
+
+
+class FakeClock:
+    """An injectable clock: starts at `start`, moves only when told (thread-safe)."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> float:
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_cluster(tmp_path) -> Iterator[Callable[..., object]]:
+    """Factory: make_cluster(name="c", block_size=4096, background=False, **kw) -> an open
+    Cluster in tmp_path/name. Every cluster it made (or reopened through
+    make_cluster.reopen) is closed at teardown."""
+    import nxstore
+
+    opened: list = []
+
+    def factory(name: str = "c", block_size: int = BS, background: bool = False, **kw):
+        c = nxstore.Cluster.create(
+            os.path.join(tmp_path, name), block_size=block_size, background=background, **kw
+        )
+        opened.append(c)
+        return c
+
+    def reopen(c, background: bool = False, **kw):
+        """Close `c` (if open) and open its directory again."""
+        path = c.path
+        c.close()
+        c2 = nxstore.Cluster.open(path, background=background, **kw)
+        opened.append(c2)
+        return c2
+
+    def open_path(path: str, background: bool = False, **kw):
+        c2 = nxstore.Cluster.open(path, background=background, **kw)
+        opened.append(c2)
+        return c2
+
+    factory.reopen = reopen  # type: ignore[attr-defined]
+    factory.open = open_path  # type: ignore[attr-defined]
+    factory.tmp_path = tmp_path  # type: ignore[attr-defined]
+    yield factory
+    for c in opened:
+        with contextlib.suppress(Exception):  # a test may leave a cluster broken on purpose
+            c.close()
+
+
+def pattern(seed: int, n: int) -> bytes:
+    """Deterministic pseudo-random bytes (incompressible) for tests."""
+    import random
+
+    return random.Random(seed).randbytes(n)

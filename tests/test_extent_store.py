@@ -1,0 +1,459 @@
+"""ExtentStore: round trips, dedup, reopen, torn tails, gc, and a model-based test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import nxstore.extent_store as es_mod
+from nxstore.errors import ClosedError, Corruption, InvalidArgument, NotFound
+from nxstore.extent_group import HEADER_BYTES, group_file_name
+from nxstore.extent_store import ExtentStore
+from nxstore.native import fingerprint_blocks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rand_blocks(rng, n, bs):
+    return rng.integers(0, 256, n * bs, dtype=np.uint8)
+
+
+def text_block(rng, bs):
+    words = [b"alpha ", b"beta ", b"gamma ", b"delta ", b"storage ", b"extent "]
+    out = b"".join(words[i] for i in rng.integers(0, len(words), bs // 4))
+    return np.frombuffer(out[:bs], np.uint8)
+
+
+def read(store, ids):
+    out = np.empty(len(ids) * store.block_size, np.uint8)
+    store.read_blocks(np.asarray(ids, np.uint64), out)
+    return out
+
+
+def abandon(store):
+    """Drop a store like a killed process would: no sync, no checkpoint."""
+    for fd in store._fds.values():
+        os.close(fd)
+    store._fds.clear()
+    store._closed = True
+
+
+def mixed(rng, bs):
+    """random, duplicate, zero and compressible blocks."""
+    a, b = rand_blocks(rng, 2, bs).reshape(2, bs)
+    t = text_block(rng, bs)
+    z = np.zeros(bs, np.uint8)
+    rows = [a, z, t, b, a, a, z, t, rand_blocks(rng, 1, bs)]
+    return np.concatenate(rows), len(rows)
+
+
+@pytest.mark.parametrize("bs", [4096, 65536])
+def test_round_trip_and_reopen(tmp_path, bs):
+    rng = np.random.default_rng(bs)
+    data, n = mixed(rng, bs)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    ids = s.put_blocks(data)
+    assert ids.dtype == np.uint64 and len(ids) == n
+    assert ids[1] == ids[6] == 0
+    assert ids[0] == ids[4] == ids[5] and ids[2] == ids[7]
+    assert len(set(ids[ids != 0].tolist())) == 4
+    assert (read(s, ids) == data).all()
+    st_ = s.stats()
+    assert st_["extents"] == 4 and st_["compressed_extents"] == 1
+    assert st_["stored_bytes"] < 4 * bs and st_["raw_bytes"] == 4 * bs
+    assert st_["index_entries"] == 4 and st_["table_memory_bytes"] > 0
+    s.close()
+    s = ExtentStore.open(str(tmp_path / "ex"), bs)
+    assert (read(s, ids) == data).all() and s.stats()["extents"] == 4
+    assert (s.put_blocks(data) == ids).all()  # index survived
+    ids2 = s.put_blocks(rand_blocks(rng, 3, bs))
+    s.close(checkpoint=False)  # tail scan on the next open
+    s = ExtentStore.open(str(tmp_path / "ex"), bs)
+    assert (read(s, ids) == data).all()
+    assert s.contains(ids2) and s.stats()["extents"] == 7
+    assert s.scrub() == []
+    s.close()
+    with pytest.raises(ClosedError):
+        s.put_blocks(data)
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(NotFound):
+        ExtentStore.open(str(tmp_path / "nope"), 4096)
+    ExtentStore.open(str(tmp_path / "ex"), 4096, create=True).close()
+    with pytest.raises(InvalidArgument):
+        ExtentStore.open(str(tmp_path / "ex"), 8192)
+    with pytest.raises(InvalidArgument):
+        ExtentStore.open(str(tmp_path / "ex2"), 5000, create=True)
+    s = ExtentStore.open(str(tmp_path / "ex"), 4096)
+    with pytest.raises(InvalidArgument):
+        s.put_blocks(np.zeros(100, np.uint8))
+    with pytest.raises(InvalidArgument):
+        s.read_blocks(np.array([1], np.uint64), np.empty(10, np.uint8))
+    s.close()
+
+
+def test_dedup_counts_lookup_fingerprints(tmp_path):
+    bs = 4096
+    rng = np.random.default_rng(1)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    data = rand_blocks(rng, 8, bs)
+    ids = s.put_blocks(np.concatenate([data, data]))
+    assert (ids[:8] == ids[8:]).all() and s.stats()["extents"] == 8
+    assert (s.put_blocks(data) == ids[:8]).all() and s.stats()["extents"] == 8
+    fps, _ = fingerprint_blocks(data, bs)
+    assert (s.lookup(fps) == ids[:8]).all()
+    assert (s.fingerprints(ids[:8]) == fps).all()
+    zfp, _ = fingerprint_blocks(np.zeros(bs, np.uint8), bs)
+    assert (s.fingerprints(np.array([0], np.uint64)) == zfp).all()
+    assert s.lookup(rand_blocks(rng, 1, 16).reshape(1, 16))[0] == 0
+    assert s.contains(np.array([0, 1, 8], np.uint64)) and not s.contains(np.array([9], np.uint64))
+    assert s.contains_each(np.array([0, 9], np.uint64)).tolist() == [True, False]
+    with pytest.raises(Corruption):
+        s.fingerprints(np.array([99], np.uint64))
+    # put_blocks_known: same ids, no rehash
+    assert (s.put_blocks_known(data, fps) == ids[:8]).all()
+    new = rand_blocks(rng, 2, bs)
+    nfps, _ = fingerprint_blocks(new, bs)
+    kids = s.put_blocks_known(np.concatenate([new, np.zeros(bs, np.uint8)]), np.concatenate([nfps, zfp]))
+    assert kids[2] == 0 and (read(s, kids[:2]) == new).all()
+    s.close()
+
+
+def test_dedup_false(tmp_path):
+    bs = 4096
+    rng = np.random.default_rng(2)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    data = rand_blocks(rng, 4, bs)
+    a = s.put_blocks(data)
+    b = s.put_blocks(np.concatenate([data, np.zeros(bs, np.uint8)]), dedup=False)
+    assert b[4] == 0 and len(set(a.tolist()) | set(b[:4].tolist())) == 8
+    assert s.stats()["index_entries"] == 4 and s.stats()["extents"] == 8
+    assert (read(s, b[:4]) == data).all()
+    s.close()
+    s = ExtentStore.open(str(tmp_path / "ex"), bs)  # the unindexed extents stay unindexed
+    assert s.stats()["index_entries"] == 4 and (s.put_blocks(data) == a).all()
+    s.close()
+
+
+def test_verify_dedup(tmp_path, monkeypatch):
+    """A fingerprint collision (faked: hash only the first 64 bytes) is caught."""
+    bs = 4096
+    real = es_mod.fingerprint_blocks
+
+    def weak(buf, block_size):
+        rows = np.ascontiguousarray(buf).reshape(-1, block_size)
+        fps, _ = real(np.ascontiguousarray(rows[:, :64]), 64)
+        return fps, ~rows.any(axis=1)
+
+    monkeypatch.setattr(es_mod, "fingerprint_blocks", weak)
+    rng = np.random.default_rng(3)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    a = rand_blocks(rng, 1, bs)
+    b = a.copy()
+    b[100:] ^= 0xFF  # same first 64 bytes: "collides" with a
+    c = rand_blocks(rng, 1, bs)
+    (ia,) = s.put_blocks(a)
+    ib, ic, ib2 = s.put_blocks(np.concatenate([b, c, b]), verify_dedup=True)
+    assert ib != ia and ib2 != ia and ic not in (ia, ib)
+    assert (read(s, [ia, ib, ic, ib2]) == np.concatenate([a, b, c, b])).all()
+    # in-batch collision: a2 shares a's prefix and is new in the batch with its twin
+    d = rand_blocks(rng, 1, bs)
+    d2 = d.copy()
+    d2[-1] ^= 1
+    i1, i2 = s.put_blocks(np.concatenate([d, d2]), verify_dedup=True)
+    assert i1 != i2 and (read(s, [i1, i2]) == np.concatenate([d, d2])).all()
+    (same,) = s.put_blocks(a, verify_dedup=True)  # a true duplicate still dedups
+    assert same == ia
+    (wrong,) = s.put_blocks(b)  # without verification the collision wins
+    assert wrong == ia
+    s.close()
+
+
+def test_reopen_tail_scan_after_checkpoint(tmp_path):
+    bs = 4096
+    rng = np.random.default_rng(4)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    d1 = rand_blocks(rng, 10, bs)
+    i1 = s.put_blocks(d1)
+    s.checkpoint()
+    d2 = np.concatenate([rand_blocks(rng, 5, bs), np.tile(text_block(rng, bs), 1)])
+    i2 = s.put_blocks(d2)
+    s.sync()
+    abandon(s)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs)
+    assert (read(s, i1) == d1).all() and (read(s, i2) == d2).all()
+    assert (s.put_blocks(d2) == i2).all()  # scanned extents were indexed
+    assert s.stats()["extents"] == 16 and s.stats()["compressed_extents"] == 1
+    s.close()
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_torn_tail_at_many_offsets(tmp_path, checkpointed):
+    bs = 4096
+    rng = np.random.default_rng(5)
+    d1 = rand_blocks(rng, 4, bs)
+    last = rand_blocks(rng, 1, bs)
+    rec = HEADER_BYTES + bs
+    cuts = sorted({1, 2, 7, 8, 55, 56, 57, 63, 64, 65, 100, 2048, rec - 1, rec - 64, rec - 65})
+    for cut in [*cuts, "garbage", "zeros"]:
+        d = str(tmp_path / f"ex{cut}")
+        s = ExtentStore.open(d, bs, create=True)
+        i1 = s.put_blocks(d1)
+        if checkpointed:
+            s.checkpoint()
+        (il,) = s.put_blocks(last)
+        s.sync()
+        abandon(s)
+        path = os.path.join(d, group_file_name(1))
+        size = os.path.getsize(path)
+        if cut == "garbage":
+            with open(path, "r+b") as f:
+                f.seek(size - 10)
+                f.write(b"\xff" * 10)
+        elif cut == "zeros":  # size extended but data never written
+            with open(path, "r+b") as f:
+                f.seek(size - rec + HEADER_BYTES)
+                f.write(bytes(bs))
+        else:
+            os.truncate(path, size - cut)
+        s = ExtentStore.open(d, bs)
+        assert os.path.getsize(path) == size - rec, cut
+        assert (read(s, i1) == d1).all() and not s.contains([il])
+        assert s.stats()["extents"] == 4 and s.scrub() == []
+        (again,) = s.put_blocks(last)
+        assert (read(s, [again]) == last).all()
+        s.close()
+        s = ExtentStore.open(d, bs)
+        assert (read(s, [again]) == last).all() and (read(s, i1) == d1).all()
+        s.close()
+
+
+def test_group_rollover(tmp_path, monkeypatch):
+    monkeypatch.setattr(es_mod, "EXTENT_GROUP_BYTES", 40_000)
+    bs = 4096
+    rng = np.random.default_rng(6)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    data = rand_blocks(rng, 50, bs)
+    ids = s.put_blocks(data)
+    assert s.stats()["groups"] >= 5
+    for g in range(1, s.stats()["groups"]):
+        assert os.path.getsize(tmp_path / "ex" / group_file_name(g)) < 40_000 + HEADER_BYTES + bs
+    s.close(checkpoint=False)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs)
+    assert (read(s, ids) == data).all()
+    s.close()
+
+
+def test_gc_frees_and_compacts(tmp_path, monkeypatch):
+    monkeypatch.setattr(es_mod, "EXTENT_GROUP_BYTES", 60_000)
+    bs = 4096
+    rng = np.random.default_rng(7)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    data = np.concatenate([rand_blocks(rng, 30, bs), np.tile(text_block(rng, bs), 1)])
+    ids = s.put_blocks(data)
+    groups_before = s.stats()["groups"]
+    keep = np.arange(0, 31, 3)
+    live = np.concatenate([ids[keep], ids[keep], [0]]).astype(np.uint64)
+    stats = s.gc(live)
+    assert stats["extents_freed"] == 31 - len(keep)
+    assert stats["bytes_freed"] > 0 and stats["groups_compacted"] >= 1
+    assert stats["file_bytes_reclaimed"] > 0
+    assert (read(s, ids[keep]) == data.reshape(31, bs)[keep].reshape(-1)).all()
+    assert not s.contains(ids[1:2]) and s.stats()["extents"] == len(keep)
+    assert s.scrub() == []
+    names = [n for n in os.listdir(tmp_path / "ex") if n.endswith(".eg")]
+    assert len(names) == s.stats()["groups"] and max(names) > group_file_name(groups_before)
+    # a freed block put again gets a fresh id
+    (fresh,) = s.put_blocks(data[bs : 2 * bs])
+    assert fresh > ids.max()
+    s.close()
+    s = ExtentStore.open(str(tmp_path / "ex"), bs)
+    assert (read(s, ids[keep]) == data.reshape(31, bs)[keep].reshape(-1)).all()
+    assert s.stats()["extents"] == len(keep) + 1 and s.scrub() == []
+    assert s.gc(np.zeros(0, np.uint64))["extents_freed"] == len(keep) + 1
+    assert s.stats()["extents"] == 0
+    s.close()
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("point", ["before_sync", "in_checkpoint", "before_index", "before_unlink"])
+def test_gc_crash_points(tmp_path, monkeypatch, point):
+    import nxstore.extent_maintenance as em
+
+    monkeypatch.setattr(es_mod, "EXTENT_GROUP_BYTES", 60_000)
+    bs = 4096
+    rng = np.random.default_rng(8)
+    d = str(tmp_path / "ex")
+    s = ExtentStore.open(d, bs, create=True)
+    data = rand_blocks(rng, 40, bs)
+    ids = s.put_blocks(data)
+    s.checkpoint()
+    keep = np.arange(1, 40, 4)
+
+    def boom(*a, **k):
+        raise Crash(point)
+
+    if point == "before_sync":
+        monkeypatch.setattr(s, "sync", boom)
+    elif point == "in_checkpoint":
+        monkeypatch.setattr(es_mod.ExtentTable, "save", boom)
+    elif point == "before_index":
+        monkeypatch.setattr(es_mod, "save_index", boom)
+    else:
+        monkeypatch.setattr(em.os, "unlink", boom)
+    with pytest.raises(Crash):
+        s.gc(ids[keep])
+    monkeypatch.undo()
+    abandon(s)
+    s = ExtentStore.open(d, bs)
+    assert (read(s, ids[keep]) == data.reshape(40, bs)[keep].reshape(-1)).all()
+    assert s.scrub() == []
+    s.gc(ids[keep])
+    assert s.stats()["extents"] == len(keep)
+    assert (read(s, ids[keep]) == data.reshape(40, bs)[keep].reshape(-1)).all()
+    s.close()
+    s = ExtentStore.open(d, bs)
+    assert s.stats()["extents"] == len(keep) and s.scrub() == []
+    s.close()
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, numpy as np
+    import nxstore.extent_store as es
+    es.EXTENT_GROUP_BYTES = 200_000
+    d, bs = sys.argv[1], 4096
+    s = es.ExtentStore.open(d, bs)
+    live = np.load(d + "/../live.npy")
+    rng = np.random.default_rng()
+    print("go", flush=True)
+    while True:
+        s.put_blocks(rng.integers(0, 256, 20 * bs, dtype=np.uint8), dedup=False)
+        s.sync()
+        s.gc(live)
+    """
+)
+
+
+def test_gc_sigkill(tmp_path):
+    bs = 4096
+    rng = np.random.default_rng(9)
+    d = str(tmp_path / "ex")
+    s = ExtentStore.open(d, bs, create=True)
+    data = rand_blocks(rng, 60, bs)
+    ids = s.put_blocks(data)
+    keep = np.arange(0, 60, 2)
+    np.save(str(tmp_path / "live.npy"), ids[keep])
+    s.close()
+    env = {**os.environ, "PYTHONPATH": REPO}
+    for delay in (0.05, 0.3, 0.8, 1.5):
+        p = subprocess.Popen([sys.executable, "-c", CHILD, d], stdout=subprocess.PIPE, env=env)
+        assert p.stdout.readline().strip() == b"go"
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        s = ExtentStore.open(d, bs)
+        assert (read(s, ids[keep]) == data.reshape(60, bs)[keep].reshape(-1)).all(), delay
+        assert s.scrub() == []
+        s.close()
+
+
+# -- model-based ---------------------------------------------------------------------
+BS = 4096
+_SEEDS = np.random.default_rng(99).integers(0, 256, (6, BS), dtype=np.uint8)
+_SEEDS[5] = 0
+_SEEDS[4] = np.frombuffer((b"abcdefgh" * (BS // 8)), np.uint8)
+
+
+class ExtentStoreMachine(RuleBasedStateMachine):
+    """Random put/read/gc/checkpoint/reopen against a dict id -> bytes."""
+
+    @initialize()
+    def setup(self):
+        import tempfile
+
+        self.orig_group = es_mod.EXTENT_GROUP_BYTES
+        es_mod.EXTENT_GROUP_BYTES = 30_000
+        self.dir = tempfile.mkdtemp(prefix="nxes-")
+        self.store = ExtentStore.open(self.dir, BS, create=True)
+        self.model: dict[int, bytes] = {}
+        self.counter = 0
+
+    def teardown(self):
+        import shutil
+
+        if hasattr(self, "store"):
+            self.store.close()
+            es_mod.EXTENT_GROUP_BYTES = self.orig_group
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(picks=st.lists(st.integers(0, 7), min_size=1, max_size=12), dedup=st.booleans(),
+          verify=st.booleans())  # fmt: skip
+    def put(self, picks, dedup, verify):
+        rows = []
+        for p in picks:
+            if p < 6:
+                rows.append(_SEEDS[p])
+            else:  # unique block
+                self.counter += 1
+                b = _SEEDS[0].copy()
+                b[:8] = np.frombuffer(self.counter.to_bytes(8, "little"), np.uint8)
+                rows.append(b)
+        data = np.concatenate(rows)
+        ids = self.store.put_blocks(data, dedup=dedup, verify_dedup=verify)
+        for i, row in zip(ids.tolist(), rows, strict=True):
+            if i == 0:
+                assert not row.any()
+            else:
+                assert self.model.setdefault(i, row.tobytes()) == row.tobytes()
+
+    @rule(data=st.data())
+    def gc(self, data):
+        keys = sorted(self.model)
+        keep = data.draw(st.lists(st.sampled_from(keys), unique=True)) if keys else []
+        self.store.gc(np.array(keep, np.uint64))
+        self.model = {k: self.model[k] for k in keep}
+
+    @rule()
+    def checkpoint(self):
+        self.store.checkpoint()
+
+    @rule(clean=st.booleans())
+    def reopen(self, clean):
+        if clean:
+            self.store.close()
+        else:
+            self.store.sync()
+            abandon(self.store)
+        self.store = ExtentStore.open(self.dir, BS)
+
+    @invariant()
+    def reads_match(self):
+        if not hasattr(self, "store"):
+            return
+        keys = sorted(self.model)
+        assert self.store.stats()["extents"] == len(keys)
+        if keys:
+            got = read(self.store, keys)
+            assert got.tobytes() == b"".join(self.model[k] for k in keys)
+
+
+TestExtentStoreMachine = ExtentStoreMachine.TestCase
+TestExtentStoreMachine.settings = settings(
+    max_examples=40, stateful_step_count=20, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
