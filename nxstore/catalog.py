@@ -94,7 +94,8 @@ def _row_checksum(table: str, values: tuple) -> int:
     # repr() of ints/floats/str is stable across runs and platforms; SQLite hands
     # booleans back as 0/1, so they are hashed as ints.
     canonical = tuple(int(v) if isinstance(v, bool) else v for v in values)
-    return xxhash.xxh3_64_intdigest(repr((table, canonical)).encode())
+    digest = xxhash.xxh3_64_intdigest(repr((table, canonical)).encode())
+    return digest - (1 << 64) if digest >= 1 << 63 else digest  # SQLite INTEGER is signed
 
 
 class Catalog:

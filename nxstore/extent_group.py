@@ -63,7 +63,12 @@ def header_dtype(itemsize: int = HEADER_BYTES) -> np.dtype:
     """Structured dtype of a header; `itemsize` > 64 views fixed-size records in place."""
     names, formats, offsets = zip(*_FIELDS, strict=True)
     return np.dtype(
-        {"names": list(names), "formats": list(formats), "offsets": list(offsets), "itemsize": itemsize}
+        {
+            "names": list(names),
+            "formats": list(formats),
+            "offsets": list(offsets),
+            "itemsize": itemsize,
+        }
     )
 
 
@@ -99,9 +104,7 @@ def header_checksums(buf: bytes | memoryview, offsets: np.ndarray) -> np.ndarray
     """XXH3-64 of the 56 checked bytes of each header starting at `offsets` in `buf`."""
     mv = memoryview(buf).cast("B")
     h = xxhash.xxh3_64_intdigest
-    return np.fromiter(
-        (h(mv[o : o + _CHECKED]) for o in offsets.tolist()), np.uint64, len(offsets)
-    )
+    return np.fromiter((h(mv[o : o + _CHECKED]) for o in offsets.tolist()), np.uint64, len(offsets))
 
 
 def fill_headers(
@@ -186,7 +189,9 @@ def bad_headers(
     )
 
 
-def decode_payload(payload: bytes | memoryview, compressed: bool, block_size: int) -> bytes | memoryview:
+def decode_payload(
+    payload: bytes | memoryview, compressed: bool, block_size: int
+) -> bytes | memoryview:
     """The raw block of one payload. A payload that does not decompress to exactly
     `block_size` bytes yields b"" (the caller's fingerprint check then fails)."""
     if not compressed:
@@ -214,7 +219,9 @@ class ScanResult:
     problems: list[str] = field(default_factory=list)
 
 
-def _valid_header_at(data: bytes, pos: int, block_size: int) -> tuple[int, int, int, int, bytes] | None:
+def _valid_header_at(
+    data: bytes, pos: int, block_size: int
+) -> tuple[int, int, int, int, bytes] | None:
     """(id, flags, slen, container, fp) if a plausible, checksummed header starts at pos."""
     if len(data) - pos < HEADER_BYTES or data[pos : pos + 4] != RECORD_MAGIC:
         return None
@@ -282,7 +289,9 @@ def scan_group(fd: int, name: str, start: int, end: int, block_size: int) -> Sca
     while keep and not ok[keep - 1]:
         keep -= 1
     torn = bad_from is not None or keep < k
-    new_end = start + (int(offs[keep]) if keep < k else (bad_from if bad_from is not None else len(data)))
+    new_end = start + (
+        int(offs[keep]) if keep < k else (bad_from if bad_from is not None else len(data))
+    )
     for i in np.flatnonzero(~ok[:keep]).tolist():
         problems.append(
             f"{name}: extent {recs[i][1]} at offset {start + int(offs[i])}: "

@@ -12,6 +12,7 @@ checkpoint's next group and is not listed, so open deletes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -107,10 +108,8 @@ def gc(store: ExtentStore, live: np.ndarray) -> dict[str, int]:
             store._changed = True
             store.checkpoint()  # the table stops naming the old groups
         for g in drop:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(store._path(group_file_name(g)))
-            except FileNotFoundError:
-                pass
         if drop:
             fsync_dir(store.directory)
         stats["groups_compacted"] = len(done)
@@ -128,7 +127,9 @@ def _verify(store: ExtentStore, buf: np.ndarray, eids: np.ndarray, offs: np.ndar
     bad = bad_headers(gather_headers(buf, offs), eids, slens, flags, bs)
     raw = np.zeros((len(e), bs), np.uint8)
     for i, (o, s, f) in enumerate(zip(offs.tolist(), slens.tolist(), flags.tolist(), strict=True)):
-        p = decode_payload(buf[o + HEADER_BYTES : o + HEADER_BYTES + s], bool(f & FLAG_COMPRESSED), bs)
+        p = decode_payload(
+            buf[o + HEADER_BYTES : o + HEADER_BYTES + s], bool(f & FLAG_COMPRESSED), bs
+        )
         if len(p) == bs:
             raw[i] = np.frombuffer(p, np.uint8)
         else:

@@ -31,7 +31,6 @@ from .constants import (
     COMPRESS_MIN_SAVING,
     EXTENT_GROUP_BYTES,
     EXTENT_TABLE_FILE,
-    GC_COMPACT_DEAD_FRACTION,
     INDEX_FILE,
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
@@ -128,7 +127,9 @@ class ExtentStore:
             return self
         if ckpt is not None:
             if ckpt.block_size != block_size:
-                raise InvalidArgument(f"{directory}: block size is {ckpt.block_size}, not {block_size}")
+                raise InvalidArgument(
+                    f"{directory}: block size is {ckpt.block_size}, not {block_size}"
+                )
             self._table, self._next_group = ckpt.table, ckpt.next_group
             covered = ckpt.groups
             for g in groups:  # left behind by a gc that checkpointed, then crashed
@@ -167,7 +168,9 @@ class ExtentStore:
             if len(head) == HEADER_BYTES and head[:4] == b"NXEX":
                 raw = int.from_bytes(head[16:20], "little")
                 if raw != self.block_size:
-                    raise InvalidArgument(f"{self.directory}: block size is {raw}, not {self.block_size}")
+                    raise InvalidArgument(
+                        f"{self.directory}: block size is {raw}, not {self.block_size}"
+                    )
                 return
 
     def _recover_groups(self, groups: list[int], covered: dict[int, int]) -> np.ndarray:
@@ -180,7 +183,9 @@ class ExtentStore:
             size = os.fstat(fd).st_size
             start = covered.get(g, 0)
             if size < start:
-                self._problem(f"{self._path(group_file_name(g))} is {size} bytes, checkpoint covers {start}")
+                self._problem(
+                    f"{self._path(group_file_name(g))} is {size} bytes, checkpoint covers {start}"
+                )
                 self._glen[g] = start
                 continue
             res = scan_group(fd, self._path(group_file_name(g)), start, size, self.block_size)
@@ -286,7 +291,9 @@ class ExtentStore:
         if self._closed:
             raise ClosedError(f"extent store {self.directory} is closed")
 
-    def _write_records(self, buf: object, sizes: np.ndarray, slot: str) -> tuple[np.ndarray, np.ndarray]:
+    def _write_records(
+        self, buf: object, sizes: np.ndarray, slot: str
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Append encoded records (concatenated in `buf`) to the group in attribute
         `slot`, starting a new group once one passes EXTENT_GROUP_BYTES. Returns
         each record's (group, offset). On an I/O error every touched group is cut
@@ -306,7 +313,9 @@ class ExtentStore:
                     setattr(self, slot, g)
                 start = self._glen[g]
                 touched.append((g, start))
-                j = min(k, i + 1 + int(np.searchsorted(ends[i:] - boff, EXTENT_GROUP_BYTES - start)))
+                j = min(
+                    k, i + 1 + int(np.searchsorted(ends[i:] - boff, EXTENT_GROUP_BYTES - start))
+                )
                 nbytes = int(ends[j - 1]) - boff
                 fd, chunk, pos = self._fd(g), mv[boff : boff + nbytes], start
                 while chunk:
@@ -332,7 +341,9 @@ class ExtentStore:
             raise InvalidArgument(f"data must be uint8, not {arr.dtype}")
         arr = np.ascontiguousarray(arr).reshape(-1)
         if arr.size % self.block_size:
-            raise InvalidArgument(f"{arr.size} bytes is not a multiple of the block size {self.block_size}")
+            raise InvalidArgument(
+                f"{arr.size} bytes is not a multiple of the block size {self.block_size}"
+            )
         return arr.reshape(-1, self.block_size)
 
     def put_blocks(
@@ -409,7 +420,10 @@ class ExtentStore:
             sel = np.flatnonzero(old)
             mism = np.any(fps_got[sel] != self._table.fp[dids[old].astype(np.int64)], axis=1)
             for i in set(bad) | set(sel[mism].tolist()):
-                log.warning("verify_dedup: stored extent %d is damaged; storing the block anew", int(dids[i]))
+                log.warning(
+                    "verify_dedup: stored extent %d is damaged; storing the block anew",
+                    int(dids[i]),
+                )
                 expect[i] = ~rows[dup_pos[i]]  # force a mismatch
         inb = np.flatnonzero(~old)  # duplicates of a block new in this batch
         expect[inb] = rows[new_pos[(dids[inb] - first).astype(np.int64)]]
@@ -421,12 +435,16 @@ class ExtentStore:
         bs, k = self.block_size, len(pos)
         if not k:
             return ids
-        contiguous = bool(k) and int(pos[-1]) - int(pos[0]) == k - 1 and bool(np.all(np.diff(pos) == 1))
+        contiguous = (
+            bool(k) and int(pos[-1]) - int(pos[0]) == k - 1 and bool(np.all(np.diff(pos) == 1))
+        )
         sel = rows[int(pos[0]) : int(pos[0]) + k] if contiguous else rows[pos]
         payloads: dict[int, bytes] = {}
         if compress:
             limit = bs - bs // COMPRESS_MIN_SAVING
-            probe = range(k) if k <= _SAMPLE else np.linspace(0, k - 1, _SAMPLE).astype(int).tolist()
+            probe = (
+                range(k) if k <= _SAMPLE else np.linspace(0, k - 1, _SAMPLE).astype(int).tolist()
+            )
             for i in probe:
                 p = lz4.block.compress(sel[i], store_size=False)
                 if len(p) <= limit:
@@ -466,7 +484,12 @@ class ExtentStore:
         for extents whose record is unreadable (the caller still checks fingerprints)."""
         t, bs = self._table, self.block_size
         e = eids.astype(np.int64)
-        g, o, s, f = t.group[e], t.offset[e].astype(np.int64), t.slen[e].astype(np.int64), t.flags[e]
+        g, o, s, f = (
+            t.group[e],
+            t.offset[e].astype(np.int64),
+            t.slen[e].astype(np.int64),
+            t.flags[e],
+        )
         order = np.lexsort((o, g))
         gs, os_, ss, fs = g[order], o[order], s[order], f[order]
         ends = os_ + HEADER_BYTES + ss
@@ -494,8 +517,14 @@ class ExtentStore:
                 hdr = gather_headers(buf, np.minimum(rel, max(got - HEADER_BYTES, 0)))
                 bad = bad_headers(hdr, eids[idx], ss[a:c], fs[a:c], bs) | short
                 dest = rows[idx]
-                if not (fs[a:c] & FLAG_COMPRESSED).any() and bool(np.all(ss[a:c] == bs)) and not short.any():
-                    data = buf.reshape(-1)[: (c - a) * (HEADER_BYTES + bs)].reshape(c - a, -1)[:, HEADER_BYTES:]
+                if (
+                    not (fs[a:c] & FLAG_COMPRESSED).any()
+                    and bool(np.all(ss[a:c] == bs))
+                    and not short.any()
+                ):
+                    data = buf.reshape(-1)[: (c - a) * (HEADER_BYTES + bs)].reshape(c - a, -1)[
+                        :, HEADER_BYTES:
+                    ]
                     d0 = int(dest[0])
                     if int(dest[-1]) - d0 == c - a - 1 and bool(np.all(np.diff(dest) == 1)):
                         out2d[d0 : d0 + c - a] = data
@@ -512,7 +541,9 @@ class ExtentStore:
                             out2d[dest[j]] = np.frombuffer(raw, np.uint8)
                         else:
                             out2d[dest[j]] = 0
-                            errors[int(idx[j])] = f"{name} offset {int(os_[a + j])}: payload does not decode"
+                            errors[int(idx[j])] = (
+                                f"{name} offset {int(os_[a + j])}: payload does not decode"
+                            )
                 for j in np.flatnonzero(bad).tolist():
                     what = why if short[j] else "bad record header"
                     errors[int(idx[j])] = f"{name} offset {int(os_[a + j])}: {what}"
@@ -551,11 +582,15 @@ class ExtentStore:
                 i = int(np.argmax(missing))
                 self._raise(int(eids[i]), int(nz[i]), "extent is not in the store")
             errors = self._load(eids, out2d, nz)
-            fps, _ = fingerprint_blocks(out2d, bs) if nz.size == n else fingerprint_blocks(out2d[nz], bs)
+            fps, _ = (
+                fingerprint_blocks(out2d, bs) if nz.size == n else fingerprint_blocks(out2d[nz], bs)
+            )
             bad = np.any(fps != self._table.fp[eids.astype(np.int64)], axis=1)
             if errors or bad.any():
                 i = min([*errors, *np.flatnonzero(bad).tolist()])
-                self._raise(int(eids[i]), int(nz[i]), errors.get(i, "data does not match its fingerprint"))
+                self._raise(
+                    int(eids[i]), int(nz[i]), errors.get(i, "data does not match its fingerprint")
+                )
 
     def fingerprints(self, extent_ids: np.ndarray) -> np.ndarray:
         """Fingerprints (uint8 (n, 16)) of the extents; id 0 gives the zero block's.

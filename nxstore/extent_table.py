@@ -80,14 +80,19 @@ class ExtentTable:
         return ok & ((self.flags[safe] & PRESENT) != 0) & (ids != 0)
 
     # -- checkpoint -------------------------------------------------------------
-    def save(self, path: str, block_size: int, groups: dict[int, int], next_group: int, token: int) -> None:
+    def save(
+        self, path: str, block_size: int, groups: dict[int, int], next_group: int, token: int
+    ) -> None:
         """Atomically write the checkpoint (durable on return)."""
         n = self.next_id
         garr = np.zeros(len(groups), _GROUP)
         garr["group"] = list(groups.keys())
         garr["covered"] = list(groups.values())
         head = _HEAD.pack(block_size, len(groups), n, token, next_group, 0)
-        cols = [np.ascontiguousarray(getattr(self, c)[:n]).astype("<u4", copy=False) for c in _U32_COLUMNS]
+        cols = [
+            np.ascontiguousarray(getattr(self, c)[:n]).astype("<u4", copy=False)
+            for c in _U32_COLUMNS
+        ]
         parts = [head, garr.tobytes(), memoryview(self.fp[:n]).cast("B")]
         parts += [memoryview(c).cast("B") for c in cols]
         parts.append(memoryview(self.flags[:n]))
@@ -131,5 +136,7 @@ def load_checkpoint(path: str) -> Checkpoint | None:
     bad = t.present_ids()
     bad = bad[~np.isin(t.group[bad], np.fromiter(groups, np.uint32, len(groups)))]
     if bad.size:
-        raise Corruption(f"{path}: extent {int(bad[0])} names group {int(t.group[bad[0]])}, not listed")
+        raise Corruption(
+            f"{path}: extent {int(bad[0])} names group {int(t.group[bad[0]])}, not listed"
+        )
     return Checkpoint(t, block_size, groups, next_group, token)

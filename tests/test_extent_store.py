@@ -125,7 +125,9 @@ def test_dedup_counts_lookup_fingerprints(tmp_path):
     assert (s.put_blocks_known(data, fps) == ids[:8]).all()
     new = rand_blocks(rng, 2, bs)
     nfps, _ = fingerprint_blocks(new, bs)
-    kids = s.put_blocks_known(np.concatenate([new, np.zeros(bs, np.uint8)]), np.concatenate([nfps, zfp]))
+    kids = s.put_blocks_known(
+        np.concatenate([new, np.zeros(bs, np.uint8)]), np.concatenate([nfps, zfp])
+    )
     assert kids[2] == 0 and (read(s, kids[:2]) == new).all()
     s.close()
 
