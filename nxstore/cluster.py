@@ -203,9 +203,8 @@ class Cluster:
             with vd._lock:
                 vd._persist()
         self._ctx.oplog.sync()
-        self._ctx.store.checkpoint()
         self._ctx.oplog.close()
-        self._ctx.store.close()
+        self._ctx.store.close()  # checkpoints the extent table and index: fast next open
         self._ctx.catalog.close()
         self._closed = True
         os.close(self._lock_fd)
@@ -359,6 +358,11 @@ class Cluster:
         (mark and sweep, then extent-group compaction). Returns counters."""
         self._check_open()
         with self._ctx.map_lock:
+            # Recovery rebuilds the maps from persisted layers plus the OpLog; once
+            # every record is durable, it rebuilds exactly the in-memory maps, so
+            # marking from them cannot sweep an extent a recovered map names.
+            self._ctx.store.sync()
+            self._ctx.oplog.sync()
             live = self._ctx.tree.all_extent_ids()
             return self._ctx.store.gc(live)
 
@@ -377,9 +381,10 @@ class Cluster:
         logical = 0
         for vd in self._all_vdisks():
             with vd._lock, self._ctx.map_lock:
-                _, vals = flatten(self._ctx.tree.chain(vd.head_layer), is_root=True).items()
-                dirty = vd.dirty_bytes
-            logical += int(np.count_nonzero(vals)) * bs + dirty
+                keys, vals = flatten(self._ctx.tree.chain(vd.head_layer), is_root=True).items()
+                dirty, dirty_nonzero = vd._dirty.keys()
+            mapped = np.setdiff1d(keys[vals != 0], dirty, assume_unique=True)
+            logical += (mapped.size + int(np.count_nonzero(dirty_nonzero))) * bs
         store = self._ctx.store.stats()
         unique = int(store["raw_bytes"])
         stored = int(store["stored_bytes"])

@@ -256,7 +256,10 @@ def run(path: str, seed: int = 2024) -> int:
         return 1
     print(f"demo OK in {total:.1f} s: the vDisk, its snapshot and the clone read back exactly "
           "what was written, after a reopen.")
-    print(f"Try: nxstore info {path}   nxstore vdisk list {path}   nxstore snapshot list {path}")
+    cli = os.path.join(os.path.dirname(sys.executable), "nxstore")
+    cli = os.path.relpath(cli) if os.path.exists(cli) else "nxstore"
+    print(f"Look around: {cli} info {path}; {cli} vdisk list {path}; "
+          f"{cli} snapshot list {path}")
     return 0
 
 

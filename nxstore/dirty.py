@@ -41,6 +41,12 @@ class DirtyBlocks:
     def nbytes(self) -> int:
         return len(self._blocks) * self.block_size
 
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted dirty block indices, mask of those holding nonzero data)."""
+        blocks = sorted(self._blocks)
+        nonzero = [self._blocks[b].data is not None for b in blocks]
+        return np.asarray(blocks, dtype=np.uint64), np.asarray(nonzero, dtype=bool)
+
     def first_seq(self) -> int | None:
         """Smallest first_seq of any entry (None when clean)."""
         if not self._blocks:

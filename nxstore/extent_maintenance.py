@@ -30,6 +30,7 @@ from .extent_group import (
     gather_headers,
     group_file_name,
 )
+from .extent_read import load_records
 from .extent_table import PRESENT
 from .fileutil import fsync_dir
 from .native import fingerprint_blocks
@@ -195,7 +196,7 @@ def scrub(store: ExtentStore, progress: Callable[[int, int], None] | None = None
             chunk = ids[start : start + _SCRUB_BATCH]
             chunk = chunk[t.is_present(chunk)]
             tmp = np.empty((len(chunk), bs), np.uint8)
-            errors = store._load(chunk, tmp, np.arange(len(chunk)))
+            errors = load_records(store, chunk, tmp, np.arange(len(chunk)))
             fps, _ = fingerprint_blocks(tmp, bs)
             mism = np.flatnonzero(np.any(fps != t.fp[chunk.astype(np.int64)], axis=1)).tolist()
             for i in sorted(set(errors) | set(mism)):

@@ -40,26 +40,21 @@ from .extent_group import (
     FLAG_COMPRESSED,
     FLAG_INDEXED,
     HEADER_BYTES,
-    RECORD_FLAGS,
     ExtentCorruption,
-    bad_headers,
-    decode_payload,
     encode_records,
-    gather_headers,
     group_file_name,
-    parse_group_name,
-    scan_group,
 )
-from .extent_table import PRESENT, ExtentTable, load_checkpoint
+from .extent_read import MAX_RUN, load_records
+from .extent_recovery import recover
+from .extent_table import PRESENT, ExtentTable
 from .fileutil import fsync_dir
-from .fingerprint_index import load_or_rebuild, save_index
+from .fingerprint_index import save_index
 from .native import fingerprint_blocks
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ExtentCorruption", "ExtentStore"]
 
-_MAX_RUN = 4 << 20  # bytes read by one preadv
 _MAX_FDS = 256  # cached group file descriptors
 _SAMPLE = 8  # batches above this many new blocks: lz4 on 8 spread blocks decides (see _store)
 assert EXTENT_GROUP_BYTES + HEADER_BYTES + MAX_BLOCK_SIZE < 2**32  # offsets are u32
@@ -83,7 +78,7 @@ class ExtentStore:
         self._changed = False  # since the last checkpoint
         self._closed = False
         self._problems: list[str] = []  # found by open(); scrub reports them
-        self._scratch = np.empty(_MAX_RUN + HEADER_BYTES + MAX_BLOCK_SIZE, np.uint8)
+        self._scratch = np.empty(MAX_RUN + HEADER_BYTES + MAX_BLOCK_SIZE, np.uint8)
         self._zero_fp = np.frombuffer(xxhash.xxh3_128(bytes(block_size)).digest(), np.uint8)
         self._index = None  # set by open
         self._n_extents = self._stored = self._n_compressed = 0
@@ -102,118 +97,17 @@ class ExtentStore:
         """
         if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
             raise InvalidArgument(f"block size {block_size} is not a power of two in range")
-        ckpt_path = os.path.join(directory, EXTENT_TABLE_FILE)
         if not os.path.isdir(directory):
             if not create:
                 raise NotFound(f"no extent store at {directory}")
             os.makedirs(directory)
             fsync_dir(os.path.dirname(os.path.abspath(directory)))
         self = cls(directory, block_size)
-        names = os.listdir(directory)
-        for name in names:
-            if ".tmp." in name:
-                os.unlink(os.path.join(directory, name))
-        groups = sorted(g for g in map(parse_group_name, names) if g is not None)
-        try:
-            ckpt = load_checkpoint(ckpt_path)
-        except Corruption as exc:
-            log.warning("%s; rebuilding the extent table from the extent groups", exc)
-            ckpt = None
-        if ckpt is None and not groups and not os.path.exists(ckpt_path):
-            if not create:
-                raise NotFound(f"no extent store at {directory}")
-            self._index = load_or_rebuild(self._path(INDEX_FILE), None, self._indexed)[0]
-            self.checkpoint()
-            return self
-        if ckpt is not None:
-            if ckpt.block_size != block_size:
-                raise InvalidArgument(
-                    f"{directory}: block size is {ckpt.block_size}, not {block_size}"
-                )
-            self._table, self._next_group = ckpt.table, ckpt.next_group
-            covered = ckpt.groups
-            for g in groups:  # left behind by a gc that checkpointed, then crashed
-                if g < ckpt.next_group and g not in covered:
-                    log.info("%s: removing compacted group %s", directory, group_file_name(g))
-                    os.unlink(self._path(group_file_name(g)))
-                    self._dir_dirty = True
-            groups = [g for g in groups if g in covered or g >= ckpt.next_group]
-            for g in sorted(set(covered) - set(groups)):
-                self._problem(f"extent group {self._path(group_file_name(g))} is missing")
-                self._glen[g] = covered[g]
-        else:
-            covered = {}
-            self._check_block_size(groups)
-        scanned = self._recover_groups(groups, covered)
-        t = self._table
-        self._next_group = max([self._next_group, *(g + 1 for g in self._glen)])
-        token = ckpt.token if ckpt is not None else None
-        self._index, rebuilt = load_or_rebuild(self._path(INDEX_FILE), token, self._indexed)
-        if not rebuilt and scanned.size:
-            sel = scanned[(t.flags[scanned] & (PRESENT | FLAG_INDEXED)) == PRESENT | FLAG_INDEXED]
-            sel = sel[self._index.lookup(t.fp[sel]) == 0]
-            self._index.insert(t.fp[sel], sel)
-        self._recount()
+        groups = recover(self, create)
         if groups and self._glen.get(groups[-1], EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES:
             self._active = groups[-1]
-        self._changed = bool(scanned.size) or ckpt is None or rebuilt
         self.sync()
         return self
-
-    def _check_block_size(self, groups: list[int]) -> None:
-        """Refuse (before any truncation) groups written with another block size."""
-        for g in groups:
-            with open(self._path(group_file_name(g)), "rb") as f:
-                head = f.read(HEADER_BYTES)
-            if len(head) == HEADER_BYTES and head[:4] == b"NXEX":
-                raw = int.from_bytes(head[16:20], "little")
-                if raw != self.block_size:
-                    raise InvalidArgument(
-                        f"{self.directory}: block size is {raw}, not {self.block_size}"
-                    )
-                return
-
-    def _recover_groups(self, groups: list[int], covered: dict[int, int]) -> np.ndarray:
-        """Scan every group beyond its checkpointed length; apply what is found
-        (a newer group wins for an id found twice). Returns the ids added."""
-        t = self._table
-        added = []
-        for g in groups:
-            fd = self._fd(g)
-            size = os.fstat(fd).st_size
-            start = covered.get(g, 0)
-            if size < start:
-                self._problem(
-                    f"{self._path(group_file_name(g))} is {size} bytes, checkpoint covers {start}"
-                )
-                self._glen[g] = start
-                continue
-            res = scan_group(fd, self._path(group_file_name(g)), start, size, self.block_size)
-            for p in res.problems:
-                self._problem(p)
-            if res.torn:
-                log.warning("%s: dropping torn tail at offset %d (%d bytes)",
-                            self._path(group_file_name(g)), res.end, size - res.end)  # fmt: skip
-                os.truncate(self._path(group_file_name(g)), res.end)
-                self._dirty.add(g)
-            self._glen[g] = res.end
-            ids = res.ids
-            if ids.size:
-                t.reserve(int(ids.max()) + 1)
-                t.next_id = max(t.next_id, int(ids.max()) + 1)
-                cur = t.flags[ids] & PRESENT
-                take = (cur == 0) | (t.group[ids] <= g)
-                ids = ids[take]
-                t.group[ids] = g
-                t.offset[ids] = res.offsets[take]
-                t.slen[ids] = res.slens[take]
-                t.container[ids] = res.containers[take]
-                t.fp[ids] = res.fps[take]
-                ok = res.data_ok[take]
-                t.flags[ids] = (res.flags[take] & RECORD_FLAGS) | PRESENT
-                t.flags[ids[~ok]] &= ~np.uint8(FLAG_INDEXED)  # never dedup onto bad data
-                added.append(ids)
-        return np.unique(np.concatenate(added)) if added else np.zeros(0, np.uint64)
 
     def _indexed(self) -> tuple[np.ndarray, np.ndarray]:
         t = self._table
@@ -415,7 +309,7 @@ class ExtentStore:
         old = dids < first
         expect = np.empty((dup_pos.size, self.block_size), np.uint8)
         if old.any():
-            bad = self._load(dids[old], expect, np.flatnonzero(old))
+            bad = load_records(self, dids[old], expect, np.flatnonzero(old))
             fps_got, _ = fingerprint_blocks(expect, self.block_size)
             sel = np.flatnonzero(old)
             mism = np.any(fps_got[sel] != self._table.fp[dids[old].astype(np.int64)], axis=1)
@@ -478,78 +372,6 @@ class ExtentStore:
         return ids
 
     # -- read ---------------------------------------------------------------------------
-    def _load(self, eids: np.ndarray, out2d: np.ndarray, rows: np.ndarray) -> dict[int, str]:
-        """Read extents eids[i] (present) into out2d[rows[i]], checking headers.
-        Coalesces records adjacent in a group into one preadv. Returns {i: problem}
-        for extents whose record is unreadable (the caller still checks fingerprints)."""
-        t, bs = self._table, self.block_size
-        e = eids.astype(np.int64)
-        g, o, s, f = (
-            t.group[e],
-            t.offset[e].astype(np.int64),
-            t.slen[e].astype(np.int64),
-            t.flags[e],
-        )
-        order = np.lexsort((o, g))
-        gs, os_, ss, fs = g[order], o[order], s[order], f[order]
-        ends = os_ + HEADER_BYTES + ss
-        brk = np.flatnonzero((gs[1:] != gs[:-1]) | (os_[1:] != ends[:-1])) + 1
-        bounds = [0, *brk.tolist(), len(order)]
-        errors: dict[int, str] = {}
-        scratch = self._scratch
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            while a < b:
-                # cap the run at _MAX_RUN bytes (at least one record)
-                c = a + max(1, int(np.searchsorted(ends[a:b] - os_[a], _MAX_RUN, side="right")))
-                grp, base = int(gs[a]), int(os_[a])
-                name = self._path(group_file_name(grp))
-                nbytes = int(ends[c - 1]) - base
-                buf = scratch[:nbytes]
-                try:
-                    got = os.preadv(self._fd(grp), [buf], base)
-                except (Corruption, OSError) as exc:
-                    got, why = 0, str(exc)
-                else:
-                    why = f"{name} is truncated"
-                idx = order[a:c]
-                rel = os_[a:c] - base
-                short = rel + HEADER_BYTES + ss[a:c] > got
-                hdr = gather_headers(buf, np.minimum(rel, max(got - HEADER_BYTES, 0)))
-                bad = bad_headers(hdr, eids[idx], ss[a:c], fs[a:c], bs) | short
-                dest = rows[idx]
-                if (
-                    not (fs[a:c] & FLAG_COMPRESSED).any()
-                    and bool(np.all(ss[a:c] == bs))
-                    and not short.any()
-                ):
-                    data = buf.reshape(-1)[: (c - a) * (HEADER_BYTES + bs)].reshape(c - a, -1)[
-                        :, HEADER_BYTES:
-                    ]
-                    d0 = int(dest[0])
-                    if int(dest[-1]) - d0 == c - a - 1 and bool(np.all(np.diff(dest) == 1)):
-                        out2d[d0 : d0 + c - a] = data
-                    else:
-                        out2d[dest] = data
-                else:
-                    for j in range(c - a):
-                        r = int(rel[j])
-                        raw = b"" if short[j] else decode_payload(
-                            buf[r + HEADER_BYTES : r + HEADER_BYTES + int(ss[a + j])],
-                            bool(fs[a + j] & FLAG_COMPRESSED), bs,
-                        )  # fmt: skip
-                        if len(raw) == bs:
-                            out2d[dest[j]] = np.frombuffer(raw, np.uint8)
-                        else:
-                            out2d[dest[j]] = 0
-                            errors[int(idx[j])] = (
-                                f"{name} offset {int(os_[a + j])}: payload does not decode"
-                            )
-                for j in np.flatnonzero(bad).tolist():
-                    what = why if short[j] else "bad record header"
-                    errors[int(idx[j])] = f"{name} offset {int(os_[a + j])}: {what}"
-                a = c
-        return errors
-
     def _raise(self, eid: int, batch_index: int | None, what: str) -> None:
         t = self._table
         g, o = (int(t.group[eid]), int(t.offset[eid])) if eid < t.next_id else (0, 0)
@@ -581,7 +403,7 @@ class ExtentStore:
             if missing.any():
                 i = int(np.argmax(missing))
                 self._raise(int(eids[i]), int(nz[i]), "extent is not in the store")
-            errors = self._load(eids, out2d, nz)
+            errors = load_records(self, eids, out2d, nz)
             fps, _ = (
                 fingerprint_blocks(out2d, bs) if nz.size == n else fingerprint_blocks(out2d[nz], bs)
             )

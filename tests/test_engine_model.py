@@ -256,7 +256,7 @@ class EngineMachine(RuleBasedStateMachine):
 
 TestEngineModel = EngineMachine.TestCase
 TestEngineModel.settings = settings(
-    max_examples=30, stateful_step_count=40, deadline=None,
+    max_examples=50, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -269,6 +269,6 @@ class BackgroundEngineMachine(EngineMachine):
 
 TestEngineModelBackground = BackgroundEngineMachine.TestCase
 TestEngineModelBackground.settings = settings(
-    max_examples=10, stateful_step_count=40, deadline=None,
+    max_examples=12, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

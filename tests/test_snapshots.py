@@ -7,14 +7,13 @@ import random
 import struct
 import threading
 import time
+import uuid
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from model import differing_blocks, pattern, ranges_to_blocks
 
 import nxstore
-from nxstore import errors
 
 BS = 4096
 SIZE = 32 * BS
@@ -222,7 +221,7 @@ def _check_promise(got, base: bytes, target: bytes) -> None:
 @given(before=st.lists(_write, max_size=8), after=st.lists(_write, max_size=12),
        more=st.lists(_write, max_size=6), drain=st.booleans(), dedup=st.booleans())
 def test_changed_blocks_property(make_cluster, before, after, more, drain, dedup):
-    c = make_cluster(f"c{random.getrandbits(64)}")
+    c = make_cluster(f"c{uuid.uuid4().hex}")
     if not dedup:
         c.create_container("nodedup", dedup=False, compression=False)
     vd = c.create_vdisk("v", SIZE, container="default" if dedup else "nodedup")
@@ -355,7 +354,7 @@ def test_snapshot_group_is_crash_consistent(make_cluster):
                 assert j <= included[t], (
                     f"{group[0].name}: write {m} of v{u} is in, but write {j} of v{t}, "
                     f"acknowledged before it was issued, is missing (v{t} has {included[t]})")
+    images = {(s.vdisk_name, s.name): full(s) for group in groups for s in group}
     c = make_cluster.reopen(c)
-    for group in groups:
-        for s in group:
-            assert full(c.snapshot(s.vdisk_name, s.name)) == full(s)
+    for (disk, name), image in images.items():
+        assert full(c.snapshot(disk, name)) == image

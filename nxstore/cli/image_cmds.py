@@ -3,7 +3,8 @@
 Both stream in CHUNK-sized pieces at CHUNK-aligned offsets (whole blocks for
 every block size, so aligned writes bypass the OpLog) and are sparse-aware:
 import skips the holes of the source file (SEEK_DATA/SEEK_HOLE) and every
-all-zero chunk; export leaves all-zero chunks as holes in the output file.
+all-zero chunk; export leaves every all-zero 64 KiB piece as a hole in the
+output file (it is truncated to the image size first, then written piecewise).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .progress import Progress
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes; transfer unit and alignment (a multiple of every block size)
+HOLE_GRAIN = 64 << 10  # bytes; zero runs this aligned and long stay holes in exported files
 _ZERO = bytes(CHUNK)
 
 
@@ -189,11 +191,33 @@ def _copy_out(src, size: int, fd: int, *, sparse: bool, label: str) -> tuple[int
         for off in range(0, size, CHUNK):
             n = min(CHUNK, size - off)
             data = src.read(off, n)
-            if not (sparse and data == _ZERO[:n]):
-                view = memoryview(data)
-                done = 0
-                while done < n:
-                    done += os.pwrite(fd, view[done:], off + done)
+            if not sparse:
+                _pwrite_all(fd, memoryview(data), off)
                 written += n
+            elif data != _ZERO[:n]:
+                for lo, hi in _data_runs(data):
+                    _pwrite_all(fd, memoryview(data)[lo:hi], off + lo)
+                    written += hi - lo
             bar.update(n)
     return written, time.perf_counter() - t0
+
+
+def _data_runs(data: bytes) -> list[tuple[int, int]]:
+    """[lo, hi) runs of `data` that are not HOLE_GRAIN-aligned all-zero pieces."""
+    runs: list[tuple[int, int]] = []
+    zero = _ZERO[:HOLE_GRAIN]
+    for lo in range(0, len(data), HOLE_GRAIN):
+        hi = min(lo + HOLE_GRAIN, len(data))
+        if data[lo:hi] == zero[: hi - lo]:
+            continue
+        if runs and runs[-1][1] == lo:
+            runs[-1] = (runs[-1][0], hi)
+        else:
+            runs.append((lo, hi))
+    return runs
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
