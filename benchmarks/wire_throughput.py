@@ -101,8 +101,12 @@ def _wire_child(port_q: mp.Queue, tls: bool) -> None:
     async def main() -> None:
         ctx = _server_ctx() if tls else None
         srv = await serve(
-            "127.0.0.1", 0, handler, identity=SiteIdentity("c-target", "target"),
-            secret=SECRET, ssl=ctx,
+            "127.0.0.1",
+            0,
+            handler,
+            identity=SiteIdentity("c-target", "target"),
+            secret=SECRET,
+            ssl=ctx,
         )
         port_q.put(srv.port)
         await asyncio.sleep(3600)
@@ -117,9 +121,24 @@ def _server_ctx():
 
     d = tempfile.mkdtemp()
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", f"{d}/k.pem", "-out", f"{d}/c.pem"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            f"{d}/k.pem",
+            "-out",
+            f"{d}/c.pem",
+        ],
+        check=True,
+        capture_output=True,
     )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
@@ -147,7 +166,10 @@ def wire(total: int, compress: bool, tls: bool) -> tuple[float, float]:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         t = await connect(
-            "127.0.0.1", port, identity=SiteIdentity("c-source", "source"), secret=SECRET,
+            "127.0.0.1",
+            port,
+            identity=SiteIdentity("c-source", "source"),
+            secret=SECRET,
             ssl=ctx,
         )
         t.compress = compress

@@ -66,13 +66,38 @@ class SnapshotRow:
     size: int
 
 
-Row = TypeVar("Row", ContainerRow, VDiskRow, LayerRow, SnapshotRow)
+@dataclass
+class RemoteSiteRow:
+    """A peer cluster. Mappings are JSON objects (local name -> remote name)."""
+
+    id: int
+    name: str
+    address: str
+    secret: str
+    network_mapping: str
+    vstore_mapping: str
+
+
+@dataclass
+class ReplicaRow:
+    """Marks a vDisk as the replica of `source_vdisk` at cluster `source_cluster`."""
+
+    id: int
+    vdisk_id: int
+    source_cluster: str
+    source_site: str
+    source_vdisk: str
+
+
+Row = TypeVar("Row", ContainerRow, VDiskRow, LayerRow, SnapshotRow, RemoteSiteRow, ReplicaRow)
 
 _TABLES: dict[type, str] = {
     ContainerRow: "containers",
     VDiskRow: "vdisks",
     LayerRow: "layers",
     SnapshotRow: "snapshots",
+    RemoteSiteRow: "remote_sites",
+    ReplicaRow: "replicas",
 }
 
 _SCHEMA = """
@@ -87,6 +112,11 @@ CREATE TABLE IF NOT EXISTS layers (id INTEGER PRIMARY KEY AUTOINCREMENT, parent 
 CREATE TABLE IF NOT EXISTS snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER, name TEXT,
     layer_id INTEGER, created_at REAL, size INTEGER, ck INTEGER NOT NULL,
     UNIQUE (vdisk_id, name));
+CREATE TABLE IF NOT EXISTS remote_sites (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    address TEXT, secret TEXT, network_mapping TEXT, vstore_mapping TEXT, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER UNIQUE,
+    source_cluster TEXT, source_site TEXT, source_vdisk TEXT, ck INTEGER NOT NULL,
+    UNIQUE (source_cluster, source_vdisk));
 """
 
 
@@ -111,8 +141,10 @@ class Catalog:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            if create:
-                self._db.executescript(_SCHEMA)
+            if create or self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
+            ).fetchone():
+                self._db.executescript(_SCHEMA)  # IF NOT EXISTS: adds tables new in this version
             result = self._db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise Corruption(f"catalogue {path}: {exc}") from exc

@@ -21,7 +21,7 @@ from .catalog import SnapshotRow, VDiskRow
 from .constants import OPLOG_BYPASS_BYTES
 from .context import ClusterContext
 from .dirty import DirtyBlocks
-from .errors import Corruption, InvalidArgument, NotFound, OutOfRange
+from .errors import Corruption, InvalidArgument, NotFound, OutOfRange, ReadOnly
 from .oplog import Record, RecordType
 
 if TYPE_CHECKING:
@@ -168,14 +168,14 @@ class VDisk:
         if n >= OPLOG_BYPASS_BYTES and hi - lo >= bs:
             self._ctx.oplog.wait_for_space(n - (hi - lo))
             with self._lock:
-                self._check_alive()
+                self._check_writable()
                 self._write_logged(offset, view[: lo - offset])
                 self._write_direct(lo, view[lo - offset : hi - offset])
                 self._write_logged(hi, view[hi - offset :])
         else:
             self._ctx.oplog.wait_for_space(n)
             with self._lock:
-                self._check_alive()
+                self._check_writable()
                 self._write_logged(offset, view)
 
     def trim(self, offset: int, length: int) -> None:
@@ -184,7 +184,7 @@ class VDisk:
         if length == 0:
             return
         with self._lock:
-            self._check_alive()
+            self._check_writable()
             seq = self._ctx.oplog.append_trim(self.id, int(offset), int(length))
             self._apply_trim(int(offset), int(length), seq)
 
@@ -278,6 +278,15 @@ class VDisk:
     def _check_alive(self) -> None:
         if self._deleted:
             raise NotFound(f"vDisk {self.name!r} was deleted")
+
+    def _check_writable(self) -> None:
+        self._check_alive()
+        if self._row.read_only:
+            raise ReadOnly(f"vDisk {self.name!r} is a read-only replica")
+
+    @property
+    def read_only(self) -> bool:
+        return self._row.read_only
 
     # -- drain --------------------------------------------------------------------
     def drain(self) -> int:

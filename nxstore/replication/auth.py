@@ -29,6 +29,7 @@ early, a ProtocolError). The whole handshake is bounded by `timeout` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -117,10 +118,8 @@ def _expect(msg: Message, cls: type[Message], step: str) -> None:
 
 async def _reject(t: StreamTransport, exc: BaseException) -> None:
     """Tell the peer why (best effort, never blocks long), then close."""
-    try:
+    with contextlib.suppress(NxError, OSError, asyncio.TimeoutError):
         await asyncio.wait_for(t.send(Error.from_exception(exc)), 1.0)
-    except (NxError, OSError, asyncio.TimeoutError):
-        pass
     await t.close()
 
 
@@ -218,7 +217,9 @@ async def server_handshake(
         tr = transcript(
             hello.min_version, hello.max_version, version, client, hello.nonce, local, nonce_s
         )
-        await t.send(Challenge(version, local.cluster_id, local.site, nonce_s, proof(key, b"server", tr)))
+        await t.send(
+            Challenge(version, local.cluster_id, local.site, nonce_s, proof(key, b"server", tr))
+        )
         auth = await t.recv()
         _expect(auth, Auth, "after CHALLENGE")
         assert isinstance(auth, Auth)

@@ -75,6 +75,8 @@ class MessageType(enum.IntEnum):
     COMMIT = 17
     COMMITTED = 18
     ABORT = 19
+    PRUNE = 20
+    PRUNED = 21
 
 
 class ErrorCode(enum.IntEnum):
@@ -793,6 +795,51 @@ class Abort(Message):
     @classmethod
     def decode_payload(cls, p: _In, req_id: int) -> Abort:
         return cls(bytes(p.raw(TRANSFER_ID_BYTES)), p.string(), req_id=req_id)
+
+
+# retention ---------------------------------------------------------------------------
+
+
+@_register
+@dataclass(frozen=True, slots=True, eq=False)
+class Prune(Message):
+    """Source -> target: keep only the newest `keep` replica snapshots of `vdisk`.
+    Reply: PRUNED (or ERROR)."""
+
+    TYPE = MessageType.PRUNE
+    vdisk: str
+    keep: int
+
+    def encode_payload(self) -> list[Buffer]:
+        o = _Out()
+        o.string(self.vdisk)
+        o.pack(_U32, self.keep)
+        return o.done()
+
+    @classmethod
+    def decode_payload(cls, p: _In, req_id: int) -> Prune:
+        return cls(p.string(), p.unpack(_U32)[0], req_id=req_id)
+
+
+@_register
+@dataclass(frozen=True, slots=True, eq=False)
+class Pruned(Message):
+    """Target -> source: the names of the replica snapshots deleted."""
+
+    TYPE = MessageType.PRUNED
+    deleted: tuple[str, ...] = ()
+
+    def encode_payload(self) -> list[Buffer]:
+        _check_batch(len(self.deleted), "PRUNED")
+        o = _Out()
+        o.pack(_U32, len(self.deleted))
+        for name in self.deleted:
+            o.string(name)
+        return o.done()
+
+    @classmethod
+    def decode_payload(cls, p: _In, req_id: int) -> Pruned:
+        return cls(tuple(p.string() for _ in range(p.count())), req_id=req_id)
 
 
 # --- whole messages ------------------------------------------------------------------

@@ -445,7 +445,9 @@ async def connect(
             timeout,
         )
     except asyncio.TimeoutError:
-        raise ConnectionClosed(f"connecting to {host}:{port} timed out after {timeout:g} s") from None
+        raise ConnectionClosed(
+            f"connecting to {host}:{port} timed out after {timeout:g} s"
+        ) from None
     _tune(writer)
     t = StreamTransport(reader, writer, bandwidth_limit=bandwidth_limit, label=f"{host}:{port}")
     await client_handshake(t, identity, secret, timeout=timeout)
@@ -539,7 +541,5 @@ async def serve(
             srv._transports.discard(t)
             srv._tasks.discard(task)
 
-    srv._server = await asyncio.start_server(
-        on_connect, host, port, ssl=ssl, limit=WIRE_READ_LIMIT
-    )
+    srv._server = await asyncio.start_server(on_connect, host, port, ssl=ssl, limit=WIRE_READ_LIMIT)
     return srv

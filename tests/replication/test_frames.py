@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 
@@ -83,7 +84,9 @@ def test_empty_payload_checksum_seed_is_zero():
 )
 def test_frame_round_trip(payload, typ, req_id, compress, repeat):
     payload = payload * repeat  # repeated content is compressible
-    buf = wire(frames.encode_frame(typ, [payload[:7], payload[7:]], req_id=req_id, compress=compress))
+    buf = wire(
+        frames.encode_frame(typ, [payload[:7], payload[7:]], req_id=req_id, compress=compress)
+    )
     f = frames.decode_frame(buf)
     assert (f.type, f.req_id, bytes(f.payload), f.wire_bytes) == (typ, req_id, payload, len(buf))
     h = frames.parse_header(buf[:32])
@@ -100,7 +103,9 @@ def test_compression_only_when_it_saves_an_eighth():
     assert not h.compressed and h.length == len(rnd)
     assert frames.maybe_compress(rnd[:8192]) is None
     small = b"a" * 100  # below WIRE_COMPRESS_MIN_PAYLOAD
-    assert not frames.parse_header(wire(frames.encode_frame(14, [small], compress=True))[:32]).compressed
+    assert not frames.parse_header(
+        wire(frames.encode_frame(14, [small], compress=True))[:32]
+    ).compressed
 
 
 @pytest.mark.parametrize("compressible", [False, True])
@@ -222,10 +227,8 @@ def test_valid_header_random_payload(data):
 
 
 def messages_decode_only_protocol_errors(frame) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         messages.decode(frame)
-    except ProtocolError:
-        pass
 
 
 # --- messages ------------------------------------------------------------------------
@@ -279,8 +282,17 @@ any_message = st.one_of(
         req_id=u64,
     ),
     st.builds(
-        BeginTransfer, tid, names, names, names, names, times, u64, u32,
-        st.none() | names, req_id=u64,
+        BeginTransfer,
+        tid,
+        names,
+        names,
+        names,
+        names,
+        times,
+        u64,
+        u32,
+        st.none() | names,
+        req_id=u64,
     ),
     st.builds(Ready, u32, u32),
     st.builds(HaveFingerprints, fingerprints(), req_id=u64),
@@ -350,7 +362,12 @@ def test_oversize_batch_count_from_peer_is_a_protocol_error():
 def test_error_maps_to_exceptions_both_ways():
     from nxstore.errors import AuthenticationError, NotFound, NxError
 
-    for exc in [AuthenticationError("a"), VersionMismatch("v"), NotFound("n"), FrameCorruption("f")]:
+    for exc in [
+        AuthenticationError("a"),
+        VersionMismatch("v"),
+        NotFound("n"),
+        FrameCorruption("f"),
+    ]:
         back = Error.from_exception(exc, req_id=4).to_exception()
         assert type(back) is type(exc) or (
             isinstance(exc, FrameCorruption) and isinstance(back, Corruption)

@@ -28,7 +28,6 @@ from nxstore.replication import (
     decode,
     decode_frame,
     encode,
-    encode_frame,
     memory_pair,
     read_frame,
     serve,
@@ -196,7 +195,11 @@ def test_newer_frame_version_gets_version_error_back():
         async with await serve("127.0.0.1", 0, _idle, identity=SRV, secret=SECRET) as srv:
             r, w = await asyncio.open_connection("127.0.0.1", srv.port)
             hello = Hello(7, 7, "c-new", "future", os.urandom(32))
-            w.write(b"".join(bytes(p) for p in encode(hello, version=1)).replace(b"NXRP\x01", b"NXRP\x07", 1))
+            w.write(
+                b"".join(bytes(p) for p in encode(hello, version=1)).replace(
+                    b"NXRP\x01", b"NXRP\x07", 1
+                )
+            )
             reply = decode(await read_frame(r))
             assert isinstance(reply, Error) and reply.code == ErrorCode.VERSION
             assert isinstance(reply.to_exception(), VersionMismatch)
@@ -219,7 +222,9 @@ def test_garbage_client(caplog):
 
     with caplog.at_level(logging.WARNING, logger=LOG):
         run(body())
-    assert any("ProtocolError" in r.getMessage() and "magic" in r.getMessage() for r in caplog.records)
+    assert any(
+        "ProtocolError" in r.getMessage() and "magic" in r.getMessage() for r in caplog.records
+    )
 
 
 async def _raw_server(behaviour):
@@ -340,7 +345,11 @@ def test_tls_handshake(tmp_path):
             "127.0.0.1", 0, handler, identity=SRV, secret=SECRET, ssl=ctx_s
         ) as srv:
             t = await connect(
-                "127.0.0.1", srv.port, identity=CLI, secret=SECRET, ssl=ctx_c,
+                "127.0.0.1",
+                srv.port,
+                identity=CLI,
+                secret=SECRET,
+                ssl=ctx_c,
                 server_hostname="localhost",
             )
             assert t.peer == SRV
@@ -361,16 +370,29 @@ def _tls_contexts(tmp_path):
         pytest.skip("openssl CLI not installed")
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     s = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     s.load_cert_chain(cert, key)
     c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     c.load_verify_locations(cert)
     return s, c
-
-
-__all__ = ["encode_frame"]

@@ -1,0 +1,82 @@
+"""Remote sites: the peer clusters this cluster replicates to (seed 001's "remote sites").
+
+A site has an address (HOST:PORT of its `nxstore serve`), the shared secret
+both sides authenticate with, a vstore mapping (local container -> the
+target's container, default: same name) and a network mapping (local network
+-> the target's, used by the recovery workflows). The secret is kept in the
+catalogue like any other configuration: protect the cluster directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..catalog import Catalog, RemoteSiteRow
+from ..errors import InvalidArgument, NotFound
+
+
+@dataclass(frozen=True)
+class RemoteSite:
+    name: str
+    address: str
+    secret: str = field(repr=False)
+    network_mapping: dict[str, str] = field(default_factory=dict)
+    vstore_mapping: dict[str, str] = field(default_factory=dict)
+
+    def host_port(self) -> tuple[str, int]:
+        return parse_address(self.address)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:PORT') -> (host, port); InvalidArgument otherwise."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"bad address {address!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _mapping(value: dict[str, str] | None, what: str) -> dict[str, str]:
+    value = value or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidArgument(f"{what} must map names to names")
+    return dict(value)
+
+
+def add_site(catalog: Catalog, site: RemoteSite) -> RemoteSite:
+    parse_address(site.address)
+    if not isinstance(site.secret, str) or not site.secret:
+        raise InvalidArgument("a remote site needs a non-empty shared secret")
+    row = RemoteSiteRow(
+        0, site.name, site.address, site.secret,
+        json.dumps(_mapping(site.network_mapping, "network_mapping"), sort_keys=True),
+        json.dumps(_mapping(site.vstore_mapping, "vstore_mapping"), sort_keys=True),
+    )
+    with catalog.transaction():
+        catalog.insert(row)
+    return site
+
+
+def list_sites(catalog: Catalog) -> list[RemoteSite]:
+    return [
+        RemoteSite(r.name, r.address, r.secret, json.loads(r.network_mapping),
+                   json.loads(r.vstore_mapping))
+        for r in catalog.rows(RemoteSiteRow)
+    ]
+
+
+def get_site(catalog: Catalog, name: str) -> RemoteSite:
+    for site in list_sites(catalog):
+        if site.name == name:
+            return site
+    raise NotFound(f"no remote site {name!r}")
+
+
+def remove_site(catalog: Catalog, name: str) -> None:
+    rows = catalog.rows(RemoteSiteRow, "name = ?", (name,))
+    if not rows:
+        raise NotFound(f"no remote site {name!r}")
+    with catalog.transaction():
+        catalog.delete(RemoteSiteRow, rows[0].id)

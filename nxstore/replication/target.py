@@ -1,0 +1,195 @@
+"""The target side of replication: one handler per authenticated connection.
+
+Blocks are verified (XXH3-128 of the received bytes against the fingerprint
+the source claims) before they are stored; map entries are staged in RAM per
+transfer and applied in one atomic step at COMMIT (nxstore.replica). A dropped
+connection or an ABORT drops the staging; blocks already stored stay and make
+a retried transfer cheap. Any error is reported to the peer as ERROR, logged,
+and ends the connection; the previous replica snapshot is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import native
+from ..constants import WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH
+from ..errors import Corruption, InUse, InvalidArgument, NxError, ProtocolError
+from ..replica import apply_snapshot, prune_replica, replica_snapshots
+from .messages import (
+    Abort,
+    BeginTransfer,
+    Blocks,
+    Commit,
+    Committed,
+    Error,
+    GetSnapshots,
+    HaveFingerprints,
+    MapEntries,
+    Message,
+    Missing,
+    Ping,
+    Pong,
+    Prune,
+    Pruned,
+    Ready,
+    SnapshotInfo,
+    Snapshots,
+)
+from .transport import StreamTransport
+from .window import AckBatcher
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Transfer:
+    begin: BeginTransfer
+    indices: list[np.ndarray] = field(default_factory=list)
+    fingerprints: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def entries(self) -> int:
+        return sum(a.size for a in self.indices)
+
+
+class ReplicationTarget:
+    """Serves replication requests into `cluster` (see `nxstore serve`)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._busy: set[tuple[str, str]] = set()
+
+    async def handle(self, t: StreamTransport) -> None:
+        """Serve one connection until the peer closes it or an error ends it."""
+        peer = t.peer
+        assert peer is not None  # serve() only hands over authenticated transports
+        acks = AckBatcher()
+        transfer: _Transfer | None = None
+        try:
+            while True:
+                try:
+                    msg = await t.recv()
+                except ProtocolError as exc:
+                    if transfer is not None:
+                        log.warning("transfer from %s abandoned: %s", peer.site, exc)
+                    return
+                try:
+                    if isinstance(msg, (Blocks, MapEntries)):
+                        self._data(msg, transfer)
+                        ack = acks.done(msg.req_id)
+                        if ack:
+                            await t.send(ack)
+                        continue
+                    ack = acks.flush()
+                    if ack:
+                        await t.send(ack)
+                    if isinstance(msg, BeginTransfer):
+                        transfer = self._begin(peer.cluster_id, peer.site, msg, transfer)
+                        reply: Message | None = Ready(WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH,
+                                                      req_id=msg.req_id)
+                    elif isinstance(msg, Commit):
+                        reply = self._commit(peer.cluster_id, msg, transfer)
+                        self._release(peer.cluster_id, transfer)
+                        transfer = None
+                    elif isinstance(msg, Abort):
+                        self._release(peer.cluster_id, transfer)
+                        transfer, reply = None, None
+                    else:
+                        reply = self._query(peer.cluster_id, peer.site, msg)
+                    if reply is not None:
+                        await t.send(reply)
+                except NxError as exc:
+                    log.error("replication from %s failed: %s", peer.site, exc)
+                    await t.send(Error.from_exception(exc, req_id=msg.req_id))
+                    return
+        finally:
+            self._release(peer.cluster_id, transfer)
+
+    # -- requests ------------------------------------------------------------------
+    def _query(self, source: str, site: str, msg: Message) -> Message:
+        if isinstance(msg, GetSnapshots):
+            self._check_site(site, msg.source_site)
+            snaps = replica_snapshots(self.cluster, source, msg.vdisk)
+            bs = self.cluster.block_size
+            return Snapshots(tuple(SnapshotInfo(s.name, s.created_at, s.size, bs) for s in snaps),
+                             req_id=msg.req_id)
+        if isinstance(msg, HaveFingerprints):
+            ids = self.cluster._ctx.store.lookup(msg.fingerprints)
+            return Missing(ids == 0, req_id=msg.req_id)
+        if isinstance(msg, Prune):
+            deleted = prune_replica(self.cluster, source, msg.vdisk, msg.keep)
+            return Pruned(tuple(deleted), req_id=msg.req_id)
+        if isinstance(msg, Ping):
+            return Pong(msg.sent_ns, req_id=msg.req_id)
+        raise ProtocolError(f"unexpected {type(msg).__name__} from {site}")
+
+    @staticmethod
+    def _check_site(peer_site: str, claimed: str) -> None:
+        if peer_site != claimed:
+            raise ProtocolError(f"peer authenticated as site {peer_site!r} but names {claimed!r}")
+
+    def _begin(self, source: str, site: str, msg: BeginTransfer,
+               current: _Transfer | None) -> _Transfer:
+        self._check_site(site, msg.source_site)
+        if current is not None:
+            raise ProtocolError("BEGIN_TRANSFER while a transfer is open on this connection")
+        if msg.block_size != self.cluster.block_size:
+            raise InvalidArgument(
+                f"block size {msg.block_size} differs from this cluster's {self.cluster.block_size}")
+        self.cluster._container(msg.container)  # NotFound for an unknown target container
+        key = (source, msg.vdisk)
+        if key in self._busy:
+            raise InUse(f"a transfer of {site}:{msg.vdisk} is already running")
+        self._busy.add(key)
+        return _Transfer(msg)
+
+    def _data(self, msg: Blocks | MapEntries, transfer: _Transfer | None) -> None:
+        if transfer is None:
+            raise ProtocolError(f"{type(msg).__name__} outside a transfer")
+        if isinstance(msg, MapEntries):
+            transfer.indices.append(np.array(msg.indices, dtype=np.uint64))
+            transfer.fingerprints.append(np.array(msg.fingerprints, dtype=np.uint8))
+            return
+        if msg.block_size != self.cluster.block_size:
+            raise ProtocolError(f"BLOCKS of {msg.block_size}-byte blocks")
+        fps, _ = native.fingerprint_blocks(msg.data, msg.block_size)
+        bad = np.flatnonzero((fps != msg.fingerprints).any(axis=1))
+        if bad.size:
+            raise Corruption(f"received block {int(bad[0])} of a BLOCKS batch does not match its "
+                             f"fingerprint ({bad.size} bad): nothing of it was stored")
+        container = self.cluster._container(transfer.begin.container)
+        # Always indexed: the target finds replicated blocks by fingerprint.
+        self.cluster._ctx.store.put_blocks_known(
+            msg.data, msg.fingerprints, dedup=True, compress=container.compression,
+            container_id=container.id)
+
+    def _commit(self, source: str, msg: Commit, transfer: _Transfer | None) -> Committed:
+        if transfer is None or transfer.begin.transfer_id != msg.transfer_id:
+            raise ProtocolError("COMMIT of a transfer that was not begun on this connection")
+        if transfer.entries != msg.map_entries:
+            raise ProtocolError(
+                f"COMMIT announces {msg.map_entries} map entries, {transfer.entries} arrived")
+        b = transfer.begin
+        empty = np.zeros(0, dtype=np.uint64)
+        snap = apply_snapshot(
+            self.cluster, source_cluster=source, source_site=b.source_site, vdisk=b.vdisk,
+            container=b.container, snapshot=b.snapshot, created_at=b.created_at, size=b.size,
+            base_snapshot=b.base_snapshot,
+            indices=np.concatenate(transfer.indices) if transfer.indices else empty,
+            fingerprints=(np.concatenate(transfer.fingerprints) if transfer.fingerprints
+                          else np.zeros((0, 16), dtype=np.uint8)),
+        )
+        log.info("applied replica snapshot %s@%s from %s", snap.vdisk_name, snap.name, b.source_site)
+        return Committed(msg.transfer_id, snap.name, req_id=msg.req_id)
+
+    def _release(self, source: str, transfer: _Transfer | None) -> None:
+        if transfer is not None:
+            self._busy.discard((source, transfer.begin.vdisk))
