@@ -48,12 +48,12 @@ INDEX_MAX_LOAD = 0.70                # open-addressing table grows past this loa
 
 # --- native ------------------------------------------------------------------
 INDEX_BLOB_MAGIC = b"NXFPIDX\0"     # 8 bytes; starts FingerprintIndex.to_bytes()
-INDEX_BLOB_VERSION = 1              # layout of to_bytes(): docs/_parts/native.md
+INDEX_BLOB_VERSION = 1              # layout of to_bytes(): docs/format.md
 INDEX_BLOB_HEADER_BYTES = 48        # bytes before the slot array
 INDEX_SLOT_BYTES = 24               # bytes per slot: 16 fingerprint + 8 id (u64 LE); id 0 = empty
 
 # --- replication wire --------------------------------------------------------------
-# Layout and meaning: docs/_parts/wire.md. Code: nxstore/replication/.
+# Layout and meaning: docs/format.md. Code: nxstore/replication/.
 WIRE_MAGIC = b"NXRP"                # 4 bytes; starts every frame
 WIRE_PROTOCOL_VERSION = 1           # frame layout + message set version this build speaks
 WIRE_MIN_PROTOCOL_VERSION = 1       # oldest version this build still speaks

@@ -2,16 +2,19 @@
 
 Every write that goes through the OpLog is also applied here, block by block,
 so reads see it at once and the drain can move whole blocks to the extent
-store. An entry is a full block image (`None` for an all-zero block) plus the
+store. An entry is a block image (`None` for an all-zero block) plus the
 sequence numbers of the first and last OpLog records folded into it; the first
 one bounds how far the vDisk's persisted map may claim to be up to date.
+
+A partial write does not read the block it lands in: the entry keeps a byte
+mask of what was written, and the old bytes are merged in only when the block
+is read or drained. That keeps reads off the write path.
 
 Not thread-safe on its own: the owning VDisk serialises access under its lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +25,7 @@ class DirtyBlock:
     data: bytearray | None  # None: the block reads as zeros
     first_seq: int
     last_seq: int
+    mask: np.ndarray | None = None  # bytes written so far (bool); None: the whole block
 
 
 class DirtyBlocks:
@@ -42,7 +46,7 @@ class DirtyBlocks:
         return len(self._blocks) * self.block_size
 
     def keys(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted dirty block indices, mask of those holding nonzero data)."""
+        """(sorted dirty block indices, mask of those that may hold nonzero data)."""
         blocks = sorted(self._blocks)
         nonzero = [self._blocks[b].data is not None for b in blocks]
         return np.asarray(blocks, dtype=np.uint64), np.asarray(nonzero, dtype=bool)
@@ -53,14 +57,8 @@ class DirtyBlocks:
             return None
         return min(entry.first_seq for entry in self._blocks.values())
 
-    def write(
-        self, offset: int, data: memoryview, seq: int, base: Callable[[int], bytes]
-    ) -> None:
-        """Fold a write at byte `offset` into the blocks it touches.
-
-        `base(block)` returns the block's current content below the OpLog; it
-        is called only for blocks partially covered and not yet dirty.
-        """
+    def write(self, offset: int, data: memoryview, seq: int) -> None:
+        """Fold a write at byte `offset` into the blocks it touches."""
         bs = self.block_size
         pos = 0
         while pos < len(data):
@@ -68,11 +66,16 @@ class DirtyBlocks:
             take = min(bs - inner, len(data) - pos)
             entry = self._blocks.get(block)
             if entry is None:
-                image = bytearray(bs) if take == bs else bytearray(base(block))
-                entry = self._blocks[block] = DirtyBlock(image, seq, seq)
+                entry = self._blocks[block] = DirtyBlock(bytearray(bs), seq, seq)
+                if take < bs:
+                    entry.mask = np.zeros(bs, dtype=bool)
             elif entry.data is None:
                 entry.data = bytearray(bs)
             entry.data[inner : inner + take] = data[pos : pos + take]
+            if entry.mask is not None:
+                entry.mask[inner : inner + take] = True
+                if take == bs or entry.mask.all():
+                    entry.mask = None
             entry.last_seq = seq
             pos += take
 
@@ -82,23 +85,28 @@ class DirtyBlocks:
         if entry is None:
             self._blocks[block] = DirtyBlock(None, seq, seq)
         else:
-            entry.data, entry.last_seq = None, seq
+            entry.data, entry.mask, entry.last_seq = None, None, seq
 
     def discard(self, blocks: np.ndarray) -> None:
-        """Forget entries superseded by a whole-block map update."""
+        """Forget entries superseded by a whole-block map update (or drained)."""
         for block in blocks.tolist():
             self._blocks.pop(block, None)
 
     def clear(self) -> None:
         self._blocks.clear()
 
-    def overlay(self, first_block: int, nblocks: int, out: np.ndarray) -> np.ndarray:
-        """Copy dirty blocks of [first_block, first_block+nblocks) into `out`
-        (uint8, nblocks*block_size); return the mask of blocks that were dirty."""
+    def overlay(
+        self, first_block: int, nblocks: int, out: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, DirtyBlock]]]:
+        """Copy whole dirty blocks of [first_block, first_block+nblocks) into `out`
+        (uint8, nblocks*block_size). Returns the mask of blocks copied, and the
+        partially written entries (position, entry), which `patch` applies once the
+        caller has filled those positions with the blocks' older content."""
         bs = self.block_size
-        mask = np.zeros(nblocks, dtype=bool)
+        full = np.zeros(nblocks, dtype=bool)
+        partial: list[tuple[int, DirtyBlock]] = []
         if not self._blocks:
-            return mask
+            return full, partial
         if nblocks <= len(self._blocks):
             candidates = range(first_block, first_block + nblocks)
         else:
@@ -109,12 +117,23 @@ class DirtyBlocks:
             if entry is None:
                 continue
             i = block - first_block
-            mask[i] = True
+            if entry.mask is not None:
+                partial.append((i, entry))
+                continue
+            full[i] = True
             if entry.data is None:
                 out[i * bs : (i + 1) * bs] = 0
             else:
                 out[i * bs : (i + 1) * bs] = np.frombuffer(entry.data, dtype=np.uint8)
-        return mask
+        return full, partial
+
+    def patch(self, partial: list[tuple[int, DirtyBlock]], out: np.ndarray) -> None:
+        """Lay the written bytes of partial entries over the older content in `out`."""
+        bs = self.block_size
+        for i, entry in partial:
+            assert entry.data is not None and entry.mask is not None
+            np.copyto(out[i * bs : (i + 1) * bs], np.frombuffer(entry.data, dtype=np.uint8),
+                      where=entry.mask)
 
     def take_batch(self, max_blocks: int) -> tuple[np.ndarray, list[DirtyBlock]]:
         """Up to `max_blocks` entries (sorted block indices, entries) for the drain;

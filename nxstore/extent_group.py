@@ -21,7 +21,7 @@ lives) is an append-only sequence of records, one per extent:
 The header checksum protects the header, the fingerprint protects the payload
 (after decompression), so a record is valid iff both match. Records are never
 rewritten in place; compaction copies them verbatim into a newer group.
-See docs/_parts/extent_store.md for the recovery rules.
+See docs/format.md for the recovery rules.
 """
 
 from __future__ import annotations

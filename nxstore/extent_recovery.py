@@ -1,6 +1,6 @@
 """Opening an extent store: load the checkpoint, scan group tails, repair.
 
-The recovery rules (docs/_parts/extent_store.md):
+The recovery rules (docs/format.md):
 
 * the table checkpoint lists every group with the byte length it covers;
   bytes beyond it (and whole groups it does not list) are scanned;

@@ -10,7 +10,7 @@ fingerprint -> id for dedup (persisted by fingerprint_index.py).
 Durability: `put_blocks` writes to the page cache; `sync` makes every extent put
 before it durable (fdatasync of the touched groups + directory); `checkpoint`
 also persists the table and index so `open` only scans group tails. `open`
-recovers from a crash at any point: see docs/_parts/extent_store.md.
+recovers from a crash at any point: see docs/format.md.
 
 One lock serialises all calls; the store may be shared by threads.
 """

@@ -10,7 +10,7 @@ INDEX_FORMAT_VERSION; payload, little-endian:
     0      8     token of the table checkpoint it was saved with (u64)
     8      8     entries (u64)
     16     ...   FingerprintIndex.to_bytes() (its own header and checksums,
-                 docs/_parts/native.md)
+                 docs/format.md)
 
 An index is used only when its token equals the loaded checkpoint's token:
 then it describes exactly the checkpointed table, and the store adds the

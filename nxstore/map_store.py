@@ -1,7 +1,7 @@
 """Persistence of block-map layers: one base file + one append-only delta log each.
 
 For layer id N the directory holds ``L<N as 16 hex digits>.base`` and
-``L<N as 16 hex digits>.delta``; docs/_parts/block_map.md gives every byte.
+``L<N as 16 hex digits>.delta``; docs/format.md gives every byte.
 
 * The base is a whole map, written with `fileutil.write_checksummed` (temp
   file, fsync, rename, fsync dir): a reader sees the old or the new one.

@@ -3,7 +3,7 @@
 Batched, numpy in / numpy out, no per-element Python work. Every call into C
 releases the GIL, so other Python threads run while a batch is hashed or
 looked up. The C contracts are in native/*.h; the on-disk layout of
-`FingerprintIndex.to_bytes()` is in docs/_parts/native.md.
+`FingerprintIndex.to_bytes()` is in docs/format.md.
 
 Fingerprints are XXH3-128 in canonical form (16 bytes, equal to
 `xxhash.xxh3_128(block).digest()`); fingerprint arrays are uint8 of shape
@@ -251,7 +251,7 @@ class FingerprintIndex:
 
     def to_bytes(self) -> bytes:
         """The index as bytes: a 48-byte header then the raw slot array
-        (docs/_parts/native.md). `from_bytes` restores an equal index."""
+        (docs/format.md). `from_bytes` restores an equal index."""
         _require_little_endian()
         with self._lock:
             raw = self._raw()

@@ -1,6 +1,6 @@
 """OpLog record and segment codec: encode, decode, verify, scan.
 
-The byte layout is documented in docs/_parts/oplog.md; in short (all integers little-endian):
+The byte layout is documented in docs/format.md; in short (all integers little-endian):
 
 Segment header, 32 bytes::
 

@@ -66,23 +66,32 @@ def read_image(
     first = offset // bs
     nblocks = (offset + length - 1) // bs - first + 1
     out = np.empty(nblocks * bs, dtype=np.uint8)
-    dirty_mask = dirty.overlay(first, nblocks, out) if dirty is not None else None
+    full, partial = dirty.overlay(first, nblocks, out) if dirty is not None else (None, [])
     blocks = np.arange(first, first + nblocks, dtype=np.uint64)
-    if dirty_mask is not None and dirty_mask.any():
-        blocks = blocks[~dirty_mask]
+    if full is not None and full.any():
+        blocks = blocks[~full]
     if blocks.size:
         with ctx.map_lock:
             ids = ctx.tree.lookup(top_layer, blocks)
         target = out if blocks.size == nblocks else np.empty(blocks.size * bs, dtype=np.uint8)
-        try:
-            ctx.store.read_blocks(ids, target)
-        except Corruption as exc:
-            where = int(blocks[getattr(exc, "batch_index", 0)]) * bs
-            raise Corruption(f"{name} at offset {where}: {exc}") from exc
+        read_extents(ctx, ids, target, name, blocks)
         if target is not out:
-            out.reshape(nblocks, bs)[~dirty_mask] = target.reshape(-1, bs)
+            out.reshape(nblocks, bs)[~full] = target.reshape(-1, bs)
+    if partial:
+        dirty.patch(partial, out)  # type: ignore[union-attr]
     start = offset - first * bs
     return out[start : start + length].tobytes()
+
+
+def read_extents(
+    ctx: ClusterContext, ids: np.ndarray, out: np.ndarray, name: str, blocks: np.ndarray
+) -> None:
+    """Read (and verify) extents into `out`; Corruption names `name` and the offset."""
+    try:
+        ctx.store.read_blocks(ids, out)
+    except Corruption as exc:
+        where = int(blocks[getattr(exc, "batch_index", 0) or 0]) * ctx.block_size
+        raise Corruption(f"{name} at offset {where}: {exc}") from exc
 
 
 def block_ranges(blocks: np.ndarray, block_size: int, size: int) -> list[tuple[int, int]]:
@@ -91,12 +100,9 @@ def block_ranges(blocks: np.ndarray, block_size: int, size: int) -> list[tuple[i
         return []
     blocks = blocks.astype(np.int64)
     breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
-    starts = blocks[np.r_[0, breaks]]
-    ends = blocks[np.r_[breaks - 1, blocks.size - 1]] + 1
-    return [
-        (int(s) * block_size, min(int(e) * block_size, size) - int(s) * block_size)
-        for s, e in zip(starts, ends, strict=True)
-    ]
+    starts = blocks[np.r_[0, breaks]] * block_size
+    ends = np.minimum((blocks[np.r_[breaks - 1, blocks.size - 1]] + 1) * block_size, size)
+    return list(zip(starts.tolist(), (ends - starts).tolist(), strict=True))
 
 
 class VDisk:
@@ -225,7 +231,7 @@ class VDisk:
             self._apply_map(first, ids, seq)
 
     def _apply_write(self, offset: int, view: memoryview, seq: int) -> None:
-        self._dirty.write(offset, view, seq, self._base_block)
+        self._dirty.write(offset, view, seq)
         self._last_seq = seq
 
     def _apply_trim(self, offset: int, length: int, seq: int) -> None:
@@ -270,11 +276,6 @@ class VDisk:
                     self._apply_map(record.offset, ids, record.seq)
             return True
 
-    def _base_block(self, block: int) -> bytes:
-        """The block's content below the OpLog (for partial-block writes)."""
-        bs = self._ctx.block_size
-        return read_image(self._ctx, self._row.head_layer, self.name, block * bs, bs)
-
     def _check_alive(self) -> None:
         if self._deleted:
             raise NotFound(f"vDisk {self.name!r} was deleted")
@@ -305,12 +306,23 @@ class VDisk:
         blocks, entries = self._dirty.take_batch(DRAIN_BATCH_BLOCKS)
         if not entries:
             return 0
-        zero = bytes(self._ctx.block_size)
+        bs = self._ctx.block_size
+        zero = bytes(bs)
         data = np.frombuffer(
-            b"".join(zero if e.data is None else e.data for e in entries), dtype=np.uint8
+            bytearray(b"".join(zero if e.data is None else e.data for e in entries)), dtype=np.uint8
         )
+        partial = [(i, e) for i, e in enumerate(entries) if e.mask is not None]
         container = self._ctx.containers[self._row.container_id]
         with self._ctx.map_lock:
+            if partial:
+                # Partially written blocks get their older bytes only now, in one batch.
+                where = blocks[[i for i, _ in partial]]
+                base = np.empty(len(partial) * bs, dtype=np.uint8)
+                ids = self._ctx.tree.lookup(self._row.head_layer, where)
+                read_extents(self._ctx, ids, base, self.name, where)
+                for k, (i, entry) in enumerate(partial):
+                    np.copyto(data[i * bs : (i + 1) * bs], base[k * bs : (k + 1) * bs],
+                              where=~entry.mask)
             ids = self._ctx.store.put_blocks(
                 data,
                 dedup=container.dedup,

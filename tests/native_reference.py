@@ -58,7 +58,7 @@ class DictIndex:
 
 
 def slot_home(fp: bytes, capacity: int) -> int:
-    """Home slot of a fingerprint, as documented in docs/_parts/native.md."""
+    """Home slot of a fingerprint, as documented in docs/format.md."""
     lo, hi = struct.unpack("<QQ", fp)
     shift = 64 - (capacity.bit_length() - 1)
     return (((lo ^ hi) * HOME_MULTIPLIER) % 2**64) >> shift

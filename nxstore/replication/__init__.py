@@ -1,6 +1,6 @@
 """Replication protocol and transport (issue 4): frames, messages, handshake, transports.
 
-The wire format is documented byte by byte in docs/_parts/wire.md. The engine side (source
+The wire format is documented byte by byte in docs/format.md. The engine side (source
 planner, target applier) builds on these names only.
 """
 

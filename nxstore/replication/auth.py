@@ -1,6 +1,6 @@
 """Replication handshake: version negotiation, identities, mutual shared-secret auth.
 
-Four frames (docs/_parts/wire.md has the sequence diagram)::
+Four frames (docs/format.md has the sequence diagram)::
 
     client                                              server
       HELLO(min_v, max_v, cluster_id, site, nonce_c)  ->

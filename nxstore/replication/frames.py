@@ -1,6 +1,6 @@
 """Replication frame codec: one frame = a 32-byte header + a payload.
 
-Byte layout (docs/_parts/wire.md; all integers little-endian)::
+Byte layout (docs/format.md; all integers little-endian)::
 
     0   4  magic b"NXRP" (WIRE_MAGIC)
     4   1  protocol version (u8)

@@ -2,7 +2,7 @@
 
 Every message is one frame (nxstore.replication.frames); the frame header carries the
 message type and the request id (`req_id`, a keyword field of every message). The payload
-layouts are in docs/_parts/wire.md. Conventions (all little-endian):
+layouts are in docs/format.md. Conventions (all little-endian):
 
 - str: u16 byte length + UTF-8 (at most WIRE_MAX_STRING_BYTES); optional str: length
   0xFFFF means None.

@@ -1,7 +1,7 @@
 """Pipelining: the sender's credit window and the receiver's batched acknowledgements.
 
 One synchronous round trip costs 15-30 µs on loopback, more between sites, so the source
-never waits for a reply before sending the next batch. Rules (docs/_parts/wire.md):
+never waits for a reply before sending the next batch. Rules (docs/format.md):
 
 - Data requests are HAVE_FINGERPRINTS, BLOCKS and MAP_ENTRIES. The sender numbers every
   request (req_id 1, 2, 3… per connection) and keeps at most `window` of them unanswered
