@@ -22,13 +22,12 @@ import enum
 import math
 import struct
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ..constants import (
     FINGERPRINT_BYTES,
-    WIRE_MAX_BATCH,
     WIRE_MAX_STRING_BYTES,
     WIRE_NONCE_BYTES,
     WIRE_PROOF_BYTES,
@@ -46,11 +45,22 @@ from ..errors import (
     ProtocolError,
     VersionMismatch,
 )
+from .codec import (
+    U8,
+    U16,
+    U32,
+    U64,
+    VERSIONS,
+    PayloadReader,
+    PayloadWriter,
+    as_fingerprints,
+    check_batch,
+    check_len,
+)
 from .frames import Buffer, Frame, encode_frame
 
 ZERO_FINGERPRINT = bytes(FINGERPRINT_BYTES)
 TRANSFER_ID_BYTES = 16
-_NONE_STR = 0xFFFF
 
 
 class MessageType(enum.IntEnum):
@@ -117,136 +127,6 @@ _EXC_TO_CODE: list[tuple[type[BaseException], ErrorCode]] = [
 ]
 
 
-# --- field codec helpers ---------------------------------------------------------------
-
-
-class _Out:
-    """Collects payload buffers; small fields are packed into one bytearray."""
-
-    __slots__ = ("parts", "buf")
-
-    def __init__(self) -> None:
-        self.parts: list[Buffer] = []
-        self.buf = bytearray()
-
-    def pack(self, st: struct.Struct, *values: Any) -> None:
-        self.buf += st.pack(*values)
-
-    def raw(self, b: Buffer) -> None:
-        self.buf += b
-
-    def string(self, s: str | None) -> None:
-        if s is None:
-            self.buf += _U16.pack(_NONE_STR)
-            return
-        b = s.encode()
-        if len(b) > WIRE_MAX_STRING_BYTES:
-            raise InvalidArgument(f"string field of {len(b)} bytes exceeds {WIRE_MAX_STRING_BYTES}")
-        self.buf += _U16.pack(len(b))
-        self.buf += b
-
-    def big(self, b: Buffer) -> None:
-        """Append a large buffer without copying it."""
-        if self.buf:
-            self.parts.append(bytes(self.buf))
-            self.buf = bytearray()
-        self.parts.append(b)
-
-    def done(self) -> list[Buffer]:
-        if self.buf or not self.parts:
-            self.parts.append(bytes(self.buf))
-        return self.parts
-
-
-class _In:
-    """Bounds-checked reader over a payload; every failure is a ProtocolError."""
-
-    __slots__ = ("mv", "pos", "what")
-
-    def __init__(self, payload: Buffer, what: str) -> None:
-        self.mv = memoryview(payload).cast("B")
-        self.pos = 0
-        self.what = what
-
-    def _need(self, n: int) -> None:
-        if n < 0 or self.pos + n > len(self.mv):
-            raise ProtocolError(
-                f"{self.what}: payload of {len(self.mv)} bytes too short (need {self.pos + n})"
-            )
-
-    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
-        self._need(st.size)
-        v = st.unpack_from(self.mv, self.pos)
-        self.pos += st.size
-        return v
-
-    def raw(self, n: int) -> memoryview:
-        self._need(n)
-        v = self.mv[self.pos : self.pos + n]
-        self.pos += n
-        return v
-
-    def string(self, optional: bool = False) -> str | None:
-        (n,) = self.unpack(_U16)
-        if n == _NONE_STR and optional:
-            return None
-        if n > WIRE_MAX_STRING_BYTES:
-            raise ProtocolError(f"{self.what}: string of {n} bytes exceeds {WIRE_MAX_STRING_BYTES}")
-        try:
-            return str(self.raw(n), "utf-8")
-        except UnicodeDecodeError as e:
-            raise ProtocolError(f"{self.what}: string field is not UTF-8") from e
-
-    def count(self) -> int:
-        (n,) = self.unpack(_U32)
-        if n > WIRE_MAX_BATCH:
-            raise ProtocolError(f"{self.what}: batch of {n} exceeds {WIRE_MAX_BATCH}")
-        return n
-
-    def array(self, n: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-        nbytes = n * np.dtype(dtype).itemsize
-        return np.frombuffer(self.raw(nbytes), dtype=dtype).reshape(shape)
-
-    def end(self) -> None:
-        if self.pos != len(self.mv):
-            raise ProtocolError(
-                f"{self.what}: {len(self.mv) - self.pos} unexpected bytes after the message"
-            )
-
-
-_U8 = struct.Struct("<B")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_F64 = struct.Struct("<d")
-_VERSIONS = struct.Struct("<BB")
-
-
-def as_fingerprints(fps: Any) -> np.ndarray:
-    """`fps` as a C-contiguous (n, 16) uint8 array (accepts bytes of n*16 or arrays)."""
-    if isinstance(fps, (bytes, bytearray, memoryview)):
-        a = np.frombuffer(fps, np.uint8)
-    else:
-        a = np.asarray(fps, dtype=np.uint8)
-    if a.ndim == 1:
-        if a.size % FINGERPRINT_BYTES:
-            raise InvalidArgument(f"fingerprint buffer of {a.size} bytes is not n x 16")
-        a = a.reshape(-1, FINGERPRINT_BYTES)
-    if a.ndim != 2 or a.shape[1] != FINGERPRINT_BYTES:
-        raise InvalidArgument(f"fingerprints must be (n, 16) uint8, got shape {a.shape}")
-    return np.ascontiguousarray(a)
-
-
-def _check_batch(n: int, what: str) -> None:
-    if n > WIRE_MAX_BATCH:
-        raise InvalidArgument(f"{what}: batch of {n} exceeds WIRE_MAX_BATCH={WIRE_MAX_BATCH}")
-
-
-def _check_len(b: bytes, n: int, what: str) -> None:
-    if len(b) != n:
-        raise InvalidArgument(f"{what} must be {n} bytes, got {len(b)}")
-
-
 # --- messages --------------------------------------------------------------------------
 
 
@@ -264,7 +144,7 @@ class Message:
         raise NotImplementedError
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Message:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Message:
         raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
@@ -306,17 +186,17 @@ class Hello(Message):
     nonce: bytes
 
     def encode_payload(self) -> list[Buffer]:
-        _check_len(self.nonce, WIRE_NONCE_BYTES, "HELLO nonce")
-        o = _Out()
-        o.pack(_VERSIONS, self.min_version, self.max_version)
+        check_len(self.nonce, WIRE_NONCE_BYTES, "HELLO nonce")
+        o = PayloadWriter()
+        o.pack(VERSIONS, self.min_version, self.max_version)
         o.string(self.cluster_id)
         o.string(self.site)
         o.raw(self.nonce)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Hello:
-        lo, hi = p.unpack(_VERSIONS)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Hello:
+        lo, hi = p.unpack(VERSIONS)
         return cls(lo, hi, p.string(), p.string(), bytes(p.raw(WIRE_NONCE_BYTES)), req_id=req_id)
 
 
@@ -334,10 +214,10 @@ class Challenge(Message):
     proof: bytes
 
     def encode_payload(self) -> list[Buffer]:
-        _check_len(self.nonce, WIRE_NONCE_BYTES, "CHALLENGE nonce")
-        _check_len(self.proof, WIRE_PROOF_BYTES, "CHALLENGE proof")
-        o = _Out()
-        o.pack(_U8, self.version)
+        check_len(self.nonce, WIRE_NONCE_BYTES, "CHALLENGE nonce")
+        check_len(self.proof, WIRE_PROOF_BYTES, "CHALLENGE proof")
+        o = PayloadWriter()
+        o.pack(U8, self.version)
         o.string(self.cluster_id)
         o.string(self.site)
         o.raw(self.nonce)
@@ -345,8 +225,8 @@ class Challenge(Message):
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Challenge:
-        (v,) = p.unpack(_U8)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Challenge:
+        (v,) = p.unpack(U8)
         cid, site = p.string(), p.string()
         nonce = bytes(p.raw(WIRE_NONCE_BYTES))
         return cls(v, cid, site, nonce, bytes(p.raw(WIRE_PROOF_BYTES)), req_id=req_id)
@@ -361,11 +241,11 @@ class Auth(Message):
     proof: bytes
 
     def encode_payload(self) -> list[Buffer]:
-        _check_len(self.proof, WIRE_PROOF_BYTES, "AUTH proof")
+        check_len(self.proof, WIRE_PROOF_BYTES, "AUTH proof")
         return [self.proof]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Auth:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Auth:
         return cls(bytes(p.raw(WIRE_PROOF_BYTES)), req_id=req_id)
 
 
@@ -380,7 +260,7 @@ class AuthOk(Message):
         return [b""]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> AuthOk:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> AuthOk:
         return cls(req_id=req_id)
 
 
@@ -397,14 +277,14 @@ class Error(Message):
     message: str
 
     def encode_payload(self) -> list[Buffer]:
-        o = _Out()
-        o.pack(_U16, self.code)
+        o = PayloadWriter()
+        o.pack(U16, self.code)
         o.string(self.message[: WIRE_MAX_STRING_BYTES // 4])
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Error:
-        (code,) = p.unpack(_U16)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Error:
+        (code,) = p.unpack(U16)
         return cls(code, p.string(), req_id=req_id)
 
     def to_exception(self) -> NxError:
@@ -430,11 +310,11 @@ class Ping(Message):
     sent_ns: int = 0
 
     def encode_payload(self) -> list[Buffer]:
-        return [_U64.pack(self.sent_ns)]
+        return [U64.pack(self.sent_ns)]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Ping:
-        return cls(p.unpack(_U64)[0], req_id=req_id)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Ping:
+        return cls(p.unpack(U64)[0], req_id=req_id)
 
 
 @_register
@@ -446,11 +326,11 @@ class Pong(Message):
     sent_ns: int = 0
 
     def encode_payload(self) -> list[Buffer]:
-        return [_U64.pack(self.sent_ns)]
+        return [U64.pack(self.sent_ns)]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Pong:
-        return cls(p.unpack(_U64)[0], req_id=req_id)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Pong:
+        return cls(p.unpack(U64)[0], req_id=req_id)
 
 
 # snapshot discovery ------------------------------------------------------------------
@@ -478,14 +358,14 @@ class GetSnapshots(Message):
     container: str
 
     def encode_payload(self) -> list[Buffer]:
-        o = _Out()
+        o = PayloadWriter()
         o.string(self.source_site)
         o.string(self.vdisk)
         o.string(self.container)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> GetSnapshots:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> GetSnapshots:
         return cls(p.string(), p.string(), p.string(), req_id=req_id)
 
 
@@ -498,16 +378,16 @@ class Snapshots(Message):
     snapshots: tuple[SnapshotInfo, ...] = ()
 
     def encode_payload(self) -> list[Buffer]:
-        _check_batch(len(self.snapshots), "SNAPSHOTS")
-        o = _Out()
-        o.pack(_U32, len(self.snapshots))
+        check_batch(len(self.snapshots), "SNAPSHOTS")
+        o = PayloadWriter()
+        o.pack(U32, len(self.snapshots))
         for s in self.snapshots:
             o.string(s.name)
             o.pack(_SNAP, s.created_at, s.size, s.block_size)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Snapshots:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Snapshots:
         n = p.count()
         out = []
         for _ in range(n):
@@ -541,8 +421,8 @@ class BeginTransfer(Message):
     base_snapshot: str | None = None
 
     def encode_payload(self) -> list[Buffer]:
-        _check_len(self.transfer_id, TRANSFER_ID_BYTES, "BEGIN_TRANSFER transfer_id")
-        o = _Out()
+        check_len(self.transfer_id, TRANSFER_ID_BYTES, "BEGIN_TRANSFER transfer_id")
+        o = PayloadWriter()
         o.raw(self.transfer_id)
         for s in (self.source_site, self.vdisk, self.container, self.snapshot):
             o.string(s)
@@ -551,7 +431,7 @@ class BeginTransfer(Message):
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> BeginTransfer:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> BeginTransfer:
         tid = bytes(p.raw(TRANSFER_ID_BYTES))
         site, vdisk, container, snap = p.string(), p.string(), p.string(), p.string()
         created, size, bs = p.unpack(_SNAP)
@@ -571,12 +451,12 @@ class Ready(Message):
     max_batch: int
 
     def encode_payload(self) -> list[Buffer]:
-        return [_U32.pack(self.window) + _U32.pack(self.max_batch)]
+        return [U32.pack(self.window) + U32.pack(self.max_batch)]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Ready:
-        (w,) = p.unpack(_U32)
-        (b,) = p.unpack(_U32)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Ready:
+        (w,) = p.unpack(U32)
+        (b,) = p.unpack(U32)
         return cls(w, b, req_id=req_id)
 
 
@@ -593,14 +473,14 @@ class HaveFingerprints(Message):
 
     def encode_payload(self) -> list[Buffer]:
         n = len(self.fingerprints)
-        _check_batch(n, "HAVE_FINGERPRINTS")
-        o = _Out()
-        o.pack(_U32, n)
+        check_batch(n, "HAVE_FINGERPRINTS")
+        o = PayloadWriter()
+        o.pack(U32, n)
         o.big(self.fingerprints)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> HaveFingerprints:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> HaveFingerprints:
         n = p.count()
         return cls(p.array(n * FINGERPRINT_BYTES, "u1", (n, FINGERPRINT_BYTES)), req_id=req_id)
 
@@ -619,11 +499,11 @@ class Missing(Message):
 
     def encode_payload(self) -> list[Buffer]:
         n = len(self.missing)
-        _check_batch(n, "MISSING")
-        return [_U32.pack(n) + np.packbits(self.missing, bitorder="little").tobytes()]
+        check_batch(n, "MISSING")
+        return [U32.pack(n) + np.packbits(self.missing, bitorder="little").tobytes()]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Missing:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Missing:
         n = p.count()
         bits = np.frombuffer(p.raw(math.ceil(n / 8)), np.uint8)
         return cls(np.unpackbits(bits, count=n, bitorder="little").astype(bool), req_id=req_id)
@@ -658,18 +538,18 @@ class Blocks(Message):
 
     def encode_payload(self) -> list[Buffer]:
         n = len(self.fingerprints)
-        _check_batch(n, "BLOCKS")
-        o = _Out()
-        o.pack(_U32, n)
-        o.pack(_U32, self.block_size)
+        check_batch(n, "BLOCKS")
+        o = PayloadWriter()
+        o.pack(U32, n)
+        o.pack(U32, self.block_size)
         o.raw(self.fingerprints.data)
         o.big(self.data)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Blocks:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Blocks:
         n = p.count()
-        (bs,) = p.unpack(_U32)
+        (bs,) = p.unpack(U32)
         if bs == 0 and n:
             raise ProtocolError("BLOCKS: block size 0")
         fps = p.array(n * FINGERPRINT_BYTES, "u1", (n, FINGERPRINT_BYTES))
@@ -697,18 +577,18 @@ class MapEntries(Message):
 
     def encode_payload(self) -> list[Buffer]:
         n = len(self.indices)
-        _check_batch(n, "MAP_ENTRIES")
-        o = _Out()
-        o.pack(_U32, n)
-        o.pack(_U32, 0)  # reserved: keeps the u64 array 8-byte aligned
+        check_batch(n, "MAP_ENTRIES")
+        o = PayloadWriter()
+        o.pack(U32, n)
+        o.pack(U32, 0)  # reserved: keeps the u64 array 8-byte aligned
         o.raw(self.indices.data)
         o.raw(self.fingerprints.data)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> MapEntries:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> MapEntries:
         n = p.count()
-        p.unpack(_U32)
+        p.unpack(U32)
         idx = p.array(n, "<u8", (n,))
         return cls(idx, p.array(n * FINGERPRINT_BYTES, "u1", (n, FINGERPRINT_BYTES)), req_id=req_id)
 
@@ -725,12 +605,12 @@ class Ack(Message):
     window: int = 0
 
     def encode_payload(self) -> list[Buffer]:
-        return [_U64.pack(self.upto) + _U32.pack(self.window)]
+        return [U64.pack(self.upto) + U32.pack(self.window)]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Ack:
-        (upto,) = p.unpack(_U64)
-        (w,) = p.unpack(_U32)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Ack:
+        (upto,) = p.unpack(U64)
+        (w,) = p.unpack(U32)
         return cls(upto, w, req_id=req_id)
 
 
@@ -745,13 +625,13 @@ class Commit(Message):
     map_entries: int
 
     def encode_payload(self) -> list[Buffer]:
-        _check_len(self.transfer_id, TRANSFER_ID_BYTES, "COMMIT transfer_id")
-        return [self.transfer_id + _U64.pack(self.map_entries)]
+        check_len(self.transfer_id, TRANSFER_ID_BYTES, "COMMIT transfer_id")
+        return [self.transfer_id + U64.pack(self.map_entries)]
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Commit:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Commit:
         tid = bytes(p.raw(TRANSFER_ID_BYTES))
-        return cls(tid, p.unpack(_U64)[0], req_id=req_id)
+        return cls(tid, p.unpack(U64)[0], req_id=req_id)
 
 
 @_register
@@ -764,14 +644,14 @@ class Committed(Message):
     snapshot: str
 
     def encode_payload(self) -> list[Buffer]:
-        _check_len(self.transfer_id, TRANSFER_ID_BYTES, "COMMITTED transfer_id")
-        o = _Out()
+        check_len(self.transfer_id, TRANSFER_ID_BYTES, "COMMITTED transfer_id")
+        o = PayloadWriter()
         o.raw(self.transfer_id)
         o.string(self.snapshot)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Committed:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Committed:
         return cls(bytes(p.raw(TRANSFER_ID_BYTES)), p.string(), req_id=req_id)
 
 
@@ -786,14 +666,14 @@ class Abort(Message):
     reason: str = ""
 
     def encode_payload(self) -> list[Buffer]:
-        _check_len(self.transfer_id, TRANSFER_ID_BYTES, "ABORT transfer_id")
-        o = _Out()
+        check_len(self.transfer_id, TRANSFER_ID_BYTES, "ABORT transfer_id")
+        o = PayloadWriter()
         o.raw(self.transfer_id)
         o.string(self.reason[: WIRE_MAX_STRING_BYTES // 4])
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Abort:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Abort:
         return cls(bytes(p.raw(TRANSFER_ID_BYTES)), p.string(), req_id=req_id)
 
 
@@ -811,14 +691,14 @@ class Prune(Message):
     keep: int
 
     def encode_payload(self) -> list[Buffer]:
-        o = _Out()
+        o = PayloadWriter()
         o.string(self.vdisk)
-        o.pack(_U32, self.keep)
+        o.pack(U32, self.keep)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Prune:
-        return cls(p.string(), p.unpack(_U32)[0], req_id=req_id)
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Prune:
+        return cls(p.string(), p.unpack(U32)[0], req_id=req_id)
 
 
 @_register
@@ -830,15 +710,15 @@ class Pruned(Message):
     deleted: tuple[str, ...] = ()
 
     def encode_payload(self) -> list[Buffer]:
-        _check_batch(len(self.deleted), "PRUNED")
-        o = _Out()
-        o.pack(_U32, len(self.deleted))
+        check_batch(len(self.deleted), "PRUNED")
+        o = PayloadWriter()
+        o.pack(U32, len(self.deleted))
         for name in self.deleted:
             o.string(name)
         return o.done()
 
     @classmethod
-    def decode_payload(cls, p: _In, req_id: int) -> Pruned:
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> Pruned:
         return cls(tuple(p.string() for _ in range(p.count())), req_id=req_id)
 
 
@@ -870,7 +750,7 @@ def decode(frame: Frame) -> Message:
     cls = MESSAGE_CLASSES.get(frame.type)
     if cls is None:
         raise ProtocolError(f"unknown message type {frame.type}")
-    p = _In(frame.payload, cls.TYPE.name)
+    p = PayloadReader(frame.payload, cls.TYPE.name)
     try:
         msg = cls.decode_payload(p, frame.req_id)
     except InvalidArgument as e:  # a constructor check on decoded fields
