@@ -27,6 +27,7 @@ from .block_map import flatten
 from .catalog import Catalog, ContainerRow, ReplicaRow, SnapshotRow, VDiskRow
 from .constants import (
     CATALOG_FILE,
+    CHAIN_COLLAPSE_DEPTH,
     CLUSTER_FORMAT_VERSION,
     DEFAULT_BLOCK_SIZE,
     EXTENT_DIR,
@@ -73,7 +74,8 @@ class Cluster:
     """An open cluster. Use `Cluster.create` / `Cluster.open`, ideally as a context manager."""
 
     def __init__(self, path: str, *, clock: Callable[[], float] | None = None,
-                 salvage: bool = False, background: bool = True) -> None:
+                 salvage: bool = False, background: bool = True,
+                 collapse_depth: int = CHAIN_COLLAPSE_DEPTH) -> None:
         """Open the cluster at `path` (prefer `Cluster.open`)."""
         self.path = os.path.abspath(path)
         if not os.path.isfile(os.path.join(self.path, CATALOG_FILE)):
@@ -81,7 +83,9 @@ class Cluster:
         self._lock_fd = self._take_lock()
         self._closed = False
         try:
-            self._open(clock or time.time, salvage)
+            if not isinstance(collapse_depth, int) or collapse_depth < 1:
+                raise InvalidArgument(f"collapse_depth must be a positive int, not {collapse_depth!r}")
+            self._open(clock or time.time, salvage, collapse_depth)
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -148,7 +152,9 @@ class Cluster:
         drops a damaged OpLog tail instead). Replays the OpLog: every write
         acknowledged by a returned flush() before a crash reads back.
         Keyword arguments: clock (callable returning seconds), salvage,
-        background (run the drain thread; default True).
+        background (run the drain thread; default True), collapse_depth (layers a
+        read may fall through before the drain collapses the chain; default
+        CHAIN_COLLAPSE_DEPTH).
         """
         return cls(path, **kwargs)
 
@@ -164,14 +170,14 @@ class Cluster:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
-    def _open(self, clock: Callable[[], float], salvage: bool) -> None:
+    def _open(self, clock: Callable[[], float], salvage: bool, collapse_depth: int) -> None:
         catalog = Catalog(os.path.join(self.path, CATALOG_FILE))
         meta = catalog.meta()
         self.block_size: int = meta["block_size"]
         self.id: str = meta["cluster_id"]
         self.site_name: str = meta["site_name"]
         store = ExtentStore.open(os.path.join(self.path, EXTENT_DIR), self.block_size)
-        tree = LayerTree(catalog, MapStore(os.path.join(self.path, MAP_DIR)))
+        tree = LayerTree(catalog, MapStore(os.path.join(self.path, MAP_DIR)), collapse_depth)
         oplog = OpLog(os.path.join(self.path, OPLOG_DIR), salvage=salvage)
         containers = {row.id: row for row in catalog.rows(ContainerRow)}
         self._ctx = ClusterContext(self.path, self.block_size, catalog, oplog, store, tree,

@@ -142,6 +142,12 @@ class VDisk:
         return self._row.head_layer
 
     @property
+    def read_depth(self) -> int:
+        """Map layers a read of this vDisk may consult (bounded by chain collapse)."""
+        with self._ctx.map_lock:
+            return self._ctx.tree.read_depth(self._row.head_layer)
+
+    @property
     def dirty_bytes(self) -> int:
         return self._dirty.nbytes
 

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from model import differing_blocks, pattern, ranges_to_blocks
@@ -358,3 +359,36 @@ def test_snapshot_group_is_crash_consistent(make_cluster):
     c = make_cluster.reopen(c)
     for (disk, name), image in images.items():
         assert full(c.snapshot(disk, name)) == image
+
+
+def test_read_depth_is_bounded_by_collapse(make_cluster):
+    c = make_cluster(collapse_depth=4)
+    vd = c.create_vdisk("v", SIZE)
+    rng = random.Random(11)
+    model = bytearray(SIZE)
+    frozen = {}
+    for i in range(20):
+        off = rng.randrange(SIZE - BS)
+        payload = pattern(i, BS)
+        vd.write(off, payload)
+        model[off : off + BS] = payload
+        vd.snapshot(f"s{i}")
+        frozen[f"s{i}"] = bytes(model)
+        c.drain()  # the drain collapses chains past the configured depth
+        assert vd.read_depth <= 5, (i, vd.read_depth)
+    assert full(vd) == bytes(model)
+    for name, data in frozen.items():
+        assert full(c.snapshot("v", name)) == data, name
+    c = make_cluster.reopen(c, collapse_depth=4)
+    assert c.vdisk("v").read_depth <= 5
+    for name, data in frozen.items():
+        assert full(c.snapshot("v", name)) == data, name
+
+
+def test_collapse_depth_must_be_positive(make_cluster):
+    c = make_cluster()
+    path = c.path
+    c.close()
+    with pytest.raises(nxstore.errors.InvalidArgument):
+        nxstore.Cluster.open(path, collapse_depth=0)
+    nxstore.Cluster.open(path).close()
