@@ -104,7 +104,7 @@ def take_snapshots(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str) -> l
     with ExitStack() as stack:
         for vd in members:
             stack.enter_context(vd._lock)
-            vd._check_alive()
+            vd._check_writable()  # a replica's snapshots come only from its source
             if ctx.catalog.rows(SnapshotRow, "vdisk_id = ? AND name = ?", (vd.id, name)):
                 raise AlreadyExists(f"vDisk {vd.name!r} already has a snapshot {name!r}")
         for vd in members:
@@ -127,7 +127,7 @@ def restore_vdisk(ctx: ClusterContext, vd: VDisk, snapshot: Snapshot) -> None:
     """Point `vd` at a new head on `snapshot` (its later snapshots stay)."""
     snapshot._check_alive()
     with vd._lock:
-        vd._check_alive()
+        vd._check_writable()
         with ctx.map_lock, ctx.catalog.transaction():
             seq = ctx.oplog.last_seq
             ctx.oplog.sync(seq)  # a durable created_seq must name durable records

@@ -213,6 +213,7 @@ class VDisk:
         if not isinstance(new_size, int) or new_size < self.size:
             raise OutOfRange(f"{self.name}: cannot resize from {self.size} to {new_size} (grow only)")
         with self._lock, self._ctx.catalog.transaction():
+            self._check_writable()
             self._row.size = new_size
             self._ctx.catalog.update(self._row)
 

@@ -9,7 +9,7 @@ prints the traceback of an unexpected error).
 
 One module per command group: cluster_cmds (create, info, container, drain,
 gc, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
-(import, export).
+(import, export), replication_cmds (serve, site, replicate, replicas, prune-remote).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from . import cluster_cmds, image_cmds, snapshot_cmds, vdisk_cmds
+    from . import cluster_cmds, image_cmds, replication_cmds, snapshot_cmds, vdisk_cmds
 
     parser = _Parser(
         prog="nxstore",
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds):
+    for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds):
         module.register(sub)
     return parser
 

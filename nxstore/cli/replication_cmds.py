@@ -1,0 +1,238 @@
+"""Replication commands: serve, site add|list|remove, replicate, replicas, prune-remote.
+
+`nxstore serve` runs a cluster as a replication endpoint in the foreground (logs on
+stderr, stops cleanly on SIGTERM/SIGINT); the other commands open the local cluster,
+talk to a remote site's `nxstore serve` where needed, and close it again. Shared
+secrets are always read from a file (never a command-line argument, which other users
+could see in the process list); surrounding whitespace and the trailing newline are
+stripped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+
+from .common import CliError, human, open_cluster, size_arg, split_ref, table
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run a cluster as a replication endpoint (until SIGTERM)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="address to listen on (port 0 picks a free port, logged)")
+    p.add_argument("--secret-file", required=True, metavar="FILE",
+                   help="file holding the secret shared with the peer sites")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: serve over TLS")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("site", help="remote sites this cluster replicates to")
+    ssub = p.add_subparsers(dest="site_cmd", metavar="COMMAND", required=True)
+    q = ssub.add_parser("add", help="register a remote site")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("address", metavar="ADDRESS", help="HOST:PORT of the site's 'nxstore serve'")
+    q.add_argument("--secret-file", required=True, metavar="FILE",
+                   help="file holding the secret shared with the site")
+    q.add_argument("--vstore-map", action="append", default=[], metavar="LOCAL=REMOTE",
+                   help="map a local container to the site's container (repeatable)")
+    q.add_argument("--network-map", action="append", default=[], metavar="LOCAL=REMOTE",
+                   help="map a local network to the site's network (repeatable)")
+    q.set_defaults(func=cmd_site_add)
+    q = ssub.add_parser("list", help="list remote sites")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_site_list)
+    q = ssub.add_parser("remove", help="forget a remote site")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("name", metavar="NAME")
+    q.set_defaults(func=cmd_site_remove)
+
+    p = sub.add_parser("replicate", help="ship a snapshot to a remote site (incremental)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("source", metavar="VDISK[@SNAP]",
+                   help="without @SNAP a new snapshot repl-<UTC time> is taken first")
+    p.add_argument("site", metavar="SITE")
+    p.add_argument("--bandwidth-limit", type=size_arg, metavar="RATE",
+                   help="cap in bytes per second, e.g. 10M")
+    p.set_defaults(func=cmd_replicate)
+
+    p = sub.add_parser("replicas", help="list the replica vDisks this cluster holds")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_replicas)
+
+    p = sub.add_parser("prune-remote", help="keep only the newest N replica snapshots at a site")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("site", metavar="SITE")
+    p.add_argument("vdisk", metavar="VDISK")
+    p.add_argument("--keep", type=int, required=True, metavar="N")
+    p.set_defaults(func=cmd_prune_remote)
+
+
+def read_secret(path: str) -> str:
+    """The secret in file `path`, stripped; CliError if empty or not text."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1 << 16)
+    except OSError as exc:
+        raise CliError(f"cannot read secret file {path}: {exc.strerror or exc}") from None
+    try:
+        secret = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CliError(f"secret file {path} is not UTF-8 text") from None
+    if not secret:
+        raise CliError(f"secret file {path} is empty")
+    return secret
+
+
+def _mapping(items: list[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        local, sep, remote = item.partition("=")
+        if not sep or not local or not remote:
+            raise CliError(f"bad {option} {item!r}: expected LOCAL=REMOTE")
+        out[local] = remote
+    return out
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+# -- serve --------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..replication.daemon import serve_cluster, tls_context
+
+    if not getattr(args, "verbose", 0):  # a daemon says what it does: INFO by default
+        logging.getLogger("nxstore").setLevel(logging.INFO)
+    secret = read_secret(args.secret_file)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together")
+    try:
+        tls = tls_context(args.tls_cert, args.tls_key)
+    except OSError as exc:
+        raise CliError(f"cannot load TLS certificate/key: {exc.strerror or exc}") from None
+    except Exception as exc:  # ssl.SSLError and friends: bad PEM contents
+        raise CliError(f"cannot load TLS certificate/key: {exc}") from None
+    serve_cluster(args.path, args.listen, secret, tls=tls)
+    return 0
+
+
+# -- sites --------------------------------------------------------------------------
+def cmd_site_add(args: argparse.Namespace) -> int:
+    secret = read_secret(args.secret_file)
+    vstore = _mapping(args.vstore_map, "--vstore-map")
+    network = _mapping(args.network_map, "--network-map")
+    with open_cluster(args.path) as c:
+        c.add_remote_site(args.name, args.address, secret, network_mapping=network,
+                          vstore_mapping=vstore)
+    print(f"added remote site {args.name} at {args.address}")
+    return 0
+
+
+def _pairs(m: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(m.items())) or "-"
+
+
+def cmd_site_list(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        sites = c.remote_sites()
+    if args.json:  # never the secret
+        print(json.dumps([{"name": s.name, "address": s.address,
+                           "vstore_mapping": s.vstore_mapping,
+                           "network_mapping": s.network_mapping} for s in sites], indent=2))
+        return 0
+    print(table([(s.name, s.address, _pairs(s.vstore_mapping), _pairs(s.network_mapping))
+                 for s in sites], ("SITE", "ADDRESS", "VSTORE MAP", "NETWORK MAP")))
+    return 0
+
+
+def cmd_site_remove(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        c.remove_remote_site(args.name)
+    print(f"removed remote site {args.name}")
+    return 0
+
+
+# -- replicate ----------------------------------------------------------------------
+class _PhaseBar:
+    """Adapts the replication progress callback to one bar per phase."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.phase: str | None = None
+        self.bar: Progress | None = None
+
+    def __call__(self, phase: str, done: int, total: int, wire: int) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = Progress(total, f"{self.what}: {phase}", unit="blk")
+        assert self.bar is not None
+        self.bar.set(done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    vdisk, snap_name = split_ref(args.source, need_snap=False)
+    with open_cluster(args.path) as c:
+        if snap_name is None:
+            vd = c.vdisk(vdisk)
+            snap_name = "repl-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            vd.flush()
+            snap = vd.snapshot(snap_name)
+            log.info("took snapshot %s@%s", vdisk, snap_name)
+        else:
+            snap = c.snapshot(vdisk, snap_name)
+        bar = _PhaseBar(f"{vdisk}@{snap_name} -> {args.site}")
+        try:
+            r = c.replicate(snap, args.site, progress=bar, bandwidth_limit=args.bandwidth_limit)
+        finally:
+            bar.close()
+    rate = r.bytes_on_wire / max(r.seconds, 1e-9) / 1e6
+    print(f"replicated {vdisk}@{snap_name} to {args.site}: "
+          f"base {r.base_snapshot or '(none: full seed)'}; {r.blocks_total} blocks changed, "
+          f"{r.blocks_sent} sent, {r.blocks_deduped} already at the site; "
+          f"{human(r.bytes_on_wire)} on the wire in {r.seconds:.2f} s ({rate:.1f} MB/s)")
+    return 0
+
+
+def cmd_replicas(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        reps = c.replicas()
+    if args.json:
+        print(json.dumps([{
+            "vdisk": r.vdisk, "source_site": r.source_site, "source_cluster": r.source_cluster,
+            "source_vdisk": r.source_vdisk,
+            "snapshots": [{"name": s.name, "size": s.size, "created_at": s.created_at}
+                          for s in r.snapshots],
+        } for r in reps], indent=2))
+        return 0
+    rows = [(r.vdisk, r.source_site, s.name, human(s.size), _when(s.created_at))
+            for r in reps for s in r.snapshots]
+    print(table(rows, ("REPLICA", "SOURCE SITE", "SNAPSHOT", "SIZE", "CREATED")))
+    return 0
+
+
+def cmd_prune_remote(args: argparse.Namespace) -> int:
+    if args.keep < 1:
+        raise CliError(f"--keep must be at least 1, not {args.keep}")
+    with open_cluster(args.path) as c:
+        deleted = c.prune_remote(args.site, args.vdisk, args.keep)
+    if deleted:
+        print(f"deleted {len(deleted)} replica snapshot(s) of {args.vdisk} at {args.site}: "
+              + ", ".join(deleted))
+    else:
+        print(f"nothing to prune: {args.site} holds at most {args.keep} snapshot(s) of {args.vdisk}")
+    return 0
