@@ -36,6 +36,7 @@ from .constants import (
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
     OPLOG_DIR,
+    OPLOG_DIRTY_CAP_BYTES,
 )
 from .context import ClusterContext
 from .drainer import Drainer
@@ -183,6 +184,8 @@ class Cluster:
         self._ctx = ClusterContext(self.path, self.block_size, catalog, oplog, store, tree,
                                    containers, clock)
         self._ctx.prune = self._prune
+        self._ctx.throttle = self._throttle
+        self._dirty_cap = OPLOG_DIRTY_CAP_BYTES
         self._vdisks: dict[str, VDisk] = {
             row.name: VDisk(self._ctx, row) for row in catalog.rows(VDiskRow)
         }
@@ -352,6 +355,16 @@ class Cluster:
         source = next((r for r in self._ctx.catalog.rows(VDiskRow, "id = ?", (snapshot.vdisk_id,))), None)
         container_id = source.container_id if source else min(self._ctx.containers)
         return self._new_vdisk(name, snapshot.size, container_id, parent_layer=snapshot.layer_id)
+
+    def _throttle(self) -> None:
+        """Back-pressure on RAM: while undrained blocks exceed the cap, a writer drains
+        (or, with the drain thread running, waits for it). Called without locks held."""
+        while sum(vd.dirty_bytes for vd in self._all_vdisks()) > self._dirty_cap:
+            if self._drainer is None or not self._drainer.is_alive():
+                self.drain()
+                return
+            self._drainer.kick()
+            time.sleep(0.01)
 
     def _prune(self) -> None:
         """Drop layers nothing needs; fold unnamed parents into vDisk heads."""

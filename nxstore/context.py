@@ -32,3 +32,5 @@ class ClusterContext:
     map_lock: threading.RLock = field(default_factory=threading.RLock)
     #: drops layers no head or snapshot needs any more (set by the Cluster)
     prune: Callable[[], None] = lambda: None
+    #: blocks a writer while undrained blocks hold more RAM than allowed (set by the Cluster)
+    throttle: Callable[[], None] = lambda: None

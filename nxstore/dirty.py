@@ -43,7 +43,8 @@ class DirtyBlocks:
 
     @property
     def nbytes(self) -> int:
-        return len(self._blocks) * self.block_size
+        """RAM held, bounded above: a partial block also keeps a byte mask."""
+        return len(self._blocks) * 2 * self.block_size
 
     def keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(sorted dirty block indices, mask of those that may hold nonzero data)."""

@@ -149,6 +149,7 @@ class VDisk:
 
     @property
     def dirty_bytes(self) -> int:
+        """RAM held by undrained blocks (an upper bound)."""
         return self._dirty.nbytes
 
     def __repr__(self) -> str:
@@ -177,6 +178,7 @@ class VDisk:
         offset = int(offset)
         bs = self._ctx.block_size
         lo, hi = -(-offset // bs) * bs, (offset + n) // bs * bs
+        self._ctx.throttle()
         if n >= OPLOG_BYPASS_BYTES and hi - lo >= bs:
             self._ctx.oplog.wait_for_space(n - (hi - lo))
             with self._lock:

@@ -83,3 +83,21 @@ def test_threads_on_one_and_several_vdisks(make_cluster) -> None:
         for i, img in enumerate(own_images):
             assert c2.vdisk(f"own{i}").read(0, DISK) == bytes(img)
         assert c2.scrub() == []
+
+
+def test_dirty_ram_is_capped(make_cluster) -> None:
+    for background in (False, True):
+        c = make_cluster(name=f"c{background}", block_size=4096, background=background)
+        c._dirty_cap = 64 * 4096  # tiny, so writers must wait for (or do) drains
+        vd = c.create_vdisk("v", DISK)
+        rng = random.Random(3)
+        image = bytearray(DISK)
+        peak = 0
+        for _ in range(2000):
+            off = rng.randrange(0, DISK - 100)
+            data = rng.randbytes(100)
+            vd.write(off, data)
+            image[off:off + 100] = data
+            peak = max(peak, vd.dirty_bytes)
+        assert peak <= c._dirty_cap + 2 * 2 * 4096  # one write may overshoot by its blocks
+        assert vd.read(0, DISK) == bytes(image)

@@ -187,6 +187,8 @@ class _PhaseBar:
 def cmd_replicate(args: argparse.Namespace) -> int:
     vdisk, snap_name = split_ref(args.source, need_snap=False)
     with open_cluster(args.path) as c:
+        if args.site not in {s.name for s in c.remote_sites()}:
+            raise CliError(f"no remote site {args.site!r} (add one with 'nxstore site add')")
         if snap_name is None:
             vd = c.vdisk(vdisk)
             snap_name = "repl-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
