@@ -2,7 +2,8 @@
 #
 # setup (internal; demo, test and bench depend on it):
 #   1. system packages the build and the tests need, when missing: libxxhash-dev (the native
-#      extension links it), qemu-utils (qemu-img, compared against in benchmarks), and on a bare
+#      extension links it), qemu-utils, borgbackup and restic (peers the benchmarks measure
+#      against in the same run), and on a bare
 #      Debian python3-venv / python3-dev (Python.h). Installed with apt-get when root; otherwise
 #      the exact command is printed and make stops.
 #   2. .venv (python3 -m venv) and `pip install -e '.[test]'`, which compiles nxstore._native.
@@ -47,6 +48,8 @@ sysdeps:
 	@missing=""; \
 	[ -f /usr/include/xxhash.h ] || [ -f /usr/local/include/xxhash.h ] || missing="$$missing libxxhash-dev"; \
 	command -v qemu-img >/dev/null 2>&1 || missing="$$missing qemu-utils"; \
+	command -v borg >/dev/null 2>&1 || missing="$$missing borgbackup"; \
+	command -v restic >/dev/null 2>&1 || missing="$$missing restic"; \
 	test -x $(PY) || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || missing="$$missing python3-dev"; \

@@ -228,8 +228,8 @@ def text_like(nbytes: int, block_size: int, seed: int, pool: int = 16 << 20) -> 
     freq = 1.0 / np.arange(1, 27)
     vocab = [bytes(rng.choice(letters, size=n, p=freq / freq.sum()))
              for n in np.clip(rng.poisson(5, 20_000), 1, 14).tolist()]
-    vocab[:20] = [w.encode() for w in ("the of and to in is that it for was on are with as "
-                                       "be at by this have from").split()]
+    vocab[:20] = [b"the", b"of", b"and", b"to", b"in", b"is", b"that", b"it", b"for", b"was",
+                  b"on", b"are", b"with", b"as", b"be", b"at", b"by", b"this", b"have", b"from"]
     flat = np.frombuffer(b"".join(vocab), np.uint8)
     vlen = np.array([len(v) for v in vocab])
     voff = np.concatenate(([0], np.cumsum(vlen)[:-1]))
