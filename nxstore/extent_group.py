@@ -57,6 +57,7 @@ _FIELDS = [
     ("hck", "<u8", 56),
 ]
 _MAGIC_U32 = int.from_bytes(RECORD_MAGIC, "little")
+_WORD0_MASK = 0xFFFFFFFF | FLAG_COMPRESSED << 40  # header word 0: magic + compressed flag
 
 
 def header_dtype(itemsize: int = HEADER_BYTES) -> np.dtype:
@@ -176,17 +177,28 @@ def gather_headers(buf: np.ndarray, rel: np.ndarray) -> np.ndarray:
 def bad_headers(
     hdr: np.ndarray, ids: np.ndarray, slens: np.ndarray, flags: np.ndarray, block_size: int
 ) -> np.ndarray:
-    """Mask of headers that fail their checksum or disagree with the table."""
-    hb = hdr.view(np.uint8).reshape(-1)
-    ck = header_checksums(hb, np.arange(len(hdr), dtype=np.int64) * HEADER_BYTES)
-    return (
-        (hdr["magic"] != RECORD_MAGIC)
-        | (hdr["hck"] != ck)
-        | (hdr["id"] != ids)
-        | (hdr["slen"] != slens)
-        | (hdr["raw"] != block_size)
-        | ((hdr["flags"] & FLAG_COMPRESSED) != (flags & FLAG_COMPRESSED))
-    )
+    """Mask of headers (packed HEADER_DTYPE array, as from gather_headers) that
+    fail their checksum or disagree with the table: magic, extent id, raw length
+    (`block_size`), stored length, compressed flag.
+
+    Vectorised over the header's little-endian u64 words (word 0: magic,
+    version, flags; 1: id; 2: raw | stored length << 32; 7: checksum); the
+    XXH3-64 checksums are one C call per header (~0.2 us each: there is no
+    batch XXH3-64 entry point)."""
+    k = len(hdr)
+    if not k:
+        return np.zeros(0, bool)
+    hb = np.ascontiguousarray(hdr).view(np.uint8).reshape(-1)
+    w = hb.view("<u8").reshape(k, HEADER_BYTES // 8)
+    comp = (np.asarray(flags).astype(np.uint64) & FLAG_COMPRESSED) << np.uint64(40)
+    bad = (w[:, 0] & np.uint64(_WORD0_MASK)) != (comp | np.uint64(_MAGIC_U32))
+    bad |= w[:, 1] != np.asarray(ids, np.uint64)
+    bad |= w[:, 2] != (np.asarray(slens).astype(np.uint64) << np.uint64(32)) | np.uint64(block_size)
+    raw = hb.tobytes()
+    h = xxhash.xxh3_64_intdigest
+    ck = np.array([h(raw[o : o + _CHECKED]) for o in range(0, len(raw), HEADER_BYTES)], np.uint64)
+    bad |= w[:, 7] != ck
+    return bad
 
 
 def decode_payload(

@@ -459,3 +459,157 @@ TestExtentStoreMachine.settings = settings(
     max_examples=40, stateful_step_count=20, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip
+
+
+# -- the coalescing read path (extent_read.load_records) --------------------------------------
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def scattered_store(tmp_path, monkeypatch, n=96, bs=4096, seed=20):
+    """A store over several groups whose vDisk-like id array `vids` (for the blocks
+    in `data`) has every other block rewritten in random order, one at a time,
+    with some compressible blocks: reads hit many small runs and gaps."""
+    monkeypatch.setattr(es_mod, "EXTENT_GROUP_BYTES", 100_000)
+    rng = np.random.default_rng(seed)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    data = rand_blocks(rng, n, bs).reshape(n, bs)
+    data[5] = text_block(rng, bs)
+    vids = s.put_blocks(data.reshape(-1)).copy()
+    for i in rng.permutation(np.arange(0, n, 2)).tolist():
+        data[i] = text_block(rng, bs) if i % 6 == 0 else rand_blocks(rng, 1, bs)
+        vids[i] = s.put_blocks(data[i])[0]
+    assert s.stats()["groups"] >= 4 and s.stats()["compressed_extents"] >= 5
+    return s, data, vids
+
+
+def test_read_many_small_runs_in_several_groups(tmp_path, monkeypatch):
+    s, data, vids = scattered_store(tmp_path, monkeypatch)
+    bs, n = s.block_size, len(vids)
+    assert (read(s, vids) == data.reshape(-1)).all()
+    rng = np.random.default_rng(21)
+    for _ in range(5):  # any order, with repeats and zero blocks
+        pick = rng.integers(0, n, 150)
+        q = vids[pick].copy()
+        q[::7] = 0
+        want = data[pick].copy()
+        want[::7] = 0
+        assert (read(s, q) == want.reshape(-1)).all()
+    # the same through a non-contiguous destination (scrub-like callers)
+    from nxstore.extent_read import load_records
+
+    dst = np.zeros((n, 2 * bs), np.uint8)[:, :bs]
+    assert load_records(s, vids, dst, np.arange(n)[::-1].copy()) == {}
+    assert (dst[::-1] == data).all()
+    assert s.scrub() == []
+    s.close()
+
+
+@pytest.mark.parametrize("limit", [None, 7])
+def test_read_more_iovecs_than_iov_max(tmp_path, monkeypatch, limit):
+    """1,500 adjacent records need 3,000 iovecs: the run is split into several
+    preadv calls (IOV_MAX = 1024); with a tiny limit, runs with gaps and
+    compressed records are split too."""
+    import nxstore.extent_read as er
+
+    if limit is not None:
+        monkeypatch.setattr(er, "_IOV_LIMIT", limit)
+    bs, n = 4096, 1500
+    rng = np.random.default_rng(22)
+    data = rand_blocks(rng, n, bs).reshape(n, bs)
+    data[::50] = text_block(rng, bs)  # repeated: one compressed extent read many times
+    data[1::50] = np.arange(bs) % 251  # compressible, another one
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    ids = s.put_blocks(data.reshape(-1))
+    assert s.stats()["compressed_extents"] == 2
+    calls = []
+    real = os.preadv
+    monkeypatch.setattr(
+        er.os, "preadv", lambda fd, iov, off: calls.append(len(iov)) or real(fd, iov, off)
+    )
+    assert (read(s, ids) == data.reshape(-1)).all()
+    assert max(calls) <= (limit or 1024) and len(calls) >= (2 if limit is None else 100)
+    calls.clear()
+    assert (read(s, ids[::2]) == data[::2].reshape(-1)).all()  # gaps coalesced
+    assert max(calls) <= (limit or 1024)
+    s.close()
+
+
+def test_corrupt_header_mid_coalesced_run_names_the_extent(tmp_path, monkeypatch):
+    import nxstore.extent_read as er
+
+    bs, n = 4096, 400
+    rng = np.random.default_rng(23)
+    data = rand_blocks(rng, n, bs)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    ids = s.put_blocks(data)
+    calls = []
+    real = os.preadv
+    monkeypatch.setattr(
+        er.os, "preadv", lambda fd, iov, off: calls.append(len(iov)) or real(fd, iov, off)
+    )
+    query = ids[::3][::-1].copy()  # gaps of two records, reverse batch order
+    assert (read(s, query) == data.reshape(n, bs)[::3][::-1].reshape(-1)).all()
+    assert len(calls) == 1  # one coalesced run
+    path = os.path.join(str(tmp_path / "ex"), group_file_name(1))
+    mid, later = int(query[60]), int(query[20])  # later in the file, earlier in the batch
+    flip_byte(path, int(s._table.offset[mid]) + 25)  # container: only the checksum sees it
+    with pytest.raises(Corruption) as ei:
+        read(s, query)
+    assert ei.value.extent_id == mid and ei.value.batch_index == 60
+    assert ei.value.group == 1 and ei.value.offset == int(s._table.offset[mid])
+    assert "bad record header" in str(ei.value)
+    flip_byte(path, int(s._table.offset[later]) + HEADER_BYTES + 100)  # a payload byte
+    with pytest.raises(Corruption) as ei:
+        read(s, query)
+    assert ei.value.extent_id == later and ei.value.batch_index == 20
+    # the extents around them still read, and a repeated bad extent is named first
+    ok = np.delete(query, [20, 60])
+    assert (
+        read(s, ok)
+        == data.reshape(n, bs)[::3][::-1][np.delete(np.arange(len(query)), [20, 60])].reshape(-1)
+    ).all()
+    with pytest.raises(Corruption) as ei:
+        read(s, np.array([ids[1], mid, ids[2], mid], np.uint64))
+    assert ei.value.extent_id == mid and ei.value.batch_index == 1
+    s.close()
+
+
+def test_truncated_group_mid_run(tmp_path):
+    bs, n = 4096, 20
+    rng = np.random.default_rng(24)
+    data = rand_blocks(rng, n, bs)
+    s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    ids = s.put_blocks(data)
+    s.sync()
+    cut = int(s._table.offset[int(ids[12])]) + 100  # inside record 12's payload
+    os.truncate(os.path.join(str(tmp_path / "ex"), group_file_name(1)), cut)
+    assert (read(s, ids[:12]) == data[: 12 * bs]).all()
+    with pytest.raises(Corruption, match="truncated") as ei:
+        read(s, ids[::-1])
+    assert ei.value.extent_id == int(ids[-1]) and ei.value.batch_index == 0
+    with pytest.raises(Corruption, match="truncated") as ei:
+        read(s, ids[10:])
+    assert ei.value.extent_id == int(ids[12]) and ei.value.batch_index == 2
+    s.close(checkpoint=False)
+
+
+def test_read_with_a_missing_group_among_several(tmp_path, monkeypatch):
+    s, data, vids = scattered_store(tmp_path, monkeypatch)
+    in2 = s._table.group[vids.astype(np.int64)] == 2
+    assert in2.any() and not in2.all()
+    d = s.directory
+    s.close()
+    os.unlink(os.path.join(d, group_file_name(2)))
+    s = ExtentStore.open(d, s.block_size)
+    first = int(np.argmax(in2))
+    with pytest.raises(Corruption, match="missing") as ei:
+        read(s, vids)
+    assert ei.value.batch_index == first and ei.value.extent_id == int(vids[first])
+    assert ei.value.group == 2
+    assert (read(s, vids[~in2]) == data[~in2].reshape(-1)).all()
+    s.close()
