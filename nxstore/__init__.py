@@ -11,8 +11,20 @@ zero-copy snapshots and clones, a durable OpLog, and replication between sites.
 from . import errors
 from .catalog import ContainerRow as Container
 from .cluster import Cluster
+from .protection import VM, PDSnapshot, ProtectionDomain, Schedule, ScheduleRun
 from .snapshot import Snapshot
 from .vdisk import VDisk
 
-__all__ = ["Cluster", "Container", "Snapshot", "VDisk", "errors"]
+__all__ = [
+    "VM",
+    "Cluster",
+    "Container",
+    "PDSnapshot",
+    "ProtectionDomain",
+    "Schedule",
+    "ScheduleRun",
+    "Snapshot",
+    "VDisk",
+    "errors",
+]
 __version__ = "0.1.0"

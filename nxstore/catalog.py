@@ -120,6 +120,144 @@ CREATE TABLE IF NOT EXISTS replicas (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk
 """
 
 
+# --- data protection (nxstore.protection): VMs, protection domains, schedules ------------
+# JSON columns hold lists/objects; `state`/`owner_*`/`epoch` of a PD are what failover flips.
+
+
+@dataclass
+class VMRow:
+    """A VM: `vdisks` JSON list of vDisk names, `nics` JSON list of {"network": ...},
+    `categories` JSON object, `power` "on"/"off"; hook paths "" when unset."""
+
+    id: int
+    name: str
+    vdisks: str
+    nics: str
+    categories: str
+    power: str
+    pre_freeze: str
+    post_thaw: str
+    hook_timeout: float
+    created_at: float
+
+
+@dataclass
+class ProtectionDomainRow:
+    """A PD. `state` is "active" where this cluster owns and protects it; `epoch`
+    grows with every ownership change (failover fencing)."""
+
+    id: int
+    name: str
+    state: str
+    owner_site: str
+    owner_cluster: str
+    epoch: int
+    created_at: float
+
+
+@dataclass
+class PDEntityRow:
+    """An entity protected by PD `pd_id`: kind "vm" or "vdisk"; `cg` "" = no group."""
+
+    id: int
+    pd_id: int
+    kind: str
+    name: str
+    cg: str
+
+
+@dataclass
+class PDScheduleRow:
+    """A PD schedule: `every` seconds; `keep_remote` JSON {site: count}; `next_due`
+    is the slot the scheduler runs next (cluster clock); `last_run` 0 = never."""
+
+    id: int
+    pd_id: int
+    every: float
+    keep_local: int
+    keep_remote: str
+    app_consistent: bool
+    enabled: bool
+    next_due: float
+    last_run: float
+    created_at: float
+
+
+@dataclass
+class PDSnapshotRow:
+    """A PD snapshot: one vDisk snapshot called `name` on every member vDisk.
+    `schedule_id` 0 = ad hoc; `complete` False while being taken (cleaned up at open);
+    `manifest` JSON of the entities (VM configuration included) at snapshot time;
+    `hook_failures` JSON list."""
+
+    id: int
+    pd_id: int
+    name: str
+    created_at: float
+    schedule_id: int
+    consistency: str
+    complete: bool
+    manifest: str
+    hook_failures: str
+
+
+@dataclass
+class PDSnapshotMemberRow:
+    """One vDisk snapshot of a PD snapshot, with the entity (and CG) it protects."""
+
+    id: int
+    pd_snapshot_id: int
+    snapshot_id: int
+    vdisk_name: str
+    entity_kind: str
+    entity_name: str
+    cg: str
+
+
+@dataclass
+class PDReplicationRow:
+    """PD snapshot `pd_snapshot_id` was fully replicated to remote `site`."""
+
+    id: int
+    pd_snapshot_id: int
+    site: str
+    replicated_at: float
+
+
+_TABLES.update({
+    VMRow: "vms",
+    ProtectionDomainRow: "protection_domains",
+    PDEntityRow: "pd_entities",
+    PDScheduleRow: "pd_schedules",
+    PDSnapshotRow: "pd_snapshots",
+    PDSnapshotMemberRow: "pd_snapshot_members",
+    PDReplicationRow: "pd_replications",
+})
+
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS vms (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    vdisks TEXT, nics TEXT, categories TEXT, power TEXT, pre_freeze TEXT, post_thaw TEXT,
+    hook_timeout REAL, created_at REAL, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS protection_domains (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE NOT NULL, state TEXT, owner_site TEXT, owner_cluster TEXT, epoch INTEGER,
+    created_at REAL, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pd_entities (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
+    kind TEXT, name TEXT, cg TEXT, ck INTEGER NOT NULL, UNIQUE (kind, name));
+CREATE TABLE IF NOT EXISTS pd_schedules (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
+    every REAL, keep_local INTEGER, keep_remote TEXT, app_consistent INTEGER, enabled INTEGER,
+    next_due REAL, last_run REAL, created_at REAL, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pd_snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
+    name TEXT, created_at REAL, schedule_id INTEGER, consistency TEXT, complete INTEGER,
+    manifest TEXT, hook_failures TEXT, ck INTEGER NOT NULL, UNIQUE (pd_id, name));
+CREATE TABLE IF NOT EXISTS pd_snapshot_members (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pd_snapshot_id INTEGER, snapshot_id INTEGER, vdisk_name TEXT, entity_kind TEXT,
+    entity_name TEXT, cg TEXT, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pd_replications (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pd_snapshot_id INTEGER, site TEXT, replicated_at REAL, ck INTEGER NOT NULL,
+    UNIQUE (pd_snapshot_id, site));
+"""
+
+
 def _row_checksum(table: str, values: tuple) -> int:
     # repr() of ints/floats/str is stable across runs and platforms; SQLite hands
     # booleans back as 0/1, so they are hashed as ints.

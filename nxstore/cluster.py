@@ -12,6 +12,7 @@ Directory layout (docs/format.md has the byte-level formats):
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -24,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .block_map import flatten
-from .catalog import Catalog, ContainerRow, ReplicaRow, SnapshotRow, VDiskRow
+from .catalog import (
+    Catalog,
+    ContainerRow,
+    PDEntityRow,
+    ReplicaRow,
+    SnapshotRow,
+    VDiskRow,
+    VMRow,
+)
 from .constants import (
     CATALOG_FILE,
     CHAIN_COLLAPSE_DEPTH,
@@ -313,6 +322,7 @@ class Cluster:
         `with_snapshots=True`, which deletes them too. Clones of its snapshots
         are unaffected (they keep the layers they share)."""
         vd = self.vdisk(name)
+        self._check_unprotected(name)
         snaps = vd.snapshots()
         if snaps and not with_snapshots:
             raise InUse(f"vDisk {name!r} has {len(snaps)} snapshot(s); "
@@ -355,6 +365,16 @@ class Cluster:
         source = next((r for r in self._ctx.catalog.rows(VDiskRow, "id = ?", (snapshot.vdisk_id,))), None)
         container_id = source.container_id if source else min(self._ctx.containers)
         return self._new_vdisk(name, snapshot.size, container_id, parent_layer=snapshot.layer_id)
+
+    def _check_unprotected(self, vdisk_name: str) -> None:
+        """InUse if a VM or a protection domain still names the vDisk."""
+        cat = self._ctx.catalog
+        for vm in cat.rows(VMRow):
+            if vdisk_name in json.loads(vm.vdisks):
+                raise InUse(f"vDisk {vdisk_name!r} belongs to VM {vm.name!r}; delete the VM first")
+        if cat.rows(PDEntityRow, "kind = 'vdisk' AND name = ?", (vdisk_name,)):
+            raise InUse(f"vDisk {vdisk_name!r} is protected by a protection domain; "
+                        "remove it from the domain first")
 
     def _throttle(self) -> None:
         """Back-pressure on RAM: while undrained blocks exceed the cap, a writer drains
@@ -500,3 +520,76 @@ class Cluster:
 
         remote = sites.get_site(self._ctx.catalog, site)
         return source.run(source.prune_remote(self, remote, vdisk_name, keep))
+
+
+    # -- data protection: VMs, protection domains, schedules (nxstore.protection) -------------
+    def _protection(self) -> Any:
+        """The protection layer's per-cluster state, made on first use."""
+        self._check_open()
+        mgr = self.__dict__.get("_protection_mgr")
+        if mgr is None:
+            from .protection.manager import ProtectionManager
+
+            with self._registry_lock:
+                mgr = self.__dict__.get("_protection_mgr")
+                if mgr is None:
+                    mgr = self.__dict__["_protection_mgr"] = ProtectionManager(self)
+        return mgr
+
+    def create_vm(self, name: str, vdisks: Sequence[Any] = (),
+                  nics: Sequence[dict[str, str]] | None = None,
+                  categories: dict[str, str] | None = None, power: str = "on") -> Any:
+        """Register VM `name` owning `vdisks` (VDisk objects or names). See
+        nxstore.protection.vm.create_vm for the errors. Durable on return."""
+        from .protection.vm import create_vm
+
+        return create_vm(self._protection(), name, vdisks, nics, categories, power)
+
+    def vm(self, name: str) -> Any:
+        """The VM called `name` (NotFound otherwise)."""
+        from .protection.vm import get_vm
+
+        return get_vm(self._protection(), name)
+
+    def vms(self) -> list[Any]:
+        from .protection.vm import list_vms
+
+        return list_vms(self._protection())
+
+    def delete_vm(self, name: str, keep_vdisks: bool = False) -> None:
+        """Delete a VM and (unless keep_vdisks) its vDisks. InUse while a PD protects it."""
+        from .protection.vm import delete_vm
+
+        delete_vm(self._protection(), name, keep_vdisks)
+
+    def create_protection_domain(self, name: str, entities: Sequence[Any] = ()) -> Any:
+        """A new protection domain owned by this cluster, protecting `entities`
+        (VMs, vDisks or their names). InUse if one is already protected."""
+        from .protection.domain import create_protection_domain
+
+        return create_protection_domain(self._protection(), name, entities)
+
+    def protection_domain(self, name: str) -> Any:
+        """The protection domain called `name` (NotFound otherwise)."""
+        from .protection.domain import get_protection_domain
+
+        return get_protection_domain(self._protection(), name)
+
+    def protection_domains(self) -> list[Any]:
+        from .protection.domain import list_protection_domains
+
+        return list_protection_domains(self._protection())
+
+    def delete_protection_domain(self, name: str, delete_snapshots: bool = False) -> None:
+        """Delete a PD (its entities become unprotected; vDisk snapshots stay unless
+        delete_snapshots)."""
+        from .protection.domain import delete_protection_domain
+
+        delete_protection_domain(self._protection(), name, delete_snapshots)
+
+    def run_schedules(self) -> list[Any]:
+        """Run every protection-domain schedule due on the cluster clock; returns a
+        ScheduleRun per schedule that ran (see nxstore.protection.schedule)."""
+        from .protection.schedule import run_schedules
+
+        return run_schedules(self._protection())

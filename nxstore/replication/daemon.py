@@ -43,13 +43,14 @@ async def _serve(cluster: Cluster, host: str, port: int, secret: str,
                  tls: ssl.SSLContext | None) -> None:
     target = ReplicationTarget(cluster)
     identity = SiteIdentity(cluster.id, cluster.site_name)
-    server = await serve(host, port, target.handle, identity=identity, secret=secret, ssl=tls)
-    log.info("serving site %s (cluster %s) on %s:%d", cluster.site_name, cluster.id, host,
-             server.port)
+    # Signal handlers first: once the port is logged a supervisor may send SIGTERM at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = await serve(host, port, target.handle, identity=identity, secret=secret, ssl=tls)
+    log.info("serving site %s (cluster %s) on %s:%d", cluster.site_name, cluster.id, host,
+             server.port)
     await stop.wait()
     log.info("stopping: closing connections")
     await server.close()

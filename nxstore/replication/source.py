@@ -13,6 +13,7 @@ at the target and no longer missing: resume costs only the map.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import numpy as np
 import xxhash
 
 from ..constants import WIRE_DEFAULT_BATCH, WIRE_MAX_BATCH
-from ..errors import NxError, ProtocolError
+from ..errors import ConnectionClosed, NxError, ProtocolError
 from ..snapshot import Snapshot, block_delta
 from .auth import SiteIdentity
 from .messages import (
@@ -75,6 +76,7 @@ class _Session:
         self.t = t
         self.window = SendWindow()
         self._waiters: dict[int, asyncio.Future[Message]] = {}
+        self.peer_error: NxError | None = None  # what the peer reported in an ERROR
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
@@ -86,7 +88,8 @@ class _Session:
                     continue
                 waiter = self._waiters.pop(msg.req_id, None)
                 if isinstance(msg, Error):
-                    self._fail(msg.to_exception())
+                    self.peer_error = msg.to_exception()
+                    self._fail(self.peer_error)
                     return
                 if waiter is None:
                     raise ProtocolError(f"unexpected {type(msg).__name__} (req {msg.req_id})")
@@ -101,6 +104,15 @@ class _Session:
             if not waiter.done():
                 waiter.set_exception(exc)
         self._waiters.clear()
+
+    async def explain(self, exc: BaseException) -> BaseException:
+        """The error the peer reported before the connection broke (a peer that finds
+        a damaged frame sends ERROR, then closes: a send of ours may fail first), else
+        `exc`. Waits briefly for the reader to take in what is still buffered."""
+        if self.peer_error is None and not self._reader.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
+        return self.peer_error or exc
 
     async def ask(self, make: Callable[[int], Message]) -> asyncio.Future[Message]:
         """Send a request (built with its req_id); return the future of its reply."""
@@ -220,6 +232,11 @@ async def replicate(cluster: Cluster, snaps: list[Snapshot], site: RemoteSite,
     s = await open_session(cluster, site, bandwidth_limit)
     try:
         results = [await send_snapshot(cluster, s, snap, site, progress) for snap in snaps]
+    except ConnectionClosed as exc:
+        reported = await s.explain(exc)
+        if reported is exc:
+            raise
+        raise reported from exc
     finally:
         await s.close()
     return ReplicationResult(

@@ -10,6 +10,8 @@ and ends the connection; the previous replica snapshot is never touched.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,7 +20,14 @@ import numpy as np
 
 from .. import native
 from ..constants import WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH
-from ..errors import Corruption, InUse, InvalidArgument, NxError, ProtocolError
+from ..errors import (
+    ConnectionClosed,
+    Corruption,
+    InUse,
+    InvalidArgument,
+    NxError,
+    ProtocolError,
+)
 from ..replica import apply_snapshot, prune_replica, replica_snapshots
 from .messages import (
     Abort,
@@ -48,6 +57,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LINGER_S = 2.0  # seconds a failed connection is drained before it is closed (see _linger)
+
 
 @dataclass
 class _Transfer:
@@ -58,6 +69,20 @@ class _Transfer:
     @property
     def entries(self) -> int:
         return sum(a.size for a in self.indices)
+
+
+async def _linger(t: StreamTransport, seconds: float = LINGER_S) -> None:
+    """After an ERROR: read and discard what the peer still sends until it closes (or
+    `seconds` pass). Closing a socket with unread input makes the kernel send RST, which
+    can destroy the ERROR in flight; the peer would see "connection reset", not why."""
+    reader = getattr(t, "_reader", None)
+    if not isinstance(reader, asyncio.StreamReader):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    with contextlib.suppress(Exception):
+        while await asyncio.wait_for(reader.read(1 << 16), max(0.0, deadline - loop.time())):
+            pass
 
 
 class ReplicationTarget:
@@ -80,6 +105,14 @@ class ReplicationTarget:
                 except ProtocolError as exc:
                     if transfer is not None:
                         log.warning("transfer from %s abandoned: %s", peer.site, exc)
+                    if not isinstance(exc, ConnectionClosed):
+                        # A damaged frame or garbage: tell the peer why before closing,
+                        # so its transfer fails with this error, not "connection closed".
+                        if transfer is None:
+                            log.warning("connection from %s dropped: %s", peer.site, exc)
+                        with contextlib.suppress(NxError, OSError):
+                            await t.send(Error.from_exception(exc))
+                        await _linger(t)
                     return
                 try:
                     if isinstance(msg, (Blocks, MapEntries)):
@@ -109,6 +142,7 @@ class ReplicationTarget:
                 except NxError as exc:
                     log.error("replication from %s failed: %s", peer.site, exc)
                     await t.send(Error.from_exception(exc, req_id=msg.req_id))
+                    await _linger(t)
                     return
         finally:
             self._release(peer.cluster_id, transfer)

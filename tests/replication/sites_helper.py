@@ -12,7 +12,6 @@ pipe never fills up).
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

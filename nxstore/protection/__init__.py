@@ -1,0 +1,34 @@
+"""Data protection (issue 5): VMs, protection domains, consistency groups,
+schedules with local and remote retention, app-consistent hooks, restore.
+
+    vm = c.create_vm("web", vdisks=[vd], nics=[{"network": "VLAN50"}])
+    pd = c.create_protection_domain("pd-web", entities=[vm, vd_files])
+    pd.add_consistency_group("app+db", [vm_app, vm_db])
+    pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 2})
+    snap = pd.snapshot(replicate_to=["canada"])
+    c.run_schedules()          # what is due on the cluster clock
+    pd.restore(snap, mode="clone", prefix="restored-")
+
+Modules: vm (VM entity), hooks (pre-freeze/post-thaw), domain (PDs, entities, CGs),
+pdsnapshot (taking, recording, restoring PD snapshots), schedule (scheduler and
+retention), manager (per-cluster state and crash clean-up).
+"""
+
+from .domain import ProtectionDomain
+from .hooks import HookFailure
+from .manager import ProtectionManager
+from .pdsnapshot import PDSnapshot, PDSnapshotMember, RestoreResult
+from .schedule import Schedule, ScheduleRun
+from .vm import VM
+
+__all__ = [
+    "VM",
+    "HookFailure",
+    "PDSnapshot",
+    "PDSnapshotMember",
+    "ProtectionDomain",
+    "ProtectionManager",
+    "RestoreResult",
+    "Schedule",
+    "ScheduleRun",
+]

@@ -1,0 +1,406 @@
+"""Protection domains: sets of entities snapshotted, replicated and recovered together.
+
+A PD protects entities: VMs and bare vDisks. An entity belongs to at most one
+PD (a VM's vDisks count as the VM: a vDisk cannot be protected on its own while
+its VM is protected, nor the other way round). A consistency group (CG) is a
+named subset of the PD's entities whose vDisks are snapshotted at one
+crash-consistent point; every other entity is snapshotted on its own (a VM's
+vDisks always together). A PD snapshot is one vDisk snapshot of the same name
+on every member vDisk (see pdsnapshot).
+
+Ownership: a PD row records its `state` ("active" where this cluster owns and
+protects it), the owning site and cluster, and an `epoch` that every ownership
+change increments. Only an active PD takes snapshots or runs schedules; the
+failover workflows (migrate, activate, failback) flip these fields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from ..catalog import (
+    PDEntityRow,
+    PDReplicationRow,
+    PDScheduleRow,
+    PDSnapshotMemberRow,
+    PDSnapshotRow,
+    ProtectionDomainRow,
+    VMRow,
+)
+from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
+from .manager import ProtectionManager, check_name
+from .vm import VM
+
+if TYPE_CHECKING:
+    from ..replication.source import ReplicationResult
+    from ..vdisk import VDisk
+    from .pdsnapshot import PDSnapshot, RestoreResult
+    from .schedule import Schedule
+
+ACTIVE = "active"        # this cluster owns the PD: snapshots, schedules, replication run
+INACTIVE = "inactive"    # owned elsewhere (migrated away / activated at a peer): nothing runs
+PD_STATES = (ACTIVE, INACTIVE, "migrating")
+
+
+class ProtectionDomain:
+    """A protection domain; get one from `Cluster.create_protection_domain` /
+    `Cluster.protection_domain`. A handle: properties read the catalogue."""
+
+    def __init__(self, mgr: ProtectionManager, name: str) -> None:
+        self._mgr = mgr
+        self._name = name
+
+    def _row(self) -> ProtectionDomainRow:
+        return self._mgr.pd_row(self._name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def id(self) -> int:
+        return self._row().id
+
+    @property
+    def state(self) -> str:
+        """"active" (owned and protected here) or another state set by failover."""
+        return self._row().state
+
+    @property
+    def owner_site(self) -> str:
+        return self._row().owner_site
+
+    @property
+    def epoch(self) -> int:
+        return self._row().epoch
+
+    @property
+    def created_at(self) -> float:
+        return self._row().created_at
+
+    def __repr__(self) -> str:
+        return f"ProtectionDomain({self._name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ProtectionDomain) and other._mgr is self._mgr
+                and other._name == self._name)
+
+    def __hash__(self) -> int:
+        return hash(("pd", self._name))
+
+    def require_active(self, action: str) -> ProtectionDomainRow:
+        row = self._row()
+        if row.state != ACTIVE:
+            raise InUse(f"protection domain {self._name!r} is {row.state} on this cluster "
+                        f"(owner: site {row.owner_site!r}); cannot {action}")
+        return row
+
+    def _set_ownership(self, state: str, owner_site: str, owner_cluster: str) -> int:
+        """Flip state/ownership and bump the epoch (for the failover workflows);
+        returns the new epoch. Durable on return."""
+        if state not in PD_STATES:
+            raise InvalidArgument(f"unknown PD state {state!r}")
+        with self._mgr.lock, self._mgr.catalog.transaction():
+            row = self._row()
+            row.state, row.owner_site, row.owner_cluster = state, owner_site, owner_cluster
+            row.epoch += 1
+            self._mgr.catalog.update(row)
+            return row.epoch
+
+    # -- entities ------------------------------------------------------------------
+    def _entity_rows(self) -> list[PDEntityRow]:
+        return self._mgr.catalog.rows(PDEntityRow, "pd_id = ?", (self.id,))
+
+    def entities(self) -> list[VM | VDisk]:
+        """The protected entities (VM and VDisk objects) in the order they were added."""
+        out: list[VM | VDisk] = []
+        for e in self._entity_rows():
+            out.append(VM(self._mgr, e.name) if e.kind == "vm" else self._mgr.vdisk(e.name))
+        return out
+
+    def vms(self) -> list[VM]:
+        return [VM(self._mgr, e.name) for e in self._entity_rows() if e.kind == "vm"]
+
+    def vdisk_names(self) -> list[str]:
+        """Every vDisk the PD protects (VMs' vDisks included)."""
+        names: list[str] = []
+        for e in self._entity_rows():
+            names += json.loads(self._mgr.vm_row(e.name).vdisks) if e.kind == "vm" else [e.name]
+        return names
+
+    def add_entities(self, entities: Sequence[object]) -> None:
+        """Protect more entities (VM / VDisk objects or names). Raises InUse if one is
+        already protected (by this or another PD), NotFound, InvalidArgument."""
+        with self._mgr.lock, self._mgr.catalog.transaction():
+            pd_id = self.require_active("add entities").id
+            for kind, name in resolve_entities(self._mgr, entities):
+                self._mgr.catalog.insert(PDEntityRow(0, pd_id, kind, name, ""))
+
+    def remove_entities(self, entities: Sequence[object]) -> None:
+        """Stop protecting entities (their snapshots stay). NotFound if one is not in this PD."""
+        with self._mgr.lock, self._mgr.catalog.transaction():
+            rows = {(e.kind, e.name): e for e in self._entity_rows()}
+            for kind, name in _entity_keys(self._mgr, entities):
+                if (kind, name) not in rows:
+                    raise NotFound(f"{kind} {name!r} is not in protection domain {self._name!r}")
+                self._mgr.catalog.delete(PDEntityRow, rows[(kind, name)].id)
+
+    # -- consistency groups ---------------------------------------------------------------
+    def add_consistency_group(self, name: str, members: Sequence[object]) -> None:
+        """Make `members` (entities of this PD) a consistency group: their vDisks are
+        snapshotted at one crash-consistent point. Raises AlreadyExists (CG name),
+        NotFound (not an entity of this PD), InUse (member already in a CG)."""
+        check_name("consistency group", name)
+        keys = _entity_keys(self._mgr, members)
+        if not keys:
+            raise InvalidArgument("a consistency group needs at least one member")
+        with self._mgr.lock, self._mgr.catalog.transaction():
+            rows = {(e.kind, e.name): e for e in self._entity_rows()}
+            if any(e.cg == name for e in rows.values()):
+                raise AlreadyExists(f"protection domain {self._name!r} has a consistency group {name!r}")
+            for key in keys:
+                row = rows.get(key)
+                if row is None:
+                    raise NotFound(f"{key[0]} {key[1]!r} is not in protection domain {self._name!r}")
+                if row.cg:
+                    raise InUse(f"{key[0]} {key[1]!r} is already in consistency group {row.cg!r}")
+                row.cg = name
+                self._mgr.catalog.update(row)
+
+    def remove_consistency_group(self, name: str) -> None:
+        """Dissolve CG `name` (its members stay protected, each on its own)."""
+        with self._mgr.lock, self._mgr.catalog.transaction():
+            rows = [e for e in self._entity_rows() if e.cg == name]
+            if not rows:
+                raise NotFound(f"protection domain {self._name!r} has no consistency group {name!r}")
+            for row in rows:
+                row.cg = ""
+                self._mgr.catalog.update(row)
+
+    def consistency_groups(self) -> dict[str, list[str]]:
+        """{CG name: [entity names]}."""
+        groups: dict[str, list[str]] = {}
+        for e in self._entity_rows():
+            if e.cg:
+                groups.setdefault(e.cg, []).append(e.name)
+        return dict(sorted(groups.items()))
+
+    # -- snapshots -----------------------------------------------------------------------
+    def snapshot(self, replicate_to: Sequence[str] = (), name: str | None = None,
+                 app_consistent: bool = False) -> PDSnapshot:
+        """Take a PD snapshot now (each CG at one point, other entities each
+        crash-consistent) and replicate it to each site in `replicate_to`.
+
+        Raises NotFound (unknown site: checked before anything is taken; missing
+        vDisk), InUse (PD not active here), InvalidArgument (no vDisks), and the
+        replication error if a transfer fails: the local snapshot is then kept and
+        `replicate(snap, site)` retries. Durable on return."""
+        from .pdsnapshot import take_pd_snapshot
+
+        sites = _check_sites(self._mgr, replicate_to)
+        with self._mgr.lock:
+            snap = take_pd_snapshot(self, name=name, schedule_id=0, app_consistent=app_consistent)
+        failed: list[tuple[str, NxError]] = []
+        for site in sites:  # every site is tried; the first failure is raised after
+            try:
+                self.replicate(snap, site)
+            except NxError as exc:
+                failed.append((site, exc))
+        if failed:
+            site, exc = failed[0]
+            msg = (f"PD snapshot {snap.name!r} was taken but replication to "
+                   f"{', '.join(s for s, _ in failed)} failed ({site}: {exc}); "
+                   "retry with pd.replicate(snap, site)")
+            try:
+                error = type(exc)(msg)  # keep the class (AuthenticationError...)
+            except Exception:  # noqa: BLE001 - a class with another signature
+                error = NxError(msg)
+            raise error from exc
+        return snap
+
+    def snapshots(self) -> list[PDSnapshot]:
+        """Complete PD snapshots, oldest first."""
+        from .pdsnapshot import PDSnapshot
+
+        rows = self._mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (self.id,))
+        rows.sort(key=lambda r: (r.created_at, r.id))
+        return [PDSnapshot(self._mgr, self._name, r) for r in rows]
+
+    def get_snapshot(self, name: str) -> PDSnapshot:
+        for snap in self.snapshots():
+            if snap.name == name:
+                return snap
+        raise NotFound(f"protection domain {self._name!r} has no snapshot {name!r}")
+
+    def replicate(self, snap: PDSnapshot, site: str) -> ReplicationResult:
+        """Replicate PD snapshot `snap` (every member vDisk snapshot, over one
+        connection) to `site` and record it. Raises NotFound, replication errors."""
+        from .pdsnapshot import replicate_pd_snapshot
+
+        _check_sites(self._mgr, [site])
+        return replicate_pd_snapshot(self._mgr, snap, site)
+
+    def restore(self, snap: PDSnapshot, mode: str = "overwrite", prefix: str = "restored-",
+                power_on: bool = False) -> RestoreResult:
+        """Recover the PD's entities from `snap`.
+
+        mode="overwrite": VMs are powered off, then every member vDisk is restored
+        to the snapshot (VMs deleted since are registered again; they stay off
+        unless `power_on`). mode="clone": new vDisks and VMs named `prefix + name`
+        are created from the snapshot (powered off unless `power_on`); the
+        originals are untouched and the clones are not protected.
+        Raises InvalidArgument (mode, foreign snapshot), AlreadyExists (a clone
+        name is taken: checked before anything changes), NotFound (a member
+        snapshot or vDisk is gone)."""
+        from .pdsnapshot import restore_pd_snapshot
+
+        if mode not in ("overwrite", "clone"):
+            raise InvalidArgument(f"restore mode must be 'overwrite' or 'clone', not {mode!r}")
+        if snap.pd_name != self._name:
+            raise InvalidArgument(f"{snap!r} is not a snapshot of protection domain {self._name!r}")
+        with self._mgr.lock:
+            return restore_pd_snapshot(self, snap, mode, prefix, power_on)
+
+    # -- schedules -----------------------------------------------------------------------
+    def add_schedule(self, every: timedelta, keep_local: int,
+                     keep_remote: dict[str, int] | None = None, app_consistent: bool = False,
+                     start: float | None = None) -> Schedule:
+        """Add a schedule (see nxstore.protection.schedule.add_schedule)."""
+        from .schedule import add_schedule
+
+        return add_schedule(self, every, keep_local, keep_remote, app_consistent, start)
+
+    def schedules(self) -> list[Schedule]:
+        from .schedule import list_schedules
+
+        return list_schedules(self)
+
+    def remove_schedule(self, schedule: Schedule | int) -> None:
+        """Delete a schedule (its snapshots stay, now retained by nothing)."""
+        from .schedule import remove_schedule
+
+        remove_schedule(self, schedule)
+
+    def set_schedules_enabled(self, enabled: bool) -> None:
+        """Enable or disable every schedule of the PD (migrate disables them)."""
+        from .schedule import set_enabled
+
+        set_enabled(self, enabled)
+
+
+# -- entity resolution ---------------------------------------------------------------------
+
+def _entity_keys(mgr: ProtectionManager, items: Sequence[object]) -> list[tuple[str, str]]:
+    """(kind, name) of each item: VM, VDisk or a name (a VM's name wins only if unique)."""
+    from ..vdisk import VDisk
+
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise InvalidArgument("entities must be a list of VMs, vDisks or names")
+    keys = []
+    for item in items:
+        if isinstance(item, VM):
+            keys.append(("vm", item.name))
+        elif isinstance(item, VDisk):
+            keys.append(("vdisk", item.name))
+        elif isinstance(item, str):
+            is_vm = bool(mgr.catalog.rows(VMRow, "name = ?", (item,)))
+            is_vd = item in {vd.name for vd in mgr.cluster.vdisks()}
+            if is_vm and is_vd:
+                raise InvalidArgument(f"{item!r} names both a VM and a vDisk: pass the object")
+            if not (is_vm or is_vd):
+                raise NotFound(f"no VM or vDisk {item!r}")
+            keys.append(("vm" if is_vm else "vdisk", item))
+        else:
+            raise InvalidArgument(f"an entity is a VM, a VDisk or a name, not {item!r}")
+    if len(set(keys)) != len(keys):
+        raise InvalidArgument("an entity is named twice")
+    return keys
+
+
+def resolve_entities(mgr: ProtectionManager, items: Sequence[object]) -> list[tuple[str, str]]:
+    """Entity keys to add to a PD, checked: they exist, none is protected yet
+    (InUse), and no vDisk is covered twice (a VM and one of its own vDisks)."""
+    keys = _entity_keys(mgr, items)
+    covered: dict[str, str] = {}
+    for kind, name in keys:
+        if kind == "vm":
+            vdisks = json.loads(mgr.vm_row(name).vdisks)  # NotFound
+        else:
+            mgr.vdisk(name)  # NotFound
+            vdisks = [name]
+        pd = mgr.protecting_pd(kind, name)
+        if pd is not None:
+            what = "VM" if kind == "vm" else "vDisk"
+            raise InUse(f"{what} {name!r} is already protected by protection domain {pd!r} "
+                        "(an entity belongs to at most one PD)")
+        for vd in vdisks:
+            if vd in covered:
+                raise InvalidArgument(f"vDisk {vd!r} is covered twice ({covered[vd]!r} and {name!r})")
+            covered[vd] = name
+    return keys
+
+
+def _check_sites(mgr: ProtectionManager, sites: Sequence[str]) -> list[str]:
+    if isinstance(sites, str) or not isinstance(sites, Sequence):
+        raise InvalidArgument(f"sites must be a list of remote site names, not {sites!r}")
+    known = {s.name for s in mgr.cluster.remote_sites()}
+    for site in sites:
+        if site not in known:
+            raise NotFound(f"no remote site {site!r} (known: {sorted(known) or 'none'})")
+    return list(dict.fromkeys(sites))
+
+
+# -- registry (called by the Cluster glue) ---------------------------------------------------
+
+def create_protection_domain(mgr: ProtectionManager, name: str,
+                             entities: Sequence[object] = ()) -> ProtectionDomain:
+    """A new, active PD owned by this cluster. Raises AlreadyExists, InUse (an
+    entity is already protected), NotFound, InvalidArgument. Durable on return."""
+    check_name("protection domain", name)
+    cluster = mgr.cluster
+    with mgr.lock, mgr.catalog.transaction():
+        if mgr.catalog.rows(ProtectionDomainRow, "name = ?", (name,)):
+            raise AlreadyExists(f"protection domain {name!r} exists")
+        keys = resolve_entities(mgr, entities)
+        row = mgr.catalog.insert(ProtectionDomainRow(
+            0, name, ACTIVE, cluster.site_name, cluster.id, 1, mgr.now()))
+        for kind, ent in keys:
+            mgr.catalog.insert(PDEntityRow(0, row.id, kind, ent, ""))
+    return ProtectionDomain(mgr, name)
+
+
+def get_protection_domain(mgr: ProtectionManager, name: str) -> ProtectionDomain:
+    mgr.pd_row(name)  # NotFound
+    return ProtectionDomain(mgr, name)
+
+
+def list_protection_domains(mgr: ProtectionManager) -> list[ProtectionDomain]:
+    return sorted((ProtectionDomain(mgr, r.name) for r in mgr.catalog.rows(ProtectionDomainRow)),
+                  key=lambda p: p.name)
+
+
+def delete_protection_domain(mgr: ProtectionManager, name: str,
+                             delete_snapshots: bool = False) -> None:
+    """Delete a PD: its entities become unprotected, its schedules and PD snapshot
+    records go. The vDisk snapshots stay (plain snapshots) unless `delete_snapshots`."""
+    with mgr.lock:
+        pd = get_protection_domain(mgr, name)
+        snaps = pd.snapshots()
+        if delete_snapshots:
+            for snap in snaps:
+                snap.delete()
+        cat = mgr.catalog
+        with cat.transaction():
+            pd_id = pd.id
+            for table in (PDEntityRow, PDScheduleRow):
+                for r in cat.rows(table, "pd_id = ?", (pd_id,)):
+                    cat.delete(table, r.id)
+            for s in cat.rows(PDSnapshotRow, "pd_id = ?", (pd_id,)):
+                for table in (PDSnapshotMemberRow, PDReplicationRow):
+                    for r in cat.rows(table, "pd_snapshot_id = ?", (s.id,)):
+                        cat.delete(table, r.id)
+                cat.delete(PDSnapshotRow, s.id)
+            cat.delete(ProtectionDomainRow, pd_id)

@@ -1,0 +1,118 @@
+"""The per-cluster state of the protection layer and the checks shared by its objects.
+
+One `ProtectionManager` per open cluster (made on first use by the Cluster glue):
+it serialises protection operations (one RLock), holds the hooks registered as
+Python callables (runtime only), and at creation finishes what a crash
+interrupted: PD snapshots left incomplete have their vDisk snapshots removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import (
+    PDEntityRow,
+    PDSnapshotRow,
+    ProtectionDomainRow,
+    SnapshotRow,
+    VDiskRow,
+    VMRow,
+)
+from ..errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
+    from ..vdisk import VDisk
+
+log = logging.getLogger(__name__)
+
+
+def check_name(kind: str, name: object) -> str:
+    """The name, or InvalidArgument (same rule as vDisk names)."""
+    if (not isinstance(name, str) or not name or any(c in name for c in "@/\0")
+            or name != name.strip()):
+        raise InvalidArgument(f"bad {kind} name {name!r}: non-empty, no '@', '/' or surrounding spaces")
+    return name
+
+
+class ProtectionManager:
+    """Protection state of one open cluster (see module docstring)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.catalog = cluster._ctx.catalog
+        self.lock = threading.RLock()
+        #: VM name -> {"pre-freeze": callable, "post-thaw": callable} (not persisted)
+        self.callable_hooks: dict[str, dict[str, Callable[[Any], object]]] = {}
+        self._finish_incomplete()
+
+    def now(self) -> float:
+        return float(self.cluster._ctx.clock())
+
+    # -- lookups ------------------------------------------------------------------
+    def vm_row(self, name: str) -> VMRow:
+        rows = self.catalog.rows(VMRow, "name = ?", (name,)) if isinstance(name, str) else []
+        if not rows:
+            raise NotFound(f"no VM {name!r}")
+        return rows[0]
+
+    def pd_row(self, name: str) -> ProtectionDomainRow:
+        rows = (self.catalog.rows(ProtectionDomainRow, "name = ?", (name,))
+                if isinstance(name, str) else [])
+        if not rows:
+            raise NotFound(f"no protection domain {name!r}")
+        return rows[0]
+
+    def pd_row_by_id(self, pd_id: int) -> ProtectionDomainRow:
+        rows = self.catalog.rows(ProtectionDomainRow, "id = ?", (pd_id,))
+        if not rows:
+            raise NotFound(f"protection domain id {pd_id} was deleted")
+        return rows[0]
+
+    def vdisk(self, name: str) -> VDisk:
+        return self.cluster.vdisk(name)
+
+    def vm_of_vdisk(self, vdisk_name: str) -> str | None:
+        """The VM that owns vDisk `vdisk_name`, if any."""
+        for row in self.catalog.rows(VMRow):
+            if vdisk_name in json.loads(row.vdisks):
+                return row.name
+        return None
+
+    def protecting_pd(self, kind: str, name: str) -> str | None:
+        """Name of the PD protecting entity (kind, name), counting a vDisk as protected
+        when the VM it belongs to is (and a VM when one of its vDisks is)."""
+        pairs = [(kind, name)]
+        if kind == "vdisk" and (owner := self.vm_of_vdisk(name)):
+            pairs.append(("vm", owner))
+        if kind == "vm":
+            pairs += [("vdisk", vd) for vd in json.loads(self.vm_row(name).vdisks)]
+        for k, n in pairs:
+            rows = self.catalog.rows(PDEntityRow, "kind = ? AND name = ?", (k, n))
+            if rows:
+                return self.pd_row_by_id(rows[0].pd_id).name
+        return None
+
+    # -- crash recovery -------------------------------------------------------------
+    def _finish_incomplete(self) -> None:
+        """Remove the vDisk snapshots of PD snapshots a crash left half taken."""
+        for row in self.catalog.rows(PDSnapshotRow, "complete = 0"):
+            names = [m["vdisk"] for e in json.loads(row.manifest) for m in e["members"]]
+            removed = 0
+            for vd_name in names:
+                vds = self.catalog.rows(VDiskRow, "name = ?", (vd_name,))
+                if not vds:
+                    continue
+                for snap in self.catalog.rows(SnapshotRow, "vdisk_id = ? AND name = ?",
+                                              (vds[0].id, row.name)):
+                    with self.catalog.transaction():
+                        self.catalog.delete(SnapshotRow, snap.id)
+                    removed += 1
+            with self.catalog.transaction():
+                self.catalog.delete(PDSnapshotRow, row.id)
+            log.info("removed incomplete PD snapshot %s (%d vDisk snapshots)", row.name, removed)
+            self.cluster._ctx.prune()

@@ -1,0 +1,264 @@
+"""Schedules and retention: PD snapshots taken from the cluster clock.
+
+A schedule fires on slots `start + k * every`. `run_schedules()` runs every
+enabled schedule of every active PD whose next slot has come: ONE PD snapshot
+however many slots were missed (downtime: one catch-up snapshot, not a burst;
+the skipped slots are counted in the run record), then the next slot is the
+first one after now. The snapshot and the advanced slot commit in one
+transaction, so a crash never runs a slot twice or loses one silently.
+
+After the snapshot, for each site in `keep_remote`: replicate it; only if that
+succeeded, prune the site's replicas of each member vDisk to `keep_remote[site]`
+(never before: a failed transfer leaves the remote copies as they were). Then
+local retention keeps the newest `keep_local` snapshots OF THAT SCHEDULE and
+deletes the older ones, except the newest snapshot replicated to each of the
+schedule's sites while that site's replication is failing (the base of the
+next incremental transfer), which is kept until a newer one gets through.
+
+Remote retention limitation: the replication protocol prunes a replica vDisk
+by count only, so at a remote site the count covers every replicated snapshot
+of the vDisk (other schedules' and ad-hoc ones too). Give one schedule per PD
+and site remote retention for exact per-schedule remote counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from ..catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
+from ..errors import InvalidArgument, NotFound, NxError
+from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
+from .hooks import HookFailure
+from .pdsnapshot import PDSnapshot, delete_pd_snapshots, replicate_pd_snapshot, take_pd_snapshot
+
+if TYPE_CHECKING:
+    from .manager import ProtectionManager
+
+log = logging.getLogger(__name__)
+
+MIN_INTERVAL = 60.0  # seconds: intervals are whole minutes (minutes, hours, days)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A PD schedule as stored (a snapshot of the row; re-read via pd.schedules())."""
+
+    id: int
+    pd: str
+    every: timedelta
+    keep_local: int
+    keep_remote: dict[str, int]
+    app_consistent: bool
+    enabled: bool
+    next_due: float        # cluster-clock seconds of the next slot
+    last_run: float | None  # cluster-clock seconds of the last run, None = never
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """What one due schedule did in `run_schedules()`."""
+
+    pd: str
+    schedule_id: int
+    due_at: float                  # the slot that was due (the oldest missed one)
+    ran_at: float
+    missed_slots: int              # slots skipped by the catch-up (0 = on time)
+    snapshot: str | None           # PD snapshot name; None if it could not be taken
+    consistency: str | None        # "application" | "crash"
+    hook_failures: tuple[HookFailure, ...] = ()
+    replicated: tuple[str, ...] = ()                      # sites the snapshot reached
+    replication_errors: dict[str, str] = field(default_factory=dict)
+    pruned_local: tuple[str, ...] = ()                    # PD snapshots deleted here
+    pruned_remote: dict[str, tuple[str, ...]] = field(default_factory=dict)  # site -> vDisk@snap
+    error: str | None = None                              # why no snapshot was taken
+
+    @property
+    def ok(self) -> bool:
+        """The snapshot was taken, app-consistent if asked, and reached every site."""
+        return self.error is None and not self.hook_failures and not self.replication_errors
+
+
+def _to_schedule(pd_name: str, row: PDScheduleRow) -> Schedule:
+    return Schedule(row.id, pd_name, timedelta(seconds=row.every), row.keep_local,
+                    json.loads(row.keep_remote), row.app_consistent, row.enabled, row.next_due,
+                    row.last_run or None)
+
+
+def _check_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{what} must be a positive int (at least 1), not {value!r}")
+    return value
+
+
+def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
+                 keep_remote: dict[str, int] | None = None, app_consistent: bool = False,
+                 start: float | datetime | None = None) -> Schedule:
+    """Add a schedule to `pd`: a PD snapshot every `every` (a timedelta of whole
+    minutes: minutes, hours, days), the newest `keep_local` of them kept here and
+    `keep_remote[site]` at each site (each snapshot is replicated there).
+    `app_consistent` runs the VMs' hooks around each snapshot. The first slot is
+    `start` (cluster-clock seconds or an aware datetime; default: now).
+
+    Raises InvalidArgument (interval not a positive whole number of minutes, a
+    keep count below 1, bad types), NotFound (unknown site). Several schedules per
+    PD are fine. Durable on return."""
+    if not isinstance(every, timedelta):
+        raise InvalidArgument(f"every must be a timedelta (minutes, hours, days), not {every!r}")
+    seconds = every.total_seconds()
+    if seconds < MIN_INTERVAL or seconds % MIN_INTERVAL:
+        raise InvalidArgument(f"every must be a positive whole number of minutes, not {every}")
+    _check_count(keep_local, "keep_local")
+    keep_remote = dict(keep_remote or {})
+    if not all(isinstance(k, str) for k in keep_remote):
+        raise InvalidArgument("keep_remote maps remote site names to counts")
+    for site, n in keep_remote.items():
+        _check_count(n, f"keep_remote[{site!r}]")
+    _check_sites(pd._mgr, list(keep_remote))
+    if not isinstance(app_consistent, bool):
+        raise InvalidArgument(f"app_consistent must be a bool, not {app_consistent!r}")
+    mgr = pd._mgr
+    now = mgr.now()
+    if start is None:
+        first = now
+    elif isinstance(start, datetime):
+        if start.tzinfo is None:
+            raise InvalidArgument("start must be timezone-aware")
+        first = start.timestamp()
+    elif isinstance(start, (int, float)) and not isinstance(start, bool):
+        first = float(start)
+    else:
+        raise InvalidArgument(f"start must be clock seconds or a datetime, not {start!r}")
+    with mgr.lock, mgr.catalog.transaction():
+        pd_id = pd.id
+        others = [_to_schedule(pd.name, r)
+                  for r in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd_id,))]
+        shared = sorted(set(keep_remote) & {s for o in others for s in o.keep_remote})
+        if shared:
+            log.warning("PD %s: several schedules keep remote copies at %s; remote counts "
+                        "then cover all of them (see nxstore.protection.schedule)", pd.name, shared)
+        row = mgr.catalog.insert(PDScheduleRow(
+            0, pd_id, float(seconds), keep_local, json.dumps(keep_remote, sort_keys=True),
+            app_consistent, True, float(first), 0.0, now))
+    return _to_schedule(pd.name, row)
+
+
+def list_schedules(pd: ProtectionDomain) -> list[Schedule]:
+    return [_to_schedule(pd.name, r)
+            for r in pd._mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd.id,))]
+
+
+def _schedule_row(pd: ProtectionDomain, schedule: Schedule | int) -> PDScheduleRow:
+    sid = schedule.id if isinstance(schedule, Schedule) else schedule
+    rows = pd._mgr.catalog.rows(PDScheduleRow, "id = ? AND pd_id = ?", (sid, pd.id))
+    if not rows:
+        raise NotFound(f"protection domain {pd.name!r} has no schedule {sid!r}")
+    return rows[0]
+
+
+def remove_schedule(pd: ProtectionDomain, schedule: Schedule | int) -> None:
+    with pd._mgr.lock, pd._mgr.catalog.transaction():
+        pd._mgr.catalog.delete(PDScheduleRow, _schedule_row(pd, schedule).id)
+
+
+def set_enabled(pd: ProtectionDomain, enabled: bool) -> None:
+    """Enable/disable all of the PD's schedules. Re-enabling does not replay the
+    slots missed meanwhile: the next run takes one catch-up snapshot."""
+    with pd._mgr.lock, pd._mgr.catalog.transaction():
+        for row in pd._mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd.id,)):
+            if row.enabled != bool(enabled):
+                row.enabled = bool(enabled)
+                pd._mgr.catalog.update(row)
+
+
+# -- the scheduler ---------------------------------------------------------------------------
+
+def run_schedules(mgr: ProtectionManager) -> list[ScheduleRun]:
+    """Run every due schedule once (see module docstring); return what ran, in
+    order. Never raises for one schedule's failure: it is in its ScheduleRun."""
+    runs: list[ScheduleRun] = []
+    with mgr.lock:
+        now = mgr.now()
+        for pd in list_protection_domains(mgr):
+            if pd.state != ACTIVE:
+                continue
+            for row in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd.id,)):
+                if row.enabled and row.next_due <= now:
+                    runs.append(_run_one(pd, row, now))
+    return runs
+
+
+def _advance(row: PDScheduleRow, now: float) -> int:
+    """Move `row.next_due` to the first slot after `now`; return the slots skipped."""
+    slots = math.floor((now - row.next_due) / row.every) + 1
+    row.next_due += slots * row.every
+    if row.next_due <= now:  # float rounding
+        row.next_due += row.every
+        slots += 1
+    row.last_run = now
+    return slots - 1
+
+
+def _run_one(pd: ProtectionDomain, row: PDScheduleRow, now: float) -> ScheduleRun:
+    mgr = pd._mgr
+    due = row.next_due
+    missed = _advance(row, now)
+    try:
+        snap = take_pd_snapshot(pd, name=None, schedule_id=row.id,
+                                app_consistent=row.app_consistent,
+                                on_commit=lambda cat: cat.update(row))
+    except NxError as exc:
+        log.error("PD %s schedule %d: snapshot failed: %s", pd.name, row.id, exc)
+        with mgr.catalog.transaction():
+            mgr.catalog.update(row)  # do not retry the slot in a tight loop
+        return ScheduleRun(pd.name, row.id, due, now, missed, None, None, error=str(exc))
+    replicated, errors, pruned_remote = [], {}, {}
+    for site, keep in json.loads(row.keep_remote).items():
+        try:
+            replicate_pd_snapshot(mgr, snap, site)
+        except NxError as exc:
+            log.error("PD %s: replication of %s to %s failed: %s", pd.name, snap.name, site, exc)
+            errors[site] = str(exc)
+            continue
+        replicated.append(site)
+        try:
+            pruned_remote[site] = _prune_remote(mgr, snap, site, keep)
+        except NxError as exc:
+            errors[site] = f"replicated, but remote retention failed: {exc}"
+    pruned_local = _retain_local(pd, row, list(errors))
+    return ScheduleRun(pd.name, row.id, due, now, missed, snap.name, snap.consistency,
+                       tuple(snap.hook_failures), tuple(replicated), errors, pruned_local,
+                       pruned_remote)
+
+
+def _prune_remote(mgr: ProtectionManager, snap: PDSnapshot, site: str, keep: int) -> tuple[str, ...]:
+    deleted = []
+    for vd_snap in snap.vdisk_snapshots():
+        for name in mgr.cluster.prune_remote(site, vd_snap.vdisk_name, keep):
+            deleted.append(f"{vd_snap.vdisk_name}@{name}")
+    return tuple(deleted)
+
+
+def _retain_local(pd: ProtectionDomain, row: PDScheduleRow, failing_sites: list[str]
+                  ) -> tuple[str, ...]:
+    """Delete this schedule's PD snapshots beyond the newest keep_local (keeping the
+    last one replicated to each failing site); return the names deleted."""
+    mgr = pd._mgr
+    mine = [s for s in pd.snapshots() if s.schedule_id == row.id]
+    doomed = mine[:-row.keep_local] if len(mine) > row.keep_local else []
+    if failing_sites and doomed:
+        keep_ids = {_last_replicated(mgr.catalog, pd, site) for site in failing_sites}
+        doomed = [s for s in doomed if s.id not in keep_ids]
+    if doomed:
+        delete_pd_snapshots(mgr, doomed)
+    return tuple(s.name for s in doomed)
+
+
+def _last_replicated(cat: Catalog, pd: ProtectionDomain, site: str) -> int | None:
+    ids = {r.id for r in cat.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (pd.id,))}
+    done = [r for r in cat.rows(PDReplicationRow, "site = ?", (site,)) if r.pd_snapshot_id in ids]
+    return max(done, key=lambda r: (r.replicated_at, r.pd_snapshot_id)).pd_snapshot_id if done else None
