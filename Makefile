@@ -50,6 +50,7 @@ sysdeps:
 	command -v qemu-img >/dev/null 2>&1 || missing="$$missing qemu-utils"; \
 	command -v borg >/dev/null 2>&1 || missing="$$missing borgbackup"; \
 	command -v restic >/dev/null 2>&1 || missing="$$missing restic"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	test -x $(PY) || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || missing="$$missing python3-dev"; \

@@ -76,6 +76,7 @@ class RemoteSiteRow:
     secret: str
     network_mapping: str
     vstore_mapping: str
+    tls_ca: str  # "" = plain TCP; else a PEM file of CAs that must have signed the site's cert
 
 
 @dataclass
@@ -113,7 +114,8 @@ CREATE TABLE IF NOT EXISTS snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, vdis
     layer_id INTEGER, created_at REAL, size INTEGER, ck INTEGER NOT NULL,
     UNIQUE (vdisk_id, name));
 CREATE TABLE IF NOT EXISTS remote_sites (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    address TEXT, secret TEXT, network_mapping TEXT, vstore_mapping TEXT, ck INTEGER NOT NULL);
+    address TEXT, secret TEXT, network_mapping TEXT, vstore_mapping TEXT, tls_ca TEXT,
+    ck INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS replicas (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER UNIQUE,
     source_cluster TEXT, source_site TEXT, source_vdisk TEXT, ck INTEGER NOT NULL,
     UNIQUE (source_cluster, source_vdisk));

@@ -466,14 +466,17 @@ class Cluster:
     # -- replication -------------------------------------------------------------------
     def add_remote_site(self, name: str, address: str, secret: str,
                         network_mapping: dict[str, str] | None = None,
-                        vstore_mapping: dict[str, str] | None = None) -> RemoteSite:
+                        vstore_mapping: dict[str, str] | None = None,
+                        tls_ca: str | None = None) -> RemoteSite:
         """Register a peer cluster reached at `address` (HOST:PORT of its `nxstore serve`),
         authenticated with the shared `secret`. vstore_mapping maps local containers
-        to the peer's (default: same name). Raises AlreadyExists, InvalidArgument."""
+        to the peer's (default: same name). `tls_ca`: connect over TLS and require
+        the site's certificate to chain to this PEM CA file (the site runs
+        `nxstore serve --tls-cert/--tls-key`). Raises AlreadyExists, InvalidArgument."""
         self._check_open()
         _check_name("site", name)
         return sites.add_site(self._ctx.catalog, RemoteSite(
-            name, address, secret, network_mapping or {}, vstore_mapping or {}))
+            name, address, secret, network_mapping or {}, vstore_mapping or {}, tls_ca or ""))
 
     def remote_sites(self) -> list[RemoteSite]:
         self._check_open()

@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="map a local container to the site's container (repeatable)")
     q.add_argument("--network-map", action="append", default=[], metavar="LOCAL=REMOTE",
                    help="map a local network to the site's network (repeatable)")
+    q.add_argument("--tls-ca", metavar="FILE",
+                   help="connect over TLS; the site's certificate must chain to this PEM CA")
     q.set_defaults(func=cmd_site_add)
     q = ssub.add_parser("list", help="list remote sites")
     q.add_argument("path", metavar="PATH")
@@ -132,7 +134,7 @@ def cmd_site_add(args: argparse.Namespace) -> int:
     network = _mapping(args.network_map, "--network-map")
     with open_cluster(args.path) as c:
         c.add_remote_site(args.name, args.address, secret, network_mapping=network,
-                          vstore_mapping=vstore)
+                          vstore_mapping=vstore, tls_ca=args.tls_ca)
     print(f"added remote site {args.name} at {args.address}")
     return 0
 

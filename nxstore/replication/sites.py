@@ -10,6 +10,7 @@ catalogue like any other configuration: protect the cluster directory.
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass, field
 
 from ..catalog import Catalog, RemoteSiteRow
@@ -23,9 +24,24 @@ class RemoteSite:
     secret: str = field(repr=False)
     network_mapping: dict[str, str] = field(default_factory=dict)
     vstore_mapping: dict[str, str] = field(default_factory=dict)
+    tls_ca: str = ""  # "" = plain TCP; else PEM CA file the site's certificate must chain to
 
     def host_port(self) -> tuple[str, int]:
         return parse_address(self.address)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Client TLS context for this site (None: plain TCP). The peer is
+        authenticated by the shared-secret handshake; TLS adds confidentiality and
+        checks the certificate against `tls_ca` (not the host name: sites are often
+        addressed by IP)."""
+        if not self.tls_ca:
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=self.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidArgument(f"site {self.name}: cannot load CA file {self.tls_ca}: {exc}") from exc
+        ctx.check_hostname = False
+        return ctx
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -53,7 +69,9 @@ def add_site(catalog: Catalog, site: RemoteSite) -> RemoteSite:
         0, site.name, site.address, site.secret,
         json.dumps(_mapping(site.network_mapping, "network_mapping"), sort_keys=True),
         json.dumps(_mapping(site.vstore_mapping, "vstore_mapping"), sort_keys=True),
+        site.tls_ca,
     )
+    site.ssl_context()  # a bad CA file is refused now, not at the first replication
     with catalog.transaction():
         catalog.insert(row)
     return site
@@ -62,7 +80,7 @@ def add_site(catalog: Catalog, site: RemoteSite) -> RemoteSite:
 def list_sites(catalog: Catalog) -> list[RemoteSite]:
     return [
         RemoteSite(r.name, r.address, r.secret, json.loads(r.network_mapping),
-                   json.loads(r.vstore_mapping))
+                   json.loads(r.vstore_mapping), r.tls_ca or "")
         for r in catalog.rows(RemoteSiteRow)
     ]
 

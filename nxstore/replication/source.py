@@ -143,7 +143,8 @@ async def open_session(cluster: Cluster, site: RemoteSite,
                        bandwidth_limit: float | None = None) -> _Session:
     host, port = site.host_port()
     t = await connect(host, port, identity=SiteIdentity(cluster.id, cluster.site_name),
-                      secret=site.secret, bandwidth_limit=bandwidth_limit)
+                      secret=site.secret, bandwidth_limit=bandwidth_limit,
+                      ssl=site.ssl_context())
     return _Session(t)
 
 

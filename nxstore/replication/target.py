@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REPLICA_SYNC_BYTES = 64 * 1024 * 1024  # bytes received between extent-store syncs
 LINGER_S = 2.0  # seconds a failed connection is drained before it is closed (see _linger)
 
 
@@ -65,6 +66,7 @@ class _Transfer:
     begin: BeginTransfer
     indices: list[np.ndarray] = field(default_factory=list)
     fingerprints: list[np.ndarray] = field(default_factory=list)
+    unsynced: int = 0  # bytes stored since the last extent-store sync
 
     @property
     def entries(self) -> int:
@@ -98,6 +100,11 @@ class ReplicationTarget:
         assert peer is not None  # serve() only hands over authenticated transports
         acks = AckBatcher()
         transfer: _Transfer | None = None
+        # One BLOCKS batch is verified and stored in a worker thread while the next
+        # frame arrives (hashing and file writes release the GIL); anything other
+        # than BLOCKS first waits for it, so COMMIT never sees a block still in flight.
+        storing: asyncio.Future[None] | None = None
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -115,8 +122,15 @@ class ReplicationTarget:
                         await _linger(t)
                     return
                 try:
+                    if storing is not None:
+                        await storing
+                        storing = None
+                    if isinstance(msg, Blocks):
+                        self._check_blocks(msg, transfer)
+                        storing = loop.run_in_executor(None, self._store_blocks, msg, transfer)
+                    elif isinstance(msg, MapEntries):
+                        self._stage_map(msg, transfer)
                     if isinstance(msg, (Blocks, MapEntries)):
-                        self._data(msg, transfer)
                         ack = acks.done(msg.req_id)
                         if ack:
                             await t.send(ack)
@@ -145,6 +159,9 @@ class ReplicationTarget:
                     await _linger(t)
                     return
         finally:
+            if storing is not None:
+                with contextlib.suppress(Exception):
+                    await storing
             self._release(peer.cluster_id, transfer)
 
     # -- requests ------------------------------------------------------------------
@@ -185,15 +202,21 @@ class ReplicationTarget:
         self._busy.add(key)
         return _Transfer(msg)
 
-    def _data(self, msg: Blocks | MapEntries, transfer: _Transfer | None) -> None:
+    @staticmethod
+    def _stage_map(msg: MapEntries, transfer: _Transfer | None) -> None:
         if transfer is None:
-            raise ProtocolError(f"{type(msg).__name__} outside a transfer")
-        if isinstance(msg, MapEntries):
-            transfer.indices.append(np.array(msg.indices, dtype=np.uint64))
-            transfer.fingerprints.append(np.array(msg.fingerprints, dtype=np.uint8))
-            return
+            raise ProtocolError("MAP_ENTRIES outside a transfer")
+        transfer.indices.append(np.array(msg.indices, dtype=np.uint64))
+        transfer.fingerprints.append(np.array(msg.fingerprints, dtype=np.uint8))
+
+    def _check_blocks(self, msg: Blocks, transfer: _Transfer | None) -> None:
+        if transfer is None:
+            raise ProtocolError("BLOCKS outside a transfer")
         if msg.block_size != self.cluster.block_size:
             raise ProtocolError(f"BLOCKS of {msg.block_size}-byte blocks")
+
+    def _store_blocks(self, msg: Blocks, transfer: _Transfer) -> None:
+        """Verify a batch against its fingerprints, then store it (worker thread)."""
         fps, _ = native.fingerprint_blocks(msg.data, msg.block_size)
         bad = np.flatnonzero((fps != msg.fingerprints).any(axis=1))
         if bad.size:
@@ -201,9 +224,14 @@ class ReplicationTarget:
                              f"fingerprint ({bad.size} bad): nothing of it was stored")
         container = self.cluster._container(transfer.begin.container)
         # Always indexed: the target finds replicated blocks by fingerprint.
-        self.cluster._ctx.store.put_blocks_known(
-            msg.data, msg.fingerprints, dedup=True, compress=container.compression,
-            container_id=container.id)
+        store = self.cluster._ctx.store
+        store.put_blocks_known(msg.data, msg.fingerprints, dedup=True,
+                               compress=container.compression, container_id=container.id)
+        # Sync as data arrives, so COMMIT does not wait for one huge writeback.
+        transfer.unsynced += msg.data.nbytes
+        if transfer.unsynced >= REPLICA_SYNC_BYTES:
+            store.sync()
+            transfer.unsynced = 0
 
     def _commit(self, source: str, msg: Commit, transfer: _Transfer | None) -> Committed:
         if transfer is None or transfer.begin.transfer_id != msg.transfer_id:

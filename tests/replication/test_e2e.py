@@ -567,3 +567,40 @@ def test_sigterm_during_transfer_exits_cleanly_and_retry_succeeds(tmp_path, site
         assert r.base_snapshot == "s1" and r.blocks_sent < 3072
     tokyo.stop()
     assert replica_images(tokyo_path, "paris", "db") == expected
+
+
+# -- TLS ----------------------------------------------------------------------------------
+def _self_signed(tmp_path, name: str) -> tuple[str, str]:
+    import subprocess
+
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_tls_site(tmp_path, site):
+    cert, key = _self_signed(tmp_path, "lyon")
+    other, _ = _self_signed(tmp_path, "other")
+    target = site.make("lyon")
+    daemon = Daemon.start(target, site.secret_file, "--tls-cert", cert, "--tls-key", key)
+    try:
+        c = source(tmp_path)
+        vd = c.create_vdisk("db", 2 * MiB)
+        vd.write(0, rand(np.random.default_rng(5), 2 * MiB))
+        snap = vd.snapshot("s1")
+        c.add_remote_site("plain", daemon.address, SECRET)
+        c.add_remote_site("wrong-ca", daemon.address, SECRET, tls_ca=other)
+        c.add_remote_site("lyon", daemon.address, SECRET, tls_ca=cert)
+        with pytest.raises(NxError):  # plain TCP to a TLS endpoint
+            c.replicate(snap, "plain")
+        with pytest.raises(NxError):  # certificate not signed by the CA we trust
+            c.replicate(snap, "wrong-ca")
+        r = c.replicate(snap, "lyon")
+        assert r.blocks_sent == 2 * MiB // BS
+        expected = image(snap)
+        c.close()
+    finally:
+        daemon.stop()
+    assert replica_images(target, "paris", "db") == {"s1": expected}
