@@ -61,6 +61,7 @@ from .extent_store import ExtentStore
 from .fileutil import fsync_dir
 from .layers import LayerTree
 from .map_store import MapStore
+from .names import check_name
 from .oplog import OpLog, RecordType
 from .replica import ReplicaInfo, list_replicas
 from .replication import sites
@@ -72,12 +73,6 @@ if TYPE_CHECKING:
     from .replication.source import ReplicationResult
 
 log = logging.getLogger(__name__)
-
-
-def _check_name(kind: str, name: object) -> str:
-    if not isinstance(name, str) or not name or any(c in name for c in "@/\0") or name != name.strip():
-        raise InvalidArgument(f"bad {kind} name {name!r}: non-empty, no '@', '/' or surrounding spaces")
-    return name
 
 
 class Cluster:
@@ -122,7 +117,7 @@ class Cluster:
                 f"not {block_size!r}"
             )
         path = os.path.abspath(path)
-        site_name = _check_name("site", site_name or os.path.basename(path))
+        site_name = check_name("site", site_name or os.path.basename(path))
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise AlreadyExists(f"{path} exists and is not an empty directory")
         parent = os.path.dirname(path)
@@ -254,7 +249,7 @@ class Cluster:
         """A storage container: a namespace with its own dedup/compression policy.
         Containers with dedup on share one dedup domain (the cluster's)."""
         self._check_open()
-        _check_name("container", name)
+        check_name("container", name)
         with self._ctx.catalog.transaction():
             row = self._ctx.catalog.insert(
                 ContainerRow(0, name, bool(dedup), bool(compression), bool(verify_dedup)))
@@ -275,7 +270,7 @@ class Cluster:
         """A new thin vDisk of `size` bytes (costs no data space until written).
         Raises AlreadyExists, NotFound (container), InvalidArgument (size)."""
         self._check_open()
-        _check_name("vDisk", name)
+        check_name("vDisk", name)
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgument(f"vDisk size must be a positive int, not {size!r}")
         return self._new_vdisk(name, size, self._container(container).id, parent_layer=0)
@@ -358,7 +353,7 @@ class Cluster:
     def clone(self, snapshot: Snapshot, name: str) -> VDisk:
         """A writable vDisk sharing every block of `snapshot`; O(1)."""
         self._check_open()
-        _check_name("vDisk", name)
+        check_name("vDisk", name)
         if not isinstance(snapshot, Snapshot):
             raise InvalidArgument(f"clone needs a Snapshot, not {type(snapshot).__name__}")
         snapshot._check_alive()
@@ -474,7 +469,7 @@ class Cluster:
         the site's certificate to chain to this PEM CA file (the site runs
         `nxstore serve --tls-cert/--tls-key`). Raises AlreadyExists, InvalidArgument."""
         self._check_open()
-        _check_name("site", name)
+        check_name("site", name)
         return sites.add_site(self._ctx.catalog, RemoteSite(
             name, address, secret, network_mapping or {}, vstore_mapping or {}, tls_ca or ""))
 

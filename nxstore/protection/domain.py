@@ -31,7 +31,8 @@ from ..catalog import (
     VMRow,
 )
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
-from .manager import ProtectionManager, check_name
+from ..names import check_name
+from .manager import ProtectionManager
 from .vm import VM
 
 if TYPE_CHECKING:

@@ -22,21 +22,13 @@ from ..catalog import (
     VDiskRow,
     VMRow,
 )
-from ..errors import InvalidArgument, NotFound
+from ..errors import NotFound
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
     from ..vdisk import VDisk
 
 log = logging.getLogger(__name__)
-
-
-def check_name(kind: str, name: object) -> str:
-    """The name, or InvalidArgument (same rule as vDisk names)."""
-    if (not isinstance(name, str) or not name or any(c in name for c in "@/\0")
-            or name != name.strip()):
-        raise InvalidArgument(f"bad {kind} name {name!r}: non-empty, no '@', '/' or surrounding spaces")
-    return name
 
 
 class ProtectionManager:

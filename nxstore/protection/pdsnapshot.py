@@ -30,9 +30,10 @@ from ..catalog import (
     SnapshotRow,
 )
 from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..names import check_name
 from ..snapshot import Snapshot, take_snapshots
 from .hooks import POST_THAW, PRE_FREEZE, HookFailure, run_hook
-from .manager import ProtectionManager, check_name
+from .manager import ProtectionManager
 from .vm import VM, create_vm
 
 if TYPE_CHECKING:

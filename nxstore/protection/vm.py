@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import VMRow
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound
+from ..names import check_name
 from .hooks import DEFAULT_HOOK_TIMEOUT, POST_THAW, PRE_FREEZE, check_hook, check_timeout
-from .manager import ProtectionManager, check_name
+from .manager import ProtectionManager
 
 if TYPE_CHECKING:
     from ..vdisk import VDisk

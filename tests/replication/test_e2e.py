@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from certs import self_signed
 from sites_helper import Daemon
 from tcp_proxy import FaultProxy, Faults
 
@@ -570,19 +571,9 @@ def test_sigterm_during_transfer_exits_cleanly_and_retry_succeeds(tmp_path, site
 
 
 # -- TLS ----------------------------------------------------------------------------------
-def _self_signed(tmp_path, name: str) -> tuple[str, str]:
-    import subprocess
-
-    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return str(cert), str(key)
-
-
 def test_tls_site(tmp_path, site):
-    cert, key = _self_signed(tmp_path, "lyon")
-    other, _ = _self_signed(tmp_path, "other")
+    cert, key = self_signed(tmp_path, "lyon")
+    other, _ = self_signed(tmp_path, "other")
     target = site.make("lyon")
     daemon = Daemon.start(target, site.secret_file, "--tls-cert", cert, "--tls-key", key)
     try:

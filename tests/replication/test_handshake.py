@@ -12,6 +12,7 @@ import os
 import time
 
 import pytest
+from certs import self_signed
 from conftest import run
 
 from nxstore.constants import WIRE_NONCE_BYTES
@@ -362,34 +363,9 @@ def test_tls_handshake(tmp_path):
 
 
 def _tls_contexts(tmp_path):
-    import shutil
     import ssl
-    import subprocess
 
-    assert shutil.which("openssl"), "openssl CLI missing: make setup installs it"
-    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     s = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     s.load_cert_chain(cert, key)
     c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
