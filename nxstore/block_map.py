@@ -243,8 +243,9 @@ class MapLayer:
             self._set_main(*_merge(self._parts[0], (self._keys, self._vals)))
 
     def freeze(self) -> None:
-        """Make the layer immutable (idempotent); later `set` raises ReadOnly."""
-        self._fold()
+        """Make the layer immutable (idempotent); later `set` raises ReadOnly. O(1):
+        the recent parts are folded lazily, by the first `items()`, so a snapshot
+        of a vDisk with a million mapped blocks costs what one with ten does."""
         self._frozen = True
 
 

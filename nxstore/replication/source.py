@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
 
-from ..constants import WIRE_DEFAULT_BATCH, WIRE_MAX_BATCH
+from ..constants import WIRE_BLOCKS_BATCH_BYTES, WIRE_MAX_BATCH
 from ..errors import ConnectionClosed, NxError, ProtocolError
 from ..snapshot import Snapshot, block_delta
 from .auth import SiteIdentity
@@ -205,25 +205,58 @@ def _common_base(local: list[Snapshot], snap: Snapshot,
 async def _ship_missing(cluster: Cluster, s: _Session, ids: np.ndarray, fps: np.ndarray,
                         batch: int, progress: Progress | None,
                         wire: Callable[[], int]) -> tuple[int, int]:
-    """Send the blocks the target lacks; return (blocks sent, blocks deduped)."""
+    """Send the blocks the target lacks; return (blocks sent, blocks deduped).
+
+    Nothing waits for a round trip: the HAVE_FINGERPRINTS of the next chunk is sent
+    before the blocks of the current one (its MISSING is there when needed), and the
+    next BLOCKS batch is read (and verified) in a worker thread while the current one
+    is being sent. BLOCKS carry about WIRE_BLOCKS_BATCH_BYTES each."""
     nonzero = np.flatnonzero(ids != 0)
     # One copy of each distinct block: equal fingerprints need to travel once.
     _, first = np.unique(fps[nonzero].view("V16").ravel(), return_index=True)
     unique = nonzero[np.sort(first)]
     total, sent = unique.size, 0
     block_size = cluster.block_size
-    for lo in range(0, total, batch):
+    per_frame = max(1, min(batch, WIRE_BLOCKS_BATCH_BYTES // block_size))
+    store = cluster._ctx.store
+    loop = asyncio.get_running_loop()
+
+    def read(part: np.ndarray) -> np.ndarray:
+        data = np.empty(part.size * block_size, dtype=np.uint8)
+        store.read_blocks(ids[part], data)  # verified read
+        return data
+
+    def ask_missing(lo: int) -> Awaitable[asyncio.Future[Message]]:
         chunk = unique[lo: lo + batch]
-        reply = await s.request(lambda r, c=chunk: HaveFingerprints(fps[c], req_id=r), Missing)
-        lacking = chunk[np.asarray(reply.missing, dtype=bool)]
-        for blo in range(0, lacking.size, WIRE_DEFAULT_BATCH):
-            part = lacking[blo: blo + WIRE_DEFAULT_BATCH]
-            data = np.empty(part.size * block_size, dtype=np.uint8)
-            cluster._ctx.store.read_blocks(ids[part], data)  # verified read
-            await s.post(lambda r, p=part, d=data: Blocks(block_size, fps[p], d, req_id=r))
-            sent += part.size
-        if progress:
-            progress("blocks", min(lo + batch, total), total, wire())
+        return s.ask(lambda r: HaveFingerprints(fps[chunk], req_id=r))
+
+    pending: asyncio.Future[np.ndarray] | None = None
+    try:
+        nxt = await ask_missing(0) if total else None
+        for lo in range(0, total, batch):
+            chunk = unique[lo: lo + batch]
+            assert nxt is not None
+            reply = await nxt
+            if not isinstance(reply, Missing):
+                raise ProtocolError(f"expected Missing, got {type(reply).__name__}")
+            nxt = await ask_missing(lo + batch) if lo + batch < total else None
+            lacking = chunk[np.asarray(reply.missing, dtype=bool)]
+            parts = [lacking[b: b + per_frame] for b in range(0, lacking.size, per_frame)]
+            if parts:
+                pending = loop.run_in_executor(None, read, parts[0])
+            for i, part in enumerate(parts):
+                assert pending is not None
+                data = await pending
+                pending = (loop.run_in_executor(None, read, parts[i + 1])
+                           if i + 1 < len(parts) else None)
+                await s.post(lambda r, p=part, d=data: Blocks(block_size, fps[p], d, req_id=r))
+                sent += part.size
+            if progress:
+                progress("blocks", min(lo + batch, total), total, wire())
+    finally:
+        if pending is not None:  # a failed send: let the read finish before returning
+            with contextlib.suppress(Exception):
+                await pending
     return sent, int(nonzero.size - sent)
 
 

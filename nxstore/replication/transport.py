@@ -110,6 +110,98 @@ class TokenBucket:
         return int(min(WIRE_BANDWIDTH_CHUNK, max(1024, self.rate / 20)))
 
 
+class PayloadStreamReader(asyncio.StreamReader):
+    """A StreamReader that can read a large frame payload straight into its own buffer.
+
+    `await read_payload(n)` returns a read-only memoryview of n new bytes: what is
+    already buffered is moved into a fresh buffer of n bytes, and the rest is written
+    there as it arrives (by `feed_data`, or by `_BufferedStreamProtocol` receiving from
+    the socket directly into it), instead of StreamReader's buffer-append,
+    copy-out and buffer-shift per byte. The buffer is never reused, so views of it
+    (decoded numpy arrays) stay valid. Raises IncompleteReadError at EOF, like
+    readexactly. One reader at a time; cancelling it loses the bytes read so far."""
+
+    _dest: memoryview | None = None
+    _dest_pos = 0
+
+    def dest_room(self) -> memoryview | None:
+        """Where incoming bytes go next if a payload read is waiting (else None)."""
+        d = self._dest
+        if d is None or self._buffer:
+            return None
+        return d[self._dest_pos:]
+
+    def dest_filled(self, n: int) -> None:
+        """`n` bytes were written at the start of `dest_room()`."""
+        assert self._dest is not None
+        self._dest_pos += n
+        if self._dest_pos >= len(self._dest):
+            self._wakeup_waiter()
+
+    def feed_data(self, data) -> None:
+        room = self.dest_room()
+        if room is not None and len(data):
+            mv = memoryview(data).cast("B")
+            k = min(len(room), len(mv))
+            room[:k] = mv[:k]
+            self.dest_filled(k)
+            if k == len(mv):
+                return
+            data = mv[k:]
+        super().feed_data(data)
+
+    async def read_payload(self, n: int) -> memoryview:
+        if self._exception is not None:
+            raise self._exception
+        if self._dest is not None:
+            raise RuntimeError("read_payload() called while another coroutine is reading")
+        dest = memoryview(bytearray(n))
+        buf = self._buffer
+        k = min(len(buf), n)
+        dest[:k] = memoryview(buf)[:k]
+        del buf[:k]
+        self._dest, self._dest_pos = dest, k
+        try:
+            while self._dest_pos < n:
+                if self._exception is not None:
+                    raise self._exception
+                if self._eof:
+                    raise asyncio.IncompleteReadError(bytes(dest[: self._dest_pos]), n)
+                await self._wait_for_data("read_payload")
+        finally:
+            self._dest = None
+            self._maybe_resume_transport()
+        return dest.toreadonly()
+
+
+class _BufferedStreamProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
+    """StreamReaderProtocol that receives with recv_into: into the waiting payload
+    buffer of its PayloadStreamReader when there is one (no copy at all), else into a
+    staging buffer fed to the reader."""
+
+    _STAGING = 256 * 1024
+
+    def __init__(self, reader: PayloadStreamReader, *args, **kwargs) -> None:
+        super().__init__(reader, *args, **kwargs)
+        self._staging = memoryview(bytearray(self._STAGING))
+        self._direct = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        reader = self._stream_reader
+        room = reader.dest_room() if reader is not None else None
+        self._direct = room is not None
+        return room if room is not None else self._staging
+
+    def buffer_updated(self, nbytes: int) -> None:
+        reader = self._stream_reader
+        if reader is None:
+            return
+        if self._direct:
+            reader.dest_filled(nbytes)
+        else:
+            reader.feed_data(self._staging[:nbytes])
+
+
 class StreamTransport(Transport):
     """A Transport over an asyncio StreamReader and a writer with write/drain/close."""
 
@@ -242,10 +334,13 @@ class StreamTransport(Transport):
             ) from None
         self._inside_frame = True
         h = parse_header(head)
-        payload = b""
+        payload: bytes | memoryview = b""
         if h.length:
             try:
-                payload = await r.readexactly(h.length)
+                if h.length >= _SMALL_FRAME and isinstance(r, PayloadStreamReader):
+                    payload = await r.read_payload(h.length)
+                else:
+                    payload = await r.readexactly(h.length)
             except asyncio.IncompleteReadError as e:
                 raise ConnectionClosed(
                     f"connection to {self.label} closed inside a frame payload "
@@ -325,8 +420,8 @@ def memory_pair(
     """Two connected, unauthenticated in-memory transports (run the handshake with
     auth.client_handshake / server_handshake, or use them raw in tests). Must be called
     with a running event loop."""
-    ra = asyncio.StreamReader(limit=WIRE_READ_LIMIT)
-    rb = asyncio.StreamReader(limit=WIRE_READ_LIMIT)
+    ra = PayloadStreamReader(limit=WIRE_READ_LIMIT)
+    rb = PayloadStreamReader(limit=WIRE_READ_LIMIT)
     wa, wb = _MemoryWriter(rb, ra), _MemoryWriter(ra, rb)
     return StreamTransport(ra, wa, label=label_b), StreamTransport(rb, wb, label=label_a)
 
@@ -417,6 +512,22 @@ def _tune(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _protocol_class(ssl: object) -> type[asyncio.StreamReaderProtocol]:
+    # Python 3.11's TLS layer mistakes a short read for close_notify when the
+    # application protocol is buffered: over TLS the reader is fed by copy instead.
+    return asyncio.StreamReaderProtocol if ssl else _BufferedStreamProtocol
+
+
+async def _open_connection(host: str, port: int, **kwargs
+                           ) -> tuple[PayloadStreamReader, asyncio.StreamWriter]:
+    """asyncio.open_connection with a PayloadStreamReader and _BufferedStreamProtocol."""
+    loop = asyncio.get_running_loop()
+    reader = PayloadStreamReader(limit=WIRE_READ_LIMIT, loop=loop)
+    protocol = _protocol_class(kwargs.get("ssl"))(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, **kwargs)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 async def connect(
     host: str,
     port: int,
@@ -435,13 +546,8 @@ async def connect(
     and what `auth.client_handshake` raises (the transport is then closed)."""
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                host,
-                port,
-                ssl=ssl,
-                server_hostname=server_hostname if ssl else None,
-                limit=WIRE_READ_LIMIT,
-            ),
+            _open_connection(host, port, ssl=ssl,
+                             server_hostname=server_hostname if ssl else None),
             timeout,
         )
     except asyncio.TimeoutError:
@@ -541,5 +647,11 @@ async def serve(
             srv._transports.discard(t)
             srv._tasks.discard(task)
 
-    srv._server = await asyncio.start_server(on_connect, host, port, ssl=ssl, limit=WIRE_READ_LIMIT)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        reader = PayloadStreamReader(limit=WIRE_READ_LIMIT, loop=loop)
+        return _protocol_class(ssl)(reader, on_connect, loop=loop)
+
+    srv._server = await loop.create_server(factory, host, port, ssl=ssl)
     return srv
