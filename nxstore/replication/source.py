@@ -231,6 +231,7 @@ async def _ship_missing(cluster: Cluster, s: _Session, ids: np.ndarray, fps: np.
         return s.ask(lambda r: HaveFingerprints(fps[chunk], req_id=r))
 
     pending: asyncio.Future[np.ndarray] | None = None
+    nxt: asyncio.Future[Message] | None = None
     try:
         nxt = await ask_missing(0) if total else None
         for lo in range(0, total, batch):
@@ -254,6 +255,8 @@ async def _ship_missing(cluster: Cluster, s: _Session, ids: np.ndarray, fps: np.
             if progress:
                 progress("blocks", min(lo + batch, total), total, wire())
     finally:
+        if nxt is not None:  # not awaited: a failure set on it later is not an error
+            nxt.add_done_callback(lambda f: f.cancelled() or f.exception())
         if pending is not None:  # a failed send: let the read finish before returning
             with contextlib.suppress(Exception):
                 await pending

@@ -11,8 +11,12 @@ and ends the connection; the previous replica snapshot is never touched.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +32,7 @@ from ..errors import (
     NxError,
     ProtocolError,
 )
+from ..extent_group import parse_group_name
 from ..replica import apply_snapshot, prune_replica, replica_snapshots
 from .messages import (
     Abort,
@@ -57,8 +62,48 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPLICA_SYNC_BYTES = 64 * 1024 * 1024  # bytes received between extent-store syncs
+# bytes stored between extent-store syncs; the early writeback (_Writeback) does the
+# flushing meanwhile, so these syncs (which hold the store lock) find little to write
+REPLICA_SYNC_BYTES = 256 * 1024 * 1024
+REPLICA_WRITEBACK_BYTES = 16 * 1024 * 1024  # bytes stored between early-writeback passes
+WRITEBACK_MTIME_SLACK_NS = 1_000_000_000  # a pass also flushes groups changed 1 s before it
+STORE_QUEUE = 4  # BLOCKS batches received ahead of the store worker (4 MiB each)
 LINGER_S = 2.0  # seconds a failed connection is drained before it is closed (see _linger)
+
+
+class _Writeback:
+    """Flushes the extent groups being written, in a helper thread, while a transfer
+    is still running: fdatasync of its own read-only descriptor of every group file
+    changed since the previous pass. It holds no store lock, so the disk works while
+    the store worker keeps writing, and the ExtentStore.sync calls (progressive and at
+    COMMIT) find little left to flush. Only a hint: durability still comes from those
+    syncs; errors are ignored. `kick()` starts a pass unless one is running."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._since = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-repl-wb")
+        self._pass: concurrent.futures.Future[None] | None = None
+
+    def kick(self) -> None:
+        if self._pass is None or self._pass.done():
+            self._pass = self._pool.submit(self._flush)
+
+    def _flush(self) -> None:
+        started = time.time_ns()
+        with contextlib.suppress(OSError), os.scandir(self.directory) as it:
+            for e in it:
+                if parse_group_name(e.name) is None:
+                    continue
+                with contextlib.suppress(OSError):  # e.g. a group removed by gc meanwhile
+                    if e.stat().st_mtime_ns < self._since:
+                        continue
+                    fd = os.open(e.path, os.O_RDONLY)
+                    try:
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+        self._since = started - WRITEBACK_MTIME_SLACK_NS
 
 
 @dataclass
@@ -67,6 +112,7 @@ class _Transfer:
     indices: list[np.ndarray] = field(default_factory=list)
     fingerprints: list[np.ndarray] = field(default_factory=list)
     unsynced: int = 0  # bytes stored since the last extent-store sync
+    unflushed: int = 0  # bytes stored since the last writeback kick
 
     @property
     def entries(self) -> int:
@@ -93,6 +139,8 @@ class ReplicationTarget:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._busy: set[tuple[str, str]] = set()
+        # One per target: connections share the store (threads start on first use).
+        self._writeback = _Writeback(cluster._ctx.store.directory)
 
     async def handle(self, t: StreamTransport) -> None:
         """Serve one connection until the peer closes it or an error ends it."""
@@ -100,10 +148,12 @@ class ReplicationTarget:
         assert peer is not None  # serve() only hands over authenticated transports
         acks = AckBatcher()
         transfer: _Transfer | None = None
-        # One BLOCKS batch is verified and stored in a worker thread while the next
-        # frame arrives (hashing and file writes release the GIL); anything other
-        # than BLOCKS first waits for it, so COMMIT never sees a block still in flight.
-        storing: asyncio.Future[None] | None = None
+        # BLOCKS batches are verified and stored in order by one worker thread while
+        # the next frames arrive (hashing and file writes release the GIL), at most
+        # STORE_QUEUE of them queued; anything other than BLOCKS first waits for all
+        # of them, so COMMIT never sees a block still in flight.
+        storing: collections.deque[asyncio.Future[None]] = collections.deque()
+        worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-repl-store")
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -122,12 +172,13 @@ class ReplicationTarget:
                         await _linger(t)
                     return
                 try:
-                    if storing is not None:
-                        await storing
-                        storing = None
+                    while storing and (storing[0].done() or len(storing) >= STORE_QUEUE
+                                       or not isinstance(msg, Blocks)):
+                        await storing.popleft()
                     if isinstance(msg, Blocks):
                         self._check_blocks(msg, transfer)
-                        storing = loop.run_in_executor(None, self._store_blocks, msg, transfer)
+                        storing.append(loop.run_in_executor(worker, self._store_blocks, msg,
+                                                            transfer))
                     elif isinstance(msg, MapEntries):
                         self._stage_map(msg, transfer)
                     if isinstance(msg, (Blocks, MapEntries)):
@@ -159,9 +210,10 @@ class ReplicationTarget:
                     await _linger(t)
                     return
         finally:
-            if storing is not None:
+            for fut in storing:
                 with contextlib.suppress(Exception):
-                    await storing
+                    await fut
+            worker.shutdown(wait=False)
             self._release(peer.cluster_id, transfer)
 
     # -- requests ------------------------------------------------------------------
@@ -227,8 +279,13 @@ class ReplicationTarget:
         store = self.cluster._ctx.store
         store.put_blocks_known(msg.data, msg.fingerprints, dedup=True,
                                compress=container.compression, container_id=container.id)
-        # Sync as data arrives, so COMMIT does not wait for one huge writeback.
+        # Flush as data arrives (early writeback without the store lock, a store sync
+        # now and then), so COMMIT does not wait for one huge writeback.
         transfer.unsynced += msg.data.nbytes
+        transfer.unflushed += msg.data.nbytes
+        if transfer.unflushed >= REPLICA_WRITEBACK_BYTES:
+            self._writeback.kick()
+            transfer.unflushed = 0
         if transfer.unsynced >= REPLICA_SYNC_BYTES:
             store.sync()
             transfer.unsynced = 0

@@ -24,7 +24,9 @@
 
 `StreamTransport` implements it over an asyncio StreamReader + writer: TCP (`connect`,
 `serve`, optional TLS with a stdlib ssl.SSLContext) and the in-memory `memory_pair()` share
-every line of the framing code. `inject_faults` puts a `FaultyWriter` under a transport to
+every line of the framing code. Both read through a `PayloadStreamReader`: large frame
+payloads land in a fresh buffer of their own, over TCP/TLS straight from the socket
+(`_BufferedStreamProtocol`, recv_into), not through StreamReader's copies. `inject_faults` puts a `FaultyWriter` under a transport to
 flip a byte, stall or cut the outgoing stream at a chosen offset (tests).
 """
 
@@ -38,6 +40,8 @@ import socket
 import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable
+
+import numpy as np
 
 from ..constants import (
     WIRE_BANDWIDTH_CHUNK,
@@ -127,8 +131,8 @@ class PayloadStreamReader(asyncio.StreamReader):
     def dest_room(self) -> memoryview | None:
         """Where incoming bytes go next if a payload read is waiting (else None)."""
         d = self._dest
-        if d is None or self._buffer:
-            return None
+        if d is None or self._buffer or self._dest_pos >= len(d):
+            return None  # full: the reader has not run yet; never hand out 0 bytes
         return d[self._dest_pos:]
 
     def dest_filled(self, n: int) -> None:
@@ -155,7 +159,8 @@ class PayloadStreamReader(asyncio.StreamReader):
             raise self._exception
         if self._dest is not None:
             raise RuntimeError("read_payload() called while another coroutine is reading")
-        dest = memoryview(bytearray(n))
+        # Not bytearray(n): that zero-fills (calloc), a memset of the whole payload.
+        dest = memoryview(np.empty(n, np.uint8))
         buf = self._buffer
         k = min(len(buf), n)
         dest[:k] = memoryview(buf)[:k]
@@ -512,18 +517,12 @@ def _tune(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _protocol_class(ssl: object) -> type[asyncio.StreamReaderProtocol]:
-    # Python 3.11's TLS layer mistakes a short read for close_notify when the
-    # application protocol is buffered: over TLS the reader is fed by copy instead.
-    return asyncio.StreamReaderProtocol if ssl else _BufferedStreamProtocol
-
-
 async def _open_connection(host: str, port: int, **kwargs
                            ) -> tuple[PayloadStreamReader, asyncio.StreamWriter]:
     """asyncio.open_connection with a PayloadStreamReader and _BufferedStreamProtocol."""
     loop = asyncio.get_running_loop()
     reader = PayloadStreamReader(limit=WIRE_READ_LIMIT, loop=loop)
-    protocol = _protocol_class(kwargs.get("ssl"))(reader, loop=loop)
+    protocol = _BufferedStreamProtocol(reader, loop=loop)
     transport, _ = await loop.create_connection(lambda: protocol, host, port, **kwargs)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
@@ -649,9 +648,9 @@ async def serve(
 
     loop = asyncio.get_running_loop()
 
-    def factory() -> asyncio.StreamReaderProtocol:
+    def factory() -> _BufferedStreamProtocol:
         reader = PayloadStreamReader(limit=WIRE_READ_LIMIT, loop=loop)
-        return _protocol_class(ssl)(reader, on_connect, loop=loop)
+        return _BufferedStreamProtocol(reader, on_connect, loop=loop)
 
     srv._server = await loop.create_server(factory, host, port, ssl=ssl)
     return srv
