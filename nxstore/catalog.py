@@ -226,8 +226,30 @@ class PDReplicationRow:
     replicated_at: float
 
 
+@dataclass
+class PDMigrationRow:
+    """A failover journal entry (nxstore.protection.failover): `kind` "migrate" |
+    "activate" | "demote" | "failback", `step` the last step completed, `status`
+    "running" | "failed" | "done" | "rolled_back", `detail` JSON (what a resume or a
+    rollback needs: prior power states, peer cluster, final snapshot...)."""
+
+    id: int
+    pd_id: int
+    kind: str
+    site: str
+    step: int
+    status: str
+    epoch: int
+    snapshot: str
+    detail: str
+    error: str
+    started_at: float
+    updated_at: float
+
+
 _TABLES.update({
     VMRow: "vms",
+    PDMigrationRow: "pd_migrations",
     ProtectionDomainRow: "protection_domains",
     PDEntityRow: "pd_entities",
     PDScheduleRow: "pd_schedules",
@@ -254,6 +276,9 @@ CREATE TABLE IF NOT EXISTS pd_snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, p
 CREATE TABLE IF NOT EXISTS pd_snapshot_members (id INTEGER PRIMARY KEY AUTOINCREMENT,
     pd_snapshot_id INTEGER, snapshot_id INTEGER, vdisk_name TEXT, entity_kind TEXT,
     entity_name TEXT, cg TEXT, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pd_migrations (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
+    kind TEXT, site TEXT, step INTEGER, status TEXT, epoch INTEGER, snapshot TEXT, detail TEXT,
+    error TEXT, started_at REAL, updated_at REAL, ck INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pd_replications (id INTEGER PRIMARY KEY AUTOINCREMENT,
     pd_snapshot_id INTEGER, site TEXT, replicated_at REAL, ck INTEGER NOT NULL,
     UNIQUE (pd_snapshot_id, site));

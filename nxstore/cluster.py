@@ -578,6 +578,14 @@ class Cluster:
 
         return list_protection_domains(self._protection())
 
+    def activate(self, pd_name: str) -> Any:
+        """Unplanned failover: bring protection domain `pd_name` (owned by a site that is
+        gone) up here from its newest fully replicated PD snapshot (see
+        nxstore.protection.failover.activate)."""
+        from .protection.failover import activate
+
+        return activate(self._protection(), pd_name)
+
     def delete_protection_domain(self, name: str, delete_snapshots: bool = False) -> None:
         """Delete a PD (its entities become unprotected; vDisk snapshots stay unless
         delete_snapshots)."""

@@ -1,278 +1,400 @@
-"""`python -m nxstore.demo` (`make demo`): a single-site walkthrough of nxstore.
+"""`python -m nxstore.demo` (`make demo`): the two-site disaster-recovery scenario of
+seeds 001/002, on loopback, checked byte for byte.
 
-Creates a cluster in ./demo-data (an old one is removed), writes a disk image's
-worth of data (~256 MiB: an OS image repeated, compressible logs, incompressible
-database pages, zeros, small random writes through the OpLog), shows the space
-statistics, snapshots, overwrites, clones, closes, reopens and verifies byte for
-byte (sha256 per region) that the vDisk, the snapshot and the clone read exactly
-what was written. Exits 1 on any mismatch.
+Two sites, "france" and "canada", each a cluster in ./demo-data/<site>. A site is
+either served by its own `nxstore serve` process (a real daemon on 127.0.0.1, a
+temporary shared secret) or open in this process: the operator's console, which
+runs the workflows on a simulated clock (hours pass in milliseconds). A cluster is
+opened by one process at a time, so "going to a site's console" stops its daemon,
+and leaving it starts the daemon again.
 
-An in-memory model (1 MiB chunk index -> bytes, copy-on-write) holds what each of
-the three images must read; unwritten chunks must read as zeros.
+    1. france protects three VMs (web, app, db; app+db a consistency group) in
+       PD "pd-web": hourly snapshots, 2 kept at france and 2 at canada; data is
+       written between snapshots for 3 hours.
+    2. planned migration to canada (seed 001's six steps); canada runs 2 hours and
+       replicates back to france; then the PD migrates home again.
+    3. france runs 2 more hours, writes more after its last snapshot, and the
+       operator moves to canada's console (france keeps serving).
+    4. disaster: france's daemon is killed with SIGKILL. canada activates the PD:
+       the VMs come up from the newest PD snapshot france replicated (the writes
+       after it are lost: the RPO, at most one interval).
+    5. france comes back (its daemon restarts after the crash). canada fails back:
+       france learns it was activated elsewhere and demotes itself, only the
+       blocks changed since the newest common snapshot cross the wire, and the PD
+       migrates home.
+
+Every step is checked (whole vDisk images against what was written); the report
+says what happened. Exit status 1 on any mismatch. `--single-site` runs the older
+single-site walkthrough (nxstore.demo_single_site).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import logging
 import os
+import re
+import secrets
 import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
 from . import Cluster
+from .errors import NotFound, NxError
 
 MiB = 1 << 20
-GiB = 1 << 30
-CHUNK = MiB  # model granularity and write size
-DISK_SIZE = 1 * GiB
-
-Model = dict[int, bytes]  # chunk index -> content (absent: zeros)
-_ZERO = bytes(CHUNK)
-
-# The image: (region name, offset, length). Written in 1 MiB chunks.
-OS_IMAGE = ("os image", 0, 16 * MiB)
-OS_COPIES = [(f"os copy {i}", off * MiB, 16 * MiB) for i, off in ((1, 128), (2, 384), (3, 640))]
-LOGS = ("text logs", 192 * MiB, 96 * MiB)
-DATABASE = ("database", 448 * MiB, 64 * MiB)
-ZEROS = ("zeros", 768 * MiB, 32 * MiB)
-CLONE_DATA = ("clone data", 900 * MiB, 8 * MiB)
-REGIONS = [OS_IMAGE, *OS_COPIES, LOGS, DATABASE, ZEROS, CLONE_DATA]
-
-_WORDS = (
-    b"the of and to in is for on that with as by at from this error warning info debug kernel "
-    b"disk write read block cache request response service started stopped user session "
-    b"timeout retry connection established closed packet network interface memory page "
-    b"allocated freed process thread scheduler queue latency backup snapshot replication "
-    b"volume storage node cluster controller heartbeat leader election commit transaction"
-).split()
+HOUR = 3600.0
+SITES = ("france", "canada")
+NETWORKS = {"france": {"VLAN50": "VLAN150"}, "canada": {"VLAN150": "VLAN50"}}
+VDISKS = {"web-os": 8 * MiB, "app-os": 8 * MiB, "db-os": 8 * MiB, "db-data": 16 * MiB}
+WRITE = 64 * 1024  # bytes per simulated guest write
+_PORT_RE = re.compile(r"serving site (\S+) \(cluster (\w+)\) on 127\.0\.0\.1:(\d+)")
 
 
-class Text:
-    """Log-like text from a word list: compresses ~2-3x with lz4, never repeats a block."""
+class Clock:
+    """The simulated cluster clock (seconds), starting 2026-01-05 08:00 UTC."""
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        words = [w + b" " for w in _WORDS] + [b"\n"]
-        self.lens = np.array([len(w) for w in words], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lens)[:-1]])
-        self.vocab = np.frombuffer(b"".join(words), dtype=np.uint8)
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc).timestamp()
 
-    def chunk(self, n: int) -> bytes:
-        idx = self.rng.integers(0, len(self.lens), n // 2)
-        lens = self.lens[idx]
-        ends = np.cumsum(lens)
-        k = int(np.searchsorted(ends, n)) + 1  # words needed to fill n bytes
-        idx, lens, ends = idx[:k], lens[:k], ends[:k]
-        begins = np.repeat(ends - lens, lens)
-        src = np.repeat(self.starts[idx], lens) + (np.arange(int(ends[-1])) - begins)
-        return self.vocab[src[:n]].tobytes()
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def text(self, ts: float | None = None) -> str:
+        return datetime.fromtimestamp(self.now if ts is None else ts, timezone.utc).strftime(
+            "%a %H:%M")
 
 
-def _rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / max(seconds, 1e-9) / 1e6:,.0f} MB/s"
+class Mismatch(Exception):
+    pass
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+class Sites:
+    """The two sites: daemons and the operator's console (see module docstring)."""
+
+    def __init__(self, root: str, clock: Clock, secret_file: str, secret: str) -> None:
+        self.root, self.clock = root, clock
+        self.secret_file, self.secret = secret_file, secret
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.addr: dict[str, str] = {}
+        self.console: dict[str, Cluster] = {}
+
+    def path(self, site: str) -> str:
+        return os.path.join(self.root, site)
+
+    def _point(self, c: Cluster) -> None:
+        for other in SITES:
+            if other == c.site_name:
+                continue
+            with contextlib.suppress(NotFound):
+                c.remove_remote_site(other)
+            c.add_remote_site(other, self.addr.get(other, "127.0.0.1:1"), self.secret,
+                              network_mapping=NETWORKS[c.site_name])
+
+    def open(self, site: str) -> Cluster:
+        """Go to `site`'s console (its daemon stops)."""
+        if site in self.console:
+            return self.console[site]
+        self.stop(site)
+        c = Cluster.open(self.path(site), background=False, clock=self.clock)
+        self._point(c)
+        self.console[site] = c
+        return c
+
+    def serve(self, site: str) -> None:
+        """Leave `site`'s console (if open) and start its `nxstore serve`."""
+        c = self.console.pop(site, None) or Cluster.open(self.path(site), background=False,
+                                                          clock=self.clock)
+        self._point(c)  # its peers, at their current addresses
+        c.close()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nxstore.cli", "serve", self.path(site), "--listen",
+             "127.0.0.1:0", "--secret-file", self.secret_file],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        port: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                m = _PORT_RE.search(line)
+                if m and not ready.is_set():
+                    port.append(m.group(3))
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30):
+            proc.kill()
+            raise Mismatch(f"nxstore serve {site} did not start")
+        self.procs[site] = proc
+        self.addr[site] = f"127.0.0.1:{port[0]}"
+        for c in self.console.values():
+            self._point(c)
+
+    def stop(self, site: str) -> None:
+        proc = self.procs.pop(site, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            if proc.wait(30) != 0:
+                raise Mismatch(f"nxstore serve {site} exited with {proc.returncode}")
+
+    def kill(self, site: str) -> int:
+        proc = self.procs.pop(site)
+        pid = proc.pid
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return pid
+
+    def close_all(self) -> None:
+        for site in list(self.console):
+            self.console.pop(site).close()
+        for site in list(self.procs):
+            proc = self.procs.pop(site)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
-def _mib(n: float) -> str:
-    return f"{n / MiB:,.1f} MiB"
-
+# -- checks and report ---------------------------------------------------------------------------
 
 class Report:
     def __init__(self) -> None:
-        self.step = 0
+        self.checks = 0
+        self.t0 = time.perf_counter()
 
-    def line(self, what: str, seconds: float | None = None, extra: str = "") -> None:
-        self.step += 1
-        timing = _ms(seconds) if seconds is not None else ""
-        print(f"[{self.step:2d}] {what:<52} {timing:>10}  {extra}".rstrip(), flush=True)
+    def step(self, title: str) -> None:
+        print(f"\n== {title}")
 
-    @staticmethod
-    def note(text: str) -> None:
-        print(f"     {text}", flush=True)
+    def say(self, text: str) -> None:
+        print(f"   {text}")
 
-
-def _timed(fn: Callable[[], object]) -> tuple[object, float]:
-    t0 = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - t0
+    def check(self, ok: bool, what: str) -> None:
+        self.checks += 1
+        print(f"   [{'ok' if ok else 'MISMATCH'}] {what}")
+        if not ok:
+            raise Mismatch(what)
 
 
-def _write_region(vd, model: Model, offset: int, chunks: list[bytes]) -> int:
-    for i, data in enumerate(chunks):
-        vd.write(offset + i * CHUNK, data)
-        model[(offset + i * CHUNK) // CHUNK] = data
-    return len(chunks) * CHUNK
+def images(c: Cluster) -> dict[str, bytes]:
+    return {n: c.vdisk(n).read(0, c.vdisk(n).size) for n in VDISKS}
 
 
-def _space(c: Cluster) -> str:
-    s = c.stats()
-    reduction = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 1.0
-    return (f"logical {_mib(s['logical_bytes'])}, unique {_mib(s['unique_bytes'])}, "
-            f"stored {_mib(s['stored_bytes'])} | dedup {s['dedup_ratio']:.2f}x, "
-            f"compression {s['compression_ratio']:.2f}x, total {reduction:.2f}x | "
-            f"OpLog {_mib(s['oplog_bytes'])}")
+def digest(imgs: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for n in sorted(imgs):
+        h.update(imgs[n])
+    return h.hexdigest()[:16]
 
 
-def _verify(read: Callable[[int, int], bytes], model: Model, size: int) -> tuple[list[str], int]:
-    """Compare every region (and every byte outside them) with the model, by sha256.
-    Returns (mismatch descriptions, bytes read)."""
-    bad = []
-    covered: set[int] = set()
-    for name, off, length in REGIONS:
-        got, want = hashlib.sha256(), hashlib.sha256()
-        for pos in range(off, off + length, CHUNK):
-            covered.add(pos // CHUNK)
-            got.update(read(pos, CHUNK))
-            want.update(model.get(pos // CHUNK, _ZERO))
-        if got.digest() != want.digest():
-            bad.append(f"region {name!r} at {off // MiB} MiB: sha256 {got.hexdigest()[:16]} "
-                       f"!= expected {want.hexdigest()[:16]}")
-    for idx in range(size // CHUNK):
-        if idx not in covered:
-            data = read(idx * CHUNK, CHUNK)
-            if data != model.get(idx, _ZERO):
-                bad.append(f"chunk at {idx} MiB (outside the regions) differs")
-    return bad, size
+def guest_writes(c: Cluster, rng: np.random.Generator, n: int) -> int:
+    """`n` random 64 KiB writes over the VMs' vDisks (incompressible data)."""
+    for _ in range(n):
+        name = list(VDISKS)[int(rng.integers(len(VDISKS)))]
+        off = int(rng.integers(VDISKS[name] // WRITE)) * WRITE
+        c.vdisk(name).write(off, rng.integers(0, 256, WRITE, dtype=np.uint8).tobytes())
+    return n * WRITE
 
 
-def run(path: str, seed: int = 2024) -> int:
+def run_hours(c: Cluster, clock: Clock, rep: Report, rng: np.random.Generator, hours: int,
+              expect_ok: bool = True) -> None:
+    for _ in range(hours):
+        clock.advance(HOUR)
+        guest_writes(c, rng, 12)
+        for run in c.run_schedules():
+            sent = ", ".join(run.replicated) or "-"
+            errs = "; ".join(f"{s}: {e[:70]}" for s, e in run.replication_errors.items())
+            rep.say(f"{clock.text()} {c.site_name}: snapshot {run.snapshot} -> {sent}"
+                    f"{'  pruned ' + ','.join(run.pruned_local) if run.pruned_local else ''}"
+                    f"{'  FAILED ' + errs if errs else ''}")
+            if expect_ok:
+                rep.check(run.ok, f"schedule run at {clock.text()} replicated")
+
+
+def check_site(rep: Report, c: Cluster, expect: dict[str, bytes], vms_on: set[str]) -> None:
+    got = images(c)
+    rep.check(got == expect, f"{c.site_name}: all {len(VDISKS)} vDisks byte for byte "
+              f"(sha256 {digest(got)} == {digest(expect)})")
+    rep.check({v.name for v in c.vms()} == {"web", "app", "db"},
+              f"{c.site_name}: VMs web, app, db registered")
+    rep.check({v.name for v in c.vms() if v.power_state == "on"} == vms_on,
+              f"{c.site_name}: powered on: {', '.join(sorted(vms_on))}")
+    nets = {n["network"] for n in c.vm("web").nics}
+    rep.check(nets == ({"VLAN50"} if c.site_name == "france" else {"VLAN150"}),
+              f"{c.site_name}: web's NIC on {', '.join(nets)} (network mapping)")
+
+
+def owner_check(rep: Report, c: Cluster, state: str, epoch: int) -> None:
+    pd = c.protection_domain("pd-web")
+    rep.check(pd.state == state and pd.epoch == epoch,
+              f"{c.site_name}: pd-web {pd.state}, owner {pd.owner_site}, epoch {pd.epoch}")
+
+
+# -- the scenario ---------------------------------------------------------------------------------
+
+def scenario(sites: Sites, clock: Clock, rep: Report, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    text = Text(rng)
-    rep = Report()
-    t_start = time.perf_counter()
-    print(f"nxstore demo: single-site walkthrough in {path}\n")
+    for site in SITES:
+        Cluster.create(sites.path(site), site_name=site, background=False).close()
 
-    # data, generated before the clock runs for the writes
-    os_image = [rng.bytes(CHUNK) for _ in range(OS_IMAGE[2] // CHUNK)]
-    logs = [text.chunk(CHUNK) for _ in range(LOGS[2] // CHUNK)]
-    database = [rng.bytes(CHUNK) for _ in range(DATABASE[2] // CHUNK)]
+    rep.step("1. france protects three VMs; hourly snapshots, 2 kept at france and 2 at canada")
+    sites.serve("canada")
+    fr = sites.open("france")
+    rep.say(f"canada: nxstore serve on {sites.addr['canada']}; france: operator console")
+    for name, size in VDISKS.items():
+        fr.create_vdisk(name, size)
+    guest_writes(fr, rng, 64)
+    web = fr.create_vm("web", vdisks=["web-os"], nics=[{"network": "VLAN50"}],
+                       categories={"app": "shop"})
+    app = fr.create_vm("app", vdisks=["app-os"], nics=[{"network": "VLAN50"}])
+    db = fr.create_vm("db", vdisks=["db-os", "db-data"], nics=[{"network": "VLAN50"}])
+    pd = fr.create_protection_domain("pd-web", entities=[web, app, db])
+    pd.add_consistency_group("app+db", [app, db])
+    pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 2},
+                    start=clock() + HOUR)
+    rep.say("pd-web: web, app, db (CG app+db); every 1h, keep 2 local, keep 2 at canada")
+    run_hours(fr, clock, rep, rng, 3)
+    rep.check(len(pd.snapshots()) == 2, f"france keeps {len(pd.snapshots())} PD snapshots")
+    on = {"web", "app", "db"}
 
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    t0 = time.perf_counter()
-    c = Cluster.create(path)
-    vd = c.create_vdisk("vm-disk", DISK_SIZE)
-    rep.line("create cluster + 1 GiB thin vDisk 'vm-disk'", time.perf_counter() - t0,
-             f"block size {c.block_size // 1024} KiB")
+    rep.step("2. planned migration to canada (stop VMs, final snapshot, remove, disable "
+             "schedules, register at canada, reverse)")
+    guest_writes(fr, rng, 8)  # after the last scheduled snapshot: migrate must not lose it
+    expect = images(fr)
+    t = time.perf_counter()
+    res = pd.migrate("canada")
+    rep.say(f"migrate: {' -> '.join(res.steps)} in {time.perf_counter() - t:.2f} s; "
+            f"final snapshot {res.snapshot}; {res.replication.blocks_sent if res.replication else 0}"
+            " blocks sent")
+    rep.check(fr.vms() == [] and pd.state == "inactive",
+              "france: VMs removed, pd-web inactive (vDisks kept as replicas)")
+    sites.serve("france")
+    ca = sites.open("canada")
+    held = [s.name for s in ca.vdisk("db-data").snapshots()]
+    rep.check(held == ["pd-web.000002", "pd-web.000003", res.snapshot],
+              f"canada held 2 scheduled snapshots (remote retention) + the final one: "
+              f"{', '.join(held)}")
+    check_site(rep, ca, expect, on)
+    owner_check(rep, ca, "active", 2)
+    rep.check(ca.protection_domain("pd-web").schedules()[0].keep_remote == {"france": 2},
+              "canada's schedule now replicates to france")
+    run_hours(ca, clock, rep, rng, 2)
+    expect = images(ca)
 
-    head: Model = {}
-    t0 = time.perf_counter()
-    written = _write_region(vd, head, OS_IMAGE[1], os_image)
-    for _, off, _ in OS_COPIES:
-        written += _write_region(vd, head, off, os_image)
-    written += _write_region(vd, head, LOGS[1], logs)
-    written += _write_region(vd, head, DATABASE[1], database)
-    written += _write_region(vd, head, ZEROS[1], [_ZERO] * (ZEROS[2] // CHUNK))
-    dt = time.perf_counter() - t0
-    rep.line(f"write a {_mib(written)} disk image in 1 MiB writes", dt, _rate(written, dt))
-    rep.note("os image 16 MiB + 3 identical copies, text logs 96 MiB, "
-             "database 64 MiB (random), zeros 32 MiB")
+    rep.step("   ... and home again: migrate canada -> france")
+    res = ca.protection_domain("pd-web").migrate("france")
+    rep.say(f"migrate: final snapshot {res.snapshot}, "
+            f"{res.replication.blocks_total if res.replication else 0} blocks changed since "
+            f"{res.replication.base_snapshot if res.replication else '-'}")
+    sites.serve("canada")
+    fr = sites.open("france")
+    check_site(rep, fr, expect, on)
+    owner_check(rep, fr, "active", 3)
 
-    # small random writes into the database region: these go through the OpLog
-    n_small, small = 2048, 4096
-    offsets = DATABASE[1] + rng.integers(0, DATABASE[2] // small, n_small) * small
-    payload = rng.bytes(n_small * small)
-    t0 = time.perf_counter()
-    for i, off in enumerate(offsets.tolist()):
-        vd.write(off, payload[i * small:(i + 1) * small])
-        if i % 32 == 31:
-            vd.flush()
-    dt = time.perf_counter() - t0
-    for i, off in enumerate(offsets.tolist()):
-        idx, within = divmod(off, CHUNK)
-        chunk = bytearray(head[idx])
-        chunk[within:within + small] = payload[i * small:(i + 1) * small]
-        head[idx] = bytes(chunk)
-    rep.line(f"{n_small:,} random 4 KiB writes, flush every 32", dt,
-             f"{n_small / dt:,.0f} IOPS (durable, via the OpLog)")
+    rep.step("3. france runs on; the last writes come after its newest snapshot")
+    run_hours(fr, clock, rep, rng, 2)
+    pd = fr.protection_domain("pd-web")
+    newest = pd.snapshots()[-1]
+    at_newest = {m.snapshot.vdisk_name: m.snapshot.read(0, m.snapshot.size)
+                 for m in newest.members()}
+    clock.advance(40 * 60)
+    lost = guest_writes(fr, rng, 10)
+    rep.say(f"{clock.text()} france: {lost // 1024} KiB written since {newest.name} "
+            f"({clock.text(newest.created_at)})")
+    t_disaster = clock()
+    sites.serve("france")  # the operator goes to canada; france keeps serving
+    ca = sites.open("canada")
 
-    _, dt = _timed(vd.flush)
-    rep.line("flush", dt)
-    rep.note("space: " + _space(c))
+    rep.step("4. disaster: france is killed (SIGKILL); canada activates pd-web")
+    pid = sites.kill("france")
+    rep.say(f"kill -9 {pid} (france's nxstore serve)")
+    act = ca.activate("pd-web")
+    rpo = t_disaster - act.snapshot_created_at
+    rep.say(f"activated from {act.snapshot} ({clock.text(act.snapshot_created_at)}), epoch "
+            f"{act.epoch}; writes after it are lost: {rpo / 60:.0f} min of data")
+    rep.check(act.snapshot == newest.name, "canada used france's newest replicated snapshot")
+    rep.check(0 < rpo <= HOUR, "the data lost is at most one interval (RPO = 1 h)")
+    check_site(rep, ca, at_newest, on)
+    owner_check(rep, ca, "active", 4)
+    run_hours(ca, clock, rep, rng, 1, expect_ok=False)  # france is down: replication fails
 
-    snap, dt = _timed(lambda: vd.snapshot("golden"))
-    rep.line("snapshot 'golden' (metadata only)", dt)
-    snap_model = dict(head)
-
-    overwrite = [rng.bytes(CHUNK) for _ in range(32)]
-    t0 = time.perf_counter()
-    n = _write_region(vd, head, LOGS[1], overwrite)
-    vd.trim(OS_COPIES[2][1], OS_COPIES[2][2])
-    for pos in range(OS_COPIES[2][1], OS_COPIES[2][1] + OS_COPIES[2][2], CHUNK):
-        head.pop(pos // CHUNK, None)
-    vd.flush()
-    dt = time.perf_counter() - t0
-    rep.line(f"overwrite {_mib(n)} of logs, trim 'os copy 3', flush", dt, _rate(n, dt))
-
-    clone, dt = _timed(lambda: c.clone(snap, "vm-clone"))
-    rep.line("clone 'golden' as 'vm-clone' (metadata only)", dt)
-    clone_model = dict(snap_model)
-    clone_data = [rng.bytes(CHUNK) for _ in range(CLONE_DATA[2] // CHUNK)]
-    _write_region(clone, clone_model, CLONE_DATA[1], clone_data)
-    clone.flush()
-    rep.note(f"wrote {_mib(CLONE_DATA[2])} into the clone")
-
-    _, dt = _timed(c.drain)
-    rep.line("drain the OpLog into the extent store", dt)
-    rep.note("space: " + _space(c))
-
-    _, dt = _timed(c.close)
-    rep.line("close", dt)
-    c, dt = _timed(lambda: Cluster.open(path))
-    rep.line("reopen", dt)
-
-    failures = []
-    with c:
-        sources = [
-            ("vDisk 'vm-disk'", c.vdisk("vm-disk").read, head, c.vdisk("vm-disk").size),
-            ("snapshot 'vm-disk@golden'", c.snapshot("vm-disk", "golden").read, snap_model,
-             c.snapshot("vm-disk", "golden").size),
-            ("clone 'vm-clone'", c.vdisk("vm-clone").read, clone_model, c.vdisk("vm-clone").size),
-        ]
-        for label, read, model, size in sources:
-            (bad, nbytes), dt = _timed(lambda r=read, m=model, s=size: _verify(r, m, s))
-            status = "OK" if not bad else f"{len(bad)} MISMATCH(ES)"
-            rep.line(f"verify {label} (sha256 per region)", dt, f"{_rate(nbytes, dt)}  {status}")
-            failures += [f"{label}: {b}" for b in bad]
-        problems, dt = _timed(c.scrub)
-        rep.line("scrub (verify every stored extent)", dt,
-                 "healthy" if not problems else f"{len(problems)} problem(s)")
-        failures += [f"scrub: {p}" for p in problems]
-        rep.note("space: " + _space(c))
-
-    total = time.perf_counter() - t_start
-    print()
-    if failures:
-        for f in failures:
-            print(f"MISMATCH {f}")
-        print(f"demo FAILED ({len(failures)} problem(s)) in {total:.1f} s")
-        return 1
-    print(f"demo OK in {total:.1f} s: the vDisk, its snapshot and the clone read back exactly "
-          "what was written, after a reopen.")
-    cli = os.path.join(os.path.dirname(sys.executable), "nxstore")
-    cli = os.path.relpath(cli) if os.path.exists(cli) else "nxstore"
-    print(f"Look around: {cli} info {path}; {cli} vdisk list {path}; "
-          f"{cli} snapshot list {path}")
-    return 0
+    rep.step("5. france returns; canada fails back (deltas only) and migrates home")
+    sites.serve("france")
+    rep.say(f"france: nxstore serve restarted after the crash on {sites.addr['france']}")
+    guest_writes(ca, rng, 4)
+    expect = images(ca)
+    fb = ca.protection_domain("pd-web").failback()
+    total_blocks = sum(VDISKS.values()) // ca.block_size
+    rep.say(f"reprotect: {fb.reprotect.blocks_total} of {total_blocks} blocks changed since "
+            f"{fb.reprotect.base_snapshot}, {fb.reprotect.bytes_on_wire // 1024} KiB on the wire")
+    rep.check(fb.reprotect.base_snapshot is not None
+              and fb.reprotect.blocks_total < total_blocks // 4,
+              "failback replicated only the deltas since the newest common snapshot")
+    owner_check(rep, ca, "inactive", 5)
+    sites.serve("canada")
+    fr = sites.open("france")
+    check_site(rep, fr, expect, on)
+    owner_check(rep, fr, "active", 5)
+    js = fr.protection_domain("pd-web").journal()
+    rep.say("france's journal: " + "; ".join(f"{j.kind}->{j.site} {j.status}" for j in js))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nxstore.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--path", default="demo-data", help="cluster directory (default ./demo-data)")
-    parser.add_argument("--seed", type=int, default=2024)
-    args = parser.parse_args(argv)
-    try:
-        return run(args.path, args.seed)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    parser = argparse.ArgumentParser(prog="python -m nxstore.demo",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--path", default="demo-data", help="directory of the two sites "
+                        "(default ./demo-data; removed first)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--single-site", action="store_true",
+                        help="the single-site walkthrough instead")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show nxstore's log")
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL,
+                        format="   log: %(name)s: %(message)s")
+    if args.single_site:
+        from .demo_single_site import main as single
+
+        return single(([] if args.path == "demo-data" else ["--path", args.path]) + rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    shutil.rmtree(args.path, ignore_errors=True)
+    os.makedirs(args.path)
+    clock, rep = Clock(), Report()
+    secret = secrets.token_hex(16)
+    with tempfile.NamedTemporaryFile("w", prefix="nxstore-demo-", suffix=".secret") as f:
+        f.write(secret)
+        f.flush()
+        sites = Sites(args.path, clock, f.name, secret)
+        print("nxstore two-site demo: france and canada on loopback "
+              "(seeds 001/002: protection domains, migrate, disaster, failback)")
+        try:
+            scenario(sites, clock, rep, args.seed)
+        except (Mismatch, NxError) as exc:
+            print(f"\nFAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            sites.close_all()
+    print(f"\nall {rep.checks} checks passed in {time.perf_counter() - rep.t0:.1f} s "
+          f"(sites in {args.path}/)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ prints the traceback of an unexpected error).
 
 One module per command group: cluster_cmds (create, info, container, drain,
 gc, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
-(import, export), replication_cmds (serve, site, replicate, replicas, prune-remote).
+(import, export), replication_cmds (serve, site, replicate, replicas, prune-remote),
+vm_cmds (vm ...), pd_cmds (pd ...: protection domains and failover).
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from . import cluster_cmds, image_cmds, replication_cmds, snapshot_cmds, vdisk_cmds
+    from . import (
+        cluster_cmds,
+        image_cmds,
+        pd_cmds,
+        replication_cmds,
+        snapshot_cmds,
+        vdisk_cmds,
+        vm_cmds,
+    )
 
     parser = _Parser(
         prog="nxstore",
@@ -48,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds):
+    for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds,
+                   vm_cmds, pd_cmds):
         module.register(sub)
     return parser
 

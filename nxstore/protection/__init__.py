@@ -8,13 +8,20 @@ schedules with local and remote retention, app-consistent hooks, restore.
     snap = pd.snapshot(replicate_to=["canada"])
     c.run_schedules()          # what is due on the cluster clock
     pd.restore(snap, mode="clone", prefix="restored-")
+    pd.migrate("canada")       # planned failover (resumable; pd.rollback_migrate())
+    c2.activate("pd-web")      # unplanned failover at the surviving site
+    pd.sync_ownership()        # a returning old owner learns it was activated elsewhere
+    pd.failback()              # at the new owner: deltas back to the old one, migrate home
 
 Modules: vm (VM entity), hooks (pre-freeze/post-thaw), domain (PDs, entities, CGs),
 pdsnapshot (taking, recording, restoring PD snapshots), schedule (scheduler and
-retention), manager (per-cluster state and crash clean-up).
+retention), manager (per-cluster state and crash clean-up), ownership (epochs,
+adopt, demote), remote (the PD_REQUEST metadata protocol), failover (migrate,
+activate, reprotect, failback and the journal).
 """
 
 from .domain import ProtectionDomain
+from .failover import ActivateResult, FailbackResult, MigrateResult, SyncResult
 from .hooks import HookFailure
 from .manager import ProtectionManager
 from .pdsnapshot import PDSnapshot, PDSnapshotMember, RestoreResult
@@ -23,6 +30,10 @@ from .vm import VM
 
 __all__ = [
     "VM",
+    "ActivateResult",
+    "FailbackResult",
+    "MigrateResult",
+    "SyncResult",
     "HookFailure",
     "PDSnapshot",
     "PDSnapshotMember",

@@ -36,8 +36,10 @@ from .manager import ProtectionManager
 from .vm import VM
 
 if TYPE_CHECKING:
+    from ..catalog import PDMigrationRow
     from ..replication.source import ReplicationResult
     from ..vdisk import VDisk
+    from .failover import FailbackResult, MigrateResult, SyncResult
     from .pdsnapshot import PDSnapshot, RestoreResult
     from .schedule import Schedule
 
@@ -290,6 +292,43 @@ class ProtectionDomain:
         from .schedule import set_enabled
 
         set_enabled(self, enabled)
+
+    # -- failover (nxstore.protection.failover) --------------------------------------------
+    def migrate(self, site: str) -> MigrateResult:
+        """Planned failover to `site`; re-run to resume (see failover.migrate)."""
+        from .failover import migrate
+
+        return migrate(self, site)
+
+    def rollback_migrate(self) -> list[str]:
+        """Undo an unfinished migration (see failover.rollback_migrate)."""
+        from .failover import rollback_migrate
+
+        return rollback_migrate(self)
+
+    def sync_ownership(self, sites: Sequence[str] | None = None) -> SyncResult:
+        """Learn from the peers whether the PD was activated elsewhere; demote if so."""
+        from .failover import sync_ownership
+
+        return sync_ownership(self, list(sites) if sites is not None else None)
+
+    def reprotect(self, site: str | None = None) -> ReplicationResult:
+        """Replicate back to the previous owner after activate (deltas only)."""
+        from .failover import reprotect
+
+        return reprotect(self, site)
+
+    def failback(self, site: str | None = None, migrate_back: bool = True) -> FailbackResult:
+        """reprotect(site), then migrate(site)."""
+        from .failover import failback
+
+        return failback(self, site, migrate_back)
+
+    def journal(self) -> list[PDMigrationRow]:
+        """The failover journal of this PD (migrate / activate rows), oldest first."""
+        from .failover import journal_rows
+
+        return journal_rows(self._mgr, self.id)
 
 
 # -- entity resolution ---------------------------------------------------------------------

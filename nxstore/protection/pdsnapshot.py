@@ -200,13 +200,17 @@ def _hooked_vms(mgr: ProtectionManager, manifest: list[dict[str, Any]]
 
 def take_pd_snapshot(pd: ProtectionDomain, *, name: str | None, schedule_id: int,
                      app_consistent: bool,
-                     on_commit: Callable[[Catalog], None] | None = None) -> PDSnapshot:
+                     on_commit: Callable[[Catalog], None] | None = None,
+                     allow_states: tuple[str, ...] = ("active",)) -> PDSnapshot:
     """Take a PD snapshot (steps in the module docstring); `on_commit` runs inside the
-    transaction that completes it (the scheduler advances its schedule there)."""
+    transaction that completes it (the scheduler advances its schedule there).
+    `allow_states`: PD states that may take it (migrate's final snapshot: "migrating")."""
     mgr, cat = pd._mgr, pd._mgr.catalog
     if name is not None:
         check_name("snapshot", name)
-    pd_row = pd.require_active("take snapshots")
+    pd_row = pd._row()
+    if pd_row.state not in allow_states:
+        pd_row = pd.require_active("take snapshots")
     groups, manifest = _plan(pd)
     if not groups:
         raise InvalidArgument(f"protection domain {pd.name!r} protects no vDisks")
@@ -260,12 +264,19 @@ def _discard(mgr: ProtectionManager, row: PDSnapshotRow, snaps: list[Snapshot]) 
 
 
 def replicate_pd_snapshot(mgr: ProtectionManager, snap: PDSnapshot, site: str) -> ReplicationResult:
-    """Replicate every member vDisk snapshot to `site` (one connection), then record it."""
+    """Replicate every member vDisk snapshot to `site` (one connection), then record it
+    and send the PD metadata there (nxstore.protection.failover.sync_peer). First the
+    site is asked who owns the PD: if it owns it at a higher epoch (activated there),
+    this site demotes itself and InUse is raised, nothing sent."""
+    from .failover import check_peer, sync_peer
+
+    check_peer(mgr, snap.pd_name, site)
     result = mgr.cluster.replicate(snap.vdisk_snapshots(), site)
     with mgr.catalog.transaction():
         if not mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?",
                                 (snap.id, site)):
             mgr.catalog.insert(PDReplicationRow(0, snap.id, site, mgr.now()))
+    sync_peer(mgr, snap.pd_name, site)
     return result
 
 

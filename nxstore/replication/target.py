@@ -46,6 +46,7 @@ from .messages import (
     MapEntries,
     Message,
     Missing,
+    PdRequest,
     Ping,
     Pong,
     Prune,
@@ -232,6 +233,10 @@ class ReplicationTarget:
             return Pruned(tuple(deleted), req_id=msg.req_id)
         if isinstance(msg, Ping):
             return Pong(msg.sent_ns, req_id=msg.req_id)
+        if isinstance(msg, PdRequest):  # protection-domain metadata: nxstore.protection.remote
+            from ..protection.remote import handle
+
+            return handle(self.cluster, source, site, msg)
         raise ProtocolError(f"unexpected {type(msg).__name__} from {site}")
 
     @staticmethod

@@ -1,0 +1,119 @@
+"""The protection-domain metadata protocol: PD_REQUEST / PD_REPLY over a replication session.
+
+One request type carries an `op` and a JSON body; the reply is a JSON body
+(errors travel as ERROR, like every other request). Ops:
+
+- "status"  {"pd"} -> the peer's view of the PD: {"exists", "state", "epoch",
+  "owner_site", "owner_cluster", "site", "cluster", "has_site": [site names]}.
+- "sync"    {"pd", "epoch", "owner_site", "snapshots": [...], "schedules": [...]}
+  sent by the owner after every PD snapshot replication (and by failback): the
+  peer records the metadata (ownership.record_sync), demoting itself first if it
+  was active at a lower epoch. Reply: the peer's view afterwards; a reply with
+  a higher epoch than the sender's means the sender must demote.
+- "adopt"   {"pd", "epoch", "snapshot", "power_on", "check", "rename"}: migrate
+  step 5 at the destination (ownership.adopt). Reply: what was adopted.
+
+Client side: `call(cluster, site, op, body)` opens a session to a configured
+remote site (the same authenticated transport as replication) and returns the
+reply body. Server side: `handle(cluster, peer_cluster, peer_site, msg)` is
+called by the replication target for every PD_REQUEST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConnectionClosed, InvalidArgument, NxError, ProtocolError
+from ..replication.messages import PdReply, PdRequest
+from .ownership import adopt, ownership, record_sync
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+OPS = ("status", "sync", "adopt")
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True).encode()
+
+
+def _loads(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        body = json.loads(bytes(data).decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{what}: body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{what}: body is not a JSON object")
+    return body
+
+
+# -- client -------------------------------------------------------------------------------------
+
+def call(cluster: Cluster, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Send one PD request to remote site `site`; return the reply body. Raises
+    NotFound (site), NxError (connection: "replication connection failed: ..."),
+    AuthenticationError, and what the peer reported (prefixed "peer: ")."""
+    from ..replication import source
+    from ..replication.sites import get_site
+
+    remote = get_site(cluster._ctx.catalog, site)
+
+    async def go() -> dict[str, Any]:
+        s = await source.open_session(cluster, remote)
+        try:
+            fut = await s.ask(lambda r: PdRequest(op, _dumps(body), req_id=r))
+            # The session's reader hands an ERROR reply to the OTHER waiters only (it pops
+            # this request's waiter first), so wait for the reader ending too.
+            await asyncio.wait([fut, s._reader], return_when=asyncio.FIRST_COMPLETED)
+            if not fut.done():
+                raise s.peer_error or ConnectionClosed(f"site {site!r} closed the connection")
+            reply = fut.result()
+        finally:
+            await s.close()
+        if not isinstance(reply, PdReply):
+            raise ProtocolError(f"expected PdReply, got {type(reply).__name__}")
+        return _loads(reply.body, "PD_REPLY")
+
+    return source.run(go())  # type: ignore[return-value]
+
+
+def status(cluster: Cluster, site: str, pd_name: str) -> dict[str, Any]:
+    return call(cluster, site, "status", {"pd": pd_name})
+
+
+# -- server -------------------------------------------------------------------------------------
+
+def handle(cluster: Cluster, peer_cluster: str, peer_site: str, msg: PdRequest) -> PdReply:
+    """Serve one PD_REQUEST from authenticated peer (peer_cluster, peer_site).
+    Raises NxError subclasses (sent back as ERROR)."""
+    body = _loads(msg.body, "PD_REQUEST")
+    if msg.op not in OPS:
+        raise ProtocolError(f"unknown PD request {msg.op!r} from {peer_site}")
+    name = body.get("pd")
+    if not isinstance(name, str):
+        raise InvalidArgument("PD request without a protection domain name")
+    mgr = cluster._protection()
+    if msg.op == "status":
+        out = ownership(mgr, name).to_json()
+        out.update(site=cluster.site_name, cluster=cluster.id,
+                   has_site=sorted(s.name for s in cluster.remote_sites()))
+    elif msg.op == "sync":
+        if body.get("owner_site") != peer_site:
+            raise ProtocolError(f"peer {peer_site!r} syncs a PD it says {body.get('owner_site')!r} owns")
+        out = record_sync(mgr, peer_cluster, body).to_json()
+    else:
+        try:
+            out = adopt(mgr, name, snapshot=body.get("snapshot"), epoch=int(body["epoch"]),
+                        power_on=body.get("power_on"), peer_site=peer_site,
+                        check_only=bool(body.get("check")), keep_remote_rename=body.get("rename"))
+        except NxError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"bad adopt request: {exc}") from exc
+    log.info("PD request %s %s from %s: %s", msg.op, name, peer_site, out)
+    return PdReply(_dumps(out), req_id=msg.req_id)
