@@ -89,6 +89,8 @@ class _Session:
                 waiter = self._waiters.pop(msg.req_id, None)
                 if isinstance(msg, Error):
                     self.peer_error = msg.to_exception()
+                    if waiter is not None and not waiter.done():
+                        waiter.set_exception(self.peer_error)  # the request it answers
                     self._fail(self.peer_error)
                     return
                 if waiter is None:
