@@ -36,13 +36,15 @@ serve_cluster(sys.argv[1], "127.0.0.1:0", sys.argv[2])
 
 
 class TargetDaemon:
-    """`serve_cluster(path)` in a child process; `address` is its HOST:PORT."""
+    """`serve_cluster(path)` in a child process (or `argv`, another command that logs the
+    same "serving site ... on HOST:PORT" line); `address` is its HOST:PORT."""
 
-    def __init__(self, path: str, secret: str = SECRET, timeout: float = 60.0) -> None:
+    def __init__(self, path: str, secret: str = SECRET, timeout: float = 60.0,
+                 argv: list[str] | None = None) -> None:
         self.path = path
         self.log: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVE, path, secret],
+            argv or [sys.executable, "-c", _SERVE, path, secret],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True)
         assert self.proc.stderr is not None

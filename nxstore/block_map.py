@@ -243,10 +243,10 @@ class MapLayer:
             self._set_main(*_merge(self._parts[0], (self._keys, self._vals)))
 
     def freeze(self) -> None:
-        """Make the layer immutable (idempotent); later `set` raises ReadOnly. Folds
-        the recent parts into the main arrays first (frozen layers are read through
-        their main arrays; a lazy fold lost data in the background-drain crash test)."""
-        self._fold()
+        """Make the layer immutable (idempotent); later `set` raises ReadOnly. O(1):
+        the recent parts are folded lazily, by the first `items()` (reads handle
+        unfolded parts), so a snapshot of a vDisk with a million mapped blocks costs
+        what one with ten does."""
         self._frozen = True
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from typing import Any, TypeVar
@@ -285,6 +285,80 @@ CREATE TABLE IF NOT EXISTS pd_replications (id INTEGER PRIMARY KEY AUTOINCREMENT
 """
 
 
+# --- NearSync (nxstore.nearsync): light-weight snapshots and their shipping -----------------
+
+
+@dataclass
+class LWSRow:
+    """A light-weight snapshot at the source: the MARKER record `seq` of the OpLog.
+    `members` JSON {vDisk name: [vdisk id, size, head layer]} at the marker; `snapshot` the
+    vDisk snapshot taken atomically with it ("" = none); `pd_id` 0 = ad hoc (never shipped)."""
+
+    id: int
+    name: str
+    pd_id: int
+    seq: int
+    created_at: float
+    members: str
+    snapshot: str
+
+
+@dataclass
+class NearSyncRow:
+    """NearSync of PD `pd_id` to remote `site`: `state` (nxstore.nearsync.state), the newest
+    LWS fully shipped there (`shipped_seq`, its time `shipped_at`), the vDisk snapshot the
+    remote's episode chain starts from (`base_snapshot`, taken with marker `base_seq`) and
+    `history` JSON [[time, from, to, reason], ...]."""
+
+    id: int
+    pd_id: int
+    site: str
+    state: str
+    since: float
+    shipped_seq: int
+    shipped_at: float
+    base_snapshot: str
+    base_seq: int
+    history: str
+
+
+@dataclass
+class LWSEpisodeRow:
+    """Target side: a received LWS episode of replica vDisk `vdisk_id` (data in `file`,
+    under <cluster>/nearsync/). It applies on `base_snapshot` after the episode `prev_seq`
+    (or directly on the snapshot when `first`); `compose_as` names the vDisk snapshot to
+    compose at this point ("" = none); `group_name` / `members`: the LWS's PD and size."""
+
+    id: int
+    vdisk_id: int
+    name: str
+    group_name: str
+    members: int
+    seq: int
+    prev_seq: int
+    first: bool
+    created_at: float
+    base_snapshot: str
+    compose_as: str
+    size: int
+    file: str
+
+
+_TABLES.update({LWSRow: "lws", NearSyncRow: "nearsync", LWSEpisodeRow: "lws_episodes"})
+
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS lws (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, pd_id INTEGER,
+    seq INTEGER UNIQUE, created_at REAL, members TEXT, snapshot TEXT, ck INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nearsync (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
+    site TEXT, state TEXT, since REAL, shipped_seq INTEGER, shipped_at REAL, base_snapshot TEXT,
+    base_seq INTEGER, history TEXT, ck INTEGER NOT NULL, UNIQUE (pd_id, site));
+CREATE TABLE IF NOT EXISTS lws_episodes (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER,
+    name TEXT, group_name TEXT, members INTEGER, seq INTEGER, prev_seq INTEGER, first INTEGER,
+    created_at REAL, base_snapshot TEXT, compose_as TEXT, size INTEGER, file TEXT,
+    ck INTEGER NOT NULL, UNIQUE (vdisk_id, seq));
+"""
+
+
 def _row_checksum(table: str, values: tuple) -> int:
     # repr() of ints/floats/str is stable across runs and platforms; SQLite hands
     # booleans back as 0/1, so they are hashed as ints.
@@ -302,6 +376,7 @@ class Catalog:
     def __init__(self, path: str, *, create: bool = False) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._after_commit: list[Callable[[], object]] = []
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -364,8 +439,23 @@ class Catalog:
                 yield
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._after_commit.clear()
                 raise
             self._db.execute("COMMIT")
+            actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
+
+    def after_commit(self, action: Callable[[], object]) -> None:
+        """Run `action` once the current transaction has committed (at once outside
+        one; never if it rolls back). For work that must not happen unless the
+        catalogue change is durable, such as deleting the files a row names: a crash
+        before the commit then still finds every file the surviving rows need."""
+        with self._lock:
+            if self._db.in_transaction:
+                self._after_commit.append(action)
+                return
+        action()
 
     def insert(self, row: Row) -> Row:
         """Insert `row`; an id of 0 is replaced by a fresh one. Raises AlreadyExists."""

@@ -62,6 +62,7 @@ from .fileutil import fsync_dir
 from .layers import LayerTree
 from .map_store import MapStore
 from .names import check_name
+from .nearsync import retention as nearsync_retention
 from .oplog import OpLog, RecordType
 from .replica import ReplicaInfo, list_replicas
 from .replication import sites
@@ -70,6 +71,8 @@ from .snapshot import Snapshot, take_snapshots
 from .vdisk import VDisk
 
 if TYPE_CHECKING:
+    from .nearsync import LWS, NearSyncConfig
+    from .nearsync.compose import RestorePoint
     from .replication.source import ReplicationResult
 
 log = logging.getLogger(__name__)
@@ -198,6 +201,7 @@ class Cluster:
         if removed:
             log.info("removed %d orphaned map layer files", removed)
         self._replay()
+        nearsync_retention.install(self)
 
     def _replay(self) -> None:
         by_id = {vd.id: vd for vd in self._vdisks.values()}
@@ -322,7 +326,7 @@ class Cluster:
         if snaps and not with_snapshots:
             raise InUse(f"vDisk {name!r} has {len(snaps)} snapshot(s); "
                         "pass with_snapshots=True to delete them too")
-        with self._registry_lock, vd._lock:
+        with self._registry_lock, vd._lock, self._ctx.map_lock:
             with self._ctx.catalog.transaction():
                 for snap in snaps:
                     self._ctx.catalog.delete(SnapshotRow, snap.id)
@@ -330,8 +334,7 @@ class Cluster:
                 for rep in self._ctx.catalog.rows(ReplicaRow, "vdisk_id = ?", (vd.id,)):
                     self._ctx.catalog.delete(ReplicaRow, rep.id)
             vd._deleted = True
-            vd._dirty.clear()
-            vd._pending.clear()
+            vd.discard_unpersisted()
             del self._vdisks[name]
         self._prune()
 
@@ -397,13 +400,15 @@ class Cluster:
         """Move all OpLog data into the extent store, persist maps, free OpLog space,
         and collapse read chains deeper than the configured depth."""
         self._check_open()
+        # Read before listing the vDisks: every record of a vDisk created meanwhile
+        # (a clone, say) comes after this bound, so releasing up to it cannot drop one.
+        bound = self._ctx.oplog.last_seq
         vdisks = self._all_vdisks()
         for vd in vdisks:
             vd.drain()
-        if vdisks:
-            self._ctx.oplog.release(min(vd.release_point() for vd in vdisks))
-        else:
-            self._ctx.oplog.release(self._ctx.oplog.last_seq)
+        floor = self._ctx.release_floor()  # NearSync: episodes not every remote holds stay
+        self._ctx.oplog.release(min([bound, *(vd.release_point() for vd in vdisks),
+                                     *(() if floor is None else (floor,))]))
         with self._ctx.map_lock:
             for vd in vdisks:
                 self._ctx.tree.shortcut_for(vd.head_layer)
@@ -418,8 +423,10 @@ class Cluster:
             # marking from them cannot sweep an extent a recovered map names.
             self._ctx.store.sync()
             self._ctx.oplog.sync()
-            live = self._ctx.tree.all_extent_ids()
-            return self._ctx.store.gc(live)
+            live = [self._ctx.tree.all_extent_ids()]
+            live += [vd.unpersisted_extents() for vd in self._all_vdisks()]
+            live.append(self._ctx.gc_roots())  # NearSync episodes not shipped / composed yet
+            return self._ctx.store.gc(np.concatenate(live))
 
     def scrub(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Verify every extent, map layer and catalogue row; return the problems found."""
@@ -578,13 +585,14 @@ class Cluster:
 
         return list_protection_domains(self._protection())
 
-    def activate(self, pd_name: str) -> Any:
+    def activate(self, pd_name: str, force: bool = False) -> Any:
         """Unplanned failover: bring protection domain `pd_name` (owned by a site that is
-        gone) up here from its newest fully replicated PD snapshot (see
+        gone) up here from its newest fully replicated PD snapshot. InUse if the owner
+        answers and still owns it, unless `force` (see
         nxstore.protection.failover.activate)."""
         from .protection.failover import activate
 
-        return activate(self._protection(), pd_name)
+        return activate(self._protection(), pd_name, force)
 
     def delete_protection_domain(self, name: str, delete_snapshots: bool = False) -> None:
         """Delete a PD (its entities become unprotected; vDisk snapshots stay unless
@@ -599,3 +607,105 @@ class Cluster:
         from .protection.schedule import run_schedules
 
         return run_schedules(self._protection())
+
+    # -- replica roles (failover: nxstore.protection.ownership) --------------------------------
+    def promote_replica(self, name: str, new_name: str | None = None) -> VDisk:
+        """Turn replica vDisk `name` into a writable vDisk called `new_name` (default:
+        `name`), keeping its snapshots (an activated or migrated PD runs on them).
+
+        Raises NotFound (no vDisk `name`), InvalidArgument (it is not a replica, or a
+        bad `new_name`), AlreadyExists (`new_name` is taken). Durable on return."""
+        vd = self.vdisk(name)
+        new_name = name if new_name is None else check_name("vDisk", new_name)
+        cat = self._ctx.catalog
+        with self._registry_lock, vd._lock:
+            reps = cat.rows(ReplicaRow, "vdisk_id = ?", (vd.id,))
+            if not reps:
+                raise InvalidArgument(f"vDisk {name!r} is not a replica")
+            if new_name != name and new_name in self._vdisks:
+                raise AlreadyExists(f"vDisk {new_name!r} exists")
+            with cat.transaction():
+                for rep in reps:
+                    cat.delete(ReplicaRow, rep.id)
+                vd._row.read_only = False
+                vd._row.name = new_name
+                cat.update(vd._row)
+            self._vdisks[new_name] = self._vdisks.pop(name)
+        log.info("replica vDisk %s promoted to writable vDisk %s", name, new_name)
+        return vd
+
+    def make_replica(self, name: str, source_cluster: str, source_site: str,
+                     source_vdisk: str | None = None) -> None:
+        """Turn writable vDisk `name` into the read-only replica of `source_vdisk`
+        (default: `name`) of cluster `source_cluster` at site `source_site`: replication
+        from there then finds its snapshots as the common base. A replica of the same
+        source held by another vDisk is superseded (it stays, read-only, unlinked).
+
+        Raises NotFound (no vDisk), InUse (a VM or protection domain still uses it).
+        Idempotent; durable on return."""
+        vd = self.vdisk(name)
+        self._check_unprotected(name)
+        source_vdisk = name if source_vdisk is None else source_vdisk
+        self.drain()  # a replica's head has nothing pending in RAM
+        cat = self._ctx.catalog
+        with vd._lock, cat.transaction():
+            for rep in cat.rows(ReplicaRow, "vdisk_id = ?", (vd.id,)):
+                if (rep.source_cluster, rep.source_vdisk) == (source_cluster, source_vdisk):
+                    return
+                cat.delete(ReplicaRow, rep.id)
+            for rep in cat.rows(ReplicaRow, "source_cluster = ? AND source_vdisk = ?",
+                                (source_cluster, source_vdisk)):
+                cat.delete(ReplicaRow, rep.id)
+            vd._row.read_only = True
+            cat.update(vd._row)
+            cat.insert(ReplicaRow(0, vd.id, source_cluster, source_site, source_vdisk))
+        log.info("vDisk %s is now a replica of %s at site %s", name, source_vdisk, source_site)
+
+    # -- NearSync: light-weight snapshots (nxstore.nearsync) ---------------------------------
+    def lws_group(self, vdisks: Sequence[VDisk] = (), name: str | None = None, *,
+                  pd: str | None = None) -> LWS:
+        """A light-weight snapshot of several vDisks at one crash-consistent point: one OpLog
+        marker, O(1), no drain (see nxstore.nearsync.lws). With `pd` (and no `vdisks`) it
+        covers the protection domain's vDisks and its NearSync schedule ships it with the next
+        run. Raises InvalidArgument, ReadOnly, NotFound. Durable on return."""
+        self._check_open()
+        from .nearsync import lws
+
+        pd_id = 0
+        if pd is not None:
+            if vdisks:
+                raise InvalidArgument("lws_group takes vdisks or pd, not both")
+            domain = self.protection_domain(pd)
+            pd_id, vdisks = domain.id, [self.vdisk(n) for n in domain.vdisk_names()]
+        return lws.take(self._ctx, [self.vdisk(vd.name) for vd in vdisks], name, pd_id=pd_id)[0]
+
+    def configure_nearsync(self, **settings: float) -> NearSyncConfig:
+        """Change NearSync settings of this open cluster (max_interval, lag_threshold,
+        compose_every, ship_timeout; seconds); returns them all. InvalidArgument for bad ones."""
+        from .nearsync.state import configure
+
+        return configure(self, **settings)
+
+    def restore_points(self, pd: str) -> list[RestorePoint]:
+        """At a remote: the restore points of protection domain `pd` held here (vDisk
+        snapshots and LWS, with their source times), oldest first. NotFound if none."""
+        self._check_open()
+        from .nearsync.compose import restore_points
+
+        return restore_points(self, pd)
+
+    def restore_point(self, point: RestorePoint, prefix: str) -> list[VDisk]:
+        """New writable vDisks `<prefix><vDisk>` reading exactly as restore point `point`
+        (the newest vDisk snapshot at or before it, plus the LWS episodes up to it)."""
+        self._check_open()
+        from .nearsync.compose import restore
+
+        return restore(self, point, prefix)
+
+    def compose_pending(self) -> list[Snapshot]:
+        """At a remote: compose the vDisk snapshots received LWS episodes ask for that do not
+        exist yet (`nxstore serve` does this itself); returns them."""
+        self._check_open()
+        from .nearsync.compose import compose_pending
+
+        return compose_pending(self)

@@ -71,3 +71,16 @@ WIRE_HANDSHAKE_TIMEOUT_S = 10.0     # seconds for the whole handshake, each side
 WIRE_WRITE_HIGH_WATER = 4 * 1024 * 1024     # bytes buffered in the socket writer before drain blocks
 WIRE_READ_LIMIT = 1024 * 1024       # bytes; asyncio StreamReader buffer limit
 WIRE_BANDWIDTH_CHUNK = 64 * 1024    # bytes; a rate-limited frame is paced in pieces this large
+
+# --- NearSync (light-weight snapshots) -------------------------------------------
+# Layout and meaning: docs/format.md "NearSync". Code: nxstore/nearsync/.
+NEARSYNC_DIR = "nearsync"              # target: received LWS episode files (E<seq>.lws per replica)
+NEARSYNC_EPISODE_MAGIC = b"NXLWSEP\0"  # 8 bytes; checksummed-file magic of an episode file
+NEARSYNC_EPISODE_VERSION = 1           # layout of an episode file's payload
+NEARSYNC_MAX_INTERVAL_S = 900.0        # seconds; a schedule this frequent or more runs as NearSync
+NEARSYNC_MIN_INTERVAL_S = 1.0          # seconds; the shortest NearSync schedule interval
+NEARSYNC_LAG_THRESHOLD_S = 3600.0      # seconds; shipping further behind than this falls back
+NEARSYNC_COMPOSE_EVERY_S = 3600.0      # seconds between vDisk snapshots the remote composes
+NEARSYNC_SHIP_TIMEOUT_S = 60.0         # seconds one shipping round may take before it is abandoned
+NEARSYNC_OPLOG_SHARE = 0.5             # fraction of OPLOG_CAP_BYTES NearSync retention may pin
+NEARSYNC_HISTORY = 200                 # state transitions kept per (PD, remote site)

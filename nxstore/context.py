@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .catalog import Catalog, ContainerRow
 from .extent_store import ExtentStore
 from .layers import LayerTree
@@ -34,3 +36,8 @@ class ClusterContext:
     prune: Callable[[], None] = lambda: None
     #: blocks a writer while undrained blocks hold more RAM than allowed (set by the Cluster)
     throttle: Callable[[], None] = lambda: None
+    #: OpLog seq the drain may release up to at most (None = no limit): NearSync keeps the
+    #: episodes not yet held by every target (set by nxstore.nearsync.retention)
+    release_floor: Callable[[], int | None] = lambda: None
+    #: extent ids gc must keep besides the block maps' (unshipped or uncomposed episodes)
+    gc_roots: Callable[[], np.ndarray] = lambda: np.zeros(0, dtype=np.uint64)

@@ -120,8 +120,10 @@ class Sites:
         self._point(c)  # its peers, at their current addresses
         c.close()
         proc = subprocess.Popen(
+            # The console runs the schedules on the simulated clock: the daemons only
+            # answer their peers (their scheduler would read the real clock).
             [sys.executable, "-m", "nxstore.cli", "serve", self.path(site), "--listen",
-             "127.0.0.1:0", "--secret-file", self.secret_file],
+             "127.0.0.1:0", "--secret-file", self.secret_file, "--schedule-interval", "0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         port: list[str] = []
         ready = threading.Event()

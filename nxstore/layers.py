@@ -173,7 +173,10 @@ class LayerTree:
                 self.rows.pop(lid, None)
                 self._maps.pop(lid, None)
                 self._applied.pop(lid, None)
-                self.store.delete(lid)
+                # Only once the rows are gone for good: a crash inside an enclosing
+                # transaction (a fold's relink) rolls them back, and a row whose
+                # files are gone would read as an empty map.
+                self.catalog.after_commit(lambda lid=lid: self.store.delete(lid))
 
     def _is_shortcut(self, layer_id: int) -> bool:
         return any(row.shortcut == layer_id for row in self.rows.values())

@@ -22,6 +22,7 @@ from .snapshot import Snapshot
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .vdisk import VDisk
 
 ZERO_FP = bytes(16)
 
@@ -107,6 +108,15 @@ def apply_snapshot(
     if vd is None:
         vd = cluster._create_replica_vdisk(replica_name(source_site, vdisk), size, container,
                                            ReplicaRow(0, 0, source_cluster, source_site, vdisk))
+    return commit_layer(cluster, vd, parent, layer, snapshot, created_at, size)
+
+
+def commit_layer(cluster: Cluster, vd: VDisk, parent: int, layer: MapLayer, snapshot: str,
+                 created_at: float, size: int) -> Snapshot:
+    """Make `layer` (entries over `parent`'s image) replica `vd`'s new snapshot `snapshot` and
+    head, in one catalogue transaction after the layer file is durable. Used for received
+    snapshots and for snapshots composed from NearSync episodes."""
+    ctx = cluster._ctx
     ctx.store.sync()  # the extents before the map that names them
     with vd._lock, ctx.map_lock:
         seq = ctx.oplog.last_seq

@@ -137,8 +137,7 @@ def restore_vdisk(ctx: ClusterContext, vd: VDisk, snapshot: Snapshot) -> None:
             # Undrained writes belong to the old head, which is dropped; the OpLog
             # records behind them predate the new head's created_seq, so recovery
             # never replays them.
-            vd._dirty.clear()
-            vd._pending.clear()
+            vd.discard_unpersisted()
     ctx.prune()
 
 

@@ -25,9 +25,13 @@ from .errors import Corruption, InvalidArgument, NotFound, OutOfRange, ReadOnly
 from .oplog import Record, RecordType
 
 if TYPE_CHECKING:
+    from .nearsync import LWS
     from .snapshot import Snapshot
 
 DRAIN_BATCH_BLOCKS = 256  # blocks moved per drain step (bounds how long writers wait)
+READ_BUFFER_MAX = 16 << 20  # bytes: reads up to this size are assembled in a per-thread buffer
+
+_local = threading.local()
 
 
 def as_buffer(data: object) -> memoryview:
@@ -65,7 +69,7 @@ def read_image(
     bs = ctx.block_size
     first = offset // bs
     nblocks = (offset + length - 1) // bs - first + 1
-    out = np.empty(nblocks * bs, dtype=np.uint8)
+    out = _read_buffer(nblocks * bs)
     full, partial = dirty.overlay(first, nblocks, out) if dirty is not None else (None, [])
     blocks = np.arange(first, first + nblocks, dtype=np.uint64)
     if full is not None and full.any():
@@ -81,6 +85,20 @@ def read_image(
         dirty.patch(partial, out)  # type: ignore[union-attr]
     start = offset - first * bs
     return out[start : start + length].tobytes()
+
+
+def _read_buffer(nbytes: int) -> np.ndarray:
+    """A uint8 array of `nbytes` to assemble one read in, valid until this thread's
+    next call. Reads up to READ_BUFFER_MAX reuse one buffer per thread: a fresh
+    one per read, next to the `bytes` the read returns, makes malloc hand memory
+    back to the kernel and take it again, and those page faults cost more than
+    the read itself (2-4x slower warm reads)."""
+    if nbytes > READ_BUFFER_MAX:
+        return np.empty(nbytes, np.uint8)
+    buf = getattr(_local, "read_buffer", None)
+    if buf is None or buf.size < nbytes:
+        buf = _local.read_buffer = np.empty(nbytes, np.uint8)
+    return buf[:nbytes]
 
 
 def read_extents(
@@ -117,6 +135,9 @@ class VDisk:
         self._lock = threading.RLock()
         self._dirty = DirtyBlocks(ctx.block_size)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # map entries not yet persisted
+        # Extent ids the head named before an unpersisted update replaced them: recovery
+        # replays the OpLog onto the persisted map, so gc must keep these until persist.
+        self._superseded: list[np.ndarray] = []
         self._last_seq = 0
         self._deleted = False
 
@@ -265,9 +286,28 @@ class VDisk:
 
     def _set_map(self, blocks: np.ndarray, ids: np.ndarray) -> None:
         """Whole-block map update of the head (caller holds both locks)."""
-        self._ctx.tree.layer(self._row.head_layer).set(blocks, ids)
+        head = self._ctx.tree.layer(self._row.head_layer)
+        old, found = head.lookup(blocks)
+        old = old[found & (old != 0)]
+        if old.size:
+            self._superseded.append(old)
+        head.set(blocks, ids)
         self._pending.append((blocks, ids))
         self._dirty.discard(blocks)
+
+    def unpersisted_extents(self) -> np.ndarray:
+        """Extent ids the persisted head map may still name although the in-memory one
+        no longer does (caller holds the map lock): gc must not sweep them."""
+        if not self._superseded:
+            return np.zeros(0, dtype=np.uint64)
+        return np.concatenate(self._superseded)
+
+    def discard_unpersisted(self) -> None:
+        """Forget undrained and unpersisted state: the head it belongs to is being
+        replaced or deleted (caller holds this vDisk's lock and the map lock)."""
+        self._dirty.clear()
+        self._pending.clear()
+        self._superseded.clear()
 
     def replay(self, record: Record) -> bool:
         """Re-apply one OpLog record after a crash; False if it was skipped
@@ -373,7 +413,8 @@ class VDisk:
         self._ctx.oplog.sync(safe)
         with self._ctx.map_lock:
             self._ctx.tree.persist(self._row.head_layer, blocks, vals, safe)
-        self._pending.clear()
+            self._pending.clear()
+            self._superseded.clear()
 
     def fold_parent(self, parent: int) -> None:
         """Merge the unnamed layer `parent` into this vDisk's head (after its
@@ -390,6 +431,7 @@ class VDisk:
                 self._ctx.oplog.sync(safe)
                 tree.fold_into_head(parent, head, merged, safe)
                 self._pending.clear()
+                self._superseded.clear()
 
     # -- snapshots ------------------------------------------------------------------
     def snapshot(self, name: str) -> Snapshot:
@@ -429,3 +471,11 @@ class VDisk:
         from .snapshot import changed_blocks
 
         return changed_blocks(self._ctx, base, target, live=self)
+
+    def lws(self, name: str | None = None) -> LWS:
+        """A light-weight snapshot of this vDisk: one OpLog marker, O(1), no drain
+        (nxstore.nearsync.lws). Raises ReadOnly (replica), InvalidArgument (name). Durable
+        on return."""
+        from .nearsync import lws
+
+        return lws.take(self._ctx, [self], name)[0]

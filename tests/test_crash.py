@@ -19,6 +19,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,6 +216,7 @@ def run_crash_rounds(tmp_path, kills_wanted: int, background: bool, seed: int,
     phases: collections.Counter = collections.Counter()
     kills = rnd = 0
     start = time.monotonic()
+    keep = os.environ.get("NXSTORE_CRASH_KEEP")
     while kills < kills_wanted:
         assert time.monotonic() - start < budget_s, f"only {kills} kills in {budget_s} s"
         rnd += 1
@@ -225,6 +227,9 @@ def run_crash_rounds(tmp_path, kills_wanted: int, background: bool, seed: int,
         if target not in kinds:
             target = "time"
         lines, rc, err = _run_child(path, seed, rnd, background, state, target, rng)
+        if keep:  # the state as the kill left it, to replay a failed recovery offline
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(path, keep)
         assert rc in (0, -signal.SIGKILL), f"child failed (rc {rc}):\n{err[-3000:]}"
         acks = [int(x.split()[1]) for x in lines if x.startswith("ACK")]
         begins = [x.split() for x in lines if x.startswith("BEGIN")]
@@ -256,12 +261,6 @@ def test_crash_oplog_drain_gc_and_metadata(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG under investigation (issue 2 stays open): with the background drain "
-    "running, a kill can leave a block whose first sector reads zero while the rest holds a "
-    "later partial write (round 15, vDisk b, block 0). Fails about 1 run in 3.",
-)
 def test_crash_with_background_drain(tmp_path):
     run_crash_rounds(tmp_path, kills_wanted=20, background=True, seed=2, budget_s=90)
 
@@ -302,4 +301,77 @@ def test_gc_then_kill_keeps_acknowledged_data(tmp_path, first):
         got = c.vdisk("v").read(0, 256 * 1024)
         assert got in (acked, later), (
             "acknowledged data lost: reads " + ("zeros" if not any(got) else "other bytes"))
+        assert c.scrub() == []
+
+
+_MID_DRAIN_GC_CHILD = """
+import os, random, signal, sys
+import nxstore
+path = sys.argv[1]
+c = nxstore.Cluster.open(path, background=False)
+vd = c.vdisk("v")
+vd.write(0, random.Random(1).randbytes(256 * 1024))   # bypass: a MAP record
+vd.write(512, random.Random(2).randbytes(3584))       # sectors 1-7 of block 0: partial
+vd.flush()                                            # both acknowledged
+with vd._lock:  # what the background drain does between two of its locked steps:
+    vd._drain_step()  # block 0 merged and remapped in RAM, the map not yet persisted
+c.gc()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_gc_between_drain_steps_keeps_acknowledged_data(tmp_path):
+    """Found by the crash test with the background drain: gc() ran between two drain
+    steps, after a partial write was merged onto an acknowledged bypass write in RAM
+    but before the map was persisted, and swept the bypass write's extent; recovery
+    then skipped its MAP record and block 0 lost its first sector."""
+    path = str(tmp_path / "c")
+    with nxstore.Cluster.create(path, block_size=BS, background=False) as c:
+        c.create_vdisk("v", 2 * 256 * 1024)
+    proc = subprocess.run([sys.executable, "-c", _MID_DRAIN_GC_CHILD, path],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    want = bytearray(random.Random(1).randbytes(256 * 1024))
+    want[512:4096] = random.Random(2).randbytes(3584)
+    with nxstore.Cluster.open(path, background=False) as c:
+        assert c.vdisk("v").read(0, 256 * 1024) == want
+        assert c.scrub() == []
+
+
+_FOLD_CHILD = """
+import os, signal, sys
+import nxstore
+from nxstore.layers import LayerTree
+path = sys.argv[1]
+c = nxstore.Cluster.open(path, background=False, collapse_depth=2)
+drop = LayerTree._drop
+def drop_then_die(self, layer_id):
+    drop(self, layer_id)
+    if self.catalog._db.in_transaction:  # inside the fold's relink, before its commit
+        os.kill(os.getpid(), signal.SIGKILL)
+LayerTree._drop = drop_then_die
+c.snapshot("v", "s2").delete()  # folds s2's layer (and its shortcut) into the head
+"""
+
+
+def test_kill_inside_fold_keeps_the_layers_it_did_not_drop(tmp_path):
+    """Found by the crash test: a fold's relink dropped the folded layer (and the
+    shortcut above it) inside its catalogue transaction and deleted their map files
+    before the commit; a kill there rolled the rows back, the shortcut's files were
+    gone, and reads through it saw an empty map (zeros)."""
+    path = str(tmp_path / "c")
+    with nxstore.Cluster.create(path, block_size=BS, background=False, collapse_depth=2) as c:
+        vd = c.create_vdisk("v", 64 * BS)
+        data = bytearray(os.urandom(64 * BS))
+        vd.write(0, data)
+        vd.snapshot("s1")
+        vd.write(0, data[:BS])
+        vd.snapshot("s2")
+        c.drain()  # head -> s2 -> s1 is deeper than 2: a shortcut on s2
+        assert vd.read_depth == 2
+    proc = subprocess.run([sys.executable, "-c", _FOLD_CHILD, path], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    with nxstore.Cluster.open(path, background=False) as c:
+        assert c.vdisk("v").read(0, 64 * BS) == data
         assert c.scrub() == []

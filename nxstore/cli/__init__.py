@@ -10,7 +10,8 @@ prints the traceback of an unexpected error).
 One module per command group: cluster_cmds (create, info, container, drain,
 gc, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
 (import, export), replication_cmds (serve, site, replicate, replicas, prune-remote),
-vm_cmds (vm ...), pd_cmds (pd ...: protection domains and failover).
+vm_cmds (vm ...), pd_cmds (pd ...: protection domains and failover), nearsync_cmds (lws,
+and pd nearsync|restore-points|restore-point).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import (
         cluster_cmds,
         image_cmds,
+        nearsync_cmds,
         pd_cmds,
         replication_cmds,
         snapshot_cmds,
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds,
-                   vm_cmds, pd_cmds):
+                   vm_cmds, pd_cmds, nearsync_cmds):
         module.register(sub)
     return parser
 

@@ -12,17 +12,17 @@ from datetime import timedelta
 from .common import CliError, open_cluster, table
 from .vm_cmds import parse_pairs
 
-_EVERY_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d)\s*$", re.IGNORECASE)
+_EVERY_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$", re.IGNORECASE)
 
 
 def every_arg(text: str) -> timedelta:
-    """'30m', '1h', '2d' -> timedelta (argparse type)."""
+    """'10s' (NearSync), '30m', '1h', '2d' -> timedelta (argparse type)."""
     m = _EVERY_RE.match(text)
     if not m or int(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"bad interval {text!r}: use e.g. 30m, 1h or 1d")
+        raise argparse.ArgumentTypeError(f"bad interval {text!r}: use e.g. 10s, 30m, 1h or 1d")
     n, unit = int(m.group(1)), m.group(2).lower()
-    return {"m": timedelta(minutes=n), "min": timedelta(minutes=n), "h": timedelta(hours=n),
-            "d": timedelta(days=n)}[unit]
+    return {"s": timedelta(seconds=n), "m": timedelta(minutes=n), "min": timedelta(minutes=n),
+            "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,11 +71,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("site", metavar="SITE", nargs="?")
     q.add_argument("--rollback", action="store_true", help="undo an unfinished migration")
 
-    cmd("activate", "unplanned failover: bring the PD up here", cmd_activate)
+    q = cmd("activate", "unplanned failover: bring the PD up here", cmd_activate)
+    q.add_argument("--force", action="store_true",
+                   help="activate even if the owner answers and still owns the PD")
     q = cmd("sync", "ask the peers who owns the PD (demote here if not us)", cmd_sync)
     q = cmd("failback", "after activate: replicate the deltas back and migrate home", cmd_failback)
     q.add_argument("site", metavar="SITE", nargs="?")
     q.add_argument("--no-migrate", action="store_true", help="only reprotect (replicate back)")
+
+    from . import nearsync_cmds  # it imports this module, so not at the top
+
+    nearsync_cmds.register_pd(psub)
 
 
 def _when(ts: float | None) -> str:
@@ -222,7 +228,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_activate(args: argparse.Namespace) -> int:
     with open_cluster(args.path) as c:
-        res = c.activate(args.name)
+        res = c.activate(args.name, force=args.force)
         print(f"activated {res.pd} (epoch {res.epoch}) from {res.snapshot} taken "
               f"{_when(res.snapshot_created_at)}; VMs {', '.join(res.vms)}; writes at "
               f"{res.previous_owner} after that snapshot are lost")

@@ -1,7 +1,7 @@
 """Replication commands: serve, site add|list|remove, replicate, replicas, prune-remote.
 
 `nxstore serve` runs a cluster as a replication endpoint in the foreground (logs on
-stderr, stops cleanly on SIGTERM/SIGINT); the other commands open the local cluster,
+stderr, stops cleanly on SIGTERM/SIGINT) and runs its protection-domain schedules; the other commands open the local cluster,
 talk to a remote site's `nxstore serve` where needed, and close it again. Shared
 secrets are always read from a file (never a command-line argument, which other users
 could see in the process list); surrounding whitespace and the trailing newline are
@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 
+from ..replication.daemon import SCHEDULE_INTERVAL_S, serve_cluster, tls_context
 from .common import CliError, human, open_cluster, size_arg, split_ref, table
 from .progress import Progress
 
@@ -30,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="file holding the secret shared with the peer sites")
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: serve over TLS")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--schedule-interval", type=_seconds, default=SCHEDULE_INTERVAL_S,
+                   metavar="SECONDS",
+                   help="run the due protection-domain schedules every SECONDS "
+                   f"(default {SCHEDULE_INTERVAL_S:g}; 0: never)")
+    p.add_argument("--clock-file", metavar="FILE",
+                   help="simulated time: the cluster clock is the epoch seconds written in "
+                   "FILE, read again at every look (replace the file to move time; for "
+                   "demos and tests)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("site", help="remote sites this cluster replicates to")
@@ -78,6 +87,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_prune_remote)
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"bad number of seconds {text!r}")
+    return value
+
+
 def read_secret(path: str) -> str:
     """The secret in file `path`, stripped; CliError if empty or not text."""
     try:
@@ -110,8 +130,6 @@ def _when(ts: float) -> str:
 
 # -- serve --------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..replication.daemon import serve_cluster, tls_context
-
     if not getattr(args, "verbose", 0):  # a daemon says what it does: INFO by default
         logging.getLogger("nxstore").setLevel(logging.INFO)
     secret = read_secret(args.secret_file)
@@ -123,7 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"cannot load TLS certificate/key: {exc.strerror or exc}") from None
     except Exception as exc:  # ssl.SSLError and friends: bad PEM contents
         raise CliError(f"cannot load TLS certificate/key: {exc}") from None
-    serve_cluster(args.path, args.listen, secret, tls=tls)
+    serve_cluster(args.path, args.listen, secret, tls=tls,
+                  schedule_interval=args.schedule_interval, clock_file=args.clock_file)
     return 0
 
 

@@ -37,6 +37,7 @@ from .vm import VM
 
 if TYPE_CHECKING:
     from ..catalog import PDMigrationRow
+    from ..nearsync.state import ReplicationState
     from ..replication.source import ReplicationResult
     from ..vdisk import VDisk
     from .failover import FailbackResult, MigrateResult, SyncResult
@@ -225,11 +226,16 @@ class ProtectionDomain:
         return snap
 
     def snapshots(self) -> list[PDSnapshot]:
-        """Complete PD snapshots, oldest first."""
+        """Complete PD snapshots, oldest first. At a non-owner (inactive): those whose
+        every vDisk snapshot is held here (what activate could start from)."""
+        from .ownership import usable_snapshots
         from .pdsnapshot import PDSnapshot
 
-        rows = self._mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (self.id,))
-        rows.sort(key=lambda r: (r.created_at, r.id))
+        if self.state == INACTIVE:
+            rows = usable_snapshots(self._mgr, self._name)
+        else:
+            rows = self._mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (self.id,))
+            rows.sort(key=lambda r: (r.created_at, r.id))
         return [PDSnapshot(self._mgr, self._name, r) for r in rows]
 
     def get_snapshot(self, name: str) -> PDSnapshot:
@@ -292,6 +298,22 @@ class ProtectionDomain:
         from .schedule import set_enabled
 
         set_enabled(self, enabled)
+
+    # -- NearSync (nxstore.nearsync) ---------------------------------------------------------
+    def replication_state(self) -> dict[str, ReplicationState]:
+        """{remote site: NearSync state ("seeding" | "nearsync" | "fallback"), since when, and
+        the transition history} for each site a NearSync schedule replicates to."""
+        from ..nearsync.state import replication_states
+
+        return replication_states(self._mgr.cluster._ctx, self.id)
+
+    def rpo(self) -> dict[str, float | None]:
+        """{remote site: age in seconds (cluster clock) of the newest restore point it holds:
+        LWS or PD snapshot}; None for a site that holds none yet."""
+        from ..nearsync.state import rpo
+
+        sites = [s for sch in self.schedules() for s in sch.keep_remote]
+        return rpo(self._mgr.cluster._ctx, self.id, sites, self._mgr.now())
 
     # -- failover (nxstore.protection.failover) --------------------------------------------
     def migrate(self, site: str) -> MigrateResult:

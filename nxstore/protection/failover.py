@@ -52,17 +52,17 @@ from ..catalog import (
     PDSnapshotMemberRow,
     PDSnapshotRow,
 )
-from ..errors import InUse, InvalidArgument, NotFound, NxError
+from ..errors import AuthenticationError, InUse, InvalidArgument, NotFound, NxError
 from . import remote
 from .domain import ACTIVE, INACTIVE, ProtectionDomain, _check_sites
 from .ownership import (
     Ownership,
     demote,
+    outranks,
     ownership,
     schedule_records,
     set_row,
     snapshot_record,
-    to_replica,
 )
 
 if TYPE_CHECKING:
@@ -159,22 +159,21 @@ def _set_state(mgr: ProtectionManager, pd_name: str, state: str) -> None:
 
 # -- metadata to peers (called around every PD snapshot replication) ---------------------------------
 
-def check_peer(mgr: ProtectionManager, pd_name: str, site: str) -> None:
-    """Before replicating PD `pd_name` to `site`: if the peer owns it at a higher epoch,
-    demote here and raise InUse. An unreachable peer raises what the connection raised."""
-    view = Ownership.from_json(remote.status(mgr.cluster, site, pd_name))
-    _learn(mgr, pd_name, site, view, remote_cluster=None)
-
-
-def _learn(mgr: ProtectionManager, pd_name: str, site: str, view: Ownership,
-           remote_cluster: str | None) -> bool:
+def _learn(mgr: ProtectionManager, pd_name: str, site: str, view: Ownership) -> None:
+    """Peer `site` answered `view`: if the owner it knows (itself or another site)
+    outranks the one this site knows (ownership.outranks), demote here (or, at a
+    non-owner, just learn the new owner) and raise InUse."""
     mine = ownership(mgr, pd_name)
-    if view.exists and view.state != INACTIVE and view.epoch > mine.epoch:
-        demote(mgr, pd_name, view.epoch, site, view.owner_cluster or remote_cluster or "",
-               reason=f"site {site!r} owns it at epoch {view.epoch} (here: epoch {mine.epoch})")
-        raise InUse(f"protection domain {pd_name!r} was activated at site {site!r} "
-                    f"(epoch {view.epoch} > {mine.epoch}): demoted here, nothing replicated")
-    return False
+    owner = site if view.state != INACTIVE else view.owner_site
+    if (not view.exists or owner == mgr.cluster.site_name
+            or not outranks(view.epoch, view.owner_cluster, mine.epoch, mine.owner_cluster)):
+        return
+    demote(mgr, pd_name, view.epoch, owner, view.owner_cluster,
+           reason=f"site {site!r} says {owner!r} owns it at epoch {view.epoch} "
+                  f"(here: epoch {mine.epoch})")
+    raise InUse(f"protection domain {pd_name!r} is owned by site {owner!r} (epoch "
+                f"{view.epoch}, this site knew {mine.epoch}; it was activated or moved "
+                f"there): demoted here, nothing replicated")
 
 
 def sync_peer(mgr: ProtectionManager, pd_name: str, site: str) -> Ownership:
@@ -189,7 +188,7 @@ def sync_peer(mgr: ProtectionManager, pd_name: str, site: str) -> Ownership:
     body = {"pd": pd_name, "epoch": row.epoch, "owner_site": mgr.cluster.site_name,
             "snapshots": snaps, "schedules": schedule_records(mgr, row.id)}
     view = Ownership.from_json(remote.call(mgr.cluster, site, "sync", body))
-    _learn(mgr, pd_name, site, view, None)
+    _learn(mgr, pd_name, site, view)
     return view
 
 
@@ -209,7 +208,7 @@ def sync_ownership(pd: ProtectionDomain, sites: list[str] | None = None) -> Sync
             view = Ownership.from_json(remote.status(mgr.cluster, site, pd.name))
             peers[site] = view
             try:
-                _learn(mgr, pd.name, site, view, None)
+                _learn(mgr, pd.name, site, view)
             except InUse:
                 demoted = True
         except NxError as exc:
@@ -364,7 +363,7 @@ def _step_reverse_direction(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[s
     snap_row = cat.rows(PDSnapshotRow, "pd_id = ? AND name = ?", (pd.id, j.snapshot))[0]
     names = [m["vdisk"] for e in json.loads(snap_row.manifest) for m in e["members"]]
     for name in names:
-        to_replica(mgr, name, d["peer_cluster"], j.site)
+        mgr.cluster.make_replica(name, d["peer_cluster"], j.site)
     with cat.transaction():
         for s in cat.rows(PDSnapshotRow, "pd_id = ?", (pd.id,)):
             for table in (PDSnapshotMemberRow, PDReplicationRow):
@@ -428,9 +427,15 @@ def rollback_migrate(pd: ProtectionDomain) -> list[str]:
 
 # -- activate / reprotect / failback --------------------------------------------------------------
 
-def activate(mgr: ProtectionManager, name: str) -> ActivateResult:
-    """Unplanned failover at this (surviving) site; see the module docstring. Raises
-    NotFound (no PD metadata or no complete PD snapshot here), InUse (active here)."""
+def activate(mgr: ProtectionManager, name: str, force: bool = False) -> ActivateResult:
+    """Unplanned failover at this (surviving) site; see the module docstring.
+
+    First every remote site is asked, the owner first: if one answers that it owns the
+    PD (the owner is alive, or another survivor activated it already) or names a newer
+    owner, activating here would make two owners, so InUse is raised unless `force`.
+    A site that cannot be reached is taken as gone. Raises NotFound (no PD metadata or
+    no complete PD snapshot here), InUse (active here; an owner answers),
+    AuthenticationError (a site answers but refuses the secret)."""
     with mgr.lock:
         mine = ownership(mgr, name)
         if not mine.exists:
@@ -439,6 +444,8 @@ def activate(mgr: ProtectionManager, name: str) -> ActivateResult:
             raise InUse(f"protection domain {name!r} is {mine.state} on this site already "
                         "(activate is for a PD owned by a site that is gone)")
         prev = mine.owner_site
+        if not force:
+            _check_no_owner_answers(mgr, name, mine)
         from .ownership import adopt
 
         out = adopt(mgr, name, snapshot=None, epoch=mine.epoch + 1, power_on=None, peer_site=prev,
@@ -452,6 +459,30 @@ def activate(mgr: ProtectionManager, name: str) -> ActivateResult:
                     name, mgr.cluster.site_name, out["snapshot"], row.epoch, prev)
         return ActivateResult(name, out["snapshot"], created, row.epoch, tuple(out["vms"]),
                               tuple(out["vdisks"]), prev, tuple(out["dropped_sites"]))
+
+
+def _check_no_owner_answers(mgr: ProtectionManager, name: str, mine: Ownership) -> None:
+    """InUse if a remote site answers that it owns the PD (the owner still alive, or a
+    peer that activated it already) or knows a newer owner than this site does."""
+    others = [s.name for s in mgr.cluster.remote_sites()]
+    fence = "or activate with force=True (CLI --force) to fence that site off"
+    for site in sorted(others, key=lambda s: s != mine.owner_site):  # the owner first
+        try:
+            view = Ownership.from_json(remote.status(mgr.cluster, site, name))
+        except AuthenticationError as exc:  # it answers but will not say whether it owns it
+            raise AuthenticationError(f"cannot ask site {site!r} whether it owns protection "
+                                      f"domain {name!r}: {exc}; fix the secret, {fence}") from exc
+        except NxError as exc:
+            log.warning("PD %s: site %s unreachable (%s): taken as gone", name, site, exc)
+            continue
+        if view.exists and view.state != INACTIVE:
+            raise InUse(f"site {site!r} answers and owns protection domain {name!r} "
+                        f"({view.state}, epoch {view.epoch}): activating here would make two "
+                        f"owners; migrate it instead, {fence}")
+        if view.exists and view.epoch > mine.epoch:
+            raise InUse(f"site {site!r} answers: protection domain {name!r} moved to "
+                        f"{view.owner_site!r} at epoch {view.epoch} (this site knows epoch "
+                        f"{mine.epoch}); ask that site, {fence}")
 
 
 def _failback_site(pd: ProtectionDomain, site: str | None) -> str:

@@ -41,12 +41,11 @@ from ..catalog import (
     PDSnapshotMemberRow,
     PDSnapshotRow,
     ProtectionDomainRow,
-    ReplicaRow,
     SnapshotRow,
     VDiskRow,
     VMRow,
 )
-from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound
+from ..errors import AlreadyExists, InUse, NotFound
 from ..replica import find_replica
 from .domain import ACTIVE, INACTIVE, ProtectionDomain
 
@@ -74,6 +73,17 @@ class Ownership:
     def from_json(cls, d: dict[str, Any]) -> Ownership:
         return cls(bool(d.get("exists")), str(d.get("state", "")), int(d.get("epoch", 0)),
                    str(d.get("owner_site", "")), str(d.get("owner_cluster", "")))
+
+
+def outranks(epoch: int, cluster: str, other_epoch: int, other_cluster: str) -> bool:
+    """Does an owner at (epoch, cluster id) win over one at (other_epoch, other_cluster)?
+    The higher epoch wins. Equal epochs with two owners happen only when two survivors
+    activated the PD while cut off from each other: the smaller cluster id wins, so
+    every site decides the same and the two converge at their first contact (the
+    loser keeps its writes in a "diverged" snapshot, see demote)."""
+    if epoch != other_epoch:
+        return epoch > other_epoch
+    return cluster < other_cluster
 
 
 def ownership(mgr: ProtectionManager, pd_name: str) -> Ownership:
@@ -117,49 +127,88 @@ def snapshot_record(snap_row: PDSnapshotRow, network_mapping: dict[str, str]) ->
 
 
 def schedule_records(mgr: ProtectionManager, pd_id: int) -> list[dict[str, Any]]:
+    """The PD's schedules as shipped to a peer (`created_at` identifies each one there)."""
     return [{"every": r.every, "keep_local": r.keep_local, "keep_remote": json.loads(r.keep_remote),
-             "app_consistent": r.app_consistent, "next_due": r.next_due, "id": r.id}
+             "app_consistent": r.app_consistent, "next_due": r.next_due, "id": r.id,
+             "created_at": r.created_at}
             for r in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd_id,))]
 
 
 def record_sync(mgr: ProtectionManager, peer_cluster: str, body: dict[str, Any]) -> Ownership:
     """Apply an owner's "sync" (PD name, epoch, owner, snapshots, schedules) here and
-    return this site's view afterwards. If this site owns the PD at a higher epoch it
-    changes nothing (the sender learns it must demote); if this site is active at a
-    LOWER epoch it demotes itself first (it was activated elsewhere while away)."""
+    return this site's view afterwards. If the owner this site knows (itself or
+    another site) outranks the sender, nothing changes and the sender learns from the
+    reply that it must demote; if this site is active and the sender outranks it, it
+    demotes itself first (the PD was activated elsewhere while it was away). Epochs
+    here never go down."""
     name, epoch = str(body["pd"]), int(body["epoch"])
     with mgr.lock:
         mine = ownership(mgr, name)
-        if mine.exists and mine.state != INACTIVE and mine.epoch >= epoch:
+        same = (mine.epoch, mine.owner_cluster) == (epoch, peer_cluster)
+        if mine.exists and not same and not outranks(epoch, peer_cluster, mine.epoch,
+                                                     mine.owner_cluster):
             return mine
-        if mine.exists and mine.state != INACTIVE:
+        if mine.exists and mine.state != INACTIVE and not same:
             demote(mgr, name, epoch, body["owner_site"], peer_cluster,
                    reason=f"site {body['owner_site']!r} owns it at epoch {epoch}")
         row = set_row(mgr, name, INACTIVE, epoch, str(body["owner_site"]), peer_cluster)
+        follow_owner(mgr, row, mine.owner_cluster)
         cat = mgr.catalog
         with cat.transaction():
+            local_ids = _store_schedules(mgr, row.id, body.get("schedules", []))
             have = {r.name: r for r in cat.rows(PDSnapshotRow, "pd_id = ?", (row.id,))}
             for s in body.get("snapshots", []):
                 if s["name"] not in have:
-                    cat.insert(PDSnapshotRow(0, row.id, s["name"], float(s["created_at"]), 0,
+                    cat.insert(PDSnapshotRow(0, row.id, s["name"], float(s["created_at"]),
+                                             local_ids.get(int(s["schedule_id"]), 0),
                                              s["consistency"], True, json.dumps(s["manifest"]),
                                              "[]"))
-            meta = {"schedules": body.get("schedules", []), "from_site": body["owner_site"]}
-            _store_meta(mgr, row.id, meta)
         _forget_pruned(mgr, row)
         return ownership(mgr, name)
 
 
-def _store_meta(mgr: ProtectionManager, pd_id: int, meta: dict[str, Any]) -> None:
-    """The owner's schedules, kept at a non-owner as disabled schedule rows."""
+def _store_schedules(mgr: ProtectionManager, pd_id: int, records: list[dict[str, Any]]
+                     ) -> dict[int, int]:
+    """Keep the owner's schedules here as disabled rows; return {owner's schedule id:
+    row id here}. A schedule is known on every site by its creation time (unique in its
+    PD, see schedule.add_schedule), so its row here is updated in place: the PD
+    snapshots recorded here keep their schedule, and retention prunes them once this
+    site adopts the PD. Schedules the owner removed are removed here too."""
     cat = mgr.catalog
-    for r in cat.rows(PDScheduleRow, "pd_id = ?", (pd_id,)):
+    rows = {r.created_at: r for r in cat.rows(PDScheduleRow, "pd_id = ?", (pd_id,))}
+    ids = {}
+    for s in records:
+        created = float(s["created_at"])
+        row = rows.pop(created, None) or PDScheduleRow(0, pd_id, 0.0, 0, "", False, False, 0.0,
+                                                       0.0, created)
+        row.every, row.keep_local = float(s["every"]), int(s["keep_local"])
+        row.keep_remote = json.dumps(s["keep_remote"], sort_keys=True)
+        row.app_consistent, row.enabled = bool(s["app_consistent"]), False
+        row.next_due = float(s["next_due"])
+        if row.id:
+            cat.update(row)
+        else:
+            cat.insert(row)
+        ids[int(s["id"])] = row.id
+    for r in rows.values():
         cat.delete(PDScheduleRow, r.id)
-    for s in meta["schedules"]:
-        cat.insert(PDScheduleRow(0, pd_id, float(s["every"]), int(s["keep_local"]),
-                                 json.dumps(s["keep_remote"], sort_keys=True),
-                                 bool(s["app_consistent"]), False, float(s["next_due"]), 0.0,
-                                 mgr.now()))
+    return ids
+
+
+def follow_owner(mgr: ProtectionManager, row: ProtectionDomainRow, old_cluster: str) -> None:
+    """At a non-owner whose PD moved from cluster `old_cluster` to row.owner_cluster
+    (between two other sites): the replicas of the old owner's vDisks become replicas
+    of the new owner's vDisks of the same names, so its replication here is
+    incremental on the snapshots they share (same names and times) and adopting here
+    later finds them."""
+    if old_cluster in ("", row.owner_cluster):
+        return
+    names = {m["vdisk"] for s in mgr.catalog.rows(PDSnapshotRow, "pd_id = ?", (row.id,))
+             for e in json.loads(s.manifest) for m in e["members"]}
+    for name in sorted(names):
+        old = find_replica(mgr.cluster, old_cluster, name)
+        if old is not None and find_replica(mgr.cluster, row.owner_cluster, name) is None:
+            mgr.cluster.make_replica(old.name, row.owner_cluster, row.owner_site, name)
 
 
 def _forget_pruned(mgr: ProtectionManager, row: ProtectionDomainRow) -> None:
@@ -169,7 +218,7 @@ def _forget_pruned(mgr: ProtectionManager, row: ProtectionDomainRow) -> None:
         for s in cat.rows(PDSnapshotRow, "pd_id = ?", (row.id,)):
             if cat.rows(PDSnapshotMemberRow, "pd_snapshot_id = ?", (s.id,)):
                 continue
-            if all(m is None for m in _members(mgr, row.owner_cluster, s)):
+            if all(found is None for _, _, found in _members(mgr, row.owner_cluster, s)):
                 cat.delete(PDSnapshotRow, s.id)
 
 
@@ -254,7 +303,7 @@ def adopt(mgr: ProtectionManager, pd_name: str, *, snapshot: str | None, epoch: 
             assert srow is not None
             vd_row = find_replica(cluster, row.owner_cluster, src_name)
             assert vd_row is not None
-            vd = promote(mgr, vd_row.name, src_name)
+            vd = cluster.promote_replica(vd_row.name, src_name)
             vd.restore(next(s for s in vd.snapshots() if s.id == srow.id))
             vdisks.append(vd.name)
         cat = mgr.catalog
@@ -318,44 +367,6 @@ def _check_free(mgr: ProtectionManager, source_cluster: str, manifest: list[dict
                                     f"{mgr.cluster.site_name!r} (not the replica)")
 
 
-def promote(mgr: ProtectionManager, name: str, new_name: str):  # noqa: ANN201 - VDisk
-    """Replica vDisk `name` -> writable vDisk `new_name` with the same snapshots."""
-    cluster = mgr.cluster
-    vd = cluster.vdisk(name)
-    with cluster._registry_lock, vd._lock:
-        if new_name != name and new_name in cluster._vdisks:
-            raise AlreadyExists(f"vDisk {new_name!r} exists")
-        with mgr.catalog.transaction():
-            for rep in mgr.catalog.rows(ReplicaRow, "vdisk_id = ?", (vd.id,)):
-                mgr.catalog.delete(ReplicaRow, rep.id)
-            vd._row.read_only = False
-            vd._row.name = new_name
-            mgr.catalog.update(vd._row)
-        if new_name != name:
-            cluster._vdisks[new_name] = cluster._vdisks.pop(name)
-    return vd
-
-
-def to_replica(mgr: ProtectionManager, name: str, source_cluster: str, source_site: str) -> None:
-    """Writable vDisk `name` -> read-only replica of (source_cluster, name): the new
-    owner's replication finds its snapshots as the common base. Idempotent."""
-    cluster = mgr.cluster
-    vd = cluster.vdisk(name)
-    cluster.drain()  # nothing of the head pending in RAM
-    cat = mgr.catalog
-    with vd._lock, cat.transaction():
-        for rep in cat.rows(ReplicaRow, "vdisk_id = ?", (vd.id,)):
-            if rep.source_cluster == source_cluster and rep.source_vdisk == name:
-                return
-            cat.delete(ReplicaRow, rep.id)
-        for rep in cat.rows(ReplicaRow, "source_cluster = ? AND source_vdisk = ?",
-                            (source_cluster, name)):
-            cat.delete(ReplicaRow, rep.id)  # an older replica of the same vDisk: superseded
-        vd._row.read_only = True
-        cat.update(vd._row)
-        cat.insert(ReplicaRow(0, vd.id, source_cluster, source_site, name))
-
-
 # -- demote: stop being the owner ----------------------------------------------------------------
 
 def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, owner_cluster: str,
@@ -368,7 +379,8 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
     with mgr.lock:
         pd = ProtectionDomain(mgr, pd_name)
         row = mgr.pd_row(pd_name)
-        if row.state == INACTIVE and row.epoch >= epoch:
+        if row.state == INACTIVE and not outranks(epoch, owner_cluster, row.epoch,
+                                                  row.owner_cluster):
             return []
         log.warning("PD %s: demoted at site %s: %s", pd_name, mgr.cluster.site_name, reason)
         vd_names = pd.vdisk_names()
@@ -394,12 +406,7 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
                 continue
             if not vd.read_only and not any(s.name == tag for s in vd.snapshots()):
                 vd.snapshot(tag)
-            to_replica(mgr, name, owner_cluster, owner_site)
-        set_row(mgr, pd_name, INACTIVE, epoch, owner_site, owner_cluster)
+            mgr.cluster.make_replica(name, owner_cluster, owner_site)
+        follow_owner(mgr, set_row(mgr, pd_name, INACTIVE, epoch, owner_site, owner_cluster),
+                     row.owner_cluster)
         return [vm.name for vm in vms]
-
-
-def check_epoch(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"bad epoch {value!r}")
-    return value

@@ -219,7 +219,7 @@ def take_pd_snapshot(pd: ProtectionDomain, *, name: str | None, schedule_id: int
             raise AlreadyExists(f"protection domain {pd.name!r} has a snapshot {name!r}")
         row = cat.insert(PDSnapshotRow(0, pd_row.id, f"{pd.name}.pending", mgr.now(), schedule_id,
                                        CRASH, False, json.dumps(manifest), "[]"))
-        row.name = name or f"{pd.name}.{row.id:06d}"
+        row.name = name or _default_name(mgr, pd.name, pd_row.epoch, row.id)
         cat.update(row)
     hooked, all_hooked = _hooked_vms(mgr, manifest) if app_consistent else ([], False)
     failures: list[HookFailure] = []
@@ -255,6 +255,16 @@ def take_pd_snapshot(pd: ProtectionDomain, *, name: str | None, schedule_id: int
     return PDSnapshot(mgr, pd.name, row)
 
 
+def _default_name(mgr: ProtectionManager, pd_name: str, epoch: int, row_id: int) -> str:
+    """"<pd>.<row id>" while the PD never changed owner; after that the site and epoch
+    are in the name too: PD snapshot rows travel between sites (ids do not), and a
+    name must mean one snapshot on every site (one owner per site and epoch; two
+    owners of one epoch, after two activations, are two sites)."""
+    if epoch == 1:
+        return f"{pd_name}.{row_id:06d}"
+    return f"{pd_name}.{mgr.cluster.site_name}-e{epoch}.{row_id:06d}"
+
+
 def _discard(mgr: ProtectionManager, row: PDSnapshotRow, snaps: list[Snapshot]) -> None:
     with mgr.catalog.transaction():
         for snap in snaps:
@@ -265,12 +275,14 @@ def _discard(mgr: ProtectionManager, row: PDSnapshotRow, snaps: list[Snapshot]) 
 
 def replicate_pd_snapshot(mgr: ProtectionManager, snap: PDSnapshot, site: str) -> ReplicationResult:
     """Replicate every member vDisk snapshot to `site` (one connection), then record it
-    and send the PD metadata there (nxstore.protection.failover.sync_peer). First the
-    site is asked who owns the PD: if it owns it at a higher epoch (activated there),
-    this site demotes itself and InUse is raised, nothing sent."""
-    from .failover import check_peer, sync_peer
+    and send the PD metadata there (nxstore.protection.failover.sync_peer). The
+    metadata goes first too: if the site owns the PD at a higher rank (activated
+    there), this site demotes itself and InUse is raised, nothing sent; if the site
+    knew another owner, it re-links its replicas to this one first, so the transfer is
+    incremental on the snapshots they share."""
+    from .failover import sync_peer
 
-    check_peer(mgr, snap.pd_name, site)
+    sync_peer(mgr, snap.pd_name, site)
     result = mgr.cluster.replicate(snap.vdisk_snapshots(), site)
     with mgr.catalog.transaction():
         if not mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?",

@@ -6,10 +6,12 @@ One request type carries an `op` and a JSON body; the reply is a JSON body
 - "status"  {"pd"} -> the peer's view of the PD: {"exists", "state", "epoch",
   "owner_site", "owner_cluster", "site", "cluster", "has_site": [site names]}.
 - "sync"    {"pd", "epoch", "owner_site", "snapshots": [...], "schedules": [...]}
-  sent by the owner after every PD snapshot replication (and by failback): the
-  peer records the metadata (ownership.record_sync), demoting itself first if it
-  was active at a lower epoch. Reply: the peer's view afterwards; a reply with
-  a higher epoch than the sender's means the sender must demote.
+  sent by the owner before and after every PD snapshot replication (and by
+  failback): the peer records the metadata (ownership.record_sync), demoting
+  itself first if the sender outranks it, re-linking its replicas if the owner
+  changed. Schedules carry their `id` and `created_at` (which names a schedule on
+  every site). Reply: the peer's view afterwards; a reply naming an owner that
+  outranks the sender (ownership.outranks) means the sender must demote.
 - "adopt"   {"pd", "epoch", "snapshot", "power_on", "check", "rename"}: migrate
   step 5 at the destination (ownership.adopt). Reply: what was adopted.
 

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 from ..catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
 from ..errors import InvalidArgument, NotFound, NxError
+from ..nearsync.driver import is_nearsync, nearsync_interval
+from ..nearsync.driver import run as nearsync_run
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
 from .pdsnapshot import PDSnapshot, delete_pd_snapshots, replicate_pd_snapshot, take_pd_snapshot
@@ -82,6 +84,25 @@ class ScheduleRun:
         """The snapshot was taken, app-consistent if asked, and reached every site."""
         return self.error is None and not self.hook_failures and not self.replication_errors
 
+    def summary(self) -> str:
+        """One line for logs and reports: what was taken, where it went, what was pruned."""
+        if self.snapshot is None:
+            return f"PD {self.pd} schedule {self.schedule_id}: no snapshot: {self.error}"
+        parts = [f"PD {self.pd} schedule {self.schedule_id}: snapshot {self.snapshot} "
+                 f"({self.consistency}-consistent)",
+                 f"replicated to {', '.join(self.replicated) or '-'}"]
+        if self.missed_slots:
+            parts.append(f"catch-up for {self.missed_slots} missed slot(s)")
+        if self.pruned_local:
+            parts.append(f"pruned here {', '.join(self.pruned_local)}")
+        for site, names in self.pruned_remote.items():
+            if names:
+                parts.append(f"pruned at {site} {', '.join(names)}")
+        for site, err in self.replication_errors.items():
+            parts.append(f"FAILED {site}: {err}")
+        parts += [f"hook {f.phase} of {f.vm}: {f.reason}" for f in self.hook_failures]
+        return "; ".join(parts)
+
 
 def _to_schedule(pd_name: str, row: PDScheduleRow) -> Schedule:
     return Schedule(row.id, pd_name, timedelta(seconds=row.every), row.keep_local,
@@ -110,8 +131,10 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
     if not isinstance(every, timedelta):
         raise InvalidArgument(f"every must be a timedelta (minutes, hours, days), not {every!r}")
     seconds = every.total_seconds()
-    if seconds < MIN_INTERVAL or seconds % MIN_INTERVAL:
-        raise InvalidArgument(f"every must be a positive whole number of minutes, not {every}")
+    if (seconds < MIN_INTERVAL or seconds % MIN_INTERVAL) and not (
+            keep_remote and nearsync_interval(pd, seconds)):
+        raise InvalidArgument(f"every must be a positive whole number of minutes (whole seconds "
+                              f"for a NearSync schedule, which has remote sites), not {every}")
     _check_count(keep_local, "keep_local")
     keep_remote = dict(keep_remote or {})
     if not all(isinstance(k, str) for k in keep_remote):
@@ -135,15 +158,20 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
         raise InvalidArgument(f"start must be clock seconds or a datetime, not {start!r}")
     with mgr.lock, mgr.catalog.transaction():
         pd_id = pd.id
-        others = [_to_schedule(pd.name, r)
-                  for r in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd_id,))]
-        shared = sorted(set(keep_remote) & {s for o in others for s in o.keep_remote})
+        others = mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd_id,))
+        shared = sorted(set(keep_remote) & {s for o in others for s in json.loads(o.keep_remote)})
         if shared:
             log.warning("PD %s: several schedules keep remote copies at %s; remote counts "
                         "then cover all of them (see nxstore.protection.schedule)", pd.name, shared)
+        # The creation time identifies the schedule at the PD's other sites
+        # (ownership._store_schedules): unique within the PD, by the smallest step.
+        created = now
+        taken = {o.created_at for o in others}
+        while created in taken:
+            created = math.nextafter(created, math.inf)
         row = mgr.catalog.insert(PDScheduleRow(
             0, pd_id, float(seconds), keep_local, json.dumps(keep_remote, sort_keys=True),
-            app_consistent, True, float(first), 0.0, now))
+            app_consistent, True, float(first), 0.0, created))
     return _to_schedule(pd.name, row)
 
 
@@ -179,17 +207,30 @@ def set_enabled(pd: ProtectionDomain, enabled: bool) -> None:
 
 def run_schedules(mgr: ProtectionManager) -> list[ScheduleRun]:
     """Run every due schedule once (see module docstring); return what ran, in
-    order. Never raises for one schedule's failure: it is in its ScheduleRun."""
-    runs: list[ScheduleRun] = []
+    order. Never raises for one schedule's failure: it is in its ScheduleRun.
+
+    The protection lock is held while a snapshot is taken and while local retention
+    runs, never across a network call: `nxstore serve` answers PD requests of its
+    peers while its scheduler runs, and two daemons replicating to each other at the
+    same moment would otherwise each wait for the other's lock."""
     with mgr.lock:
         now = mgr.now()
-        for pd in list_protection_domains(mgr):
-            if pd.state != ACTIVE:
-                continue
-            for row in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd.id,)):
-                if row.enabled and row.next_due <= now:
-                    runs.append(_run_one(pd, row, now))
-    return runs
+        due = [(pd, row.id) for pd in list_protection_domains(mgr) if pd.state == ACTIVE
+               for row in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd.id,))
+               if row.enabled and row.next_due <= now]
+    runs = [_run_one(pd, sid, now) for pd, sid in due]
+    return [r for r in runs if r is not None]
+
+
+def _still_due(pd: ProtectionDomain, schedule_id: int, now: float) -> PDScheduleRow | None:
+    """The schedule row if it is still due and its PD active (a peer's request may
+    have demoted the PD since the scheduler looked); else None. Under mgr.lock."""
+    rows = pd._mgr.catalog.rows(PDScheduleRow, "id = ?", (schedule_id,))
+    try:
+        active = pd.state == ACTIVE
+    except NotFound:  # the PD was deleted meanwhile
+        return None
+    return rows[0] if active and rows and rows[0].enabled and rows[0].next_due <= now else None
 
 
 def _advance(row: PDScheduleRow, now: float) -> int:
@@ -203,19 +244,29 @@ def _advance(row: PDScheduleRow, now: float) -> int:
     return slots - 1
 
 
-def _run_one(pd: ProtectionDomain, row: PDScheduleRow, now: float) -> ScheduleRun:
+def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun | None:
     mgr = pd._mgr
-    due = row.next_due
-    missed = _advance(row, now)
-    try:
-        snap = take_pd_snapshot(pd, name=None, schedule_id=row.id,
-                                app_consistent=row.app_consistent,
-                                on_commit=lambda cat: cat.update(row))
-    except NxError as exc:
-        log.error("PD %s schedule %d: snapshot failed: %s", pd.name, row.id, exc)
-        with mgr.catalog.transaction():
-            mgr.catalog.update(row)  # do not retry the slot in a tight loop
-        return ScheduleRun(pd.name, row.id, due, now, missed, None, None, error=str(exc))
+    with mgr.lock:
+        row = _still_due(pd, schedule_id, now)
+        if row is None:
+            return None
+        due = row.next_due
+        missed = _advance(row, now)
+        nearsync = is_nearsync(pd, row)  # LWS shipped instead: nxstore.nearsync.driver
+        try:
+            snap = None if nearsync else take_pd_snapshot(
+                pd, name=None, schedule_id=row.id, app_consistent=row.app_consistent,
+                on_commit=lambda cat: cat.update(row))
+        except NxError as exc:
+            log.error("PD %s schedule %d: snapshot failed: %s", pd.name, row.id, exc)
+            with mgr.catalog.transaction():
+                mgr.catalog.update(row)  # do not retry the slot in a tight loop
+            return ScheduleRun(pd.name, row.id, due, now, missed, None, None, error=str(exc))
+        if snap is None:
+            with mgr.catalog.transaction():
+                mgr.catalog.update(row)  # the slot is taken
+    if snap is None:
+        return nearsync_run(pd, row, now, due, missed)
     replicated, errors, pruned_remote = [], {}, {}
     for site, keep in json.loads(row.keep_remote).items():
         try:
@@ -229,7 +280,8 @@ def _run_one(pd: ProtectionDomain, row: PDScheduleRow, now: float) -> ScheduleRu
             pruned_remote[site] = _prune_remote(mgr, snap, site, keep)
         except NxError as exc:
             errors[site] = f"replicated, but remote retention failed: {exc}"
-    pruned_local = _retain_local(pd, row, list(errors))
+    with mgr.lock:
+        pruned_local = _retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
     return ScheduleRun(pd.name, row.id, due, now, missed, snap.name, snap.consistency,
                        tuple(snap.hook_failures), tuple(replicated), errors, pruned_local,
                        pruned_remote)

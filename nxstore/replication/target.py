@@ -33,6 +33,8 @@ from ..errors import (
     ProtocolError,
 )
 from ..extent_group import parse_group_name
+from ..nearsync import receive as nearsync
+from ..nearsync.compose import compose_pending
 from ..replica import apply_snapshot, prune_replica, replica_snapshots
 from .messages import (
     Abort,
@@ -41,8 +43,12 @@ from .messages import (
     Commit,
     Committed,
     Error,
+    GetLws,
     GetSnapshots,
     HaveFingerprints,
+    LwsBegin,
+    LwsCommit,
+    LwsRanges,
     MapEntries,
     Message,
     Missing,
@@ -114,6 +120,7 @@ class _Transfer:
     fingerprints: list[np.ndarray] = field(default_factory=list)
     unsynced: int = 0  # bytes stored since the last extent-store sync
     unflushed: int = 0  # bytes stored since the last writeback kick
+    ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # LWS
 
     @property
     def entries(self) -> int:
@@ -142,6 +149,7 @@ class ReplicationTarget:
         self._busy: set[tuple[str, str]] = set()
         # One per target: connections share the store (threads start on first use).
         self._writeback = _Writeback(cluster._ctx.store.directory)
+        compose_pending(cluster)  # snapshots a crash kept from being composed
 
     async def handle(self, t: StreamTransport) -> None:
         """Serve one connection until the peer closes it or an error ends it."""
@@ -182,7 +190,9 @@ class ReplicationTarget:
                                                             transfer))
                     elif isinstance(msg, MapEntries):
                         self._stage_map(msg, transfer)
-                    if isinstance(msg, (Blocks, MapEntries)):
+                    elif isinstance(msg, LwsRanges):
+                        nearsync.stage_ranges(msg, transfer)
+                    if isinstance(msg, (Blocks, MapEntries, LwsRanges)):
                         ack = acks.done(msg.req_id)
                         if ack:
                             await t.send(ack)
@@ -190,7 +200,9 @@ class ReplicationTarget:
                     ack = acks.flush()
                     if ack:
                         await t.send(ack)
-                    if isinstance(msg, BeginTransfer):
+                    if isinstance(msg, LwsBegin):
+                        nearsync.check_begin(self.cluster, peer.cluster_id, msg)
+                    if isinstance(msg, (BeginTransfer, LwsBegin)):
                         transfer = self._begin(peer.cluster_id, peer.site, msg, transfer)
                         reply: Message | None = Ready(WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH,
                                                       req_id=msg.req_id)
@@ -198,6 +210,15 @@ class ReplicationTarget:
                         reply = self._commit(peer.cluster_id, msg, transfer)
                         self._release(peer.cluster_id, transfer)
                         transfer = None
+                    elif isinstance(msg, LwsCommit):
+                        begin = transfer.begin if transfer is not None else None
+                        reply = nearsync.commit(self.cluster, peer.cluster_id, msg, transfer)
+                        self._release(peer.cluster_id, transfer)
+                        transfer = None
+                        # Compose (once per compose interval) before the reply, so that
+                        # remote retention that follows it sees the composed snapshot.
+                        await loop.run_in_executor(worker, nearsync.after_commit, self.cluster,
+                                                   peer.cluster_id, begin)
                     elif isinstance(msg, Abort):
                         self._release(peer.cluster_id, transfer)
                         transfer, reply = None, None
@@ -231,6 +252,10 @@ class ReplicationTarget:
         if isinstance(msg, Prune):
             deleted = prune_replica(self.cluster, source, msg.vdisk, msg.keep)
             return Pruned(tuple(deleted), req_id=msg.req_id)
+        if isinstance(msg, GetLws):
+            self._check_site(site, msg.source_site)
+            return nearsync.list_lws(self.cluster, source, msg.vdisk, msg.base_snapshot,
+                                     msg.req_id)
         if isinstance(msg, Ping):
             return Pong(msg.sent_ns, req_id=msg.req_id)
         if isinstance(msg, PdRequest):  # protection-domain metadata: nxstore.protection.remote
@@ -244,7 +269,7 @@ class ReplicationTarget:
         if peer_site != claimed:
             raise ProtocolError(f"peer authenticated as site {peer_site!r} but names {claimed!r}")
 
-    def _begin(self, source: str, site: str, msg: BeginTransfer,
+    def _begin(self, source: str, site: str, msg: BeginTransfer | LwsBegin,
                current: _Transfer | None) -> _Transfer:
         self._check_site(site, msg.source_site)
         if current is not None:

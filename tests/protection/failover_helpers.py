@@ -7,12 +7,19 @@ both (a cluster is opened by one process at a time).
     fr = sites.open("france")          # stops france's daemon if it runs
     sites.serve("canada")              # closes canada if open, starts its daemon and
                                        # points every open site's "canada" entry at it
+    sites.serve("uk", schedules=0.05)  # a daemon that runs its schedules every 0.05 s
+    sites.advance(3600)                # the fake clock, and the daemons' clock file
+
+Daemons read the fake clock from a clock file (`nxstore serve --clock-file`); their
+scheduler is off unless `schedules` is given.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import nxstore
@@ -22,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "replication"))
 from sites_helper import Daemon  # noqa: E402
 
 BS = 4096
+SIZE = 64 * BS
+VDISKS = ["web-os", "app-os", "db-os", "db-data"]
 SECRET = "failover test secret"
 NETWORKS = {"VLAN50": "VLAN60"}  # france -> canada network mapping
 
@@ -33,6 +42,8 @@ class Sites:
         self.names = names
         self.secret_file = str(self.tmp / "secret")
         Path(self.secret_file).write_text(SECRET)
+        self.clock_file = str(self.tmp / "clock")
+        self._write_clock()
         self.open_clusters: dict[str, nxstore.Cluster] = {}
         self.daemons: dict[str, Daemon] = {}
         self.ports: dict[str, str] = {}
@@ -80,15 +91,30 @@ class Sites:
         if c is not None:
             c.close()
 
-    def serve(self, name: str, point: bool = True) -> Daemon:
+    def _write_clock(self) -> None:
+        tmp = self.clock_file + ".tmp"
+        Path(tmp).write_text(repr(self.clock()))
+        os.replace(tmp, self.clock_file)  # a daemon never reads half a number
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock and the daemons' clock file."""
+        self.clock.advance(seconds)
+        self._write_clock()
+
+    def serve(self, name: str, point: bool = True, schedules: float = 0.0,
+              port: int = 0) -> Daemon:
         """Close `name` if open, configure its peers in it (unless not `point`), start
-        its daemon, and point the open clusters at it."""
+        its daemon (on `port`, 0: any; running its schedules every `schedules` seconds,
+        0: never), and point the open clusters at it."""
         self.close(name)
         if point:
             c = nxstore.Cluster.open(self.path(name), background=False, clock=self.clock)
             self._point(c)
             c.close()
-        d = Daemon.start(self.path(name), self.secret_file)
+        self._write_clock()
+        d = Daemon.start(self.path(name), self.secret_file, "--clock-file", self.clock_file,
+                         "--schedule-interval", str(schedules),
+                         "--listen", f"127.0.0.1:{port}")  # the last --listen wins
         self.daemons[name] = d
         self.ports[name] = d.address
         for c in self.open_clusters.values():
@@ -126,3 +152,20 @@ def fill(vd, seed: int, blocks: list[int]) -> None:
     for i in blocks:
         vd.write(i * BS, (seed * 1_000_003 + i).to_bytes(8, "little") * (BS // 8))
 
+
+
+def setup_pd(fr: nxstore.Cluster, schedule: bool = True):
+    """Three VMs (db has two vDisks; app+db a CG) in pd-web, hourly keep 2 + 2 at canada."""
+    vds = {n: fr.create_vdisk(n, SIZE) for n in VDISKS}
+    for i, n in enumerate(VDISKS):
+        fill(vds[n], i + 1, range(0, 64, 3))
+    web = fr.create_vm("web", vdisks=[vds["web-os"]], nics=[{"network": "VLAN50"}],
+                       categories={"tier": "web"})
+    app = fr.create_vm("app", vdisks=[vds["app-os"]], nics=[{"network": "VLAN50"}])
+    db = fr.create_vm("db", vdisks=[vds["db-os"], vds["db-data"]], nics=[{"network": "VLAN7"}],
+                      power="off")
+    pd = fr.create_protection_domain("pd-web", entities=[web, app, db])
+    pd.add_consistency_group("app+db", [app, db])
+    if schedule:
+        pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 2})
+    return pd

@@ -8,15 +8,14 @@ import json
 from datetime import timedelta
 
 import pytest
-from failover_helpers import BS, Sites, fill, image, images
+from failover_helpers import BS, SIZE, VDISKS, Sites, fill, image, images, setup_pd
 
+import nxstore
 from nxstore.errors import AlreadyExists, InUse, NotFound, NxError, ReadOnly
 from nxstore.protection import failover
 
 HOUR = 3600.0
 MINUTE = 60.0
-SIZE = 64 * BS
-VDISKS = ["web-os", "app-os", "db-os", "db-data"]
 
 
 @pytest.fixture
@@ -24,23 +23,6 @@ def sites(tmp_path, clock):
     s = Sites(tmp_path, clock, ["france", "canada"])
     yield s
     s.cleanup()
-
-
-def setup_pd(fr, schedule: bool = True):
-    """Three VMs (db has two vDisks; app+db a CG) in pd-web, hourly keep 2 + 2 at canada."""
-    vds = {n: fr.create_vdisk(n, SIZE) for n in VDISKS}
-    for i, n in enumerate(VDISKS):
-        fill(vds[n], i + 1, range(0, 64, 3))
-    web = fr.create_vm("web", vdisks=[vds["web-os"]], nics=[{"network": "VLAN50"}],
-                       categories={"tier": "web"})
-    app = fr.create_vm("app", vdisks=[vds["app-os"]], nics=[{"network": "VLAN50"}])
-    db = fr.create_vm("db", vdisks=[vds["db-os"], vds["db-data"]], nics=[{"network": "VLAN7"}],
-                      power="off")
-    pd = fr.create_protection_domain("pd-web", entities=[web, app, db])
-    pd.add_consistency_group("app+db", [app, db])
-    if schedule:
-        pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 2})
-    return pd
 
 
 def run_hours(c, clock, hours: int, writes: bool = True, seed: int = 100) -> None:
@@ -292,7 +274,7 @@ def test_returning_owner_demotes_itself_at_replication(sites, clock):
     fr = sites.open("france")  # france comes back and its schedule fires
     clock.advance(HOUR)
     runs = fr.run_schedules()
-    assert runs and "activated at site 'canada'" in str(runs[0].replication_errors)
+    assert runs and "owned by site 'canada'" in str(runs[0].replication_errors)
     pd = fr.protection_domain("pd-web")
     assert pd.state == "inactive" and pd.owner_site == "canada" and pd.epoch == 2
     assert fr.vms() == [] and all(not s.enabled for s in pd.schedules())
@@ -427,10 +409,130 @@ def test_three_sites_migrate_keeps_the_third_replica_site(tmp_path, clock):
         uk = sites.open("uk")
         upd = uk.protection_domain("pd-web")
         assert (upd.state, upd.owner_site, upd.epoch) == ("inactive", "canada", 2)
-        assert image(uk.vdisk("canada:db-data").snapshots()[-1]) == after["db-data"]
-        # canada is gone: uk can activate from canada's replica
+        # uk's replica of france's db-data now follows canada's: incremental, not a new copy
+        [rep] = [r for r in uk.replicas() if r.source_vdisk == "db-data"]
+        assert (rep.vdisk, rep.source_site) == ("france:db-data", "canada")
+        assert image(rep.snapshots[-1]) == after["db-data"]
+        # canada still answers: activating at uk would make two owners
+        with pytest.raises(InUse, match="'canada' answers and owns"):
+            uk.activate("pd-web")
+        assert uk.protection_domain("pd-web").state == "inactive" and uk.vms() == []
+        sites.kill("canada")  # canada is gone: uk can activate from canada's replica
         res = uk.activate("pd-web")
         assert res.previous_owner == "canada" and res.epoch == 3
         assert images(uk, VDISKS) == after
     finally:
         sites.cleanup()
+
+
+# -- schedules carried over, activate fencing ------------------------------------------------------
+
+def _scheduled(pd, schedule) -> list[str]:
+    return [s.name for s in pd.snapshots() if s.schedule_id == schedule.id]
+
+
+def test_retention_stays_exact_after_migrate_and_back(sites, clock):
+    """The PD snapshots a migration carries over keep their schedule: the new owner's
+    retention prunes them, and the old owner (a replica site now) keeps exactly N."""
+    sites.serve("canada")
+    fr = sites.open("france")
+    pd = setup_pd(fr)
+    [fsched] = pd.schedules()
+    run_hours(fr, clock, 4)
+    carried = _scheduled(pd, fsched)
+    assert len(carried) == 2
+    res = pd.migrate("canada")
+    sites.serve("france")
+    ca = sites.open("canada")
+    cpd = ca.protection_domain("pd-web")
+    [csched] = cpd.schedules()
+    assert _scheduled(cpd, csched) == carried
+    run_hours(ca, clock, 3, seed=300)
+    kept = _scheduled(cpd, csched)
+    assert len(kept) == 2 and not set(kept) & set(carried)  # the carried ones were pruned
+    assert [s.name for s in cpd.snapshots()] == [res.snapshot, *kept]  # + the final (ad hoc)
+    assert all(len(ca.vdisk(n).snapshots()) == 3 for n in VDISKS)
+    home = ca.protection_domain("pd-web").migrate("france")
+    sites.serve("canada")
+    fr = sites.open("france")
+    assert all([s.name for s in fr.vdisk(n).snapshots()] == [*kept, home.snapshot]
+               for n in VDISKS)  # remote retention (keep 2) while france was a replica site
+    fpd = fr.protection_domain("pd-web")
+    assert [s.id for s in fpd.schedules()] == [fsched.id]  # france's row, updated in place
+    assert _scheduled(fpd, fsched) == kept
+    run_hours(fr, clock, 3, seed=600)
+    assert len(_scheduled(fpd, fsched)) == 2
+    assert all(len(fr.vdisk(n).snapshots()) == 3 for n in VDISKS)  # 2 scheduled + final
+
+
+def test_activate_refuses_while_the_owner_answers(sites, clock, capsys):
+    from nxstore.cli import main
+
+    sites.serve("canada")
+    fr = sites.open("france")
+    setup_pd(fr)
+    run_hours(fr, clock, 2)
+    sites.serve("france")  # france is alive (its daemon answers) and owns pd-web
+    ca = sites.open("canada")
+    before = {r.vdisk: [s.name for s in r.snapshots] for r in ca.replicas()}
+    with pytest.raises(InUse, match="'france' answers and owns .* force"):
+        ca.activate("pd-web")
+    cpd = ca.protection_domain("pd-web")
+    assert (cpd.state, cpd.epoch) == ("inactive", 1) and ca.vms() == []
+    assert {r.vdisk: [s.name for s in r.snapshots] for r in ca.replicas()} == before
+    sites.close("canada")
+    path = sites.path("canada")
+    assert main(["pd", "activate", path, "pd-web"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "answers and owns" in err and "--force" in err
+    assert main(["pd", "activate", path, "pd-web", "--force"]) == 0  # operator fences france
+    assert "activated pd-web (epoch 2)" in capsys.readouterr().out
+    # france still thinks it owns pd-web until it talks to canada; then it demotes
+    sites.serve("canada")
+    fr = sites.open("france")
+    assert fr.protection_domain("pd-web").sync_ownership().demoted
+    assert owners(sites) == {"france": ("inactive", 2), "canada": ("active", 2)}
+
+
+def test_two_survivors_cannot_both_activate_and_converge_if_cut_off(tmp_path, clock):
+    """france (the owner) is gone. canada activates; uk then asks everyone and refuses.
+    If uk could not reach canada it activates too (same epoch): at their first contact
+    the smaller cluster id keeps the PD, the other demotes itself."""
+    sites = Sites(tmp_path, clock, ["france", "canada", "uk"])
+    ids = {n: _cluster_id(sites, n) for n in sites.names}
+    try:
+        sites.serve("canada")
+        sites.serve("uk")
+        fr = sites.open("france")
+        pd = setup_pd(fr, schedule=False)
+        pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 2, "uk": 2})
+        run_hours(fr, clock, 2)
+        sites.close("france")  # the disaster: france is gone for good
+        sites.stop("canada")
+        ca = sites.open("canada")
+        assert ca.activate("pd-web").epoch == 2
+        sites.serve("canada")
+        uk = sites.open("uk")
+        with pytest.raises(InUse, match="'canada' answers and owns"):
+            uk.activate("pd-web")
+        # cut off from canada, uk activates too: two owners at epoch 2
+        sites.stop("canada")
+        assert uk.activate("pd-web").epoch == 2
+        sites.serve("canada")
+        winner, loser = sorted(["canada", "uk"], key=ids.get)
+        uk = sites.open("uk")
+        out = uk.protection_domain("pd-web").sync_ownership(["canada"])
+        assert out.demoted == (loser == "uk")
+        if loser == "canada":  # uk won: canada learns it at its next contact with uk
+            sites.serve("uk")
+            ca = sites.open("canada")
+            assert ca.protection_domain("pd-web").sync_ownership(["uk"]).demoted
+        state = {n: s for n, s in owners(sites).items() if n != "france"}
+        assert state == {winner: ("active", 2), loser: ("inactive", 2)}
+    finally:
+        sites.cleanup()
+
+
+def _cluster_id(sites, name: str) -> str:
+    with nxstore.Cluster.open(sites.path(name), background=False) as c:
+        return c.id

@@ -1,0 +1,171 @@
+"""The NearSync state of one protection domain towards one remote site, and its settings.
+
+```
+            NearSync schedule added
+   (none) ─────────────────────────► seeding ──── seed snapshot + LWS marker replicated ───┐
+                                       ▲  (first a plain snapshot; again while it takes      │
+                                       │   longer than the lag threshold)                   ▼
+            a snapshot replicated      │                                                 nearsync
+            within the lag threshold   │                                            (LWS shipped
+   fallback ◄──────────────────────────┘                                             every run)
+       ▲                                                                                    │
+       └──── shipping behind by more than the lag threshold, episodes released (OpLog ──────┘
+             pressure), or the chain broken (vDisk restored, membership changed)
+```
+
+In `fallback` the schedule replicates vDisk snapshots (async mode) every run; the first one
+that gets through within the lag threshold re-enters `seeding`, which at once takes the seed
+snapshot atomically with a marker and, when that replicated, is `nearsync` again. Every
+transition is logged (INFO, logger nxstore.nearsync.state) and appended to the row's history
+(the newest NEARSYNC_HISTORY kept); the row lives in the catalogue (table `nearsync`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+from ..catalog import NearSyncRow
+from ..constants import (
+    NEARSYNC_COMPOSE_EVERY_S,
+    NEARSYNC_HISTORY,
+    NEARSYNC_LAG_THRESHOLD_S,
+    NEARSYNC_MAX_INTERVAL_S,
+    NEARSYNC_MIN_INTERVAL_S,
+    NEARSYNC_SHIP_TIMEOUT_S,
+)
+from ..context import ClusterContext
+from ..errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+NONE, SEEDING, NEARSYNC, FALLBACK = "none", "seeding", "nearsync", "fallback"
+
+
+@dataclass(frozen=True)
+class NearSyncConfig:
+    """NearSync settings of an open cluster (seconds; runtime only, `Cluster.configure_nearsync`).
+
+    max_interval: a schedule this frequent or more runs in NearSync mode; lag_threshold:
+    shipping further behind than this falls back; compose_every: how often the source takes a
+    vDisk snapshot with a marker that remotes compose; ship_timeout: one shipping round."""
+
+    max_interval: float = NEARSYNC_MAX_INTERVAL_S
+    lag_threshold: float = NEARSYNC_LAG_THRESHOLD_S
+    compose_every: float = NEARSYNC_COMPOSE_EVERY_S
+    ship_timeout: float = NEARSYNC_SHIP_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v <= 0:
+                raise InvalidArgument(f"NearSync {f.name} must be a positive number of seconds, "
+                                      f"not {v!r}")
+        if self.max_interval < NEARSYNC_MIN_INTERVAL_S:
+            raise InvalidArgument(f"NearSync max_interval must be at least "
+                                  f"{NEARSYNC_MIN_INTERVAL_S:g} s")
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: float       # cluster clock
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplicationState:
+    """What `ProtectionDomain.replication_state()` reports for one remote site."""
+
+    site: str
+    state: str                 # "seeding" | "nearsync" | "fallback"
+    since: float               # cluster clock of the last transition
+    shipped_seq: int           # newest LWS marker the site holds (0: no live chain)
+    shipped_at: float          # its time (0: none yet)
+    base_snapshot: str         # the vDisk snapshot the site's episode chain starts on
+    history: tuple[Transition, ...]
+
+
+def config(cluster: Cluster) -> NearSyncConfig:
+    return cluster.__dict__.setdefault("_nearsync_config", NearSyncConfig())
+
+
+def configure(cluster: Cluster, **settings: float) -> NearSyncConfig:
+    """Replace some settings (InvalidArgument for unknown names or bad values)."""
+    known = {f.name for f in fields(NearSyncConfig)}
+    if set(settings) - known:
+        raise InvalidArgument(f"unknown NearSync settings {sorted(set(settings) - known)}")
+    cfg = NearSyncConfig(**{**config(cluster).__dict__, **settings})
+    cluster.__dict__["_nearsync_config"] = cfg
+    return cfg
+
+
+def get(ctx: ClusterContext, pd_id: int, site: str) -> NearSyncRow | None:
+    rows = ctx.catalog.rows(NearSyncRow, "pd_id = ? AND site = ?", (pd_id, site))
+    return rows[0] if rows else None
+
+
+def ensure(ctx: ClusterContext, pd_id: int, site: str, now: float) -> NearSyncRow:
+    """The row of (PD, site), created in `seeding` (a logged transition) when missing."""
+    row = get(ctx, pd_id, site)
+    if row is None:
+        row = NearSyncRow(0, pd_id, site, NONE, now, 0, 0.0, "", 0, "[]")
+        with ctx.catalog.transaction():
+            ctx.catalog.insert(row)
+        move(ctx, row, SEEDING, now, "NearSync schedule")
+    return row
+
+
+def save(ctx: ClusterContext, row: NearSyncRow) -> None:
+    with ctx.catalog.transaction():
+        ctx.catalog.update(row)
+
+
+def move(ctx: ClusterContext, row: NearSyncRow, new: str, now: float, reason: str) -> None:
+    """Transition `row` to `new` (durable, logged, kept in the history)."""
+    history = json.loads(row.history)
+    history.append([now, row.state, new, reason])
+    row.history = json.dumps(history[-NEARSYNC_HISTORY:])
+    log.info("NearSync of PD id %d to %s: %s -> %s (%s)", row.pd_id, row.site, row.state, new,
+             reason)
+    row.state, row.since = new, now
+    if new == FALLBACK:
+        row.shipped_seq = 0  # drop the release floor: the chain is abandoned
+    save(ctx, row)
+
+
+def report(row: NearSyncRow) -> ReplicationState:
+    return ReplicationState(row.site, row.state, row.since, row.shipped_seq, row.shipped_at,
+                            row.base_snapshot,
+                            tuple(Transition(*h) for h in json.loads(row.history)))
+
+
+def rows_of(ctx: ClusterContext, pd_id: int) -> list[NearSyncRow]:
+    return ctx.catalog.rows(NearSyncRow, "pd_id = ?", (pd_id,))
+
+
+def replication_states(ctx: ClusterContext, pd_id: int) -> dict[str, ReplicationState]:
+    """{site: its NearSync state and transition history} of a PD (empty: never NearSync)."""
+    return {row.site: report(row) for row in rows_of(ctx, pd_id)}
+
+
+def rpo(ctx: ClusterContext, pd_id: int, sites: list[str], now: float) -> dict[str, float | None]:
+    """{site: seconds since the newest restore point the site holds} (None: none yet): the
+    newest LWS shipped there or PD snapshot replicated there, whichever is younger."""
+    from ..catalog import PDReplicationRow, PDSnapshotRow
+
+    shipped = {row.site: row.shipped_at for row in rows_of(ctx, pd_id)}
+    times = {r.id: r.created_at for r in ctx.catalog.rows(PDSnapshotRow, "pd_id = ?", (pd_id,))}
+    for rep in ctx.catalog.rows(PDReplicationRow):
+        if rep.pd_snapshot_id in times:
+            shipped[rep.site] = max(shipped.get(rep.site, 0.0), times[rep.pd_snapshot_id])
+    return {site: (now - shipped[site]) if shipped.get(site) else None
+            for site in sorted(set(sites) | set(shipped))}
