@@ -72,9 +72,14 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, cwd: str | None = None) -> int:
     """Run one command; returns the exit status (never raises, except SystemExit
-    from --help/--version handling inside argparse, which main converts too)."""
+    from --help/--version handling inside argparse, which main converts too).
+
+    A command whose cluster is held open by a running `nxstore serve` is run by that
+    daemon (nxstore.cli.admin). `cwd`: set by the daemon for a forwarded command, the
+    client's working directory (relative file arguments are resolved against it)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
@@ -88,10 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from ..errors import NxError
-    from .common import CliError
+    from . import admin
+    from .common import CliError, ClusterBusy
 
+    if cwd is not None:
+        admin.resolve_paths(args, cwd)
     try:
         return int(args.func(args) or 0)
+    except ClusterBusy as exc:
+        reply = None
+        if cwd is None and args.command not in admin.NOT_FORWARDED and \
+                os.path.realpath(exc.path) == os.path.realpath(getattr(args, "path", "")):
+            reply = admin.forward(exc.path, argv)
+        if reply is None:
+            sys.stderr.write(f"nxstore: error: {exc}\n")
+            return 1
+        sys.stdout.write(str(reply.get("stdout", "")))
+        sys.stderr.write(str(reply.get("stderr", "")))
+        return int(reply.get("rc", 1))
     except KeyboardInterrupt:
         sys.stderr.write("nxstore: interrupted\n")
         return 130

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .. import Cluster
-from ..errors import NotFound
+from ..errors import Locked, NotFound
+from . import admin
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -17,6 +18,14 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORE
 
 class CliError(Exception):
     """An operational error detected by the CLI itself (exit status 1)."""
+
+
+class ClusterBusy(CliError):
+    """The cluster at `path` is open in another process (main() then tries its daemon)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def parse_size(text: str) -> int:
@@ -78,10 +87,16 @@ def open_cluster(path: str, *, background: bool = False) -> Iterator[Cluster]:
 
     `background` runs the engine's drain thread (for commands that write a lot).
     """
+    served = admin.served_cluster(path)
+    if served is not None:  # a command forwarded to the daemon that holds it open
+        yield served
+        return
     try:
         cluster = Cluster.open(path, background=background)
     except NotFound as exc:
         raise CliError(f"{exc} (create one with 'nxstore create {path}')") from None
+    except Locked as exc:
+        raise ClusterBusy(path, str(exc)) from None
     with cluster:
         yield cluster
 

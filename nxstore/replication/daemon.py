@@ -11,6 +11,9 @@ written in that file, read again at every look at the clock: a demo or a test
 moves simulated time by rewriting the file (write a temporary file, rename it
 over), and the daemon's schedules fire on it. A clock file that cannot be read
 or parsed later keeps the clock at its last good value (logged once per error).
+
+While it runs, `nxstore ... PATH` commands are forwarded to it over the admin socket
+PATH/admin.sock and run against its open cluster (nxstore.cli.admin).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import signal
 import ssl
 
+from ..cli.admin import admin_server
 from ..cluster import Cluster
 from ..errors import InvalidArgument
 from .auth import SiteIdentity
@@ -122,18 +126,21 @@ async def _serve(cluster: Cluster, host: str, port: int, secret: str,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await serve(host, port, target.handle, identity=identity, secret=secret, ssl=tls)
-    log.info("serving site %s (cluster %s) on %s:%d", cluster.site_name, cluster.id, host,
-             server.port)
-    scheduler = None
-    if schedule_interval:
-        log.info("running schedules every %g s", schedule_interval)
-        scheduler = asyncio.create_task(_schedule_loop(cluster, schedule_interval, stop))
-    await stop.wait()
-    log.info("stopping: closing connections")
-    if scheduler is not None:
-        await scheduler  # a run in progress finishes: the cluster closes after it
-    await server.close()
+    # The admin socket first: once the port is logged, `nxstore ... PATH` commands work.
+    async with admin_server(cluster):
+        server = await serve(host, port, target.handle, identity=identity, secret=secret,
+                             ssl=tls)
+        log.info("serving site %s (cluster %s) on %s:%d", cluster.site_name, cluster.id, host,
+                 server.port)
+        scheduler = None
+        if schedule_interval:
+            log.info("running schedules every %g s", schedule_interval)
+            scheduler = asyncio.create_task(_schedule_loop(cluster, schedule_interval, stop))
+        await stop.wait()
+        log.info("stopping: closing connections")
+        if scheduler is not None:
+            await scheduler  # a run in progress finishes: the cluster closes after it
+        await server.close()
 
 
 async def _schedule_loop(cluster: Cluster, interval: float, stop: asyncio.Event) -> None:

@@ -1,0 +1,176 @@
+"""Running `nxstore` commands inside a running `nxstore serve` (the admin socket).
+
+`nxstore serve PATH` holds the cluster's lock, so no other process can open PATH while it
+runs. Instead of failing with Locked, a command aimed at a served cluster is forwarded to
+the daemon: it listens on the Unix socket ``PATH/admin.sock`` (no group or other access:
+only the cluster's owner can connect) and runs the command line against its own open Cluster, in a
+worker thread, one command at a time, while it goes on serving its peers and schedules.
+
+Protocol, one exchange per connection: the client sends a frame ``u32 length (little
+endian) + JSON {"version": 1, "argv": [...], "cwd": "..."}``, the daemon answers with
+a frame holding ``{"rc": int, "stdout": str, "stderr": str}``. Relative file arguments
+are resolved against the client's `cwd`. `serve` and `create` are never forwarded.
+The client waits for the command to end; interrupting the client does not stop a
+command the daemon already started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ProtocolError
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "admin.sock"
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 << 20  # bytes: bounds what a peer can make the other side buffer
+NOT_FORWARDED = frozenset({"serve", "create"})
+# argparse dests that hold file names: resolved against the client's working directory
+FILE_ARGS = ("path", "file", "secret_file", "clock_file", "tls_cert", "tls_key", "tls_ca")
+
+_LEN = struct.Struct("<I")
+_run_lock = threading.Lock()  # sys.stdout/stderr are swapped per command: one at a time
+_served: Cluster | None = None  # the daemon's cluster while a forwarded command runs
+
+
+def socket_path(cluster_path: str) -> str:
+    return os.path.join(cluster_path, SOCKET_NAME)
+
+
+def served_cluster(path: str) -> Cluster | None:
+    """The daemon's open Cluster if a forwarded command names it (else None)."""
+    cluster = _served
+    if cluster is not None and os.path.realpath(path) == os.path.realpath(cluster.path):
+        return cluster
+    return None
+
+
+def resolve_paths(args: Any, cwd: str) -> None:
+    """Make the file arguments of parsed `args` absolute against `cwd`."""
+    for name in FILE_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            setattr(args, name, os.path.join(cwd, value))
+
+
+# -- client ----------------------------------------------------------------------------------
+
+def _send(sock: socket.socket, obj: dict[str, Any]) -> None:
+    data = json.dumps(obj).encode()
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def _recv(sock: socket.socket) -> dict[str, Any]:
+    def exactly(n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ProtocolError("admin socket closed mid-reply")
+            buf += chunk
+        return bytes(buf)
+
+    (n,) = _LEN.unpack(exactly(_LEN.size))
+    if n > MAX_FRAME:
+        raise ProtocolError(f"admin reply of {n} bytes is too large")
+    reply = json.loads(exactly(n))
+    if not isinstance(reply, dict):
+        raise ProtocolError("admin reply is not an object")
+    return reply
+
+
+def forward(cluster_path: str, argv: list[str]) -> dict[str, Any] | None:
+    """Run `argv` in the daemon serving `cluster_path`; its reply, or None when no daemon
+    answers there (no socket, or a stale one left by a daemon that died)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(socket_path(cluster_path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        _send(sock, {"version": PROTOCOL_VERSION, "argv": argv, "cwd": os.getcwd()})
+        return _recv(sock)
+    finally:
+        sock.close()
+
+
+# -- daemon ----------------------------------------------------------------------------------
+
+def run_forwarded(cluster: Cluster, argv: list[str], cwd: str) -> dict[str, Any]:
+    """Run one forwarded command line against `cluster`; capture what it prints."""
+    global _served
+    from . import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with _run_lock:
+        _served = cluster
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = main(argv, cwd=cwd)
+        finally:
+            _served = None
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+async def _handle(cluster: Cluster, reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
+    try:
+        (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+        if n > MAX_FRAME:
+            raise ProtocolError(f"admin request of {n} bytes is too large")
+        req = json.loads(await reader.readexactly(n))
+        argv, cwd = req.get("argv"), req.get("cwd")
+        if (req.get("version") != PROTOCOL_VERSION or not isinstance(argv, list)
+                or not all(isinstance(a, str) for a in argv) or not isinstance(cwd, str)):
+            raise ProtocolError(f"bad admin request {str(req)[:200]!r}")
+        if argv and argv[0] in NOT_FORWARDED:
+            reply = {"rc": 1, "stdout": "",
+                     "stderr": f"nxstore: error: '{argv[0]}' cannot run inside the daemon\n"}
+        else:
+            log.info("admin: nxstore %s", " ".join(argv))
+            reply = await asyncio.to_thread(run_forwarded, cluster, argv, cwd)
+        data = json.dumps(reply).encode()
+        writer.write(_LEN.pack(len(data)) + data)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError, ProtocolError) as exc:
+        log.warning("admin socket: %s", exc)
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def admin_server(cluster: Cluster) -> AsyncIterator[None]:
+    """Listen on the cluster's admin socket (owner-only access) while the block runs."""
+    path = socket_path(cluster.path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by a daemon that died: we hold the cluster lock now
+    old = os.umask(0o077)
+    try:
+        server = await asyncio.start_unix_server(lambda r, w: _handle(cluster, r, w), path)
+    finally:
+        os.umask(old)
+    log.info("admin socket %s", path)
+    try:
+        yield
+    finally:
+        server.close()
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        # A forwarded command still running must end before the daemon closes the cluster.
+        await asyncio.to_thread(_run_lock.acquire)
+        _run_lock.release()
