@@ -359,6 +359,26 @@ CREATE TABLE IF NOT EXISTS lws_episodes (id INTEGER PRIMARY KEY AUTOINCREMENT, v
 """
 
 
+# --- settings: durable, per-cluster configuration (e.g. nxstore.nearsync.state) --------------
+
+
+@dataclass
+class SettingRow:
+    """A named group of settings: `value` JSON (an object of the group's settings)."""
+
+    id: int
+    name: str
+    value: str
+
+
+_TABLES[SettingRow] = "settings"
+
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS settings (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    value TEXT, ck INTEGER NOT NULL);
+"""
+
+
 def _row_checksum(table: str, values: tuple) -> int:
     # repr() of ints/floats/str is stable across runs and platforms; SQLite hands
     # booleans back as 0/1, so they are hashed as ints.

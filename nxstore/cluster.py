@@ -63,6 +63,7 @@ from .layers import LayerTree
 from .map_store import MapStore
 from .names import check_name
 from .nearsync import retention as nearsync_retention
+from .nearsync import state as nearsync_state
 from .oplog import OpLog, RecordType
 from .replica import ReplicaInfo, list_replicas
 from .replication import sites
@@ -202,6 +203,7 @@ class Cluster:
             log.info("removed %d orphaned map layer files", removed)
         self._replay()
         nearsync_retention.install(self)
+        nearsync_state.load(self)  # the NearSync settings kept in the catalogue
 
     def _replay(self) -> None:
         by_id = {vd.id: vd for vd in self._vdisks.values()}
@@ -585,14 +587,16 @@ class Cluster:
 
         return list_protection_domains(self._protection())
 
-    def activate(self, pd_name: str, force: bool = False) -> Any:
+    def activate(self, pd_name: str, force: bool = False,
+                 point: RestorePoint | str | int | None = None) -> Any:
         """Unplanned failover: bring protection domain `pd_name` (owned by a site that is
-        gone) up here from its newest fully replicated PD snapshot. InUse if the owner
-        answers and still owns it, unless `force` (see
-        nxstore.protection.failover.activate)."""
+        gone) up here from its newest fully replicated PD snapshot, or from the newest
+        NearSync LWS every member holds when that is newer; `point` picks a restore point
+        (`restore_points(pd)`, a name, an LWS seq). InUse if the owner answers and still
+        owns it, unless `force` (see nxstore.protection.failover.activate)."""
         from .protection.failover import activate
 
-        return activate(self._protection(), pd_name, force)
+        return activate(self._protection(), pd_name, force, point)
 
     def delete_protection_domain(self, name: str, delete_snapshots: bool = False) -> None:
         """Delete a PD (its entities become unprotected; vDisk snapshots stay unless
@@ -680,11 +684,18 @@ class Cluster:
         return lws.take(self._ctx, [self.vdisk(vd.name) for vd in vdisks], name, pd_id=pd_id)[0]
 
     def configure_nearsync(self, **settings: float) -> NearSyncConfig:
-        """Change NearSync settings of this open cluster (max_interval, lag_threshold,
-        compose_every, ship_timeout; seconds); returns them all. InvalidArgument for bad ones."""
+        """Change NearSync settings (max_interval, lag_threshold, compose_every, ship_timeout;
+        seconds); returns them all. Durable in the catalogue on return: every later open of
+        the cluster (`nxstore serve` too) uses them. InvalidArgument for bad ones."""
         from .nearsync.state import configure
 
         return configure(self, **settings)
+
+    def nearsync_config(self) -> NearSyncConfig:
+        """The NearSync settings in force (defaults for those never configured)."""
+        from .nearsync.state import config
+
+        return config(self)
 
     def restore_points(self, pd: str) -> list[RestorePoint]:
         """At a remote: the restore points of protection domain `pd` held here (vDisk

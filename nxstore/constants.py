@@ -25,6 +25,7 @@ OPLOG_BYPASS_BYTES = 256 * 1024             # bytes; block-aligned writes this l
 OPLOG_DRAIN_INTERVAL_S = 5.0                # seconds between background drains when idle
 OPLOG_DIRTY_CAP_BYTES = 512 * 1024 * 1024   # bytes; RAM for undrained (dirty) blocks
 OPLOG_BUFFER_BYTES = 1024 * 1024            # bytes; appended records are written out early past this
+OPLOG_INDEX_STRIDE_BYTES = 256 * 1024      # bytes; RAM seq->offset index: one entry per this much log
 
 # --- extent store --------------------------------------------------------------
 EXTENT_DIR = "extents"

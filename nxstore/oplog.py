@@ -199,6 +199,8 @@ class OpLog:
                     f"vdisk_id/offset/length out of range: {vdisk_id}, {offset}, {length}"
                 ) from None
             buf = self._buf
+            seg = self._segments[-1]
+            seg.index.note(seq, seg.size + len(buf))
             buf += head
             buf += _pack_u64(_xxh(head, phash))
             buf += payload
@@ -371,7 +373,9 @@ class OpLog:
         open). Records below `first_retained_seq` are gone and silently absent: a consumer that
         needs a complete range checks `first_retained_seq <= from_seq` first. Records at or
         above it that were released may still be returned. Every returned record was verified;
-        a bad one raises Corruption naming the file and byte offset.
+        a bad one raises Corruption naming the file and byte offset. Reading starts at the
+        segment's sparse index entry nearest below `from_seq` (oplog_record.SeqIndex), so the
+        cost does not grow with the records before it.
         """
         with self._lock:
             self._check_open()
@@ -384,15 +388,16 @@ class OpLog:
                     if last < from_seq or seg.first_seq > hi or last < seg.first_seq:
                         continue
                     f = open(seg.path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the iterator
-                    files.append((f, seg.path, seg.size))
+                    files.append((f, seg.path, seg.index.start(from_seq), seg.size))
             except BaseException:
-                for f, _, _ in files:
+                for f, *_ in files:
                     f.close()
                 raise
-            tail = bytes(self._buf) if hi > self._written_seq else b""
-            tail_name = f"{segs[-1].path} (unwritten buffer)"
             tail_base = segs[-1].size
-        return RecordIterator(files, tail, tail_name, tail_base, from_seq, hi)
+            skip = max(0, segs[-1].index.start(from_seq) - tail_base)  # whole records, indexed
+            tail = bytes(self._buf[skip:]) if hi > self._written_seq else b""
+            tail_name = f"{segs[-1].path} (unwritten buffer)"
+        return RecordIterator(files, tail, tail_name, tail_base + skip, from_seq, hi)
 
     # --- state ------------------------------------------------------------------------
 

@@ -29,18 +29,19 @@ salvage) and `RecordIterator` (read records back). `nxstore.oplog` owns the writ
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import xxhash
 
-from .constants import OPLOG_FORMAT_VERSION
+from .constants import OPLOG_FORMAT_VERSION, OPLOG_INDEX_STRIDE_BYTES
 from .errors import Corruption, FormatError
 from .fileutil import fsync_dir
 
@@ -148,12 +149,39 @@ class SegmentScan(NamedTuple):
     valid_after: int  # offset of a verifiable record after the damage, or -1
 
 
-def scan_segment(data: bytes, first_seq: int) -> SegmentScan:
+class SeqIndex:
+    """A sparse seq -> byte offset index of one segment, kept in RAM only (rebuilt by the
+    scan at open): an entry at the first record at least OPLOG_INDEX_STRIDE_BYTES past the
+    previous entry. Reading from a seq then skips to the nearest entry at or below it and
+    walks at most one stride of record headers, not the whole segment."""
+
+    __slots__ = ("next_at", "offsets", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.offsets: list[int] = []
+        self.next_at = SEGMENT_HEADER_BYTES + OPLOG_INDEX_STRIDE_BYTES
+
+    def note(self, seq: int, offset: int) -> None:
+        """Record `seq` starts at `offset` if a stride has passed (callers append in order)."""
+        if offset >= self.next_at:
+            self.seqs.append(seq)
+            self.offsets.append(offset)
+            self.next_at = offset + OPLOG_INDEX_STRIDE_BYTES
+
+    def start(self, seq: int) -> int:
+        """Byte offset of a record at or before `seq` (the first record if none is indexed)."""
+        i = bisect.bisect_right(self.seqs, seq)
+        return self.offsets[i - 1] if i else SEGMENT_HEADER_BYTES
+
+
+def scan_segment(data: bytes, first_seq: int, index: SeqIndex | None = None) -> SegmentScan:
     """Walk the records of a segment image (header included) and verify each.
 
-    Records must carry consecutive seqs starting at `first_seq`. At the first bad record,
-    search the rest of the image for any record whose checksum verifies: its presence
-    tells damage in the middle (Corruption) from a torn tail (safe to cut).
+    Records must carry consecutive seqs starting at `first_seq`; every good one is noted in
+    `index` (if given). At the first bad record, search the rest of the image for any record
+    whose checksum verifies: its presence tells damage in the middle (Corruption) from a
+    torn tail (safe to cut).
     """
     pos = SEGMENT_HEADER_BYTES
     end = len(data)
@@ -165,6 +193,8 @@ def scan_segment(data: bytes, first_seq: int) -> SegmentScan:
             return SegmentScan(pos, expect - first_seq, reason, pos)
         if reason is not None:
             return SegmentScan(pos, expect - first_seq, reason, find_valid_record(data, pos + 1))
+        if index is not None:
+            index.note(expect, pos)
         pos += RECORD_HEADER_BYTES + fields[1]
         expect += 1
     return SegmentScan(pos, expect - first_seq, None, -1)
@@ -247,6 +277,7 @@ class Segment:
     first_seq: int
     size: int  # bytes in the file: header + records written out (not the in-memory buffer)
     version: int
+    index: SeqIndex = field(default_factory=SeqIndex)  # of the records appended or scanned
 
 
 @dataclass(frozen=True)
@@ -299,9 +330,10 @@ def recover(directory: str, salvage: bool) -> Recovered:
                 reason = f"seq gap: segment starts at {first_seq}, expected {next_seq}"
         if reason is not None:
             return _damage(directory, salvage, found, i, 0, reason, segments, next_seq, len(data))
-        scan = scan_segment(data, first_seq)
+        index = SeqIndex()
+        scan = scan_segment(data, first_seq, index)
         next_seq = first_seq + scan.count
-        segments.append(Segment(path, first_seq, scan.end, version))
+        segments.append(Segment(path, first_seq, scan.end, version, index))
         if scan.bad_reason is None:
             continue
         if i == len(found) - 1 and scan.valid_after < 0:
@@ -344,13 +376,13 @@ class RecordIterator:
     """Iterator over a snapshot of segment files + buffer; closes its files when done."""
 
     def __init__(self, files, tail: bytes, tail_name: str, tail_base: int, lo: int, hi: int):
-        self._files = files  # [(open binary file, path, end offset)]
+        self._files = files  # [(open binary file, path, start offset, end offset)]
         self._gen = self._run(tail, tail_name, tail_base, lo, hi)
 
     def _run(self, tail, tail_name, tail_base, lo, hi):
         try:
-            for f, path, end in self._files:
-                yield from iter_file(f, path, SEGMENT_HEADER_BYTES, end, lo, hi)
+            for f, path, start, end in self._files:
+                yield from iter_file(f, path, start, end, lo, hi)
             if tail:
                 yield from iter_bytes(tail, tail_base, tail_name, lo, hi)
         finally:
@@ -364,7 +396,7 @@ class RecordIterator:
 
     def close(self) -> None:
         files, self._files = self._files, []
-        for f, _, _ in files:
+        for f, *_ in files:
             f.close()
 
     def __del__(self) -> None:

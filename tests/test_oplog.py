@@ -123,6 +123,47 @@ def test_records_range_across_segments(tmp_path):
         assert [r.seq for r in lg.records(10, 70)][-1] == 70
 
 
+def test_records_start_at_the_sparse_index(tmp_path, monkeypatch):
+    """records(from_seq) starts within one index stride of from_seq (appended, written out,
+    in the buffer, recovered at open), and returns exactly what a full walk does."""
+    from nxstore import oplog_record
+
+    stride = 2_000
+    monkeypatch.setattr(oplog_record, "OPLOG_INDEX_STRIDE_BYTES", stride)
+    starts: list[int] = []  # file offset each walk starts at (segment file or buffer)
+    walk_file, walk_bytes = oplog_record.iter_file, oplog_record.iter_bytes
+
+    def spy_file(f, path, start, end, lo, hi):
+        starts.append(start)
+        return walk_file(f, path, start, end, lo, hi)
+
+    def spy_bytes(data, base, name, lo, hi):
+        starts.append(base)
+        return walk_bytes(data, base, name, lo, hi)
+
+    monkeypatch.setattr(oplog_record, "iter_file", spy_file)
+    monkeypatch.setattr(oplog_record, "iter_bytes", spy_bytes)
+    rec = RECORD_HEADER_BYTES + 100
+    for reopen in (False, True):
+        with OpLog(tmp_path / "log", segment_bytes=40_000) as lg:
+            if not reopen:
+                for i in range(1, 1001):
+                    lg.append_write(1, i, _payload(i))
+                    if i % 50 == 7:
+                        lg.sync()
+                assert lg.durable_seq < lg.last_seq  # the newest records are still buffered
+            full = list(lg.records())
+            assert [r.seq for r in full] == list(range(1, 1001)) and len(lg.segment_paths) > 3
+            for lo in (1, 2, 117, 333, 334, 499, 990, 1000):
+                starts.clear()
+                assert list(lg.records(lo, lo + 40)) == full[lo - 1:lo + 40]
+                seg_first = max(int(os.path.basename(p)[6:26]) for p in lg.segment_paths
+                                if int(os.path.basename(p)[6:26]) <= lo)
+                # the walk starts at most one stride (+ one record) before the wanted record
+                wanted = SEGMENT_HEADER_BYTES + (lo - seg_first) * rec
+                assert 0 <= wanted - starts[0] <= stride + rec, (lo, starts)
+
+
 def test_big_appends_write_out_early_and_rotate(tmp_path):
     data = os.urandom(300_000)
     with OpLog(tmp_path, segment_bytes=2_000_000) as lg:

@@ -1,8 +1,7 @@
-"""NearSync commands: `lws` (take a light-weight snapshot) and, in the `pd` group, `nearsync`
-(state and RPO per remote site, at the source), `restore-points` and `restore-point` (at a
-remote: list the vDisk snapshots and LWS it holds, restore at one). The NearSync settings
-(`Cluster.configure_nearsync`) belong to the process running the schedules, so they have no
-command here."""
+"""NearSync commands: `lws` (take a light-weight snapshot), `nearsync config` (the cluster's
+NearSync settings, kept in its catalogue) and, in the `pd` group, `nearsync` (state and RPO
+per remote site, at the source), `restore-points` and `restore-point` (at a remote: list the
+vDisk snapshots and LWS it holds, restore at one)."""
 
 from __future__ import annotations
 
@@ -11,10 +10,36 @@ import json
 from dataclasses import asdict
 
 from .common import CliError, open_cluster, table
-from .pd_cmds import _when
+from .pd_cmds import _when, every_arg
+
+# option -> NearSyncConfig field, with what it means
+SETTINGS = {
+    "max_interval": "schedules this frequent or more run as NearSync",
+    "lag_threshold": "shipping further behind than this falls back to snapshots",
+    "compose_every": "how often the remote composes a vDisk snapshot",
+    "ship_timeout": "the longest one shipping round may take",
+}
+
+
+def seconds_arg(text: str) -> float:
+    """'90', '2.5' (seconds) or '10s', '30m', '1h', '1d' -> seconds (argparse type)."""
+    try:
+        return float(text)
+    except ValueError:
+        return every_arg(text).total_seconds()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("nearsync", help="NearSync settings of a cluster")
+    nsub = p.add_subparsers(dest="nearsync_cmd", metavar="COMMAND", required=True)
+    q = nsub.add_parser("config", help="show or change the NearSync settings (kept in the "
+                                       "catalogue: the daemon uses them)")
+    q.add_argument("path", metavar="PATH")
+    for name, meaning in SETTINGS.items():
+        q.add_argument(f"--{name.replace('_', '-')}", type=seconds_arg, metavar="S",
+                       help=f"seconds (or 10s, 30m, 1h): {meaning}")
+    q.set_defaults(func=cmd_config)
+
     q = sub.add_parser("lws", help="take a light-weight snapshot (an OpLog marker, O(1))")
     q.add_argument("path", metavar="PATH")
     q.add_argument("vdisks", metavar="VDISK", nargs="*",
@@ -60,6 +85,15 @@ def cmd_lws(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    changes = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
+    with open_cluster(args.path) as c:
+        cfg = c.configure_nearsync(**changes) if changes else c.nearsync_config()
+    print(table([(name, f"{getattr(cfg, name):g} s", meaning) for name, meaning in SETTINGS.items()],
+                ("SETTING", "VALUE", "MEANING")))
+    return 0
+
+
 def cmd_nearsync(args: argparse.Namespace) -> int:
     with open_cluster(args.path) as c:
         pd = c.protection_domain(args.name)
@@ -100,17 +134,12 @@ def cmd_restore_points(args: argparse.Namespace) -> int:
 def cmd_restore_point(args: argparse.Namespace) -> int:
     if bool(args.point) == args.latest:
         raise CliError("restore-point needs a POINT name or --latest (not both)")
+    from ..nearsync.compose import find_point
+
     with open_cluster(args.path) as c:
         points = c.restore_points(args.name)
-        found = points[-1:] if args.latest else [
-            p for p in points if args.point in (p.name, p.kind == "lws" and str(p.seq))]
-        if not found:
-            raise CliError(f"no restore point {args.point!r} of {args.name} here "
-                           f"(see 'nxstore pd restore-points {args.path} {args.name}')")
-        if len(found) > 1:
-            raise CliError(f"{args.point!r} names {len(found)} restore points: give the LWS "
-                           "by its SEQ")
-        made = c.restore_point(found[0], args.prefix)
-        print(f"restored {found[0].kind} {found[0].name} of {_when(found[0].created_at)}: "
+        point = points[-1] if args.latest else find_point(points, args.point, args.name)
+        made = c.restore_point(point, args.prefix)
+        print(f"restored {point.kind} {point.name} of {_when(point.created_at)}: "
               f"{', '.join(vd.name for vd in made)}")
     return 0

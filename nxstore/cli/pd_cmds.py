@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = cmd("activate", "unplanned failover: bring the PD up here", cmd_activate)
     q.add_argument("--force", action="store_true",
                    help="activate even if the owner answers and still owns the PD")
+    q.add_argument("--point", metavar="NAME|SEQ",
+                   help="the restore point to come up at: a PD snapshot or LWS name, or an "
+                        "LWS's SEQ (default: the newest, see 'pd restore-points')")
     q = cmd("sync", "ask the peers who owns the PD (demote here if not us)", cmd_sync)
     q = cmd("failback", "after activate: replicate the deltas back and migrate home", cmd_failback)
     q.add_argument("site", metavar="SITE", nargs="?")
@@ -228,10 +231,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_activate(args: argparse.Namespace) -> int:
     with open_cluster(args.path) as c:
-        res = c.activate(args.name, force=args.force)
-        print(f"activated {res.pd} (epoch {res.epoch}) from {res.snapshot} taken "
+        res = c.activate(args.name, force=args.force, point=args.point)
+        what = f"LWS {res.lws} (composed into {res.snapshot})" if res.lws else res.snapshot
+        print(f"activated {res.pd} (epoch {res.epoch}) from {what} taken "
               f"{_when(res.snapshot_created_at)}; VMs {', '.join(res.vms)}; writes at "
-              f"{res.previous_owner} after that snapshot are lost")
+              f"{res.previous_owner} after that point are lost")
     return 0
 
 

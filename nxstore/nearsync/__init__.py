@@ -15,6 +15,7 @@ Modules, one concept each:
     receive.py    the target side of the wire: verify, store the episode durably, acknowledge
     episode_file.py  the episode file format at the target
     compose.py    the remote side: restore points, composing vDisk snapshots, restoring at an LWS
+    activate.py   failover at an LWS: choosing the point, composing it into a PD snapshot
     retention.py  what the source keeps for NearSync: the OpLog release floor and gc roots
     state.py      the per-(PD, site) state machine: seeding -> nearsync -> fallback -> seeding
     driver.py     one NearSync schedule run (called by the protection scheduler)

@@ -113,24 +113,24 @@ def accumulate(cluster: Cluster, vd: VDisk, base: Snapshot,
     return acc
 
 
-def compose(cluster: Cluster, row: LWSEpisodeRow) -> Snapshot | None:
-    """Compose replica snapshot `row.compose_as` from the chain's snapshot plus the episodes up
-    to `row` (see module docstring). Idempotent; None if its chain is broken."""
+def compose(cluster: Cluster, row: LWSEpisodeRow, name: str | None = None) -> Snapshot | None:
+    """Compose replica snapshot `name` (default `row.compose_as`), timed as the LWS, from the
+    chain's snapshot plus the episodes up to `row` (see module docstring). Idempotent; None if
+    its chain is broken."""
     from ..replica import commit_layer
 
+    name = name or row.compose_as
     vd = _replica_vdisk(cluster, row.vdisk_id)
-    existing = snapshot_named(cluster, vd.name, row.compose_as)
+    existing = snapshot_named(cluster, vd.name, name)
     if existing is not None:
         return existing
     base = snapshot_named(cluster, vd.name, row.base_snapshot)
     episodes = chain(cluster, row.vdisk_id, row.base_snapshot, row.seq)
     if base is None or not episodes or episodes[-1].seq != row.seq:
-        log.warning("%s: cannot compose %s: its episode chain is incomplete", vd.name,
-                    row.compose_as)
+        log.warning("%s: cannot compose %s: its episode chain is incomplete", vd.name, name)
         return None
     layer = accumulate(cluster, vd, base, episodes)
-    snap = commit_layer(cluster, vd, base.layer_id, layer, row.compose_as, row.created_at,
-                        row.size)
+    snap = commit_layer(cluster, vd, base.layer_id, layer, name, row.created_at, row.size)
     log.info("%s: composed snapshot %s from %s + %d LWS episodes", vd.name, snap.name,
              base.name, len(episodes))
     return snap
@@ -214,6 +214,27 @@ def restore_points(cluster: Cluster, pd_name: str) -> list[RestorePoint]:
             points.append(RestorePoint("lws", rows[0].name, rows[0].created_at, seq,
                                        tuple(sorted(vdisks[r.vdisk_id] for r in rows))))
     return sorted(points, key=lambda p: (p.created_at, p.seq))
+
+
+def find_point(points: list[RestorePoint], key: RestorePoint | str | int,
+               pd_name: str) -> RestorePoint:
+    """The point of `points` that `key` names: itself, its name, or an LWS's seq (an int or
+    digits). NotFound if none, InvalidArgument if a name matches several (give the seq)."""
+    if isinstance(key, RestorePoint):
+        found = [p for p in points if p == key]
+    elif isinstance(key, int) and not isinstance(key, bool):
+        found = [p for p in points if p.kind == "lws" and p.seq == key]
+    elif isinstance(key, str) and key:
+        found = [p for p in points if key in (p.name, p.kind == "lws" and str(p.seq))]
+    else:
+        raise InvalidArgument(f"not a restore point, name or LWS seq: {key!r}")
+    if not found:
+        raise NotFound(f"no restore point {getattr(key, 'name', key)!r} of protection domain "
+                       f"{pd_name!r} here")
+    if len(found) > 1:
+        raise InvalidArgument(f"{key!r} names {len(found)} restore points of protection domain "
+                              f"{pd_name!r}: give the LWS by its SEQ")
+    return found[0]
 
 
 def restore(cluster: Cluster, point: RestorePoint, prefix: str) -> list[VDisk]:

@@ -166,7 +166,14 @@ def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: A
             state.move(ctx, ns, state.FALLBACK, float(ctx.clock()),
                        f"shipping {lag:.0f} s behind ({exc})")
         raise
-    return composed[-1] if composed else None
+    if not composed:
+        return None
+    from ..protection.failover import sync_peer
+
+    # The remote records the composed PD snapshots (with their VM manifests): activating
+    # there can then start from them, and an LWS after them finds its manifest.
+    sync_peer(mgr, pd.name, ns.site)
+    return composed[-1]
 
 
 def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns) -> PDSnapshot:  # noqa: ANN001

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
-from ..catalog import NearSyncRow
+from ..catalog import NearSyncRow, SettingRow
 from ..constants import (
     NEARSYNC_COMPOSE_EVERY_S,
     NEARSYNC_HISTORY,
@@ -38,7 +38,7 @@ from ..constants import (
     NEARSYNC_SHIP_TIMEOUT_S,
 )
 from ..context import ClusterContext
-from ..errors import InvalidArgument
+from ..errors import Corruption, InvalidArgument
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
@@ -46,11 +46,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NONE, SEEDING, NEARSYNC, FALLBACK = "none", "seeding", "nearsync", "fallback"
+SETTINGS_NAME = "nearsync"  # the catalogue `settings` row holding NearSyncConfig as JSON
 
 
 @dataclass(frozen=True)
 class NearSyncConfig:
-    """NearSync settings of an open cluster (seconds; runtime only, `Cluster.configure_nearsync`).
+    """NearSync settings of a cluster (seconds; kept in the catalogue, `Cluster.configure_nearsync`).
 
     max_interval: a schedule this frequent or more runs in NearSync mode; lag_threshold:
     shipping further behind than this falls back; compose_every: how often the source takes a
@@ -95,16 +96,45 @@ class ReplicationState:
 
 
 def config(cluster: Cluster) -> NearSyncConfig:
-    return cluster.__dict__.setdefault("_nearsync_config", NearSyncConfig())
+    """The cluster's settings (loaded from the catalogue once, then cached on the cluster)."""
+    cfg = cluster.__dict__.get("_nearsync_config")
+    return cfg if cfg is not None else load(cluster)
+
+
+def load(cluster: Cluster) -> NearSyncConfig:
+    """Read the settings from the catalogue (row `settings` "nearsync"; defaults for those
+    never set). Raises Corruption if the row fails its checksum or holds bad values."""
+    rows = cluster._ctx.catalog.rows(SettingRow, "name = ?", (SETTINGS_NAME,))
+    stored = json.loads(rows[0].value) if rows else {}
+    known = {f.name for f in fields(NearSyncConfig)}
+    try:
+        cfg = NearSyncConfig(**{k: v for k, v in stored.items() if k in known})
+    except InvalidArgument as exc:
+        raise Corruption(f"catalogue {cluster._ctx.catalog.path}: settings {SETTINGS_NAME!r}: "
+                         f"{exc}") from exc
+    cluster.__dict__["_nearsync_config"] = cfg
+    return cfg
 
 
 def configure(cluster: Cluster, **settings: float) -> NearSyncConfig:
-    """Replace some settings (InvalidArgument for unknown names or bad values)."""
+    """Replace some settings; the whole set is durable in the catalogue on return and used
+    by every later open (the `nxstore serve` daemon included). InvalidArgument for unknown
+    names or bad values (nothing is changed then)."""
     known = {f.name for f in fields(NearSyncConfig)}
     if set(settings) - known:
         raise InvalidArgument(f"unknown NearSync settings {sorted(set(settings) - known)}")
     cfg = NearSyncConfig(**{**config(cluster).__dict__, **settings})
+    cat = cluster._ctx.catalog
+    value = json.dumps(cfg.__dict__, sort_keys=True)
+    with cat.transaction():
+        rows = cat.rows(SettingRow, "name = ?", (SETTINGS_NAME,))
+        if rows:
+            rows[0].value = value
+            cat.update(rows[0])
+        else:
+            cat.insert(SettingRow(0, SETTINGS_NAME, value))
     cluster.__dict__["_nearsync_config"] = cfg
+    log.info("NearSync settings: %s", value)
     return cfg
 
 
@@ -140,6 +170,19 @@ def move(ctx: ClusterContext, row: NearSyncRow, new: str, now: float, reason: st
     if new == FALLBACK:
         row.shipped_seq = 0  # drop the release floor: the chain is abandoned
     save(ctx, row)
+
+
+def forget(ctx: ClusterContext, pd_id: int) -> None:
+    """The PD stopped being owned here (demoted, migrated away): drop its NearSync and LWS
+    rows, and with them the OpLog release floor they held. Durable on return; if the PD
+    comes back its NearSync schedule starts over in `seeding`."""
+    from ..catalog import LWSRow
+
+    cat = ctx.catalog
+    with cat.transaction():
+        for table in (NearSyncRow, LWSRow):
+            for row in cat.rows(table, "pd_id = ?", (pd_id,)):
+                cat.delete(table, row.id)
 
 
 def report(row: NearSyncRow) -> ReplicationState:

@@ -27,9 +27,12 @@ registered again with their power state, schedules re-enabled, PD active) as
 long as the destination has not adopted the PD. Both sites' data is intact at
 every point: nothing is deleted before step 6, and step 6 only changes flags.
 
-activate(mgr, name), at a surviving site: adopts the PD from the newest PD
+activate(mgr, name, point=None), at a surviving site: adopts the PD from the newest PD
 snapshot fully replicated here, at epoch+1 (writes after that snapshot are lost:
-the RPO is the replication interval). The old owner learns it at its next
+the RPO is the replication interval). A NearSync PD comes up at the newest LWS
+every member holds when that is newer (the RPO is the LWS interval), composed into
+a PD snapshot here first (nxstore.nearsync.activate); `point` names another
+restore point (LWS or PD snapshot). The old owner learns it at its next
 contact (sync_ownership, any PD replication, or a sync from the new owner) and
 demotes itself (ownership.demote). reprotect(pd, site) replicates the PD back
 to the old owner (incremental on the newest common snapshot) and failback(pd)
@@ -53,6 +56,7 @@ from ..catalog import (
     PDSnapshotRow,
 )
 from ..errors import AuthenticationError, InUse, InvalidArgument, NotFound, NxError
+from ..nearsync import state as nearsync_state
 from . import remote
 from .domain import ACTIVE, INACTIVE, ProtectionDomain, _check_sites
 from .ownership import (
@@ -66,6 +70,7 @@ from .ownership import (
 )
 
 if TYPE_CHECKING:
+    from ..nearsync.compose import RestorePoint
     from ..replication.source import ReplicationResult
     from .manager import ProtectionManager
 
@@ -91,13 +96,14 @@ class MigrateResult:
 @dataclass(frozen=True)
 class ActivateResult:
     pd: str
-    snapshot: str
+    snapshot: str               # the PD snapshot the PD came up from
     snapshot_created_at: float  # cluster-clock seconds: writes after it were lost
     epoch: int
     vms: tuple[str, ...]
     vdisks: tuple[str, ...]
     previous_owner: str
     dropped_sites: tuple[str, ...] = ()
+    lws: str = ""               # the LWS `snapshot` was composed at ("" = a replicated one)
 
 
 @dataclass(frozen=True)
@@ -364,6 +370,7 @@ def _step_reverse_direction(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[s
     names = [m["vdisk"] for e in json.loads(snap_row.manifest) for m in e["members"]]
     for name in names:
         mgr.cluster.make_replica(name, d["peer_cluster"], j.site)
+    nearsync_state.forget(mgr.cluster._ctx, pd.id)
     with cat.transaction():
         for s in cat.rows(PDSnapshotRow, "pd_id = ?", (pd.id,)):
             for table in (PDSnapshotMemberRow, PDReplicationRow):
@@ -427,15 +434,19 @@ def rollback_migrate(pd: ProtectionDomain) -> list[str]:
 
 # -- activate / reprotect / failback --------------------------------------------------------------
 
-def activate(mgr: ProtectionManager, name: str, force: bool = False) -> ActivateResult:
+def activate(mgr: ProtectionManager, name: str, force: bool = False,
+             point: RestorePoint | str | int | None = None) -> ActivateResult:
     """Unplanned failover at this (surviving) site; see the module docstring.
 
     First every remote site is asked, the owner first: if one answers that it owns the
     PD (the owner is alive, or another survivor activated it already) or names a newer
     owner, activating here would make two owners, so InUse is raised unless `force`.
-    A site that cannot be reached is taken as gone. Raises NotFound (no PD metadata or
-    no complete PD snapshot here), InUse (active here; an owner answers),
+    A site that cannot be reached is taken as gone. `point`: the restore point to come
+    up at (a RestorePoint, its name, an LWS seq; None: the newest, see the module
+    docstring). Raises NotFound (no PD metadata, no such point, no complete PD snapshot
+    here), InvalidArgument (an ambiguous point), InUse (active here; an owner answers),
     AuthenticationError (a site answers but refuses the secret)."""
+    from ..nearsync import activate as at_lws
     with mgr.lock:
         mine = ownership(mgr, name)
         if not mine.exists:
@@ -448,17 +459,26 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False) -> Activate
             _check_no_owner_answers(mgr, name, mine)
         from .ownership import adopt
 
-        out = adopt(mgr, name, snapshot=None, epoch=mine.epoch + 1, power_on=None, peer_site=prev,
-                    keep_remote_rename={mgr.cluster.site_name: prev})
+        target = at_lws.choose(mgr, name, point)
+        lws = target.name if target is not None and target.kind == "lws" else ""
+        snapshot = None if target is None else target.name
+        if lws:
+            # names free here? (checked before composing, so a refusal leaves the replicas be)
+            adopt(mgr, name, snapshot=None, epoch=mine.epoch + 1, power_on=None,
+                  peer_site=prev, check_only=True)
+            snapshot = at_lws.materialize(mgr, name, target)
+        out = adopt(mgr, name, snapshot=snapshot, epoch=mine.epoch + 1, power_on=None,
+                    peer_site=prev, keep_remote_rename={mgr.cluster.site_name: prev})
         row = mgr.pd_row(name)
         snap = mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND name = ?", (row.id, out["snapshot"]))
         created = snap[0].created_at if snap else 0.0
         _record(mgr, row.id, "activate", prev, row.epoch, out["snapshot"],
-                {"previous_owner": prev, "previous_cluster": mine.owner_cluster})
-        log.warning("PD %s activated at site %s from %s (epoch %d): writes at %s after it are lost",
-                    name, mgr.cluster.site_name, out["snapshot"], row.epoch, prev)
+                {"previous_owner": prev, "previous_cluster": mine.owner_cluster, "lws": lws})
+        log.warning("PD %s activated at site %s from %s%s (epoch %d): writes at %s after it "
+                    "are lost", name, mgr.cluster.site_name, out["snapshot"],
+                    f" (LWS {lws})" if lws else "", row.epoch, prev)
         return ActivateResult(name, out["snapshot"], created, row.epoch, tuple(out["vms"]),
-                              tuple(out["vdisks"]), prev, tuple(out["dropped_sites"]))
+                              tuple(out["vdisks"]), prev, tuple(out["dropped_sites"]), lws)
 
 
 def _check_no_owner_answers(mgr: ProtectionManager, name: str, mine: Ownership) -> None:

@@ -46,6 +46,7 @@ from ..catalog import (
     VMRow,
 )
 from ..errors import AlreadyExists, InUse, NotFound
+from ..nearsync import state as nearsync_state
 from ..replica import find_replica
 from .domain import ACTIVE, INACTIVE, ProtectionDomain
 
@@ -398,6 +399,7 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
                         cat.delete(table, r.id)
         for vm in vms:
             delete_vm(mgr, vm.name, keep_vdisks=True)
+        nearsync_state.forget(mgr.cluster._ctx, row.id)
         tag = f"{pd_name}.diverged-e{epoch}"
         for name in vd_names:
             try:

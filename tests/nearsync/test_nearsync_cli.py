@@ -1,15 +1,21 @@
-"""The NearSync commands as real subprocesses: `lws`, `pd nearsync`, `pd restore-points`,
-`pd restore-point`, and seconds in `pd schedule --every`. The NearSync history itself is made
-in-process (fake clock, real `nxstore serve` remote), then the commands run on the closed
-clusters; every failure is one `nxstore: error:` line with exit status 1."""
+"""The NearSync commands as real subprocesses: `lws`, `nearsync config`, `pd nearsync`,
+`pd restore-points`, `pd restore-point`, and seconds in `pd schedule --every`. The NearSync
+history itself is made in-process (fake clock, real `nxstore serve` remote), then the
+commands run on the closed clusters; every failure is one `nxstore: error:` line with exit
+status 1 (2 for usage errors)."""
 
 from __future__ import annotations
 
 import json
 import os
 
+import pytest
 from ns_helpers import BS, protect, tick
 from test_cli import nx, one_error_line
+
+import nxstore
+from nxstore.errors import InvalidArgument
+from nxstore.nearsync import NearSyncConfig
 
 
 def test_lws_command(tmp_path):
@@ -89,3 +95,29 @@ def test_nearsync_state_restore_points_and_restore(make_cluster, clock, remote):
     one_error_line(nx("pd", "restore-point", dst, "pd", "--latest", "--prefix", "r0-", rc=1),
                    "r0-db")
     one_error_line(nx("pd", "restore-points", dst, "other", rc=1), "'other'")
+
+
+def test_nearsync_config_is_kept_in_the_catalogue(tmp_path):
+    path = str(tmp_path / "c")
+    with nxstore.Cluster.create(path, background=False) as c:
+        assert c.nearsync_config() == NearSyncConfig()  # the defaults
+        c.configure_nearsync(compose_every=600, lag_threshold=120)
+        for bad in ({"ship_timeout": 0}, {"max_interval": 0.5}, {"lag_threshold": float("nan")},
+                    {"compose_every": "1h"}, {"bogus": 1}):
+            with pytest.raises(InvalidArgument):
+                c.configure_nearsync(**bad)
+    with nxstore.Cluster.open(path, background=False) as c:  # kept, bad ones changed nothing
+        cfg = c.nearsync_config()
+        assert (cfg.compose_every, cfg.lag_threshold, cfg.max_interval, cfg.ship_timeout) == (
+            600, 120, 900, 60)
+
+    out = nx("nearsync", "config", path).stdout.splitlines()
+    assert out[0].split() == ["SETTING", "VALUE", "MEANING"]
+    assert out[3].split()[:3] == ["compose_every", "600", "s"]
+    out = nx("nearsync", "config", path, "--ship-timeout", "2m", "--max-interval", "30").stdout
+    assert "ship_timeout   120 s" in out and "max_interval   30 s" in out
+    one_error_line(nx("nearsync", "config", path, "--lag-threshold", "-5", rc=1),
+                   "lag_threshold must be a positive number")
+    one_error_line(nx("nearsync", "config", path, "--compose-every", "soon", rc=2), "soon")
+    with nxstore.Cluster.open(path, background=False) as c:
+        assert c.nearsync_config().ship_timeout == 120 and c.nearsync_config().lag_threshold == 120
