@@ -19,7 +19,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SOURCES = ["fingerprint.c", "fpindex.c", "mapops.c"]
+SOURCES = ["fingerprint.c", "fpindex.c", "headers.c", "mapops.c", "plan.c", "readv.c"]
 
 CDEF = """
 #define NX_OK 0
@@ -31,6 +31,8 @@ CDEF = """
 
 void nx_fingerprint_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
                            uint8_t *fps_out, uint8_t *zero_out);
+void nx_checksum_rows(const uint8_t *buf, size_t nrows, size_t stride, size_t len,
+                      uint64_t *out);
 
 typedef struct nx_index nx_index;
 nx_index *nx_index_new(uint64_t capacity_hint);
@@ -54,6 +56,26 @@ size_t nx_map_diff(const uint64_t *a_k, const uint64_t *a_v, size_t na,
                    const uint64_t *b_k, const uint64_t *b_v, size_t nb, uint64_t *out_k);
 void nx_map_lookup(const uint64_t *k, const uint64_t *v, size_t n,
                    const uint64_t *q, size_t nq, uint64_t *out_v, uint8_t *out_found);
+
+#define NX_RECORD_HEADER_BYTES 64
+#define NX_RECORD_CHECKED_BYTES 56
+#define NX_RECORD_MAGIC 0x5845584E
+#define NX_RECORD_FLAG_COMPRESSED 1
+void nx_check_headers(const uint8_t *hdrs, size_t n, const uint64_t *ids, const uint32_t *slens,
+                      const uint8_t *flags, uint32_t block_size, uint8_t *bad);
+
+#define NX_PLAN_SINK 0
+#define NX_PLAN_HDRS 1
+#define NX_PLAN_OUT 2
+#define NX_PLAN_CBUF 3
+size_t nx_plan_runs(const int64_t *keys, const int64_t *lens, const uint8_t *comp,
+                    const int64_t *dest, size_t n, int64_t block_size, int64_t max_gap,
+                    int64_t *iovs, int64_t *runs);
+
+#define NX_READV_MAX_IOV 1024
+int nx_preadv_runs(uint8_t *const *bufs, const uint64_t *buf_sizes, size_t nbufs,
+                   const int64_t *iovs, size_t niov, const int64_t *runs, size_t nruns,
+                   int iov_limit, int64_t *result);
 """
 
 
@@ -77,7 +99,7 @@ def make_builder(relative: bool = True) -> FFI:
     builder.cdef(CDEF)
     builder.set_source(
         "nxstore._native",
-        '#include "fingerprint.h"\n#include "fpindex.h"\n#include "mapops.h"\n',
+        "".join(f'#include "{name[:-2]}.h"\n' for name in SOURCES),
         sources=[path(s) for s in SOURCES],
         include_dirs=[path("")],
         libraries=["xxhash"],

@@ -1,5 +1,5 @@
 /*
- * fingerprint.h - batched block fingerprints and zero detection.
+ * fingerprint.h - batched block fingerprints, zero detection and row checksums.
  *
  * A fingerprint is the XXH3-128 hash (seed 0) of a block's bytes, stored in
  * canonical form (XXH128_canonicalFromHash: big-endian high64 then low64), so
@@ -23,6 +23,16 @@
  */
 void nx_fingerprint_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
                            uint8_t *fps_out, uint8_t *zero_out);
+
+/*
+ * nx_checksum_rows: out[i] = XXH3-64 (seed 0, as python
+ * `xxhash.xxh3_64_intdigest`) of the first `len` bytes of row i, the row
+ * starting at buf + i * stride (any alignment), for i < nrows. The extent
+ * store checks record headers with it: one call per batch instead of one
+ * Python call per header. Never fails; safe to call from several threads.
+ */
+void nx_checksum_rows(const uint8_t *buf, size_t nrows, size_t stride, size_t len,
+                      uint64_t *out);
 
 /* nx_is_zero: 1 iff the `len` bytes at `p` (any alignment) are all zero. */
 int nx_is_zero(const uint8_t *p, size_t len);

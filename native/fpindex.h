@@ -17,7 +17,7 @@
  * The table doubles whenever an insertion would push count above
  * 7/10 of capacity; it never shrinks. Calls on one index must not run
  * concurrently (no internal locking); different indexes are independent.
- * Error codes are the negative NX_E* values below.
+ * Error codes are the negative NX_E* values of nxerr.h.
  */
 #ifndef NX_FPINDEX_H
 #define NX_FPINDEX_H
@@ -25,10 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NX_OK 0
-#define NX_ENOMEM (-1)   /* allocation failed; the index is unchanged unless stated */
-#define NX_EINVAL (-2)   /* an argument is impossible (id 0, id overflow, bad sizes) */
-#define NX_ECORRUPT (-3) /* raw slot data violates the table's invariants */
+#include "nxerr.h" /* NX_EINVAL: id 0, id overflow, bad sizes; NX_ECORRUPT: bad raw slots */
 
 #define NX_INDEX_SLOT_BYTES 24
 #define NX_INDEX_MIN_CAPACITY 16

@@ -36,7 +36,7 @@ import xxhash
 
 from .constants import EXTENT_FORMAT_VERSION, FINGERPRINT_BYTES
 from .errors import Corruption
-from .native import fingerprint_blocks
+from .native import RECORD_HEADER, check_headers, checksum_rows, fingerprint_blocks
 
 RECORD_MAGIC = b"NXEX"
 HEADER_BYTES = 64
@@ -56,8 +56,10 @@ _FIELDS = [
     ("fp", ("u1", (FINGERPRINT_BYTES,)), 32),
     ("hck", "<u8", 56),
 ]
-_MAGIC_U32 = int.from_bytes(RECORD_MAGIC, "little")
-_WORD0_MASK = 0xFFFFFFFF | FLAG_COMPRESSED << 40  # header word 0: magic + compressed flag
+assert RECORD_HEADER == {  # what the native header check reads (native/headers.h)
+    "bytes": HEADER_BYTES, "checked": _CHECKED, "magic": RECORD_MAGIC,
+    "compressed": FLAG_COMPRESSED,
+}  # fmt: skip
 
 
 def header_dtype(itemsize: int = HEADER_BYTES) -> np.dtype:
@@ -101,13 +103,6 @@ class ExtentCorruption(Corruption):
         self.offset = offset
 
 
-def header_checksums(buf: bytes | memoryview, offsets: np.ndarray) -> np.ndarray:
-    """XXH3-64 of the 56 checked bytes of each header starting at `offsets` in `buf`."""
-    mv = memoryview(buf).cast("B")
-    h = xxhash.xxh3_64_intdigest
-    return np.fromiter((h(mv[o : o + _CHECKED]) for o in offsets.tolist()), np.uint64, len(offsets))
-
-
 def fill_headers(
     hdr: np.ndarray,
     ids: np.ndarray,
@@ -127,9 +122,8 @@ def fill_headers(
     hdr["slen"] = slens
     hdr["container"] = containers
     hdr["fp"] = fps
-    stride = hdr.dtype.itemsize
-    base = hdr.view(np.uint8).reshape(-1)
-    hdr["hck"] = header_checksums(base, np.arange(len(hdr), dtype=np.int64) * stride)
+    rows = hdr.view(np.uint8).reshape(len(hdr), hdr.dtype.itemsize)
+    hdr["hck"] = checksum_rows(rows, _CHECKED)
 
 
 def encode_records(
@@ -179,26 +173,9 @@ def bad_headers(
 ) -> np.ndarray:
     """Mask of headers (packed HEADER_DTYPE array, as from gather_headers) that
     fail their checksum or disagree with the table: magic, extent id, raw length
-    (`block_size`), stored length, compressed flag.
-
-    Vectorised over the header's little-endian u64 words (word 0: magic,
-    version, flags; 1: id; 2: raw | stored length << 32; 7: checksum); the
-    XXH3-64 checksums are one C call per header (~0.2 us each: there is no
-    batch XXH3-64 entry point)."""
-    k = len(hdr)
-    if not k:
-        return np.zeros(0, bool)
-    hb = np.ascontiguousarray(hdr).view(np.uint8).reshape(-1)
-    w = hb.view("<u8").reshape(k, HEADER_BYTES // 8)
-    comp = (np.asarray(flags).astype(np.uint64) & FLAG_COMPRESSED) << np.uint64(40)
-    bad = (w[:, 0] & np.uint64(_WORD0_MASK)) != (comp | np.uint64(_MAGIC_U32))
-    bad |= w[:, 1] != np.asarray(ids, np.uint64)
-    bad |= w[:, 2] != (np.asarray(slens).astype(np.uint64) << np.uint64(32)) | np.uint64(block_size)
-    raw = hb.tobytes()
-    h = xxhash.xxh3_64_intdigest
-    ck = np.array([h(raw[o : o + _CHECKED]) for o in range(0, len(raw), HEADER_BYTES)], np.uint64)
-    bad |= w[:, 7] != ck
-    return bad
+    (`block_size`), stored length, compressed flag. One native call."""
+    rows = np.ascontiguousarray(hdr).view(np.uint8).reshape(len(hdr), HEADER_BYTES)
+    return check_headers(rows, ids, slens, flags, block_size)
 
 
 def decode_payload(

@@ -1,22 +1,23 @@
 """The verified read path of the extent store.
 
-One `load_records` call reads every requested record with as few syscalls as
-possible and checks all their headers in one vectorised pass:
+One `load_records` call reads every requested record and checks all their
+headers with three native calls, whatever the number of records or runs:
 
 1. The records are sorted by (group, offset); a repeated extent is read once
    and copied. Records of one group that are adjacent, or separated by a gap
    of at most MAX_GAP bytes, form a *run*.
-2. Each run is one `os.preadv` (split at IOV_MAX iovecs, between records)
-   whose iovecs alternate: the record's 64-byte header lands in its slot of a
-   header array, an uncompressed payload lands straight in its row of the
-   caller's `out2d`, a compressed payload in a staging buffer, and a gap in a
-   throwaway buffer (when a call has gaps every record gets a gap iovec,
-   zero-length where none follows, so a run's iovecs are one list slice).
-   Uncompressed payloads are never copied in user space.
-3. All headers of the call are checked at once: magic, extent id, raw and
-   stored length and compressed flag against the table, and the XXH3-64
-   header checksum (one C hash per header: the only per-record Python work
-   besides building the iovecs).
+2. One native call (`plan_runs`) lays out the iovecs of all runs, three
+   per record as (buffer, offset, length) rows of one int64 array: the
+   64-byte header lands in its slot of a header array, an uncompressed
+   payload straight in its row of the caller's `out2d`, a compressed payload
+   in a staging buffer, and the gap after it in a throwaway sink
+   (zero-length where the run has none). Another (`preadv_runs`) then does
+   every run's preadv (split at IOV_MAX iovecs) with the GIL released: no
+   per-record or per-run Python objects, and uncompressed payloads are never
+   copied in user space. Only opening a group's fd is Python, once a group.
+3. All headers of the call are checked in one native call: magic, extent
+   id, raw and stored length and compressed flag against the table, and the
+   XXH3-64 header checksum.
 4. Only compressed payloads are decoded one by one (lz4, into their row).
 
 The payload fingerprints are checked by the caller with one native batch
@@ -32,29 +33,35 @@ import lz4.block
 import numpy as np
 
 from .errors import Corruption
-from .extent_group import (
-    FLAG_COMPRESSED,
-    HEADER_BYTES,
-    HEADER_DTYPE,
-    bad_headers,
-    group_file_name,
+from .extent_group import FLAG_COMPRESSED, HEADER_BYTES, group_file_name
+from .native import (
+    PLAN_CBUF,
+    PLAN_HDRS,
+    PLAN_OUT,
+    PLAN_SINK,
+    READV_MAX_IOV,
+    check_headers,
+    plan_runs,
+    preadv_runs,
 )
 
 if TYPE_CHECKING:
     from .extent_store import ExtentStore
 
-MAX_RUN = 4 << 20  # bytes: the store's scratch buffer is sized from it (gap sink)
-MAX_GAP = 64 << 10  # bytes: records of one group this close share one preadv
-IOV_MAX = 1024  # iovecs per preadv (Linux UIO_MAXIOV)
-assert MAX_GAP <= MAX_RUN
+MAX_GAP = 64 << 10  # bytes: records of one group this close share one run
+# Distinct groups per native call: the call's fds are opened first, and opening
+# must not evict (close) one of them from the store's fd cache.
+GROUPS_PER_CALL = 64
+_OFFSET_MASK = 0xFFFFFFFF  # a record's sort key is group << 32 | offset
+assert (PLAN_SINK, PLAN_HDRS, PLAN_OUT, PLAN_CBUF) == (0, 1, 2, 3)  # load_records' buffers
 
 
 def _iov_max() -> int:
     try:
         n = os.sysconf("SC_IOV_MAX")
     except (ValueError, OSError):
-        return IOV_MAX
-    return min(IOV_MAX, n) if n > 0 else IOV_MAX
+        return READV_MAX_IOV
+    return min(READV_MAX_IOV, n) if n > 0 else READV_MAX_IOV
 
 
 _IOV_LIMIT = _iov_max()
@@ -78,148 +85,107 @@ def load_records(
         return errors
     t, bs = store._table, store.block_size
     e = eids.astype(np.int64)
-    g = t.group[e]
-    o = t.offset[e].astype(np.int64)
-    order = np.lexsort((o, g))
-    gs, os_ = g[order], o[order]
+    key = t.group[e].astype(np.int64) << 32 | t.offset[e]
+    order = np.argsort(key, kind="stable")  # file order
+    key = key[order]
     # a repeated extent (same record) is read once, then copied
     dup = np.zeros(m, bool)
-    if m > 1:
-        dup[1:] = (gs[1:] == gs[:-1]) & (os_[1:] == os_[:-1])
+    np.equal(key[1:], key[:-1], out=dup[1:])
     if dup.any():
         first_of = np.maximum.accumulate(np.where(dup, 0, np.arange(m)))
         dups, dup_src = order[dup], order[first_of[dup]]
-        keep = ~dup
-        order, gs, os_ = order[keep], gs[keep], os_[keep]
+        order, key = order[~dup], key[~dup]
     k = len(order)
-    ss = t.slen[e[order]].astype(np.int64)
-    fs = t.flags[e[order]]
+    eo = e[order]
+    sl = t.slen[eo]
+    ss = sl.astype(np.int64)
+    fs = t.flags[eo]
     comp = (fs & FLAG_COMPRESSED) != 0
-    dest = rows[order].astype(np.int64)
-    ends = os_ + HEADER_BYTES + ss
-    gap = np.zeros(k, np.int64)  # bytes after record j that its run also reads
-    brk = np.ones(k, bool)  # record j starts a run
-    if k > 1:
-        between = os_[1:] - ends[:-1]
-        joined = (gs[1:] == gs[:-1]) & (between >= 0) & (between <= MAX_GAP)
-        brk[1:] = ~joined
-        gap[:-1] = np.where(joined, between, 0)
-
-    hdrs = np.zeros((k, HEADER_BYTES), np.uint8)
-    hmv = memoryview(hdrs.reshape(-1))
-    omv = memoryview(out2d.reshape(-1))
-    sink = memoryview(store._scratch)[:MAX_GAP]
+    dest = rows[order]
+    ends = key + HEADER_BYTES + ss  # in key space: group << 32 | end offset
+    iov, runs = plan_runs(key, ss, comp, dest, bs, MAX_GAP)
+    first, nrec = runs[:, 2] // 3, runs[:, 3] // 3  # each run's records
+    hdrs = np.empty((k, HEADER_BYTES), np.uint8)
     ncomp = int(np.count_nonzero(comp))
-    if ncomp:
-        cstart = np.zeros(k, np.int64)  # offset of each compressed payload in cbuf
-        cstart[comp] = np.cumsum(ss[comp]) - ss[comp]
-        cbuf = np.empty(int(ss[comp].sum()), np.uint8)
-        cmv = memoryview(cbuf)
-        pstart = np.where(comp, cstart, dest * bs).tolist()
-    else:
-        pstart = (dest * bs).tolist()
-
-    # the iovecs of each record: header slot, payload, [gap]
-    hstarts = range(0, k * HEADER_BYTES, HEADER_BYTES)
-    iov_h = [hmv[a : a + HEADER_BYTES] for a in hstarts]
-    if ncomp:
-        iov_p = [
-            (cmv[a : a + s] if c else omv[a : a + bs])
-            for a, s, c in zip(pstart, ss.tolist(), comp.tolist(), strict=True)
-        ]
-    else:
-        iov_p = [omv[a : a + bs] for a in pstart]
-    # all iovecs of the call, `per` a record: header slot, payload[, gap]; the
-    # iovecs of records a..c-1 (one run) are flat[per * a : per * (c - 1) + 2]
-    if bool(gap.any()):
-        per = 3
-        gaps = gap.tolist()
-        sinks = {n: sink[:n] for n in set(gaps)}
-        flat: list[memoryview | None] = [None] * (3 * k)
-        flat[2::3] = [sinks[n] for n in gaps]  # zero-length where no gap follows
-    else:
-        per = 2
-        flat = [None] * (2 * k)
-    flat[0::per] = iov_h
-    flat[1::per] = iov_p
-    max_recs = (_IOV_LIMIT - 2) // per + 1  # records per preadv
-
+    cbuf = np.empty(int(ss[comp].sum()) if ncomp else 0, np.uint8)
+    got, why = _read_runs(store, key[first] >> 32, runs, [store._scratch, hdrs, out2d, cbuf], iov)
+    short = ends > np.repeat(key[first] + got, nrec)  # past what its run read
+    bad = check_headers(hdrs, eids[order], sl, fs, bs) | short
     failed: dict[int, str] = {}  # record j -> why its run could not be read
-    done: list[int] = []  # first record of each preadv ...
-    upto: list[int] = []  # ... and the file offset it read up to
-    starts = np.flatnonzero(brk).tolist() + [k]
-    gl, ol = gs.tolist(), os_.tolist()
-    # runs come in group order, so only the current group's fd is kept (store._fd
-    # may close least recently used fds when it opens another group)
-    cur: int | None = None
-    fd: int | str = ""
-    for a, b in zip(starts[:-1], starts[1:], strict=True):
-        grp = gl[a]
-        if grp != cur:
-            cur = grp
-            try:
-                fd = store._fd(grp)
-            except (Corruption, OSError) as exc:
-                fd = str(exc)  # why the group cannot be read
-        if isinstance(fd, str):
-            for j in range(a, b):
-                failed[j] = fd
-            done.append(a)
-            upto.append(0)
-            continue
-        while a < b:
-            c = min(b, a + max_recs)
-            base = ol[a]
-            try:
-                got = os.preadv(fd, flat[per * a : per * (c - 1) + 2], base)
-            except OSError as exc:
-                for j in range(a, c):
-                    failed[j] = str(exc)
-                got = -base  # nothing read
-            done.append(a)
-            upto.append(base + got)
-            a = c
-    done.append(k)
-    # file offset up to which each record's preadv read (0: group unreadable)
-    first = np.array(done, np.int64)
-    got_end = np.repeat(np.array(upto, np.int64), np.diff(first))
-
-    short = ends > got_end
-    hdr = hdrs.reshape(-1).view(HEADER_DTYPE)
-    bad = bad_headers(hdr, eids[order], ss, fs, bs) | short
+    for r, what in why.items():
+        failed.update(dict.fromkeys(range(int(first[r]), int(first[r] + nrec[r])), what))
     if failed:
         bad[list(failed)] = True
 
+    def name(j: int) -> str:  # record j's group file
+        return store._path(group_file_name(int(key[j]) >> 32))
+
+    def where(j: int) -> str:
+        return f"{name(j)} offset {int(key[j]) & _OFFSET_MASK}"
+
     errors: dict[int, str] = {}
     if ncomp:
+        # a compressed payload's place in cbuf is its payload iovec's offset
+        cstart = iov[1::3, 1]
         for j in np.flatnonzero(comp & ~short).tolist():
-            a, s = pstart[j], int(ss[j])
+            a = int(cstart[j])
             try:
-                raw = lz4.block.decompress(cmv[a : a + s], uncompressed_size=bs)
+                raw = lz4.block.decompress(cbuf[a : a + int(ss[j])], uncompressed_size=bs)
             except lz4.block.LZ4BlockError:
                 raw = b""
-            r = int(dest[j])
             if len(raw) == bs:
-                out2d[r] = np.frombuffer(raw, np.uint8)
+                out2d[dest[j]] = np.frombuffer(raw, np.uint8)
             else:
-                out2d[r] = 0
-                name = store._path(group_file_name(gl[j]))
-                errors[int(order[j])] = f"{name} offset {ol[j]}: payload does not decode"
+                out2d[dest[j]] = 0
+                errors[int(order[j])] = f"{where(j)}: payload does not decode"
     if bad.any():
         for j in np.flatnonzero(bad).tolist():
-            name = store._path(group_file_name(gl[j]))
             if j in failed:
                 what = failed[j]
             elif short[j]:
-                what = f"{name} is truncated"
+                what = f"{name(j)} is truncated"
             else:
                 what = "bad record header"
             if short[j]:
-                out2d[int(dest[j])] = 0
-            errors[int(order[j])] = f"{name} offset {ol[j]}: {what}"
+                out2d[dest[j]] = 0
+            errors[int(order[j])] = f"{where(j)}: {what}"
     if dup.any():
         out2d[rows[dups]] = out2d[rows[dup_src]]
         for i, src in zip(dups.tolist(), dup_src.tolist(), strict=True):
             if src in errors:
                 errors[i] = errors[src]
     return errors
+
+
+def _read_runs(
+    store: ExtentStore, groups: np.ndarray, runs: np.ndarray, buffers: list[np.ndarray],
+    iov: np.ndarray,
+) -> tuple[np.ndarray, dict[int, str]]:  # fmt: skip
+    """Read the runs (rows of `runs`, in group order; column 0, the fd, is filled
+    in here) of groups `groups` with native preadv_runs calls. Returns (bytes
+    each run read, 0 where it failed; {run: why it failed})."""
+    n = len(groups)
+    got = np.zeros(n, np.int64)
+    why: dict[int, str] = {}
+    # where each group's runs start (groups ascend: one group when first == last)
+    edges = [0, n] if groups[0] == groups[-1] else [
+        0, *(np.flatnonzero(groups[1:] != groups[:-1]) + 1).tolist(), n
+    ]  # fmt: skip
+    for c in range(0, len(edges) - 1, GROUPS_PER_CALL):
+        span = edges[c : c + GROUPS_PER_CALL + 1]
+        opened = len(why)
+        for a, b in zip(span[:-1], span[1:], strict=True):
+            try:
+                runs[a:b, 0] = store._fd(int(groups[a]))
+            except (Corruption, OSError) as exc:
+                why.update(dict.fromkeys(range(a, b), str(exc)))
+        sel: slice | np.ndarray = slice(span[0], span[-1])
+        if len(why) > opened:  # leave out the runs of groups that did not open
+            sel = np.setdiff1d(np.arange(span[0], span[-1]), list(why))
+        got[sel] = preadv_runs(buffers, iov, runs[sel], _IOV_LIMIT)
+    failed = got < 0  # -errno
+    if failed.any():
+        for r in np.flatnonzero(failed).tolist():
+            why[r] = str(OSError(-int(got[r]), os.strerror(-int(got[r]))))
+        got[failed] = 0
+    return got, why

@@ -8,6 +8,8 @@ looked up. The C contracts are in native/*.h; the on-disk layout of
 Fingerprints are XXH3-128 in canonical form (16 bytes, equal to
 `xxhash.xxh3_128(block).digest()`); fingerprint arrays are uint8 of shape
 (n, 16). Block maps are sorted, unique uint64 keys with uint64 values.
+`plan_runs`, `preadv_runs` and `check_headers` are the extent store's read path: one call
+each per read request, whatever the number of extents (nxstore/extent_read.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import struct
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,13 +35,30 @@ from .errors import Corruption, FormatError, InvalidArgument
 
 __all__ = [
     "FingerprintIndex",
+    "check_headers",
+    "checksum_rows",
     "fingerprint_blocks",
     "map_diff",
     "map_lookup",
     "map_merge",
+    "plan_runs",
+    "preadv_runs",
 ]
 
 _U64 = np.dtype(np.uint64)
+_I64 = np.dtype(np.int64)
+READV_MAX_IOV = int(lib.NX_READV_MAX_IOV)  # iovecs one preadv may take (Linux UIO_MAXIOV)
+# the buffers plan_runs points iovecs into, by index (native/plan.h)
+PLAN_SINK, PLAN_HDRS, PLAN_OUT, PLAN_CBUF = (
+    int(lib.NX_PLAN_SINK), int(lib.NX_PLAN_HDRS), int(lib.NX_PLAN_OUT), int(lib.NX_PLAN_CBUF)
+)
+# the extent record header as native/headers.h reads it (extent_group checks they agree)
+RECORD_HEADER = {
+    "bytes": int(lib.NX_RECORD_HEADER_BYTES),
+    "checked": int(lib.NX_RECORD_CHECKED_BYTES),
+    "magic": int(lib.NX_RECORD_MAGIC).to_bytes(4, "little"),
+    "compressed": int(lib.NX_RECORD_FLAG_COMPRESSED),
+}
 _SLOT = np.dtype([("fp", np.uint8, (FINGERPRINT_BYTES,)), ("id", "<u8")])
 # magic, version, slot bytes, capacity, count, XXH3-64(slots); then XXH3-64(bytes 0..39)
 _HEAD = struct.Struct("<8sIIQQQ")
@@ -85,6 +105,54 @@ def fingerprint_blocks(buf: Any, block_size: int) -> tuple[np.ndarray, np.ndarra
             _ptr("uint8_t[]", zero, True),
         )
     return fps, zero
+
+
+def checksum_rows(rows: np.ndarray, nbytes: int) -> np.ndarray:
+    """XXH3-64 of the first `nbytes` bytes of each row of `rows` (uint8 (n, w),
+    C-contiguous): uint64 (n,), each equal to `xxhash.xxh3_64_intdigest`.
+
+    Raises InvalidArgument for another dtype, shape or layout, or nbytes
+    outside 0..w."""
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2:
+        raise InvalidArgument("rows must be a 2-D uint8 array")
+    if not rows.flags.c_contiguous:
+        raise InvalidArgument("rows must be C-contiguous")
+    n, width = rows.shape
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= width:
+        raise InvalidArgument(f"nbytes must be an int in 0..{width}, not {nbytes!r}")
+    out = np.empty(n, _U64)
+    if n:
+        lib.nx_checksum_rows(_ptr("uint8_t[]", rows), n, width, nbytes, _ptr("uint64_t[]", out, True))
+    return out
+
+
+def check_headers(
+    hdrs: np.ndarray, ids: Any, slens: Any, flags: Any, block_size: int
+) -> np.ndarray:
+    """Mask (bool (n,)) of extent record headers that fail their XXH3-64 checksum
+    or disagree with what the table expects: magic, compressed flag (bit 0 of
+    flags[i]), extent id ids[i], raw length `block_size`, stored length
+    slens[i]. Layout: native/headers.h and docs/format.md.
+
+    hdrs: uint8 (n, 64), C-contiguous. Raises InvalidArgument for other shapes
+    or lengths."""
+    if not isinstance(hdrs, np.ndarray) or hdrs.dtype != np.uint8 or hdrs.ndim != 2:
+        raise InvalidArgument("headers must be a 2-D uint8 array")
+    n = len(hdrs)
+    if hdrs.shape[1] != RECORD_HEADER["bytes"] or not hdrs.flags.c_contiguous:
+        raise InvalidArgument(f"headers must be C-contiguous (n, 64), not {hdrs.shape}")
+    i = np.ascontiguousarray(ids, _U64)
+    sl = np.ascontiguousarray(slens, np.uint32)
+    fl = np.ascontiguousarray(flags, np.uint8)
+    if not i.shape == sl.shape == fl.shape == (n,):
+        raise InvalidArgument(f"{n} headers but {i.shape} ids, {sl.shape} lengths, {fl.shape} flags")
+    bad = np.empty(n, np.bool_)
+    if n:
+        lib.nx_check_headers(
+            _ptr("uint8_t[]", hdrs), n, _ptr("uint64_t[]", i), _ptr("uint32_t[]", sl),
+            _ptr("uint8_t[]", fl), block_size, _ptr("uint8_t[]", bad, True),
+        )  # fmt: skip
+    return bad
 
 
 def _as_fps(fps: Any) -> np.ndarray:
@@ -368,3 +436,76 @@ def map_lookup(keys: Any, vals: Any, query: Any) -> tuple[np.ndarray, np.ndarray
             _ptr("uint64_t[]", out_v, True), _ptr("uint8_t[]", found, True),
         )  # fmt: skip
     return out_v, found
+
+
+def plan_runs(
+    keys: np.ndarray, lens: np.ndarray, comp: np.ndarray, dest: np.ndarray, block_size: int,
+    max_gap: int,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The preadv_runs plan of n extent records sorted by key (group << 32 | file
+    offset, strictly ascending; unchecked): stored payload lengths `lens`,
+    compressed mask `comp`, output rows `dest` of the uncompressed payloads.
+
+    Returns (iovecs int64 (3n, 3), runs int64 (r, 4) with fd 0): per record its
+    header (buffer PLAN_HDRS at 64 i), payload (PLAN_OUT at dest * block_size,
+    or compressed: PLAN_CBUF, packed in record order) and the gap to the next
+    record (PLAN_SINK, zero-length unless the next record is in the same group
+    at most max_gap bytes on; they then share a run). See native/plan.h.
+    Raises InvalidArgument for arrays of different lengths."""
+    k = np.ascontiguousarray(keys, _I64)
+    n = len(k)
+    ln = np.ascontiguousarray(lens, _I64)
+    c = np.ascontiguousarray(comp, np.bool_)
+    d = np.ascontiguousarray(dest, _I64)
+    if not k.shape == ln.shape == c.shape == d.shape == (n,):
+        raise InvalidArgument(f"plan_runs: {n} keys, {ln.shape} lens, {c.shape} comp, {d.shape} dest")
+    iovs = np.empty((3 * n, 3), _I64)
+    runs = np.empty((n, 4), _I64)
+    nruns = 0
+    if n:
+        nruns = lib.nx_plan_runs(
+            _ptr("int64_t[]", k), _ptr("int64_t[]", ln), _ptr("uint8_t[]", c),
+            _ptr("int64_t[]", d), n, block_size, max_gap,
+            _ptr("int64_t[]", iovs, True), _ptr("int64_t[]", runs, True),
+        )  # fmt: skip
+    return iovs, runs[:nruns]
+
+
+def preadv_runs(
+    buffers: Sequence[Any], iovecs: np.ndarray, runs: np.ndarray, iov_limit: int = READV_MAX_IOV
+) -> np.ndarray:
+    """Read a batch of runs from files into `buffers`, in one call without the GIL.
+
+    buffers: writable bytes-like objects (uint8 ndarrays, bytearrays), any size
+    including 0. iovecs: int64 (n, 3), one row per iovec: (index into buffers,
+    byte offset in that buffer, length); zero-length iovecs are skipped.
+    runs: int64 (r, 4), one row per run: (fd, file offset, first iovec row,
+    iovec count). Run i fills its iovecs in order from the file starting at the
+    offset, with preadv calls of at most `iov_limit` iovecs, continuing after
+    a short read until the iovecs are full or the file ends.
+
+    Returns int64 (r,): the bytes each run read (less than its iovecs' total
+    only at end of file) or -errno when a read failed (that run's bytes are
+    then unspecified; EINTR is retried). Raises InvalidArgument, with nothing
+    read, for an iovec outside its buffer, a run naming rows past `iovecs`, a
+    negative fd, offset or count, iov_limit outside 1..READV_MAX_IOV, or
+    arrays of the wrong shape.
+    """
+    iov = np.ascontiguousarray(iovecs, _I64)
+    run = np.ascontiguousarray(runs, _I64)
+    if iov.ndim != 2 or iov.shape[1] != 3 or run.ndim != 2 or run.shape[1] != 4:
+        raise InvalidArgument(f"iovecs must be (n, 3) and runs (r, 4), not {iov.shape}, {run.shape}")
+    try:
+        # held until the call returns: they keep the buffers alive and their memory pinned
+        ptrs = [ffi.from_buffer("uint8_t[]", b, require_writable=True) for b in buffers]
+    except (TypeError, BufferError) as exc:
+        raise InvalidArgument(f"buffers must be writable bytes-like objects: {exc}") from None
+    result = np.empty(len(run), _I64)
+    rc = lib.nx_preadv_runs(
+        ffi.new("uint8_t *[]", ptrs), ffi.new("uint64_t[]", [len(p) for p in ptrs]), len(ptrs),
+        _ptr("int64_t[]", iov), len(iov), _ptr("int64_t[]", run), len(run),
+        iov_limit, _ptr("int64_t[]", result, True),
+    )  # fmt: skip
+    if rc != lib.NX_OK:
+        raise InvalidArgument("preadv_runs: an iovec or run is out of range, or a bad iov_limit")
+    return result

@@ -6,6 +6,7 @@ code that can be checked by eye; tests/test_native.py proves they agree.
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -96,6 +97,82 @@ def reseal_index_blob(data: bytearray) -> bytes:
     struct.pack_into("<Q", data, 32, xxhash.xxh3_64_intdigest(body))
     struct.pack_into("<Q", data, 40, xxhash.xxh3_64_intdigest(bytes(data[:40])))
     return bytes(data)
+
+
+def checksum_rows(rows: np.ndarray, nbytes: int) -> list[int]:
+    """XXH3-64 of the first nbytes of each row, one xxhash call per row."""
+    return [xxhash.xxh3_64_intdigest(row[:nbytes].tobytes()) for row in rows]
+
+
+def check_headers(
+    hdrs: np.ndarray, ids: np.ndarray, slens: np.ndarray, flags: np.ndarray, block_size: int
+) -> list[bool]:
+    """Each 64-byte header parsed field by field (docs/format.md): bad unless the
+    magic, compressed flag, id, raw length, stored length and checksum match."""
+    out = []
+    for i in range(len(hdrs)):
+        h = hdrs[i].tobytes()
+        magic, _version, hflags, _, hid, raw, hslen = struct.unpack_from("<4sBBHQII", h)
+        (hck,) = struct.unpack_from("<Q", h, 56)
+        out.append(
+            magic != b"NXEX" or (hflags ^ int(flags[i])) & 1 != 0 or hid != int(ids[i])
+            or raw != block_size or hslen != int(slens[i])
+            or hck != xxhash.xxh3_64_intdigest(h[:56])
+        )  # fmt: skip
+    return out
+
+
+def plan_runs(
+    keys: list[int], lens: list[int], comp: list[bool], dest: list[int], block_size: int,
+    max_gap: int,
+) -> tuple[list[tuple[int, int, int]], list[list[int]]]:  # fmt: skip
+    """Record by record: iovecs (header, payload, gap) and runs, a new run after
+    any record whose successor is in another group, overlaps it, or starts more
+    than max_gap bytes past its end."""
+    iovs: list[tuple[int, int, int]] = []
+    runs: list[list[int]] = []
+    cpos, joined = 0, False
+    for i, key in enumerate(keys):
+        if not joined:
+            runs.append([0, key % 2**32, 3 * i, 0])
+        runs[-1][3] += 3
+        if comp[i]:
+            payload, cpos = (3, cpos, lens[i]), cpos + lens[i]
+        else:
+            payload = (2, dest[i] * block_size, block_size)
+        gap = keys[i + 1] - (key + 64 + lens[i]) if i + 1 < len(keys) else -1
+        joined = 0 <= gap <= max_gap and keys[i + 1] // 2**32 == key // 2**32
+        iovs += [(1, 64 * i, 64), payload, (0, 0, gap if joined else 0)]
+    return iovs, runs
+
+
+def preadv_runs(
+    buffers: list[bytearray], iovecs: list[tuple[int, int, int]],
+    runs: list[tuple[int, int, int, int]], iov_limit: int,
+) -> list[int]:  # fmt: skip
+    """Each run with os.preadv, at most iov_limit non-empty iovecs a call, going
+    on after a short read until its iovecs are full or a read returns 0 bytes;
+    -errno where a read raised."""
+    views = [memoryview(b) for b in buffers]
+    out = []
+    for fd, pos, first, count in runs:
+        todo = [views[b][o : o + n] for b, o, n in iovecs[first : first + count] if n]
+        done = 0
+        try:
+            while todo:
+                got = os.preadv(fd, todo[:iov_limit], pos + done)
+                if got == 0:
+                    break
+                done += got
+                while got:  # drop the filled iovecs, shorten a part-filled one
+                    if got >= len(todo[0]):
+                        got -= len(todo.pop(0))
+                    else:
+                        todo[0], got = todo[0][got:], 0
+        except OSError as exc:
+            done = -exc.errno
+        out.append(done)
+    return out
 
 
 def map_merge(top: dict[int, int], bot: dict[int, int]) -> tuple[list[int], list[int]]:

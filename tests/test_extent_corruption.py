@@ -87,6 +87,23 @@ def test_flipped_header_byte(store, field_offset):
     s.close()
 
 
+def test_read_error_names_the_extent(store):
+    """A run whose preadv fails (the group's cached fd swapped for a directory's:
+    EISDIR) fails each extent in it with the OS error, naming the first one the
+    batch asked for; the store reads again once the fd is back."""
+    d, data, ids = store
+    s = reopen(d)
+    assert (read(s, ids) == data).all()
+    good, s._fds[1] = s._fds[1], os.open(d, os.O_RDONLY)
+    with pytest.raises(Corruption, match="Is a directory") as ei:
+        read(s, ids[::-1])
+    assert ei.value.extent_id == int(ids[-1]) and ei.value.batch_index == 0
+    os.close(s._fds[1])
+    s._fds[1] = good
+    assert (read(s, ids) == data).all()
+    s.close()
+
+
 def test_missing_group(store, caplog):
     d, data, ids = store
     os.unlink(os.path.join(d, group_file_name(1)))

@@ -509,11 +509,45 @@ def test_read_many_small_runs_in_several_groups(tmp_path, monkeypatch):
     s.close()
 
 
+def spy_runs(monkeypatch):
+    """Record the runs array (fd, offset, first iovec, iovecs) and iov limit of
+    every native read call of extent_read."""
+    import nxstore.extent_read as er
+
+    calls = []
+    real = er.preadv_runs
+
+    def spy(buffers, iovecs, runs, iov_limit):
+        calls.append((runs.copy(), iov_limit))
+        return real(buffers, iovecs, runs, iov_limit)
+
+    monkeypatch.setattr(er, "preadv_runs", spy)
+    return calls
+
+
+def test_read_across_more_groups_than_one_call_takes(tmp_path, monkeypatch):
+    """A read over more groups than GROUPS_PER_CALL takes several native calls of
+    at most that many groups, so opening one call's fds never closes another of
+    its fds (here the fd cache holds just two)."""
+    import nxstore.extent_read as er
+
+    s, data, vids = scattered_store(tmp_path, monkeypatch)
+    groups = set(s._table.group[vids.astype(np.int64)].tolist())
+    monkeypatch.setattr(er, "GROUPS_PER_CALL", 2)
+    monkeypatch.setattr(es_mod, "_MAX_FDS", 2)
+    calls = spy_runs(monkeypatch)
+    assert (read(s, vids) == data.reshape(-1)).all()
+    assert len(groups) >= 4 and len(calls) == -(-len(groups) // 2)
+    assert all(len(set(runs[:, 0].tolist())) <= 2 for runs, _ in calls)
+    s.close()
+
+
 @pytest.mark.parametrize("limit", [None, 7])
 def test_read_more_iovecs_than_iov_max(tmp_path, monkeypatch, limit):
-    """1,500 adjacent records need 3,000 iovecs: the run is split into several
-    preadv calls (IOV_MAX = 1024); with a tiny limit, runs with gaps and
-    compressed records are split too."""
+    """~1,440 adjacent records are one run of ~4,300 iovecs: the native call
+    splits it into several preadv calls (the kernel fails one of more than
+    IOV_MAX = 1024 iovecs with EINVAL, so a missed split fails the read); with a
+    tiny limit, runs with gaps and compressed records are split every few iovecs."""
     import nxstore.extent_read as er
 
     if limit is not None:
@@ -526,35 +560,24 @@ def test_read_more_iovecs_than_iov_max(tmp_path, monkeypatch, limit):
     s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
     ids = s.put_blocks(data.reshape(-1))
     assert s.stats()["compressed_extents"] == 2
-    calls = []
-    real = os.preadv
-    monkeypatch.setattr(
-        er.os, "preadv", lambda fd, iov, off: calls.append(len(iov)) or real(fd, iov, off)
-    )
+    calls = spy_runs(monkeypatch)
     assert (read(s, ids) == data.reshape(-1)).all()
-    assert max(calls) <= (limit or 1024) and len(calls) >= (2 if limit is None else 100)
-    calls.clear()
     assert (read(s, ids[::2]) == data[::2].reshape(-1)).all()  # gaps coalesced
-    assert max(calls) <= (limit or 1024)
+    assert [len(runs) for runs, _ in calls] == [1, 1]
+    assert all(runs[0, 3] > 1024 and lim == (limit or 1024) for runs, lim in calls)
     s.close()
 
 
 def test_corrupt_header_mid_coalesced_run_names_the_extent(tmp_path, monkeypatch):
-    import nxstore.extent_read as er
-
     bs, n = 4096, 400
     rng = np.random.default_rng(23)
     data = rand_blocks(rng, n, bs)
     s = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
     ids = s.put_blocks(data)
-    calls = []
-    real = os.preadv
-    monkeypatch.setattr(
-        er.os, "preadv", lambda fd, iov, off: calls.append(len(iov)) or real(fd, iov, off)
-    )
+    calls = spy_runs(monkeypatch)
     query = ids[::3][::-1].copy()  # gaps of two records, reverse batch order
     assert (read(s, query) == data.reshape(n, bs)[::3][::-1].reshape(-1)).all()
-    assert len(calls) == 1  # one coalesced run
+    assert len(calls) == 1 and len(calls[0][0]) == 1  # one coalesced run
     path = os.path.join(str(tmp_path / "ex"), group_file_name(1))
     mid, later = int(query[60]), int(query[20])  # later in the file, earlier in the batch
     flip_byte(path, int(s._table.offset[mid]) + 25)  # container: only the checksum sees it

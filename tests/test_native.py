@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import sys
 import threading
@@ -17,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from nxstore import native
 from nxstore.errors import Corruption, FormatError, InvalidArgument
+from nxstore.extent_group import HEADER_DTYPE, fill_headers
 
 U64 = np.uint64
 MAX_U64 = 2**64 - 1
@@ -348,6 +351,218 @@ def test_map_empty_and_bad_inputs() -> None:
         native.map_diff([-1], [3], e, e)
     with pytest.raises(InvalidArgument):
         native.map_lookup(e, e, [[1]])
+
+
+# --- header checksums ----------------------------------------------------------------
+
+
+@given(st.integers(0, 40), st.integers(0, 130), st.data())
+def test_checksum_rows_match_reference(n: int, width: int, data: st.DataObject) -> None:
+    raw = data.draw(st.binary(min_size=n * width, max_size=n * width))
+    rows = np.frombuffer(raw, np.uint8).reshape(n, width)
+    nbytes = data.draw(st.integers(0, width))
+    got = native.checksum_rows(rows, nbytes)
+    assert got.dtype == U64 and got.tolist() == ref.checksum_rows(rows, nbytes)
+
+
+def test_checksum_rows_rejects_bad_input() -> None:
+    rows = np.zeros((4, 64), np.uint8)
+    for bad_rows, nbytes in (
+        (rows, 65), (rows, -1), (rows, 56.0), (rows, True), (rows.reshape(-1), 8),
+        (rows.view(np.int8), 8), (rows[:, ::2], 8), (b"x" * 64, 8),
+    ):  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            native.checksum_rows(bad_rows, nbytes)  # type: ignore[arg-type]
+    assert native.checksum_rows(rows[:0], 56).shape == (0,)
+
+
+# --- record header checks ------------------------------------------------------------
+
+
+@given(st.integers(0, 30), st.sampled_from([4096, 16384]), st.data())
+def test_check_headers_match_reference(n: int, bs: int, data: st.DataObject) -> None:
+    """Valid headers, then random damage: a flipped byte anywhere (the checksum
+    sees it, version and reserved bytes too), or table values that differ."""
+    ids = np.array(data.draw(st.lists(st.integers(1, MAX_U64), min_size=n, max_size=n)), U64)
+    slens = np.array(data.draw(st.lists(st.integers(1, bs), min_size=n, max_size=n)), np.uint32)
+    flags = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), np.uint8)
+    hdr = np.zeros(n, HEADER_DTYPE)
+    fps = np.frombuffer(data.draw(st.binary(min_size=16 * n, max_size=16 * n)), np.uint8)
+    fill_headers(hdr, ids, flags, bs, slens, 7, fps.reshape(n, 16))
+    rows = hdr.view(np.uint8).reshape(n, 64).copy()
+    for i in range(n):
+        damage = data.draw(st.sampled_from(["none", "byte", "id", "slen", "flag", "reseal"]))
+        if damage == "byte":
+            rows[i, data.draw(st.integers(0, 63))] ^= data.draw(st.integers(1, 255))
+        elif damage == "id":
+            ids[i] ^= U64(1 << data.draw(st.integers(0, 63)))
+        elif damage == "slen":
+            slens[i] = data.draw(st.integers(0, 2**32 - 1))
+        elif damage == "flag":
+            flags[i] ^= data.draw(st.integers(0, 3))
+        elif damage == "reseal":  # a field changed and the checksum recomputed
+            rows[i, data.draw(st.integers(0, 23))] ^= data.draw(st.integers(1, 255))
+            rows[i, 56:] = np.frombuffer(
+                xxhash.xxh3_64_intdigest(rows[i, :56].tobytes()).to_bytes(8, "little"), np.uint8
+            )
+    got = native.check_headers(rows, ids, slens, flags, bs)
+    assert got.dtype == np.bool_ and got.tolist() == ref.check_headers(rows, ids, slens, flags, bs)
+
+
+def test_check_headers_rejects_bad_input() -> None:
+    rows, one = np.zeros((2, 64), np.uint8), np.zeros(2, np.uint8)
+    for bad_rows, ids in ((rows[:, :56], one), (rows.reshape(-1), one), (rows, one[:1]),
+                          (rows.view(np.int8), one), (np.zeros((2, 128), np.uint8)[:, :64], one)):
+        with pytest.raises(InvalidArgument):
+            native.check_headers(bad_rows, ids, one, one, 4096)
+    assert native.check_headers(rows[:0], [], [], [], 4096).shape == (0,)
+    assert native.check_headers(rows, one, one, one, 4096).tolist() == [True, True]
+
+
+# --- batched preadv ---------------------------------------------------------------
+
+
+@st.composite
+def record_batches(draw: st.DrawFn) -> tuple[list[int], list[int], list[bool], list[int]]:
+    """Records sorted by key (group << 32 | offset) in up to 3 groups, close, far
+    apart or overlapping, with lengths, compressed flags and output rows."""
+    n = draw(st.integers(0, 30))
+    keys, key = [], draw(st.integers(0, 2**33))
+    for _ in range(n):
+        keys.append(key)
+        if draw(st.integers(0, 9)) == 0:  # the next group, offset from 0
+            key = ((key >> 32) + 1) << 32 | draw(st.integers(0, 200))
+        else:
+            key += draw(st.integers(1, 300))
+    lens = draw(st.lists(st.integers(0, 150), min_size=n, max_size=n))
+    comp = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    dest = draw(st.lists(st.integers(0, 1000), min_size=n, max_size=n))
+    return keys, lens, comp, dest
+
+
+@given(record_batches(), st.integers(0, 120), st.sampled_from([4096, 16384]))
+def test_plan_runs_match_reference(batch, max_gap: int, bs: int) -> None:
+    keys, lens, comp, dest = batch
+    iovs, runs = native.plan_runs(np.array(keys, np.int64), np.array(lens, np.int64),
+                                  np.array(comp, bool), np.array(dest, np.int64), bs, max_gap)  # fmt: skip
+    want_iovs, want_runs = ref.plan_runs(keys, lens, comp, dest, bs, max_gap)
+    assert iovs.dtype == runs.dtype == np.int64
+    assert [tuple(v) for v in iovs.tolist()] == want_iovs and runs.tolist() == want_runs
+    assert (native.PLAN_SINK, native.PLAN_HDRS, native.PLAN_OUT, native.PLAN_CBUF) == (0, 1, 2, 3)
+
+
+def test_plan_runs_rejects_mismatched_lengths() -> None:
+    one, two = np.zeros(1, np.int64), np.zeros(2, np.int64)
+    with pytest.raises(InvalidArgument):
+        native.plan_runs(two, one, np.zeros(2, bool), two, 4096, 0)
+    iovs, runs = native.plan_runs(one[:0], one[:0], np.zeros(0, bool), one[:0], 4096, 0)
+    assert iovs.shape == (0, 3) and runs.shape == (0, 4)
+
+
+@st.composite
+def read_batches(draw: st.DrawFn) -> tuple[list[int], list[tuple[int, int, int]], list[tuple]]:
+    """Buffer sizes, iovecs inside them (zero-length and overlapping ones too) and
+    runs over the iovecs; a run's fd is a slot: 0 the file, 1 a directory
+    (preadv fails with EISDIR), 2 a closed fd (EBADF)."""
+    sizes = draw(st.lists(st.integers(0, 300), min_size=1, max_size=4))
+    iov = []
+    for _ in range(draw(st.integers(0, 40))):
+        b = draw(st.integers(0, len(sizes) - 1))
+        off = draw(st.integers(0, sizes[b]))
+        iov.append((b, off, draw(st.integers(0, sizes[b] - off))))
+    runs = []
+    for _ in range(draw(st.integers(0, 8))):
+        first = draw(st.integers(0, len(iov)))
+        count = draw(st.integers(0, len(iov) - first))
+        slot = draw(st.sampled_from([0, 0, 0, 0, 1, 2]))
+        runs.append((slot, draw(st.integers(0, 1200)), first, count))
+    return sizes, iov, runs
+
+
+@given(read_batches(), st.binary(max_size=1000), st.sampled_from([1, 2, 3, 1024]))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_preadv_runs_match_reference(tmp_path, batch, content: bytes, limit: int) -> None:
+    """Same bytes in every buffer and same per-run results as os.preadv in Python,
+    including short reads at end of file and failing fds."""
+    sizes, iov, runs = batch
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    fd, dir_fd, closed = os.open(path, os.O_RDONLY), os.open(tmp_path, os.O_RDONLY), os.dup(0)
+    os.close(closed)
+    try:
+        fds = [fd, dir_fd, closed]
+        real_runs = [(fds[slot], pos, first, count) for slot, pos, first, count in runs]
+        fill = [bytes(range(7, 7 + n)) if n < 249 else bytes(n) for n in sizes]
+        got_bufs = [np.frombuffer(bytearray(f), np.uint8).copy() for f in fill]
+        want_bufs = [bytearray(f) for f in fill]
+        got = native.preadv_runs(
+            got_bufs, np.array(iov, np.int64).reshape(-1, 3),
+            np.array(real_runs, np.int64).reshape(-1, 4), limit,
+        )  # fmt: skip
+        want = ref.preadv_runs(want_bufs, iov, real_runs, limit)
+    finally:
+        os.close(fd)
+        os.close(dir_fd)
+    assert got.dtype == np.int64 and got.tolist() == want
+    assert [b.tobytes() for b in got_bufs] == [bytes(b) for b in want_bufs]
+    assert all(r in (-errno.EISDIR, -errno.EBADF) or r >= 0 for r in want)
+
+
+def test_preadv_runs_more_iovecs_than_iov_max(tmp_path) -> None:
+    """One run of 3,000 iovecs: the kernel fails a preadv of more than IOV_MAX
+    (1024) with EINVAL, so this only reads if the call splits the run."""
+    content = np.random.default_rng(5).integers(0, 256, 3000 * 7, dtype=np.uint8).tobytes()
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    buf = np.zeros(3000 * 8, np.uint8)
+    iov = np.array([(0, 8 * i, 7) for i in range(3000)], np.int64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = native.preadv_runs([buf], iov, np.array([[fd, 0, 0, 3000]]))
+    finally:
+        os.close(fd)
+    assert got.tolist() == [len(content)]
+    assert buf.reshape(-1, 8)[:, :7].tobytes() == content and not buf.reshape(-1, 8)[:, 7].any()
+
+
+def test_preadv_runs_rejects_out_of_range_without_reading(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    buf = np.zeros(16, np.uint8)
+    ok_iov, ok_run = [(0, 0, 8)], [fd, 0, 0, 1]
+    try:
+        for iov, run, limit in (
+            ([(0, 8, 9)], ok_run, 8),  # past the buffer's end
+            ([(0, 17, 0)], ok_run, 8),  # starts past it
+            ([(1, 0, 1)], ok_run, 8),  # no such buffer
+            ([(-1, 0, 1)], ok_run, 8),
+            ([(0, -1, 2)], ok_run, 8),
+            ([(0, 0, -1)], ok_run, 8),
+            ([(0, 0, 2**62)], ok_run, 8),  # far past it
+            (ok_iov, [fd, 0, 0, 2], 8),  # iovecs past the array
+            (ok_iov, [fd, 0, 1, 1], 8),
+            (ok_iov, [fd, -1, 0, 1], 8),  # negative file offset
+            (ok_iov, [-1, 0, 0, 1], 8),  # negative fd
+            (ok_iov, [fd, 0, 0, -1], 8),
+            (ok_iov, ok_run, 0),  # iov_limit outside 1..1024
+            (ok_iov, ok_run, 1025),
+        ):
+            with pytest.raises(InvalidArgument):
+                native.preadv_runs([buf], np.array(iov), np.array([run]), limit)
+        for bufs, iov, run in (
+            ([b"y" * 16], ok_iov, [ok_run]),  # read-only buffer
+            ([buf], [0, 0, 8], [ok_run]),  # not (n, 3)
+            ([buf], ok_iov, ok_run),  # not (r, 4)
+        ):
+            with pytest.raises(InvalidArgument):
+                native.preadv_runs(bufs, np.array(iov), np.array(run))
+        assert not buf.any()  # nothing was read by a rejected call
+        got = native.preadv_runs([buf, bytearray(4)], np.array([(0, 8, 8), (1, 0, 4)]),
+                                 np.array([[fd, 96, 0, 2], [fd, 0, 0, 0]]))  # fmt: skip
+        assert got.tolist() == [4, 0] and bytes(buf[8:12]) == b"xxxx"  # end of file
+    finally:
+        os.close(fd)
 
 
 # --- GIL ------------------------------------------------------------------------
