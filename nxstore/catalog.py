@@ -230,8 +230,9 @@ class PDReplicationRow:
 class PDMigrationRow:
     """A failover journal entry (nxstore.protection.failover): `kind` "migrate" |
     "activate" | "demote" | "failback", `step` the last step completed, `status`
-    "running" | "failed" | "done" | "rolled_back", `detail` JSON (what a resume or a
-    rollback needs: prior power states, peer cluster, final snapshot...)."""
+    "running" | "failed" | "done" | "rolled_back" | "aborted" (a demotion closed it, the
+    reason in `error`), `detail` JSON (what a resume or a rollback needs: prior power
+    states, peer cluster, final snapshot...)."""
 
     id: int
     pd_id: int

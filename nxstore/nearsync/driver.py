@@ -12,6 +12,7 @@ are forgotten; PD snapshots follow the schedule's local and remote retention.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..catalog import LWSRow, PDReplicationRow, PDScheduleRow
 from ..constants import NEARSYNC_MIN_INTERVAL_S
 from ..errors import NotFound, NxError
+from ..protection.domain import ACTIVE, INACTIVE
 from ..replication import sites as site_rows
 from . import lws, shipping, state
 from .episode import EpisodeGone
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from ..protection.domain import ProtectionDomain
     from ..protection.pdsnapshot import PDSnapshot
     from ..protection.schedule import ScheduleRun
+    from ..replication.source import _Session
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
         except NxError as exc:
             log.error("PD %s: NearSync to %s: %s", pd.name, site, exc)
             errors[site] = str(exc)
+            if pd.state == INACTIVE:  # demoted: another site owns the PD, its rows are gone
+                break
             continue
         replicated.append(site)
         if newest:
@@ -82,7 +87,7 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
     # Keep the newest row every chain holds: the next round checks continuity against it.
     lws.forget(ctx, pd.id, min(live) - 1 if live else ctx.oplog.last_seq)
     with mgr.lock:
-        pruned_local = _retain_local(pd, row, list(errors))
+        pruned_local = _retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
     return ScheduleRun(pd.name, row.id, due, now, missed, taken.name if taken else None,
                        taken.consistency if taken else None, (), tuple(replicated), errors,
                        pruned_local, pruned)
@@ -126,7 +131,13 @@ def _broken(pd: ProtectionDomain, prev: LWSRow | None, rows: list[LWSRow]) -> st
 
 def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: ANN001
     """Ship every LWS the site lacks; fall back when that is hopeless. Returns the newest PD
-    snapshot the site composed, if any."""
+    snapshot the site composed, if any. First, on the shipping connection, the ownership
+    check a snapshot replication makes too (failover.confirm_owner): if the PD was
+    activated elsewhere while this site was away, it demotes itself now (InUse, nothing
+    shipped) instead of failing to ship until it falls back and a seeding sync tells it."""
+    from ..protection import remote as pd_requests
+    from ..protection.failover import confirm_owner, sync_peer
+    from ..protection.ownership import Ownership
 
     mgr = pd._mgr
     cluster = mgr.cluster
@@ -151,15 +162,24 @@ def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: A
                 _record(mgr, snap, ns.site)
                 composed.append(snap)
 
+    async def check_owner(s: _Session) -> None:
+        view = await pd_requests.request(s, ns.site, "status", {"pd": pd.name})
+        # In a worker thread: a demotion is blocking catalogue work, and a sync opens a
+        # connection of its own (source.run starts an event loop).
+        await asyncio.get_running_loop().run_in_executor(
+            None, confirm_owner, mgr, pd.name, ns.site, Ownership.from_json(view))
+
     remote = site_rows.get_site(ctx.catalog, ns.site)
     try:
         shipping.ship(cluster, remote, pd.name, rows,
                       shipping.Chain(ns.shipped_seq, ns.base_snapshot, ns.base_seq), shipped,
-                      cfg.ship_timeout)
+                      cfg.ship_timeout, check_owner)
     except EpisodeGone as exc:
         state.move(ctx, ns, state.FALLBACK, float(ctx.clock()), str(exc))
         raise
     except NxError as exc:
+        if pd.state == INACTIVE:  # demoted by the check: the PD's NearSync rows are gone
+            raise
         pending = lws.rows(ctx, pd.id, ns.shipped_seq)
         lag = float(ctx.clock()) - pending[0].created_at if pending else 0.0
         if lag > cfg.lag_threshold:
@@ -168,8 +188,6 @@ def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: A
         raise
     if not composed:
         return None
-    from ..protection.failover import sync_peer
-
     # The remote records the composed PD snapshots (with their VM manifests): activating
     # there can then start from them, and an LWS after them finds its manifest.
     sync_peer(mgr, pd.name, ns.site)

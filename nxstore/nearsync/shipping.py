@@ -6,14 +6,15 @@ where it pays, then MAP_ENTRIES with every full block's fingerprint); the partia
 LWS_RANGES; LWS_COMMIT -> LWS_COMMITTED once the target made the episode durable. After every
 member of an LWS is committed, `on_shipped` records it (the release floor moves on). The whole
 round runs under one timeout: a stalled link ends it with NxError and the next round resumes
-at the first LWS not recorded.
+at the first LWS not recorded. Before the first LWS a `before` hook gets the open session (the
+driver asks the remote who owns the PD there, under the same timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,15 +69,17 @@ class Shipped:
 
 
 def ship(cluster: Cluster, site: RemoteSite, pd_name: str, rows: list[LWSRow], chain: Chain,
-         on_shipped: Callable[[Shipped, Chain], None], timeout: float) -> list[Shipped]:
-    """Ship `rows` (in seq order) to `site` continuing `chain`; see module docstring. Raises
-    NxError (timeout, connection), EpisodeGone, or what the target reported."""
+         on_shipped: Callable[[Shipped, Chain], None], timeout: float,
+         before: Callable[[_Session], Awaitable[None]]) -> list[Shipped]:
+    """Ship `rows` (in seq order) to `site` continuing `chain`, after `before(session)`; see
+    module docstring. Raises NxError (timeout, connection), EpisodeGone, what the target
+    reported, or what `before` raised (nothing shipped then)."""
     from ..replication.source import run
 
     async def bounded() -> list[Shipped]:
         try:
-            return await asyncio.wait_for(_ship(cluster, site, pd_name, rows, chain, on_shipped),
-                                          timeout)
+            return await asyncio.wait_for(
+                _ship(cluster, site, pd_name, rows, chain, on_shipped, before), timeout)
         except TimeoutError:
             raise NxError(f"shipping LWS to {site.name} took over {timeout:g} s") from None
 
@@ -84,11 +87,13 @@ def ship(cluster: Cluster, site: RemoteSite, pd_name: str, rows: list[LWSRow], c
 
 
 async def _ship(cluster: Cluster, site: RemoteSite, pd_name: str, rows: list[LWSRow],
-                chain: Chain, on_shipped: Callable[[Shipped, Chain], None]) -> list[Shipped]:
+                chain: Chain, on_shipped: Callable[[Shipped, Chain], None],
+                before: Callable[[_Session], Awaitable[None]]) -> list[Shipped]:
     s = await open_session(cluster, site)
     loop = asyncio.get_running_loop()
     done = []
     try:
+        await before(s)
         for row in rows:
             started = time.perf_counter()
             wire0 = s.t.bytes_sent + s.t.bytes_received

@@ -25,7 +25,10 @@ step fails the journal says "failed" and the error: `migrate(site)` again
 resumes at the failed step; `rollback_migrate()` undoes steps 1-4 (VMs
 registered again with their power state, schedules re-enabled, PD active) as
 long as the destination has not adopted the PD. Both sites' data is intact at
-every point: nothing is deleted before step 6, and step 6 only changes flags.
+every point: nothing is deleted before step 6, and step 6 only changes flags. If a
+newer owner demotes this site while a migration is unfinished (the destination or
+another survivor activated the PD meanwhile), the demotion closes the journal as
+"aborted": it is neither resumed nor in the way of a later migration from here.
 
 activate(mgr, name, point=None), at a surviving site: adopts the PD from the newest PD
 snapshot fully replicated here, at epoch+1 (writes after that snapshot are lost:
@@ -80,6 +83,7 @@ MIGRATING = "migrating"
 STEPS = ("power_off", "final_snapshot", "remove_vms", "disable_schedules",
          "register_at_destination", "reverse_direction")
 OPEN = ("running", "failed")
+ABORTED = "aborted"  # closed by a demotion: a newer owner took the PD mid-migration
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,28 @@ def _save(mgr: ProtectionManager, row: PDMigrationRow) -> None:
         mgr.catalog.update(row)
 
 
+def _detail(j: PDMigrationRow) -> dict[str, Any]:
+    return json.loads(j.detail)
+
+
+def migration_vdisks(j: PDMigrationRow) -> list[str]:
+    """The vDisks the PD protected when migration `j` began (from step 3 on the PD
+    itself no longer lists them: its entities are gone)."""
+    return [name for e in _detail(j)["entities"]
+            for name in (e["vdisks"] if e["kind"] == "vm" else [e["name"]])]
+
+
+def abort_migration(mgr: ProtectionManager, j: PDMigrationRow, reason: str) -> None:
+    """Close unfinished migration `j` as "aborted" (ownership.demote: a newer owner took
+    the PD, so the migration can neither resume nor roll back, and left open it would
+    block or be resumed by a later migration from this site). Logged; durable on
+    return, or with the caller's catalogue transaction."""
+    j.status, j.error = ABORTED, f"aborted by demotion at step {j.step}/{len(STEPS)}: {reason}"
+    _save(mgr, j)
+    log.warning("migrate of PD id %d -> %s (journal %d) aborted by demotion at step %d: %s",
+                j.pd_id, j.site, j.id, j.step, reason)
+
+
 def _record(mgr: ProtectionManager, pd_id: int, kind: str, site: str, epoch: int, snapshot: str,
             detail: dict[str, Any]) -> PDMigrationRow:
     with mgr.catalog.transaction():
@@ -184,8 +210,13 @@ def _learn(mgr: ProtectionManager, pd_name: str, site: str, view: Ownership) -> 
 
 def sync_peer(mgr: ProtectionManager, pd_name: str, site: str) -> Ownership:
     """Send the PD metadata (owner, epoch, the PD snapshots replicated to `site`, the
-    schedules) to `site`; demote here (InUse) if it answers with a higher epoch."""
+    schedules) to `site`; demote here (InUse) if it answers with a higher epoch.
+    InUse without asking if this site does not own the PD (any more): a demoted site's
+    sync would claim the new owner's epoch for itself."""
     row = mgr.pd_row(pd_name)
+    if row.state == INACTIVE:
+        raise InUse(f"protection domain {pd_name!r} is owned by site {row.owner_site!r} "
+                    f"(epoch {row.epoch}), not by this site: nothing sent to {site!r}")
     net = next((s.network_mapping for s in mgr.cluster.remote_sites() if s.name == site), {})
     snaps = []
     for s in mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (row.id,)):
@@ -196,6 +227,20 @@ def sync_peer(mgr: ProtectionManager, pd_name: str, site: str) -> Ownership:
     view = Ownership.from_json(remote.call(mgr.cluster, site, "sync", body))
     _learn(mgr, pd_name, site, view)
     return view
+
+
+def confirm_owner(mgr: ProtectionManager, pd_name: str, site: str, view: Ownership) -> None:
+    """The ownership check of a NearSync shipping round, given `site`'s answer to a
+    status request (`view`; read-only there, so cheap at the LWS rate, and asked on the
+    shipping connection). Nothing to do if `site` knows this site as the owner at this
+    epoch; any other answer is settled as before a snapshot replication, by sync_peer:
+    it demotes this site (InUse) if `site` knows an owner that outranks it. NxError if
+    `site` cannot be reached for that sync."""
+    mine = ownership(mgr, pd_name)
+    if view.exists and view.state == INACTIVE and (view.epoch, view.owner_cluster) == (
+            mine.epoch, mgr.cluster.id):
+        return
+    sync_peer(mgr, pd_name, site)
 
 
 def sync_ownership(pd: ProtectionDomain, sites: list[str] | None = None) -> SyncResult:
@@ -308,10 +353,6 @@ def _begin(pd: ProtectionDomain, site: str) -> PDMigrationRow:
     return j
 
 
-def _detail(j: PDMigrationRow) -> dict[str, Any]:
-    return json.loads(j.detail)
-
-
 def _step_power_off(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str, Any]) -> None:
     from ..catalog import VMRow
     from .vm import VM
@@ -371,12 +412,16 @@ def _step_reverse_direction(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[s
     for name in names:
         mgr.cluster.make_replica(name, d["peer_cluster"], j.site)
     nearsync_state.forget(mgr.cluster._ctx, pd.id)
+    # One commit for the flags and the journal: a crash between "inactive" and "done"
+    # would leave an entry that a later migrate (after a failback) resumes at a stale epoch.
     with cat.transaction():
         for s in cat.rows(PDSnapshotRow, "pd_id = ?", (pd.id,)):
             for table in (PDSnapshotMemberRow, PDReplicationRow):
                 for r in cat.rows(table, "pd_snapshot_id = ?", (s.id,)):
                     cat.delete(table, r.id)
-    set_row(mgr, pd.name, INACTIVE, j.epoch + 1, j.site, d["peer_cluster"])
+        set_row(mgr, pd.name, INACTIVE, j.epoch + 1, j.site, d["peer_cluster"])
+        j.step, j.status = len(STEPS), "done"
+        _save(mgr, j)
 
 
 def rollback_migrate(pd: ProtectionDomain) -> list[str]:

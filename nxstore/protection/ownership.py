@@ -374,7 +374,10 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
            reason: str) -> list[str]:
     """This site no longer owns `pd_name` (see module docstring); returns the VMs
     unregistered. Writes made here after the newest snapshot the new owner holds are
-    kept in a snapshot "<pd>.diverged-e<epoch>" of each vDisk. Idempotent."""
+    kept in a snapshot "<pd>.diverged-e<epoch>" of each vDisk. An unfinished migration
+    of the PD is closed as "aborted" (failover.abort_migration) in the commit that makes
+    the PD inactive here. Idempotent."""
+    from .failover import abort_migration, journal, migration_vdisks
     from .vm import VM, delete_vm
 
     with mgr.lock:
@@ -384,7 +387,10 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
                                                   row.owner_cluster):
             return []
         log.warning("PD %s: demoted at site %s: %s", pd_name, mgr.cluster.site_name, reason)
+        unfinished = journal(mgr, row.id)
         vd_names = pd.vdisk_names()
+        if unfinished is not None:
+            vd_names += [n for n in migration_vdisks(unfinished) if n not in vd_names]
         vms = pd.vms()
         cat = mgr.catalog
         for vm in vms:
@@ -409,6 +415,9 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
             if not vd.read_only and not any(s.name == tag for s in vd.snapshots()):
                 vd.snapshot(tag)
             mgr.cluster.make_replica(name, owner_cluster, owner_site)
-        follow_owner(mgr, set_row(mgr, pd_name, INACTIVE, epoch, owner_site, owner_cluster),
-                     row.owner_cluster)
+        with cat.transaction():
+            new_row = set_row(mgr, pd_name, INACTIVE, epoch, owner_site, owner_cluster)
+            if unfinished is not None:
+                abort_migration(mgr, unfinished, reason)
+        follow_owner(mgr, new_row, row.owner_cluster)
         return [vm.name for vm in vms]

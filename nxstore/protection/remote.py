@@ -34,6 +34,7 @@ from .ownership import adopt, ownership, record_sync
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
+    from ..replication.source import _Session
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +69,26 @@ def call(cluster: Cluster, site: str, op: str, body: dict[str, Any]) -> dict[str
     async def go() -> dict[str, Any]:
         s = await source.open_session(cluster, remote)
         try:
-            fut = await s.ask(lambda r: PdRequest(op, _dumps(body), req_id=r))
-            # The session's reader hands an ERROR reply to the OTHER waiters only (it pops
-            # this request's waiter first), so wait for the reader ending too.
-            await asyncio.wait([fut, s._reader], return_when=asyncio.FIRST_COMPLETED)
-            if not fut.done():
-                raise s.peer_error or ConnectionClosed(f"site {site!r} closed the connection")
-            reply = fut.result()
+            return await request(s, site, op, body)
         finally:
             await s.close()
-        if not isinstance(reply, PdReply):
-            raise ProtocolError(f"expected PdReply, got {type(reply).__name__}")
-        return _loads(reply.body, "PD_REPLY")
 
     return source.run(go())  # type: ignore[return-value]
+
+
+async def request(s: _Session, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One PD request on session `s`, open to `site` (and maybe carrying other traffic:
+    a NearSync shipping round asks first); the reply body. Raises like `call`."""
+    fut = await s.ask(lambda r: PdRequest(op, _dumps(body), req_id=r))
+    # The session's reader hands an ERROR reply to the OTHER waiters only (it pops
+    # this request's waiter first), so wait for the reader ending too.
+    await asyncio.wait([fut, s._reader], return_when=asyncio.FIRST_COMPLETED)
+    if not fut.done():
+        raise s.peer_error or ConnectionClosed(f"site {site!r} closed the connection")
+    reply = fut.result()
+    if not isinstance(reply, PdReply):
+        raise ProtocolError(f"expected PdReply, got {type(reply).__name__}")
+    return _loads(reply.body, "PD_REPLY")
 
 
 def status(cluster: Cluster, site: str, pd_name: str) -> dict[str, Any]:

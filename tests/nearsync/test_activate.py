@@ -12,7 +12,8 @@ import pytest
 from ns_helpers import BS, SECRET, InProcessDaemon, protect, tick
 
 import nxstore
-from nxstore.errors import InvalidArgument, NotFound
+from nxstore.errors import InUse, InvalidArgument, NotFound
+from nxstore.protection import failover
 
 SIZE = 32 * BS
 DEAD = "127.0.0.1:1"  # connection refused: the site is gone
@@ -140,3 +141,35 @@ def test_cli_activate_point(disaster, capsys):
     assert f"from LWS {first.name} (composed into pd.lws-{first.seq})" in out
     with nxstore.Cluster.open(path, background=False) as c:
         assert c.vdisk("db").read(0, SIZE) == at[first.created_at]["db"]
+
+
+def test_returning_owner_demotes_at_its_first_nearsync_round(disaster, clock, caplog):
+    """paris comes back after canada activated and runs its NearSync schedule: the
+    ownership check before shipping demotes it on that first round (no NotFound, no
+    fall back and re-seed first); canada's PD and data are untouched, one owner."""
+    a, b, _, _, _ = disaster
+    b.activate("pd")
+    fill(b.vdisk("db"), 600, [4])  # canada's own writes since the activation
+    theirs = {n: b.vdisk(n).read(0, b.vdisk(n).size) for n in ("db", "log")}
+    pd = a.protection_domain("pd")
+    assert pd.state == "active" and pd.replication_state()["canada"].state == "nearsync"
+    served = InProcessDaemon(b)
+    try:
+        point_to(a, "canada", served.address)
+        caplog.set_level("INFO", logger="nxstore")
+        [run] = tick(a, clock)
+        assert "owned by site 'canada'" in run.replication_errors["canada"]
+        assert pd.state == "inactive" and pd.owner_site == "canada" and pd.epoch == 2
+        assert a.vms() == [] and all(not s.enabled for s in pd.schedules())
+        assert pd.replication_state() == {} and a._ctx.release_floor() is None
+        assert "-> fallback" not in caplog.text and "seed it first" not in caplog.text
+        assert tick(a, clock) == []  # nothing runs at a non-owner
+        # a demoted site sends no sync: it would claim the new owner's epoch for itself
+        with pytest.raises(InUse, match="not by this site"):
+            failover.sync_peer(a._protection(), "pd", "canada")
+    finally:
+        served.close()
+    assert any(s.name.startswith("pd.diverged") for s in a.vdisk("db").snapshots())
+    cpd = b.protection_domain("pd")
+    assert cpd.state == "active" and cpd.epoch == 2 and b.vms()[0].power_state == "on"
+    assert {n: b.vdisk(n).read(0, b.vdisk(n).size) for n in ("db", "log")} == theirs

@@ -108,6 +108,19 @@ def test_reverse_replication_is_incremental(sites, clock):
 STEP_NUMBERS = list(range(1, len(failover.STEPS) + 1))
 
 
+def migrate_failing_at(pd, monkeypatch, step: int) -> None:
+    """pd.migrate("canada") with a failure injected in place of step `step`."""
+    name = failover.STEPS[step - 1]
+
+    def boom(*a, **k):
+        raise NxError(f"injected failure in {name}")
+
+    monkeypatch.setattr(failover, f"_step_{name}", boom)
+    with pytest.raises(NxError, match="injected"):
+        pd.migrate("canada")
+    monkeypatch.undo()
+
+
 @pytest.mark.parametrize("step", STEP_NUMBERS)
 @pytest.mark.parametrize("then", ["resume", "rollback"])
 def test_failure_at_every_step(sites, clock, monkeypatch, step, then):
@@ -118,14 +131,7 @@ def test_failure_at_every_step(sites, clock, monkeypatch, step, then):
     before = images(fr, VDISKS)
     powers = {v.name: v.power_state for v in fr.vms()}
     name = failover.STEPS[step - 1]
-
-    def boom(*a, **k):
-        raise NxError(f"injected failure in {name}")
-
-    monkeypatch.setattr(failover, f"_step_{name}", boom)
-    with pytest.raises(NxError, match="injected"):
-        pd.migrate("canada")
-    monkeypatch.undo()
+    migrate_failing_at(pd, monkeypatch, step)
     [j] = pd.journal()
     assert j.status == "failed" and j.step == step - 1 and name in j.error
     assert images(fr, VDISKS) == before  # france's data intact
@@ -183,6 +189,36 @@ def test_failure_after_destination_adopted(sites, clock, monkeypatch):
     sites.serve("france")
     ca = sites.open("canada")
     assert images(ca, VDISKS) == before
+
+
+@pytest.mark.parametrize("step", [2, 4, 6])
+def test_demotion_aborts_an_interrupted_migration(sites, clock, monkeypatch, step):
+    """france's migration fails at `step` and france goes down; canada owns the PD at
+    epoch 2 (it activates it, or it adopted it at step 5). canada's failback demotes
+    france, which closes the journal as aborted; back home, a new migrate works."""
+    sites.serve("canada")
+    fr = sites.open("france")
+    pd = setup_pd(fr)
+    run_hours(fr, clock, 2)
+    migrate_failing_at(pd, monkeypatch, step)
+    sites.close("france")  # gone mid-migration
+    ca = sites.open("canada")
+    if step < 5:
+        ca.activate("pd-web")
+    fill(ca.vdisk("db-data"), 4242, [60])
+    sites.serve("france")
+    assert ca.protection_domain("pd-web").failback("france").migrate.epoch == 3
+    expect = images(ca, VDISKS)
+    sites.serve("canada")
+    fr = sites.open("france")
+    pd = fr.protection_domain("pd-web")
+    first = pd.journal()[0]
+    assert (first.kind, first.status) == ("migrate", "aborted") and first.step == step - 1
+    assert "aborted by demotion" in first.error and "epoch 2" in first.error
+    assert pd.state == "active" and images(fr, VDISKS) == expect
+    res = pd.migrate("canada")
+    assert res.steps == failover.STEPS and res.epoch == 4
+    assert owners(sites) == {"france": ("inactive", 4), "canada": ("active", 4)}
 
 
 # -- bad input ------------------------------------------------------------------------------
