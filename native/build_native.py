@@ -33,6 +33,8 @@ void nx_fingerprint_blocks(const uint8_t *buf, size_t nblocks, size_t block_size
                            uint8_t *fps_out, uint8_t *zero_out);
 void nx_checksum_rows(const uint8_t *buf, size_t nrows, size_t stride, size_t len,
                       uint64_t *out);
+size_t nx_verify_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
+                        const uint8_t *table, uint64_t table_rows, const uint64_t *ids);
 
 typedef struct nx_index nx_index;
 nx_index *nx_index_new(uint64_t capacity_hint);
@@ -56,6 +58,8 @@ size_t nx_map_diff(const uint64_t *a_k, const uint64_t *a_v, size_t na,
                    const uint64_t *b_k, const uint64_t *b_v, size_t nb, uint64_t *out_k);
 void nx_map_lookup(const uint64_t *k, const uint64_t *v, size_t n,
                    const uint64_t *q, size_t nq, uint64_t *out_v, uint8_t *out_found);
+size_t nx_map_fill_range(const uint64_t *k, const uint64_t *v, size_t n, uint64_t lo,
+                         size_t count, uint64_t *out_v, uint8_t *out_found);
 
 #define NX_RECORD_HEADER_BYTES 64
 #define NX_RECORD_CHECKED_BYTES 56
@@ -71,6 +75,9 @@ void nx_check_headers(const uint8_t *hdrs, size_t n, const uint64_t *ids, const 
 size_t nx_plan_runs(const int64_t *keys, const int64_t *lens, const uint8_t *comp,
                     const int64_t *dest, size_t n, int64_t block_size, int64_t max_gap,
                     int64_t *iovs, int64_t *runs);
+int nx_gather_records(const uint32_t *group, const uint32_t *offset, const uint32_t *slen,
+                      const uint8_t *flags, uint64_t table_rows, const uint64_t *ids, size_t n,
+                      int64_t *keys, int64_t *lens, uint8_t *comp);
 
 #define NX_READV_MAX_IOV 1024
 int nx_preadv_runs(uint8_t *const *bufs, const uint64_t *buf_sizes, size_t nbufs,

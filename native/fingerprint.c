@@ -63,6 +63,20 @@ void nx_fingerprint_blocks(const uint8_t *buf, size_t nblocks, size_t block_size
     }
 }
 
+size_t nx_verify_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
+                        const uint8_t *table, uint64_t table_rows, const uint64_t *ids)
+{
+    for (size_t i = 0; i < nblocks; i++) {
+        uint8_t fp[NX_FINGERPRINT_BYTES];
+        if (ids[i] >= table_rows)
+            return i;
+        put_fingerprint(fp, buf + i * block_size, block_size);
+        if (memcmp(fp, table + ids[i] * NX_FINGERPRINT_BYTES, NX_FINGERPRINT_BYTES) != 0)
+            return i;
+    }
+    return nblocks;
+}
+
 void nx_checksum_rows(const uint8_t *buf, size_t nrows, size_t stride, size_t len,
                       uint64_t *out)
 {

@@ -34,6 +34,18 @@ void nx_fingerprint_blocks(const uint8_t *buf, size_t nblocks, size_t block_size
 void nx_checksum_rows(const uint8_t *buf, size_t nrows, size_t stride, size_t len,
                       uint64_t *out);
 
+/*
+ * nx_verify_blocks: the index of the first of `nblocks` consecutive blocks of
+ * `block_size` bytes at `buf` whose fingerprint differs from row ids[i] of
+ * `table` (table_rows fingerprints of 16 bytes, row r at table + 16 * r), or
+ * whose ids[i] >= table_rows; nblocks if every block matches. The extent
+ * store checks what it read with it: hashing and comparing in one call, with
+ * no fingerprint array and no gather of the expected ones. Stops at the first
+ * mismatch. Never fails; safe to call from several threads.
+ */
+size_t nx_verify_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
+                        const uint8_t *table, uint64_t table_rows, const uint64_t *ids);
+
 /* nx_is_zero: 1 iff the `len` bytes at `p` (any alignment) are all zero. */
 int nx_is_zero(const uint8_t *p, size_t len);
 

@@ -91,3 +91,19 @@ void nx_map_lookup(const uint64_t *k, const uint64_t *v, size_t n,
         }
     }
 }
+
+size_t nx_map_fill_range(const uint64_t *k, const uint64_t *v, size_t n, uint64_t lo,
+                         size_t count, uint64_t *out_v, uint8_t *out_found)
+{
+    size_t set = 0;
+    /* k[i] >= lo from the gallop on, so k[i] - lo cannot wrap */
+    for (size_t i = gallop(k, n, 0, lo); i < n && k[i] - lo < count; i++) {
+        size_t at = (size_t)(k[i] - lo);
+        if (!out_found[at]) {
+            out_v[at] = v[i];
+            out_found[at] = 1;
+            set++;
+        }
+    }
+    return set;
+}

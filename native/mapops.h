@@ -33,4 +33,14 @@ size_t nx_map_diff(const uint64_t *a_k, const uint64_t *a_v, size_t na,
 void nx_map_lookup(const uint64_t *k, const uint64_t *v, size_t n,
                    const uint64_t *q, size_t nq, uint64_t *out_v, uint8_t *out_found);
 
+/* Fill what the map says about the contiguous block range [lo, lo + count):
+ * for each key in that range whose slot at = key - lo has out_found[at] == 0,
+ * set out_v[at] = its value and out_found[at] = 1. Slots already found (by a
+ * newer map) are left alone, so calling this newest map first resolves a
+ * chain. Returns the slots it set. Costs O(log n + entries in range): a
+ * sequential read asks for a range, and answering it needs no query array.
+ * out_v and out_found need room for count entries; no overflow for any lo. */
+size_t nx_map_fill_range(const uint64_t *k, const uint64_t *v, size_t n, uint64_t lo,
+                         size_t count, uint64_t *out_v, uint8_t *out_found);
+
 #endif /* NX_MAPOPS_H */

@@ -1,6 +1,8 @@
 /* plan.c - see plan.h. One pass; a run stays open while the next record joins it. */
 #include "plan.h"
 
+#include "headers.h"
+
 size_t nx_plan_runs(const int64_t *keys, const int64_t *lens, const uint8_t *comp,
                     const int64_t *dest, size_t n, int64_t block_size, int64_t max_gap,
                     int64_t *iovs, int64_t *runs)
@@ -39,4 +41,21 @@ size_t nx_plan_runs(const int64_t *keys, const int64_t *lens, const uint8_t *com
         v[8] = joined ? gap : 0;
     }
     return nruns;
+}
+
+int nx_gather_records(const uint32_t *group, const uint32_t *offset, const uint32_t *slen,
+                      const uint8_t *flags, uint64_t table_rows, const uint64_t *ids, size_t n,
+                      int64_t *keys, int64_t *lens, uint8_t *comp)
+{
+    int ascending = 1;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = ids[i];
+        if (r >= table_rows)
+            return NX_EINVAL;
+        keys[i] = (int64_t)group[r] << 32 | offset[r];
+        lens[i] = slen[r];
+        comp[i] = flags[r] & NX_RECORD_FLAG_COMPRESSED;
+        ascending &= i == 0 || keys[i] > keys[i - 1];
+    }
+    return ascending;
 }

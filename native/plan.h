@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nxerr.h"
+
 #define NX_PLAN_SINK 0 /* gap bytes between the records of a run (discarded) */
 #define NX_PLAN_HDRS 1 /* record headers, 64 bytes each, in record order */
 #define NX_PLAN_OUT 2  /* uncompressed payloads, at their output rows */
@@ -38,5 +40,19 @@
 size_t nx_plan_runs(const int64_t *keys, const int64_t *lens, const uint8_t *comp,
                     const int64_t *dest, size_t n, int64_t block_size, int64_t max_gap,
                     int64_t *iovs, int64_t *runs);
+
+/*
+ * nx_gather_records: what nx_plan_runs needs of n extents, from the extent
+ * table's columns (table_rows rows each; row r describes extent id r):
+ * keys[i] = group[ids[i]] << 32 | offset[ids[i]], lens[i] = slen[ids[i]],
+ * comp[i] = flags[ids[i]] & NX_RECORD_FLAG_COMPRESSED (headers.h). One pass
+ * instead of a dozen numpy gathers and casts per read. Returns 1 if the keys
+ * are strictly ascending (the records are in file order and none repeats,
+ * as a sequential read's are: the plan can take them as they are), 0 if
+ * not, or NX_EINVAL (outputs unspecified) if some ids[i] >= table_rows.
+ */
+int nx_gather_records(const uint32_t *group, const uint32_t *offset, const uint32_t *slen,
+                      const uint8_t *flags, uint64_t table_rows, const uint64_t *ids, size_t n,
+                      int64_t *keys, int64_t *lens, uint8_t *comp);
 
 #endif /* NX_PLAN_H */

@@ -164,6 +164,18 @@ class MapLayer:
             return None
         return _lookup(self._keys[i:j], self._vals[i:j], q)
 
+    def fill_range(self, first: int, out: np.ndarray, found: np.ndarray) -> int:
+        """For blocks first .. first + len(out) - 1 not yet `found` (bool, same
+        length as `out`, uint64), set out[block - first] to this layer's entry
+        and found, if it has one. Returns how many it set. A layer's parts are
+        asked newest first, so a newer entry wins as in `lookup`."""
+        n, end = 0, first + len(out)
+        for k, v in (self._parts[1], self._parts[0], (self._keys, self._vals)):
+            # a part whose keys all lie outside the range (often the recent ones) costs no call
+            if len(k) and int(k[0]) < end and int(k[-1]) >= first:
+                n += native.map_fill_range(k, v, first, out, found)
+        return n
+
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, vals): every entry, keys strictly ascending. Read-only views."""
         self._fold()
@@ -258,6 +270,8 @@ def chain_lookup(layers: Chain, blocks: np.ndarray) -> np.ndarray:
     them, top layer first; 0 = zero block (masked by a 0 entry, or unmapped).
     Layers below the point where every block is found are not consulted."""
     q = as_u64(blocks, "blocks")
+    if len(layers) == 1:  # nothing to fall through to: no bounds, no pending set
+        return layers[0].lookup(q)[0]
     out = np.zeros(len(q), dtype=np.uint64)
     if not len(q):
         return out
@@ -279,6 +293,23 @@ def chain_lookup(layers: Chain, blocks: np.ndarray) -> np.ndarray:
             pending = pending[~f]
         if not len(pending):
             break
+    return out
+
+
+def chain_lookup_range(layers: Chain, first: int, count: int) -> np.ndarray:
+    """chain_lookup(layers, blocks first .. first + count - 1), the query of a
+    contiguous read: each layer fills in the blocks still unresolved, with no
+    query array, bounds or index arrays. Raises InvalidArgument for a range
+    outside 0 .. 2**64 - 1."""
+    if first < 0 or count < 0 or first + count > 2**64:
+        raise InvalidArgument(f"block range {first} + {count} is outside 0 .. 2**64 - 1")
+    out = np.zeros(count, dtype=np.uint64)
+    found = np.zeros(count, dtype=bool)
+    left = count
+    for layer in layers:
+        if not left:
+            break
+        left -= layer.fill_range(first, out, found)
     return out
 
 

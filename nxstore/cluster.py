@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import defrag
 from .block_map import flatten
 from .catalog import (
     Catalog,
@@ -39,6 +40,8 @@ from .constants import (
     CHAIN_COLLAPSE_DEPTH,
     CLUSTER_FORMAT_VERSION,
     DEFAULT_BLOCK_SIZE,
+    DEFRAG_DRAIN_MAX_BYTES,
+    DEFRAG_MAX_BYTES,
     EXTENT_DIR,
     LOCK_FILE,
     MAP_DIR,
@@ -400,7 +403,9 @@ class Cluster:
     # -- upkeep ---------------------------------------------------------------------
     def drain(self) -> None:
         """Move all OpLog data into the extent store, persist maps, free OpLog space,
-        and collapse read chains deeper than the configured depth."""
+        and collapse read chains deeper than the configured depth; a vDisk whose
+        chain was just collapsed is also defragmented (at most
+        DEFRAG_DRAIN_MAX_BYTES moved per drain, see `defragment`)."""
         self._check_open()
         # Read before listing the vDisks: every record of a vDisk created meanwhile
         # (a clone, say) comes after this bound, so releasing up to it cannot drop one.
@@ -412,8 +417,24 @@ class Cluster:
         self._ctx.oplog.release(min([bound, *(vd.release_point() for vd in vdisks),
                                      *(() if floor is None else (floor,))]))
         with self._ctx.map_lock:
-            for vd in vdisks:
-                self._ctx.tree.shortcut_for(vd.head_layer)
+            collapsed = [vd for vd in vdisks if self._ctx.tree.shortcut_for(vd.head_layer)]
+        if collapsed:  # a deep chain was just flattened: its scattered rewrites, too
+            defrag.defragment(self._ctx, collapsed, DEFRAG_DRAIN_MAX_BYTES)
+
+    def defragment(self, vdisk_name: str | None = None, *,
+                   max_bytes: int = DEFRAG_MAX_BYTES) -> dict[str, int]:
+        """Rewrite contiguously the extents of the fragmented 1 MiB windows of vDisk
+        `vdisk_name`'s image (None: of every vDisk), at most `max_bytes` of records
+        (see nxstore.defrag). Extent ids stay, so snapshots and clones sharing them
+        read the same; gc reclaims the old copies. Returns vdisks, defragmented,
+        extents_moved, bytes_moved, damaged (not moved; scrub reports them),
+        runs_before, runs_after, block_ranges. Raises NotFound, InvalidArgument.
+        Durable and crash-safe (ExtentStore.relocate)."""
+        self._check_open()
+        if not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgument(f"max_bytes must be a non-negative int, not {max_bytes!r}")
+        vdisks = self._all_vdisks() if vdisk_name is None else [self.vdisk(vdisk_name)]
+        return defrag.defragment(self._ctx, vdisks, max_bytes)
 
     def gc(self) -> dict[str, int]:
         """Reclaim space of extents no vDisk, snapshot or clone references

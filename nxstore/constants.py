@@ -34,6 +34,7 @@ EXTENT_GROUP_BYTES = 64 * 1024 * 1024       # bytes; an extent group file is clo
 COMPRESS_MIN_SAVING = 8                     # store compressed only if it saves >= 1/8 of the block
 GC_COMPACT_DEAD_FRACTION = 0.25             # compact an extent group once 1/4 of it is garbage
 EXTENT_TABLE_FILE = "extent_table.bin"      # checkpoint of the extent table (in EXTENT_DIR)
+RELOCATE_BATCH_BYTES = 16 * 1024 * 1024     # bytes; relocate copies and syncs this much per lock hold
 
 # --- block maps ----------------------------------------------------------------
 MAP_DIR = "maps"
@@ -41,6 +42,12 @@ MAP_FORMAT_VERSION = 1
 MAP_DELTA_COMPACT_RATIO = 0.25       # rewrite a layer's base once its delta log is 1/4 its size
 MAP_DELTA_COMPACT_MIN_BYTES = 1024 * 1024  # bytes; a delta log below this is never compacted
 CHAIN_COLLAPSE_DEPTH = 8             # layers a read may fall through before a collapse
+
+# --- defragmentation (nxstore/defrag.py) ----------------------------------------
+DEFRAG_WINDOW_BYTES = 1024 * 1024    # bytes of a vDisk image judged as one unit (a 1 MiB read)
+DEFRAG_MAX_BREAKS = 8                # breaks per window tolerated (~2 us of preadv each per read)
+DEFRAG_MAX_BYTES = 1024 * 1024 * 1024   # bytes; default cap of records moved per defragment call
+DEFRAG_DRAIN_MAX_BYTES = 256 * 1024 * 1024  # bytes; cap of records a drain moves after a collapse
 
 # --- fingerprint index -------------------------------------------------------------
 INDEX_FILE = "fpindex.bin"

@@ -98,16 +98,17 @@ class DirtyBlocks:
 
     def overlay(
         self, first_block: int, nblocks: int, out: np.ndarray
-    ) -> tuple[np.ndarray, list[tuple[int, DirtyBlock]]]:
+    ) -> tuple[np.ndarray | None, list[tuple[int, DirtyBlock]]]:
         """Copy whole dirty blocks of [first_block, first_block+nblocks) into `out`
-        (uint8, nblocks*block_size). Returns the mask of blocks copied, and the
-        partially written entries (position, entry), which `patch` applies once the
-        caller has filled those positions with the blocks' older content."""
-        bs = self.block_size
-        full = np.zeros(nblocks, dtype=bool)
+        (uint8, nblocks*block_size). Returns the mask of blocks copied (None when
+        nothing is dirty: no mask to build and test on the common read path), and
+        the partially written entries (position, entry), which `patch` applies once
+        the caller has filled those positions with the blocks' older content."""
         partial: list[tuple[int, DirtyBlock]] = []
         if not self._blocks:
-            return full, partial
+            return None, partial
+        bs = self.block_size
+        full = np.zeros(nblocks, dtype=bool)
         if nblocks <= len(self._blocks):
             candidates = range(first_block, first_block + nblocks)
         else:

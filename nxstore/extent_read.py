@@ -1,12 +1,15 @@
 """The verified read path of the extent store.
 
 One `load_records` call reads every requested record and checks all their
-headers with three native calls, whatever the number of records or runs:
+headers with four native calls, whatever the number of records or runs:
 
-1. The records are sorted by (group, offset); a repeated extent is read once
-   and copied. Records of one group that are adjacent, or separated by a gap
+1. One native call (`gather_records`) reads each record's place, stored
+   length and compressed flag from the extent table and says whether the
+   records are already in file order, as a sequential read's are. Otherwise
+   they are sorted by (group, offset); a repeated extent is read once and
+   copied. Records of one group that are adjacent, or separated by a gap
    of at most MAX_GAP bytes, form a *run*.
-2. One native call (`plan_runs`) lays out the iovecs of all runs, three
+2. Another (`plan_runs`) lays out the iovecs of all runs, three
    per record as (buffer, offset, length) rows of one int64 array: the
    64-byte header lands in its slot of a header array, an uncompressed
    payload straight in its row of the caller's `out2d`, a compressed payload
@@ -21,7 +24,8 @@ headers with three native calls, whatever the number of records or runs:
 4. Only compressed payloads are decoded one by one (lz4, into their row).
 
 The payload fingerprints are checked by the caller with one native batch
-call over `out2d` (ExtentStore.read_blocks, scrub, verify_dedup).
+call over `out2d` (`verify_blocks` in ExtentStore.read_blocks; scrub and
+verify_dedup fingerprint and compare).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import lz4.block
 import numpy as np
 
 from .errors import Corruption
-from .extent_group import FLAG_COMPRESSED, HEADER_BYTES, group_file_name
+from .extent_group import HEADER_BYTES, group_file_name
 from .native import (
     PLAN_CBUF,
     PLAN_HDRS,
@@ -41,6 +45,7 @@ from .native import (
     PLAN_SINK,
     READV_MAX_IOV,
     check_headers,
+    gather_records,
     plan_runs,
     preadv_runs,
 )
@@ -84,33 +89,36 @@ def load_records(
         out2d[rows] = tmp
         return errors
     t, bs = store._table, store.block_size
-    e = eids.astype(np.int64)
-    key = t.group[e].astype(np.int64) << 32 | t.offset[e]
-    order = np.argsort(key, kind="stable")  # file order
-    key = key[order]
-    # a repeated extent (same record) is read once, then copied
-    dup = np.zeros(m, bool)
-    np.equal(key[1:], key[:-1], out=dup[1:])
-    if dup.any():
-        first_of = np.maximum.accumulate(np.where(dup, 0, np.arange(m)))
-        dups, dup_src = order[dup], order[first_of[dup]]
-        order, key = order[~dup], key[~dup]
-    k = len(order)
-    eo = e[order]
-    sl = t.slen[eo]
-    ss = sl.astype(np.int64)
-    fs = t.flags[eo]
-    comp = (fs & FLAG_COMPRESSED) != 0
-    dest = rows[order]
-    ends = key + HEADER_BYTES + ss  # in key space: group << 32 | end offset
+    eids = np.ascontiguousarray(eids, np.uint64)
+    key, ss, comp, ascending = gather_records(t.group, t.offset, t.slen, t.flags, eids)
+    dup = None
+    if ascending:  # already in file order with no repeats (a sequential read): no permutation
+        order, ids, dest = range(m), eids, rows
+    else:
+        order = np.argsort(key, kind="stable")  # file order
+        key = key[order]
+        # a repeated extent (same record) is read once, then copied
+        dup = np.zeros(m, bool)
+        np.equal(key[1:], key[:-1], out=dup[1:])
+        if dup.any():
+            first_of = np.maximum.accumulate(np.where(dup, 0, np.arange(m)))
+            dups, dup_src = order[dup], order[first_of[dup]]
+            order, key = order[~dup], key[~dup]
+        else:
+            dup = None
+        ss, comp, ids, dest = ss[order], comp[order], eids[order], rows[order]
+    k = len(key)
     iov, runs = plan_runs(key, ss, comp, dest, bs, MAX_GAP)
     first, nrec = runs[:, 2] // 3, runs[:, 3] // 3  # each run's records
     hdrs = np.empty((k, HEADER_BYTES), np.uint8)
     ncomp = int(np.count_nonzero(comp))
     cbuf = np.empty(int(ss[comp].sum()) if ncomp else 0, np.uint8)
     got, why = _read_runs(store, key[first] >> 32, runs, [store._scratch, hdrs, out2d, cbuf], iov)
-    short = ends > np.repeat(key[first] + got, nrec)  # past what its run read
-    bad = check_headers(hdrs, eids[order], sl, fs, bs) | short
+    bad = check_headers(hdrs, ids, ss, comp.view(np.uint8), bs)
+    short = None  # records past what their run read: only when a run ended early
+    if int(got.sum()) != int(iov[:, 2].sum()):
+        short = key + HEADER_BYTES + ss > np.repeat(key[first] + got, nrec)
+        bad |= short
     failed: dict[int, str] = {}  # record j -> why its run could not be read
     for r, what in why.items():
         failed.update(dict.fromkeys(range(int(first[r]), int(first[r] + nrec[r])), what))
@@ -127,7 +135,7 @@ def load_records(
     if ncomp:
         # a compressed payload's place in cbuf is its payload iovec's offset
         cstart = iov[1::3, 1]
-        for j in np.flatnonzero(comp & ~short).tolist():
+        for j in np.flatnonzero(comp if short is None else comp & ~short).tolist():
             a = int(cstart[j])
             try:
                 raw = lz4.block.decompress(cbuf[a : a + int(ss[j])], uncompressed_size=bs)
@@ -142,14 +150,14 @@ def load_records(
         for j in np.flatnonzero(bad).tolist():
             if j in failed:
                 what = failed[j]
-            elif short[j]:
+            elif short is not None and short[j]:
                 what = f"{name(j)} is truncated"
             else:
                 what = "bad record header"
-            if short[j]:
+            if short is not None and short[j]:
                 out2d[dest[j]] = 0
             errors[int(order[j])] = f"{where(j)}: {what}"
-    if dup.any():
+    if dup is not None:
         out2d[rows[dups]] = out2d[rows[dup_src]]
         for i, src in zip(dups.tolist(), dup_src.tolist(), strict=True):
             if src in errors:

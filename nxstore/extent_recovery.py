@@ -8,7 +8,8 @@ The recovery rules (docs/format.md):
   compacted by a gc that checkpointed and then crashed: it is deleted;
 * a bad stretch with no valid record after it is a torn tail and is truncated
   away; a bad stretch followed by valid records is reported, never dropped;
-* an extent id found in two groups resolves to the newer (higher) group;
+* an extent id found in two groups resolves to the newer (higher) group,
+  unless the newer copy's payload fails its fingerprint;
 * a damaged checkpoint is rebuilt from the groups, a missing, stale or damaged
   index from the table, each with a log line.
 """
@@ -137,7 +138,9 @@ def _recover_groups(store: ExtentStore, groups: list[int], covered: dict[int, in
             t.reserve(int(ids.max()) + 1)
             t.next_id = max(t.next_id, int(ids.max()) + 1)
             cur = t.flags[ids] & PRESENT
-            take = (cur == 0) | (t.group[ids] <= g)
+            # a newer copy (gc, relocate) wins, unless its payload is bad: a crash
+            # can leave a copy half written while the old one is still intact
+            take = (cur == 0) | ((t.group[ids] <= g) & res.data_ok)
             ids = ids[take]
             t.group[ids] = g
             t.offset[ids] = res.offsets[take]

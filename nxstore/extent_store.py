@@ -49,7 +49,7 @@ from .extent_recovery import recover
 from .extent_table import PRESENT, ExtentTable
 from .fileutil import fsync_dir
 from .fingerprint_index import save_index
-from .native import fingerprint_blocks
+from .native import fingerprint_blocks, verify_blocks
 
 log = logging.getLogger(__name__)
 
@@ -399,18 +399,16 @@ class ExtentStore:
                 out2d[ids == 0] = 0
             if not nz.size:
                 return
-            eids = ids[nz]
+            eids = ids if nz.size == n else ids[nz]
             missing = ~self._table.is_present(eids)
             if missing.any():
                 i = int(np.argmax(missing))
                 self._raise(int(eids[i]), int(nz[i]), "extent is not in the store")
             errors = load_records(self, eids, out2d, nz)
-            fps, _ = fingerprint_blocks(out2d if nz.size == n else out2d[nz], bs)
-            # fingerprints compared as two u64 words each: one pass, no 16-wide reduction
-            ne = fps.view(np.uint64) != self._table.fp.view(np.uint64)[eids.astype(np.int64)]
-            bad = ne[:, 0] | ne[:, 1]
-            if errors or bad.any():
-                i = min([*errors, *np.flatnonzero(bad).tolist()])
+            # hashed and compared with the table in one call; i = the first mismatch, or len
+            i = verify_blocks(out2d if nz.size == n else out2d[nz], self._table.fp, eids)
+            if errors or i < nz.size:
+                i = min([*errors, i])
                 self._raise(
                     int(eids[i]), int(nz[i]), errors.get(i, "data does not match its fingerprint")
                 )
@@ -504,3 +502,24 @@ class ExtentStore:
                 "table_bytes_per_extent": t.memory_bytes() // max(1, len(t.flags)),
                 "next_extent_id": t.next_id,
             }
+
+    # -- layout repair (defrag.py decides what to move) ----------------------------------
+    def locations(self, extent_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(group, offset, record bytes incl. header) of each extent, int64 arrays;
+        zeros for 0 and for ids not in the store. A record at (g, o, n) and one at
+        (g, o + n) are back to back: one read run."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        with self._lock:
+            self._check_open()
+            t = self._table
+            e = np.where(t.is_present(ids), ids, 0).astype(np.int64)
+            size = np.where(e != 0, t.slen[e].astype(np.int64) + HEADER_BYTES, 0)
+            return t.group[e].astype(np.int64), t.offset[e].astype(np.int64), size
+
+    def relocate(self, extent_ids: np.ndarray, max_bytes: int) -> dict[str, int]:
+        """Copy the extents' records back to back in the given order (same ids, so
+        block maps stay valid), at most `max_bytes` of them; durable on return. See
+        extent_maintenance.relocate."""
+        from .extent_maintenance import relocate
+
+        return relocate(self, extent_ids, max_bytes)

@@ -22,7 +22,7 @@ import logging
 
 import numpy as np
 
-from .block_map import MapLayer, chain_lookup, collapse, flatten
+from .block_map import MapLayer, chain_lookup, chain_lookup_range, collapse, flatten
 from .catalog import Catalog, LayerRow
 from .constants import CHAIN_COLLAPSE_DEPTH
 from .map_store import MapStore
@@ -82,6 +82,10 @@ class LayerTree:
     def lookup(self, top: int, blocks: np.ndarray) -> np.ndarray:
         """Extent ids of `blocks` as seen from layer `top` (0 = zero block)."""
         return chain_lookup(self.chain(top), blocks)
+
+    def lookup_range(self, top: int, first: int, count: int) -> np.ndarray:
+        """lookup(top, blocks first .. first + count - 1), as a sequential read asks."""
+        return chain_lookup_range(self.chain(top), first, count)
 
     def children(self, layer_id: int) -> list[int]:
         return [row.id for row in self.rows.values() if row.parent == layer_id]

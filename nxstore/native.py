@@ -8,8 +8,10 @@ looked up. The C contracts are in native/*.h; the on-disk layout of
 Fingerprints are XXH3-128 in canonical form (16 bytes, equal to
 `xxhash.xxh3_128(block).digest()`); fingerprint arrays are uint8 of shape
 (n, 16). Block maps are sorted, unique uint64 keys with uint64 values.
-`plan_runs`, `preadv_runs` and `check_headers` are the extent store's read path: one call
-each per read request, whatever the number of extents (nxstore/extent_read.py).
+`gather_records`, `plan_runs`, `preadv_runs`, `check_headers` and `verify_blocks` are the
+extent store's read path: one call each per read request, whatever the number of extents
+(nxstore/extent_read.py, ExtentStore.read_blocks). On that path the wrappers check types
+and shapes without converting: a conversion costs about what the C call does.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ __all__ = [
     "check_headers",
     "checksum_rows",
     "fingerprint_blocks",
+    "gather_records",
     "map_diff",
+    "map_fill_range",
     "map_lookup",
     "map_merge",
     "plan_runs",
     "preadv_runs",
+    "verify_blocks",
 ]
 
 _U64 = np.dtype(np.uint64)
@@ -65,8 +70,19 @@ _HEAD = struct.Struct("<8sIIQQQ")
 assert _HEAD.size + 8 == INDEX_BLOB_HEADER_BYTES and _SLOT.itemsize == INDEX_SLOT_BYTES
 
 
-def _ptr(ctype: str, arr: Any, writable: bool = False) -> Any:
-    return ffi.from_buffer(ctype, arr, require_writable=writable)
+# _ptr(ctype, buffer, writable=False): a cffi pointer into a buffer, kept alive with it. An
+# alias, not a wrapper: a read makes ~40 of these and a Python frame each cost 8 us of ~170.
+_ptr = ffi.from_buffer
+
+
+def _require(arr: Any, dtype: Any, ndim: int, what: str) -> None:
+    """InvalidArgument unless `arr` is a C-contiguous ndarray of dtype and ndim:
+    what the C may then index without a copy."""
+    if (
+        not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != ndim
+        or not arr.flags.c_contiguous
+    ):  # fmt: skip
+        raise InvalidArgument(f"{what} must be a C-contiguous {ndim}-D {np.dtype(dtype)} array")
 
 
 def fingerprint_blocks(buf: Any, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +169,25 @@ def check_headers(
             _ptr("uint8_t[]", fl), block_size, _ptr("uint8_t[]", bad, True),
         )  # fmt: skip
     return bad
+
+
+def verify_blocks(blocks: np.ndarray, table: np.ndarray, ids: np.ndarray) -> int:
+    """Index of the first row of `blocks` (uint8 (n, block_size)) whose
+    fingerprint is not row ids[i] of `table` (uint8 (rows, 16)), or whose ids[i]
+    is not a row of it; n if all match. ids: uint64 (n,). All C-contiguous.
+    Raises InvalidArgument for other types, shapes or layouts."""
+    _require(blocks, np.uint8, 2, "blocks")
+    _require(table, np.uint8, 2, "fingerprint table")
+    _require(ids, _U64, 1, "ids")
+    n = len(blocks)
+    if table.shape[1] != FINGERPRINT_BYTES or len(ids) != n:
+        raise InvalidArgument(f"{n} blocks, {len(ids)} ids, table {table.shape}")
+    if not n:
+        return 0
+    return int(lib.nx_verify_blocks(
+        _ptr("uint8_t[]", blocks), n, blocks.shape[1], _ptr("uint8_t[]", table), len(table),
+        _ptr("uint64_t[]", ids),
+    ))  # fmt: skip
 
 
 def _as_fps(fps: Any) -> np.ndarray:
@@ -436,6 +471,63 @@ def map_lookup(keys: Any, vals: Any, query: Any) -> tuple[np.ndarray, np.ndarray
             _ptr("uint64_t[]", out_v, True), _ptr("uint8_t[]", found, True),
         )  # fmt: skip
     return out_v, found
+
+
+def map_fill_range(
+    keys: np.ndarray, vals: np.ndarray, lo: int, out_v: np.ndarray, found: np.ndarray
+) -> int:
+    """Fill in what a block map says about the blocks lo .. lo + len(out_v) - 1:
+    for each map key in that range whose slot (key - lo) is not yet `found`,
+    set out_v[slot] to its value and found[slot]. Returns the slots set.
+    Called newest map first, it resolves a chain without a query array.
+
+    keys, vals: uint64 (n,), keys strictly ascending (unchecked); out_v uint64
+    and found bool, of one length; all C-contiguous. Raises InvalidArgument
+    for other types or shapes, or lo outside 0 .. 2**64 - 1."""
+    for arr, dtype, what in ((keys, _U64, "keys"), (vals, _U64, "vals"), (out_v, _U64, "out_v"),
+                             (found, np.bool_, "found")):  # fmt: skip
+        _require(arr, dtype, 1, what)
+    if len(keys) != len(vals) or len(out_v) != len(found):
+        raise InvalidArgument(f"{len(keys)} keys, {len(vals)} vals; {len(out_v)} out, {len(found)} found")
+    if isinstance(lo, bool) or not isinstance(lo, int) or not 0 <= lo < 2**64:
+        raise InvalidArgument(f"lo must be an int in 0 .. 2**64 - 1, not {lo!r}")
+    if not len(keys) or not len(out_v):
+        return 0
+    return int(lib.nx_map_fill_range(
+        _ptr("uint64_t[]", keys), _ptr("uint64_t[]", vals), len(keys), lo, len(out_v),
+        _ptr("uint64_t[]", out_v, True), _ptr("uint8_t[]", found, True),
+    ))  # fmt: skip
+
+
+def gather_records(
+    group: np.ndarray, offset: np.ndarray, slen: np.ndarray, flags: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """What `plan_runs` needs of extents `ids`, from the extent table's columns
+    (group, offset, slen uint32, flags uint8; row r describes extent id r):
+    (keys int64 = group << 32 | offset, lens int64 = slen, comp bool = the
+    compressed flag, ascending), ascending True when the keys are strictly
+    ascending, so the records are in file order and none repeats. ids: uint64.
+    All C-contiguous 1-D. Raises InvalidArgument for other types or shapes,
+    columns of different lengths, or an id past them. See native/plan.h."""
+    for arr, dtype, what in ((group, np.uint32, "group"), (offset, np.uint32, "offset"),
+                             (slen, np.uint32, "slen"), (flags, np.uint8, "flags"),
+                             (ids, _U64, "ids")):  # fmt: skip
+        _require(arr, dtype, 1, what)
+    rows = len(group)
+    if not len(offset) == len(slen) == len(flags) == rows:
+        raise InvalidArgument("gather_records: table columns of different lengths")
+    n = len(ids)
+    keys, lens, comp = np.empty(n, _I64), np.empty(n, _I64), np.empty(n, np.bool_)
+    if not n:
+        return keys, lens, comp, True
+    rc = lib.nx_gather_records(
+        _ptr("uint32_t[]", group), _ptr("uint32_t[]", offset), _ptr("uint32_t[]", slen),
+        _ptr("uint8_t[]", flags), rows, _ptr("uint64_t[]", ids), n,
+        _ptr("int64_t[]", keys, True), _ptr("int64_t[]", lens, True), _ptr("uint8_t[]", comp, True),
+    )  # fmt: skip
+    if rc < 0:
+        raise InvalidArgument(f"gather_records: an id is not below the table's {rows} rows")
+    return keys, lens, comp, bool(rc)
 
 
 def plan_runs(

@@ -74,16 +74,19 @@ def read_image(
     nblocks = (offset + length - 1) // bs - first + 1
     with _read_buffer(nblocks * bs) as out:
         full, partial = dirty.overlay(first, nblocks, out) if dirty is not None else (None, [])
-        blocks = np.arange(first, first + nblocks, dtype=np.uint64)
-        if full is not None and full.any():
-            blocks = blocks[~full]
-        if blocks.size:
+        some_dirty = full is not None and bool(full.any())
+        if not some_dirty:
+            # the common case: one range lookup, extents read straight into `out`
+            with ctx.map_lock:
+                ids = ctx.tree.lookup_range(top_layer, first, nblocks)
+            read_extents(ctx, ids, out, name, first)
+        elif not full.all():
+            blocks = np.flatnonzero(~full).astype(np.uint64) + np.uint64(first)
             with ctx.map_lock:
                 ids = ctx.tree.lookup(top_layer, blocks)
-            target = out if blocks.size == nblocks else np.empty(blocks.size * bs, dtype=np.uint8)
+            target = np.empty(blocks.size * bs, dtype=np.uint8)
             read_extents(ctx, ids, target, name, blocks)
-            if target is not out:
-                out.reshape(nblocks, bs)[~full] = target.reshape(-1, bs)
+            out.reshape(nblocks, bs)[~full] = target.reshape(-1, bs)
         if partial:
             dirty.patch(partial, out)  # type: ignore[union-attr]
         start = offset - first * bs
@@ -115,13 +118,15 @@ def _read_buffer(nbytes: int) -> Iterator[np.ndarray]:
 
 
 def read_extents(
-    ctx: ClusterContext, ids: np.ndarray, out: np.ndarray, name: str, blocks: np.ndarray
+    ctx: ClusterContext, ids: np.ndarray, out: np.ndarray, name: str, blocks: np.ndarray | int
 ) -> None:
-    """Read (and verify) extents into `out`; Corruption names `name` and the offset."""
+    """Read (and verify) extents into `out`; Corruption names `name` and the offset.
+    `blocks`: the block of each id, or the first of consecutive blocks."""
     try:
         ctx.store.read_blocks(ids, out)
     except Corruption as exc:
-        where = int(blocks[getattr(exc, "batch_index", 0) or 0]) * ctx.block_size
+        i = getattr(exc, "batch_index", 0) or 0
+        where = (blocks + i if isinstance(blocks, int) else int(blocks[i])) * ctx.block_size
         raise Corruption(f"{name} at offset {where}: {exc}") from exc
 
 

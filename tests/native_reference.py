@@ -187,3 +187,35 @@ def map_diff(a: dict[int, int], b: dict[int, int]) -> list[int]:
 
 def map_lookup(m: dict[int, int], query: list[int]) -> tuple[list[int], list[bool]]:
     return [m.get(q, 0) for q in query], [q in m for q in query]
+
+
+def map_fill_range(
+    m: dict[int, int], lo: int, out: list[int], found: list[bool]
+) -> int:
+    """Block by block of [lo, lo + len(out)): take m's value where not yet found."""
+    n = 0
+    for at in range(len(out)):
+        if not found[at] and lo + at in m:
+            out[at], found[at], n = m[lo + at], True, n + 1
+    return n
+
+
+def verify_blocks(blocks: np.ndarray, table: np.ndarray, ids: list[int]) -> int:
+    """The first row whose xxhash XXH3-128 digest is not table row ids[i] (or
+    whose id is past the table), else the number of rows."""
+    for i, row in enumerate(blocks):
+        if ids[i] >= len(table) or xxhash.xxh3_128(row.tobytes()).digest() != table[ids[i]].tobytes():
+            return i
+    return len(blocks)
+
+
+def gather_records(
+    group: list[int], offset: list[int], slen: list[int], flags: list[int], ids: list[int]
+) -> tuple[list[int], list[int], list[bool], bool] | None:
+    """Per id its (group << 32 | offset, stored length, compressed bit) and whether
+    the keys strictly ascend; None if an id is past the columns."""
+    if any(i >= len(group) for i in ids):
+        return None
+    keys = [group[i] * 2**32 + offset[i] for i in ids]
+    return (keys, [slen[i] for i in ids], [flags[i] & 1 == 1 for i in ids],
+            all(a < b for a, b in zip(keys, keys[1:], strict=False)))  # fmt: skip

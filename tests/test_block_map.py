@@ -11,6 +11,7 @@ from nxstore import block_map
 from nxstore.block_map import (
     MapLayer,
     chain_lookup,
+    chain_lookup_range,
     changed_blocks,
     collapse,
     flatten,
@@ -86,6 +87,10 @@ def _run_batches(data, queries):
         assert vals.tolist() == [model.get(q, 0) for q in queries]
         assert found.tolist() == [q in model for q in queries]
         assert len(layer) == len(model)
+        out, found = np.zeros(290, U64), np.zeros(290, bool)  # blocks 5..294, parts unfolded
+        assert layer.fill_range(5, out, found) == sum(5 <= b < 295 for b in model)
+        assert out.tolist() == [model.get(b, 0) for b in range(5, 295)]
+        assert found.tolist() == [b in model for b in range(5, 295)]
     check_layer(layer, model, queries)
 
 
@@ -193,6 +198,13 @@ def test_chain_lookup(model, queries):
     assert got.tolist() == [resolve(model, q) for q in queries]
 
 
+@given(chains, st.integers(0, SPACE + 5), st.integers(0, SPACE))
+def test_chain_lookup_range_matches_chain_lookup(model, first, count):
+    layers = build(model)
+    want = chain_lookup(layers, arr(range(first, first + count)))
+    assert chain_lookup_range(layers, first, count).tolist() == want.tolist()
+
+
 @given(chains, layer_dicts)
 def test_flatten(model, parent):
     layers = build(model)
@@ -279,3 +291,7 @@ def test_extreme_block_indices():
     assert chain_lookup([top, base], q).tolist() == [5, 7, 6, 0]
     assert chain_lookup([top, base], q[1:2]).tolist() == [7]
     assert chain_lookup([base], arr([])).tolist() == []
+    assert chain_lookup_range([top, base], 2**64 - 3, 3).tolist() == [0, 7, 5]
+    assert chain_lookup_range([top, base], 0, 2).tolist() == [6, 0]
+    with pytest.raises(InvalidArgument):
+        chain_lookup_range([top, base], 2**64 - 1, 2)

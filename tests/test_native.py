@@ -353,6 +353,67 @@ def test_map_empty_and_bad_inputs() -> None:
         native.map_lookup(e, e, [[1]])
 
 
+@given(st.lists(_maps, max_size=4), st.integers(0, 260), st.integers(0, 70))
+def test_map_fill_range_matches_reference(chain: list[dict[int, int]], lo: int, count: int) -> None:
+    """A chain of maps, newest first, resolved over [lo, lo + count); lo near 2**64 too."""
+    if lo > 230:
+        lo = MAX_U64 + 1 - (lo - 230)  # ranges ending at the top of the key space
+    count = min(count, MAX_U64 + 1 - lo)
+    out, found = np.zeros(count, U64), np.zeros(count, bool)
+    want_out, want_found = [0] * count, [False] * count
+    for m in chain:
+        got = native.map_fill_range(*arrays(m), lo, out, found)
+        assert got == ref.map_fill_range(m, lo, want_out, want_found)
+        assert out.tolist() == want_out and found.tolist() == want_found
+
+
+def test_map_fill_range_rejects_bad_input() -> None:
+    k, out, found = np.arange(3, dtype=U64), np.zeros(2, U64), np.zeros(2, bool)
+    for args in ((k, k[:2], 0, out, found), (k, k, 0, out, found[:1]), (k, k, -1, out, found),
+                 (k, k, 2**64, out, found), (k.astype(np.int64), k, 0, out, found),
+                 (k, k, 0, out, found.view(np.uint8)), (k, k, 0, np.zeros(4, U64)[::2], found),
+                 (list(k), k, 0, out, found)):  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            native.map_fill_range(*args)  # type: ignore[arg-type]
+    assert native.map_fill_range(k, k, 1, out, found) == 2 and out.tolist() == [1, 2]
+    assert native.map_fill_range(k[:0], k[:0], 0, out, found) == 0
+
+
+@given(st.integers(0, 12), st.sampled_from([1, 64, 4096]), st.data())
+def test_verify_blocks_matches_reference(n: int, bs: int, data: st.DataObject) -> None:
+    """Blocks checked against a table of their fingerprints, some rows damaged,
+    some ids pointing at the wrong row or past the table."""
+    blocks = np.frombuffer(data.draw(st.binary(min_size=n * bs, max_size=n * bs)), np.uint8)
+    blocks = blocks.reshape(n, bs)
+    rows = data.draw(st.integers(n, n + 3))
+    table = np.frombuffer(data.draw(st.binary(min_size=16 * rows, max_size=16 * rows)), np.uint8)
+    table = table.reshape(rows, 16).copy()
+    ids = data.draw(st.permutations(range(rows)))[:n]
+    for i, r in enumerate(ids):
+        table[r] = np.frombuffer(xxhash.xxh3_128(blocks[i].tobytes()).digest(), np.uint8)
+    for i in range(n):
+        damage = data.draw(st.sampled_from(["none", "none", "fp", "id", "past"]))
+        if damage == "fp":
+            table[ids[i], data.draw(st.integers(0, 15))] ^= data.draw(st.integers(1, 255))
+        elif damage == "id":
+            ids[i] = data.draw(st.integers(0, rows - 1))
+        elif damage == "past":
+            ids[i] = data.draw(st.sampled_from([rows, MAX_U64]))
+    got = native.verify_blocks(blocks, table, np.array(ids, U64))
+    assert got == ref.verify_blocks(blocks, table, ids)
+
+
+def test_verify_blocks_rejects_bad_input() -> None:
+    blocks, table, ids = np.zeros((2, 64), np.uint8), np.zeros((4, 16), np.uint8), np.zeros(2, U64)
+    for args in ((blocks.reshape(-1), table, ids), (blocks, table[:, :8].copy(), ids),
+                 (blocks, table, ids[:1]), (blocks, table, ids.astype(np.int64)),
+                 (blocks[:, ::2], table, ids), (blocks.tobytes(), table, ids)):  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            native.verify_blocks(*args)  # type: ignore[arg-type]
+    assert native.verify_blocks(blocks[:0], table, ids[:0]) == 0
+    assert native.verify_blocks(blocks, table, ids) == 0  # zeros are no fingerprint of zeros
+
+
 # --- header checksums ----------------------------------------------------------------
 
 
@@ -457,6 +518,39 @@ def test_plan_runs_rejects_mismatched_lengths() -> None:
         native.plan_runs(two, one, np.zeros(2, bool), two, 4096, 0)
     iovs, runs = native.plan_runs(one[:0], one[:0], np.zeros(0, bool), one[:0], 4096, 0)
     assert iovs.shape == (0, 3) and runs.shape == (0, 4)
+
+
+@given(st.integers(0, 20), st.data())
+def test_gather_records_match_reference(rows: int, data: st.DataObject) -> None:
+    """Table columns and ids in any order (repeats, ids past the table); the keys
+    ascend exactly when ids pick ascending (group, offset) places."""
+    def column(dtype: type, top: int) -> np.ndarray:
+        return np.array(data.draw(st.lists(st.integers(0, top), min_size=rows, max_size=rows)), dtype)
+
+    group, offset, slen = column(np.uint32, 3), column(np.uint32, 2**32 - 1), column(np.uint32, 9)
+    flags = column(np.uint8, 255)
+    ids = data.draw(st.lists(st.integers(0, rows + 1), max_size=25))
+    if data.draw(st.booleans()):
+        ids = sorted(set(ids))  # a sequential read's shape
+    want = ref.gather_records(group.tolist(), offset.tolist(), slen.tolist(), flags.tolist(), ids)
+    if want is None:
+        with pytest.raises(InvalidArgument):
+            native.gather_records(group, offset, slen, flags, np.array(ids, U64))
+        return
+    keys, lens, comp, ascending = native.gather_records(group, offset, slen, flags, np.array(ids, U64))
+    assert keys.dtype == lens.dtype == np.int64 and comp.dtype == np.bool_
+    assert (keys.tolist(), lens.tolist(), comp.tolist(), ascending) == want
+
+
+def test_gather_records_rejects_bad_input() -> None:
+    col, fl, ids = np.zeros(3, np.uint32), np.zeros(3, np.uint8), np.zeros(2, U64)
+    for args in ((col, col, col, fl, ids.astype(np.int64)), (col, col[:2], col, fl, ids),
+                 (col, col, col.astype(np.uint64), fl, ids), (col, col, col, fl, ids.reshape(1, 2)),
+                 (col, col, col, fl, np.array([3], U64))):  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            native.gather_records(*args)
+    keys, _, _, ascending = native.gather_records(col, col, col, fl, ids[:0])
+    assert keys.shape == (0,) and ascending
 
 
 @st.composite

@@ -8,7 +8,7 @@ logging module: warnings by default, `-v` for INFO, `-vv` for DEBUG (which also
 prints the traceback of an unexpected error).
 
 One module per command group: cluster_cmds (create, info, container, drain,
-gc, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
+gc, defrag, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
 (import, export), replication_cmds (serve, site, replicate, replicas, prune-remote),
 vm_cmds (vm ...), pd_cmds (pd ...: protection domains and failover), nearsync_cmds (lws,
 and pd nearsync|restore-points|restore-point).
