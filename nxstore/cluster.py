@@ -423,12 +423,13 @@ class Cluster:
 
     def defragment(self, vdisk_name: str | None = None, *,
                    max_bytes: int = DEFRAG_MAX_BYTES) -> dict[str, int]:
-        """Rewrite contiguously the extents of the fragmented 1 MiB windows of vDisk
-        `vdisk_name`'s image (None: of every vDisk), at most `max_bytes` of records
-        (see nxstore.defrag). Extent ids stay, so snapshots and clones sharing them
-        read the same; gc reclaims the old copies. Returns vdisks, defragmented,
+        """Rewrite contiguously the scattered extents of the fragmented 1 MiB windows
+        of vDisk `vdisk_name`'s image (None: of every vDisk), at most `max_bytes` of
+        records (see nxstore.defrag). Extent ids stay, so snapshots and clones sharing
+        them read the same; gc reclaims the old copies. Returns vdisks, defragmented,
         extents_moved, bytes_moved, damaged (not moved; scrub reports them),
-        runs_before, runs_after, block_ranges. Raises NotFound, InvalidArgument.
+        runs_before, runs_after (preadv runs of reading each window once), windows
+        (1 MiB windows with data). Raises NotFound, InvalidArgument.
         Durable and crash-safe (ExtentStore.relocate)."""
         self._check_open()
         if not isinstance(max_bytes, int) or max_bytes < 0:

@@ -45,7 +45,9 @@ CHAIN_COLLAPSE_DEPTH = 8             # layers a read may fall through before a c
 
 # --- defragmentation (nxstore/defrag.py) ----------------------------------------
 DEFRAG_WINDOW_BYTES = 1024 * 1024    # bytes of a vDisk image judged as one unit (a 1 MiB read)
-DEFRAG_MAX_BREAKS = 8                # breaks per window tolerated (~2 us of preadv each per read)
+# preadv runs a window's read may take before it is repaired (to ~2): each costs ~2.2 us,
+# so 9+ runs add >= ~10% to the ~200 us of a 1 MiB read; fewer are not worth moving data for
+DEFRAG_MAX_RUNS = 8
 DEFRAG_MAX_BYTES = 1024 * 1024 * 1024   # bytes; default cap of records moved per defragment call
 DEFRAG_DRAIN_MAX_BYTES = 256 * 1024 * 1024  # bytes; cap of records a drain moves after a collapse
 

@@ -160,7 +160,7 @@ def cmd_defrag(args: argparse.Namespace) -> int:
     print(f"defrag: {st['defragmented']} of {st['vdisks']} vDisk(s) rewritten, "
           f"{st['extents_moved']:,} extents ({human(st['bytes_moved'])}) moved; "
           f"read runs {st['runs_before']:,} -> {st['runs_after']:,} "
-          f"for {st['block_ranges']:,} block ranges")
+          f"for {st['windows']:,} 1 MiB windows")
     if st["damaged"]:
         print(f"nxstore: error: {st['damaged']} damaged extent(s) not moved; run scrub",
               file=sys.stderr)
