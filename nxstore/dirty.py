@@ -66,7 +66,8 @@ class DirtyBlocks:
             block, inner = divmod(offset + pos, bs)
             take = min(bs - inner, len(data) - pos)
             entry = self._blocks.get(block)
-            if entry is None:
+            fresh = entry is None
+            if fresh:
                 entry = self._blocks[block] = DirtyBlock(bytearray(bs), seq, seq)
                 if take < bs:
                     entry.mask = np.zeros(bs, dtype=bool)
@@ -75,7 +76,8 @@ class DirtyBlocks:
             entry.data[inner : inner + take] = data[pos : pos + take]
             if entry.mask is not None:
                 entry.mask[inner : inner + take] = True
-                if take == bs or entry.mask.all():
+                # A block's first (partial) write cannot cover it: no scan on the hot path.
+                if not fresh and (take == bs or entry.mask.all()):
                     entry.mask = None
             entry.last_seq = seq
             pos += take
