@@ -14,6 +14,7 @@ functions declared in the cdef and called through `lib`).
 from __future__ import annotations
 
 import os
+import re
 
 from cffi import FFI
 
@@ -21,69 +22,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SOURCES = ["fingerprint.c", "fpindex.c", "headers.c", "mapops.c", "plan.c", "readv.c"]
 
-CDEF = """
-#define NX_OK 0
-#define NX_ENOMEM -1
-#define NX_EINVAL -2
-#define NX_ECORRUPT -3
-#define NX_INDEX_SLOT_BYTES 24
-#define NX_INDEX_MIN_CAPACITY 16
+HEADERS = ["nxerr.h", *(f"{name[:-2]}.h" for name in SOURCES)]
+# `#define NAME <integer>` (parentheses and a U suffix allowed): the constants cffi can take
+_DEFINE = re.compile(r"#define\s+(NX_\w+)\s+\(?(-?(?:0x[0-9A-Fa-f]+|\d+))[uU]?\)?(?:\s|/\*|$)")
 
-void nx_fingerprint_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
-                           uint8_t *fps_out, uint8_t *zero_out);
-void nx_checksum_rows(const uint8_t *buf, size_t nrows, size_t stride, size_t len,
-                      uint64_t *out);
-size_t nx_verify_blocks(const uint8_t *buf, size_t nblocks, size_t block_size,
-                        const uint8_t *table, uint64_t table_rows, const uint64_t *ids);
 
-typedef struct nx_index nx_index;
-nx_index *nx_index_new(uint64_t capacity_hint);
-void nx_index_free(nx_index *ix);
-uint64_t nx_index_count(const nx_index *ix);
-uint64_t nx_index_capacity(const nx_index *ix);
-uint64_t nx_index_memory_bytes(const nx_index *ix);
-void nx_index_lookup(const nx_index *ix, const uint8_t *fps, size_t n, uint64_t *out_ids);
-int64_t nx_index_lookup_or_insert(nx_index *ix, const uint8_t *fps, size_t n, uint64_t next_id,
-                                  uint64_t *out_ids, uint8_t *out_new);
-int nx_index_insert(nx_index *ix, const uint8_t *fps, const uint64_t *ids, size_t n);
-uint64_t nx_index_remove(nx_index *ix, const uint8_t *fps, size_t n);
-void nx_index_raw(const nx_index *ix, const uint8_t **slots, size_t *nbytes);
-int nx_index_from_raw(const uint8_t *slots, size_t nbytes, uint64_t capacity, uint64_t count,
-                      nx_index **out);
-
-size_t nx_map_merge(const uint64_t *top_k, const uint64_t *top_v, size_t nt,
-                    const uint64_t *bot_k, const uint64_t *bot_v, size_t nb,
-                    uint64_t *out_k, uint64_t *out_v);
-size_t nx_map_diff(const uint64_t *a_k, const uint64_t *a_v, size_t na,
-                   const uint64_t *b_k, const uint64_t *b_v, size_t nb, uint64_t *out_k);
-void nx_map_lookup(const uint64_t *k, const uint64_t *v, size_t n,
-                   const uint64_t *q, size_t nq, uint64_t *out_v, uint8_t *out_found);
-size_t nx_map_fill_range(const uint64_t *k, const uint64_t *v, size_t n, uint64_t lo,
-                         size_t count, uint64_t *out_v, uint8_t *out_found);
-
-#define NX_RECORD_HEADER_BYTES 64
-#define NX_RECORD_CHECKED_BYTES 56
-#define NX_RECORD_MAGIC 0x5845584E
-#define NX_RECORD_FLAG_COMPRESSED 1
-void nx_check_headers(const uint8_t *hdrs, size_t n, const uint64_t *ids, const uint32_t *slens,
-                      const uint8_t *flags, uint32_t block_size, uint8_t *bad);
-
-#define NX_PLAN_SINK 0
-#define NX_PLAN_HDRS 1
-#define NX_PLAN_OUT 2
-#define NX_PLAN_CBUF 3
-size_t nx_plan_runs(const int64_t *keys, const int64_t *lens, const uint8_t *comp,
-                    const int64_t *dest, size_t n, int64_t block_size, int64_t max_gap,
-                    int64_t *iovs, int64_t *runs);
-int nx_gather_records(const uint32_t *group, const uint32_t *offset, const uint32_t *slen,
-                      const uint8_t *flags, uint64_t table_rows, const uint64_t *ids, size_t n,
-                      int64_t *keys, int64_t *lens, uint8_t *comp);
-
-#define NX_READV_MAX_IOV 1024
-int nx_preadv_runs(uint8_t *const *bufs, const uint64_t *buf_sizes, size_t nbufs,
-                   const int64_t *iovs, size_t niov, const int64_t *runs, size_t nruns,
-                   int iov_limit, int64_t *result);
-"""
+def header_cdef() -> str:
+    """The cdef: the declarations of native/*.h as written there (one source of truth),
+    less the preprocessor lines but their integer constants (cffi parses no more)."""
+    lines = []
+    for name in HEADERS:
+        with open(os.path.join(HERE, name)) as f:
+            for line in f:
+                if not line.startswith("#"):
+                    lines.append(line)
+                elif m := _DEFINE.match(line):
+                    lines.append(f"#define {m[1]} {m[2]}\n")
+    return "".join(lines)
 
 
 def compile_args() -> list[str]:
@@ -103,7 +58,7 @@ def make_builder(relative: bool = True) -> FFI:
         return os.path.relpath(full, ROOT) if relative else full
 
     builder = FFI()
-    builder.cdef(CDEF)
+    builder.cdef(header_cdef())
     builder.set_source(
         "nxstore._native",
         "".join(f'#include "{name[:-2]}.h"\n' for name in SOURCES),

@@ -413,9 +413,9 @@ class Cluster:
         vdisks = self._all_vdisks()
         for vd in vdisks:
             vd.drain()
+        upto = min([bound, *(vd.release_point() for vd in vdisks)])
         floor = self._ctx.release_floor()  # NearSync: episodes not every remote holds stay
-        self._ctx.oplog.release(min([bound, *(vd.release_point() for vd in vdisks),
-                                     *(() if floor is None else (floor,))]))
+        self._ctx.oplog.release(upto if floor is None else min(upto, floor))
         with self._ctx.map_lock:
             collapsed = [vd for vd in vdisks if self._ctx.tree.shortcut_for(vd.head_layer)]
         if collapsed:  # a deep chain was just flattened: its scattered rewrites, too

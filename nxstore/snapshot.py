@@ -18,7 +18,7 @@ from .block_map import chain_lookup, flatten, written_blocks
 from .catalog import SnapshotRow
 from .context import ClusterContext
 from .errors import AlreadyExists, InvalidArgument, NotFound
-from .vdisk import block_ranges, check_range, read_image
+from .vdisk import block_ranges, check_range, lock_group, read_image
 
 if TYPE_CHECKING:
     from .vdisk import VDisk
@@ -98,13 +98,8 @@ def take_snapshots(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str) -> l
     """
     if not isinstance(name, str) or not name or "@" in name:
         raise InvalidArgument(f"bad snapshot name {name!r} (non-empty, no '@')")
-    members = sorted({vd.id: vd for vd in vdisks}.values(), key=lambda vd: vd.id)
-    if len(members) != len(vdisks):
-        raise InvalidArgument("a vDisk is named twice in the snapshot group")
-    with ExitStack() as stack:
+    with lock_group(vdisks, "a vDisk is named twice in the snapshot group") as members:
         for vd in members:
-            stack.enter_context(vd._lock)
-            vd._check_writable()  # a replica's snapshots come only from its source
             if ctx.catalog.rows(SnapshotRow, "vdisk_id = ? AND name = ?", (vd.id, name)):
                 raise AlreadyExists(f"vDisk {vd.name!r} already has a snapshot {name!r}")
         for vd in members:

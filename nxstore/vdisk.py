@@ -12,8 +12,8 @@ complete up to (`safe_point`); recovery replays the OpLog past that point.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -128,6 +128,21 @@ def read_extents(
         i = getattr(exc, "batch_index", 0) or 0
         where = (blocks + i if isinstance(blocks, int) else int(blocks[i])) * ctx.block_size
         raise Corruption(f"{name} at offset {where}: {exc}") from exc
+
+
+@contextmanager
+def lock_group(vdisks: Sequence[VDisk], duplicate_error: str) -> Iterator[list[VDisk]]:
+    """Hold the locks of `vdisks`, each checked writable, and yield them in vDisk-id
+    order: the one order every group operation (snapshot_group, LWS) takes them in,
+    so two never deadlock. InvalidArgument(duplicate_error) if one is named twice."""
+    members = sorted({vd.id: vd for vd in vdisks}.values(), key=lambda vd: vd.id)
+    if len(members) != len(vdisks):
+        raise InvalidArgument(duplicate_error)
+    with ExitStack() as stack:
+        for vd in members:
+            stack.enter_context(vd._lock)
+            vd._check_writable()  # a replica's snapshots and LWS come only from its source
+        yield members
 
 
 def block_ranges(blocks: np.ndarray, block_size: int, size: int) -> list[tuple[int, int]]:
@@ -324,6 +339,10 @@ class VDisk:
         """Forget undrained and unpersisted state: the head it belongs to is being
         replaced or deleted (caller holds this vDisk's lock and the map lock)."""
         self._dirty.clear()
+        self._map_persisted()
+
+    def _map_persisted(self) -> None:
+        """The head's map on disk now equals the one in RAM (caller holds the map lock)."""
         self._pending.clear()
         self._superseded.clear()
 
@@ -431,8 +450,7 @@ class VDisk:
         self._ctx.oplog.sync(safe)
         with self._ctx.map_lock:
             self._ctx.tree.persist(self._row.head_layer, blocks, vals, safe)
-            self._pending.clear()
-            self._superseded.clear()
+            self._map_persisted()
 
     def fold_parent(self, parent: int) -> None:
         """Merge the unnamed layer `parent` into this vDisk's head (after its
@@ -448,8 +466,7 @@ class VDisk:
                 safe = self.safe_point()
                 self._ctx.oplog.sync(safe)
                 tree.fold_into_head(parent, head, merged, safe)
-                self._pending.clear()
-                self._superseded.clear()
+                self._map_persisted()
 
     # -- snapshots ------------------------------------------------------------------
     def snapshot(self, name: str) -> Snapshot:

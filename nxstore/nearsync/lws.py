@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -23,6 +22,7 @@ from ..catalog import LWSRow
 from ..context import ClusterContext
 from ..errors import InvalidArgument
 from ..names import check_name
+from ..vdisk import lock_group
 
 if TYPE_CHECKING:
     from ..vdisk import VDisk
@@ -58,13 +58,10 @@ def take(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str | None = None, 
     replica), NotFound (a deleted vDisk). Durable on return; the row is in the catalogue."""
     if name is not None:
         check_name("LWS", name)
-    members = sorted({vd.id: vd for vd in vdisks}.values(), key=lambda vd: vd.id)
-    if not members or len(members) != len(vdisks):
-        raise InvalidArgument("an LWS needs at least one vDisk, each named once")
-    with ExitStack() as stack:
-        for vd in members:
-            stack.enter_context(vd._lock)
-            vd._check_writable()
+    error = "an LWS needs at least one vDisk, each named once"
+    if not vdisks:
+        raise InvalidArgument(error)
+    with lock_group(vdisks, error) as members:
         extra, snapshot = with_snapshot() if with_snapshot is not None else (None, "")
         payload = json.dumps({"name": name, "pd": pd_id, "vdisks": [vd.id for vd in members]})
         seq = ctx.oplog.append_marker(0, payload.encode())
