@@ -5,11 +5,20 @@ clone or restore is one transaction, so after a crash it exists completely or
 not at all. SQLite has no page checksums, so every row carries `ck`, an XXH3-64
 of its other columns; a row whose checksum fails raises Corruption naming the
 table and row. Per-block data never lives here (see map_store, extent_store).
+
+SQLite takes a damaged WAL frame for the end of the log and silently drops every
+commit after it. So every committing transaction also bumps a generation (table
+`generation`), and once the commit is durable the generation is written to a small
+file beside the database (`catalog.gen`, two checksummed slots written in turn, so a
+torn write leaves the other). Open refuses a catalogue older than that file says.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,8 +27,11 @@ from typing import Any, TypeVar
 
 import xxhash
 
-from .constants import CLUSTER_FORMAT_VERSION
+from .constants import CATALOG_GENERATION_FILE, CATALOG_GENERATION_VERSION, CLUSTER_FORMAT_VERSION
 from .errors import AlreadyExists, Corruption, FormatError, NotFound
+from .fileutil import fsync_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,6 +115,8 @@ _TABLES: dict[type, str] = {
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY, value INTEGER NOT NULL,
+    ck INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS containers (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
     dedup INTEGER, compression INTEGER, verify_dedup INTEGER, ck INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vdisks (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
@@ -388,6 +402,33 @@ def _row_checksum(table: str, values: tuple) -> int:
     return digest - (1 << 64) if digest >= 1 << 63 else digest  # SQLite INTEGER is signed
 
 
+_GEN_MAGIC = b"NXCATGEN"
+_GEN_HEAD = struct.Struct("<8sIIQ")  # magic, version, reserved, generation
+_GEN_SLOT = _GEN_HEAD.size + 8  # + XXH3-64 of the above: 32 bytes, two slots
+
+
+def _gen_slot(generation: int) -> bytes:
+    head = _GEN_HEAD.pack(_GEN_MAGIC, CATALOG_GENERATION_VERSION, 0, generation)
+    return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
+
+
+def _read_gen_slots(data: bytes, path: str) -> list[int | None]:
+    """The generation in each of the two slots (None where a slot fails its checks)."""
+    out: list[int | None] = []
+    for k in range(2):
+        slot = data[k * _GEN_SLOT : (k + 1) * _GEN_SLOT]
+        if len(slot) < _GEN_SLOT:
+            out.append(None)
+            continue
+        magic, version, _, gen = _GEN_HEAD.unpack_from(slot)
+        (check,) = struct.unpack_from("<Q", slot, _GEN_HEAD.size)
+        if magic == _GEN_MAGIC and version > CATALOG_GENERATION_VERSION:
+            raise FormatError(f"{path}: version {version} is newer than this nxstore reads")
+        ok = magic == _GEN_MAGIC and check == xxhash.xxh3_64_intdigest(slot[: _GEN_HEAD.size])
+        out.append(gen if ok else None)
+    return out
+
+
 class Catalog:
     """Typed access to the SQLite catalogue. Thread-safe (one connection, one lock).
 
@@ -396,8 +437,11 @@ class Catalog:
 
     def __init__(self, path: str, *, create: bool = False) -> None:
         self.path = path
+        self.generation_path = os.path.join(os.path.dirname(path), CATALOG_GENERATION_FILE)
+        self.problems: list[str] = []  # harmless damage found at open, for scrub
         self._lock = threading.RLock()
         self._after_commit: list[Callable[[], object]] = []
+        self._gen_fd = -1
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -411,6 +455,67 @@ class Catalog:
             raise Corruption(f"catalogue {path}: {exc}") from exc
         if result != "ok":
             raise Corruption(f"catalogue {path}: {result}")
+        self._check_generation(create)
+
+    # -- generation ---------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """Number of committed transactions that changed something (0: none yet)."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT value, ck FROM generation WHERE id = 1").fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise Corruption(f"catalogue {self.path}: {exc}") from exc
+        if row is None:
+            return 0
+        if row[1] != _row_checksum("generation", (1, row[0])):
+            raise Corruption(f"catalogue {self.path}: generation row fails its checksum")
+        return int(row[0])
+
+    def _check_generation(self, create: bool) -> None:
+        """Refuse a catalogue that lost committed transactions; see the module docstring."""
+        gen = self.generation
+        path = self.generation_path
+        try:
+            with open(path, "rb") as f:
+                slots = _read_gen_slots(f.read(), path)
+        except FileNotFoundError:
+            if gen and not create:
+                raise Corruption(f"{path} is missing: cannot verify that catalogue {self.path} "
+                                 f"(generation {gen}) lost no committed transaction") from None
+            slots = [None, None]
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            fsync_dir(os.path.dirname(path) or ".")
+        else:
+            valid = [g for g in slots if g is not None]
+            if not valid:
+                raise Corruption(f"{path}: both generation slots are damaged: cannot verify "
+                                 f"that catalogue {self.path} lost no committed transaction "
+                                 "(nxstore fsck --repair rewrites it from the catalogue)")
+            if max(valid) > gen:
+                raise Corruption(
+                    f"catalogue {self.path} is at generation {gen} but generation {max(valid)} "
+                    f"was committed ({path}): committed transactions were lost, the "
+                    f"write-ahead log {self.path}-wal is damaged or truncated")
+            if len(valid) == 1:
+                self.problems.append(f"{path}: one generation slot is damaged (rewritten)")
+                log.warning("%s", self.problems[-1])
+        self._gen_fd = os.open(path, os.O_RDWR)
+        if slots != [gen, gen]:
+            self._write_generation(gen, both=True)
+
+    def _write_generation(self, gen: int, both: bool = False) -> None:
+        slot = _gen_slot(gen)
+        for k in (0, 1) if both else (gen % 2,):
+            os.pwrite(self._gen_fd, slot, k * _GEN_SLOT)
+        os.fdatasync(self._gen_fd)
+
+    def rewrite_generation(self) -> None:
+        """Make the generation file agree with the catalogue (fsck --repair, after the
+        file itself was found damaged)."""
+        with self._lock:
+            self._write_generation(self.generation, both=True)
 
     # -- meta ---------------------------------------------------------------
     def init_meta(self, values: dict[str, Any]) -> None:
@@ -456,13 +561,23 @@ class Catalog:
                 yield
                 return
             self._db.execute("BEGIN IMMEDIATE")
+            changes = self._db.total_changes
             try:
                 yield
+                gen = None
+                if self._db.total_changes != changes:
+                    gen = self.generation + 1
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO generation VALUES (1, ?, ?)",
+                        (gen, _row_checksum("generation", (1, gen))),
+                    )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._after_commit.clear()
                 raise
             self._db.execute("COMMIT")
+            if gen is not None:  # durable now: from here on, a catalogue without it is damaged
+                self._write_generation(gen)
             actions, self._after_commit = self._after_commit, []
         for action in actions:
             action()
@@ -547,3 +662,6 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._gen_fd >= 0:
+                os.close(self._gen_fd)
+                self._gen_fd = -1

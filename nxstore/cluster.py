@@ -196,6 +196,9 @@ class Cluster:
                                    containers, clock)
         self._ctx.prune = self._prune
         self._ctx.throttle = self._throttle
+        # A MAP record may only become durable after the extents it names.
+        oplog.before_sync = store.sync
+        self._ctx.problems.extend(oplog.problems)
         self._dirty_cap = OPLOG_DIRTY_CAP_BYTES
         self._vdisks: dict[str, VDisk] = {
             row.name: VDisk(self._ctx, row) for row in catalog.rows(VDiskRow)
@@ -205,21 +208,45 @@ class Cluster:
         if removed:
             log.info("removed %d orphaned map layer files", removed)
         self._replay()
+        if store.floor_lost:  # hand out no id that a durable map or record names
+            with self._ctx.map_lock:
+                named = [self._ctx.tree.all_extent_ids(), np.zeros(1, np.uint64)]
+            named += [r.extent_ids() for r in oplog.records() if r.type == RecordType.MAP]
+            store.raise_floor(int(np.concatenate(named).max()) + 1)
         nearsync_retention.install(self)
         nearsync_state.load(self)  # the NearSync settings kept in the catalogue
 
     def _replay(self) -> None:
+        """Re-apply the OpLog records the persisted maps do not reflect yet.
+
+        A MAP record naming extents the store does not hold is skipped when it may never
+        have been synced (its extents were lost with it: never acknowledged). One that was
+        synced names extents that were durable before it, so they were damaged away: it is
+        applied anyway (those blocks then fail to read, never read older data) and reported.
+        """
         by_id = {vd.id: vd for vd in self._vdisks.values()}
         with self._ctx.map_lock:
             starts = {vd.id: self._ctx.tree.applied_seq(vd.head_layer) for vd in by_id.values()}
         if not starts:
             return
+        oplog = self._ctx.oplog
         replayed = skipped = 0
-        for record in self._ctx.oplog.records(min(starts.values()) + 1):
+        for record in oplog.records(min(starts.values()) + 1):
             vd = by_id.get(record.vdisk_id)
             if vd is None or record.seq <= starts[vd.id] or record.type == RecordType.MARKER:
                 continue
-            if vd.replay(record):
+            if record.type == RecordType.MAP and record.seq <= oplog.recovered_durable_seq:
+                missing = record.extent_ids()[~self._ctx.store.contains_each(record.extent_ids())]
+                if missing.size:
+                    self._ctx.problems.append(
+                        f"OpLog record {record.seq} (vDisk {vd.name!r}, blocks {record.offset}.."
+                        f"{record.offset + record.length - 1}) was synced but names "
+                        f"{missing.size} extent(s) the extent store lacks, e.g. "
+                        f"{int(missing[0])}: an extent group is damaged or truncated")
+                    log.error("%s", self._ctx.problems[-1])
+                vd.replay(record, require_extents=False)
+                replayed += 1
+            elif vd.replay(record):
                 replayed += 1
             else:
                 skipped += 1
@@ -236,6 +263,7 @@ class Cluster:
             with vd._lock:
                 vd._persist()
         self._ctx.oplog.sync()
+        self._ctx.tree.store.seal()  # the delta watermarks the last appends left in RAM
         self._ctx.oplog.close()
         self._ctx.store.close()  # checkpoints the extent table and index: fast next open
         self._ctx.catalog.close()

@@ -11,13 +11,15 @@ MAX_BLOCK_SIZE = 64 * 1024          # bytes; 2**16
 DEFAULT_BLOCK_SIZE = 16 * 1024      # bytes; 2**14
 LOCK_FILE = "LOCK"                  # fcntl lock held by the one writer process
 CATALOG_FILE = "catalog.db"         # SQLite (WAL) catalogue
+CATALOG_GENERATION_FILE = "catalog.gen"  # the newest committed catalogue generation, twice
+CATALOG_GENERATION_VERSION = 1
 
 # --- fingerprints ------------------------------------------------------------
 FINGERPRINT_BYTES = 16              # XXH3-128, canonical (big-endian) form
 
 # --- OpLog -------------------------------------------------------------------
 OPLOG_DIR = "oplog"
-OPLOG_FORMAT_VERSION = 1
+OPLOG_FORMAT_VERSION = 2
 OPLOG_SEGMENT_BYTES = 64 * 1024 * 1024      # bytes; a segment is closed past this size
 OPLOG_CAP_BYTES = 1024 * 1024 * 1024        # bytes; writers block above this (back-pressure)
 OPLOG_DRAIN_START_BYTES = 256 * 1024 * 1024  # bytes; background drain starts above this
@@ -34,11 +36,14 @@ EXTENT_GROUP_BYTES = 64 * 1024 * 1024       # bytes; an extent group file is clo
 COMPRESS_MIN_SAVING = 8                     # store compressed only if it saves >= 1/8 of the block
 GC_COMPACT_DEAD_FRACTION = 0.25             # compact an extent group once 1/4 of it is garbage
 EXTENT_TABLE_FILE = "extent_table.bin"      # checkpoint of the extent table (in EXTENT_DIR)
+ID_FLOOR_FILE = "idfloor.bin"               # extent ids below this may have been handed out
+ID_FLOOR_VERSION = 1
+ID_FLOOR_STEP = 65536                       # ids reserved per floor update (33 B of table RAM each)
 RELOCATE_BATCH_BYTES = 16 * 1024 * 1024     # bytes; relocate copies and syncs this much per lock hold
 
 # --- block maps ----------------------------------------------------------------
 MAP_DIR = "maps"
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2
 MAP_DELTA_COMPACT_RATIO = 0.25       # rewrite a layer's base once its delta log is 1/4 its size
 MAP_DELTA_COMPACT_MIN_BYTES = 1024 * 1024  # bytes; a delta log below this is never compacted
 CHAIN_COLLAPSE_DEPTH = 8             # layers a read may fall through before a collapse

@@ -41,3 +41,5 @@ class ClusterContext:
     release_floor: Callable[[], int | None] = lambda: None
     #: extent ids gc must keep besides the block maps' (unshipped or uncomposed episodes)
     gc_roots: Callable[[], np.ndarray] = lambda: np.zeros(0, dtype=np.uint64)
+    #: damage found while opening (recovery went on around it); scrub and fsck report it
+    problems: list[str] = field(default_factory=list)

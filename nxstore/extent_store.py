@@ -31,6 +31,9 @@ from .constants import (
     COMPRESS_MIN_SAVING,
     EXTENT_GROUP_BYTES,
     EXTENT_TABLE_FILE,
+    ID_FLOOR_FILE,
+    ID_FLOOR_STEP,
+    ID_FLOOR_VERSION,
     INDEX_FILE,
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
@@ -47,7 +50,7 @@ from .extent_group import (
 from .extent_read import GROUPS_PER_CALL, MAX_GAP, load_records
 from .extent_recovery import recover
 from .extent_table import PRESENT, ExtentTable
-from .fileutil import fsync_dir
+from .fileutil import fsync_dir, read_checksummed, write_checksummed
 from .fingerprint_index import save_index
 from .native import fingerprint_blocks, verify_blocks
 
@@ -83,6 +86,8 @@ class ExtentStore:
         self._zero_fp = np.frombuffer(xxhash.xxh3_128(bytes(block_size)).digest(), np.uint8)
         self._index = None  # set by open
         self._n_extents = self._stored = self._n_compressed = 0
+        self._floor = 0  # durable: no id >= this was ever handed out
+        self.floor_lost = False  # the floor file was damaged: the owner must raise_floor()
 
     # -- open / close -------------------------------------------------------------
     @classmethod
@@ -107,8 +112,55 @@ class ExtentStore:
         groups = recover(self, create)
         if groups and self._glen.get(groups[-1], EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES:
             self._active = groups[-1]
+        self._load_floor()
         self.sync()
         return self
+
+    # -- the id floor -------------------------------------------------------------------
+    # Ids are never handed out twice, even when the blocks they were given to were lost in
+    # a crash: a durable map or OpLog record that names a lost (or damaged-away) extent must
+    # read as an error, never as another block that reused its id. The floor file holds an
+    # id above every id ever handed out; it is raised (atomically) before ids reach it.
+
+    def _load_floor(self) -> None:
+        path = self._path(ID_FLOOR_FILE)
+        t = self._table
+        try:
+            _, payload = read_checksummed(path, b"NXIDFLOR", ID_FLOOR_VERSION)
+            if len(payload) != 8:
+                raise Corruption(f"{path}: payload of {len(payload)} bytes, expected 8")
+        except FileNotFoundError:
+            self._write_floor(t.next_id)  # a store from before the floor, or a new one
+            return
+        except Corruption as exc:
+            self._problem(f"{exc}; ids are handed out above every id the cluster names")
+            self.floor_lost = True
+            return
+        self._floor = int.from_bytes(payload, "little")
+        if self._floor > t.next_id:
+            t.reserve(self._floor)
+            t.next_id = self._floor  # ids a crash lost may be named by durable records
+
+    def _write_floor(self, floor: int) -> None:
+        write_checksummed(self._path(ID_FLOOR_FILE), b"NXIDFLOR", ID_FLOOR_VERSION,
+                          [int(floor).to_bytes(8, "little")])
+        self._floor = floor
+
+    def _reserve_ids(self, upto: int) -> None:
+        """Make the floor durable above `upto` before ids below it are handed out."""
+        if upto > self._floor:
+            self._write_floor(upto + ID_FLOOR_STEP)
+
+    def raise_floor(self, min_next_id: int) -> None:
+        """Hand out no id below `min_next_id` (the owner's highest referenced id + 1,
+        after the floor file was found damaged); durable on return."""
+        with self._lock:
+            t = self._table
+            if min_next_id > t.next_id:
+                t.reserve(min_next_id)
+                t.next_id = min_next_id
+            self._write_floor(max(t.next_id, self._floor if not self.floor_lost else 0))
+            self.floor_lost = False
 
     def _indexed(self) -> tuple[np.ndarray, np.ndarray]:
         t = self._table
@@ -134,6 +186,8 @@ class ExtentStore:
                     self.checkpoint()
                 else:
                     self.sync()
+                if self._floor > self._table.next_id and not self.floor_lost:
+                    self._write_floor(self._table.next_id)  # a clean close reserves nothing
             finally:
                 self._closed = True
                 for fd in self._fds.values():
@@ -282,6 +336,7 @@ class ExtentStore:
             self._check_open()
             t = self._table
             first = t.next_id
+            self._reserve_ids(first + nz.size)
             if not dedup:
                 pos, indexed = nz, False
                 ids[nz] = np.arange(first, first + nz.size, dtype=np.uint64)

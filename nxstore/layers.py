@@ -104,6 +104,7 @@ class LayerTree:
         row.frozen = True
         self.catalog.update(row)
         self.layer(layer_id).freeze()
+        self.store.seal(layer_id)  # no append will persist its watermark any more
 
     def persist(self, layer_id: int, blocks: np.ndarray, vals: np.ndarray, applied_seq: int) -> None:
         """Durably record map entries already applied to the in-memory layer."""

@@ -18,6 +18,10 @@ For layer id N the directory holds ``L<N as 16 hex digits>.base`` and
   (on file systems that extend the size before the data) ending in zeros. Load
   drops it; the next append truncates it away first. Any other checksum
   failure raises Corruption naming the file.
+* The delta header (version 2) holds a synced watermark: the end of the records
+  an fdatasync covered. It is rewritten after each append's fdatasync and made
+  durable by the next one, by `seal` (a snapshot freezing the layer) or `close`.
+  A record cut or damaged below it is Corruption, never a torn tail.
 
 A layer with neither file loads as empty (a head that was never persisted).
 MapStore serialises its own calls with a lock.
@@ -26,6 +30,7 @@ MapStore serialises its own calls with a lock.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import struct
@@ -45,12 +50,17 @@ BASE_MAGIC = b"NXMAPBAS"
 DELTA_MAGIC = b"NXMAPDLT"
 _BASE_META = struct.Struct("<QQQQ")  # layer id, generation, applied_seq, entry count
 _DELTA_HEAD = struct.Struct("<8sIIQQ")  # magic, version, reserved, layer id, generation
-DELTA_HEADER_BYTES = _DELTA_HEAD.size + 8  # + XXH3-64 of the above = 40
+V1_DELTA_HEADER_BYTES = _DELTA_HEAD.size + 8  # + XXH3-64 of the above = 40
+_WATERMARK = struct.Struct("<QQ")  # synced end, XXH3-64 of (layer id, generation, synced end)
+_MARK_INPUT = struct.Struct("<QQQ")
+WATERMARK_OFFSET = V1_DELTA_HEADER_BYTES
+DELTA_HEADER_BYTES = 64  # version 2: header, watermark, 8 reserved bytes
 _REC_HEAD = struct.Struct("<QQQ")  # applied_seq, entry count, XXH3-64 of the payload
 RECORD_HEADER_BYTES = _REC_HEAD.size + 8  # + XXH3-64 of the above = 32
 _SECTOR = 512  # bytes; the smallest unit a crash leaves written or not
 _NAME = re.compile(r"^L([0-9a-f]{16})\.(base|delta)$")
 _LITTLE = sys.byteorder == "little"
+log = logging.getLogger(__name__)
 
 
 def _le(a: np.ndarray) -> np.ndarray:
@@ -76,7 +86,22 @@ def _zero_filled(data: bytes, p: int, hi: int) -> bool:
 
 def _delta_header(layer_id: int, generation: int) -> bytes:
     head = _DELTA_HEAD.pack(DELTA_MAGIC, MAP_FORMAT_VERSION, 0, layer_id, generation)
-    return head + struct.pack("<Q", _h(head))
+    head += struct.pack("<Q", _h(head))
+    return head + _watermark(layer_id, generation, DELTA_HEADER_BYTES) + bytes(8)
+
+
+def _watermark(layer_id: int, generation: int, synced_end: int) -> bytes:
+    return _WATERMARK.pack(synced_end, _h(_MARK_INPUT.pack(layer_id, generation, synced_end)))
+
+
+def _read_watermark(data: bytes, layer_id: int, generation: int) -> int | None:
+    """The synced end a version-2 delta header records; None if its slot is damaged."""
+    if len(data) < WATERMARK_OFFSET + _WATERMARK.size:
+        return None
+    end, check = _WATERMARK.unpack_from(data, WATERMARK_OFFSET)
+    if check != _h(_MARK_INPUT.pack(layer_id, generation, end)) or end < DELTA_HEADER_BYTES:
+        return None
+    return end
 
 
 def encode_record(blocks: np.ndarray, vals: np.ndarray, applied_seq: int) -> list[bytes]:
@@ -96,6 +121,7 @@ class _Delta:
     records: list[tuple[int, np.ndarray, np.ndarray]]  # (applied_seq, keys, vals)
     valid_end: int  # offset just past the last valid record
     size: int  # file size (> valid_end when a torn tail is present)
+    version: int  # 1: no watermark (records from byte 40); 2: watermark (records from 64)
 
 
 @dataclass
@@ -106,6 +132,8 @@ class _State:
     delta_gen: int | None  # generation of the delta header; None = no delta file
     end: int  # where the next record goes
     size: int  # delta file size
+    version: int = MAP_FORMAT_VERSION  # of the delta file (1 has no watermark to update)
+    mark_dirty: bool = False  # the watermark was rewritten after the last fdatasync
 
 
 class MapStore:
@@ -119,6 +147,8 @@ class MapStore:
         os.makedirs(self.directory, exist_ok=True)
         self._lock = threading.Lock()
         self._states: dict[int, _State] = {}
+        #: harmless damage found while loading (an unreadable watermark slot), for scrub
+        self.problems: list[str] = []
 
     # -- paths ----------------------------------------------------------------
     def base_path(self, layer_id: int) -> str:
@@ -151,6 +181,7 @@ class MapStore:
             st = _State(gen, None, 0, 0)
             if delta is not None:
                 st.delta_gen, st.end, st.size = delta.generation, delta.valid_end, delta.size
+                st.version = delta.version
                 if delta.generation == gen:
                     if delta.records:
                         layer.set(
@@ -197,12 +228,31 @@ class MapStore:
                     n = os.pwrite(fd, view, off)
                     view, off = view[n:], off + n
                 os.fdatasync(fd)
+                if st.version >= 2:  # claim the record only now that it is durable
+                    os.pwrite(fd, _watermark(layer_id, st.delta_gen, off), WATERMARK_OFFSET)
+                    st.mark_dirty = True
             except BaseException:
                 self._states.pop(layer_id, None)  # unknown file state: rescan next time
                 raise
             finally:
                 os.close(fd)
             st.end = st.size = off
+
+    def seal(self, layer_id: int | None = None) -> None:
+        """Make the watermark of one layer's delta (None: of every layer's) durable: for
+        a layer that will get no more appends (frozen by a snapshot) and at close."""
+        with self._lock:
+            ids = list(self._states) if layer_id is None else [layer_id]
+            for lid in ids:
+                st = self._states.get(lid)
+                if st is None or not st.mark_dirty:
+                    continue
+                fd = os.open(self.delta_path(lid), os.O_WRONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                st.mark_dirty = False
 
     def write_base(self, layer_id: int, layer: MapLayer, applied_seq: int) -> None:
         """Make `layer` the whole persisted map of `layer_id` (durable on return)
@@ -281,7 +331,7 @@ class MapStore:
                         f"{self.delta_path(layer_id)}: generation {delta.generation} "
                         f"does not fit base generation {gen}"
                     )
-                st = _State(gen, delta.generation, delta.valid_end, delta.size)
+                st = _State(gen, delta.generation, delta.valid_end, delta.size, delta.version)
             self._states[layer_id] = st
         return st
 
@@ -289,6 +339,8 @@ class MapStore:
         atomic_write(self.delta_path(layer_id), [_delta_header(layer_id, st.generation)])
         st.delta_gen = st.generation
         st.end = st.size = DELTA_HEADER_BYTES
+        st.version = MAP_FORMAT_VERSION
+        st.mark_dirty = False
 
     def _read_base(self, layer_id: int) -> tuple[int, int, np.ndarray, np.ndarray]:
         """(generation, applied_seq, keys, vals); generation 0 and empty if no base."""
@@ -322,7 +374,7 @@ class MapStore:
         except FileNotFoundError:
             return None
         n = len(data)
-        if n < DELTA_HEADER_BYTES:
+        if n < V1_DELTA_HEADER_BYTES:
             raise Corruption(f"{path}: truncated delta header ({n} bytes)")
         (head_hash,) = struct.unpack_from("<Q", data, _DELTA_HEAD.size)
         if _h(data[: _DELTA_HEAD.size]) != head_hash:
@@ -336,23 +388,35 @@ class MapStore:
             )
         if lid != layer_id:
             raise Corruption(f"{path}: holds layer {lid}, expected {layer_id}")
+        start = synced = V1_DELTA_HEADER_BYTES
+        if version >= 2:
+            if n < DELTA_HEADER_BYTES:
+                raise Corruption(f"{path}: truncated delta header ({n} bytes)")
+            start = synced = DELTA_HEADER_BYTES
+            mark = _read_watermark(data, layer_id, gen)
+            if mark is None:
+                self.problems.append(f"{path}: synced watermark unreadable (damaged); "
+                                     "its tail is judged by the records alone")
+                log.warning("%s", self.problems[-1])
+            else:
+                synced = mark
         mv = memoryview(data)
         records = []
-        p = DELTA_HEADER_BYTES
+        p = start
         while p < n:
             if n - p < RECORD_HEADER_BYTES:
                 break  # torn: not even a whole record header
             seq, count, payload_hash = _REC_HEAD.unpack_from(data, p)
             (rec_hash,) = struct.unpack_from("<Q", data, p + _REC_HEAD.size)
             if _h(mv[p : p + _REC_HEAD.size]) != rec_hash:
-                if _zero_filled(data, p, min(n, p + RECORD_HEADER_BYTES)):
+                if p >= synced and _zero_filled(data, p, min(n, p + RECORD_HEADER_BYTES)):
                     break  # torn: size extended, header never written
                 raise Corruption(f"{path}: record header checksum mismatch at offset {p}")
             end = p + RECORD_HEADER_BYTES + 16 * count
             if end > n:
                 break  # torn: record cut short
             if _h(mv[p + RECORD_HEADER_BYTES : end]) != payload_hash:
-                if end == n and _zero_filled(data, p, n):
+                if p >= synced and end == n and _zero_filled(data, p, n):
                     break  # torn: size extended, payload not all written
                 raise Corruption(f"{path}: record payload checksum mismatch at offset {p}")
             off = p + RECORD_HEADER_BYTES
@@ -362,4 +426,7 @@ class MapStore:
                 raise Corruption(f"{path}: record keys not ascending at offset {p}")
             records.append((seq, keys, vals))
             p = end
-        return _Delta(gen, records, p, n)
+        if p < synced:
+            raise Corruption(f"{path}: records end at offset {p} (file {n} bytes) but "
+                             f"{synced} bytes were synced: the delta log was cut or damaged")
+        return _Delta(gen, records, p, n, version)

@@ -16,6 +16,10 @@ docs/format.md; codec, recovery and reading: `nxstore.oplog_record`.
 Durability: `append_*` only buffers (in memory, written out early past OPLOG_BUFFER_BYTES);
 `sync()` writes the buffer with one os.write and fdatasyncs; concurrent callers share one
 fdatasync (group commit). What `sync(seq)` returned for survives kill -9 and power loss.
+After each fdatasync the segment's synced watermark (header bytes 32..47) is rewritten in
+place; the next fdatasync (or rotation, or close) makes it durable. Recovery treats any
+missing or bad byte below the watermark as damage: only bytes written after the last sync
+may ever be cut as a torn tail.
 """
 
 from __future__ import annotations
@@ -43,17 +47,20 @@ from .oplog_record import (
     RECORD_HEAD,
     RECORD_MAGIC,
     SEGMENT_HEADER_BYTES,
+    WATERMARK_OFFSET,
+    LostRecord,
     Record,
     RecordIterator,
     RecordType,
     Salvage,
     Segment,
     encode_segment_header,
+    encode_watermark,
     recover,
     segment_name,
 )
 
-__all__ = ["OpLog", "Record", "RecordType", "Salvage"]
+__all__ = ["LostRecord", "OpLog", "Record", "RecordType", "Salvage"]
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +108,21 @@ class OpLog:
         self._syncing = False  # a group-commit leader is in fdatasync outside the lock
         self._io_error: OSError | None = None
         self._fd = -1
+        self._mark_dirty = False  # a watermark was written that no fdatasync covered yet
         self.on_pressure: Callable[[], object] | None = None
+        # Called (no arguments, outside every OpLog lock) before each fdatasync: what a
+        # record names elsewhere (a MAP record's extents) must be durable before it is.
+        self.before_sync: Callable[[], object] | None = None
         os.makedirs(self._dir, exist_ok=True)
         found = recover(self._dir, salvage)
         self._segments: list[Segment] = found.segments
         self._last_seq = found.last_seq
         self.salvaged = found.salvaged
+        #: Records with seq <= this had been synced before this open (a MAP record among
+        #: them names extents that were durable too); later ones may never have been.
+        self.recovered_durable_seq = found.durable_seq
+        #: Harmless damage found at open (an unreadable watermark slot), for scrub.
+        self.problems: list[str] = found.problems
         self._open_active(found.truncate_at)
         self._written_seq = self._last_seq  # records <= this are in the file
         self._durable_seq = self._last_seq  # records <= this are fdatasynced
@@ -124,6 +140,10 @@ class OpLog:
                     os.ftruncate(fd, truncate_at)
                     seg.size = truncate_at
                 os.fdatasync(fd)  # what a crashed predecessor left in the page cache
+                if seg.version == OPLOG_FORMAT_VERSION:
+                    # Everything kept is durable now; say so before appending after it.
+                    os.pwrite(fd, encode_watermark(seg.first_seq, seg.size), WATERMARK_OFFSET)
+                    os.fdatasync(fd)
                 if seg.version == OPLOG_FORMAT_VERSION and seg.size < self._segment_bytes:
                     os.lseek(fd, seg.size, os.SEEK_SET)
                     self._fd = fd
@@ -236,13 +256,20 @@ class OpLog:
                     continue
                 self._write_buffer_locked()
                 upto = self._written_seq
-                size = self._segments[-1].size
+                seg = self._segments[-1]
+                size = seg.size
                 fd = self._fd
                 self._syncing = True
                 self._lock.release()
                 err: OSError | None = None
                 try:
+                    if self.before_sync is not None:
+                        self.before_sync()
                     os.fdatasync(fd)
+                    # Only now may the watermark claim these bytes; the next fdatasync of
+                    # this file persists it (a kill -9 keeps it in the page cache anyway).
+                    os.pwrite(fd, encode_watermark(seg.first_seq, size), WATERMARK_OFFSET)
+                    self._mark_dirty = True
                 except OSError as e:
                     err = e
                 finally:
@@ -280,11 +307,17 @@ class OpLog:
             return
         self._check_open()
         self._write_buffer_locked()
+        seg = self._segments[-1]
         try:
+            if self.before_sync is not None:
+                self.before_sync()
             os.fdatasync(self._fd)
+            os.pwrite(self._fd, encode_watermark(seg.first_seq, seg.size), WATERMARK_OFFSET)
+            os.fdatasync(self._fd)  # a sealed segment's watermark covers all of it, durably
         except OSError as e:
             self._io_error = e
             raise
+        self._mark_dirty = False
         self._durable_seq = self._written_seq
         os.close(self._fd)
         self._fd = -1
@@ -434,7 +467,8 @@ class OpLog:
             return [s.path for s in self._segments]
 
     def close(self) -> None:
-        """Close the log. Writes out the buffer (no fdatasync: only synced records are promised).
+        """Close the log. Writes out the buffer (records not synced stay unpromised) and
+        makes the last synced watermark durable.
 
         Idempotent; every other call afterwards raises ClosedError; blocked `sync` and
         `wait_for_space` callers get ClosedError.
@@ -448,6 +482,9 @@ class OpLog:
             try:
                 if self._io_error is None and self._fd >= 0:
                     self._write_buffer_locked()
+                    if self._mark_dirty:  # persist the last watermark (not the new bytes' claim)
+                        os.fdatasync(self._fd)
+                        self._mark_dirty = False
             finally:
                 if self._fd >= 0:
                     os.close(self._fd)

@@ -2,13 +2,20 @@
 
 The byte layout is documented in docs/format.md; in short (all integers little-endian):
 
-Segment header, 32 bytes::
+Segment header, 64 bytes (version 2; version 1 had only the first 32)::
 
     0   8  magic b"NXOPLOG\\0"
     8   4  format version (u32, OPLOG_FORMAT_VERSION)
     12  4  reserved, 0
     16  8  first seq (u64): seq of the first record the segment holds (or will hold)
     24  8  XXH3-64 of bytes 0..23
+    32  8  synced end (u64): every byte below it was fdatasynced (the watermark)
+    40  8  XXH3-64 of (first seq, synced end) as two u64
+    48 16  reserved, 0
+
+The watermark is rewritten in place after each fdatasync (and persisted by the next one, at
+rotation and at close), so it never claims bytes that were not durable; a cut or damaged
+byte below it is damage, never a torn tail.
 
 Record, 48-byte header + payload::
 
@@ -49,7 +56,10 @@ log = logging.getLogger("nxstore.oplog")
 
 SEGMENT_MAGIC = b"NXOPLOG\x00"
 SEGMENT_HEAD = struct.Struct("<8sIIQ")  # the 24 checksummed bytes
-SEGMENT_HEADER_BYTES = SEGMENT_HEAD.size + 8  # 32
+V1_HEADER_BYTES = SEGMENT_HEAD.size + 8  # 32: version 1 had no watermark
+WATERMARK_OFFSET = V1_HEADER_BYTES
+WATERMARK = struct.Struct("<QQ")  # synced end, XXH3-64 of (first seq, synced end)
+SEGMENT_HEADER_BYTES = 64  # version 2 (current): header + watermark + reserved
 
 RECORD_MAGIC = b"OR"
 RECORD_HEAD = struct.Struct("<2sBBIQQQQ")  # the 40 bytes the checksum covers directly
@@ -58,6 +68,7 @@ RECORD_HEADER_BYTES = RECORD_FULL.size  # 48
 MAX_PAYLOAD_BYTES = 0xFFFFFFFF  # u32 payload length field
 
 _U64 = struct.Struct("<Q")
+_SEQ_END = struct.Struct("<QQ")
 _xxh = xxhash.xxh3_64_intdigest
 
 
@@ -94,9 +105,32 @@ def record_checksum(head40: bytes | memoryview, payload) -> int:
     return _xxh(head40, _xxh(payload))
 
 
+def header_bytes(version: int) -> int:
+    """Where the records of a segment of format `version` start."""
+    return V1_HEADER_BYTES if version < 2 else SEGMENT_HEADER_BYTES
+
+
 def encode_segment_header(first_seq: int, version: int = OPLOG_FORMAT_VERSION) -> bytes:
     head = SEGMENT_HEAD.pack(SEGMENT_MAGIC, version, 0, first_seq)
-    return head + _U64.pack(_xxh(head))
+    head += _U64.pack(_xxh(head))
+    if version < 2:
+        return head
+    return head + encode_watermark(first_seq, SEGMENT_HEADER_BYTES) + bytes(16)
+
+
+def encode_watermark(first_seq: int, synced_end: int) -> bytes:
+    """The 16 watermark bytes stored at WATERMARK_OFFSET of a version-2 segment."""
+    return WATERMARK.pack(synced_end, _xxh(_SEQ_END.pack(first_seq, synced_end)))
+
+
+def decode_watermark(data: bytes, first_seq: int) -> int | None:
+    """The synced end a version-2 header records, or None if its slot fails its checksum."""
+    if len(data) < WATERMARK_OFFSET + WATERMARK.size:
+        return None
+    end, check = WATERMARK.unpack_from(data, WATERMARK_OFFSET)
+    if check != _xxh(_SEQ_END.pack(first_seq, end)) or end < SEGMENT_HEADER_BYTES:
+        return None
+    return end
 
 
 def decode_segment_header(data: bytes, path: str) -> tuple[int, int]:
@@ -106,7 +140,7 @@ def decode_segment_header(data: bytes, path: str) -> tuple[int, int]:
     future version may change the rest of the header), Corruption for a short header or a
     checksum mismatch.
     """
-    if len(data) < SEGMENT_HEADER_BYTES:
+    if len(data) < V1_HEADER_BYTES:
         raise Corruption(f"{path}: segment header truncated ({len(data)} bytes)")
     magic, version, _reserved, first_seq = SEGMENT_HEAD.unpack_from(data, 0)
     if magic != SEGMENT_MAGIC:
@@ -118,6 +152,8 @@ def decode_segment_header(data: bytes, path: str) -> tuple[int, int]:
     (stored,) = _U64.unpack_from(data, SEGMENT_HEAD.size)
     if _xxh(data[: SEGMENT_HEAD.size]) != stored:
         raise Corruption(f"{path}: segment header checksum mismatch")
+    if len(data) < header_bytes(version):
+        raise Corruption(f"{path}: segment header truncated ({len(data)} bytes)")
     return version, first_seq
 
 
@@ -145,6 +181,7 @@ def check_record_at(data, pos: int, end: int) -> tuple[str | None, tuple]:
 class SegmentScan(NamedTuple):
     end: int  # byte offset just past the last good record
     count: int  # good records
+    durable_count: int  # good records that end at or below the `durable_end` asked for
     bad_reason: str | None  # why the record at `end` is bad, None if the segment is clean
     valid_after: int  # offset of a verifiable record after the damage, or -1
 
@@ -155,12 +192,13 @@ class SeqIndex:
     previous entry. Reading from a seq then skips to the nearest entry at or below it and
     walks at most one stride of record headers, not the whole segment."""
 
-    __slots__ = ("next_at", "offsets", "seqs")
+    __slots__ = ("first", "next_at", "offsets", "seqs")
 
-    def __init__(self) -> None:
+    def __init__(self, first: int = SEGMENT_HEADER_BYTES) -> None:
         self.seqs: list[int] = []
         self.offsets: list[int] = []
-        self.next_at = SEGMENT_HEADER_BYTES + OPLOG_INDEX_STRIDE_BYTES
+        self.first = first  # where the segment's first record starts
+        self.next_at = first + OPLOG_INDEX_STRIDE_BYTES
 
     def note(self, seq: int, offset: int) -> None:
         """Record `seq` starts at `offset` if a stride has passed (callers append in order)."""
@@ -172,32 +210,39 @@ class SeqIndex:
     def start(self, seq: int) -> int:
         """Byte offset of a record at or before `seq` (the first record if none is indexed)."""
         i = bisect.bisect_right(self.seqs, seq)
-        return self.offsets[i - 1] if i else SEGMENT_HEADER_BYTES
+        return self.offsets[i - 1] if i else self.first
 
 
-def scan_segment(data: bytes, first_seq: int, index: SeqIndex | None = None) -> SegmentScan:
-    """Walk the records of a segment image (header included) and verify each.
+def scan_segment(
+    data: bytes, first_seq: int, index: SeqIndex | None = None, *,
+    start: int = SEGMENT_HEADER_BYTES, durable_end: int = 0,
+) -> SegmentScan:
+    """Walk the records of a segment image (header included) from byte `start`, verify each.
 
     Records must carry consecutive seqs starting at `first_seq`; every good one is noted in
-    `index` (if given). At the first bad record, search the rest of the image for any record
-    whose checksum verifies: its presence tells damage in the middle (Corruption) from a
-    torn tail (safe to cut).
+    `index` (if given) and counted durable if it ends at or below `durable_end`. At the first
+    bad record, search the rest of the image for any record whose checksum verifies: its
+    presence tells damage in the middle (Corruption) from a torn tail (safe to cut).
     """
-    pos = SEGMENT_HEADER_BYTES
+    pos = start
     end = len(data)
     expect = first_seq
+    durable = 0
     while pos < end:
         reason, fields = check_record_at(data, pos, end)
         if reason is None and fields[2] != expect:
             reason = f"record seq {fields[2]} where {expect} was expected"
-            return SegmentScan(pos, expect - first_seq, reason, pos)
+            return SegmentScan(pos, expect - first_seq, durable, reason, pos)
         if reason is not None:
-            return SegmentScan(pos, expect - first_seq, reason, find_valid_record(data, pos + 1))
+            valid = find_valid_record(data, pos + 1)
+            return SegmentScan(pos, expect - first_seq, durable, reason, valid)
         if index is not None:
             index.note(expect, pos)
         pos += RECORD_HEADER_BYTES + fields[1]
         expect += 1
-    return SegmentScan(pos, expect - first_seq, None, -1)
+        if pos <= durable_end:
+            durable += 1
+    return SegmentScan(pos, expect - first_seq, durable, None, -1)
 
 
 def find_valid_record(data: bytes, start: int) -> int:
@@ -281,6 +326,18 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class LostRecord:
+    """A record that salvage dropped although it was intact (it followed the damage)."""
+
+    seq: int
+    type: str  # RecordType name
+    vdisk_id: int
+    offset: int  # bytes (WRITE, TRIM) or first block (MAP)
+    length: int  # bytes (WRITE, TRIM) or blocks (MAP)
+    acknowledged: bool  # it was below the synced watermark: a sync() had returned for it
+
+
+@dataclass(frozen=True)
 class Salvage:
     """What opening with salvage=True dropped."""
 
@@ -290,6 +347,8 @@ class Salvage:
     dropped_bytes: int  # bytes cut from that segment and from the segments deleted whole
     dropped_segments: tuple[str, ...]  # segment files deleted whole
     last_kept_seq: int  # the log now ends with this seq (appends continue after it)
+    lost: tuple[LostRecord, ...] = ()  # intact records after the damage, dropped with it
+    acknowledged_lost: bool = False  # bytes below a synced watermark were dropped
 
 
 class Recovered(NamedTuple):
@@ -297,13 +356,17 @@ class Recovered(NamedTuple):
     last_seq: int
     truncate_at: int | None  # cut the newest segment's file here before appending to it
     salvaged: Salvage | None
+    durable_seq: int  # records <= this were durable (synced) before the log was opened
+    problems: list[str]  # harmless damage found (an unreadable watermark slot)
 
 
 def recover(directory: str, salvage: bool) -> Recovered:
     """Find and verify every segment in `directory` (see OpLog.__init__ for the rules).
 
-    Deletes leftover *.tmp segments and, with salvage, the segments after the damage; the
-    caller cuts the newest segment at `truncate_at`. Raises Corruption / FormatError.
+    A version-2 segment's watermark says how many of its bytes were synced: a bad record or
+    a missing byte below it is damage, never a torn tail. Deletes leftover *.tmp segments
+    and, with salvage, the segments after the damage; the caller cuts the newest segment at
+    `truncate_at`. Raises Corruption / FormatError.
     """
     found: list[tuple[int, str]] = []
     for name in os.listdir(directory):
@@ -314,8 +377,11 @@ def recover(directory: str, salvage: bool) -> Recovered:
             os.unlink(os.path.join(directory, name))  # a segment whose creation crashed
     found.sort()
     segments: list[Segment] = []
+    problems: list[str] = []
     next_seq = found[0][0] if found else 1
+    durable_seq = next_seq - 1
     for i, (name_seq, path) in enumerate(found):
+        newest = i == len(found) - 1
         with open(path, "rb") as f:
             data = f.read()
         reason = None
@@ -329,47 +395,100 @@ def recover(directory: str, salvage: bool) -> Recovered:
             elif first_seq != next_seq:
                 reason = f"seq gap: segment starts at {first_seq}, expected {next_seq}"
         if reason is not None:
-            return _damage(directory, salvage, found, i, 0, reason, segments, next_seq, len(data))
-        index = SeqIndex()
-        scan = scan_segment(data, first_seq, index)
+            return _damage(directory, salvage, found, i, 0, reason, segments, next_seq, data, 0)
+        start = header_bytes(version)
+        synced = start
+        if version >= 2:
+            mark = decode_watermark(data, first_seq)
+            if mark is None:
+                problems.append(f"{path}: synced watermark unreadable (damaged); "
+                                "its tail is judged by the records alone")
+                log.warning("%s", problems[-1])
+            else:
+                synced = mark
+        if not newest and version < 2:
+            synced = len(data)  # older segments were synced whole at rotation
+        index = SeqIndex(start)
+        scan = scan_segment(data, first_seq, index, start=start, durable_end=synced)
         next_seq = first_seq + scan.count
+        durable_seq = first_seq + scan.durable_count - 1 if newest else next_seq - 1
         segments.append(Segment(path, first_seq, scan.end, version, index))
+        if scan.end < synced:
+            reason = scan.bad_reason or f"file ends at byte {len(data)}"
+            reason += f"; bytes up to {synced} were synced (acknowledged) here"
+            return _damage(directory, salvage, found, i, scan.end, reason, segments, next_seq,
+                           data, synced)
         if scan.bad_reason is None:
             continue
-        if i == len(found) - 1 and scan.valid_after < 0:
+        if newest and scan.valid_after < 0:
             cut = len(data) - scan.end
             log.info("%s: cut torn tail of %d bytes at byte %d", path, cut, scan.end)
-            return Recovered(segments, next_seq - 1, scan.end, None)
+            return Recovered(segments, next_seq - 1, scan.end, None, durable_seq, problems)
         reason = scan.bad_reason
         if scan.valid_after >= 0:
             reason += f" (a valid record follows at byte {scan.valid_after})"
-        return _damage(
-            directory, salvage, found, i, scan.end, reason, segments, next_seq, len(data)
-        )
-    return Recovered(segments, next_seq - 1, None, None)
+        return _damage(directory, salvage, found, i, scan.end, reason, segments, next_seq,
+                       data, len(data) if not newest else synced)
+    return Recovered(segments, next_seq - 1, None, None, durable_seq, problems)
 
 
-def _damage(directory, salvage, found, i, offset, reason, segments, next_seq, seg_len) -> Recovered:
-    """Damage at byte `offset` of segment found[i]: raise Corruption, or cut the log there."""
+def _damage(directory, salvage, found, i, offset, reason, segments, next_seq, data,
+            synced) -> Recovered:
+    """Damage at byte `offset` of segment found[i] (whose bytes below `synced` had been
+    synced): raise Corruption, or cut the log there and report what went."""
     path = found[i][1]
     if not salvage:
         raise Corruption(f"{path}: at byte {offset}: {reason}")
-    dropped = seg_len - offset
     gone = [later for _, later in found[i + 1 :]]
-    dropped += sum(os.path.getsize(p) for p in gone)
+    lost = _intact_after(data, max(offset, V1_HEADER_BYTES), synced)
+    for later in gone:
+        with open(later, "rb") as f:
+            later_data = f.read()
+        later_synced = len(later_data) if later != found[-1][1] else _synced_end(later_data)
+        lost += _intact_after(later_data, V1_HEADER_BYTES, later_synced)
+    dropped = len(data) - offset + sum(os.path.getsize(p) for p in gone)
     for later in reversed(gone):  # newest first: a crash midway leaves the damage in place
         os.unlink(later)
         fsync_dir(directory)
     truncate_at: int | None = offset
-    if offset < SEGMENT_HEADER_BYTES:  # the whole segment goes
+    if offset < V1_HEADER_BYTES:  # the whole segment goes
         os.unlink(path)
         fsync_dir(directory)
         gone.insert(0, path)
         truncate_at = None
-    report = Salvage(path, offset, reason, dropped, tuple(gone), next_seq - 1)
-    msg = "%s: at byte %d: %s; salvage dropped %d bytes, log now ends at seq %d"
-    log.warning(msg, path, offset, reason, dropped, next_seq - 1)
-    return Recovered(segments, next_seq - 1, truncate_at, report)
+    acknowledged = offset < synced or any(r.acknowledged for r in lost)
+    report = Salvage(path, offset, reason, dropped, tuple(gone), next_seq - 1, tuple(lost),
+                     acknowledged)
+    msg = "%s: at byte %d: %s; salvage dropped %d bytes (%d intact records%s), log now ends at seq %d"
+    log.warning(msg, path, offset, reason, dropped, len(lost),
+                ", acknowledged writes among them" if acknowledged else "", next_seq - 1)
+    # durable_seq 0: after a salvage no record is held to the "synced, so complete" rule.
+    return Recovered(segments, next_seq - 1, truncate_at, report, 0, [])
+
+
+def _synced_end(data: bytes) -> int:
+    """The watermark of a segment image (its header size if it has none or it is bad)."""
+    try:
+        version, first_seq = decode_segment_header(data, "")
+    except (Corruption, FormatError):
+        return V1_HEADER_BYTES
+    return (decode_watermark(data, first_seq) if version >= 2 else None) or header_bytes(version)
+
+
+def _intact_after(data: bytes, start: int, synced: int) -> list[LostRecord]:
+    """Every record that verifies in data[start:], found by resynchronising after damage."""
+    out: list[LostRecord] = []
+    pos = find_valid_record(data, start)
+    while pos >= 0:
+        reason, fields = check_record_at(data, pos, len(data))
+        if reason is not None:
+            pos = find_valid_record(data, pos + 1)
+            continue
+        rtype, plen, seq, vdisk, off, ln = fields
+        end = pos + RECORD_HEADER_BYTES + plen
+        out.append(LostRecord(seq, RecordType(rtype).name, vdisk, off, ln, end <= synced))
+        pos = end if end < len(data) else -1
+    return out
 
 
 class RecordIterator:

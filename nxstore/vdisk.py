@@ -346,9 +346,10 @@ class VDisk:
         self._pending.clear()
         self._superseded.clear()
 
-    def replay(self, record: Record) -> bool:
-        """Re-apply one OpLog record after a crash; False if it was skipped
-        (a MAP record naming extents that never became durable: never acknowledged)."""
+    def replay(self, record: Record, *, require_extents: bool = True) -> bool:
+        """Re-apply one OpLog record after a crash; False if it was skipped (with
+        `require_extents`, a MAP record naming extents the store lacks: they never became
+        durable, so it was never acknowledged)."""
         with self._lock:
             if record.type == RecordType.WRITE:
                 self._apply_write(record.offset, memoryview(record.payload), record.seq)
@@ -356,7 +357,7 @@ class VDisk:
                 self._apply_trim(record.offset, record.length, record.seq)
             elif record.type == RecordType.MAP:
                 ids = np.frombuffer(record.payload, dtype="<u8").astype(np.uint64)
-                if not self._ctx.store.contains(ids):
+                if require_extents and not self._ctx.store.contains(ids):
                     return False
                 with self._ctx.map_lock:
                     self._apply_map(record.offset, ids, record.seq)
@@ -445,12 +446,22 @@ class VDisk:
         vals = np.concatenate([v for _, v in self._pending])
         safe = self.safe_point()
         self._ctx.store.sync()  # extents before the map entries that name them
-        # The OpLog hands out again the seqs of records lost before a sync, so a
-        # map may only claim a safe point whose records are durable.
-        self._ctx.oplog.sync(safe)
+        self._sync_applied(safe)
         with self._ctx.map_lock:
             self._ctx.tree.persist(self._row.head_layer, blocks, vals, safe)
             self._map_persisted()
+
+    def _sync_applied(self, safe: int) -> None:
+        """Make durable every record whose effect a map about to be persisted may hold.
+
+        The OpLog hands out again the seqs of records lost before a sync, so a map may
+        only claim a safe point whose records are durable. And the map holds drained
+        blocks of records after the safe point too: were those lost while the map kept
+        them, replay from the safe point would lay older partial writes over them,
+        mixing two writes in one block. Syncing through this vDisk's newest record
+        lets replay re-apply every later record in order instead.
+        """
+        self._ctx.oplog.sync(max(safe, self._last_seq))
 
     def fold_parent(self, parent: int) -> None:
         """Merge the unnamed layer `parent` into this vDisk's head (after its
@@ -464,7 +475,7 @@ class VDisk:
                     return
                 merged = collapse([tree.layer(head), tree.layer(parent)])
                 safe = self.safe_point()
-                self._ctx.oplog.sync(safe)
+                self._sync_applied(safe)
                 tree.fold_into_head(parent, head, merged, safe)
                 self._map_persisted()
 

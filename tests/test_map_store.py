@@ -20,7 +20,9 @@ from nxstore.map_store import (
     BASE_MAGIC,
     DELTA_HEADER_BYTES,
     RECORD_HEADER_BYTES,
+    WATERMARK_OFFSET,
     MapStore,
+    _watermark,
 )
 
 U64 = np.uint64
@@ -168,6 +170,10 @@ def torn_copies(tmp_path, src: MapStore, start: int):
     cut at every byte offset, or extended with zeros from its start or from any
     512-byte sector boundary inside it."""
     full = Path(src.delta_path(LID)).read_bytes()
+    # The crash came before the append's fdatasync, so the watermark still says `start`.
+    generation = int.from_bytes(full[24:32], "little")
+    head = full[:WATERMARK_OFFSET] + _watermark(LID, generation, start)
+    full = head + full[len(head) :]
     for cut in range(start, len(full)):
         yield f"cut{cut}", full[:cut]
     for q in [start, *range(-(-start // 512) * 512, len(full), 512)]:
@@ -198,6 +204,42 @@ def test_torn_last_record_at_every_offset(tmp_path):
     assert n > 1600
 
 
+@pytest.mark.parametrize("cut", [1, 8, 31, 32, RECORD_HEADER_BYTES + 100 * 16])
+def test_cutting_a_synced_record_is_corruption(tmp_path, cut):
+    """Issue 11: the last record was acknowledged (its append returned), so cutting even
+    one byte of it is damage, not a torn tail; likewise for a frozen layer's delta."""
+    store = MapStore(str(tmp_path))
+    three_records(store)
+    store.seal(LID)
+    path = store.delta_path(LID)
+    os.truncate(path, os.path.getsize(path) - cut)
+    with pytest.raises(Corruption, match="were synced"):
+        MapStore(str(tmp_path)).load(LID)
+
+
+def test_flipped_byte_in_last_synced_record_is_corruption(tmp_path):
+    store = MapStore(str(tmp_path))
+    three_records(store)
+    path = store.delta_path(LID)
+    data = bytearray(Path(path).read_bytes())
+    data[-3] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    with pytest.raises(Corruption, match="payload checksum"):
+        MapStore(str(tmp_path)).load(LID)
+
+
+def test_damaged_watermark_slot_is_harmless(tmp_path):
+    store = MapStore(str(tmp_path))
+    three_records(store)
+    path = store.delta_path(LID)
+    data = bytearray(Path(path).read_bytes())
+    data[WATERMARK_OFFSET + 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    again = MapStore(str(tmp_path))
+    assert again.load(LID)[1] == 4
+    assert again.problems and "watermark" in again.problems[0]
+
+
 def test_zeros_not_on_a_sector_boundary_are_corruption(tmp_path):
     store = MapStore(str(tmp_path))
     three_records(store)
@@ -218,6 +260,8 @@ def test_flipped_byte_in_delta_is_corruption(tmp_path):
     shutil.copytree(src.directory, d)
     path = os.path.join(d, f"L{LID:016x}.delta")
     for i in range(len(full)):
+        if WATERMARK_OFFSET <= i < DELTA_HEADER_BYTES:
+            continue  # the watermark slot and reserved bytes: test_damaged_watermark_slot...
         with open(path, "wb") as f:
             f.write(full[:i] + bytes([full[i] ^ 0xFF]) + full[i + 1 :])
         with pytest.raises(Corruption, match=f"L{LID:016x}.delta"):

@@ -26,11 +26,13 @@ def _payload(seq: int, n: int = 64) -> bytes:
     return (seq.to_bytes(8, "little") * (n // 8 + 1))[:n]
 
 
-def _make(d, n=10, segment_bytes=1 << 20, size=64) -> list[str]:
+def _make(d, n=10, segment_bytes=1 << 20, size=64, unsynced=0) -> list[str]:
+    """A log of n records, all synced but the last `unsynced` (written out at close only)."""
     with OpLog(d, segment_bytes=segment_bytes) as lg:
         for i in range(1, n + 1):
             lg.append_write(i, i * 10, _payload(i, size))
-        lg.sync()
+            if i == n - unsynced:
+                lg.sync()
         return lg.segment_paths
 
 
@@ -56,7 +58,7 @@ def _seqs(d, **kw):
 
 def test_torn_tail_every_offset(tmp_path, caplog):
     d = tmp_path / "log"
-    (seg,) = _make(d, n=5)
+    (seg,) = _make(d, n=5, unsynced=1)
     with open(seg, "rb") as f:
         original = f.read()
     start = _record_offset(4)
@@ -75,9 +77,56 @@ def test_torn_tail_every_offset(tmp_path, caplog):
 
 def test_bad_checksum_in_last_record_is_a_torn_tail(tmp_path):
     d = tmp_path / "log"
-    (seg,) = _make(d, n=5)
+    (seg,) = _make(d, n=5, unsynced=1)
     _flip(seg, _record_offset(4) + RECORD_HEADER_BYTES + 10)  # payload byte of the last record
     assert _seqs(d) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("cut", [1, 8, 48, 64 + RECORD_HEADER_BYTES])  # the last record is 112 bytes
+def test_cutting_a_synced_tail_is_corruption(tmp_path, cut):
+    """Issue 11: a clean close leaves the last record synced; cutting even one byte of it
+    is damage (the watermark says it was acknowledged), never a torn tail."""
+    d = tmp_path / "log"
+    (seg,) = _make(d, n=5)
+    size = os.path.getsize(seg)
+    os.truncate(seg, size - cut)
+    with pytest.raises(Corruption, match=os.path.basename(seg)) as info:
+        OpLog(d)
+    assert "synced" in str(info.value)
+    with OpLog(d, salvage=True) as lg:
+        assert lg.salvaged is not None and lg.salvaged.acknowledged_lost
+        assert lg.last_seq == 4  # the cut record (seq 5) is what salvage says it lost
+    assert _seqs(d) == [1, 2, 3, 4]
+
+
+def test_flipped_byte_in_last_synced_record_is_corruption(tmp_path):
+    d = tmp_path / "log"
+    (seg,) = _make(d, n=5)
+    _flip(seg, _record_offset(4) + RECORD_HEADER_BYTES + 10)
+    with pytest.raises(Corruption, match=f"at byte {_record_offset(4)}"):
+        OpLog(d)
+
+
+def test_salvage_lists_the_intact_records_it_drops(tmp_path):
+    d = tmp_path / "log"
+    (seg,) = _make(d, n=6)
+    _flip(seg, _record_offset(2) + 5)
+    with OpLog(d, salvage=True) as lg:
+        lost = lg.salvaged.lost
+        assert [r.seq for r in lost] == [4, 5, 6]
+        assert all(r.acknowledged and r.type == "WRITE" for r in lost)
+        assert [(r.vdisk_id, r.offset, r.length) for r in lost] == [(i, i * 10, 64) for i in (4, 5, 6)]
+
+
+def test_damaged_watermark_slot_is_harmless(tmp_path):
+    d = tmp_path / "log"
+    (seg,) = _make(d, n=5)
+    _flip(seg, 35)  # inside the watermark slot
+    with OpLog(d) as lg:
+        assert [r.seq for r in lg.records()] == [1, 2, 3, 4, 5]
+        assert lg.problems and "watermark" in lg.problems[0]
+    with OpLog(d) as lg:  # rewritten at open
+        assert not lg.problems
 
 
 def test_zero_filled_tail_is_torn(tmp_path):
@@ -151,8 +200,8 @@ def test_newer_version_is_format_error(tmp_path):
     d = tmp_path / "log"
     segs = _make(d, n=3)
     with open(segs[0], "r+b") as f:
-        f.write(encode_segment_header(1, version=2))
-    with pytest.raises(FormatError, match="version 2"):
+        f.write(encode_segment_header(1, version=3))
+    with pytest.raises(FormatError, match="version 3"):
         OpLog(d)
     with pytest.raises(FormatError):  # salvage does not touch what it cannot read
         OpLog(d, salvage=True)
