@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import xxhash
 
 from .constants import CATALOG_GENERATION_FILE, CATALOG_GENERATION_VERSION, CLUSTER_FORMAT_VERSION
-from .errors import AlreadyExists, Corruption, FormatError, NotFound
+from .errors import AlreadyExists, Corruption, FormatError, GenerationUnverifiable, NotFound
 from .fileutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -429,13 +429,22 @@ def _read_gen_slots(data: bytes, path: str) -> list[int | None]:
     return out
 
 
+def all_row_types() -> list[type]:
+    """Every row type the catalogue holds (for scrub)."""
+    return list(_TABLES)
+
+
 class Catalog:
     """Typed access to the SQLite catalogue. Thread-safe (one connection, one lock).
 
     Writes happen inside `transaction()`; they are durable when it exits.
     """
 
-    def __init__(self, path: str, *, create: bool = False) -> None:
+    def __init__(self, path: str, *, create: bool = False, repair_generation: bool = False) -> None:
+        """Open (or create) the catalogue at `path`. Raises Corruption (a damaged database,
+        or one that lost committed transactions), GenerationUnverifiable (the generation
+        file is missing or wholly damaged; `repair_generation=True` rewrites it from the
+        database instead), FormatError."""
         self.path = path
         self.generation_path = os.path.join(os.path.dirname(path), CATALOG_GENERATION_FILE)
         self.problems: list[str] = []  # harmless damage found at open, for scrub
@@ -455,7 +464,7 @@ class Catalog:
             raise Corruption(f"catalogue {path}: {exc}") from exc
         if result != "ok":
             raise Corruption(f"catalogue {path}: {result}")
-        self._check_generation(create)
+        self._check_generation(create or repair_generation)
 
     # -- generation ---------------------------------------------------------
     @property
@@ -472,28 +481,32 @@ class Catalog:
             raise Corruption(f"catalogue {self.path}: generation row fails its checksum")
         return int(row[0])
 
-    def _check_generation(self, create: bool) -> None:
-        """Refuse a catalogue that lost committed transactions; see the module docstring."""
+    def _check_generation(self, trust_db: bool) -> None:
+        """Refuse a catalogue that lost committed transactions; see the module docstring.
+        `trust_db`: a missing or wholly damaged generation file is rewritten, not refused."""
         gen = self.generation
         path = self.generation_path
         try:
             with open(path, "rb") as f:
                 slots = _read_gen_slots(f.read(), path)
         except FileNotFoundError:
-            if gen and not create:
-                raise Corruption(f"{path} is missing: cannot verify that catalogue {self.path} "
-                                 f"(generation {gen}) lost no committed transaction") from None
+            if gen and not trust_db:
+                raise GenerationUnverifiable(
+                    f"{path} is missing: cannot verify that catalogue {self.path} (generation "
+                    f"{gen}) lost no committed transaction (nxstore fsck --repair rewrites it)"
+                ) from None
             slots = [None, None]
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
             fsync_dir(os.path.dirname(path) or ".")
         else:
             valid = [g for g in slots if g is not None]
-            if not valid:
-                raise Corruption(f"{path}: both generation slots are damaged: cannot verify "
-                                 f"that catalogue {self.path} lost no committed transaction "
-                                 "(nxstore fsck --repair rewrites it from the catalogue)")
-            if max(valid) > gen:
+            if not valid and not trust_db:
+                raise GenerationUnverifiable(
+                    f"{path}: both generation slots are damaged: cannot verify that catalogue "
+                    f"{self.path} lost no committed transaction (nxstore fsck --repair "
+                    "rewrites it from the catalogue)")
+            if valid and max(valid) > gen:
                 raise Corruption(
                     f"catalogue {self.path} is at generation {gen} but generation {max(valid)} "
                     f"was committed ({path}): committed transactions were lost, the "

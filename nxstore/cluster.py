@@ -67,7 +67,8 @@ from .map_store import MapStore
 from .names import check_name
 from .nearsync import retention as nearsync_retention
 from .nearsync import state as nearsync_state
-from .oplog import OpLog, RecordType
+from .oplog import OpLog, RecordType, Salvage
+from .oplog_record import SALVAGE_DIR
 from .replica import ReplicaInfo, list_replicas
 from .replication import sites
 from .replication.sites import RemoteSite
@@ -486,6 +487,22 @@ class Cluster:
         from .scrub import scrub_cluster
 
         return scrub_cluster(self._ctx, progress)
+
+    @property
+    def salvaged(self) -> Salvage | None:
+        """What opening with salvage=True cut from a damaged OpLog (None: nothing)."""
+        return self._ctx.oplog.salvaged
+
+    @property
+    def salvage_dir(self) -> str:
+        """Where salvage keeps the OpLog bytes it dropped."""
+        return os.path.join(self._ctx.oplog.directory, SALVAGE_DIR)
+
+    def repair_watermarks(self) -> list[str]:
+        """Rewrite the damaged synced-watermark slots of the map delta logs loaded so far
+        (scrub loads them all) from their verified records; return the files rewritten."""
+        self._check_open()
+        return self._ctx.tree.store.repair_watermarks()
 
     def stats(self) -> dict[str, float]:
         """Space counters: logical_bytes (data the vDisk heads hold), unique_bytes,

@@ -73,3 +73,9 @@ class FrameCorruption(ProtocolError, Corruption):
 
 class AuthenticationError(NxError):
     """The peer failed the shared-secret challenge-response (or rejected ours)."""
+
+
+class GenerationUnverifiable(Corruption):
+    """The catalogue's generation file is missing or both its slots are damaged, so open
+    cannot tell whether the catalogue lost committed transactions. `nxstore fsck --repair`
+    rewrites it from the catalogue (trusting the catalogue)."""

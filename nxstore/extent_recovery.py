@@ -56,7 +56,7 @@ def recover(store: ExtentStore, create: bool) -> list[int]:
     try:
         ckpt = load_checkpoint(ckpt_path)
     except Corruption as exc:
-        log.warning("%s; rebuilding the extent table from the extent groups", exc)
+        store._problem(f"{exc} (rebuilt the extent table from the extent groups at open)")
         ckpt = None
     if ckpt is None and not groups and not os.path.exists(ckpt_path):
         if not create:
@@ -85,7 +85,8 @@ def recover(store: ExtentStore, create: bool) -> list[int]:
     t = store._table
     store._next_group = max([store._next_group, *(g + 1 for g in store._glen)])
     token = ckpt.token if ckpt is not None else None
-    store._index, rebuilt = load_or_rebuild(store._path(INDEX_FILE), token, store._indexed)
+    store._index, rebuilt = load_or_rebuild(store._path(INDEX_FILE), token, store._indexed,
+                                            store._problems)
     if not rebuilt and scanned.size:
         sel = scanned[(t.flags[scanned] & (PRESENT | FLAG_INDEXED)) == PRESENT | FLAG_INDEXED]
         sel = sel[store._index.lookup(t.fp[sel]) == 0]

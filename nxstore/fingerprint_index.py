@@ -44,9 +44,10 @@ def save_index(path: str, index: FingerprintIndex, token: int) -> None:
     )
 
 
-def load_index(path: str, token: int) -> FingerprintIndex | None:
+def load_index(path: str, token: int, problems: list[str] | None = None) -> FingerprintIndex | None:
     """The saved index if it exists, is intact and carries `token`; else None
-    (with a log line saying why). Never raises for file content."""
+    (with a log line saying why, and a line in `problems` if the file is damaged).
+    Never raises for file content."""
     if not os.path.exists(path):
         log.info("%s: no fingerprint index file", path)
         return None
@@ -64,6 +65,8 @@ def load_index(path: str, token: int) -> FingerprintIndex | None:
         return index
     except (Corruption, FormatError) as exc:
         log.warning("fingerprint index unusable (%s); rebuilding it from the extent table", exc)
+        if problems is not None:
+            problems.append(f"{exc} (rebuilt from the extent table at open)")
         return None
 
 
@@ -77,11 +80,13 @@ def build_index(fps: np.ndarray, ids: np.ndarray) -> FingerprintIndex:
 
 
 def load_or_rebuild(
-    path: str, token: int | None, source: Callable[[], tuple[np.ndarray, np.ndarray]]
+    path: str, token: int | None, source: Callable[[], tuple[np.ndarray, np.ndarray]],
+    problems: list[str] | None = None,
 ) -> tuple[FingerprintIndex, bool]:
     """(index, rebuilt): the saved index for `token`, or one built from `source()`
-    (fps, ids of every indexed live extent) when it is missing, stale or bad."""
-    index = load_index(path, token) if token is not None else None
+    (fps, ids of every indexed live extent) when it is missing, stale or bad (damage is
+    noted in `problems`)."""
+    index = load_index(path, token, problems) if token is not None else None
     if index is not None:
         return index, False
     fps, ids = source()

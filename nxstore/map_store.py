@@ -149,6 +149,7 @@ class MapStore:
         self._states: dict[int, _State] = {}
         #: harmless damage found while loading (an unreadable watermark slot), for scrub
         self.problems: list[str] = []
+        self._bad_marks: set[int] = set()  # layers whose delta watermark slot is damaged
 
     # -- paths ----------------------------------------------------------------
     def base_path(self, layer_id: int) -> str:
@@ -287,6 +288,25 @@ class MapStore:
         self.write_base(layer_id, layer, applied_seq)
         return True
 
+    def repair_watermarks(self) -> list[str]:
+        """Rewrite every damaged delta watermark slot found so far to the end of the
+        records that verified (fsck --repair); return the files repaired."""
+        repaired = []
+        with self._lock:
+            for lid in sorted(self._bad_marks):
+                st = self._states.get(lid)
+                if st is None or st.delta_gen is None or st.end != st.size:
+                    continue  # not loaded, or a torn tail is still there: the next append cuts it
+                fd = os.open(self.delta_path(lid), os.O_WRONLY)
+                try:
+                    os.pwrite(fd, _watermark(lid, st.delta_gen, st.end), WATERMARK_OFFSET)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                repaired.append(self.delta_path(lid))
+            self._bad_marks.clear()
+        return repaired
+
     def delete(self, layer_id: int) -> None:
         """Remove both files of a layer (missing files are fine); durable on return."""
         with self._lock:
@@ -398,6 +418,7 @@ class MapStore:
                 self.problems.append(f"{path}: synced watermark unreadable (damaged); "
                                      "its tail is judged by the records alone")
                 log.warning("%s", self.problems[-1])
+                self._bad_marks.add(layer_id)
             else:
                 synced = mark
         mv = memoryview(data)

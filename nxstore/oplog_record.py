@@ -50,7 +50,7 @@ import xxhash
 
 from .constants import OPLOG_FORMAT_VERSION, OPLOG_INDEX_STRIDE_BYTES
 from .errors import Corruption, FormatError
-from .fileutil import fsync_dir
+from .fileutil import atomic_write, fsync_dir
 
 log = logging.getLogger("nxstore.oplog")
 
@@ -309,6 +309,7 @@ def iter_file(f, path: str, start: int, end: int, lo: int, hi: int):
 # --- segments and recovery ---------------------------------------------------------------
 
 _SEGMENT_RE = re.compile(r"^oplog-(\d{20})\.seg$")
+SALVAGE_DIR = "salvaged"  # in the OpLog directory: what salvage dropped, kept
 
 
 def segment_name(first_seq: int) -> str:
@@ -400,6 +401,11 @@ def recover(directory: str, salvage: bool) -> Recovered:
         synced = start
         if version >= 2:
             mark = decode_watermark(data, first_seq)
+            if mark is None and salvage and not newest:  # sealed: its records end it
+                scan = scan_segment(data, first_seq, start=start)
+                if scan.bad_reason is None:
+                    _rewrite_watermark(path, first_seq, scan.end)
+                    mark = scan.end
             if mark is None:
                 problems.append(f"{path}: synced watermark unreadable (damaged); "
                                 "its tail is judged by the records alone")
@@ -447,12 +453,19 @@ def _damage(directory, salvage, found, i, offset, reason, segments, next_seq, da
         later_synced = len(later_data) if later != found[-1][1] else _synced_end(later_data)
         lost += _intact_after(later_data, V1_HEADER_BYTES, later_synced)
     dropped = len(data) - offset + sum(os.path.getsize(p) for p in gone)
+    # Nothing is destroyed: what the log drops is kept in salvaged/ for forensics.
+    keep = os.path.join(directory, SALVAGE_DIR)
+    os.makedirs(keep, exist_ok=True)
+    if offset < len(data):
+        atomic_write(os.path.join(keep, f"{os.path.basename(path)}.from-{offset}"),
+                     [data[offset:]])
     for later in reversed(gone):  # newest first: a crash midway leaves the damage in place
-        os.unlink(later)
+        os.rename(later, os.path.join(keep, os.path.basename(later)))
         fsync_dir(directory)
+    fsync_dir(keep)
     truncate_at: int | None = offset
     if offset < V1_HEADER_BYTES:  # the whole segment goes
-        os.unlink(path)
+        os.rename(path, os.path.join(keep, os.path.basename(path)))
         fsync_dir(directory)
         gone.insert(0, path)
         truncate_at = None
@@ -464,6 +477,16 @@ def _damage(directory, salvage, found, i, offset, reason, segments, next_seq, da
                 ", acknowledged writes among them" if acknowledged else "", next_seq - 1)
     # durable_seq 0: after a salvage no record is held to the "synced, so complete" rule.
     return Recovered(segments, next_seq - 1, truncate_at, report, 0, [])
+
+
+def _rewrite_watermark(path: str, first_seq: int, end: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, encode_watermark(first_seq, end), WATERMARK_OFFSET)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    log.warning("%s: rewrote its damaged synced watermark (%d bytes)", path, end)
 
 
 def _synced_end(data: bytes) -> int:

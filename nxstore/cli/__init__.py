@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None, *, cwd: str | None = None) -> int:
         format="nxstore: %(levelname)s: %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from ..errors import NxError
+    from ..errors import Corruption, NxError
     from . import admin
     from .common import CliError, ClusterBusy
 
@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None, *, cwd: str | None = None) -> int:
         return 1
     except (CliError, NxError, OSError) as exc:
         log.debug("%s failed", args.command, exc_info=True)
-        sys.stderr.write(f"nxstore: error: {_error_text(exc)}\n")
+        hint = ""
+        if isinstance(exc, Corruption) and args.command != "fsck" and hasattr(args, "path"):
+            hint = f" (run 'nxstore fsck {args.path}' for a full report, --repair to salvage)"
+        sys.stderr.write(f"nxstore: error: {_error_text(exc)}{hint}\n")
         return 1
     except Exception as exc:  # a bug: still one line, the traceback with -vv
         log.debug("unexpected error", exc_info=True)

@@ -1,4 +1,4 @@
-"""Cluster-wide commands: create, info, container create|list, drain, gc, defrag, scrub."""
+"""Cluster-wide commands: create, info, container create|list, drain, gc, defrag, scrub, fsck."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 from .. import Cluster
 from ..constants import DEFAULT_BLOCK_SIZE, DEFRAG_MAX_BYTES
-from .common import human, open_cluster, size_arg, table
+from .common import CliError, human, open_cluster, size_arg, table
 from .progress import Progress
 
 
@@ -59,6 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scrub", help="verify every extent, map and record; exit 1 on problems")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_scrub)
+
+    p = sub.add_parser("fsck", help="check a stopped cluster, also one that does not open; "
+                                    "exit 1 on problems (--repair salvages)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--repair", action="store_true",
+                   help="cut a damaged OpLog at the damage (listing every write lost; the bytes "
+                        "are kept in oplog/salvaged/), rewrite damaged redundant files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_fsck)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -166,6 +175,45 @@ def cmd_defrag(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from .. import fsck
+    from ..errors import Locked
+
+    for name in ("nxstore.scrub", "nxstore.oplog", "nxstore.extent_store", "nxstore.catalog",
+                 "nxstore.map_store", "nxstore.fingerprint_index", "nxstore.cluster"):
+        quiet = logging.getLogger(name)  # the report below says it all once
+        if quiet.getEffectiveLevel() > logging.INFO:
+            quiet.setLevel(logging.CRITICAL)
+    try:
+        with Progress(None, "fsck", unit="extent") as bar:
+            report = fsck.check(args.path, repair=args.repair, progress=bar.set)
+    except Locked as exc:
+        raise CliError(f"{exc}: fsck works on a stopped cluster (stop its 'nxstore serve'; "
+                       "'nxstore scrub' checks a live one)") from None
+    lost = [{"seq": r.seq, "vdisk": report.vdisk_names.get(r.vdisk_id, f"id {r.vdisk_id}"),
+             "type": r.type, "offset": r.offset, "length": r.length,
+             "acknowledged": r.acknowledged} for r in report.lost]
+    if args.json:
+        print(json.dumps({"path": args.path, "healthy": report.healthy,
+                          "problems": report.problems, "repairs": report.repairs,
+                          "lost": lost}, indent=2))
+        return 0 if report.healthy else 1
+    for line in report.repairs:
+        print(f"repaired: {line}")
+    for r in lost:
+        unit = "blocks" if r["type"] == "MAP" else "bytes"
+        print(f"lost: seq {r['seq']} {r['type']} vDisk {r['vdisk']} offset {r['offset']} "
+              f"length {r['length']} {unit}{' (acknowledged)' if r['acknowledged'] else ''}")
+    for line in report.problems:
+        print(f"problem: {line}")
+    if report.healthy:
+        print(f"{args.path}: clean" + (" after repair" if report.repairs else ""))
+        return 0
+    print(f"nxstore: error: fsck found {len(report.problems)} problem(s) in {args.path}",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
