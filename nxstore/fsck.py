@@ -79,6 +79,11 @@ def check(path: str, *, repair: bool = False,
         salvaged = cluster.salvaged
         if salvaged is not None:
             report.lost = list(salvaged.lost)
+            first = salvaged.last_kept_seq + 1
+            upto = salvaged.lost[0].seq - 1 if salvaged.lost else None
+            unreadable = f"seq {first}..{'' if upto is None else upto}"
+            if upto is not None and upto < first:
+                unreadable = "none"
             report.repairs.append(
                 f"{salvaged.path}: cut at byte {salvaged.offset} ({salvaged.reason}); the log "
                 f"now ends at seq {salvaged.last_kept_seq}; damaged, unreadable records: "
