@@ -458,7 +458,9 @@ class ExtentStore:
             missing = ~self._table.is_present(eids)
             if missing.any():
                 i = int(np.argmax(missing))
-                self._raise(int(eids[i]), int(nz[i]), "extent is not in the store")
+                self._raise(int(eids[i]), int(nz[i]),
+                            "extent is not in the store (lost with a damaged or truncated "
+                            "extent group; nxstore fsck lists the damage)")
             errors = load_records(self, eids, out2d, nz)
             # hashed and compared with the table in one call; i = the first mismatch, or len
             i = verify_blocks(out2d if nz.size == n else out2d[nz], self._table.fp, eids)
