@@ -8,7 +8,7 @@ zero-copy snapshots and clones, a durable OpLog, and replication between sites.
         vd.flush()
 """
 
-from . import errors
+from . import errors, fsck
 from .catalog import ContainerRow as Container
 from .cluster import Cluster
 from .protection import VM, PDSnapshot, ProtectionDomain, Schedule, ScheduleRun
@@ -26,5 +26,6 @@ __all__ = [
     "Snapshot",
     "VDisk",
     "errors",
+    "fsck",
 ]
 __version__ = "0.1.0"
