@@ -49,6 +49,7 @@ from .constants import (
     MIN_BLOCK_SIZE,
     OPLOG_DIR,
     OPLOG_DIRTY_CAP_BYTES,
+    SALVAGE_DIR,
 )
 from .context import ClusterContext
 from .drainer import Drainer
@@ -68,7 +69,6 @@ from .names import check_name
 from .nearsync import retention as nearsync_retention
 from .nearsync import state as nearsync_state
 from .oplog import OpLog, RecordType, Salvage
-from .oplog_record import SALVAGE_DIR
 from .replica import ReplicaInfo, list_replicas
 from .replication import sites
 from .replication.sites import RemoteSite
@@ -237,13 +237,16 @@ class Cluster:
             if vd is None or record.seq <= starts[vd.id] or record.type == RecordType.MARKER:
                 continue
             if record.type == RecordType.MAP and record.seq <= oplog.recovered_durable_seq:
-                missing = record.extent_ids()[~self._ctx.store.contains_each(record.extent_ids())]
+                store = self._ctx.store
+                missing = record.extent_ids()[~store.contains_each(record.extent_ids())]
                 if missing.size:
+                    cut = f" (open cut torn tails of {', '.join(store.cut_tails)})"
                     self._ctx.problems.append(
                         f"OpLog record {record.seq} (vDisk {vd.name!r}, blocks {record.offset}.."
                         f"{record.offset + record.length - 1}) was synced but names "
                         f"{missing.size} extent(s) the extent store lacks, e.g. "
-                        f"{int(missing[0])}: an extent group is damaged or truncated")
+                        f"{int(missing[0])}: an extent group is damaged or truncated"
+                        f"{cut if store.cut_tails else ''}")
                     log.error("%s", self._ctx.problems[-1])
                 vd.replay(record, require_extents=False)
                 replayed += 1

@@ -36,6 +36,7 @@ EXTENT_GROUP_BYTES = 64 * 1024 * 1024       # bytes; an extent group file is clo
 COMPRESS_MIN_SAVING = 8                     # store compressed only if it saves >= 1/8 of the block
 GC_COMPACT_DEAD_FRACTION = 0.25             # compact an extent group once 1/4 of it is garbage
 EXTENT_TABLE_FILE = "extent_table.bin"      # checkpoint of the extent table (in EXTENT_DIR)
+SALVAGE_DIR = "salvaged"                    # in oplog/ and extents/: bytes recovery cut off, kept
 ID_FLOOR_FILE = "idfloor.bin"               # extent ids below this may have been handed out
 ID_FLOOR_VERSION = 1
 ID_FLOOR_STEP = 65536                       # ids reserved per floor update (33 B of table RAM each)

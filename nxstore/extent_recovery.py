@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .constants import EXTENT_TABLE_FILE, INDEX_FILE
+from .constants import EXTENT_TABLE_FILE, INDEX_FILE, SALVAGE_DIR
 from .errors import Corruption, InvalidArgument, NotFound
 from .extent_group import (
     FLAG_INDEXED,
@@ -34,6 +34,7 @@ from .extent_group import (
     scan_group,
 )
 from .extent_table import PRESENT, load_checkpoint
+from .fileutil import atomic_write
 from .fingerprint_index import load_or_rebuild
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def recover(store: ExtentStore, create: bool) -> list[int]:
     try:
         ckpt = load_checkpoint(ckpt_path)
     except Corruption as exc:
-        store._problem(f"{exc} (rebuilt the extent table from the extent groups at open)")
+        store._problem(f"{exc}; rebuilding the extent table from the extent groups (at open)")
         ckpt = None
     if ckpt is None and not groups and not os.path.exists(ckpt_path):
         if not create:
@@ -129,10 +130,19 @@ def _recover_groups(store: ExtentStore, groups: list[int], covered: dict[int, in
         for p in res.problems:
             store._problem(p)
         if res.torn:
-            log.warning("%s: dropping torn tail at offset %d (%d bytes)",
-                        store._path(group_file_name(g)), res.end, size - res.end)  # fmt: skip
-            os.truncate(store._path(group_file_name(g)), res.end)
+            path = store._path(group_file_name(g))
+            log.warning("%s: dropping torn tail at offset %d (%d bytes)", path, res.end, size - res.end)
+            # Kept, not destroyed: were the tail synced after all (damage, not a crash), a
+            # durable record names its extents and open reports them missing.
+            keep = os.path.join(store.directory, SALVAGE_DIR)
+            os.makedirs(keep, exist_ok=True)
+            with open(path, "rb") as f:
+                f.seek(res.end)
+                atomic_write(os.path.join(keep, f"{group_file_name(g)}.from-{res.end}"), [f.read()])
+            os.truncate(path, res.end)
             store._dirty.add(g)
+            store.cut_tails.append(f"{path} at offset {res.end} "
+                                   f"({size - res.end} bytes kept in {keep})")
         store._glen[g] = res.end
         ids = res.ids
         if ids.size:

@@ -88,6 +88,7 @@ class ExtentStore:
         self._n_extents = self._stored = self._n_compressed = 0
         self._floor = 0  # durable: no id >= this was ever handed out
         self.floor_lost = False  # the floor file was damaged: the owner must raise_floor()
+        self.cut_tails: list[str] = []  # group tails open cut as torn (kept in salvaged/)
 
     # -- open / close -------------------------------------------------------------
     @classmethod
@@ -432,6 +433,8 @@ class ExtentStore:
         t = self._table
         g, o = (int(t.group[eid]), int(t.offset[eid])) if eid < t.next_id else (0, 0)
         where = f"{self._path(group_file_name(g))} offset {o}" if g else self.directory
+        if not g and self.cut_tails:
+            where += "; open cut torn tails of " + ", ".join(self.cut_tails)
         raise ExtentCorruption(f"extent {eid} ({where}): {what}", eid, batch_index, g, o)
 
     def read_blocks(self, extent_ids: np.ndarray, out: np.ndarray) -> None:

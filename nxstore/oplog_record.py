@@ -48,7 +48,7 @@ from typing import NamedTuple
 import numpy as np
 import xxhash
 
-from .constants import OPLOG_FORMAT_VERSION, OPLOG_INDEX_STRIDE_BYTES
+from .constants import OPLOG_FORMAT_VERSION, OPLOG_INDEX_STRIDE_BYTES, SALVAGE_DIR
 from .errors import Corruption, FormatError
 from .fileutil import atomic_write, fsync_dir
 
@@ -309,7 +309,6 @@ def iter_file(f, path: str, start: int, end: int, lo: int, hi: int):
 # --- segments and recovery ---------------------------------------------------------------
 
 _SEGMENT_RE = re.compile(r"^oplog-(\d{20})\.seg$")
-SALVAGE_DIR = "salvaged"  # in the OpLog directory: what salvage dropped, kept
 
 
 def segment_name(first_seq: int) -> str:

@@ -55,6 +55,8 @@ def scrub_cluster(
             problems.append(
                 f"{missing.size} extent(s) referenced by block maps or OpLog records are "
                 f"missing, e.g. extent id {int(missing[0])}"
+                + (f" (open cut torn tails of {', '.join(ctx.store.cut_tails)})"
+                   if ctx.store.cut_tails else "")
             )
     problems.extend(ctx.store.scrub(progress))
     for line in problems:
