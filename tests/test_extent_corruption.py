@@ -128,7 +128,13 @@ def test_table_checkpoint_rebuilt_from_groups(store, caplog):
     assert (read(s, ids) == data).all()
     for k in ("extents", "stored_bytes", "compressed_extents", "index_entries"):
         assert s.stats()[k] == before[k]
-    assert (s.put_blocks(data) == ids).all() and s.scrub() == []
+    assert (s.put_blocks(data) == ids).all()
+    # Issue 11: the damage is reported (not silently papered over) until a new checkpoint
+    problems = s.scrub()
+    assert len(problems) == 1 and "rebuilding the extent table" in problems[0]
+    s.close()
+    s = reopen(d)
+    assert s.scrub() == []
     s.close()
 
 
