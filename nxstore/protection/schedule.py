@@ -104,6 +104,19 @@ class ScheduleRun:
         return "; ".join(parts)
 
 
+def interval_text(seconds: float) -> str:
+    """An interval as days, hours, minutes and seconds: 10 -> '10s', 5400 -> '1h30m'."""
+    whole, frac = divmod(float(seconds), 1.0)
+    parts, rest = [], int(whole)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    if rest or frac or not parts:
+        parts.append(f"{rest + frac:g}s")
+    return "".join(parts)
+
+
 def _to_schedule(pd_name: str, row: PDScheduleRow) -> Schedule:
     return Schedule(row.id, pd_name, timedelta(seconds=row.every), row.keep_local,
                     json.loads(row.keep_remote), row.app_consistent, row.enabled, row.next_due,
@@ -134,7 +147,8 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
     if (seconds < MIN_INTERVAL or seconds % MIN_INTERVAL) and not (
             keep_remote and nearsync_interval(pd, seconds)):
         raise InvalidArgument(f"every must be a positive whole number of minutes (whole seconds "
-                              f"for a NearSync schedule, which has remote sites), not {every}")
+                              f"for a NearSync schedule, which has remote sites), not "
+                              f"{interval_text(seconds)}")
     _check_count(keep_local, "keep_local")
     keep_remote = dict(keep_remote or {})
     if not all(isinstance(k, str) for k in keep_remote):
