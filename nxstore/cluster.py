@@ -739,19 +739,14 @@ class Cluster:
     def lws_group(self, vdisks: Sequence[VDisk] = (), name: str | None = None, *,
                   pd: str | None = None) -> LWS:
         """A light-weight snapshot of several vDisks at one crash-consistent point: one OpLog
-        marker, O(1), no drain (see nxstore.nearsync.lws). With `pd` (and no `vdisks`) it
-        covers the protection domain's vDisks and its NearSync schedule ships it with the next
-        run. Raises InvalidArgument, ReadOnly, NotFound. Durable on return."""
+        marker, O(1), no drain (see nxstore.nearsync.lws). With `pd` (and no `vdisks`), or
+        when one protection domain protects every one of `vdisks`, it covers that PD's
+        vDisks and the PD's NearSync schedule ships it with the next run (the remotes list
+        it by name). Raises InvalidArgument, ReadOnly, NotFound. Durable on return."""
         self._check_open()
         from .nearsync import lws
 
-        pd_id = 0
-        if pd is not None:
-            if vdisks:
-                raise InvalidArgument("lws_group takes vdisks or pd, not both")
-            domain = self.protection_domain(pd)
-            pd_id, vdisks = domain.id, [self.vdisk(n) for n in domain.vdisk_names()]
-        return lws.take(self._ctx, [self.vdisk(vd.name) for vd in vdisks], name, pd_id=pd_id)[0]
+        return lws.take_group(self, vdisks, name, pd)
 
     def configure_nearsync(self, **settings: float) -> NearSyncConfig:
         """Change NearSync settings (max_interval, lag_threshold, compose_every, ship_timeout;

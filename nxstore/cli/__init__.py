@@ -66,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error_text(exc: BaseException) -> str:
+    from .common import cli_words
+
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
-    return str(exc) or type(exc).__name__
+    return cli_words(str(exc)) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None, *, cwd: str | None = None) -> int:

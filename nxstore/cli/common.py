@@ -16,6 +16,17 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
+# Keyword arguments the library's messages name, and the options that set them on the
+# command line (an error that says how to go on must say it in the words of the CLI).
+API_OPTIONS = {"with_snapshots=True": "--with-snapshots", "force=True": "--force"}
+_API_RE = re.compile(r"\b(" + "|".join(map(re.escape, API_OPTIONS)) + r")(?![\w=])")
+
+
+def cli_words(message: str) -> str:
+    """`message` with the library's keyword arguments named as CLI options."""
+    return _API_RE.sub(lambda m: API_OPTIONS[m.group(1)], message)
+
+
 class CliError(Exception):
     """An operational error detected by the CLI itself (exit status 1)."""
 
@@ -59,6 +70,17 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def count_arg(text: str) -> int:
+    """argparse `type=`: a count of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"bad count {text!r}: a whole number, at least 1")
+    return n
+
+
 def human(n: float) -> str:
     """1536 -> '1.5 KiB'; exact bytes below 1 KiB."""
     n = float(n)
@@ -69,6 +91,11 @@ def human(n: float) -> str:
         if abs(n) < 1024 or unit == "PiB":
             return f"{n:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def plural(n: int, one: str, many: str) -> str:
+    """'1 entity', '3 entities'."""
+    return f"{n} {one if n == 1 else many}"
 
 
 def split_ref(ref: str, *, need_snap: bool) -> tuple[str, str | None]:

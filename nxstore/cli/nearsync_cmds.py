@@ -80,8 +80,11 @@ def cmd_lws(args: argparse.Namespace) -> int:
     with open_cluster(args.path) as c:
         vdisks = [c.vdisk(n) for n in args.vdisks]
         lws = c.lws_group(vdisks, args.name, pd=args.pd)
+        owner = next((pd.name for pd in c.protection_domains() if pd.id == lws.pd_id), None)
+        where = (f"protection domain {owner} ships it with its next NearSync round" if owner
+                 else "kept here only (its vDisks are not all in one protection domain)")
         print(f"LWS {lws.name} (marker seq {lws.seq}) of {', '.join(lws.vdisks)} at "
-              f"{_when(lws.created_at)}")
+              f"{_when(lws.created_at)}; {where}")
     return 0
 
 

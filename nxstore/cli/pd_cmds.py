@@ -9,7 +9,8 @@ import json
 import re
 from datetime import timedelta
 
-from .common import CliError, open_cluster, table
+from ..protection.schedule import interval_text
+from .common import CliError, count_arg, open_cluster, plural, table
 from .vm_cmds import parse_pairs
 
 _EVERY_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$", re.IGNORECASE)
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = cmd("schedule", "add a schedule (or list them without --every)", cmd_schedule)
     q.add_argument("--every", type=every_arg, metavar="INTERVAL", help="30m, 1h, 1d...")
-    q.add_argument("--keep", type=int, metavar="N", help="snapshots kept locally")
+    q.add_argument("--keep", type=count_arg, metavar="N", help="snapshots kept locally")
     q.add_argument("--remote", action="append", default=[], metavar="SITE=N",
                    help="replicate each snapshot to SITE, keep N there (repeat)")
     q.add_argument("--app-consistent", action="store_true")
@@ -99,7 +100,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         for spec in args.cg:
             for name, members in parse_pairs([spec], "consistency group").items():
                 pd.add_consistency_group(name, [m for m in members.split(",") if m])
-        print(f"created protection domain {pd.name} ({len(args.entities)} entities)")
+        print(f"created protection domain {pd.name} "
+              f"({plural(len(args.entities), 'entity', 'entities')})")
     return 0
 
 
@@ -150,9 +152,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     for cg, members in info["consistency_groups"].items():
         print(f"consistency group {cg}: {', '.join(members)}")
     for s in info["schedules"]:
-        print(f"schedule {s['id']}: every {timedelta(seconds=s['every_s'])}, keep {s['keep_local']}"
-              f" local {s['keep_remote'] or ''}{'' if s['enabled'] else ' (disabled)'}, next "
-              f"{_when(s['next_due'])}")
+        print(f"schedule {s['id']}: {_schedule_text(s['every_s'], s['keep_local'], s['keep_remote'])}"
+              f"{'' if s['enabled'] else ' (disabled)'}, next {_next(s['next_due'])}")
     for s in info["snapshot_list"]:
         print(f"snapshot {s['name']}  {_when(s['created_at'])}  {s['consistency']}"
               f"  {','.join(s['replicated_to'])}")
@@ -183,24 +184,35 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             if args.keep is not None or args.remote:
                 raise CliError("--keep and --remote need --every")
             for s in pd.schedules():
-                print(f"{s.id}: every {s.every}, keep {s.keep_local}, remote {s.keep_remote}, "
-                      f"{'enabled' if s.enabled else 'disabled'}, next {_when(s.next_due)}")
+                print(f"{s.id}: {_schedule_text(s.every.total_seconds(), s.keep_local, s.keep_remote)}"
+                      f", {'enabled' if s.enabled else 'disabled'}, next {_next(s.next_due)}")
             return 0
         if args.keep is None:
             raise CliError("a schedule needs --keep N")
-        remote = {k: _count(v) for k, v in parse_pairs(args.remote, "--remote").items()}
+        remote = {k: _count(v, f"--remote {k}") for k, v in
+                  parse_pairs(args.remote, "--remote").items()}
         s = pd.add_schedule(every=args.every, keep_local=args.keep, keep_remote=remote,
                             app_consistent=args.app_consistent)
-        print(f"added schedule {s.id}: every {s.every}, keep {s.keep_local}"
-              + (f", remote {s.keep_remote}" if s.keep_remote else ""))
+        print(f"added schedule {s.id}: "
+              f"{_schedule_text(s.every.total_seconds(), s.keep_local, s.keep_remote)}")
     return 0
 
 
-def _count(text: str) -> int:
+def _schedule_text(every_s: float, keep: int, remote: dict[str, int]) -> str:
+    """'every 10s, keep 2, remote canada=24' (CLI words, as `pd schedule` takes them)."""
+    where = ", ".join(f"{site}={n}" for site, n in sorted(remote.items()))
+    return f"every {interval_text(every_s)}, keep {keep}" + (f", remote {where}" if where else "")
+
+
+def _next(due: float | None) -> str:
+    return "at the scheduler's first pass" if due is None else _when(due)
+
+
+def _count(text: str, what: str) -> int:
     try:
-        return int(text)
-    except ValueError:
-        raise CliError(f"bad count {text!r}") from None
+        return count_arg(text)
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"{what}: {exc}") from None
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

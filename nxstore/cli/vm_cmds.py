@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import CliError, open_cluster, table
+from .common import CliError, open_cluster, plural, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +67,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     with open_cluster(args.path) as c:
         vm = c.create_vm(args.name, vdisks=args.vdisk, nics=[{"network": n} for n in args.nic],
                          categories=parse_pairs(args.category, "category"), power=args.power)
-        print(f"created VM {vm.name} ({len(vm.vdisk_names)} vDisks, power {vm.power_state})")
+        print(f"created VM {vm.name} ({plural(len(vm.vdisk_names), 'vDisk', 'vDisks')}, "
+              f"power {vm.power_state})")
     return 0
 
 

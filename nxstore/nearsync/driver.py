@@ -59,18 +59,22 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
     errors: dict[str, str] = {}
     replicated: list[str] = []
     pruned: dict[str, tuple[str, ...]] = {}
-    taken: PDSnapshot | None = None
+    mark: lws.LWS | None = None
+    taken: PDSnapshot | None = None  # this run's PD snapshot: composed remotely, or a seed
     try:
         if any(r.state == state.NEARSYNC for r in rows.values()):
             with mgr.lock:
-                taken = _mark(pd, row, now)
+                mark, taken = _mark(pd, row, now)
     except NxError as exc:
         log.error("PD %s: LWS failed: %s", pd.name, exc)
         return ScheduleRun(pd.name, row.id, due, now, missed, None, None, error=str(exc))
     for site, ns in rows.items():
         try:
             # Either way: the newest PD snapshot the site got (remote retention follows it).
-            newest = _ship(pd, ns, now) if ns.state == state.NEARSYNC else _seed(pd, row, ns)
+            if ns.state == state.NEARSYNC:
+                newest = _ship(pd, ns, now)
+            else:
+                newest = taken = _seed(pd, row, ns)
         except NxError as exc:
             log.error("PD %s: NearSync to %s: %s", pd.name, site, exc)
             errors[site] = str(exc)
@@ -90,10 +94,11 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
         pruned_local = _retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
     return ScheduleRun(pd.name, row.id, due, now, missed, taken.name if taken else None,
                        taken.consistency if taken else None, (), tuple(replicated), errors,
-                       pruned_local, pruned)
+                       pruned_local, pruned, lws=mark.name if mark else None)
 
 
-def _mark(pd: ProtectionDomain, row: PDScheduleRow, now: float) -> PDSnapshot | None:
+def _mark(pd: ProtectionDomain, row: PDScheduleRow, now: float
+          ) -> tuple[lws.LWS, PDSnapshot | None]:
     """Take this run's LWS, with a PD snapshot when one is due for composing."""
     from ..protection.pdsnapshot import take_pd_snapshot
 
@@ -102,14 +107,13 @@ def _mark(pd: ProtectionDomain, row: PDScheduleRow, now: float) -> PDSnapshot | 
     vdisks = [mgr.vdisk(n) for n in pd.vdisk_names()]
     mine = [s for s in pd.snapshots() if s.schedule_id == row.id]
     if mine and now - mine[-1].created_at < cfg.compose_every:
-        lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id)
-        return None
+        return lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id)
 
     def snap() -> tuple[PDSnapshot, str]:
         s = take_pd_snapshot(pd, name=None, schedule_id=row.id, app_consistent=row.app_consistent)
         return s, s.name
 
-    return lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id, with_snapshot=snap)[1]
+    return lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id, with_snapshot=snap)
 
 
 def _broken(pd: ProtectionDomain, prev: LWSRow | None, rows: list[LWSRow]) -> str | None:

@@ -9,6 +9,11 @@ the point for all of them. O(1): no drain, no map change.
 
 The marker is made durable (`OpLog.sync`) before the catalogue row that names it commits,
 because the OpLog hands out again the seqs of records lost before a sync.
+
+An LWS belongs to a protection domain (`pd_id`) when it is taken for the PD or over vDisks
+that one PD active here protects; it then covers all of that PD's vDisks (a NearSync chain
+moves one point for all of them), the PD's next NearSync round ships it, and the remotes list
+it among the restore points under its name. Any other LWS is ad hoc (pd_id 0): local only.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from ..catalog import LWSRow
 from ..context import ClusterContext
 from ..errors import InvalidArgument
 from ..names import check_name
+from ..protection.domain import ACTIVE
 from ..vdisk import lock_group
 
 if TYPE_CHECKING:
+    from ..cluster import Cluster
+    from ..protection.domain import ProtectionDomain
     from ..vdisk import VDisk
 
 T = TypeVar("T")
@@ -72,6 +80,33 @@ def take(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str | None = None, 
     with ctx.catalog.transaction():
         ctx.catalog.insert(row)
     return LWS.from_row(row), extra
+
+
+def take_group(cluster: Cluster, vdisks: Sequence[VDisk], name: str | None,
+               pd: str | None) -> LWS:
+    """`Cluster.lws_group`: an LWS of `vdisks` or of protection domain `pd`'s vDisks,
+    attributed to a PD as the module docstring says. Raises as `take`, and NotFound (PD)."""
+    if pd is not None:
+        if vdisks:
+            raise InvalidArgument("lws_group takes vdisks or pd, not both")
+        domain = cluster.protection_domain(pd)
+    else:
+        domain = _protecting(cluster, [vd.name for vd in vdisks])
+    if domain is not None:
+        vdisks = [cluster.vdisk(n) for n in domain.vdisk_names()]
+    members = [cluster.vdisk(vd.name) for vd in vdisks]
+    return take(cluster._ctx, members, name, pd_id=domain.id if domain else 0)[0]
+
+
+def _protecting(cluster: Cluster, names: list[str]) -> ProtectionDomain | None:
+    """The PD active here that protects every vDisk of `names` (None: there is no one such
+    PD, or a name repeats, which `take` reports)."""
+    if not names or len(set(names)) != len(names):
+        return None
+    for domain in cluster.protection_domains():
+        if domain.state == ACTIVE and set(names) <= set(domain.vdisk_names()):
+            return domain
+    return None
 
 
 def rows(ctx: ClusterContext, pd_id: int, after_seq: int = 0) -> list[LWSRow]:

@@ -530,7 +530,7 @@ def _check_no_owner_answers(mgr: ProtectionManager, name: str, mine: Ownership) 
     """InUse if a remote site answers that it owns the PD (the owner still alive, or a
     peer that activated it already) or knows a newer owner than this site does."""
     others = [s.name for s in mgr.cluster.remote_sites()]
-    fence = "or activate with force=True (CLI --force) to fence that site off"
+    fence = "or activate with force=True to fence that site off"
     for site in sorted(others, key=lambda s: s != mine.owner_site):  # the owner first
         try:
             view = Ownership.from_json(remote.status(mgr.cluster, site, name))

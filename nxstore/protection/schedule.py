@@ -1,6 +1,11 @@
 """Schedules and retention: PD snapshots taken from the cluster clock.
 
-A schedule fires on slots `start + k * every`. `run_schedules()` runs every
+A schedule fires on slots `start + k * every`. A schedule added without a `start` is
+anchored by the first scheduler pass that sees it, on the clock that pass runs on: its
+first slot is that moment. So a schedule made offline (real clock) and then run by
+`nxstore serve --clock-file` (simulated clock) fires on the simulated clock, and a
+schedule shipped to a peer before its first run is anchored where it first runs.
+`run_schedules()` runs every
 enabled schedule of every active PD whose next slot has come: ONE PD snapshot
 however many slots were missed (downtime: one catch-up snapshot, not a burst;
 the skipped slots are counted in the run record), then the next slot is the
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL = 60.0  # seconds: intervals are whole minutes (minutes, hours, days)
+UNANCHORED = 0.0     # next_due of a schedule no scheduler pass has seen yet (no `start`)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class Schedule:
     keep_remote: dict[str, int]
     app_consistent: bool
     enabled: bool
-    next_due: float        # cluster-clock seconds of the next slot
+    next_due: float | None  # cluster-clock seconds of the next slot; None = the first pass
     last_run: float | None  # cluster-clock seconds of the last run, None = never
 
 
@@ -77,20 +83,32 @@ class ScheduleRun:
     replication_errors: dict[str, str] = field(default_factory=dict)
     pruned_local: tuple[str, ...] = ()                    # PD snapshots deleted here
     pruned_remote: dict[str, tuple[str, ...]] = field(default_factory=dict)  # site -> vDisk@snap
-    error: str | None = None                              # why no snapshot was taken
+    error: str | None = None                              # why nothing was taken
+    lws: str | None = None         # NearSync: the LWS this run took (shipped to `replicated`)
 
     @property
     def ok(self) -> bool:
-        """The snapshot was taken, app-consistent if asked, and reached every site."""
+        """What was due was taken, app-consistent if asked, and reached every site."""
         return self.error is None and not self.hook_failures and not self.replication_errors
+
+    @property
+    def routine(self) -> bool:
+        """A NearSync round that only took and shipped an LWS, every site reached and
+        nothing pruned: it recurs every interval, so a log shows it at DEBUG level."""
+        return (self.ok and self.lws is not None and self.snapshot is None
+                and not self.missed_slots and not self.pruned_local
+                and not any(self.pruned_remote.values()))
 
     def summary(self) -> str:
         """One line for logs and reports: what was taken, where it went, what was pruned."""
-        if self.snapshot is None:
-            return f"PD {self.pd} schedule {self.schedule_id}: no snapshot: {self.error}"
-        parts = [f"PD {self.pd} schedule {self.schedule_id}: snapshot {self.snapshot} "
-                 f"({self.consistency}-consistent)",
-                 f"replicated to {', '.join(self.replicated) or '-'}"]
+        head = f"PD {self.pd} schedule {self.schedule_id}: "
+        if self.error is not None:
+            return f"{head}nothing taken: {self.error}"
+        taken = [f"LWS {self.lws}"] if self.lws else []
+        if self.snapshot:
+            taken.append(f"snapshot {self.snapshot} ({self.consistency}-consistent)")
+        parts = [head + (" with ".join(taken) or "nothing taken"),
+                 f"{'shipped' if self.lws else 'replicated'} to {', '.join(self.replicated) or '-'}"]
         if self.missed_slots:
             parts.append(f"catch-up for {self.missed_slots} missed slot(s)")
         if self.pruned_local:
@@ -104,10 +122,23 @@ class ScheduleRun:
         return "; ".join(parts)
 
 
+def interval_text(seconds: float) -> str:
+    """An interval as days, hours, minutes and seconds: 10 -> '10s', 5400 -> '1h30m'."""
+    whole, frac = divmod(float(seconds), 1.0)
+    parts, rest = [], int(whole)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    if rest or frac or not parts:
+        parts.append(f"{rest + frac:g}s")
+    return "".join(parts)
+
+
 def _to_schedule(pd_name: str, row: PDScheduleRow) -> Schedule:
     return Schedule(row.id, pd_name, timedelta(seconds=row.every), row.keep_local,
-                    json.loads(row.keep_remote), row.app_consistent, row.enabled, row.next_due,
-                    row.last_run or None)
+                    json.loads(row.keep_remote), row.app_consistent, row.enabled,
+                    None if row.next_due == UNANCHORED else row.next_due, row.last_run or None)
 
 
 def _check_count(value: object, what: str) -> int:
@@ -123,7 +154,8 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
     minutes: minutes, hours, days), the newest `keep_local` of them kept here and
     `keep_remote[site]` at each site (each snapshot is replicated there).
     `app_consistent` runs the VMs' hooks around each snapshot. The first slot is
-    `start` (cluster-clock seconds or an aware datetime; default: now).
+    `start` (cluster-clock seconds after the epoch or an aware datetime; default: the
+    first scheduler pass, on its clock: see the module docstring).
 
     Raises InvalidArgument (interval not a positive whole number of minutes, a
     keep count below 1, bad types), NotFound (unknown site). Several schedules per
@@ -134,7 +166,8 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
     if (seconds < MIN_INTERVAL or seconds % MIN_INTERVAL) and not (
             keep_remote and nearsync_interval(pd, seconds)):
         raise InvalidArgument(f"every must be a positive whole number of minutes (whole seconds "
-                              f"for a NearSync schedule, which has remote sites), not {every}")
+                              f"for a NearSync schedule, which has remote sites), not "
+                              f"{interval_text(seconds)}")
     _check_count(keep_local, "keep_local")
     keep_remote = dict(keep_remote or {})
     if not all(isinstance(k, str) for k in keep_remote):
@@ -147,7 +180,7 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
     mgr = pd._mgr
     now = mgr.now()
     if start is None:
-        first = now
+        first = UNANCHORED
     elif isinstance(start, datetime):
         if start.tzinfo is None:
             raise InvalidArgument("start must be timezone-aware")
@@ -156,6 +189,8 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
         first = float(start)
     else:
         raise InvalidArgument(f"start must be clock seconds or a datetime, not {start!r}")
+    if start is not None and not 0 < first < math.inf:
+        raise InvalidArgument(f"start must lie after the epoch, not {start!r}")
     with mgr.lock, mgr.catalog.transaction():
         pd_id = pd.id
         others = mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd_id,))
@@ -250,6 +285,8 @@ def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun 
         row = _still_due(pd, schedule_id, now)
         if row is None:
             return None
+        if row.next_due == UNANCHORED:
+            row.next_due = now  # the first pass anchors it on its clock (module docstring)
         due = row.next_due
         missed = _advance(row, now)
         nearsync = is_nearsync(pd, row)  # LWS shipped instead: nxstore.nearsync.driver

@@ -135,7 +135,9 @@ async def _run(
         except asyncio.TimeoutError:
             raise ProtocolError(f"handshake timed out after {timeout:g} s") from None
     except NxError as e:
-        log.warning(
+        # The client's caller gets the exception and reports it; a server has no one else.
+        log.log(
+            logging.WARNING if role == "server" else logging.INFO,
             "replication handshake (%s side, peer %s) failed: %s: %s",
             role,
             t.label,

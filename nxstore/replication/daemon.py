@@ -92,7 +92,8 @@ def run_due_schedules(cluster: Cluster) -> None:
         log.exception("schedule pass failed")
         return
     for run in runs:
-        log.log(logging.INFO if run.ok else logging.WARNING, "schedule run: %s", run.summary())
+        level = logging.WARNING if not run.ok else logging.DEBUG if run.routine else logging.INFO
+        log.log(level, "schedule run: %s", run.summary())
 
 
 def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | None = None,

@@ -24,7 +24,7 @@ import numpy as np
 import xxhash
 
 from ..constants import WIRE_BLOCKS_BATCH_BYTES, WIRE_MAX_BATCH
-from ..errors import ConnectionClosed, NxError, ProtocolError
+from ..errors import AuthenticationError, ConnectionClosed, NxError, ProtocolError
 from ..snapshot import Snapshot, block_delta
 from .auth import SiteIdentity
 from .messages import (
@@ -143,10 +143,16 @@ class _Session:
 
 async def open_session(cluster: Cluster, site: RemoteSite,
                        bandwidth_limit: float | None = None) -> _Session:
+    """An authenticated session with `site`. Raises what `connect` raises; a failed
+    challenge as AuthenticationError naming the site as registered here and its address."""
     host, port = site.host_port()
-    t = await connect(host, port, identity=SiteIdentity(cluster.id, cluster.site_name),
-                      secret=site.secret, bandwidth_limit=bandwidth_limit,
-                      ssl=site.ssl_context())
+    try:
+        t = await connect(host, port, identity=SiteIdentity(cluster.id, cluster.site_name),
+                          secret=site.secret, bandwidth_limit=bandwidth_limit,
+                          ssl=site.ssl_context())
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"authentication with site {site.name!r} at {host}:{port} "
+                                  "failed: the shared secrets differ") from exc
     return _Session(t)
 
 

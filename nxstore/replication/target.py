@@ -121,6 +121,8 @@ class _Transfer:
     unsynced: int = 0  # bytes stored since the last extent-store sync
     unflushed: int = 0  # bytes stored since the last writeback kick
     ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # LWS
+    # (fingerprints, extent ids) stored unindexed: a snapshot into a container with dedup off
+    private: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @property
     def entries(self) -> int:
@@ -305,10 +307,14 @@ class ReplicationTarget:
             raise Corruption(f"received block {int(bad[0])} of a BLOCKS batch does not match its "
                              f"fingerprint ({bad.size} bad): nothing of it was stored")
         container = self.cluster._container(transfer.begin.container)
-        # Always indexed: the target finds replicated blocks by fingerprint.
+        # Indexed, so the target finds them by fingerprint, unless the snapshot's container
+        # has dedup off (nxstore.replica); LWS episodes name their blocks by fingerprint.
+        private = not container.dedup and isinstance(transfer.begin, BeginTransfer)
         store = self.cluster._ctx.store
-        store.put_blocks_known(msg.data, msg.fingerprints, dedup=True,
-                               compress=container.compression, container_id=container.id)
+        ids = store.put_blocks_known(msg.data, msg.fingerprints, dedup=not private,
+                                     compress=container.compression, container_id=container.id)
+        if private:
+            transfer.private.append((np.array(msg.fingerprints, dtype=np.uint8), ids))
         # Flush as data arrives (early writeback without the store lock, a store sync
         # now and then), so COMMIT does not wait for one huge writeback.
         transfer.unsynced += msg.data.nbytes
@@ -335,6 +341,9 @@ class ReplicationTarget:
             indices=np.concatenate(transfer.indices) if transfer.indices else empty,
             fingerprints=(np.concatenate(transfer.fingerprints) if transfer.fingerprints
                           else np.zeros((0, 16), dtype=np.uint8)),
+            received=(np.concatenate([p[0] for p in transfer.private]),
+                      np.concatenate([p[1] for p in transfer.private])) if transfer.private
+            else None,
         )
         log.info("applied replica snapshot %s@%s from %s", snap.vdisk_name, snap.name, b.source_site)
         return Committed(msg.transfer_id, snap.name, req_id=msg.req_id)

@@ -521,6 +521,7 @@ def test_activate_refuses_while_the_owner_answers(sites, clock, capsys):
     assert main(["pd", "activate", path, "pd-web"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "answers and owns" in err and "--force" in err
+    assert "force=True" not in err  # CLI words (nxstore.cli.common.cli_words)
     assert main(["pd", "activate", path, "pd-web", "--force"]) == 0  # operator fences france
     assert "activated pd-web (epoch 2)" in capsys.readouterr().out
     # france still thinks it owns pd-web until it talks to canada; then it demotes
