@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import pattern
+from model import pattern
 
 import nxstore
 from nxstore.errors import Corruption, GenerationUnverifiable, NxError
