@@ -8,7 +8,11 @@ sends BLOCKS messages of 64 x 16 KiB incompressible blocks through a SendWindow;
 (`serve`) decodes every frame (checksum verified) and ACKs every WIRE_ACK_EVERY. The lz4
 attempt on incompressible data is included (it is what a real source pays unless it knows
 the data does not compress); `--no-compress` shows the figure without it.
-Reports MB/s of block bytes (MiB = 2**20; MB/s here = 10**6 bytes/s) and the ratio.
+Each run also measures the same transfer with the frame MAC (HMAC-SHA256, protocol
+version 2) patched out on both sides, i.e. what version 1 cost, to show the MAC's price,
+and the CPU cost of the MAC and of the XXH3 checksum on one 4 MiB frame.
+Reports MB/s of block bytes (MiB = 2**20; MB/s here = 10**6 bytes/s), the ratios to the
+socket ceiling of the same run, and the load average.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from nxstore.replication import (  # noqa: E402
     SendWindow,
     SiteIdentity,
     connect,
+    frames,
     serve,
 )
 
@@ -82,7 +87,29 @@ def ceiling(total: int) -> float:
     return total / dt / 1e6
 
 
-def _wire_child(port_q: mp.Queue, tls: bool) -> None:
+def _without_mac() -> None:
+    """Patch the frame MAC out of this process (both sides must): every tag is zero."""
+    frames.FrameKey.tag = lambda self, head, payload: frames.NO_TAG
+
+
+def mac_costs() -> tuple[float, float]:
+    """GB/s of the frame MAC (HMAC-SHA256) and of the XXH3-64 checksum on a 4 MiB frame."""
+    data = os.urandom(4 << 20)
+    key = frames.FrameKey(b"k" * 32)
+    head = bytes(32)
+    out = []
+    for f in (lambda: key.tag(head, [data]), lambda: xxhash.xxh3_64_intdigest(data)):
+        f()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            f()
+        out.append(20 * len(data) / (time.perf_counter() - t0) / 1e9)
+    return out[0], out[1]
+
+
+def _wire_child(port_q: mp.Queue, tls: bool, mac: bool) -> None:
+    if not mac:
+        _without_mac()
     async def handler(t) -> None:
         acks = AckBatcher()
         while True:
@@ -145,9 +172,9 @@ def _server_ctx():
     return ctx
 
 
-def wire(total: int, compress: bool, tls: bool) -> tuple[float, float]:
+def wire(total: int, compress: bool, tls: bool, mac: bool = True) -> tuple[float, float]:
     q: mp.Queue = mp.Queue()
-    p = mp.Process(target=_wire_child, args=(q, tls), daemon=True)
+    p = mp.Process(target=_wire_child, args=(q, tls, mac), daemon=True)
     p.start()
     port = q.get()
     n_batches = total // (BLOCK * BATCH)
@@ -199,9 +226,13 @@ def wire(total: int, compress: bool, tls: bool) -> tuple[float, float]:
         await t.close()
         return n_batches * BATCH * BLOCK / dt / 1e6, wire_bytes / (n_batches * BATCH * BLOCK)
 
+    saved = frames.FrameKey.tag
+    if not mac:
+        _without_mac()
     try:
         return asyncio.run(run())
     finally:
+        frames.FrameKey.tag = saved
         p.kill()
         p.join()
 
@@ -214,19 +245,22 @@ def main() -> None:
     ap.add_argument("--tls", action="store_true")
     a = ap.parse_args()
     total = a.mib << 20
-    ceil, wires, overhead = [], [], 0.0
-    for _ in range(a.runs):
+    ceil, wires, bare, overhead = [], [], [], 0.0
+    for _ in range(a.runs):  # interleaved, so that load changes hit all three alike
         ceil.append(ceiling(total))
         w, overhead = wire(total, not a.no_compress, a.tls)
         wires.append(w)
-    c, w = statistics.median(ceil), statistics.median(wires)
+        bare.append(wire(total, not a.no_compress, a.tls, mac=False)[0])
+    c, w, b = statistics.median(ceil), statistics.median(wires), statistics.median(bare)
+    name = f"BLOCKS 64 x 16 KiB{' TLS' if a.tls else ''}{' no-lz4' if a.no_compress else ''}"
     print(f"plain socket sendall, 2 processes : {c:8.0f} MB/s  (runs {[round(x) for x in ceil]})")
-    print(
-        f"BLOCKS 64 x 16 KiB{' TLS' if a.tls else ''}"
-        f"{' no-lz4' if a.no_compress else ''}          : {w:8.0f} MB/s  "
-        f"(runs {[round(x) for x in wires]})"
-    )
-    print(f"ratio {w / c:.0%}, wire bytes / block bytes = {overhead:.4f}")
+    print(f"{name}, frame MAC   : {w:8.0f} MB/s  (runs {[round(x) for x in wires]})")
+    print(f"{name}, MAC patched out: {b:8.0f} MB/s  (runs {[round(x) for x in bare]})")
+    print(f"ratio to the ceiling: {w / c:.0%} with the MAC, {b / c:.0%} without; "
+          f"MAC / no MAC = {w / b:.2f}; wire bytes / block bytes = {overhead:.4f}")
+    mac, xxh = mac_costs()
+    print(f"one 4 MiB frame, one core: HMAC-SHA256 {mac:.2f} GB/s, XXH3-64 {xxh:.1f} GB/s")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -71,9 +71,10 @@ INDEX_SLOT_BYTES = 24               # bytes per slot: 16 fingerprint + 8 id (u64
 # --- replication wire --------------------------------------------------------------
 # Layout and meaning: docs/format.md. Code: nxstore/replication/.
 WIRE_MAGIC = b"NXRP"                # 4 bytes; starts every frame
-WIRE_PROTOCOL_VERSION = 1           # frame layout + message set version this build speaks
-WIRE_MIN_PROTOCOL_VERSION = 1       # oldest version this build still speaks
-WIRE_FRAME_HEADER_BYTES = 32        # bytes before the payload
+WIRE_PROTOCOL_VERSION = 2           # frame layout + message set version this build speaks
+WIRE_MIN_PROTOCOL_VERSION = 2       # oldest version this build still speaks (1 had no frame MAC)
+WIRE_FRAME_HEADER_BYTES = 48        # bytes before the payload
+WIRE_MAC_BYTES = 16                 # frame tag: HMAC-SHA256 truncated to 128 bits
 WIRE_MAX_FRAME_PAYLOAD = 16 * 1024 * 1024   # bytes; 2**24, both as sent and uncompressed
 WIRE_COMPRESS_MIN_PAYLOAD = 4 * 1024        # bytes; smaller payloads are never compressed
 WIRE_NONCE_BYTES = 32               # handshake nonce (os.urandom)
@@ -84,6 +85,9 @@ WIRE_BLOCKS_BATCH_BYTES = 4 * 1024 * 1024  # bytes of block data per BLOCKS mess
 WIRE_DEFAULT_WINDOW = 8             # data requests a sender keeps in flight (credit)
 WIRE_ACK_EVERY = 4                  # a receiver acknowledges at least every N data requests
 WIRE_HANDSHAKE_TIMEOUT_S = 10.0     # seconds for the whole handshake, each side
+WIRE_HANDSHAKE_MAX_PAYLOAD = 8 * 1024       # bytes; frame limit before a direction is keyed
+WIRE_MAX_CONNECTIONS = 64           # connections a server holds; more are closed at once
+WIRE_MAX_UNAUTHENTICATED = 16       # of them still in the handshake; the oldest is closed first
 WIRE_WRITE_HIGH_WATER = 4 * 1024 * 1024     # bytes buffered in the socket writer before drain blocks
 WIRE_READ_LIMIT = 1024 * 1024       # bytes; asyncio StreamReader buffer limit
 WIRE_BANDWIDTH_CHUNK = 64 * 1024    # bytes; a rate-limited frame is paced in pieces this large

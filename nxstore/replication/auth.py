@@ -12,6 +12,8 @@ Four frames (docs/format.md has the sequence diagram)::
                               nonce_c, server cluster_id, server site, nonce_s)
     proof_s = HMAC-SHA256(secret, b"server" + transcript)
     proof_c = HMAC-SHA256(secret, b"client" + transcript)
+    key_c2s = HMAC-SHA256(secret, b"frame key client->server" + transcript)
+    key_s2c = HMAC-SHA256(secret, b"frame key server->client" + transcript)
 
 Each side proves it knows the secret over both fresh nonces and both identities; the
 secret itself never travels. The role label stops a proof from being reflected back; the
@@ -19,6 +21,13 @@ nonces stop replays; the offered version range in the transcript stops a downgra
 server proves first so that each side is waiting for the other's answer when the other
 rejects: a wrong secret is reported on both sides (AuthenticationError), not only on
 one. A side that rejects the peer sends ERROR (best effort) and closes.
+
+Every frame after the handshake is authenticated (frames.FrameKey): the server keys its
+direction right after CHALLENGE (AUTH_OK is its first keyed frame), the client its own
+right after AUTH, and each side keys the direction it reads once it has checked the
+peer's proof. A relay that passes the genuine handshake through cannot change, inject,
+drop, replay or reorder a frame after it: the keys never travel and are fresh per
+connection (both nonces are in the transcript).
 
 Every failure closes the transport, logs one WARNING on logger "nxstore.replication",
 and raises: AuthenticationError (wrong secret), VersionMismatch (no common version),
@@ -45,6 +54,7 @@ from ..constants import (
     WIRE_PROTOCOL_VERSION,
 )
 from ..errors import AuthenticationError, InvalidArgument, NxError, ProtocolError, VersionMismatch
+from .frames import FrameKey
 from .messages import Auth, AuthOk, Challenge, Error, ErrorCode, Hello, Message
 
 if TYPE_CHECKING:
@@ -107,6 +117,14 @@ def transcript(
 def proof(secret: bytes, role: bytes, tr: bytes) -> bytes:
     """HMAC-SHA256(secret, role + transcript); role is b"client" or b"server"."""
     return hmac.new(secret, role + tr, hashlib.sha256).digest()
+
+
+def frame_keys(secret: bytes, tr: bytes) -> tuple[FrameKey, FrameKey]:
+    """The frame MAC keys of a connection, (client->server, server->client): HMAC-SHA256
+    of the secret over a direction label + transcript. The labels differ from the proofs'
+    role labels in their first byte, so no key is ever a proof sent in clear."""
+    return (FrameKey(hmac.new(secret, b"frame key client->server" + tr, hashlib.sha256).digest()),
+            FrameKey(hmac.new(secret, b"frame key server->client" + tr, hashlib.sha256).digest()))
 
 
 def _expect(msg: Message, cls: type[Message], step: str) -> None:
@@ -182,7 +200,10 @@ async def client_handshake(
                 f"server {server.site!r} ({server.cluster_id}) failed authentication: "
                 "wrong shared secret"
             )
+        c2s, s2c = frame_keys(key, tr)
+        t._key_recv(s2c)
         await t.send(Auth(proof(key, b"client", tr)))
+        t._key_send(c2s)
         ok = await t.recv()
         _expect(ok, AuthOk, "after AUTH")
         t._authenticated(server, ch.version)
@@ -222,6 +243,8 @@ async def server_handshake(
         await t.send(
             Challenge(version, local.cluster_id, local.site, nonce_s, proof(key, b"server", tr))
         )
+        c2s, s2c = frame_keys(key, tr)
+        t._key_send(s2c)
         auth = await t.recv()
         _expect(auth, Auth, "after CHALLENGE")
         assert isinstance(auth, Auth)
@@ -230,6 +253,7 @@ async def server_handshake(
                 f"client {client.site!r} ({client.cluster_id}) failed authentication: "
                 "wrong shared secret"
             )
+        t._key_recv(c2s)
         await t.send(AuthOk())
         t._authenticated(client, version)
         return client
@@ -241,6 +265,7 @@ __all__ = [
     "ErrorCode",
     "SiteIdentity",
     "client_handshake",
+    "frame_keys",
     "proof",
     "server_handshake",
     "transcript",

@@ -1,4 +1,4 @@
-"""Replication frame codec: one frame = a 32-byte header + a payload.
+"""Replication frame codec: one frame = a 48-byte header + a payload.
 
 Byte layout (docs/format.md; all integers little-endian)::
 
@@ -11,19 +11,27 @@ Byte layout (docs/format.md; all integers little-endian)::
            equals the payload length when bit 0 is clear
     16  8  request id (u64): chosen by the requester, echoed by the reply; 0 = none
     24  8  checksum = XXH3-64(bytes 0..23, seed = XXH3-64(payload as sent))
-    32  …  payload
+    32  16 tag: 16 zero bytes in the handshake; once the direction is keyed,
+           HMAC-SHA256(direction key, u64 frame number || bytes 0..31 || payload as sent)
+           truncated to 16 bytes (`FrameKey`)
+    48  …  payload
 
-The checksum covers every header byte and the payload as it travels, so a changed byte
-anywhere in a frame is detected before anything is decompressed or parsed. Lengths are
-checked against WIRE_MAX_FRAME_PAYLOAD before any buffer is allocated.
+The checksum covers every header byte but the tag and the payload as it travels, so a
+changed byte anywhere is detected before anything is decompressed or parsed; the tag
+makes a change by anyone without the key (and a dropped, replayed, reordered or
+reflected frame) detectable too, also before anything is decompressed or parsed.
+Lengths are checked against the limit before any buffer is allocated: 16 MiB on a keyed
+direction, WIRE_HANDSHAKE_MAX_PAYLOAD (and no compression) before.
 
-This module has no state and does no I/O except `read_frame`, which reads one frame
-from an `asyncio.StreamReader`.
+This module does no I/O except `read_frame`, which reads one frame from an
+`asyncio.StreamReader`; its only state is the frame counter inside each `FrameKey`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import struct
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -35,6 +43,8 @@ from ..constants import (
     COMPRESS_MIN_SAVING,
     WIRE_COMPRESS_MIN_PAYLOAD,
     WIRE_FRAME_HEADER_BYTES,
+    WIRE_HANDSHAKE_MAX_PAYLOAD,
+    WIRE_MAC_BYTES,
     WIRE_MAGIC,
     WIRE_MAX_FRAME_PAYLOAD,
     WIRE_MIN_PROTOCOL_VERSION,
@@ -53,7 +63,9 @@ KNOWN_FLAGS = FLAG_LZ4
 
 HEAD = struct.Struct("<4sBBHIIQ")  # the 24 bytes the checksum covers directly
 _U64 = struct.Struct("<Q")
-assert HEAD.size + 8 == WIRE_FRAME_HEADER_BYTES
+MACED = HEAD.size + 8  # header bytes the tag covers (all but the tag itself)
+NO_TAG = bytes(WIRE_MAC_BYTES)  # the tag of a handshake frame
+assert MACED + WIRE_MAC_BYTES == WIRE_FRAME_HEADER_BYTES
 
 _xxh64 = xxhash.xxh3_64_intdigest
 
@@ -61,7 +73,7 @@ Buffer = bytes | bytearray | memoryview
 
 
 class FrameHeader(NamedTuple):
-    """A parsed, validated frame header (the checksum is not verified yet)."""
+    """A parsed, validated frame header (checksum and tag not verified yet)."""
 
     version: int
     type: int
@@ -70,6 +82,7 @@ class FrameHeader(NamedTuple):
     raw_length: int  # payload bytes after decompression
     req_id: int
     checksum: int
+    tag: bytes
 
     @property
     def compressed(self) -> bool:
@@ -84,6 +97,39 @@ class Frame(NamedTuple):
     req_id: int
     payload: bytes | memoryview
     wire_bytes: int  # header + payload as sent
+
+
+class FrameKey:
+    """The MAC key of one direction of one connection, and its frame counter.
+
+    `tag(head, payload)` returns HMAC-SHA256(key, u64 n || head || payload)[:16] for the
+    n-th frame (from 0) keyed in this direction, and advances n. The sender and the
+    receiver of a direction each hold a FrameKey made from the same key and call `tag`
+    once per frame in stream order, so a frame that is changed, dropped, replayed,
+    reordered, or reflected from the other direction (other key) gets a tag that does
+    not match. Not thread-safe (one per direction and side)."""
+
+    __slots__ = ("_mac", "frames")
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # OpenSSL HMAC; copied per frame
+        self.frames = 0
+
+    def tag(self, head: Buffer, payload: Sequence[Buffer]) -> bytes:
+        m = self._mac.copy()
+        m.update(_U64.pack(self.frames))
+        m.update(head)
+        for p in payload:
+            m.update(p)
+        self.frames += 1
+        return m.digest()[:WIRE_MAC_BYTES]
+
+
+def seal(frame: list[Buffer], key: FrameKey) -> None:
+    """Put the tag of the next frame of `key`'s direction into `frame` ([header,
+    *payload] from `encode_frame`, in place). Seal frames in the order they are sent."""
+    head = bytes(frame[0][:MACED])
+    frame[0] = head + key.tag(head, frame[1:])
 
 
 def _byte_view(p: Buffer) -> memoryview | bytes:
@@ -144,7 +190,8 @@ def encode_frame(
     """Frame a payload given as buffers (joined logically, never copied unless compressed).
 
     `parts` are bytes-like objects (C-contiguous; numpy arrays are sent as their raw bytes).
-    Returns [header, *payload parts]: write them in order. With `compress`, the payload is
+    Returns [header, *payload parts]: write them in order; the header's tag is zero (a
+    handshake frame) until `seal` sets it. With `compress`, the payload is
     sent as an lz4 block when that saves >= 1/8 of it (payloads of 256 KiB or more are
     first probed by `worth_compressing`). Raises InvalidArgument if the payload
     exceeds WIRE_MAX_FRAME_PAYLOAD or a header field is out of range (nothing is sent).
@@ -166,16 +213,19 @@ def encode_frame(
     length = len(parts[0]) if flags else raw_length
     head = HEAD.pack(WIRE_MAGIC, version, msg_type, flags, length, raw_length, req_id)
     checksum = _xxh64(head, seed=_payload_hash(parts) if length else 0)
-    return [head + _U64.pack(checksum), *parts]
+    return [head + _U64.pack(checksum) + NO_TAG, *parts]
 
 
-def parse_header(buf: Buffer) -> FrameHeader:
-    """Validate the 32 header bytes. Raises ProtocolError (bad magic, unknown flags,
-    oversize, inconsistent lengths) or VersionMismatch (unknown version)."""
+def parse_header(buf: Buffer, *, keyed: bool = True) -> FrameHeader:
+    """Validate the 48 header bytes. `keyed=False` for a frame read before its direction
+    has a key (the handshake): then at most WIRE_HANDSHAKE_MAX_PAYLOAD bytes and never
+    compressed. Raises ProtocolError (bad magic, unknown flags, oversize, inconsistent
+    lengths) or VersionMismatch (unknown version)."""
     if len(buf) != WIRE_FRAME_HEADER_BYTES:
         raise ProtocolError(f"frame header of {len(buf)} bytes, need {WIRE_FRAME_HEADER_BYTES}")
     magic, version, mtype, flags, length, raw_length, req_id = HEAD.unpack_from(buf)
     (checksum,) = _U64.unpack_from(buf, HEAD.size)
+    tag = bytes(buf[MACED:WIRE_FRAME_HEADER_BYTES])
     if magic != WIRE_MAGIC:
         raise ProtocolError(f"bad frame magic {bytes(magic)!r} (expected {WIRE_MAGIC!r})")
     if not WIRE_MIN_PROTOCOL_VERSION <= version <= WIRE_PROTOCOL_VERSION:
@@ -185,25 +235,43 @@ def parse_header(buf: Buffer) -> FrameHeader:
         )
     if flags & ~KNOWN_FLAGS:
         raise ProtocolError(f"unknown frame flags {flags:#06x}")
-    if length > WIRE_MAX_FRAME_PAYLOAD or raw_length > WIRE_MAX_FRAME_PAYLOAD:
+    if flags & FLAG_LZ4 and not keyed:
+        raise ProtocolError("compressed frame before authentication")
+    limit = WIRE_MAX_FRAME_PAYLOAD if keyed else WIRE_HANDSHAKE_MAX_PAYLOAD
+    if length > limit or raw_length > limit:
         raise ProtocolError(
-            f"frame payload of {max(length, raw_length)} bytes exceeds the limit of "
-            f"{WIRE_MAX_FRAME_PAYLOAD}"
+            f"frame payload of {max(length, raw_length)} bytes exceeds the limit of {limit}"
+            + ("" if keyed else " before authentication")
         )
     if not flags & FLAG_LZ4 and raw_length != length:
         raise ProtocolError(f"uncompressed frame with lengths {length} != {raw_length}")
-    return FrameHeader(version, mtype, flags, length, raw_length, req_id, checksum)
+    return FrameHeader(version, mtype, flags, length, raw_length, req_id, checksum, tag)
 
 
-def open_payload(header: bytes, h: FrameHeader, payload: Buffer) -> bytes | memoryview:
-    """Verify the checksum of a frame whose header bytes and payload (as sent) are given,
-    and return the decompressed payload. Raises FrameCorruption."""
+def open_payload(
+    header: Buffer, h: FrameHeader, payload: Buffer, key: FrameKey | None = None
+) -> bytes | memoryview:
+    """Verify the checksum, then the tag (with `key`, the receiving FrameKey of this
+    direction; without, the tag must be zero) of a frame whose header bytes and payload
+    (as sent) are given; only then decompress. Returns the payload. Raises FrameCorruption
+    (checksum; "frame authentication failed" for a wrong tag; decompression) or
+    ProtocolError (a tag where none may be)."""
     ck = _xxh64(header[: HEAD.size], seed=_xxh64(payload) if h.length else 0)
     if ck != h.checksum:
         raise FrameCorruption(
             f"frame checksum mismatch (type {h.type}, request {h.req_id}, {h.length} bytes): "
             f"{ck:#018x} != {h.checksum:#018x}"
         )
+    if key is not None:
+        n = key.frames
+        if not hmac.compare_digest(key.tag(header[:MACED], (payload,)), h.tag):
+            raise FrameCorruption(
+                f"frame authentication failed (type {h.type}, request {h.req_id}, frame {n} "
+                "of this direction): it was forged, changed, dropped, replayed or reordered "
+                "on the way"
+            )
+    elif h.tag != NO_TAG:
+        raise ProtocolError(f"frame (type {h.type}) carries a tag before keys were agreed")
     if not h.compressed:
         return payload
     try:
@@ -218,36 +286,39 @@ def open_payload(header: bytes, h: FrameHeader, payload: Buffer) -> bytes | memo
     return raw
 
 
-def decode_frame(buf: Buffer, offset: int = 0) -> Frame:
-    """Decode the one frame starting at `offset` of an in-memory buffer.
-
-    Raises ProtocolError (bad header; ConnectionClosed if `buf` ends inside the frame),
-    VersionMismatch, FrameCorruption. Used by tests and tools; connections use `read_frame`.
-    """
+def decode_frame(buf: Buffer, offset: int = 0, key: FrameKey | None = None) -> Frame:
+    """Decode the one frame starting at `offset` of an in-memory buffer (a keyed one with
+    `key`). Raises ProtocolError (bad header; ConnectionClosed if `buf` ends inside the
+    frame), VersionMismatch, FrameCorruption. Used by tests and tools; connections use
+    the transport."""
     mv = memoryview(buf).cast("B")
     head = bytes(mv[offset : offset + WIRE_FRAME_HEADER_BYTES])
     if len(head) < WIRE_FRAME_HEADER_BYTES:
-        raise ConnectionClosed(f"truncated frame: {len(head)} header bytes of 32")
+        raise ConnectionClosed(
+            f"truncated frame: {len(head)} header bytes of {WIRE_FRAME_HEADER_BYTES}"
+        )
     h = parse_header(head)
     start = offset + WIRE_FRAME_HEADER_BYTES
     payload = mv[start : start + h.length]
     if len(payload) < h.length:
         raise ConnectionClosed(f"truncated frame: {len(payload)} payload bytes of {h.length}")
-    data = open_payload(head, h, payload)
+    data = open_payload(head, h, payload, key)
     return Frame(h.version, h.type, h.req_id, data, WIRE_FRAME_HEADER_BYTES + h.length)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame:
-    """Read exactly one frame. Raises ConnectionClosed (EOF before or inside the frame; the
-    message says which), ProtocolError, VersionMismatch, FrameCorruption. Nothing beyond
-    the header is allocated before the header has been validated."""
+async def read_frame(reader: asyncio.StreamReader, key: FrameKey | None = None) -> Frame:
+    """Read exactly one frame (a keyed one with `key`). Raises ConnectionClosed (EOF
+    before or inside the frame; the message says which), ProtocolError, VersionMismatch,
+    FrameCorruption. Nothing beyond the header is allocated before the header has been
+    validated. Used by tests and tools; connections use the transport."""
     try:
         head = await reader.readexactly(WIRE_FRAME_HEADER_BYTES)
     except asyncio.IncompleteReadError as e:
         if not e.partial:
             raise ConnectionClosed("connection closed by peer") from None
         raise ConnectionClosed(
-            f"connection closed inside a frame header ({len(e.partial)} of 32 bytes)"
+            f"connection closed inside a frame header ({len(e.partial)} of "
+            f"{WIRE_FRAME_HEADER_BYTES} bytes)"
         ) from None
     h = parse_header(head)
     if h.length:
@@ -259,5 +330,5 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
             ) from None
     else:
         payload = b""
-    data = open_payload(head, h, payload)
+    data = open_payload(head, h, payload, key)
     return Frame(h.version, h.type, h.req_id, data, WIRE_FRAME_HEADER_BYTES + h.length)

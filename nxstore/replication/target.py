@@ -74,7 +74,9 @@ log = logging.getLogger(__name__)
 REPLICA_SYNC_BYTES = 256 * 1024 * 1024
 REPLICA_WRITEBACK_BYTES = 16 * 1024 * 1024  # bytes stored between early-writeback passes
 WRITEBACK_MTIME_SLACK_NS = 1_000_000_000  # a pass also flushes groups changed 1 s before it
-STORE_QUEUE = 4  # BLOCKS batches received ahead of the store worker (4 MiB each)
+# bytes of BLOCKS data received ahead of the store worker: 4 batches of 4 MiB, or one of
+# the largest (16 MiB); with the frame in hand this bounds what a connection buffers
+STORE_QUEUE_BYTES = 16 * 1024 * 1024
 LINGER_S = 2.0  # seconds a failed connection is drained before it is closed (see _linger)
 
 
@@ -161,9 +163,10 @@ class ReplicationTarget:
         transfer: _Transfer | None = None
         # BLOCKS batches are verified and stored in order by one worker thread while
         # the next frames arrive (hashing and file writes release the GIL), at most
-        # STORE_QUEUE of them queued; anything other than BLOCKS first waits for all
-        # of them, so COMMIT never sees a block still in flight.
-        storing: collections.deque[asyncio.Future[None]] = collections.deque()
+        # STORE_QUEUE_BYTES of them queued; anything other than BLOCKS first waits for
+        # all of them, so COMMIT never sees a block still in flight.
+        storing: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        queued = 0
         worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-repl-store")
         loop = asyncio.get_running_loop()
         try:
@@ -172,7 +175,8 @@ class ReplicationTarget:
                     msg = await t.recv()
                 except ProtocolError as exc:
                     if transfer is not None:
-                        log.warning("transfer from %s abandoned: %s", peer.site, exc)
+                        log.warning("transfer from %s abandoned, nothing of it applied: %s",
+                                    peer.site, exc)
                     if not isinstance(exc, ConnectionClosed):
                         # A damaged frame or garbage: tell the peer why before closing,
                         # so its transfer fails with this error, not "connection closed".
@@ -183,13 +187,17 @@ class ReplicationTarget:
                         await _linger(t)
                     return
                 try:
-                    while storing and (storing[0].done() or len(storing) >= STORE_QUEUE
-                                       or not isinstance(msg, Blocks)):
-                        await storing.popleft()
+                    incoming = msg.data.nbytes if isinstance(msg, Blocks) else 0
+                    while storing and (storing[0][0].done() or not incoming
+                                       or queued + incoming > STORE_QUEUE_BYTES):
+                        fut, nbytes = storing.popleft()
+                        queued -= nbytes
+                        await fut
                     if isinstance(msg, Blocks):
                         self._check_blocks(msg, transfer)
-                        storing.append(loop.run_in_executor(worker, self._store_blocks, msg,
-                                                            transfer))
+                        storing.append((loop.run_in_executor(worker, self._store_blocks, msg,
+                                                             transfer), incoming))
+                        queued += incoming
                     elif isinstance(msg, MapEntries):
                         self._stage_map(msg, transfer)
                     elif isinstance(msg, LwsRanges):
@@ -234,7 +242,7 @@ class ReplicationTarget:
                     await _linger(t)
                     return
         finally:
-            for fut in storing:
+            for fut, _ in storing:
                 with contextlib.suppress(Exception):
                     await fut
             worker.shutdown(wait=False)

@@ -2,19 +2,25 @@
 
 `Transport` is what the replication source and target talk through. Its contract:
 
-- `await send(msg)` frames `msg` (checksum, lz4 when it pays) and writes it. Returns once
-  the frame is handed to the OS (or the in-memory pipe) and the write buffer is below its
-  high-water mark; that is not a delivery guarantee: only a reply proves delivery. Honours
-  the bandwidth limit. Safe to call from several tasks (frames are never interleaved).
-  Raises ConnectionClosed if the connection is closed or breaks, InvalidArgument for a
-  malformed message.
-- `await recv()` returns the next message, verified. Raises ConnectionClosed (peer closed;
-  also after `close()`), FrameCorruption (a byte changed on the wire), VersionMismatch,
-  ProtocolError (garbage / bad message). After any of these the transport is unusable:
-  later calls raise again; close it. One receiving task at a time. Cancelling a recv()
-  that waits for a frame header is safe; cancelling it inside a frame breaks the stream.
-  ERROR messages are returned like any message, not raised.
-- `await close()` closes both directions; idempotent; never raises.
+- `await send(msg)` frames `msg` (checksum, lz4 when it pays, the MAC once the handshake
+  has keyed this direction) and writes it. Returns once the frame is handed to the OS (or
+  the in-memory pipe) and the write buffer is below its high-water mark; that is not a
+  delivery guarantee: only a reply proves delivery. Honours the bandwidth limit. Safe to
+  call from several tasks (frames are never interleaved). Raises ConnectionClosed if the
+  connection is closed or breaks, InvalidArgument for a malformed message. A send
+  cancelled after it has begun breaks the sending side (the MAC's frame counter moved on).
+- `await recv()` returns the next message, verified (checksum, then MAC, before anything
+  is decompressed or parsed). Raises ConnectionClosed (peer closed; also after
+  `close()`), FrameCorruption (a byte changed on the wire; "frame authentication failed"
+  when the MAC does not match: a frame forged, changed, dropped, replayed or reordered),
+  VersionMismatch, ProtocolError (garbage / bad message; a frame over the limit: 8 KiB
+  and never compressed until the peer is authenticated, 16 MiB after). After any of
+  these the transport is unusable: later calls raise again; close it. One receiving task
+  at a time. Cancelling a recv() that waits for a frame header is safe; cancelling it
+  inside a frame breaks the stream. ERROR messages are returned like any message, not
+  raised.
+- `await close()` closes both directions; idempotent; never raises (`abort()`: the same
+  without waiting).
 - `peer` is the authenticated SiteIdentity of the other side (None before the handshake).
 - `bytes_sent` / `bytes_received` count frame bytes (headers + payloads as sent), the
   `bytes_on_wire` of a replication (TLS record overhead not included).
@@ -24,7 +30,10 @@
 
 `StreamTransport` implements it over an asyncio StreamReader + writer: TCP (`connect`,
 `serve`, optional TLS with a stdlib ssl.SSLContext) and the in-memory `memory_pair()` share
-every line of the framing code. Both read through a `PayloadStreamReader`: large frame
+every line of the framing code. `serve` caps its connections (WIRE_MAX_CONNECTIONS, of
+them WIRE_MAX_UNAUTHENTICATED still in the handshake: the oldest of those is closed to make
+room). Before the peer is authenticated a connection buffers at most a few KiB (small
+reader limit and receive buffer). Both read through a `PayloadStreamReader`: large frame
 payloads land in a fresh buffer of their own, over TCP/TLS straight from the socket
 (`_BufferedStreamProtocol`, recv_into), not through StreamReader's copies. `inject_faults` puts a `FaultyWriter` under a transport to
 flip a byte, stall or cut the outgoing stream at a chosen offset (tests).
@@ -46,14 +55,17 @@ import numpy as np
 from ..constants import (
     WIRE_BANDWIDTH_CHUNK,
     WIRE_FRAME_HEADER_BYTES,
+    WIRE_HANDSHAKE_MAX_PAYLOAD,
     WIRE_HANDSHAKE_TIMEOUT_S,
+    WIRE_MAX_CONNECTIONS,
+    WIRE_MAX_UNAUTHENTICATED,
     WIRE_MIN_PROTOCOL_VERSION,
     WIRE_READ_LIMIT,
     WIRE_WRITE_HIGH_WATER,
 )
 from ..errors import ConnectionClosed, InvalidArgument, ProtocolError
 from .auth import SiteIdentity, client_handshake, server_handshake
-from .frames import Frame, open_payload, parse_header
+from .frames import Frame, FrameKey, open_payload, parse_header, seal
 from .messages import Message, decode, encode
 
 log = logging.getLogger("nxstore.replication")
@@ -128,6 +140,15 @@ class PayloadStreamReader(asyncio.StreamReader):
     _dest: memoryview | None = None
     _dest_pos = 0
 
+    @property
+    def limit(self) -> int:
+        """Reading from the socket pauses while more than twice this is buffered."""
+        return self._limit
+
+    def set_limit(self, limit: int) -> None:
+        self._limit = limit
+        self._maybe_resume_transport()
+
     def dest_room(self) -> memoryview | None:
         """Where incoming bytes go next if a payload read is waiting (else None)."""
         d = self._dest
@@ -182,20 +203,26 @@ class PayloadStreamReader(asyncio.StreamReader):
 class _BufferedStreamProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     """StreamReaderProtocol that receives with recv_into: into the waiting payload
     buffer of its PayloadStreamReader when there is one (no copy at all), else into a
-    staging buffer fed to the reader."""
+    staging buffer fed to the reader, no larger than the reader's limit (a few KiB
+    until the peer is authenticated)."""
 
     _STAGING = 256 * 1024
 
     def __init__(self, reader: PayloadStreamReader, *args, **kwargs) -> None:
         super().__init__(reader, *args, **kwargs)
-        self._staging = memoryview(bytearray(self._STAGING))
+        self._staging = memoryview(b"")
         self._direct = False
 
     def get_buffer(self, sizehint: int) -> memoryview:
         reader = self._stream_reader
         room = reader.dest_room() if reader is not None else None
         self._direct = room is not None
-        return room if room is not None else self._staging
+        if room is not None:
+            return room
+        size = min(self._STAGING, reader.limit) if reader is not None else 4096
+        if len(self._staging) != size:
+            self._staging = memoryview(bytearray(size))
+        return self._staging
 
     def buffer_updated(self, nbytes: int) -> None:
         reader = self._stream_reader
@@ -230,6 +257,8 @@ class StreamTransport(Transport):
         self._send_broken: BaseException | None = None
         self._recv_broken: BaseException | None = None
         self._bucket: TokenBucket | None = None
+        self._send_key: FrameKey | None = None  # set by the handshake (auth.py)
+        self._recv_key: FrameKey | None = None
         self.bandwidth_limit = bandwidth_limit
         self.compress = compress  # False: never lz4 (e.g. data known incompressible)
         self.version = WIRE_MIN_PROTOCOL_VERSION  # negotiated by the handshake
@@ -272,6 +301,8 @@ class StreamTransport(Transport):
                     self._send_broken
                 )
             done = 0
+            if self._send_key is not None:
+                seal(bufs, self._send_key)  # in write order: the lock orders the frames
             try:
                 if self._bucket is not None:
                     step = self._bucket.chunk()
@@ -294,7 +325,7 @@ class StreamTransport(Transport):
                     self._sent += size
                     await self._writer.drain()
             except asyncio.CancelledError as e:
-                if 0 < done < size:
+                if done < size and (done or self._send_key is not None):
                     self._send_broken = e
                 raise
             except (OSError, RuntimeError, ConnectionClosed) as e:
@@ -338,7 +369,8 @@ class StreamTransport(Transport):
                 f"({len(e.partial)} of {WIRE_FRAME_HEADER_BYTES} bytes)"
             ) from None
         self._inside_frame = True
-        h = parse_header(head)
+        key = self._recv_key
+        h = parse_header(head, keyed=key is not None)
         payload: bytes | memoryview = b""
         if h.length:
             try:
@@ -351,25 +383,41 @@ class StreamTransport(Transport):
                     f"connection to {self.label} closed inside a frame payload "
                     f"({len(e.partial)} of {h.length} bytes)"
                 ) from None
-        data = open_payload(head, h, payload)
+        data = open_payload(head, h, payload, key)
         self._inside_frame = False
         return Frame(h.version, h.type, h.req_id, data, WIRE_FRAME_HEADER_BYTES + h.length)
 
     _inside_frame = False
 
-    async def close(self) -> None:
+    def abort(self) -> None:
+        """Close both directions now, without waiting for the socket to close."""
         if self._closed:
             return
         self._closed = True
-        w = self._writer
         with contextlib.suppress(Exception):
-            w.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(w.wait_closed(), 1.0)
+            self._writer.close()
         with contextlib.suppress(Exception):
             self._reader.feed_eof()  # wake a recv() waiting in another task
 
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+
     # --- for auth.py ---------------------------------------------------------------
+
+    def _key_send(self, key: FrameKey) -> None:
+        """Every frame sent from now on carries a MAC under `key`."""
+        self._send_key = key
+
+    def _key_recv(self, key: FrameKey) -> None:
+        """Every frame received from now on must carry a MAC under `key`; the peer is
+        authenticated, so frames up to the full limit are accepted."""
+        self._recv_key = key
+        if isinstance(self._reader, PayloadStreamReader):
+            self._reader.set_limit(WIRE_READ_LIMIT)
 
     def _authenticated(self, peer: SiteIdentity, version: int) -> None:
         self._peer = peer
@@ -425,8 +473,8 @@ def memory_pair(
     """Two connected, unauthenticated in-memory transports (run the handshake with
     auth.client_handshake / server_handshake, or use them raw in tests). Must be called
     with a running event loop."""
-    ra = PayloadStreamReader(limit=WIRE_READ_LIMIT)
-    rb = PayloadStreamReader(limit=WIRE_READ_LIMIT)
+    ra = PayloadStreamReader(limit=WIRE_HANDSHAKE_MAX_PAYLOAD)
+    rb = PayloadStreamReader(limit=WIRE_HANDSHAKE_MAX_PAYLOAD)
     wa, wb = _MemoryWriter(rb, ra), _MemoryWriter(ra, rb)
     return StreamTransport(ra, wa, label=label_b), StreamTransport(rb, wb, label=label_a)
 
@@ -521,7 +569,7 @@ async def _open_connection(host: str, port: int, **kwargs
                            ) -> tuple[PayloadStreamReader, asyncio.StreamWriter]:
     """asyncio.open_connection with a PayloadStreamReader and _BufferedStreamProtocol."""
     loop = asyncio.get_running_loop()
-    reader = PayloadStreamReader(limit=WIRE_READ_LIMIT, loop=loop)
+    reader = PayloadStreamReader(limit=WIRE_HANDSHAKE_MAX_PAYLOAD, loop=loop)
     protocol = _BufferedStreamProtocol(reader, loop=loop)
     transport, _ = await loop.create_connection(lambda: protocol, host, port, **kwargs)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
@@ -564,13 +612,27 @@ Handler = Callable[[StreamTransport], Awaitable[None]]
 
 class Server:
     """A listening replication endpoint (from `serve`). `port` is the bound port (useful
-    with port 0). `await close()` stops listening and closes live connections."""
+    with port 0). `await close()` stops listening and closes live connections.
 
-    def __init__(self) -> None:
+    Counters: `handshake_failures` (including connections closed to make room),
+    `evicted` (closed while in the handshake to make room), `refused` (closed at once:
+    every slot held by an authenticated peer)."""
+
+    def __init__(self, max_connections: int, max_unauthenticated: int) -> None:
+        if not 1 <= max_unauthenticated <= max_connections:
+            raise InvalidArgument(
+                f"need 1 <= max_unauthenticated ({max_unauthenticated}) <= max_connections "
+                f"({max_connections})")
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._transports: set[StreamTransport] = set()
+        self._pending: dict[StreamTransport, None] = {}  # in the handshake, oldest first
+        self._authenticated = 0
+        self.max_connections = max_connections
+        self.max_unauthenticated = max_unauthenticated
         self.handshake_failures = 0
+        self.evicted = 0
+        self.refused = 0
 
     @property
     def port(self) -> int:
@@ -581,6 +643,28 @@ class Server:
     def sockets(self):
         assert self._server is not None
         return self._server.sockets
+
+    def _make_room(self, label: str) -> bool:
+        """Room for a new connection from `label`? At either limit the oldest connection
+        still in the handshake is closed (idle or slow peers cannot keep a real one
+        out); False when every connection is authenticated (close the new one)."""
+        pending = len(self._pending)
+        if pending < self.max_unauthenticated and \
+                pending + self._authenticated < self.max_connections:
+            return True
+        if not pending:
+            self.refused += 1
+            log.warning("refused connection from %s: %d authenticated connections (the limit)",
+                        label, self._authenticated)
+            return False
+        oldest = next(iter(self._pending))
+        del self._pending[oldest]
+        self.evicted += 1
+        log.warning("closed connection from %s still in the handshake to make room for %s "
+                    "(limits: %d unauthenticated, %d connections)", oldest.label, label,
+                    self.max_unauthenticated, self.max_connections)
+        oldest.abort()
+        return True
 
     async def close(self) -> None:
         if self._server is not None:
@@ -612,35 +696,49 @@ async def serve(
     ssl: _ssl.SSLContext | None = None,
     timeout: float = WIRE_HANDSHAKE_TIMEOUT_S,
     bandwidth_limit: float | None = None,
+    max_connections: int = WIRE_MAX_CONNECTIONS,
+    max_unauthenticated: int = WIRE_MAX_UNAUTHENTICATED,
 ) -> Server:
-    """Listen on host:port. Each connection runs the server handshake; on success
-    `await handler(transport)` runs with the authenticated transport, which is closed when
-    the handler returns or raises (a handler exception is logged, not propagated). A
-    failed handshake is logged (auth.py), counted in `handshake_failures`, and the
-    connection closed; the server keeps serving."""
-    srv = Server()
+    """Listen on host:port. Each connection runs the server handshake (at most `timeout`
+    seconds, however slowly the peer sends); on success `await handler(transport)` runs
+    with the authenticated transport, which is closed when the handler returns or raises
+    (a handler exception is logged, not propagated). A failed handshake is logged
+    (auth.py), counted in `handshake_failures`, and the connection closed; the server
+    keeps serving. At most `max_connections` connections, of them at most
+    `max_unauthenticated` in the handshake (`Server._make_room`). Raises InvalidArgument
+    (limits), OSError (cannot listen)."""
+    srv = Server(max_connections, max_unauthenticated)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not srv._make_room(label):
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         srv._tasks.add(task)
         _tune(writer)
-        peer = writer.get_extra_info("peername")
-        label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         t = StreamTransport(reader, writer, bandwidth_limit=bandwidth_limit, label=label)
         srv._transports.add(t)
+        srv._pending[t] = None
         try:
             try:
                 await server_handshake(t, identity, secret, timeout=timeout)
             except Exception:
                 srv.handshake_failures += 1
                 return
+            finally:
+                srv._pending.pop(t, None)
+            srv._authenticated += 1
             try:
                 await handler(t)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("replication handler for %s (%s) failed", t.peer, label)
+            finally:
+                srv._authenticated -= 1
+        except asyncio.CancelledError:
+            pass  # Server.close(): end quietly (asyncio logs a cancelled connection task)
         finally:
             await t.close()
             srv._transports.discard(t)
@@ -649,8 +747,10 @@ async def serve(
     loop = asyncio.get_running_loop()
 
     def factory() -> _BufferedStreamProtocol:
-        reader = PayloadStreamReader(limit=WIRE_READ_LIMIT, loop=loop)
+        reader = PayloadStreamReader(limit=WIRE_HANDSHAKE_MAX_PAYLOAD, loop=loop)
         return _BufferedStreamProtocol(reader, on_connect, loop=loop)
 
-    srv._server = await loop.create_server(factory, host, port, ssl=ssl)
+    # A TLS handshake comes before on_connect (and its limits): bound it by `timeout` too.
+    srv._server = await loop.create_server(factory, host, port, ssl=ssl,
+                                           ssl_handshake_timeout=timeout if ssl else None)
     return srv

@@ -16,14 +16,16 @@ import time
 
 import numpy as np
 import pytest
+import xxhash
 from certs import self_signed
 from sites_helper import Daemon
-from tcp_proxy import FaultProxy, Faults
+from tcp_proxy import FaultProxy, Faults, Rewrite
 
 import nxstore
 from nxstore.constants import WIRE_FRAME_HEADER_BYTES, WIRE_MAX_BATCH
 from nxstore.errors import AuthenticationError, NxError, ProtocolError, ReadOnly
 from nxstore.replication.auth import SiteIdentity
+from nxstore.replication.messages import MessageType
 from nxstore.replication.target import ReplicationTarget
 from nxstore.replication.transport import serve
 
@@ -232,6 +234,17 @@ def test_resume_after_target_killed_sends_only_what_is_missing(tmp_path, site):
 
 
 # -- (d) a byte-flipping proxy -------------------------------------------------------------
+def replicated_s1_and_new_s2(c: nxstore.Cluster, rng: np.random.Generator):
+    """vDisk "db" (8 MiB): s1 (2 MiB written) replicated to site "tokyo", then s2 (6 MiB
+    more written, not replicated). Returns (s1, s2)."""
+    vd = c.create_vdisk("db", 8 * MiB)
+    vd.write(0, rand(rng, 2 * MiB))
+    s1 = vd.snapshot("s1")
+    c.replicate(s1, "tokyo")
+    vd.write(2 * MiB, rand(rng, 6 * MiB))
+    return s1, vd.snapshot("s2")
+
+
 @pytest.mark.parametrize("flip_at", [300_000, 3 * MiB])
 def test_flipped_byte_fails_cleanly_and_stores_nothing_corrupt(tmp_path, site, flip_at):
     tokyo_path = site.make("tokyo")
@@ -242,12 +255,7 @@ def test_flipped_byte_fails_cleanly_and_stores_nothing_corrupt(tmp_path, site, f
         with source(tmp_path) as c:
             c.add_remote_site("tokyo", tokyo.address, SECRET)
             c.add_remote_site("via-proxy", proxy.address, SECRET)
-            vd = c.create_vdisk("db", 8 * MiB)
-            vd.write(0, rand(rng, 2 * MiB))
-            s1 = vd.snapshot("s1")
-            c.replicate(s1, "tokyo")
-            vd.write(2 * MiB, rand(rng, 6 * MiB))
-            s2 = vd.snapshot("s2")
+            s1, s2 = replicated_s1_and_new_s2(c, rng)
             proxy.proxy.faults["up"] = Faults(flip_at=flip_at)
             with pytest.raises(NxError) as err:
                 c.replicate(s2, "via-proxy")
@@ -270,6 +278,104 @@ def test_flipped_byte_fails_cleanly_and_stores_nothing_corrupt(tmp_path, site, f
     tokyo.stop()
     assert replica_images(tokyo_path, "paris", "db") == expected
     assert_clean(tokyo_path)
+
+
+# -- (d2) a forging relay -------------------------------------------------------------------
+def _map_all_to_first(payload: bytes) -> bytes:
+    """MAP_ENTRIES (u32 n, u32 0, u64[n], fp[n]): every block now maps to block 0's data."""
+    n = int.from_bytes(payload[:4], "little")
+    fps = 8 + 8 * n
+    return payload[:fps] + payload[fps : fps + 16] * n
+
+
+def _replace_first_block(payload: bytes) -> bytes:
+    """BLOCKS (u32 n, u32 block size, fp[n], data): block 0 replaced by other bytes, with
+    their true fingerprint, so that the target's fingerprint check passes."""
+    n, bs = int.from_bytes(payload[:4], "little"), int.from_bytes(payload[4:8], "little")
+    data = 8 + 16 * n
+    evil = bytes(b ^ 0x5A for b in payload[data : data + bs])
+    return payload[:8] + xxhash.xxh3_128_digest(evil) + payload[24:data] + evil + \
+        payload[data + bs :]
+
+
+RELAY_ATTACKS = {
+    "forge-map": (MessageType.MAP_ENTRIES, "forge", _map_all_to_first),
+    "forge-blocks": (MessageType.BLOCKS, "forge", _replace_first_block),
+    "drop-blocks": (MessageType.BLOCKS, "drop", None),
+    "replay-map": (MessageType.MAP_ENTRIES, "replay", None),
+    "reorder-blocks": (MessageType.BLOCKS, "reorder", None),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(RELAY_ATTACKS))
+def test_relay_tampering_after_the_handshake_applies_nothing(tmp_path, site, attack):
+    """A relay without the secret passes the genuine handshake through, then forges
+    (checksum recomputed), drops, replays or reorders one frame: the target rejects it
+    (frame MAC), applies nothing of the transfer (incremental: the old snapshot stays;
+    seed: no replica), logs it; a clean replication afterwards works."""
+    msg_type, action, edit = RELAY_ATTACKS[attack]
+    tokyo = site.start(site.make("tokyo"))
+    rng = np.random.default_rng(11)
+    proxy = ThreadedProxy(tokyo.port)
+    try:
+        with source(tmp_path) as c:
+            c.add_remote_site("tokyo", tokyo.address, SECRET)
+            c.add_remote_site("relay", proxy.address, SECRET)
+            s1, s2 = replicated_s1_and_new_s2(c, rng)
+            fresh = c.create_vdisk("fresh", 4 * MiB)
+            fresh.write(0, rand(rng, 4 * MiB))
+            f1 = fresh.snapshot("f1")
+            for snap in (s2, f1):  # an incremental, then a seed
+                rw = Rewrite(msg_type, action, edit)
+                proxy.proxy.rewrite["up"] = rw
+                with pytest.raises(nxstore.errors.Corruption) as err:
+                    c.replicate(snap, "relay")
+                assert rw.done == 1
+                # Caught by the MAC, not the checksum the relay recomputed.
+                assert "frame authentication failed" in str(err.value), err.value
+            proxy.proxy.rewrite["up"] = None
+            expected = {"s1": image(s1), "s2": image(s2), "f1": image(f1)}
+            out = tokyo.stop()
+            assert "frame authentication failed" in out and "nothing of it applied" in out, out
+            assert replica_images(tokyo.path, "paris", "db") == {"s1": expected["s1"]}
+            with nxstore.Cluster.open(tokyo.path, background=False) as t:
+                assert [r.vdisk for r in t.replicas()] == ["paris:db"]
+            assert_clean(tokyo.path)
+            tokyo = site.start(tokyo.path)
+            proxy.close()
+            proxy = ThreadedProxy(tokyo.port)
+            c.remove_remote_site("relay")
+            c.add_remote_site("relay", proxy.address, SECRET)
+            assert c.replicate(s2, "relay").base_snapshot == "s1"
+            assert c.replicate(f1, "relay").base_snapshot is None
+    finally:
+        proxy.close()
+    tokyo.stop()
+    assert replica_images(tokyo.path, "paris", "db") == {"s1": expected["s1"],
+                                                         "s2": expected["s2"]}
+    assert replica_images(tokyo.path, "paris", "fresh") == {"f1": expected["f1"]}
+    assert_clean(tokyo.path)
+
+
+def test_pd_request_through_a_forging_relay_is_rejected(tmp_path, site):
+    """PD_REQUEST (and NearSync's LWS_* frames) use the same transport: a changed body
+    fails the frame MAC the same way."""
+    from nxstore.protection import remote
+
+    tokyo = site.start(site.make("tokyo"))
+    proxy = ThreadedProxy(tokyo.port)
+    try:
+        with source(tmp_path) as c:
+            c.add_remote_site("relay", proxy.address, SECRET)
+            assert remote.status(c, "relay", "web")["exists"] is False
+            rw = Rewrite(MessageType.PD_REQUEST, "forge", lambda p: p.replace(b"web", b"wxb"))
+            proxy.proxy.rewrite["up"] = rw
+            with pytest.raises(nxstore.errors.Corruption, match="frame authentication failed"):
+                remote.status(c, "relay", "web")
+            assert rw.done == 1
+    finally:
+        proxy.close()
+    assert "frame authentication failed" in tokyo.stop()
 
 
 # -- (e) wrong secret, garbage peers ---------------------------------------------------------
@@ -536,8 +642,9 @@ def test_sigterm_during_transfer_exits_cleanly_and_retry_succeeds(tmp_path, site
     tokyo_path = site.make("tokyo")
     tokyo = site.start(tokyo_path)
     rng = np.random.default_rng(9)
+    proxy = ThreadedProxy(tokyo.port)  # counts the bytes that reached the daemon
     with source(tmp_path) as c:
-        c.add_remote_site("tokyo", tokyo.address, SECRET)
+        c.add_remote_site("tokyo", proxy.address, SECRET)
         vd = c.create_vdisk("db", 16 * MiB)
         vd.write(0, rand(rng, MiB))
         s1 = vd.snapshot("s1")
@@ -554,9 +661,15 @@ def test_sigterm_during_transfer_exits_cleanly_and_retry_succeeds(tmp_path, site
 
         t = threading.Thread(target=ship)
         t.start()
-        time.sleep(1.0)  # ~4 MB of 12 sent
+        # SIGTERM once two 4 MiB BLOCKS frames (of three) have reached the daemon (the
+        # count is the newest connection's: s1's ended at ~1.1 MB).
+        deadline = time.monotonic() + 60
+        while proxy.proxy.passed("up") < 8_500_000 and t.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         tokyo.stop()  # asserts exit status 0 and no traceback
         t.join(60)
+        proxy.close()
         assert len(outcome) == 1 and isinstance(outcome[0], NxError), outcome
         expected = {"s1": image(s1), "s2": image(s2)}
         assert replica_images(tokyo_path, "paris", "db") == {"s1": expected["s1"]}

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from nxstore.constants import (
     WIRE_FRAME_HEADER_BYTES,
+    WIRE_HANDSHAKE_MAX_PAYLOAD,
     WIRE_MAX_BATCH,
     WIRE_MAX_FRAME_PAYLOAD,
     WIRE_PROTOCOL_VERSION,
@@ -54,6 +55,9 @@ from nxstore.replication.messages import (
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+H = WIRE_FRAME_HEADER_BYTES  # 48
+
+
 def wire(parts) -> bytes:
     return b"".join(bytes(p) for p in parts)
 
@@ -64,9 +68,11 @@ def wire(parts) -> bytes:
 def test_header_layout_is_as_documented():
     buf = wire(frames.encode_frame(6, [b"\x01" * 8], req_id=7))
     assert len(buf) == WIRE_FRAME_HEADER_BYTES + 8
-    magic, ver, typ, flags, length, raw, rid, ck = struct.unpack_from("<4sBBHIIQQ", buf)
-    assert (magic, ver, typ, flags, length, raw, rid) == (b"NXRP", 1, 6, 0, 8, 8, 7)
-    assert ck == xxhash.xxh3_64_intdigest(buf[:24], seed=xxhash.xxh3_64_intdigest(buf[32:]))
+    magic, ver, typ, flags, length, raw, rid, ck, tag = struct.unpack_from(
+        "<4sBBHIIQQ16s", buf)
+    assert (magic, ver, typ, flags, length, raw, rid) == (b"NXRP", 2, 6, 0, 8, 8, 7)
+    assert ck == xxhash.xxh3_64_intdigest(buf[:24], seed=xxhash.xxh3_64_intdigest(buf[H:]))
+    assert tag == bytes(16)  # unkeyed (handshake) frame
 
 
 def test_empty_payload_checksum_seed_is_zero():
@@ -89,22 +95,22 @@ def test_frame_round_trip(payload, typ, req_id, compress, repeat):
     )
     f = frames.decode_frame(buf)
     assert (f.type, f.req_id, bytes(f.payload), f.wire_bytes) == (typ, req_id, payload, len(buf))
-    h = frames.parse_header(buf[:32])
+    h = frames.parse_header(buf[:H])
     if h.compressed:
         assert compress and h.length <= len(payload) - len(payload) // 8
 
 
 def test_compression_only_when_it_saves_an_eighth():
     text = b"the quick brown fox jumps over the lazy dog " * 2000
-    h = frames.parse_header(wire(frames.encode_frame(14, [text], compress=True))[:32])
+    h = frames.parse_header(wire(frames.encode_frame(14, [text], compress=True))[:H])
     assert h.compressed and h.length <= len(text) * 7 // 8 and h.raw_length == len(text)
     rnd = os.urandom(300_000)
-    h = frames.parse_header(wire(frames.encode_frame(14, [rnd], compress=True))[:32])
+    h = frames.parse_header(wire(frames.encode_frame(14, [rnd], compress=True))[:H])
     assert not h.compressed and h.length == len(rnd)
     assert frames.maybe_compress(rnd[:8192]) is None
     small = b"a" * 100  # below WIRE_COMPRESS_MIN_PAYLOAD
     assert not frames.parse_header(
-        wire(frames.encode_frame(14, [small], compress=True))[:32]
+        wire(frames.encode_frame(14, [small], compress=True))[:H]
     ).compressed
 
 
@@ -112,7 +118,7 @@ def test_compression_only_when_it_saves_an_eighth():
 def test_every_flipped_byte_is_detected(compressible):
     payload = (b"abcdefgh" * 700) if compressible else os.urandom(5000)
     buf = wire(frames.encode_frame(14, [payload], req_id=3, compress=True))
-    assert frames.parse_header(buf[:32]).compressed == compressible
+    assert frames.parse_header(buf[:H]).compressed == compressible
     for i in range(len(buf)):
         bad = bytearray(buf)
         bad[i] ^= 0xFF
@@ -135,15 +141,104 @@ def test_every_truncation_is_detected():
             frames.decode_frame(buf[:n])
 
 
+# --- keyed frames (the MAC) -------------------------------------------------------------
+
+KEY, OTHER_KEY = b"k" * 32, b"K" * 32
+
+
+def keyed(msg_type: int, payload: bytes, key: frames.FrameKey, **kw) -> bytes:
+    f = frames.encode_frame(msg_type, [payload], **kw)
+    frames.seal(f, key)
+    return wire(f)
+
+
+def test_tag_is_truncated_hmac_over_counter_header_payload():
+    import hashlib
+    import hmac
+
+    k = frames.FrameKey(KEY)
+    bufs = [keyed(6, b"p%d" % i, k, req_id=i) for i in range(3)]
+    for n, buf in enumerate(bufs):
+        expect = hmac.new(KEY, struct.pack("<Q", n) + buf[:32] + buf[H:], hashlib.sha256)
+        assert buf[32:H] == expect.digest()[:16]
+    r = frames.FrameKey(KEY)
+    assert [bytes(frames.decode_frame(b, key=r).payload) for b in bufs] == [b"p0", b"p1", b"p2"]
+
+
+@pytest.mark.parametrize("compressible", [False, True])
+def test_every_flipped_byte_of_a_keyed_frame_is_detected(compressible):
+    payload = (b"abcdefgh" * 700) if compressible else os.urandom(5000)
+    buf = keyed(14, payload, frames.FrameKey(KEY), req_id=3, compress=True)
+    assert frames.parse_header(buf[:H]).compressed == compressible
+    for i in range(len(buf)):
+        bad = bytearray(buf)
+        bad[i] ^= 0xFF
+        with pytest.raises(ProtocolError):
+            frames.decode_frame(bytes(bad), key=frames.FrameKey(KEY))
+
+
+def _forge(buf: bytes, new_payload: bytes) -> bytes:
+    """What a relay without the key can do: new payload, checksum recomputed, tag kept."""
+    head = bytearray(buf[:H])
+    struct.pack_into("<II", head, 8, len(new_payload), len(new_payload))
+    ck = xxhash.xxh3_64_intdigest(bytes(head[:24]), seed=xxhash.xxh3_64_intdigest(new_payload))
+    struct.pack_into("<Q", head, 24, ck)
+    return bytes(head) + new_payload
+
+
+def test_forged_reordered_replayed_reflected_frames_fail_authentication():
+    send = frames.FrameKey(KEY)
+    f0, f1 = keyed(15, b"a" * 40, send, req_id=1), keyed(15, b"b" * 40, send, req_id=2)
+    forged = _forge(f0, b"c" * 40)
+    # the forgery passes the unkeyed checks (what version 1 relied on) ...
+    h = frames.parse_header(forged[:H])
+    frames.open_payload(forged[:H], h._replace(tag=frames.NO_TAG), forged[H:])
+    cases = {
+        "forged": [forged],
+        "reordered": [f1, f0],
+        "replayed": [f0, f0],
+        "dropped": [f1],
+        "reflected": [keyed(15, b"a" * 40, frames.FrameKey(OTHER_KEY), req_id=1)],
+        "unkeyed": [wire(frames.encode_frame(15, [b"a" * 40], req_id=1))],
+    }
+    for name, seq in cases.items():
+        recv = frames.FrameKey(KEY)
+        with pytest.raises(FrameCorruption, match="authentication failed") as ei:
+            for b in seq:
+                frames.decode_frame(b, key=recv)
+        assert isinstance(ei.value, Corruption), name
+
+
+def test_handshake_limits_before_keys():
+    big = _header(WIRE_HANDSHAKE_MAX_PAYLOAD + 1, WIRE_HANDSHAKE_MAX_PAYLOAD + 1)
+    with pytest.raises(ProtocolError, match="before authentication"):
+        frames.parse_header(big, keyed=False)
+    assert frames.parse_header(big).length  # fine once keyed
+    bomb = _header(65_000, WIRE_MAX_FRAME_PAYLOAD, flags=1)
+    with pytest.raises(ProtocolError, match="compressed frame before authentication"):
+        frames.parse_header(bomb, keyed=False)
+    ok = _header(WIRE_HANDSHAKE_MAX_PAYLOAD, WIRE_HANDSHAKE_MAX_PAYLOAD)
+    assert frames.parse_header(ok, keyed=False).length == WIRE_HANDSHAKE_MAX_PAYLOAD
+    tagged = keyed(6, b"x" * 8, frames.FrameKey(KEY))
+    with pytest.raises(ProtocolError, match="tag before keys"):
+        frames.decode_frame(tagged)
+
+
+def test_version_1_frame_is_refused():
+    v1 = struct.pack("<4sBBHIIQ", b"NXRP", 1, 1, 0, 70, 70, 0) + bytes(8) + os.urandom(70)
+    with pytest.raises(VersionMismatch, match="2..2"):
+        frames.decode_frame(v1)
+
+
 def test_bad_magic_version_flags():
     buf = bytearray(wire(frames.encode_frame(9, [b"hi"])))
     with pytest.raises(ProtocolError, match="magic"):
-        frames.parse_header(b"XXXX" + bytes(buf[4:32]))
-    v = bytearray(buf[:32])
+        frames.parse_header(b"XXXX" + bytes(buf[4:H]))
+    v = bytearray(buf[:H])
     v[4] = 9
     with pytest.raises(VersionMismatch):
         frames.parse_header(bytes(v))
-    f = bytearray(buf[:32])
+    f = bytearray(buf[:H])
     f[6] = 0x80
     with pytest.raises(ProtocolError, match="flags"):
         frames.parse_header(bytes(f))
@@ -151,7 +246,7 @@ def test_bad_magic_version_flags():
 
 def _header(length: int, raw: int, flags: int = 0) -> bytes:
     head = struct.pack("<4sBBHIIQ", b"NXRP", WIRE_PROTOCOL_VERSION, 9, flags, length, raw, 0)
-    return head + struct.pack("<Q", 0)
+    return head + bytes(8 + 16)
 
 
 def test_oversize_rejected_before_reading_payload():
@@ -193,7 +288,7 @@ def test_read_frame_from_stream():
         with pytest.raises(ConnectionClosed, match="closed by peer"):
             await frames.read_frame(r)
         r2 = asyncio.StreamReader()
-        r2.feed_data(a[:34])
+        r2.feed_data(a[: H + 2])
         r2.feed_eof()
         with pytest.raises(ConnectionClosed, match="payload"):
             await frames.read_frame(r2)
@@ -320,7 +415,7 @@ def test_every_message_type_is_covered_and_unique():
 
 def test_missing_bitmap_is_lsb_first():
     m = Missing(np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 1], bool))
-    payload = wire(messages.encode(m))[32:]
+    payload = wire(messages.encode(m))[H:]
     assert payload == struct.pack("<I", 10) + bytes([0b00000001, 0b00000010])
 
 
@@ -354,7 +449,7 @@ def test_oversize_batch_count_from_peer_is_a_protocol_error():
     payload = struct.pack("<I", WIRE_MAX_BATCH + 1)
     with pytest.raises(ProtocolError, match="exceeds"):
         messages.decode(frames.Frame(1, int(messages.MessageType.HAVE_FINGERPRINTS), 0, payload, 0))
-    trailing = wire(messages.encode(Ping(5)))[32:] + b"x"
+    trailing = wire(messages.encode(Ping(5)))[H:] + b"x"
     with pytest.raises(ProtocolError, match="unexpected bytes"):
         messages.decode(frames.Frame(1, int(messages.MessageType.PING), 0, trailing, 0))
 

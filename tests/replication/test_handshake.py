@@ -15,7 +15,7 @@ import pytest
 from certs import self_signed
 from conftest import run
 
-from nxstore.constants import WIRE_NONCE_BYTES
+from nxstore.constants import WIRE_NONCE_BYTES, WIRE_PROTOCOL_VERSION
 from nxstore.errors import AuthenticationError, ConnectionClosed, ProtocolError, VersionMismatch
 from nxstore.replication import (
     AuthOk,
@@ -60,7 +60,7 @@ def test_memory_handshake_exchanges_identities():
             client_handshake(a, CLI, SECRET), server_handshake(b, SRV, SECRET)
         )
         assert got == [SRV, CLI] and a.peer == SRV and b.peer == CLI
-        assert a.version == b.version == 1
+        assert a.version == b.version == WIRE_PROTOCOL_VERSION == 2
         await a.close()
         await b.close()
 
@@ -182,12 +182,12 @@ def test_no_common_version_both_sides(caplog):
     async def body():
         a, b = memory_pair()
         ra, rb = await asyncio.gather(
-            client_handshake(a, CLI, SECRET, versions=(2, 3)),
+            client_handshake(a, CLI, SECRET, versions=(3, 4)),
             server_handshake(b, SRV, SECRET),
             return_exceptions=True,
         )
-        assert isinstance(ra, VersionMismatch) and "1..1" in str(ra)
-        assert isinstance(rb, VersionMismatch) and "2..3" in str(rb)
+        assert isinstance(ra, VersionMismatch) and "2..2" in str(ra)
+        assert isinstance(rb, VersionMismatch) and "3..4" in str(rb)
 
     with caplog.at_level(logging.INFO, logger=LOG):
         run(body())
@@ -200,8 +200,8 @@ def test_newer_frame_version_gets_version_error_back():
             r, w = await asyncio.open_connection("127.0.0.1", srv.port)
             hello = Hello(7, 7, "c-new", "future", os.urandom(32))
             w.write(
-                b"".join(bytes(p) for p in encode(hello, version=1)).replace(
-                    b"NXRP\x01", b"NXRP\x07", 1
+                b"".join(bytes(p) for p in encode(hello, version=2)).replace(
+                    b"NXRP\x02", b"NXRP\x07", 1
                 )
             )
             reply = decode(await read_frame(r))
@@ -290,7 +290,7 @@ def test_bad_client(kind, caplog):
         srv = await serve("127.0.0.1", 0, _idle, identity=SRV, secret=SECRET, timeout=0.5)
         r, w = await asyncio.open_connection("127.0.0.1", srv.port)
         if kind == "close_after_hello":
-            w.write(_wire(Hello(1, 1, "c", "s", os.urandom(32))))
+            w.write(_wire(Hello(2, 2, "c", "s", os.urandom(32))))
             await read_frame(r)
         elif kind == "ping_first":
             w.write(_wire(Ping(1)))
