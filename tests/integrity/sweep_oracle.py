@@ -175,10 +175,10 @@ class Checker:
             return "zeros"
         if self._where is None:
             self._where = collections.defaultdict(list)
-            for key, img in self.images.items():
+            for name, img in self.images.items():
                 for b, digests in enumerate(img["blocks"]):
                     for d in digests:
-                        self._where[d].append(f"{key} block {b}")
+                        self._where[d].append(f"{name} block {b}")
         found = self._where.get(xxhash.xxh3_64_hexdigest(block), [])
         if not found:
             return f"other bytes {block[:8].hex()}..."
