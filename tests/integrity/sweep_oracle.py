@@ -49,11 +49,12 @@ def file_classes(root: str, layers: dict[str, str]) -> dict[str, list[str]]:
     """Class name -> sorted paths (relative to `root`) of the non-empty files of that
     class. `layers`: map layer id (str) -> "head" or "frozen"."""
     def rel(pattern: str) -> list[str]:
-        return sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern))
-                      if os.path.getsize(p) > 0)
+        return sorted(os.path.relpath(p, root)
+                      for p in glob.glob(os.path.join(root, pattern), recursive=True)
+                      if os.path.isfile(p) and os.path.getsize(p) > 0)
 
     out: dict[str, list[str]] = {}
-    for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm", "LOCK"):
+    for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm", "catalog.gen", "LOCK"):
         out[name] = rel(name)
     segs = rel("oplog/*.seg")
     out["oplog-newest"], out["oplog-older"] = segs[-1:], segs[:-1]
@@ -61,12 +62,15 @@ def file_classes(root: str, layers: dict[str, str]) -> dict[str, list[str]]:
     out["eg-newest"], out["eg-older"] = groups[-1:], groups[:-1]
     out["extent_table.bin"] = rel("extents/extent_table.bin")
     out["fpindex.bin"] = rel("extents/fpindex.bin")
+    out["idfloor.bin"] = rel("extents/idfloor.bin")
     for suffix in ("base", "delta"):
         for kind in ("head", "frozen"):
             out[f"map-{suffix}-{kind}"] = [
                 p for p in rel(f"maps/L*.{suffix}")
                 if layers.get(str(layer_of(p)), "frozen") == kind]
     out["nearsync"] = rel("nearsync/**/*")
+    known = {p for paths in out.values() for p in paths}
+    out["other"] = [p for p in rel("**/*") if p not in known]  # a file kind added later
     return {k: v for k, v in out.items() if v}
 
 
@@ -153,7 +157,7 @@ def names_file(message: str, rel: str) -> bool:
     base = os.path.basename(rel)
     if base in message:
         return True
-    if base.startswith("catalog.db"):
+    if base.startswith("catalog."):
         return "catalog" in message.lower()
     if base.startswith("L") and base.endswith((".base", ".delta")):
         return re.search(rf"\blayer {layer_of(rel)}\b", message) is not None
