@@ -235,7 +235,7 @@ def test_kill_after_fold_never_mixes_two_writes(tmp_path):
         vd.flush()
         vd.snapshot("s")
     proc = subprocess.run([sys.executable, "-c", _FOLD_CHILD, path], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)  # cwd: import the installed nxstore
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     acked = b"A" * 512 + b"O" * 512 + b"A" * (BS - 1024)
     with nxstore.Cluster.open(path, background=False) as c:
