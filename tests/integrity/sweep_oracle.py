@@ -10,6 +10,8 @@ scrub problem) or *harmless* (every read returns the truth), never wrong data:
                  elsewhere (still wrong data handed to a reader)
     raw          an exception not from nxstore.errors escaped (open, read, scrub, close)
     hang         a step took longer than HANG_S
+    degraded     the first open read everything right, but after close() the reopen or a
+                 read raises: open/close turned the damage into lost availability
     detected     an nxstore error or a scrub problem, whose message names the damaged file
     unnamed      the same, but no message names the damaged file
     harmless     every read returned the truth, nothing reported
@@ -36,7 +38,7 @@ from nxstore.errors import NotFound, NxError
 BS = 4096
 HANG_S = 120                 # seconds one check may take before it counts as a hang
 CHUNK = 64 * BS              # bytes per read call (a damaged chunk is re-read block by block)
-FAILURES = ("silent", "read-silent", "raw", "hang")
+FAILURES = ("silent", "read-silent", "raw", "hang", "degraded")
 CATEGORIES = (*FAILURES, "detected", "unnamed", "harmless")
 KINDS = ("flip", "bit", "zero", "truncate", "chop")
 REGIONS = ("uniform", "uniform", "head", "tail")
@@ -295,6 +297,9 @@ def check(root: str, rel: str, truth: dict) -> Verdict:
         return v
     if v.wrong:
         v.category = "read-silent" if v.reports else "silent"
+    elif (not any(r.startswith("open:") for r in v.reports)
+          and any(r.startswith("reopen:") for r in v.reports)):
+        v.category = "degraded"
     elif v.reports:
         v.category = "detected" if any(names_file(r, rel) for r in v.reports) else "unnamed"
     return v
