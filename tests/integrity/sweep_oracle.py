@@ -10,6 +10,8 @@ scrub problem) or *harmless* (every read returns the truth), never wrong data:
                  elsewhere (still wrong data handed to a reader)
     raw          an exception not from nxstore.errors escaped (open, read, scrub, close)
     hang         a step took longer than HANG_S
+    degraded     the first open read everything right, but after close() the reopen or a
+                 read raises: open/close turned the damage into lost availability
     detected     an nxstore error or a scrub problem, whose message names the damaged file
     unnamed      the same, but no message names the damaged file
     harmless     every read returned the truth, nothing reported
@@ -36,7 +38,7 @@ from nxstore.errors import NotFound, NxError
 BS = 4096
 HANG_S = 120                 # seconds one check may take before it counts as a hang
 CHUNK = 64 * BS              # bytes per read call (a damaged chunk is re-read block by block)
-FAILURES = ("silent", "read-silent", "raw", "hang")
+FAILURES = ("silent", "read-silent", "raw", "hang", "degraded")
 CATEGORIES = (*FAILURES, "detected", "unnamed", "harmless")
 KINDS = ("flip", "bit", "zero", "truncate", "chop")
 REGIONS = ("uniform", "uniform", "head", "tail")
@@ -49,11 +51,12 @@ def file_classes(root: str, layers: dict[str, str]) -> dict[str, list[str]]:
     """Class name -> sorted paths (relative to `root`) of the non-empty files of that
     class. `layers`: map layer id (str) -> "head" or "frozen"."""
     def rel(pattern: str) -> list[str]:
-        return sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern))
-                      if os.path.getsize(p) > 0)
+        return sorted(os.path.relpath(p, root)
+                      for p in glob.glob(os.path.join(root, pattern), recursive=True)
+                      if os.path.isfile(p) and os.path.getsize(p) > 0)
 
     out: dict[str, list[str]] = {}
-    for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm", "LOCK"):
+    for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm", "catalog.gen", "LOCK"):
         out[name] = rel(name)
     segs = rel("oplog/*.seg")
     out["oplog-newest"], out["oplog-older"] = segs[-1:], segs[:-1]
@@ -61,12 +64,15 @@ def file_classes(root: str, layers: dict[str, str]) -> dict[str, list[str]]:
     out["eg-newest"], out["eg-older"] = groups[-1:], groups[:-1]
     out["extent_table.bin"] = rel("extents/extent_table.bin")
     out["fpindex.bin"] = rel("extents/fpindex.bin")
+    out["idfloor.bin"] = rel("extents/idfloor.bin")
     for suffix in ("base", "delta"):
         for kind in ("head", "frozen"):
             out[f"map-{suffix}-{kind}"] = [
                 p for p in rel(f"maps/L*.{suffix}")
                 if layers.get(str(layer_of(p)), "frozen") == kind]
     out["nearsync"] = rel("nearsync/**/*")
+    known = {p for paths in out.values() for p in paths}
+    out["other"] = [p for p in rel("**/*") if p not in known]  # a file kind added later
     return {k: v for k, v in out.items() if v}
 
 
@@ -153,7 +159,7 @@ def names_file(message: str, rel: str) -> bool:
     base = os.path.basename(rel)
     if base in message:
         return True
-    if base.startswith("catalog.db"):
+    if base.startswith("catalog."):
         return "catalog" in message.lower()
     if base.startswith("L") and base.endswith((".base", ".delta")):
         return re.search(rf"\blayer {layer_of(rel)}\b", message) is not None
@@ -175,10 +181,10 @@ class Checker:
             return "zeros"
         if self._where is None:
             self._where = collections.defaultdict(list)
-            for key, img in self.images.items():
+            for name, img in self.images.items():
                 for b, digests in enumerate(img["blocks"]):
                     for d in digests:
-                        self._where[d].append(f"{key} block {b}")
+                        self._where[d].append(f"{name} block {b}")
         found = self._where.get(xxhash.xxh3_64_hexdigest(block), [])
         if not found:
             return f"other bytes {block[:8].hex()}..."
@@ -291,6 +297,9 @@ def check(root: str, rel: str, truth: dict) -> Verdict:
         return v
     if v.wrong:
         v.category = "read-silent" if v.reports else "silent"
+    elif (not any(r.startswith("open:") for r in v.reports)
+          and any(r.startswith("reopen:") for r in v.reports)):
+        v.category = "degraded"
     elif v.reports:
         v.category = "detected" if any(names_file(r, rel) for r in v.reports) else "unnamed"
     return v

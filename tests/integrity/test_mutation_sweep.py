@@ -6,8 +6,8 @@ process: `clean` (closed cleanly) and `kill` (SIGKILLed after a flush and some u
 writes: the catalogue WAL, OpLog tails and extent group tails are as a crash leaves
 them). Hypothesis picks the state, file class, file, mutation and offset; each example
 copies the pristine cluster (on /dev/shm when it exists), damages the copy and checks it.
-Every outcome is tallied; the test fails at the end if any was silent, read-silent, raw
-or a hang, printing the table by file class and every failure.
+Every outcome is tallied; the test fails at the end if any was silent, read-silent, raw,
+a hang or degraded, printing the table by file class and every failure.
 
 Environment: NXSTORE_SWEEP_EXAMPLES (examples of the bounded run, default 60),
 NXSTORE_TORTURE=1 (enables the torture run, NXSTORE_TORTURE_EXAMPLES default 1000),
@@ -153,7 +153,8 @@ def _sweep(pristine: dict[str, Pristine], examples: int) -> None:
     print("\n" + tally.table())
     failures = tally.failures()
     assert not failures, (f"{len(failures)} of {len(tally.outcomes)} mutations gave wrong data, "
-                          f"a raw exception or a hang:\n{tally.table()}\n\n"
+                          f"a raw exception, a hang or lost availability after a reopen:\n"
+                          f"{tally.table()}\n\n"
                           f"{tally.failure_lines()}")
 
 
