@@ -231,6 +231,7 @@ class Cluster:
         if not starts:
             return
         oplog = self._ctx.oplog
+        self._drop_torn_bypass_writes(by_id, starts)
         replayed = skipped = 0
         for record in oplog.records(min(starts.values()) + 1):
             vd = by_id.get(record.vdisk_id)
@@ -256,6 +257,20 @@ class Cluster:
                 skipped += 1
         if replayed or skipped:
             log.info("replayed %d OpLog records (%d unacknowledged skipped)", replayed, skipped)
+
+    def _drop_torn_bypass_writes(self, by_id: dict[int, VDisk], starts: dict[int, int]) -> None:
+        """Cut the OpLog at the first unsynced MAP record whose extents did not survive the
+        crash: that write was never acknowledged, and left in the log, the next sync would
+        make it look acknowledged (its blocks would then fail to read after a reopen).
+        Every later record is unsynced too, so none of them was acknowledged either."""
+        oplog, store = self._ctx.oplog, self._ctx.store
+        first = max(oplog.recovered_durable_seq, min(starts.values())) + 1
+        for record in oplog.records(first):
+            vd = by_id.get(record.vdisk_id)
+            if (record.type == RecordType.MAP and vd is not None and record.seq > starts[vd.id]
+                    and not store.contains(record.extent_ids())):
+                oplog.drop_unacknowledged(record.seq)
+                return
 
     def close(self) -> None:
         """Make every write durable, persist maps, release the lock. Idempotent."""

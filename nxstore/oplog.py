@@ -39,9 +39,10 @@ from .constants import (
     OPLOG_CAP_BYTES,
     OPLOG_FORMAT_VERSION,
     OPLOG_SEGMENT_BYTES,
+    SALVAGE_DIR,
 )
 from .errors import ClosedError, InvalidArgument
-from .fileutil import fsync_dir
+from .fileutil import atomic_write, fsync_dir
 from .oplog_record import (
     MAX_PAYLOAD_BYTES,
     RECORD_HEAD,
@@ -54,6 +55,7 @@ from .oplog_record import (
     RecordType,
     Salvage,
     Segment,
+    data_offset_of,
     encode_segment_header,
     encode_watermark,
     recover,
@@ -324,6 +326,46 @@ class OpLog:
         self._start_segment(self._last_seq + 1)
         self._durable_size = SEGMENT_HEADER_BYTES
         self._cond.notify_all()
+
+    def drop_unacknowledged(self, from_seq: int) -> int:
+        """Cut the log before record `from_seq`, found at open past every synced watermark
+        (`recovered_durable_seq < from_seq`): part of a torn tail whose write was never
+        acknowledged (a MAP record whose extents did not survive the crash). Without the
+        cut, the next sync would claim it and a later open would take it as acknowledged.
+        The bytes go to salvaged/. Returns how many records were dropped. Call before
+        appending anything (at open). Raises InvalidArgument for a synced record."""
+        with self._lock:
+            self._check_open()
+            if from_seq <= self.recovered_durable_seq:
+                raise InvalidArgument(f"record {from_seq} was synced: it is not torn")
+            if from_seq > self._last_seq:
+                return 0
+            if self._buf or self._written_seq != self._last_seq:
+                raise InvalidArgument("drop_unacknowledged is for a log nothing was appended to")
+            seg = self._segments[-1]
+            if from_seq < seg.first_seq:
+                raise InvalidArgument(f"record {from_seq} is not in the newest segment")
+            with open(seg.path, "rb") as f:
+                f.seek(seg.index.start(from_seq))
+                data = f.read()
+            pos = seg.index.start(from_seq)
+            offset = pos + data_offset_of(data, from_seq)
+            dropped = self._last_seq - from_seq + 1
+            keep = os.path.join(self._dir, SALVAGE_DIR)
+            os.makedirs(keep, exist_ok=True)
+            atomic_write(os.path.join(keep, f"{os.path.basename(seg.path)}.from-{offset}"),
+                         [data[offset - pos :]])
+            os.ftruncate(self._fd, offset)
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            os.pwrite(self._fd, encode_watermark(seg.first_seq, offset), WATERMARK_OFFSET)
+            os.fdatasync(self._fd)
+            seg.size = offset
+            seg.index.forget_from(from_seq)
+            self._last_seq = self._written_seq = self._durable_seq = from_seq - 1
+            self._durable_size = offset
+            log.warning("%s: dropped %d unacknowledged record(s) from seq %d (kept in %s)",
+                        seg.path, dropped, from_seq, keep)
+            return dropped
 
     # --- space ------------------------------------------------------------------------
 

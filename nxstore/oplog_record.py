@@ -207,6 +207,12 @@ class SeqIndex:
             self.offsets.append(offset)
             self.next_at = offset + OPLOG_INDEX_STRIDE_BYTES
 
+    def forget_from(self, seq: int) -> None:
+        """Drop the entries of records >= seq (they were cut off)."""
+        i = bisect.bisect_left(self.seqs, seq)
+        del self.seqs[i:], self.offsets[i:]
+        self.next_at = (self.offsets[-1] if self.offsets else self.first) + OPLOG_INDEX_STRIDE_BYTES
+
     def start(self, seq: int) -> int:
         """Byte offset of a record at or before `seq` (the first record if none is indexed)."""
         i = bisect.bisect_right(self.seqs, seq)
@@ -243,6 +249,17 @@ def scan_segment(
         if pos <= durable_end:
             durable += 1
     return SegmentScan(pos, expect - first_seq, durable, None, -1)
+
+
+def data_offset_of(data: bytes, seq: int) -> int:
+    """Offset in `data` (whole, verified records from its start) of the record `seq`."""
+    pos = 0
+    while pos < len(data):
+        fields = RECORD_FULL.unpack_from(data, pos)
+        if fields[4] == seq:
+            return pos
+        pos += RECORD_HEADER_BYTES + fields[3]
+    raise Corruption(f"record {seq} not found")
 
 
 def find_valid_record(data: bytes, start: int) -> int:
