@@ -37,7 +37,7 @@ from .constants import (
     OPLOG_SEGMENT_BYTES,
 )
 from .errors import ClosedError, InvalidArgument
-from .fileutil import fsync_dir
+from .fileutil import fsync_dir, make_private_dirs, open_private
 from .oplog_record import (
     MAX_PAYLOAD_BYTES,
     RECORD_HEAD,
@@ -102,7 +102,7 @@ class OpLog:
         self._io_error: OSError | None = None
         self._fd = -1
         self.on_pressure: Callable[[], object] | None = None
-        os.makedirs(self._dir, exist_ok=True)
+        make_private_dirs(self._dir)
         found = recover(self._dir, salvage)
         self._segments: list[Segment] = found.segments
         self._last_seq = found.last_seq
@@ -139,7 +139,7 @@ class OpLog:
         name = segment_name(first_seq)
         path = os.path.join(self._dir, name)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, encode_segment_header(first_seq))
             os.fdatasync(fd)
