@@ -20,6 +20,7 @@ import xxhash
 
 from .constants import CLUSTER_FORMAT_VERSION
 from .errors import AlreadyExists, Corruption, FormatError, NotFound
+from .names import not_utf8
 
 
 @dataclass
@@ -500,6 +501,8 @@ class Catalog:
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"{table[:-1]} {getattr(row, 'name', row.id)!r} exists") from exc
+            except UnicodeEncodeError as exc:
+                raise not_utf8(exc) from None
         return row
 
     def update(self, row: Row) -> None:
@@ -509,10 +512,13 @@ class Catalog:
         values = astuple(row)
         sets = ", ".join(f"{n} = ?" for n in names)
         with self._lock:
-            cur = self._db.execute(
-                f"UPDATE {table} SET {sets}, ck = ? WHERE id = ?",
-                (*values[1:], _row_checksum(table, values), row.id),
-            )
+            try:
+                cur = self._db.execute(
+                    f"UPDATE {table} SET {sets}, ck = ? WHERE id = ?",
+                    (*values[1:], _row_checksum(table, values), row.id),
+                )
+            except UnicodeEncodeError as exc:
+                raise not_utf8(exc) from None
         if cur.rowcount != 1:
             raise NotFound(f"{table[:-1]} id {row.id} not found")
 
@@ -532,6 +538,8 @@ class Catalog:
                 raw = self._db.execute(sql + " ORDER BY id", args).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise Corruption(f"catalogue {self.path}: {exc}") from exc
+            except UnicodeEncodeError as exc:  # a name with a lone surrogate: matches nothing
+                raise not_utf8(exc) from None
         out = []
         bools = [i for i, f in enumerate(fields(row_type)) if f.type == "bool"]
         for *values, ck in raw:

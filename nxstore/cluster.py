@@ -358,7 +358,8 @@ class Cluster:
         self._check_open()
         if not vdisks:
             raise InvalidArgument("snapshot_group needs at least one vDisk")
-        return take_snapshots(self._ctx, [self.vdisk(vd.name) for vd in vdisks], name)
+        return take_snapshots(self._ctx, [self.vdisk(vd.name) for vd in vdisks],
+                              check_name("snapshot", name))
 
     def clone(self, snapshot: Snapshot, name: str) -> VDisk:
         """A writable vDisk sharing every block of `snapshot`; O(1)."""
