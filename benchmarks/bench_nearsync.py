@@ -84,7 +84,7 @@ class Site:
         path = os.path.join(root, "remote")
         nxstore.Cluster.create(path, site_name="remote").close()
         secret = os.path.join(root, "secret")
-        with open(secret, "w") as f:
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(SECRET)
         self.daemon = TargetDaemon(path, argv=[
             sys.executable, "-m", "nxstore.cli", "serve", path, "--listen", "127.0.0.1:0",

@@ -29,7 +29,8 @@ import xxhash
 
 from .constants import CATALOG_GENERATION_FILE, CATALOG_GENERATION_VERSION, CLUSTER_FORMAT_VERSION
 from .errors import AlreadyExists, Corruption, FormatError, GenerationUnverifiable, NotFound
-from .fileutil import fsync_dir
+from .fileutil import fsync_dir, open_private
+from .names import not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +497,7 @@ class Catalog:
                     f"{gen}) lost no committed transaction (nxstore fsck --repair rewrites it)"
                 ) from None
             slots = [None, None]
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_private(path, os.O_RDWR)
             os.close(fd)
             fsync_dir(os.path.dirname(path) or ".")
         else:
@@ -628,6 +629,8 @@ class Catalog:
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"{table[:-1]} {getattr(row, 'name', row.id)!r} exists") from exc
+            except UnicodeEncodeError as exc:
+                raise not_utf8(exc) from None
         return row
 
     def update(self, row: Row) -> None:
@@ -637,10 +640,13 @@ class Catalog:
         values = astuple(row)
         sets = ", ".join(f"{n} = ?" for n in names)
         with self._lock:
-            cur = self._db.execute(
-                f"UPDATE {table} SET {sets}, ck = ? WHERE id = ?",
-                (*values[1:], _row_checksum(table, values), row.id),
-            )
+            try:
+                cur = self._db.execute(
+                    f"UPDATE {table} SET {sets}, ck = ? WHERE id = ?",
+                    (*values[1:], _row_checksum(table, values), row.id),
+                )
+            except UnicodeEncodeError as exc:
+                raise not_utf8(exc) from None
         if cur.rowcount != 1:
             raise NotFound(f"{table[:-1]} id {row.id} not found")
 
@@ -660,6 +666,8 @@ class Catalog:
                 raw = self._db.execute(sql + " ORDER BY id", args).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise Corruption(f"catalogue {self.path}: {exc}") from exc
+            except UnicodeEncodeError as exc:  # a name with a lone surrogate: matches nothing
+                raise not_utf8(exc) from None
         out = []
         bools = [i for i, f in enumerate(fields(row_type)) if f.type == "bool"]
         for *values, ck in raw:

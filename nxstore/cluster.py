@@ -62,7 +62,7 @@ from .errors import (
     NotFound,
 )
 from .extent_store import ExtentStore
-from .fileutil import fsync_dir
+from .fileutil import fsync_dir, make_private_dirs, open_private, tighten_dir
 from .layers import LayerTree
 from .map_store import MapStore
 from .names import check_name
@@ -93,6 +93,7 @@ class Cluster:
         self.path = os.path.abspath(path)
         if not os.path.isfile(os.path.join(self.path, CATALOG_FILE)):
             raise NotFound(f"no nxstore cluster at {self.path}")
+        tighten_dir(self.path)  # made by an older version, before its modes were owner-only
         self._lock_fd = self._take_lock()
         self._closed = False
         try:
@@ -133,9 +134,10 @@ class Cluster:
             raise NotFound(f"parent directory {parent} does not exist")
         tmp = f"{path}.creating.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
         for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR):
-            os.mkdir(os.path.join(tmp, sub))
+            make_private_dirs(os.path.join(tmp, sub))
+        # SQLite creates a new database 0644, then its -wal and -shm with the database's mode.
+        os.close(open_private(os.path.join(tmp, CATALOG_FILE), os.O_WRONLY))
         catalog = Catalog(os.path.join(tmp, CATALOG_FILE), create=True)
         catalog.init_meta({
             "format_version": CLUSTER_FORMAT_VERSION,
@@ -172,7 +174,7 @@ class Cluster:
         return cls(path, **kwargs)
 
     def _take_lock(self) -> int:
-        fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(os.path.join(self.path, LOCK_FILE), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -403,7 +405,8 @@ class Cluster:
         self._check_open()
         if not vdisks:
             raise InvalidArgument("snapshot_group needs at least one vDisk")
-        return take_snapshots(self._ctx, [self.vdisk(vd.name) for vd in vdisks], name)
+        return take_snapshots(self._ctx, [self.vdisk(vd.name) for vd in vdisks],
+                              check_name("snapshot", name))
 
     def clone(self, snapshot: Snapshot, name: str) -> VDisk:
         """A writable vDisk sharing every block of `snapshot`; O(1)."""

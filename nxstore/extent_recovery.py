@@ -34,7 +34,7 @@ from .extent_group import (
     scan_group,
 )
 from .extent_table import PRESENT, load_checkpoint
-from .fileutil import atomic_write
+from .fileutil import atomic_write, make_private_dirs
 from .fingerprint_index import load_or_rebuild
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def _recover_groups(store: ExtentStore, groups: list[int], covered: dict[int, in
             # Kept, not destroyed: were the tail synced after all (damage, not a crash), a
             # durable record names its extents and open reports them missing.
             keep = os.path.join(store.directory, SALVAGE_DIR)
-            os.makedirs(keep, exist_ok=True)
+            make_private_dirs(keep)
             with open(path, "rb") as f:
                 f.seek(res.end)
                 atomic_write(os.path.join(keep, f"{group_file_name(g)}.from-{res.end}"), [f.read()])

@@ -50,7 +50,13 @@ from .extent_group import (
 from .extent_read import GROUPS_PER_CALL, MAX_GAP, load_records
 from .extent_recovery import recover
 from .extent_table import PRESENT, ExtentTable
-from .fileutil import fsync_dir, read_checksummed, write_checksummed
+from .fileutil import (
+    fsync_dir,
+    make_private_dirs,
+    open_private,
+    read_checksummed,
+    write_checksummed,
+)
 from .fingerprint_index import save_index
 from .native import fingerprint_blocks, verify_blocks
 
@@ -107,7 +113,7 @@ class ExtentStore:
         if not os.path.isdir(directory):
             if not create:
                 raise NotFound(f"no extent store at {directory}")
-            os.makedirs(directory)
+            make_private_dirs(directory)
             fsync_dir(os.path.dirname(os.path.abspath(directory)))
         self = cls(directory, block_size)
         groups = recover(self, create)
@@ -231,7 +237,7 @@ class ExtentStore:
     def _new_group(self) -> int:
         g = self._next_group
         self._next_group += 1
-        fd = os.open(self._path(group_file_name(g)), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = open_private(self._path(group_file_name(g)), os.O_RDWR | os.O_EXCL)
         self._fds[g] = fd
         self._glen[g] = 0
         self._dir_dirty = True

@@ -1,8 +1,12 @@
-"""Crash-safe file primitives shared by every durable structure.
+"""Crash-safe, owner-only file primitives shared by every durable structure.
 
 The rule everywhere: write to a temporary name, fsync it, rename it over the
 target, fsync the directory. A reader therefore sees the old or the new file,
 never a mix.
+
+Every file of a cluster is created FILE_MODE and every directory DIR_MODE: vDisk data
+and the catalogue (which holds the sites' secrets) are the owner's only. These modes
+are passed to open/mkdir, so the process umask can only take bits away, never add any.
 
 Checksummed files (`write_checksummed` / `read_checksummed`) carry this header:
 
@@ -18,7 +22,10 @@ Checksummed files (`write_checksummed` / `read_checksummed`) carry this header:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import stat
 import struct
 from collections.abc import Iterable
 
@@ -26,8 +33,46 @@ import xxhash
 
 from .errors import Corruption, FormatError
 
+log = logging.getLogger(__name__)
+
 _HEADER = struct.Struct("<8sII QQ")
 HEADER_BYTES = _HEADER.size + 8  # 40
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def open_private(path: str | os.PathLike, flags: int) -> int:
+    """os.open(path, flags | O_CREAT) creating the file FILE_MODE (owner only)."""
+    return os.open(path, flags | os.O_CREAT, FILE_MODE)
+
+
+def make_private_dirs(path: str | os.PathLike) -> None:
+    """Create directory `path` and its missing parents, each DIR_MODE (owner only);
+    nothing if it exists."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    make_private_dirs(os.path.dirname(path))
+    with contextlib.suppress(FileExistsError):  # made meanwhile by another thread
+        os.mkdir(path, DIR_MODE)
+
+
+def tighten_dir(path: str | os.PathLike) -> None:
+    """Take group and other access away from directory `path`, so that nothing below it
+    is reachable by other users whatever the modes of the files in it (opening a path
+    needs search permission on every directory in it). Logged; a process that does not
+    own the directory cannot change it and only logs that."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & 0o700)
+    except PermissionError:
+        log.warning("%s is mode %o (other users can reach its files) and this process "
+                    "cannot change that: chmod 700 it", path, mode)
+        return
+    log.warning("%s was mode %o: group and other access removed (now %o)",
+                path, mode, mode & 0o700)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -46,7 +91,7 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) 
     """
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         for chunk in chunks:
             view = memoryview(chunk).cast("B")

@@ -44,7 +44,13 @@ import xxhash
 from .block_map import MapLayer, as_u64, sorted_last_wins
 from .constants import MAP_DELTA_COMPACT_MIN_BYTES, MAP_DELTA_COMPACT_RATIO, MAP_FORMAT_VERSION
 from .errors import Corruption, FormatError, InvalidArgument
-from .fileutil import atomic_write, fsync_dir, read_checksummed, write_checksummed
+from .fileutil import (
+    atomic_write,
+    fsync_dir,
+    make_private_dirs,
+    read_checksummed,
+    write_checksummed,
+)
 
 BASE_MAGIC = b"NXMAPBAS"
 DELTA_MAGIC = b"NXMAPDLT"
@@ -144,7 +150,7 @@ class MapStore:
         ``<root>/constants.MAP_DIR``); it is created if missing."""
         self.directory = os.fspath(directory)
         self.compact_min_bytes = compact_min_bytes
-        os.makedirs(self.directory, exist_ok=True)
+        make_private_dirs(self.directory)
         self._lock = threading.Lock()
         self._states: dict[int, _State] = {}
         #: harmless damage found while loading (an unreadable watermark slot), for scrub

@@ -42,7 +42,7 @@ from .constants import (
     SALVAGE_DIR,
 )
 from .errors import ClosedError, InvalidArgument
-from .fileutil import atomic_write, fsync_dir
+from .fileutil import atomic_write, fsync_dir, make_private_dirs, open_private
 from .oplog_record import (
     MAX_PAYLOAD_BYTES,
     RECORD_HEAD,
@@ -115,7 +115,7 @@ class OpLog:
         # Called (no arguments, outside every OpLog lock) before each fdatasync: what a
         # record names elsewhere (a MAP record's extents) must be durable before it is.
         self.before_sync: Callable[[], object] | None = None
-        os.makedirs(self._dir, exist_ok=True)
+        make_private_dirs(self._dir)
         found = recover(self._dir, salvage)
         self._segments: list[Segment] = found.segments
         self._last_seq = found.last_seq
@@ -161,7 +161,7 @@ class OpLog:
         name = segment_name(first_seq)
         path = os.path.join(self._dir, name)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, encode_segment_header(first_seq))
             os.fdatasync(fd)
@@ -352,7 +352,7 @@ class OpLog:
             offset = pos + data_offset_of(data, from_seq)
             dropped = self._last_seq - from_seq + 1
             keep = os.path.join(self._dir, SALVAGE_DIR)
-            os.makedirs(keep, exist_ok=True)
+            make_private_dirs(keep)
             atomic_write(os.path.join(keep, f"{os.path.basename(seg.path)}.from-{offset}"),
                          [data[offset - pos :]])
             os.ftruncate(self._fd, offset)

@@ -50,7 +50,7 @@ import xxhash
 
 from .constants import OPLOG_FORMAT_VERSION, OPLOG_INDEX_STRIDE_BYTES, SALVAGE_DIR
 from .errors import Corruption, FormatError
-from .fileutil import atomic_write, fsync_dir
+from .fileutil import atomic_write, fsync_dir, make_private_dirs
 
 log = logging.getLogger("nxstore.oplog")
 
@@ -471,7 +471,7 @@ def _damage(directory, salvage, found, i, offset, reason, segments, next_seq, da
     dropped = len(data) - offset + sum(os.path.getsize(p) for p in gone)
     # Nothing is destroyed: what the log drops is kept in salvaged/ for forensics.
     keep = os.path.join(directory, SALVAGE_DIR)
-    os.makedirs(keep, exist_ok=True)
+    make_private_dirs(keep)
     if offset < len(data):
         atomic_write(os.path.join(keep, f"{os.path.basename(path)}.from-{offset}"),
                      [data[offset:]])

@@ -17,7 +17,8 @@ import numpy as np
 from .block_map import chain_lookup, flatten, written_blocks
 from .catalog import SnapshotRow
 from .context import ClusterContext
-from .errors import AlreadyExists, InvalidArgument, NotFound
+from .errors import AlreadyExists, NotFound
+from .names import check_name
 from .vdisk import block_ranges, check_range, lock_group, read_image
 
 if TYPE_CHECKING:
@@ -96,8 +97,7 @@ def take_snapshots(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str) -> l
     catalogue commits, so no write is in one member's snapshot while an earlier
     acknowledged write is missing from another's.
     """
-    if not isinstance(name, str) or not name or "@" in name:
-        raise InvalidArgument(f"bad snapshot name {name!r} (non-empty, no '@')")
+    check_name("snapshot", name, composed=True)  # users' names are checked by the callers
     with lock_group(vdisks, "a vDisk is named twice in the snapshot group") as members:
         for vd in members:
             if ctx.catalog.rows(SnapshotRow, "vdisk_id = ? AND name = ?", (vd.id, name)):

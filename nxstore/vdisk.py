@@ -24,6 +24,7 @@ from .constants import OPLOG_BYPASS_BYTES
 from .context import ClusterContext
 from .dirty import DirtyBlocks
 from .errors import Corruption, InvalidArgument, NotFound, OutOfRange, ReadOnly
+from .names import check_name
 from .oplog import Record, RecordType
 
 if TYPE_CHECKING:
@@ -488,7 +489,7 @@ class VDisk:
         """
         from .snapshot import take_snapshots
 
-        return take_snapshots(self._ctx, [self], name)[0]
+        return take_snapshots(self._ctx, [self], check_name("snapshot", name))[0]
 
     def snapshots(self) -> list[Snapshot]:
         """This vDisk's snapshots, oldest first."""

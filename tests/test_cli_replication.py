@@ -51,6 +51,7 @@ def env(tmp_path):
     and a secret file."""
     secret = tmp_path / "secret"
     secret.write_text(SECRET + "\n")
+    secret.chmod(0o600)  # nxstore refuses a secret file others can read
     for name in ("paris", "tokyo"):
         nx("create", tmp_path / name, "--block-size", "4K")
     img = tmp_path / "img"
@@ -78,6 +79,7 @@ def test_serve_refuses_locked_cluster_and_bad_secret_files(env):
     p = nx("serve", tokyo, "--listen", "127.0.0.1:0", "--secret-file", env / "nope", rc=1)
     error_line(p, "secret file", "nope")
     (env / "empty").write_text("\n")
+    (env / "empty").chmod(0o600)
     p = nx("serve", tokyo, "--listen", "127.0.0.1:0", "--secret-file", env / "empty", rc=1)
     error_line(p, "is empty")
     p = nx("serve", tokyo, "--listen", "127.0.0.1:0", "--secret-file", env / "secret",
@@ -165,7 +167,8 @@ def test_replicate_replicas_prune(env, tokyo):
 
 def test_replicate_wrong_secret_is_one_clear_line(env, tokyo):
     paris = env / "paris"
-    (env / "wrong").write_text("not the secret")
+    (env / "wrong").write_text("not the shared secret")
+    (env / "wrong").chmod(0o600)
     nx("site", "add", paris, "tokyo", tokyo.address, "--secret-file", env / "wrong")
     error_line(nx("replicate", paris, "db", "tokyo", rc=1), "authentic")
     tokyo.stop()

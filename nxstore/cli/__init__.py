@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None, *, cwd: str | None = None) -> int:
     from . import admin
     from .common import CliError, ClusterBusy
 
-    if cwd is not None:
+    if cwd is not None:  # forwarded: the parsed command decides, whatever options precede it
+        if args.command in admin.NOT_FORWARDED:
+            sys.stderr.write(f"nxstore: error: '{args.command}' cannot run inside the daemon\n")
+            return 1
         admin.resolve_paths(args, cwd)
     try:
         return int(args.func(args) or 0)

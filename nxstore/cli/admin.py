@@ -9,9 +9,11 @@ worker thread, one command at a time, while it goes on serving its peers and sch
 Protocol, one exchange per connection: the client sends a frame ``u32 length (little
 endian) + JSON {"version": 1, "argv": [...], "cwd": "..."}``, the daemon answers with
 a frame holding ``{"rc": int, "stdout": str, "stderr": str}``. Relative file arguments
-are resolved against the client's `cwd`. `serve` and `create` are never forwarded.
-The client waits for the command to end; interrupting the client does not stop a
-command the daemon already started.
+are resolved against the client's `cwd`. `serve` and `create` are never forwarded (the
+daemon parses the command line to tell). The request must arrive whole within
+REQUEST_TIMEOUT_S and be at most MAX_REQUEST bytes; a bad or late one gets an error reply
+(rc 2) and one log line. The client waits for the command to end; interrupting the client
+does not stop a command the daemon already started.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "admin.sock"
 PROTOCOL_VERSION = 1
-MAX_FRAME = 64 << 20  # bytes: bounds what a peer can make the other side buffer
+MAX_FRAME = 64 << 20  # bytes: bounds a reply the client buffers
+MAX_REQUEST = 1 << 20  # bytes: a command line, checked before the daemon reads it
+REQUEST_TIMEOUT_S = 10.0  # a client that connects and sends nothing (or trickles) is dropped
+REPLY_TIMEOUT_S = 60.0  # a client that stops reading its reply is dropped
 NOT_FORWARDED = frozenset({"serve", "create"})
 # argparse dests that hold file names: resolved against the client's working directory
 FILE_ARGS = ("path", "file", "secret_file", "clock_file", "tls_cert", "tls_key", "tls_ca")
@@ -126,28 +131,49 @@ def run_forwarded(cluster: Cluster, argv: list[str], cwd: str) -> dict[str, Any]
     return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
+async def _read_request(reader: asyncio.StreamReader) -> tuple[list[str], str]:
+    """(argv, cwd) of one request; ProtocolError saying what is wrong with it."""
+    (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if n > MAX_REQUEST:
+        raise ProtocolError(f"request of {n} bytes is larger than {MAX_REQUEST}")
+    try:
+        req = json.loads(await reader.readexactly(n))
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise ProtocolError(f"request is not UTF-8 JSON: {str(exc)[:100]}") from None
+    if not isinstance(req, dict):
+        raise ProtocolError(f"request is a JSON {type(req).__name__}, not an object")
+    if req.get("version") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {str(req.get('version'))[:20]!r} is not "
+                            f"{PROTOCOL_VERSION}")
+    argv, cwd = req.get("argv"), req.get("cwd")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ProtocolError("'argv' is not a list of strings")
+    if not isinstance(cwd, str):
+        raise ProtocolError("'cwd' is not a string")
+    return argv, cwd
+
+
 async def _handle(cluster: Cluster, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter) -> None:
     try:
-        (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
-        if n > MAX_FRAME:
-            raise ProtocolError(f"admin request of {n} bytes is too large")
-        req = json.loads(await reader.readexactly(n))
-        argv, cwd = req.get("argv"), req.get("cwd")
-        if (req.get("version") != PROTOCOL_VERSION or not isinstance(argv, list)
-                or not all(isinstance(a, str) for a in argv) or not isinstance(cwd, str)):
-            raise ProtocolError(f"bad admin request {str(req)[:200]!r}")
-        if argv and argv[0] in NOT_FORWARDED:
-            reply = {"rc": 1, "stdout": "",
-                     "stderr": f"nxstore: error: '{argv[0]}' cannot run inside the daemon\n"}
+        try:
+            argv, cwd = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
+        except asyncio.IncompleteReadError:
+            log.warning("admin socket: a client left before sending its whole request")
+            return
+        except (ProtocolError, asyncio.TimeoutError) as exc:
+            problem = str(exc) or f"no whole request within {REQUEST_TIMEOUT_S:g} s"
+            log.warning("admin socket: bad request: %s", problem)
+            reply = {"rc": 2, "stdout": "",
+                     "stderr": f"nxstore: error: bad admin request: {problem}\n"}
         else:
             log.info("admin: nxstore %s", " ".join(argv))
             reply = await asyncio.to_thread(run_forwarded, cluster, argv, cwd)
         data = json.dumps(reply).encode()
         writer.write(_LEN.pack(len(data)) + data)
-        await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError, ValueError, ProtocolError) as exc:
-        log.warning("admin socket: %s", exc)
+        await asyncio.wait_for(writer.drain(), REPLY_TIMEOUT_S)
+    except (ConnectionError, asyncio.TimeoutError) as exc:
+        log.warning("admin socket: reply not delivered: %s", exc or "the client stopped reading")
     finally:
         writer.close()
 

@@ -4,8 +4,8 @@
 stderr, stops cleanly on SIGTERM/SIGINT) and runs its protection-domain schedules; the other commands open the local cluster,
 talk to a remote site's `nxstore serve` where needed, and close it again. Shared
 secrets are always read from a file (never a command-line argument, which other users
-could see in the process list); surrounding whitespace and the trailing newline are
-stripped.
+could see in the process list) that only its owner may read or write (like ssh's keys);
+surrounding whitespace and the trailing newline are stripped.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
+import stat
 
 from ..replication.daemon import SCHEDULE_INTERVAL_S, serve_cluster, tls_context
 from .common import CliError, human, open_cluster, size_arg, split_ref, table
@@ -99,9 +101,14 @@ def _seconds(text: str) -> float:
 
 
 def read_secret(path: str) -> str:
-    """The secret in file `path`, stripped; CliError if empty or not text."""
+    """The secret in file `path`, stripped; CliError if group or others may read or write
+    the file, or it is empty or not text."""
     try:
         with open(path, "rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            if mode & 0o066:
+                raise CliError(f"secret file {path} is mode {mode:o}: other users can read or "
+                               f"change it; make it the owner's only (chmod 600 {path})")
             raw = f.read(1 << 16)
     except OSError as exc:
         raise CliError(f"cannot read secret file {path}: {exc.strerror or exc}") from None

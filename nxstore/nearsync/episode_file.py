@@ -23,7 +23,7 @@ import numpy as np
 
 from ..constants import FINGERPRINT_BYTES, NEARSYNC_EPISODE_MAGIC, NEARSYNC_EPISODE_VERSION
 from ..errors import Corruption
-from ..fileutil import read_checksummed, write_checksummed
+from ..fileutil import make_private_dirs, read_checksummed, write_checksummed
 
 _COUNTS = struct.Struct("<QQQ")
 
@@ -45,7 +45,7 @@ def file_name(seq: int) -> str:
 
 def write(path: str, ep: StoredEpisode) -> None:
     """Write `ep` to `path` atomically and durably (directory created if missing)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_private_dirs(os.path.dirname(path))
     chunks = [
         _COUNTS.pack(ep.indices.size, ep.offsets.size, ep.range_data.size),
         np.ascontiguousarray(ep.indices, dtype="<u8").tobytes(),

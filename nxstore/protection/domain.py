@@ -178,7 +178,7 @@ class ProtectionDomain:
         """Dissolve CG `name` (its members stay protected, each on its own)."""
         with self._mgr.lock, self._mgr.catalog.transaction():
             rows = [e for e in self._entity_rows() if e.cg == name]
-            if not rows:
+            if not rows or not name:  # "" is the CG of entities in none
                 raise NotFound(f"protection domain {self._name!r} has no consistency group {name!r}")
             for row in rows:
                 row.cg = ""

@@ -48,6 +48,7 @@ from ..catalog import (
 from ..errors import AlreadyExists, InUse, NotFound
 from ..nearsync import state as nearsync_state
 from ..replica import find_replica
+from ..snapshot import take_snapshots
 from .domain import ACTIVE, INACTIVE, ProtectionDomain
 
 if TYPE_CHECKING:
@@ -413,7 +414,7 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
             except NotFound:
                 continue
             if not vd.read_only and not any(s.name == tag for s in vd.snapshots()):
-                vd.snapshot(tag)
+                take_snapshots(mgr.cluster._ctx, [vd], tag)  # composed: may exceed users' limit
             mgr.cluster.make_replica(name, owner_cluster, owner_site)
         with cat.transaction():
             new_row = set_row(mgr, pd_name, INACTIVE, epoch, owner_site, owner_cluster)

@@ -159,9 +159,11 @@ def _check_nics(nics: object) -> list[dict[str, str]]:
 def _check_categories(categories: object) -> dict[str, str]:
     if categories is None:
         return {}
-    if not isinstance(categories, Mapping) or not all(
-            isinstance(k, str) and k and isinstance(v, str) for k, v in categories.items()):
-        raise InvalidArgument(f"categories must map names to values (strings), not {categories!r}")
+    if not isinstance(categories, Mapping):
+        raise InvalidArgument(f"categories must map names to values, not {categories!r}")
+    for key, value in categories.items():
+        check_name("category", key)
+        check_name("category value", value)
     return dict(categories)
 
 

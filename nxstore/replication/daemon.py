@@ -29,7 +29,7 @@ from ..cli.admin import admin_server
 from ..cluster import Cluster
 from ..errors import InvalidArgument
 from .auth import SiteIdentity
-from .sites import parse_address
+from .sites import check_secret, parse_address
 from .target import ReplicationTarget
 from .transport import serve
 
@@ -103,11 +103,12 @@ def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | 
     on `listen` (HOST:PORT; port 0 picks one, logged) and run its schedules every
     `schedule_interval` seconds (0: never) until SIGTERM or SIGINT. `clock_file`: the
     cluster clock is read from that file (module docstring). Raises InvalidArgument
-    (bad interval or clock file). In-flight transfers are abandoned safely (their
+    (bad interval or clock file, a weak secret). In-flight transfers are abandoned safely (their
     staging is dropped; nothing half-applied becomes visible), a schedule run in
     progress finishes, then the cluster is closed cleanly."""
     if not isinstance(schedule_interval, (int, float)) or not 0 <= schedule_interval < math.inf:
         raise InvalidArgument(f"schedule interval must be seconds >= 0, not {schedule_interval!r}")
+    check_secret(secret)
     clock = FileClock(clock_file) if clock_file else None
     host, port = parse_address(listen) if not listen.endswith(":0") else (listen[:-2], 0)
     cluster = Cluster.open(path, clock=clock)

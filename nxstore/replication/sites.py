@@ -4,7 +4,8 @@ A site has an address (HOST:PORT of its `nxstore serve`), the shared secret
 both sides authenticate with, a vstore mapping (local container -> the
 target's container, default: same name) and a network mapping (local network
 -> the target's, used by the recovery workflows). The secret is kept in the
-catalogue like any other configuration: protect the cluster directory.
+catalogue like any other configuration, protected by the catalogue's owner-only
+mode (docs/format.md); it must be at least MIN_SECRET_BYTES long.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 from ..catalog import Catalog, RemoteSiteRow
 from ..errors import InvalidArgument, NotFound
+
+MIN_SECRET_BYTES = 16  # a weak secret can be guessed offline from one observed handshake
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,24 @@ def _mapping(value: dict[str, str] | None, what: str) -> dict[str, str]:
     return dict(value)
 
 
+def check_secret(secret: object) -> str:
+    """`secret` if it is text of at least MIN_SECRET_BYTES UTF-8 bytes, else InvalidArgument
+    (which never shows the secret)."""
+    try:
+        size = len(secret.encode()) if isinstance(secret, str) else -1
+    except UnicodeEncodeError:
+        size = -1
+    if size < 0:
+        raise InvalidArgument("a shared secret must be valid UTF-8 text")
+    if size < MIN_SECRET_BYTES:
+        raise InvalidArgument(f"the shared secret is {size} bytes long: it needs at least "
+                              f"{MIN_SECRET_BYTES} (for example 32 random hex digits)")
+    return secret
+
+
 def add_site(catalog: Catalog, site: RemoteSite) -> RemoteSite:
     parse_address(site.address)
-    if not isinstance(site.secret, str) or not site.secret:
-        raise InvalidArgument("a remote site needs a non-empty shared secret")
+    check_secret(site.secret)
     row = RemoteSiteRow(
         0, site.name, site.address, site.secret,
         json.dumps(_mapping(site.network_mapping, "network_mapping"), sort_keys=True),

@@ -24,6 +24,7 @@ def remote(tmp_path):
 
     secret = tmp_path / "secret"
     secret.write_text(SECRET)
+    secret.chmod(0o600)  # nxstore refuses a secret file others can read
     daemons: list = []
 
     def start(name: str = "canada", path: str | None = None):

@@ -84,7 +84,7 @@ def test_schedule_interval_rules(make_cluster, clock):
     from datetime import timedelta
 
     a = make_cluster("paris", clock=clock)
-    a.add_remote_site("canada", "127.0.0.1:1", "s")
+    a.add_remote_site("canada", "127.0.0.1:1", "s" * 16)
     vd = a.create_vdisk("db", BS)
     pd = a.create_protection_domain("pd", entities=[vd])
     for seconds, remote in ((0.5, {"canada": 1}), (901, {"canada": 1}), (30, None)):

@@ -42,6 +42,7 @@ class Sites:
         self.names = names
         self.secret_file = str(self.tmp / "secret")
         Path(self.secret_file).write_text(SECRET)
+        Path(self.secret_file).chmod(0o600)  # nxstore refuses a secret file others can read
         self.clock_file = str(self.tmp / "clock")
         self._write_clock()
         self.open_clusters: dict[str, nxstore.Cluster] = {}

@@ -199,7 +199,8 @@ def test_serve_rejects_a_bad_clock_file_and_interval(tmp_path, capsys):
     from nxstore.cli import main
 
     secret = tmp_path / "secret"
-    secret.write_text("s")
+    secret.write_text("a shared secret of 32 characters")
+    secret.chmod(0o600)
     assert main(["create", str(tmp_path / "c")]) == 0
     base = ["serve", str(tmp_path / "c"), "--listen", "127.0.0.1:0", "--secret-file", str(secret)]
     capsys.readouterr()

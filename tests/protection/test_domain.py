@@ -264,7 +264,7 @@ def test_delete_pd_keeps_or_deletes_snapshots(cl):
 def test_snapshot_replication_failure_keeps_the_snapshot(cl):
     vd = cl.create_vdisk("a", MB)
     pd = cl.create_protection_domain("pd", entities=[vd])
-    cl.add_remote_site("canada", "127.0.0.1:1", "secret")  # nothing listens there
+    cl.add_remote_site("canada", "127.0.0.1:1", "secret" * 3)  # nothing listens there
     with pytest.raises(NxError, match="was taken but replication to canada failed"):
         pd.snapshot(replicate_to=["canada"])
     (snap,) = pd.snapshots()

@@ -116,7 +116,7 @@ def test_schedule_bad_input(cl):
                    {"app_consistent": "yes"}):
         args = {"every": timedelta(hours=1), "keep_local": 2, **kwargs}
         if "keep_remote" in kwargs:
-            cl.add_remote_site("france", "127.0.0.1:1", "s") if not cl.remote_sites() else None
+            cl.add_remote_site("france", "127.0.0.1:1", "s" * 16) if not cl.remote_sites() else None
         with pytest.raises(InvalidArgument):
             pd.add_schedule(**args)
     with pytest.raises(NotFound, match="no remote site 'canada'"):
@@ -215,7 +215,7 @@ def test_app_consistent_executable_hooks(cl, clock, tmp_path):
 
 def test_failed_replication_prunes_nothing_remote_and_keeps_local_count(cl, clock):
     pd, _ = _pd(cl)
-    cl.add_remote_site("canada", "127.0.0.1:1", "secret")  # nothing listens there
+    cl.add_remote_site("canada", "127.0.0.1:1", "secret" * 3)  # nothing listens there
     sched = pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 2})
     for _ in range(4):
         (run,) = cl.run_schedules()

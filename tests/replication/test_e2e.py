@@ -41,6 +41,7 @@ def site(tmp_path):
     start(path) -> a running Daemon (killed at teardown if the test did not stop it)."""
     secret = tmp_path / "secret"
     secret.write_text(SECRET)
+    secret.chmod(0o600)  # nxstore refuses a secret file others can read
     daemons: list[Daemon] = []
 
     class Sites:
@@ -383,7 +384,7 @@ def test_wrong_secret_changes_nothing(tmp_path, site):
     tokyo_path = site.make("tokyo")
     tokyo = site.start(tokyo_path)
     with source(tmp_path) as c:
-        c.add_remote_site("tokyo", tokyo.address, "not the secret")
+        c.add_remote_site("tokyo", tokyo.address, "not the shared secret")
         vd = c.create_vdisk("db", 4 * MiB)
         vd.write(0, os.urandom(MiB))
         snap = vd.snapshot("s1")
