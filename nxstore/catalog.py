@@ -9,8 +9,8 @@ table and row. Per-block data never lives here (see map_store, extent_store).
 
 from __future__ import annotations
 
+import errno
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import xxhash
 
 from .constants import CLUSTER_FORMAT_VERSION
-from .errors import AlreadyExists, Corruption, FormatError, NotFound
+from .errors import AlreadyExists, Corruption, FormatError, NoSpace, NotFound
+from .lockorder import Level, ordered_lock
 
 
 @dataclass
@@ -380,6 +381,10 @@ CREATE TABLE IF NOT EXISTS settings (id INTEGER PRIMARY KEY AUTOINCREMENT, name 
 """
 
 
+def _disk_full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _row_checksum(table: str, values: tuple) -> int:
     # repr() of ints/floats/str is stable across runs and platforms; SQLite hands
     # booleans back as 0/1, so they are hashed as ints.
@@ -396,7 +401,7 @@ class Catalog:
 
     def __init__(self, path: str, *, create: bool = False) -> None:
         self.path = path
-        self._lock = threading.RLock()
+        self._lock = ordered_lock(Level.CATALOG, f"catalogue {path}", reentrant=True)
         self._after_commit: list[Callable[[], object]] = []
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -407,8 +412,11 @@ class Catalog:
             ).fetchone():
                 self._db.executescript(_SCHEMA)  # IF NOT EXISTS: adds tables new in this version
             result = self._db.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise Corruption(f"catalogue {path}: {exc}") from exc
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # damaged schema text
+            if _disk_full(exc):
+                raise NoSpace(errno.ENOSPC, f"catalogue {path}: {exc}") from exc
+            what = "unreadable schema text: " if isinstance(exc, UnicodeDecodeError) else ""
+            raise Corruption(f"catalogue {path}: {what}{exc}") from exc
         if result != "ok":
             raise Corruption(f"catalogue {path}: {result}")
 
@@ -434,8 +442,8 @@ class Catalog:
             try:
                 items = self._meta_items()
                 ck = self._db.execute("SELECT value FROM meta WHERE key = 'ck'").fetchone()
-            except sqlite3.DatabaseError as exc:
-                raise Corruption(f"catalogue {self.path}: {exc}") from exc
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise Corruption(f"catalogue {self.path}: meta table: {exc}") from exc
         if ck is None or int(ck[0]) != _row_checksum("meta", items):
             raise Corruption(f"catalogue {self.path}: meta table checksum mismatch")
         meta = {key: ast.literal_eval(value) for key, value in items}
@@ -458,11 +466,14 @@ class Catalog:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:  # SQLite may have rolled back itself
+                    self._db.execute("ROLLBACK")
                 self._after_commit.clear()
+                if _disk_full(exc):
+                    raise NoSpace(errno.ENOSPC, f"catalogue {self.path}: {exc}") from exc
                 raise
-            self._db.execute("COMMIT")
             actions, self._after_commit = self._after_commit, []
         for action in actions:
             action()
@@ -530,8 +541,10 @@ class Catalog:
         with self._lock:
             try:
                 raw = self._db.execute(sql + " ORDER BY id", args).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise Corruption(f"catalogue {self.path}: {exc}") from exc
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise Corruption(
+                    f"catalogue {self.path}: {table}{self._unreadable_row(table)}: {exc}"
+                ) from exc
         out = []
         bools = [i for i, f in enumerate(fields(row_type)) if f.type == "bool"]
         for *values, ck in raw:
@@ -543,6 +556,20 @@ class Catalog:
                 raise Corruption(f"catalogue {self.path}: {table} row id {values[0]} fails its checksum")
             out.append(row)
         return out
+
+    def _unreadable_row(self, table: str) -> str:
+        """' row id N' for the first row of `table` that cannot be read, else ''
+        (to name the damage; the caller holds the lock)."""
+        try:
+            ids = [i for (i,) in self._db.execute(f"SELECT id FROM {table} ORDER BY id")]
+            for row_id in ids:
+                try:
+                    self._db.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,)).fetchall()
+                except (sqlite3.DatabaseError, UnicodeDecodeError):
+                    return f" row id {row_id}"
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
+            pass
+        return ""
 
     def close(self) -> None:
         with self._lock:

@@ -36,8 +36,9 @@ from .constants import (
     OPLOG_FORMAT_VERSION,
     OPLOG_SEGMENT_BYTES,
 )
-from .errors import ClosedError, InvalidArgument
+from .errors import ClosedError, InvalidArgument, raise_os_error
 from .fileutil import fsync_dir
+from .lockorder import Level, ordered_lock
 from .oplog_record import (
     MAX_PAYLOAD_BYTES,
     RECORD_HEAD,
@@ -93,9 +94,10 @@ class OpLog:
         self._dir = os.fspath(directory)
         self._segment_bytes = segment_bytes
         self._cap = cap_bytes
-        self._lock = threading.Lock()
+        self._lock = ordered_lock(Level.OPLOG, f"OpLog {self._dir}")
         self._cond = threading.Condition(self._lock)
-        self._release_lock = threading.Lock()  # serialises segment deletion (prefix order)
+        # serialises segment deletion (prefix order)
+        self._release_lock = ordered_lock(Level.OPLOG_RELEASE, f"OpLog release {self._dir}")
         self._buf = bytearray()
         self._closed = False
         self._syncing = False  # a group-commit leader is in fdatasync outside the lock
@@ -251,7 +253,7 @@ class OpLog:
                     self._cond.notify_all()
                 if err is not None:
                     self._io_error = err
-                    raise err
+                    raise_os_error(err, f"OpLog {self._dir}")
                 if upto > self._durable_seq:
                     self._durable_seq = upto
                     self._durable_size = size
@@ -268,7 +270,7 @@ class OpLog:
                 view = view[n:]
         except OSError as e:
             self._io_error = e
-            raise
+            raise_os_error(e, f"OpLog {self._dir}")
         self._segments[-1].size += len(buf)
         self._written_seq = self._last_seq
 
@@ -284,11 +286,15 @@ class OpLog:
             os.fdatasync(self._fd)
         except OSError as e:
             self._io_error = e
-            raise
+            raise_os_error(e, f"OpLog {self._dir}")
         self._durable_seq = self._written_seq
         os.close(self._fd)
         self._fd = -1
-        self._start_segment(self._last_seq + 1)
+        try:
+            self._start_segment(self._last_seq + 1)
+        except OSError as e:  # no active segment: unusable like after a failed write
+            self._io_error = e
+            raise_os_error(e, f"OpLog {self._dir}")
         self._durable_size = SEGMENT_HEADER_BYTES
         self._cond.notify_all()
 
@@ -468,4 +474,5 @@ class OpLog:
             raise ClosedError(f"OpLog {self._dir} is closed")
         if self._io_error is not None:
             e = self._io_error
-            raise OSError(e.errno, f"OpLog {self._dir} unusable after an I/O error: {e.strerror}")
+            err = OSError(e.errno, f"OpLog {self._dir} unusable after an I/O error: {e.strerror}")
+            raise_os_error(err, f"OpLog {self._dir} (unusable until the cluster is reopened)")

@@ -11,6 +11,22 @@ import pytest
 
 BS = 4096  # block size of the test clusters: small, so tests stay fast
 
+# Every lock made from here on checks the lock hierarchy (nxstore.lockorder); child
+# processes the tests start inherit it.
+os.environ.setdefault("NXSTORE_DEBUG_LOCKS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _lock_order_kept() -> Iterator[None]:
+    """Fail the test if any thread (a drain thread too) took a lock out of order."""
+    from nxstore import lockorder
+
+    lockorder.clear_violations()
+    yield
+    found = lockorder.violations()
+    lockorder.clear_violations()
+    assert not found, "lock hierarchy violated:\n" + "\n".join(found)
+
 
 class FakeClock:
     """An injectable clock: starts at `start`, moves only when told (thread-safe)."""
