@@ -305,7 +305,6 @@ class Cluster:
         positive integer), OutOfRange (size above constants.MAX_VDISK_SIZE)."""
         self._check_open()
         check_name("vDisk", name)
-        size = check_size("vDisk size", size)
         return self._new_vdisk(name, size, self._container(container).id, parent_layer=0)
 
     def _new_vdisk(self, name: str, size: int, container_id: int, parent_layer: int,
@@ -416,8 +415,8 @@ class Cluster:
             time.sleep(0.01)
 
     def _prune(self) -> None:
-        """Drop layers nothing needs; fold unnamed parents into vDisk heads.
-        Called holding no lock below the protection lock."""
+        """Drop layers nothing needs; fold unnamed parents into vDisk heads. The caller
+        holds no vDisk, map or catalogue lock (a fold takes a vDisk lock)."""
         with self._ctx.map_lock:  # the registry changes only under it too: one state
             vdisks = self._all_vdisks()
             named = {vd.head_layer for vd in vdisks}

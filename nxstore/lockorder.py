@@ -32,11 +32,14 @@ pairs listed in order above). Consequences for callers:
 * Callbacks (`ctx.prune`, `ctx.release_floor`, `ctx.gc_roots`, OpLog
   `on_pressure`) are called with at most the locks their contract names.
 
-The check: with NXSTORE_DEBUG_LOCKS=1 in the environment when a lock is made
-(the test suite sets it), `ordered_lock` returns a lock that records the locks
-each thread holds and raises LockOrderError (and remembers the violation, see
-`violations`) when one is taken out of order, before it could block. Without
-it `ordered_lock` returns a plain threading lock: no cost in production.
+The check: with NXSTORE_DEBUG_LOCKS=1 in the environment, or after `enable()`
+(the test suite calls it), a lock made by `ordered_lock` records the locks each
+thread holds and raises LockOrderError (and remembers the violation, see
+`violations`) when one is taken out of order, before it could block. Otherwise
+`ordered_lock` returns a plain threading lock: no cost in production. Checked
+locks are Python code, so a KeyboardInterrupt landing inside one can leave it
+taken: they are for test and debug runs, not for processes that are meant to
+survive Ctrl-C.
 """
 
 from __future__ import annotations
@@ -81,9 +84,19 @@ class OrderedLock(Protocol):
     def __exit__(self, *exc: object) -> Any: ...
 
 
+_enabled = False
+
+
+def enable(on: bool = True) -> None:
+    """Check the locks made from now on in this process, whatever the environment
+    says (child processes are not affected)."""
+    global _enabled
+    _enabled = on
+
+
 def checking() -> bool:
-    """Whether locks made now are checked (NXSTORE_DEBUG_LOCKS set and not 0)."""
-    return os.environ.get(ENV_VAR, "") not in ("", "0")
+    """Whether locks made now are checked: `enable()`d, or NXSTORE_DEBUG_LOCKS set and not 0."""
+    return _enabled or os.environ.get(ENV_VAR, "") not in ("", "0")
 
 
 def ordered_lock(level: Level, name: str, *, rank: int = 0, reentrant: bool = False) -> Any:

@@ -57,7 +57,12 @@ def _run(targets: dict[str, Callable[[], None]], stacks_path: str) -> list[str]:
 
 @pytest.fixture
 def checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(lockorder.ENV_VAR, "1")
+    _checking(monkeypatch, True)
+
+
+def _checking(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
+    monkeypatch.setattr(lockorder, "_enabled", on)
+    monkeypatch.setenv(lockorder.ENV_VAR, "1" if on else "0")
 
 
 def _expect_violation(take: Callable[[], object]) -> None:
@@ -106,7 +111,7 @@ def test_checked_lock_serves_a_condition(checked: None) -> None:
 
 
 def test_plain_locks_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(lockorder.ENV_VAR, "0")
+    _checking(monkeypatch, False)
     assert not isinstance(ordered_lock(Level.MAP, "map"), lockorder.CheckedLock)
 
 
@@ -123,11 +128,11 @@ def test_cluster_locks_are_checked(checked: None, make_cluster) -> None:
 # -- races ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("debug_locks", ["1", "0"], ids=["checked", "plain"])
+@pytest.mark.parametrize("debug_locks", [True, False], ids=["checked", "plain"])
 def test_namespace_races_snapshot_delete_restore_drain_gc(
-    tmp_path, monkeypatch: pytest.MonkeyPatch, debug_locks: str
+    tmp_path, monkeypatch: pytest.MonkeyPatch, debug_locks: bool
 ) -> None:
-    monkeypatch.setenv(lockorder.ENV_VAR, debug_locks)
+    _checking(monkeypatch, debug_locks)
     c = nxstore.Cluster.create(str(tmp_path / "c"), block_size=BS, background=True)
     gold_data = pattern(1, DISK)
     gold = c.create_vdisk("gold", DISK)
