@@ -15,11 +15,11 @@ torn write leaves the other). Open refuses a catalogue older than that file says
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
 import struct
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
@@ -28,8 +28,17 @@ from typing import Any, TypeVar
 import xxhash
 
 from .constants import CATALOG_GENERATION_FILE, CATALOG_GENERATION_VERSION, CLUSTER_FORMAT_VERSION
-from .errors import AlreadyExists, Corruption, FormatError, GenerationUnverifiable, NotFound
+from .errors import (
+    AlreadyExists,
+    Corruption,
+    FormatError,
+    GenerationUnverifiable,
+    NoSpace,
+    NotFound,
+    raise_os_error,
+)
 from .fileutil import fsync_dir, open_private
+from .lockorder import Level, ordered_lock
 from .names import not_utf8
 
 log = logging.getLogger(__name__)
@@ -395,6 +404,10 @@ CREATE TABLE IF NOT EXISTS settings (id INTEGER PRIMARY KEY AUTOINCREMENT, name 
 """
 
 
+def _disk_full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _row_checksum(table: str, values: tuple) -> int:
     # repr() of ints/floats/str is stable across runs and platforms; SQLite hands
     # booleans back as 0/1, so they are hashed as ints.
@@ -449,7 +462,7 @@ class Catalog:
         self.path = path
         self.generation_path = os.path.join(os.path.dirname(path), CATALOG_GENERATION_FILE)
         self.problems: list[str] = []  # harmless damage found at open, for scrub
-        self._lock = threading.RLock()
+        self._lock = ordered_lock(Level.CATALOG, f"catalogue {path}", reentrant=True)
         self._after_commit: list[Callable[[], object]] = []
         self._gen_fd = -1
         try:
@@ -461,8 +474,11 @@ class Catalog:
             ).fetchone():
                 self._db.executescript(_SCHEMA)  # IF NOT EXISTS: adds tables new in this version
             result = self._db.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise Corruption(f"catalogue {path}: {exc}") from exc
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # damaged schema text
+            if _disk_full(exc):
+                raise NoSpace(errno.ENOSPC, f"catalogue {path}: {exc}") from exc
+            what = "unreadable schema text: " if isinstance(exc, UnicodeDecodeError) else ""
+            raise Corruption(f"catalogue {path}: {what}{exc}") from exc
         if result != "ok":
             raise Corruption(f"catalogue {path}: {result}")
         self._check_generation(create or repair_generation)
@@ -553,8 +569,8 @@ class Catalog:
             try:
                 items = self._meta_items()
                 ck = self._db.execute("SELECT value FROM meta WHERE key = 'ck'").fetchone()
-            except sqlite3.DatabaseError as exc:
-                raise Corruption(f"catalogue {self.path}: {exc}") from exc
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise Corruption(f"catalogue {self.path}: meta table: {exc}") from exc
         if ck is None or int(ck[0]) != _row_checksum("meta", items):
             raise Corruption(f"catalogue {self.path}: meta table checksum mismatch")
         meta = {key: ast.literal_eval(value) for key, value in items}
@@ -585,13 +601,19 @@ class Catalog:
                         "INSERT OR REPLACE INTO generation VALUES (1, ?, ?)",
                         (gen, _row_checksum("generation", (1, gen))),
                     )
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:  # SQLite may have rolled back itself
+                    self._db.execute("ROLLBACK")
                 self._after_commit.clear()
+                if _disk_full(exc):
+                    raise NoSpace(errno.ENOSPC, f"catalogue {self.path}: {exc}") from exc
                 raise
-            self._db.execute("COMMIT")
             if gen is not None:  # durable now: from here on, a catalogue without it is damaged
-                self._write_generation(gen)
+                try:
+                    self._write_generation(gen)
+                except OSError as exc:
+                    raise_os_error(exc, self.generation_path)
             actions, self._after_commit = self._after_commit, []
         for action in actions:
             action()
@@ -664,8 +686,10 @@ class Catalog:
         with self._lock:
             try:
                 raw = self._db.execute(sql + " ORDER BY id", args).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise Corruption(f"catalogue {self.path}: {exc}") from exc
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise Corruption(
+                    f"catalogue {self.path}: {table}{self._unreadable_row(table)}: {exc}"
+                ) from exc
             except UnicodeEncodeError as exc:  # a name with a lone surrogate: matches nothing
                 raise not_utf8(exc) from None
         out = []
@@ -679,6 +703,20 @@ class Catalog:
                 raise Corruption(f"catalogue {self.path}: {table} row id {values[0]} fails its checksum")
             out.append(row)
         return out
+
+    def _unreadable_row(self, table: str) -> str:
+        """' row id N' for the first row of `table` that cannot be read, else ''
+        (to name the damage; the caller holds the lock)."""
+        try:
+            ids = [i for (i,) in self._db.execute(f"SELECT id FROM {table} ORDER BY id")]
+            for row_id in ids:
+                try:
+                    self._db.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,)).fetchall()
+                except (sqlite3.DatabaseError, UnicodeDecodeError):
+                    return f" row id {row_id}"
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
+            pass
+        return ""
 
     def close(self) -> None:
         with self._lock:

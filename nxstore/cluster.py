@@ -11,12 +11,12 @@ Directory layout (docs/format.md has the byte-level formats):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -60,10 +60,12 @@ from .errors import (
     InvalidArgument,
     Locked,
     NotFound,
+    raise_os_error,
 )
 from .extent_store import ExtentStore
 from .fileutil import fsync_dir, make_private_dirs, open_private, tighten_dir
 from .layers import LayerTree
+from .lockorder import Level, ordered_lock
 from .map_store import MapStore
 from .names import check_name
 from .nearsync import retention as nearsync_retention
@@ -73,7 +75,7 @@ from .replica import ReplicaInfo, list_replicas
 from .replication import sites
 from .replication.sites import RemoteSite
 from .snapshot import Snapshot, take_snapshots
-from .vdisk import VDisk
+from .vdisk import VDisk, check_int, check_size, rows_restored_on_error
 
 if TYPE_CHECKING:
     from .nearsync import LWS, NearSyncConfig
@@ -97,9 +99,12 @@ class Cluster:
         self._lock_fd = self._take_lock()
         self._closed = False
         try:
-            if not isinstance(collapse_depth, int) or collapse_depth < 1:
-                raise InvalidArgument(f"collapse_depth must be a positive int, not {collapse_depth!r}")
-            self._open(clock or time.time, salvage, collapse_depth)
+            if check_int("collapse_depth", collapse_depth) < 1:
+                raise InvalidArgument(f"collapse_depth must be positive, not {collapse_depth!r}")
+            self._open(clock or time.time, salvage, int(collapse_depth))
+        except OSError as exc:  # recovery writes too (a truncated tail, a new segment)
+            os.close(self._lock_fd)
+            raise_os_error(exc, f"opening cluster {self.path}")
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -116,11 +121,11 @@ class Cluster:
         directory's name) is how peers name this cluster's replicas.
 
         Raises AlreadyExists if `path` exists and is not an empty directory,
-        InvalidArgument unless block_size is a power of two in 4-64 KiB.
+        InvalidArgument unless block_size is a power of two in 4-64 KiB, NoSpace.
         Atomic: built under a temporary name and renamed into place.
         """
-        if (not isinstance(block_size, int) or block_size & (block_size - 1)
-                or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
+        bs = check_int("block_size", block_size)
+        if bs & (bs - 1) or not MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE:
             raise InvalidArgument(
                 f"block_size must be a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}, "
                 f"not {block_size!r}"
@@ -134,6 +139,23 @@ class Cluster:
             raise NotFound(f"parent directory {parent} does not exist")
         tmp = f"{path}.creating.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            cls._build(tmp, bs, site_name)
+            if os.path.isdir(path):
+                os.rmdir(path)
+            os.rename(tmp, path)
+            fsync_dir(parent)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise_os_error(exc, f"creating cluster {path}")
+            raise
+        return cls(path, **kwargs)
+
+    @staticmethod
+    def _build(tmp: str, block_size: int, site_name: str) -> None:
+        """Lay out an empty cluster in directory `tmp` (made here), durably."""
+        make_private_dirs(tmp)
         for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR):
             make_private_dirs(os.path.join(tmp, sub))
         # SQLite creates a new database 0644, then its -wal and -shm with the database's mode.
@@ -152,11 +174,6 @@ class Cluster:
         ExtentStore.open(os.path.join(tmp, EXTENT_DIR), block_size, create=True).close()
         for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR, "."):
             fsync_dir(os.path.join(tmp, sub))
-        if os.path.isdir(path):
-            os.rmdir(path)
-        os.rename(tmp, path)
-        fsync_dir(parent)
-        return cls(path, **kwargs)
 
     @classmethod
     def open(cls, path: str, **kwargs: Any) -> Cluster:
@@ -181,8 +198,9 @@ class Cluster:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
             raise Locked(f"cluster {self.path} is open in another process (pid {holder or '?'})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the pid only informs; a full disk must not stop an open
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
     def _open(self, clock: Callable[[], float], salvage: bool, collapse_depth: int) -> None:
@@ -203,10 +221,13 @@ class Cluster:
         oplog.before_sync = store.sync
         self._ctx.problems.extend(oplog.problems)
         self._dirty_cap = OPLOG_DIRTY_CAP_BYTES
+        # Replaced whole (never mutated) under the registry lock and the map lock, so
+        # readers need no lock and holders of the map lock see it in step with the
+        # layer tree (nxstore.lockorder).
         self._vdisks: dict[str, VDisk] = {
             row.name: VDisk(self._ctx, row) for row in catalog.rows(VDiskRow)
         }
-        self._registry_lock = threading.RLock()
+        self._registry_lock = ordered_lock(Level.REGISTRY, "vDisk registry", reentrant=True)
         removed = tree.remove_orphans()
         if removed:
             log.info("removed %d orphaned map layer files", removed)
@@ -275,21 +296,25 @@ class Cluster:
                 return
 
     def close(self) -> None:
-        """Make every write durable, persist maps, release the lock. Idempotent."""
+        """Make every write durable, persist maps, release the lock. Idempotent.
+
+        The cluster is closed and its lock released even when persisting fails (NoSpace,
+        say): the error is raised afterwards, and a reopen recovers from the OpLog."""
         if self._closed:
             return
-        if self._drainer:
-            self._drainer.stop()
-        for vd in self._all_vdisks():
-            with vd._lock:
-                vd._persist()
-        self._ctx.oplog.sync()
-        self._ctx.tree.store.seal()  # the delta watermarks the last appends left in RAM
-        self._ctx.oplog.close()
-        self._ctx.store.close()  # checkpoints the extent table and index: fast next open
-        self._ctx.catalog.close()
-        self._closed = True
-        os.close(self._lock_fd)
+        with contextlib.ExitStack() as release:  # runs every step, last registered first
+            release.callback(os.close, self._lock_fd)  # drops the flock
+            release.callback(self._ctx.catalog.close)
+            release.callback(self._ctx.store.close)  # checkpoints the extent table and index
+            release.callback(self._ctx.oplog.close)
+            release.callback(setattr, self, "_closed", True)
+            if self._drainer:
+                self._drainer.stop()
+            for vd in self._all_vdisks():
+                with vd._lock:
+                    vd._persist()
+            self._ctx.oplog.sync()
+            self._ctx.tree.store.seal()  # the delta watermarks the last appends left in RAM
 
     def __enter__(self) -> Cluster:
         return self
@@ -326,28 +351,30 @@ class Cluster:
     # -- vDisks -------------------------------------------------------------------
     def create_vdisk(self, name: str, size: int, container: str = "default") -> VDisk:
         """A new thin vDisk of `size` bytes (costs no data space until written).
-        Raises AlreadyExists, NotFound (container), InvalidArgument (size)."""
+        Raises AlreadyExists, NotFound (container), InvalidArgument (size not a
+        positive integer), OutOfRange (size above constants.MAX_VDISK_SIZE)."""
         self._check_open()
         check_name("vDisk", name)
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise InvalidArgument(f"vDisk size must be a positive int, not {size!r}")
         return self._new_vdisk(name, size, self._container(container).id, parent_layer=0)
 
     def _new_vdisk(self, name: str, size: int, container_id: int, parent_layer: int,
                    replica: ReplicaRow | None = None) -> VDisk:
+        size = check_size(f"size of vDisk {name!r}", size)
         with self._registry_lock:
             if name in self._vdisks:
                 raise AlreadyExists(f"vDisk {name!r} exists")
-            with self._ctx.map_lock, self._ctx.catalog.transaction():
-                seq = self._ctx.oplog.last_seq
-                self._ctx.oplog.sync(seq)  # a durable created_seq must name durable records
-                head = self._ctx.tree.create(parent_layer, seq)
-                row = self._ctx.catalog.insert(VDiskRow(
-                    0, name, container_id, size, head, self._ctx.clock(), replica is not None))
-                if replica is not None:
-                    replica.vdisk_id = row.id
-                    self._ctx.catalog.insert(replica)
-            vd = self._vdisks[name] = VDisk(self._ctx, row)
+            with self._ctx.map_lock:
+                with self._ctx.catalog.transaction():
+                    seq = self._ctx.oplog.last_seq
+                    self._ctx.oplog.sync(seq)  # a durable created_seq must name durable records
+                    head = self._ctx.tree.create(parent_layer, seq)
+                    row = self._ctx.catalog.insert(VDiskRow(
+                        0, name, container_id, size, head, self._ctx.clock(), replica is not None))
+                    if replica is not None:
+                        replica.vdisk_id = row.id
+                        self._ctx.catalog.insert(replica)
+                vd = VDisk(self._ctx, row)
+                self._vdisks = {**self._vdisks, name: vd}
         return vd
 
     def _create_replica_vdisk(self, name: str, size: int, container: str,
@@ -367,8 +394,7 @@ class Cluster:
         return sorted(self._all_vdisks(), key=lambda vd: vd.name)
 
     def _all_vdisks(self) -> list[VDisk]:
-        with self._registry_lock:
-            return list(self._vdisks.values())
+        return list(self._vdisks.values())
 
     def delete_vdisk(self, name: str, *, with_snapshots: bool = False) -> None:
         """Delete a vDisk. If it has snapshots this raises InUse unless
@@ -389,7 +415,7 @@ class Cluster:
                     self._ctx.catalog.delete(ReplicaRow, rep.id)
             vd._deleted = True
             vd.discard_unpersisted()
-            del self._vdisks[name]
+            self._vdisks = {n: v for n, v in self._vdisks.items() if n != name}
         self._prune()
 
     # -- snapshots and clones --------------------------------------------------------
@@ -440,15 +466,17 @@ class Cluster:
             time.sleep(0.01)
 
     def _prune(self) -> None:
-        """Drop layers nothing needs; fold unnamed parents into vDisk heads."""
-        with self._ctx.map_lock:
-            named = {vd.head_layer for vd in self._all_vdisks()}
+        """Drop layers nothing needs; fold unnamed parents into vDisk heads. The caller
+        holds no vDisk, map or catalogue lock (a fold takes a vDisk lock)."""
+        with self._ctx.map_lock:  # the registry changes only under it too: one state
+            vdisks = self._all_vdisks()
+            named = {vd.head_layer for vd in vdisks}
             named |= {row.layer_id for row in self._ctx.catalog.rows(SnapshotRow)}
             folds = self._ctx.tree.prune(named)
-        heads = {vd.head_layer: vd for vd in self._all_vdisks()}
+        heads = {vd.head_layer: vd for vd in vdisks}
         for head, parent in folds:
             if head in heads:
-                heads[head].fold_parent(parent)
+                heads[head].fold_parent(parent)  # takes its vDisk lock, then the map lock
 
     # -- upkeep ---------------------------------------------------------------------
     def drain(self) -> None:
@@ -466,8 +494,9 @@ class Cluster:
         upto = min([bound, *(vd.release_point() for vd in vdisks)])
         floor = self._ctx.release_floor()  # NearSync: episodes not every remote holds stay
         self._ctx.oplog.release(upto if floor is None else min(upto, floor))
-        with self._ctx.map_lock:
-            collapsed = [vd for vd in vdisks if self._ctx.tree.shortcut_for(vd.head_layer)]
+        with self._ctx.map_lock:  # a vDisk deleted meanwhile may have lost its head already
+            collapsed = [vd for vd in vdisks
+                         if not vd._deleted and self._ctx.tree.shortcut_for(vd.head_layer)]
         if collapsed:  # a deep chain was just flattened: its scattered rewrites, too
             defrag.defragment(self._ctx, collapsed, DEFRAG_DRAIN_MAX_BYTES)
 
@@ -482,7 +511,8 @@ class Cluster:
         (1 MiB windows with data). Raises NotFound, InvalidArgument.
         Durable and crash-safe (ExtentStore.relocate)."""
         self._check_open()
-        if not isinstance(max_bytes, int) or max_bytes < 0:
+        max_bytes = check_int("max_bytes", max_bytes)
+        if max_bytes < 0:
             raise InvalidArgument(f"max_bytes must be a non-negative int, not {max_bytes!r}")
         vdisks = self._all_vdisks() if vdisk_name is None else [self.vdisk(vdisk_name)]
         return defrag.defragment(self._ctx, vdisks, max_bytes)
@@ -533,6 +563,8 @@ class Cluster:
         logical = 0
         for vd in self._all_vdisks():
             with vd._lock, self._ctx.map_lock:
+                if vd._deleted:
+                    continue
                 keys, vals = flatten(self._ctx.tree.chain(vd.head_layer), is_root=True).items()
                 dirty, dirty_nonzero = vd._dirty.keys()
             mapped = np.setdiff1d(keys[vals != 0], dirty, assume_unique=True)
@@ -609,7 +641,8 @@ class Cluster:
         """Keep only the newest `keep` replica snapshots of `vdisk_name` at `site`;
         returns the names deleted there (remote retention)."""
         self._check_open()
-        if not isinstance(keep, int) or keep < 1:
+        keep = check_int("keep", keep)
+        if keep < 1:
             raise InvalidArgument(f"keep must be a positive int, not {keep!r}")
         from .replication import source
 
@@ -710,19 +743,21 @@ class Cluster:
         vd = self.vdisk(name)
         new_name = name if new_name is None else check_name("vDisk", new_name)
         cat = self._ctx.catalog
-        with self._registry_lock, vd._lock:
+        with self._registry_lock, vd._lock, rows_restored_on_error(vd._row):
             reps = cat.rows(ReplicaRow, "vdisk_id = ?", (vd.id,))
             if not reps:
                 raise InvalidArgument(f"vDisk {name!r} is not a replica")
             if new_name != name and new_name in self._vdisks:
                 raise AlreadyExists(f"vDisk {new_name!r} exists")
-            with cat.transaction():
-                for rep in reps:
-                    cat.delete(ReplicaRow, rep.id)
-                vd._row.read_only = False
-                vd._row.name = new_name
-                cat.update(vd._row)
-            self._vdisks[new_name] = self._vdisks.pop(name)
+            with self._ctx.map_lock:
+                with cat.transaction():
+                    for rep in reps:
+                        cat.delete(ReplicaRow, rep.id)
+                    vd._row.read_only = False
+                    vd._row.name = new_name
+                    cat.update(vd._row)
+                self._vdisks = {**{n: v for n, v in self._vdisks.items() if n != name},
+                                new_name: vd}
         log.info("replica vDisk %s promoted to writable vDisk %s", name, new_name)
         return vd
 
@@ -740,7 +775,7 @@ class Cluster:
         source_vdisk = name if source_vdisk is None else source_vdisk
         self.drain()  # a replica's head has nothing pending in RAM
         cat = self._ctx.catalog
-        with vd._lock, cat.transaction():
+        with vd._lock, rows_restored_on_error(vd._row), cat.transaction():
             for rep in cat.rows(ReplicaRow, "vdisk_id = ?", (vd.id,)):
                 if (rep.source_cluster, rep.source_vdisk) == (source_cluster, source_vdisk):
                     return

@@ -9,6 +9,9 @@ CLUSTER_FORMAT_VERSION = 1          # catalogue/meta layout version (meta.format
 MIN_BLOCK_SIZE = 4 * 1024           # bytes; 2**12
 MAX_BLOCK_SIZE = 64 * 1024          # bytes; 2**16
 DEFAULT_BLOCK_SIZE = 16 * 1024      # bytes; 2**14
+# bytes: the catalogue keeps sizes as signed 64-bit integers, and an end rounded up to a
+# whole block (of any size) must fit too
+MAX_VDISK_SIZE = 2**63 - MAX_BLOCK_SIZE
 LOCK_FILE = "LOCK"                  # fcntl lock held by the one writer process
 CATALOG_FILE = "catalog.db"         # SQLite (WAL) catalogue
 CATALOG_GENERATION_FILE = "catalog.gen"  # the newest committed catalogue generation, twice

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ import numpy as np
 from .catalog import Catalog, ContainerRow
 from .extent_store import ExtentStore
 from .layers import LayerTree
+from .lockorder import Level, OrderedLock, ordered_lock
 from .oplog import OpLog
 
 
@@ -18,9 +18,11 @@ from .oplog import OpLog
 class ClusterContext:
     """Components of an open cluster.
 
-    Lock order, always: a VDisk's lock, then `map_lock`. `map_lock` guards every
-    block-map and layer-tree change and every ingest into the extent store, so
-    gc (which holds it) sees a stable set of references.
+    `map_lock` guards every block-map and layer-tree change, every ingest into the
+    extent store and every change of the cluster's set of vDisks, so gc and prune
+    (which hold it) see a stable set of references. Its place in the lock
+    hierarchy (after the registry and vDisk locks, before the catalogue's):
+    nxstore.lockorder.
     """
 
     path: str
@@ -31,7 +33,8 @@ class ClusterContext:
     tree: LayerTree
     containers: dict[int, ContainerRow]
     clock: Callable[[], float]
-    map_lock: threading.RLock = field(default_factory=threading.RLock)
+    map_lock: OrderedLock = field(
+        default_factory=lambda: ordered_lock(Level.MAP, "map_lock", reentrant=True))
     #: drops layers no head or snapshot needs any more (set by the Cluster)
     prune: Callable[[], None] = lambda: None
     #: blocks a writer while undrained blocks hold more RAM than allowed (set by the Cluster)

@@ -62,8 +62,11 @@ class Layout(NamedTuple):
 
 def image(ctx: ClusterContext, vd: VDisk) -> tuple[np.ndarray, np.ndarray]:
     """(blocks ascending, extent ids) of the vDisk's mapped blocks as its head reads
-    them (undrained blocks in RAM are not in the extent store and not included)."""
+    them (undrained blocks in RAM are not in the extent store and not included);
+    empty for a vDisk deleted meanwhile."""
     with ctx.map_lock:
+        if vd._deleted:  # its head may be gone from the tree already
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
         keys, vals = flatten(ctx.tree.chain(vd.head_layer), is_root=True).items()
         return keys.copy(), vals.copy()
 

@@ -1,5 +1,9 @@
 """The exceptions nxstore raises. Every one derives from NxError."""
 
+import errno
+import os
+from typing import NoReturn
+
 
 class NxError(Exception):
     """Base class of every nxstore error."""
@@ -46,6 +50,25 @@ class ReadOnly(NxError):
 
 class ClosedError(NxError):
     """The cluster was closed."""
+
+
+class NoSpace(NxError, OSError):
+    """The file system holding the cluster is full (ENOSPC, or EDQUOT: quota). Raised
+    with every acknowledged write intact: free space and retry, or close and reopen
+    the cluster (the OpLog refuses further writes after a failed one until then)."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]"
+        return str(self.strerror)
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def raise_os_error(exc: OSError, what: str) -> NoReturn:
+    """Raise `exc`; as a NoSpace naming `what` if it reports a full file system."""
+    if isinstance(exc, NoSpace) or exc.errno not in NO_SPACE_ERRNOS:
+        raise exc
+    raise NoSpace(exc.errno, f"{what}: {os.strerror(exc.errno)}") from exc
 
 
 # --- replication wire ------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -38,7 +37,7 @@ from .constants import (
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
 )
-from .errors import ClosedError, Corruption, InvalidArgument, NotFound
+from .errors import ClosedError, Corruption, InvalidArgument, NotFound, raise_os_error
 from .extent_group import (
     FLAG_COMPRESSED,
     FLAG_INDEXED,
@@ -58,6 +57,7 @@ from .fileutil import (
     write_checksummed,
 )
 from .fingerprint_index import save_index
+from .lockorder import Level, ordered_lock
 from .native import fingerprint_blocks, verify_blocks
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ExtentStore:
     def __init__(self, directory: str, block_size: int) -> None:
         self.directory = directory
         self.block_size = block_size
-        self._lock = threading.RLock()
+        self._lock = ordered_lock(Level.EXTENT_STORE, f"extent store {directory}", reentrant=True)
         self._table = ExtentTable()
         self._glen: dict[int, int] = {}  # group -> bytes of valid records
         self._next_group = 1
@@ -283,11 +283,11 @@ class ExtentStore:
                 self._dirty.add(g)
                 boff += nbytes
                 i = j
-        except OSError:
+        except OSError as exc:
             for g, start in touched:
                 os.truncate(self._path(group_file_name(g)), start)
                 self._glen[g] = start
-            raise
+            raise_os_error(exc, f"extent store {self.directory}")
         return groups, offs
 
     # -- put ----------------------------------------------------------------------------
@@ -515,12 +515,15 @@ class ExtentStore:
         since the last sync, then of the directory if a group was created)."""
         with self._lock:
             self._check_open()
-            for g in sorted(self._dirty):
-                os.fdatasync(self._fd(g))
-            self._dirty.clear()
-            if self._dir_dirty:
-                fsync_dir(self.directory)
-                self._dir_dirty = False
+            try:
+                for g in sorted(self._dirty):
+                    os.fdatasync(self._fd(g))
+                self._dirty.clear()
+                if self._dir_dirty:
+                    fsync_dir(self.directory)
+                    self._dir_dirty = False
+            except OSError as exc:
+                raise_os_error(exc, f"extent store {self.directory}")
 
     def checkpoint(self) -> None:
         """sync, then atomically persist the table (with the length of every group
@@ -530,9 +533,12 @@ class ExtentStore:
         with self._lock:
             self.sync()
             token = int.from_bytes(os.urandom(8), "little")
-            self._table.save(self._path(EXTENT_TABLE_FILE), self.block_size, dict(self._glen),
-                             self._next_group, token)  # fmt: skip
-            save_index(self._path(INDEX_FILE), self._index, token)
+            try:
+                self._table.save(self._path(EXTENT_TABLE_FILE), self.block_size, dict(self._glen),
+                                 self._next_group, token)  # fmt: skip
+                save_index(self._path(INDEX_FILE), self._index, token)
+            except OSError as exc:
+                raise_os_error(exc, f"extent store {self.directory} checkpoint")
             self._changed = False
 
     # -- gc / scrub / stats live in extent_maintenance.py --------------------------------

@@ -35,7 +35,6 @@ import os
 import re
 import struct
 import sys
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +42,7 @@ import xxhash
 
 from .block_map import MapLayer, as_u64, sorted_last_wins
 from .constants import MAP_DELTA_COMPACT_MIN_BYTES, MAP_DELTA_COMPACT_RATIO, MAP_FORMAT_VERSION
-from .errors import Corruption, FormatError, InvalidArgument
+from .errors import Corruption, FormatError, InvalidArgument, raise_os_error
 from .fileutil import (
     atomic_write,
     fsync_dir,
@@ -51,6 +50,7 @@ from .fileutil import (
     read_checksummed,
     write_checksummed,
 )
+from .lockorder import Level, ordered_lock
 
 BASE_MAGIC = b"NXMAPBAS"
 DELTA_MAGIC = b"NXMAPDLT"
@@ -151,7 +151,7 @@ class MapStore:
         self.directory = os.fspath(directory)
         self.compact_min_bytes = compact_min_bytes
         make_private_dirs(self.directory)
-        self._lock = threading.Lock()
+        self._lock = ordered_lock(Level.MAP_STORE, f"map store {self.directory}")
         self._states: dict[int, _State] = {}
         #: harmless damage found while loading (an unreadable watermark slot), for scrub
         self.problems: list[str] = []
@@ -238,8 +238,13 @@ class MapStore:
                 if st.version >= 2:  # claim the record only now that it is durable
                     os.pwrite(fd, _watermark(layer_id, st.delta_gen, off), WATERMARK_OFFSET)
                     st.mark_dirty = True
-            except BaseException:
+            except OSError as exc:
                 self._states.pop(layer_id, None)  # unknown file state: rescan next time
+                with contextlib.suppress(OSError):  # leave no partial record behind
+                    os.ftruncate(fd, st.end)
+                raise_os_error(exc, path)
+            except BaseException:
+                self._states.pop(layer_id, None)
                 raise
             finally:
                 os.close(fd)
@@ -273,12 +278,15 @@ class MapStore:
             st = self._state(layer_id)
             gen = max(st.generation, st.delta_gen or 0) + 1
             meta = _BASE_META.pack(self._check_id(layer_id), gen, applied_seq, len(keys))
-            write_checksummed(
-                self.base_path(layer_id),
-                BASE_MAGIC,
-                MAP_FORMAT_VERSION,
-                [meta, memoryview(_le(keys)), memoryview(_le(vals))],
-            )
+            try:
+                write_checksummed(
+                    self.base_path(layer_id),
+                    BASE_MAGIC,
+                    MAP_FORMAT_VERSION,
+                    [meta, memoryview(_le(keys)), memoryview(_le(vals))],
+                )
+            except OSError as exc:
+                raise_os_error(exc, self.base_path(layer_id))
             st.generation = gen
             self._reset_delta(layer_id, st)
 
@@ -362,7 +370,10 @@ class MapStore:
         return st
 
     def _reset_delta(self, layer_id: int, st: _State) -> None:
-        atomic_write(self.delta_path(layer_id), [_delta_header(layer_id, st.generation)])
+        try:
+            atomic_write(self.delta_path(layer_id), [_delta_header(layer_id, st.generation)])
+        except OSError as exc:
+            raise_os_error(exc, self.delta_path(layer_id))
         st.delta_gen = st.generation
         st.end = st.size = DELTA_HEADER_BYTES
         st.version = MAP_FORMAT_VERSION

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from .constants import (
     INDEX_SLOT_BYTES,
 )
 from .errors import Corruption, FormatError, InvalidArgument
+from .lockorder import Level, ordered_lock
 
 __all__ = [
     "FingerprintIndex",
@@ -246,7 +246,7 @@ class FingerprintIndex:
         table cannot be allocated."""
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
             raise InvalidArgument(f"capacity must be a non-negative int, not {capacity!r}")
-        self._lock = threading.Lock()
+        self._lock = ordered_lock(Level.FINGERPRINT_INDEX, "fingerprint index")
         self._ix = self._own(lib.nx_index_new(capacity))
 
     @staticmethod
@@ -404,7 +404,7 @@ class FingerprintIndex:
         if rc != lib.NX_OK:
             raise Corruption(f"fingerprint index: inconsistent table (code {rc})")
         self = cls.__new__(cls)
-        self._lock = threading.Lock()
+        self._lock = ordered_lock(Level.FINGERPRINT_INDEX, "fingerprint index")
         self._ix = cls._own(out[0])
         return self
 

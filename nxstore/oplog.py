@@ -41,8 +41,9 @@ from .constants import (
     OPLOG_SEGMENT_BYTES,
     SALVAGE_DIR,
 )
-from .errors import ClosedError, InvalidArgument
+from .errors import ClosedError, InvalidArgument, raise_os_error
 from .fileutil import atomic_write, fsync_dir, make_private_dirs, open_private
+from .lockorder import Level, ordered_lock
 from .oplog_record import (
     MAX_PAYLOAD_BYTES,
     RECORD_HEAD,
@@ -102,9 +103,10 @@ class OpLog:
         self._dir = os.fspath(directory)
         self._segment_bytes = segment_bytes
         self._cap = cap_bytes
-        self._lock = threading.Lock()
+        self._lock = ordered_lock(Level.OPLOG, f"OpLog {self._dir}")
         self._cond = threading.Condition(self._lock)
-        self._release_lock = threading.Lock()  # serialises segment deletion (prefix order)
+        # serialises segment deletion (prefix order)
+        self._release_lock = ordered_lock(Level.OPLOG_RELEASE, f"OpLog release {self._dir}")
         self._buf = bytearray()
         self._closed = False
         self._syncing = False  # a group-commit leader is in fdatasync outside the lock
@@ -280,7 +282,7 @@ class OpLog:
                     self._cond.notify_all()
                 if err is not None:
                     self._io_error = err
-                    raise err
+                    raise_os_error(err, f"OpLog {self._dir}")
                 if upto > self._durable_seq:
                     self._durable_seq = upto
                     self._durable_size = size
@@ -297,7 +299,7 @@ class OpLog:
                 view = view[n:]
         except OSError as e:
             self._io_error = e
-            raise
+            raise_os_error(e, f"OpLog {self._dir}")
         self._segments[-1].size += len(buf)
         self._written_seq = self._last_seq
 
@@ -318,12 +320,16 @@ class OpLog:
             os.fdatasync(self._fd)  # a sealed segment's watermark covers all of it, durably
         except OSError as e:
             self._io_error = e
-            raise
+            raise_os_error(e, f"OpLog {self._dir}")
         self._mark_dirty = False
         self._durable_seq = self._written_seq
         os.close(self._fd)
         self._fd = -1
-        self._start_segment(self._last_seq + 1)
+        try:
+            self._start_segment(self._last_seq + 1)
+        except OSError as e:  # no active segment: unusable like after a failed write
+            self._io_error = e
+            raise_os_error(e, f"OpLog {self._dir}")
         self._durable_size = SEGMENT_HEADER_BYTES
         self._cond.notify_all()
 
@@ -547,4 +553,5 @@ class OpLog:
             raise ClosedError(f"OpLog {self._dir} is closed")
         if self._io_error is not None:
             e = self._io_error
-            raise OSError(e.errno, f"OpLog {self._dir} unusable after an I/O error: {e.strerror}")
+            err = OSError(e.errno, f"OpLog {self._dir} unusable after an I/O error: {e.strerror}")
+            raise_os_error(err, f"OpLog {self._dir} (unusable until the cluster is reopened)")

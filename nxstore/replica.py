@@ -24,6 +24,7 @@ from .block_map import MapLayer
 from .catalog import ContainerRow, ReplicaRow, SnapshotRow, VDiskRow
 from .errors import InvalidArgument, NotFound
 from .snapshot import Snapshot
+from .vdisk import check_size, rows_restored_on_error
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -98,6 +99,7 @@ def apply_snapshot(
         if base_snapshot not in existing:
             raise NotFound(f"replica of {source_site}:{vdisk} has no base snapshot {base_snapshot!r}")
         parent = existing[base_snapshot].layer_id
+    size = check_size(f"size of snapshot {snapshot!r}", size)
     indices = np.asarray(indices, dtype=np.uint64)
     fps = np.asarray(fingerprints, dtype=np.uint8).reshape(-1, 16)
     if indices.size != len(fps):
@@ -176,7 +178,7 @@ def commit_layer(cluster: Cluster, vd: VDisk, parent: int, layer: MapLayer, snap
     with vd._lock, ctx.map_lock:
         seq = ctx.oplog.last_seq
         ctx.oplog.sync(seq)
-        with ctx.catalog.transaction():
+        with rows_restored_on_error(vd._row), ctx.catalog.transaction():
             layer_id = ctx.tree.create(parent, seq)
             ctx.tree.rewrite(layer_id, layer, seq)
             ctx.tree.freeze(layer_id)

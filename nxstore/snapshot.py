@@ -19,7 +19,7 @@ from .catalog import SnapshotRow
 from .context import ClusterContext
 from .errors import AlreadyExists, NotFound
 from .names import check_name
-from .vdisk import block_ranges, check_range, lock_group, read_image
+from .vdisk import block_ranges, check_range, lock_group, read_image, rows_restored_on_error
 
 if TYPE_CHECKING:
     from .vdisk import VDisk
@@ -70,10 +70,9 @@ class Snapshot:
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of the image; verified like vDisk reads (Corruption on damage)."""
         self._check_alive()
-        check_range(f"read of snapshot {self}", offset, length, self.size)
+        offset, length = check_range(f"read of snapshot {self}", offset, length, self.size)
         return read_image(
-            self._ctx, self.layer_id, f"snapshot {self.vdisk_name}@{self.name}",
-            int(offset), int(length),
+            self._ctx, self.layer_id, f"snapshot {self.vdisk_name}@{self.name}", offset, length
         )
 
     def delete(self) -> None:
@@ -105,7 +104,8 @@ def take_snapshots(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str) -> l
         for vd in members:
             vd.drain_all_locked()
         rows = []
-        with ctx.map_lock, ctx.catalog.transaction():
+        with (ctx.map_lock, rows_restored_on_error(*(vd._row for vd in members)),
+              ctx.catalog.transaction()):
             seq = ctx.oplog.last_seq
             ctx.oplog.sync(seq)  # a durable created_seq must name durable records
             now = ctx.clock()
@@ -123,7 +123,7 @@ def restore_vdisk(ctx: ClusterContext, vd: VDisk, snapshot: Snapshot) -> None:
     snapshot._check_alive()
     with vd._lock:
         vd._check_writable()
-        with ctx.map_lock, ctx.catalog.transaction():
+        with ctx.map_lock, rows_restored_on_error(vd._row), ctx.catalog.transaction():
             seq = ctx.oplog.last_seq
             ctx.oplog.sync(seq)  # a durable created_seq must name durable records
             vd._row.head_layer = ctx.tree.create(snapshot.layer_id, seq)

@@ -11,7 +11,7 @@ complete up to (`safe_point`); recovery replays the OpLog past that point.
 
 from __future__ import annotations
 
-import threading
+import operator
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
@@ -20,10 +20,11 @@ import numpy as np
 
 from .block_map import collapse
 from .catalog import SnapshotRow, VDiskRow
-from .constants import OPLOG_BYPASS_BYTES
+from .constants import MAX_VDISK_SIZE, OPLOG_BYPASS_BYTES
 from .context import ClusterContext
 from .dirty import DirtyBlocks
 from .errors import Corruption, InvalidArgument, NotFound, OutOfRange, ReadOnly
+from .lockorder import Level, ordered_lock
 from .names import check_name
 from .oplog import Record, RecordType
 
@@ -50,14 +51,37 @@ def as_buffer(data: object) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
-def check_range(what: str, offset: object, length: object, size: int) -> None:
-    """Raise InvalidArgument/OutOfRange unless [offset, offset+length) lies in [0, size)."""
-    if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool):
-        raise InvalidArgument(f"{what}: offset must be an int, not {type(offset).__name__}")
-    if not isinstance(length, (int, np.integer)) or isinstance(length, bool):
-        raise InvalidArgument(f"{what}: length must be an int, not {type(length).__name__}")
-    if offset < 0 or length < 0 or offset + length > size:
-        raise OutOfRange(f"{what}: range [{offset}, {offset + length}) is outside [0, {size})")
+def check_int(what: str, value: object) -> int:
+    """`value` as a Python int: an int or any integer type with __index__ (numpy
+    integer scalars), never a bool. InvalidArgument otherwise (floats included).
+    Callers compare the result, never `value`: numpy arithmetic wraps around."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise InvalidArgument(f"{what} must be an integer, not {type(value).__name__}")
+
+
+def check_size(what: str, size: object) -> int:
+    """`size` as an int in 1..MAX_VDISK_SIZE: InvalidArgument (not an integer, not
+    positive), OutOfRange (too large)."""
+    n = check_int(what, size)
+    if n <= 0:
+        raise InvalidArgument(f"{what} must be positive, not {n}")
+    if n > MAX_VDISK_SIZE:
+        raise OutOfRange(f"{what} of {n} bytes exceeds the maximum of {MAX_VDISK_SIZE}")
+    return n
+
+
+def check_range(what: str, offset: object, length: object, size: int) -> tuple[int, int]:
+    """(offset, length) as Python ints; InvalidArgument unless both are integers,
+    OutOfRange unless [offset, offset+length) lies in [0, size)."""
+    off = check_int(f"{what}: offset", offset)
+    n = check_int(f"{what}: length", length)
+    if off < 0 or n < 0 or off + n > size:
+        raise OutOfRange(f"{what}: range [{off}, {off + n}) is outside [0, {size})")
+    return off, n
 
 
 def read_image(
@@ -132,6 +156,20 @@ def read_extents(
 
 
 @contextmanager
+def rows_restored_on_error(*rows: object) -> Iterator[None]:
+    """Undo changes made to these catalogue row objects if the block fails (wrap the
+    catalogue transaction that writes them, so a failed commit is undone too): RAM
+    keeps saying what the catalogue says."""
+    saved = [dict(vars(row)) for row in rows]
+    try:
+        yield
+    except BaseException:
+        for row, fields in zip(rows, saved, strict=True):
+            vars(row).update(fields)
+        raise
+
+
+@contextmanager
 def lock_group(vdisks: Sequence[VDisk], duplicate_error: str) -> Iterator[list[VDisk]]:
     """Hold the locks of `vdisks`, each checked writable, and yield them in vDisk-id
     order: the one order every group operation (snapshot_group, LWS) takes them in,
@@ -166,7 +204,7 @@ class VDisk:
     def __init__(self, ctx: ClusterContext, row: VDiskRow) -> None:
         self._ctx = ctx
         self._row = row
-        self._lock = threading.RLock()
+        self._lock = ordered_lock(Level.VDISK, f"vDisk {row.name}", rank=row.id, reentrant=True)
         self._dirty = DirtyBlocks(ctx.block_size)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # map entries not yet persisted
         # Extent ids the head named before an unpersisted update replaced them: recovery
@@ -218,19 +256,17 @@ class VDisk:
         data fails verification (never returns wrong bytes).
         """
         with self._lock:
-            check_range(f"read of {self.name}", offset, length, self.size)
+            offset, length = check_range(f"read of {self.name}", offset, length, self.size)
             return read_image(
-                self._ctx, self._row.head_layer, self.name, int(offset), int(length), self._dirty
+                self._ctx, self._row.head_layer, self.name, offset, length, self._dirty
             )
 
     def write(self, offset: int, data: object) -> None:
         """Write `data` at `offset`. Durable once a later `flush()` returns."""
         view = as_buffer(data)
-        n = len(view)
-        check_range(f"write to {self.name}", offset, n, self.size)
+        offset, n = check_range(f"write to {self.name}", offset, len(view), self.size)
         if n == 0:
             return
-        offset = int(offset)
         bs = self._ctx.block_size
         lo, hi = -(-offset // bs) * bs, (offset + n) // bs * bs
         self._ctx.throttle()
@@ -249,13 +285,13 @@ class VDisk:
 
     def trim(self, offset: int, length: int) -> None:
         """Discard [offset, offset+length): it reads as zeros. Durable after `flush()`."""
-        check_range(f"trim of {self.name}", offset, length, self.size)
+        offset, length = check_range(f"trim of {self.name}", offset, length, self.size)
         if length == 0:
             return
         with self._lock:
             self._check_writable()
-            seq = self._ctx.oplog.append_trim(self.id, int(offset), int(length))
-            self._apply_trim(int(offset), int(length), seq)
+            seq = self._ctx.oplog.append_trim(self.id, offset, length)
+            self._apply_trim(offset, length, seq)
 
     def flush(self) -> None:
         """Return once every earlier write and trim of this vDisk is durable."""
@@ -266,12 +302,18 @@ class VDisk:
         self._ctx.oplog.sync(seq)
 
     def resize(self, new_size: int) -> None:
-        """Grow the vDisk to `new_size` bytes (shrinking raises OutOfRange)."""
-        if not isinstance(new_size, int) or new_size < self.size:
-            raise OutOfRange(f"{self.name}: cannot resize from {self.size} to {new_size} (grow only)")
-        with self._lock, self._ctx.catalog.transaction():
+        """Grow the vDisk to `new_size` bytes; durable on return. Raises InvalidArgument
+        (not an integer), OutOfRange (shrinking, or beyond MAX_VDISK_SIZE), ReadOnly;
+        on any error the size stays as it was."""
+        size = check_int(f"{self.name}: new size", new_size)
+        with self._lock, rows_restored_on_error(self._row), self._ctx.catalog.transaction():
             self._check_writable()
-            self._row.size = new_size
+            if size < self.size:
+                raise OutOfRange(f"{self.name}: cannot resize from {self.size} to {size} (grow only)")
+            if size > MAX_VDISK_SIZE:
+                raise OutOfRange(f"{self.name}: new size {size} exceeds the maximum of "
+                                 f"{MAX_VDISK_SIZE} bytes")
+            self._row.size = size
             self._ctx.catalog.update(self._row)
 
     # -- OpLog application (used live and by recovery) ---------------------------
@@ -466,13 +508,15 @@ class VDisk:
 
     def fold_parent(self, parent: int) -> None:
         """Merge the unnamed layer `parent` into this vDisk's head (after its
-        snapshot was deleted), so reads and gc no longer see it."""
+        snapshot was deleted), so reads and gc no longer see it. Does nothing if
+        the head moved on meanwhile (restored, deleted, folded by another prune)."""
         with self._lock:
             self._ctx.store.sync()  # pending entries' extents, before rewriting the map
             with self._ctx.map_lock:
                 tree = self._ctx.tree
                 head = self._row.head_layer
-                if tree.rows[head].parent != parent:
+                row = tree.rows.get(head)
+                if self._deleted or row is None or row.parent != parent:
                     return
                 merged = collapse([tree.layer(head), tree.layer(parent)])
                 safe = self.safe_point()

@@ -9,7 +9,23 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from nxstore import lockorder
+
 BS = 4096  # block size of the test clusters: small, so tests stay fast
+
+# Every lock made in this process checks the lock hierarchy (nxstore.lockorder). Child
+# processes only with NXSTORE_DEBUG_LOCKS=1: checked locks are not safe against Ctrl-C.
+lockorder.enable()
+
+
+@pytest.fixture(autouse=True)
+def _lock_order_kept() -> Iterator[None]:
+    """Fail the test if any thread (a drain thread too) took a lock out of order."""
+    lockorder.clear_violations()
+    yield
+    found = lockorder.violations()
+    lockorder.clear_violations()
+    assert not found, "lock hierarchy violated:\n" + "\n".join(found)
 
 
 class FakeClock:

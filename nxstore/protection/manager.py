@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from ..catalog import (
     VMRow,
 )
 from ..errors import NotFound
+from ..lockorder import Level, ordered_lock
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
@@ -37,7 +37,7 @@ class ProtectionManager:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.catalog = cluster._ctx.catalog
-        self.lock = threading.RLock()
+        self.lock = ordered_lock(Level.PROTECTION, "protection", reentrant=True)
         #: VM name -> {"pre-freeze": callable, "post-thaw": callable} (not persisted)
         self.callable_hooks: dict[str, dict[str, Callable[[Any], object]]] = {}
         self._finish_incomplete()
