@@ -149,8 +149,11 @@ class ExtentStore:
             t.next_id = self._floor  # ids a crash lost may be named by durable records
 
     def _write_floor(self, floor: int) -> None:
-        write_checksummed(self._path(ID_FLOOR_FILE), b"NXIDFLOR", ID_FLOOR_VERSION,
-                          [int(floor).to_bytes(8, "little")])
+        try:
+            write_checksummed(self._path(ID_FLOOR_FILE), b"NXIDFLOR", ID_FLOOR_VERSION,
+                              [int(floor).to_bytes(8, "little")])
+        except OSError as exc:
+            raise_os_error(exc, f"extent store {self._path(ID_FLOOR_FILE)}")
         self._floor = floor
 
     def _reserve_ids(self, upto: int) -> None:
