@@ -535,9 +535,10 @@ def test_bandwidth_limit_is_honoured_over_5s_windows(tmp_path, site):
 def test_sigterm_during_transfer_exits_cleanly_and_retry_succeeds(tmp_path, site):
     tokyo_path = site.make("tokyo")
     tokyo = site.start(tokyo_path)
+    proxy = ThreadedProxy(tokyo.port)  # counts the bytes that reach tokyo
     rng = np.random.default_rng(9)
     with source(tmp_path) as c:
-        c.add_remote_site("tokyo", tokyo.address, SECRET)
+        c.add_remote_site("tokyo", proxy.address, SECRET)
         vd = c.create_vdisk("db", 16 * MiB)
         vd.write(0, rand(rng, MiB))
         s1 = vd.snapshot("s1")
@@ -554,9 +555,17 @@ def test_sigterm_during_transfer_exits_cleanly_and_retry_succeeds(tmp_path, site
 
         t = threading.Thread(target=ship)
         t.start()
-        time.sleep(1.0)  # ~4 MB of 12 sent
+        # Stop tokyo mid-transfer, once half of the 12 MiB reached it: past the first BLOCKS
+        # frame (WIRE_BLOCKS_BATCH_BYTES), which tokyo then holds. A wait on the bytes, not
+        # on the clock: a loaded machine may not even have connected within a second.
+        deadline = time.monotonic() + 60
+        while proxy.proxy.passed("up") < 6 * MiB and t.is_alive():
+            assert time.monotonic() < deadline, "the transfer never got under way"
+            time.sleep(0.01)
+        assert t.is_alive(), f"the transfer ended before tokyo stopped: {outcome}"
         tokyo.stop()  # asserts exit status 0 and no traceback
         t.join(60)
+        proxy.close()
         assert len(outcome) == 1 and isinstance(outcome[0], NxError), outcome
         expected = {"s1": image(s1), "s2": image(s2)}
         assert replica_images(tokyo_path, "paris", "db") == {"s1": expected["s1"]}
