@@ -17,14 +17,24 @@ STAMP := $(VENV)/.nxstore-setup-stamp
 SETUP_INPUTS := pyproject.toml setup.py $(wildcard native/*)
 PYTEST_FLAGS := -q -p no:cacheprovider
 
-.PHONY: setup demo test bench lint clean distclean sysdeps
+.PHONY: setup demo test torture wheel-check bench lint clean distclean sysdeps
 
 demo: setup
 	$(PY) -m nxstore.demo
 
+# `make test`: ruff and every test but the long runs (markers slow, torture), which
+# `make torture` runs; it lists its 15 slowest tests, so a creeping suite time shows in CI.
+# `make wheel-check`: build the sdist and the wheel, install the wheel in a fresh venv and
+# run the demos and a CLI round trip from it (.ci/wheel_check.sh).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest $(PYTEST_FLAGS) tests/
+	$(VENV)/bin/pytest $(PYTEST_FLAGS) --durations=15 -m "not slow and not torture" tests/
+
+torture: setup
+	$(VENV)/bin/pytest $(PYTEST_FLAGS) -m "slow or torture" tests/
+
+wheel-check: setup
+	PY=$(abspath $(PY)) PYTHON=$(PYTHON) bash .ci/wheel_check.sh
 
 bench: setup
 	$(VENV)/bin/pytest $(PYTEST_FLAGS) benchmarks/ --benchmark-only

@@ -1,4 +1,4 @@
-"""Shared fixtures: a temporary cluster factory and a fake clock."""
+"""Shared fixtures: a temporary cluster factory and a fake clock; the hypothesis profile."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from nxstore import lockorder
 
@@ -26,6 +27,14 @@ def _lock_order_kept() -> Iterator[None]:
     found = lockorder.violations()
     lockorder.clear_violations()
     assert not found, "lock hierarchy violated:\n" + "\n".join(found)
+
+
+# No hypothesis deadline anywhere: most property tests here do file or native I/O, whose
+# time per example is the machine's load, not the code's (a 200 ms deadline failed a test at
+# load 5). Loaded before any test module builds its @settings, which inherit it. On top of
+# the active profile, so under CI=true hypothesis's own "ci" profile (derandomized) stays.
+settings.register_profile("nxstore", settings.default, deadline=None)
+settings.load_profile("nxstore")
 
 
 class FakeClock:

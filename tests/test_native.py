@@ -667,9 +667,10 @@ def test_gil_released_during_native_calls() -> None:
     ix, fps = _filled(n)
     queries = np.random.default_rng(9).integers(0, 256, size=(4 * n, 16), dtype=np.uint8)
     ticks: list[float] = []
-    stop = threading.Event()
+    stop, spinning = threading.Event(), threading.Event()
 
     def spin() -> None:
+        spinning.set()
         while not stop.is_set():
             ticks.append(time.perf_counter())
 
@@ -678,7 +679,7 @@ def test_gil_released_during_native_calls() -> None:
     worker = threading.Thread(target=spin)
     worker.start()
     try:
-        time.sleep(0.01)
+        assert spinning.wait(60), "the spinning thread never started"
         t0 = time.perf_counter()
         ix.lookup(queries)
         t1 = time.perf_counter()

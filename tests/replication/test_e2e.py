@@ -668,6 +668,7 @@ def test_sigterm_during_transfer_exits_cleanly_and_retry_succeeds(tmp_path, site
         while proxy.proxy.passed("up") < 8_500_000 and t.is_alive():
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        assert t.is_alive(), f"the transfer ended before tokyo stopped: {outcome}"
         tokyo.stop()  # asserts exit status 0 and no traceback
         t.join(60)
         proxy.close()
