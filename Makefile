@@ -31,7 +31,7 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_FLAGS) --durations=15 -m "not slow and not torture" tests/
 
 torture: setup
-	$(VENV)/bin/pytest $(PYTEST_FLAGS) -m "slow or torture" tests/
+	NXSTORE_TORTURE=1 $(VENV)/bin/pytest $(PYTEST_FLAGS) -m "slow or torture" tests/
 
 wheel-check: setup
 	PY=$(abspath $(PY)) PYTHON=$(PYTHON) bash .ci/wheel_check.sh
