@@ -151,7 +151,7 @@ def test_clock_file_example_fires_a_schedule_made_before(tmp_path):
     sh = Shell(tmp_path, {"127.0.0.1:7401": free_port()})
     france = tmp_path / "srv" / "france"
     try:
-        sh.run(command(readme_block("## Replication between sites"), "echo "))  # the secret
+        sh.run(command(readme_block("## Replication between sites"), "(umask 077; "))  # the secret
         nx("create", france, "--block-size", "4K")
         nx("vdisk", "create", france, "db", "1M")
         nx("pd", "create", france, "pd-web", "db")
@@ -186,7 +186,7 @@ def test_named_lws_reaches_the_remote_and_restores(tmp_path):
     france, canada = tmp_path / "srv" / "france", tmp_path / "srv" / "canada"
     try:
         replication = readme_block("## Replication between sites")
-        sh.run(command(replication, "echo "))
+        sh.run(command(replication, "(umask 077; "))
         for path in (france, canada):
             nx("create", path, "--block-size", "4K")
         for name in ("db", "log"):

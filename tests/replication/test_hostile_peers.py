@@ -119,6 +119,7 @@ def test_daemon_memory_bounded_under_200_hostile_connections(tmp_path):
     started = time.monotonic()
     secret = tmp_path / "secret"
     secret.write_text(SECRET)
+    secret.chmod(0o600)  # serve refuses a secret file others can read
     path = str(tmp_path / "tokyo")
     nxstore.Cluster.create(path, block_size=4096, background=False).close()
     tokyo = Daemon.start(path, str(secret))
