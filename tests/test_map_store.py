@@ -217,24 +217,25 @@ def test_cutting_a_synced_record_is_corruption(tmp_path, cut):
         MapStore(str(tmp_path)).load(LID)
 
 
-def test_flipped_byte_in_last_synced_record_is_corruption(tmp_path):
+def _three_records_flipped(tmp_path, offset: int) -> None:
+    """A delta of three synced records with the byte at `offset` (from its end if < 0)
+    flipped."""
     store = MapStore(str(tmp_path))
     three_records(store)
-    path = store.delta_path(LID)
-    data = bytearray(Path(path).read_bytes())
-    data[-3] ^= 0xFF
-    Path(path).write_bytes(bytes(data))
+    path = Path(store.delta_path(LID))
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_last_synced_record_is_corruption(tmp_path):
+    _three_records_flipped(tmp_path, -3)
     with pytest.raises(Corruption, match="payload checksum"):
         MapStore(str(tmp_path)).load(LID)
 
 
 def test_damaged_watermark_slot_is_harmless(tmp_path):
-    store = MapStore(str(tmp_path))
-    three_records(store)
-    path = store.delta_path(LID)
-    data = bytearray(Path(path).read_bytes())
-    data[WATERMARK_OFFSET + 2] ^= 0xFF
-    Path(path).write_bytes(bytes(data))
+    _three_records_flipped(tmp_path, WATERMARK_OFFSET + 2)
     again = MapStore(str(tmp_path))
     assert again.load(LID)[1] == 4
     assert again.problems and "watermark" in again.problems[0]
