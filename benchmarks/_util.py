@@ -108,13 +108,17 @@ def read_all(vd: object, nbytes: int, chunk: int = MiB) -> int:
     return got
 
 
-def file_write_fdatasync(path: str, data: np.ndarray, chunk: int = MiB) -> None:
-    """Ceiling: os.write of `data` in `chunk` calls to a new file, then fdatasync."""
+def file_write_fdatasync(path: str, data: np.ndarray, chunk: int = MiB,
+                         sync_each: bool = False) -> None:  # fmt: skip
+    """Ceiling: os.write of `data` in `chunk` calls to a new file, then fdatasync
+    (with `sync_each`, an fdatasync after every call)."""
     view = memoryview(data)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for off in range(0, len(view), chunk):
             os.write(fd, view[off : off + chunk])
+            if sync_each:
+                os.fdatasync(fd)
         os.fdatasync(fd)
     finally:
         os.close(fd)
