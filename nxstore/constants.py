@@ -42,7 +42,7 @@ EXTENT_TABLE_FILE = "extent_table.bin"      # checkpoint of the extent table (in
 SALVAGE_DIR = "salvaged"                    # in oplog/ and extents/: bytes recovery cut off, kept
 ID_FLOOR_FILE = "idfloor.bin"               # extent ids below this may have been handed out
 ID_FLOOR_VERSION = 1
-ID_FLOOR_STEP = 65536                       # ids reserved per floor update (33 B of table RAM each)
+ID_FLOOR_STEP = 4096                        # ids reserved per floor update; a crash skips at most this many (33 B of table RAM each)
 RELOCATE_BATCH_BYTES = 16 * 1024 * 1024     # bytes; relocate copies and syncs this much per lock hold
 
 # --- block maps ----------------------------------------------------------------
