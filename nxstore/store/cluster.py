@@ -20,7 +20,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from ..replication.source import ReplicationResult
 
 log = logging.getLogger(__name__)
+_Part = TypeVar("_Part")
 
 
 class Cluster:
@@ -98,6 +99,7 @@ class Cluster:
         tighten_dir(self.path)  # made by an older version, before its modes were owner-only
         self._lock_fd = self._take_lock()
         self._closed = False
+        self._parts: dict[type, object] = {}
         try:
             if check_int("collapse_depth", collapse_depth) < 1:
                 raise InvalidArgument(f"collapse_depth must be positive, not {collapse_depth!r}")
@@ -112,6 +114,17 @@ class Cluster:
         if self._drainer:
             self._ctx.oplog.on_pressure = self._drainer.kick
             self._drainer.start()
+
+    # -- parts the layers above attach ---------------------------------------------
+    def attach(self, part: object) -> None:
+        """Keep `part` for the layers above, one object per type (a later one of the same
+        type replaces it). The engine itself never reads what is attached."""
+        self._parts[type(part)] = part
+
+    def part(self, kind: type[_Part]) -> _Part | None:
+        """The object of type `kind` given to `attach`, or None."""
+        found = self._parts.get(kind)
+        return found if isinstance(found, kind) else None
 
     # -- lifecycle ---------------------------------------------------------------
     @classmethod
