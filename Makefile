@@ -22,12 +22,14 @@ PYTEST_FLAGS := -q -p no:cacheprovider
 demo: setup
 	$(PY) -m nxstore.demo
 
-# `make test`: ruff and every test but the long runs (markers slow, torture), which
-# `make torture` runs; it lists its 15 slowest tests, so a creeping suite time shows in CI.
+# `make test`: ruff, the layers contract (lint-imports, see pyproject.toml) and every test
+# but the long runs (markers slow, torture), which `make torture` runs; it lists its 15
+# slowest tests, so a creeping suite time shows in CI.
 # `make wheel-check`: build the sdist and the wheel, install the wheel in a fresh venv and
 # run the demos and a CLI round trip from it (.ci/wheel_check.sh).
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest $(PYTEST_FLAGS) --durations=15 -m "not slow and not torture" tests/
 
 torture: setup
@@ -41,6 +43,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 setup: $(STAMP)
 

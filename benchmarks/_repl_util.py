@@ -30,7 +30,7 @@ _SERVE = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
-from nxstore.replication.daemon import serve_cluster
+from nxstore.cli.serve import serve_cluster
 serve_cluster(sys.argv[1], "127.0.0.1:0", sys.argv[2])
 """
 

@@ -17,7 +17,7 @@ import pytest
 import xxhash
 from conftest import measure, report
 
-from nxstore import native
+from nxstore.store import native
 
 MiB = 1 << 20
 HASH_BYTES = 256 * MiB

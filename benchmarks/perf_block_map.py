@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from nxstore.block_map import MapLayer, chain_lookup, changed_blocks
-from nxstore.map_store import MapStore
+from nxstore.store.block_map import MapLayer, chain_lookup, changed_blocks
+from nxstore.store.map_store import MapStore
 
 U64 = np.uint64
 N = 1_000_000

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from nxstore.extent_store import ExtentStore
+from nxstore.store.extent_store import ExtentStore
 
 BS = 16 << 10
 MiB = 1 << 20

@@ -9,11 +9,11 @@ zero-copy snapshots and clones, a durable OpLog, and replication between sites.
 """
 
 from . import errors, fsck
-from .catalog import ContainerRow as Container
-from .cluster import Cluster
 from .protection import VM, PDSnapshot, ProtectionDomain, Schedule, ScheduleRun
-from .snapshot import Snapshot
-from .vdisk import VDisk
+from .store.catalog import ContainerRow as Container
+from .store.cluster import Cluster
+from .store.snapshot import Snapshot
+from .store.vdisk import VDisk
 
 __all__ = [
     "VM",

@@ -26,10 +26,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .catalog import Catalog
 from .constants import CATALOG_FILE
 from .errors import Corruption, GenerationUnverifiable, NxError
-from .oplog import LostRecord
+from .store.catalog import Catalog
+from .store.oplog import LostRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def check(path: str, *, repair: bool = False,
     """Check (and with `repair`, salvage) the cluster at `path`; see the module docstring.
 
     Raises NotFound (no cluster), Locked (open elsewhere: stop its daemon first)."""
-    from .cluster import Cluster  # the facade composes every layer fsck needs
+    from .store.cluster import Cluster  # the facade composes every layer fsck needs
 
     report = FsckReport(path)
     try:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import settings
 
-from nxstore import lockorder
+from nxstore.store import lockorder
 
 BS = 4096  # block size of the test clusters: small, so tests stay fast
 

@@ -18,7 +18,7 @@ from test_cli import nx, one_error_line
 import nxstore
 from nxstore import errors
 from nxstore.constants import MAX_VDISK_SIZE
-from nxstore.snapshot import block_delta
+from nxstore.store.snapshot import block_delta
 
 BS = 4096
 SIZE = 16 * BS

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nxstore
-from nxstore.catalog import LWSRow, SnapshotRow, VDiskRow
 from nxstore.cli import main
 from nxstore.errors import AlreadyExists, InvalidArgument, NotFound
 from nxstore.names import MAX_NAME_CHARS
+from nxstore.store.catalog import LWSRow, SnapshotRow, VDiskRow
 
 SECRET = "a shared secret of 32 characters"
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -215,7 +215,7 @@ def test_lookups_find_nothing_or_refuse(cluster, name):
 def test_replica_names_keep_their_colon(cluster):
     """':' is the replicas' (SITE:VDISK): a local vDisk cannot take such a name, so it can
     never block a replica; replicas are still created with it."""
-    from nxstore.replica import apply_snapshot
+    from nxstore.replication.replica import apply_snapshot
 
     with pytest.raises(InvalidArgument, match="':'"):
         cluster.create_vdisk("src:db", 4096)

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 import nxstore
-from nxstore import fileutil
 from nxstore.cli import main
+from nxstore.cli.serve import serve_cluster
 from nxstore.errors import InvalidArgument
 from nxstore.nearsync import episode_file
-from nxstore.replication.daemon import serve_cluster
 from nxstore.replication.sites import MIN_SECRET_BYTES
+from nxstore.store import fileutil
 
 MiB = 1 << 20
 LONG_SECRET = "a shared secret of 32 characters"

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ProtocolError
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..store.cluster import Cluster
 
 log = logging.getLogger(__name__)
 

@@ -181,9 +181,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     from .. import fsck
     from ..errors import Locked
 
-    for name in ("nxstore.scrub", "nxstore.oplog", "nxstore.extent_store", "nxstore.catalog",
-                 "nxstore.map_store", "nxstore.fingerprint_index", "nxstore.cluster"):
-        quiet = logging.getLogger(name)  # the report below says it all once
+    for name in ("scrub", "oplog", "extent_store", "catalog", "map_store", "fingerprint_index",
+                 "cluster"):
+        quiet = logging.getLogger(f"nxstore.store.{name}")  # the report below says it all once
         if quiet.getEffectiveLevel() > logging.INFO:
             quiet.setLevel(logging.CRITICAL)
     try:
@@ -219,7 +219,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 def cmd_scrub(args: argparse.Namespace) -> int:
     # The engine logs each problem as a warning; the report below lists them
     # once, so keep those log lines for -v.
-    scrub_log = logging.getLogger("nxstore.scrub")
+    scrub_log = logging.getLogger("nxstore.store.scrub")
     if scrub_log.getEffectiveLevel() > logging.INFO:
         scrub_log.setLevel(logging.ERROR)
     with open_cluster(args.path) as c, Progress(None, "scrub", unit="extent") as bar:

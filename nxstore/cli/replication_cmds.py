@@ -17,9 +17,9 @@ import logging
 import os
 import stat
 
-from ..replication.daemon import SCHEDULE_INTERVAL_S, serve_cluster, tls_context
 from .common import CliError, human, open_cluster, size_arg, split_ref, table
 from .progress import Progress
+from .serve import SCHEDULE_INTERVAL_S, serve_cluster, tls_context
 
 log = logging.getLogger(__name__)
 

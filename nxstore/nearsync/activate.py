@@ -27,9 +27,9 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from ..catalog import LWSEpisodeRow, PDSnapshotRow
 from ..errors import InvalidArgument, NotFound
-from ..replica import find_replica
+from ..replication.replica import find_replica
+from ..store.catalog import LWSEpisodeRow, PDSnapshotRow
 from .compose import RestorePoint, compose, find_point, restore_points
 
 if TYPE_CHECKING:

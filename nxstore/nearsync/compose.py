@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..block_map import MapLayer, chain_lookup
-from ..catalog import LWSEpisodeRow, ReplicaRow, VDiskRow
 from ..constants import NEARSYNC_DIR
 from ..errors import InvalidArgument, NotFound
-from ..snapshot import Snapshot
+from ..store.block_map import MapLayer, chain_lookup
+from ..store.catalog import LWSEpisodeRow, ReplicaRow, VDiskRow
+from ..store.snapshot import Snapshot
 from . import episode_file
 from .episode import range_positions
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
-    from ..vdisk import VDisk
+    from ..store.cluster import Cluster
+    from ..store.vdisk import VDisk
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def compose(cluster: Cluster, row: LWSEpisodeRow, name: str | None = None) -> Sn
     """Compose replica snapshot `name` (default `row.compose_as`), timed as the LWS, from the
     chain's snapshot plus the episodes up to `row` (see module docstring). Idempotent; None if
     its chain is broken."""
-    from ..replica import commit_layer
+    from ..replication.replica import commit_layer
 
     name = name or row.compose_as
     vd = _replica_vdisk(cluster, row.vdisk_id)

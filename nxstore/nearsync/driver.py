@@ -18,11 +18,11 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from ..catalog import LWSRow, PDReplicationRow, PDScheduleRow
 from ..constants import NEARSYNC_MIN_INTERVAL_S
 from ..errors import NotFound, NxError
 from ..protection.domain import ACTIVE, INACTIVE
 from ..replication import sites as site_rows
+from ..store.catalog import LWSRow, PDReplicationRow, PDScheduleRow
 from . import lws, shipping, state
 from .episode import EpisodeGone
 

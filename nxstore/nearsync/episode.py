@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import native
-from ..context import ClusterContext
 from ..errors import NotFound
-from ..oplog import Record, RecordType
+from ..store import native
+from ..store.context import ClusterContext
+from ..store.oplog import Record, RecordType
 
 _U64 = np.uint64
 

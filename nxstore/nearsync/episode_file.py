@@ -23,7 +23,7 @@ import numpy as np
 
 from ..constants import FINGERPRINT_BYTES, NEARSYNC_EPISODE_MAGIC, NEARSYNC_EPISODE_VERSION
 from ..errors import Corruption
-from ..fileutil import make_private_dirs, read_checksummed, write_checksummed
+from ..store.fileutil import make_private_dirs, read_checksummed, write_checksummed
 
 _COUNTS = struct.Struct("<QQQ")
 

@@ -23,17 +23,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from ..catalog import LWSRow
-from ..context import ClusterContext
 from ..errors import InvalidArgument
 from ..names import check_name
 from ..protection.domain import ACTIVE
-from ..vdisk import lock_group
+from ..store.catalog import LWSRow
+from ..store.context import ClusterContext
+from ..store.vdisk import lock_group
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
     from ..protection.domain import ProtectionDomain
-    from ..vdisk import VDisk
+    from ..store.cluster import Cluster
+    from ..store.vdisk import VDisk
 
 T = TypeVar("T")
 

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..catalog import LWSEpisodeRow
 from ..constants import WIRE_MAX_BATCH
 from ..errors import InvalidArgument, NotFound, ProtocolError
-from ..replica import find_replica
 from ..replication.messages import LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
+from ..replication.replica import find_replica
+from ..store.catalog import LWSEpisodeRow
 from . import episode_file
 from .compose import chain, compose, drop_orphans, episode_path, episode_rel, snapshot_named
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..store.cluster import Cluster
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..catalog import NearSyncRow
 from ..constants import NEARSYNC_OPLOG_SHARE, OPLOG_CAP_BYTES
-from ..context import ClusterContext
-from ..oplog import RecordType
+from ..store.catalog import NearSyncRow
+from ..store.context import ClusterContext
+from ..store.oplog import RecordType
 from . import compose
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..store.cluster import Cluster
 
 log = logging.getLogger(__name__)
 

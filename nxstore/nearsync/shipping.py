@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
-from ..catalog import LWSRow
 from ..constants import WIRE_BLOCKS_BATCH_BYTES, WIRE_MAX_BATCH
 from ..errors import NxError
 from ..replication.messages import (
@@ -37,12 +36,13 @@ from ..replication.messages import (
 )
 from ..replication.sites import RemoteSite
 from ..replication.source import open_session
+from ..store.catalog import LWSRow
 from . import lws
 from .episode import Episode, read_episodes
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
     from ..replication.source import _Session
+    from ..store.cluster import Cluster
 
 
 @dataclass

@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
-from ..catalog import NearSyncRow, SettingRow
 from ..constants import (
     NEARSYNC_COMPOSE_EVERY_S,
     NEARSYNC_HISTORY,
@@ -37,11 +36,12 @@ from ..constants import (
     NEARSYNC_MIN_INTERVAL_S,
     NEARSYNC_SHIP_TIMEOUT_S,
 )
-from ..context import ClusterContext
 from ..errors import Corruption, InvalidArgument
+from ..store.catalog import NearSyncRow, SettingRow
+from ..store.context import ClusterContext
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..store.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def forget(ctx: ClusterContext, pd_id: int) -> None:
     """The PD stopped being owned here (demoted, migrated away): drop its NearSync and LWS
     rows, and with them the OpLog release floor they held. Durable on return; if the PD
     comes back its NearSync schedule starts over in `seeding`."""
-    from ..catalog import LWSRow
+    from ..store.catalog import LWSRow
 
     cat = ctx.catalog
     with cat.transaction():
@@ -203,7 +203,7 @@ def replication_states(ctx: ClusterContext, pd_id: int) -> dict[str, Replication
 def rpo(ctx: ClusterContext, pd_id: int, sites: list[str], now: float) -> dict[str, float | None]:
     """{site: seconds since the newest restore point the site holds} (None: none yet): the
     newest LWS shipped there or PD snapshot replicated there, whichever is younger."""
-    from ..catalog import PDReplicationRow, PDSnapshotRow
+    from ..store.catalog import PDReplicationRow, PDSnapshotRow
 
     shipped = {row.site: row.shipped_at for row in rows_of(ctx, pd_id)}
     times = {r.id: r.created_at for r in ctx.catalog.rows(PDSnapshotRow, "pd_id = ?", (pd_id,))}

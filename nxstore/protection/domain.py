@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ..catalog import (
+from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
+from ..names import check_name
+from ..store.catalog import (
     PDEntityRow,
     PDReplicationRow,
     PDScheduleRow,
@@ -30,16 +32,14 @@ from ..catalog import (
     ProtectionDomainRow,
     VMRow,
 )
-from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
-from ..names import check_name
 from .manager import ProtectionManager
 from .vm import VM
 
 if TYPE_CHECKING:
-    from ..catalog import PDMigrationRow
     from ..nearsync.state import ReplicationState
     from ..replication.source import ReplicationResult
-    from ..vdisk import VDisk
+    from ..store.catalog import PDMigrationRow
+    from ..store.vdisk import VDisk
     from .failover import FailbackResult, MigrateResult, SyncResult
     from .pdsnapshot import PDSnapshot, RestoreResult
     from .schedule import Schedule
@@ -357,7 +357,7 @@ class ProtectionDomain:
 
 def _entity_keys(mgr: ProtectionManager, items: Sequence[object]) -> list[tuple[str, str]]:
     """(kind, name) of each item: VM, VDisk or a name (a VM's name wins only if unique)."""
-    from ..vdisk import VDisk
+    from ..store.vdisk import VDisk
 
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise InvalidArgument("entities must be a list of VMs, vDisks or names")

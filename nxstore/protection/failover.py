@@ -50,7 +50,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import (
+from ..errors import AuthenticationError, InUse, InvalidArgument, NotFound, NxError
+from ..nearsync import state as nearsync_state
+from ..store.catalog import (
     PDEntityRow,
     PDMigrationRow,
     PDReplicationRow,
@@ -58,8 +60,6 @@ from ..catalog import (
     PDSnapshotMemberRow,
     PDSnapshotRow,
 )
-from ..errors import AuthenticationError, InUse, InvalidArgument, NotFound, NxError
-from ..nearsync import state as nearsync_state
 from . import remote
 from .domain import ACTIVE, INACTIVE, ProtectionDomain, _check_sites
 from .ownership import (
@@ -354,7 +354,7 @@ def _begin(pd: ProtectionDomain, site: str) -> PDMigrationRow:
 
 
 def _step_power_off(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str, Any]) -> None:
-    from ..catalog import VMRow
+    from ..store.catalog import VMRow
     from .vm import VM
 
     for e in _detail(j)["entities"]:
@@ -378,7 +378,7 @@ def _step_final_snapshot(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str,
 
 
 def _step_remove_vms(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str, Any]) -> None:
-    from ..catalog import VMRow
+    from ..store.catalog import VMRow
     from .vm import delete_vm
 
     mgr, cat = pd._mgr, pd._mgr.catalog
@@ -429,7 +429,7 @@ def rollback_migrate(pd: ProtectionDomain) -> list[str]:
     states, entities and CGs back in the PD, schedules re-enabled, PD active. Returns
     the VMs registered again. Raises NotFound (no unfinished migration), InUse (the
     destination adopted the PD, or cannot be asked whether it did: then migrate again)."""
-    from ..catalog import VMRow
+    from ..store.catalog import VMRow
     from .vm import VM, create_vm
 
     mgr = pd._mgr

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import (
+from ..errors import NotFound
+from ..store.catalog import (
     PDEntityRow,
     PDSnapshotRow,
     ProtectionDomainRow,
@@ -21,12 +22,11 @@ from ..catalog import (
     VDiskRow,
     VMRow,
 )
-from ..errors import NotFound
-from ..lockorder import Level, ordered_lock
+from ..store.lockorder import Level, ordered_lock
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
-    from ..vdisk import VDisk
+    from ..store.cluster import Cluster
+    from ..store.vdisk import VDisk
 
 log = logging.getLogger(__name__)
 

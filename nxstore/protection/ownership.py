@@ -34,7 +34,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import (
+from ..errors import AlreadyExists, InUse, NotFound
+from ..nearsync import state as nearsync_state
+from ..replication.replica import find_replica
+from ..store.catalog import (
     PDEntityRow,
     PDReplicationRow,
     PDScheduleRow,
@@ -45,10 +48,7 @@ from ..catalog import (
     VDiskRow,
     VMRow,
 )
-from ..errors import AlreadyExists, InUse, NotFound
-from ..nearsync import state as nearsync_state
-from ..replica import find_replica
-from ..snapshot import take_snapshots
+from ..store.snapshot import take_snapshots
 from .domain import ACTIVE, INACTIVE, ProtectionDomain
 
 if TYPE_CHECKING:

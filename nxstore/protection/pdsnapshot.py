@@ -22,16 +22,16 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import (
+from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..names import check_name
+from ..store.catalog import (
     Catalog,
     PDReplicationRow,
     PDSnapshotMemberRow,
     PDSnapshotRow,
     SnapshotRow,
 )
-from ..errors import AlreadyExists, InvalidArgument, NotFound
-from ..names import check_name
-from ..snapshot import Snapshot, take_snapshots
+from ..store.snapshot import Snapshot, take_snapshots
 from .hooks import POST_THAW, PRE_FREEZE, HookFailure, run_hook
 from .manager import ProtectionManager
 from .vm import VM, create_vm

@@ -33,8 +33,8 @@ from ..replication.messages import PdReply, PdRequest
 from .ownership import adopt, ownership, record_sync
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
     from ..replication.source import _Session
+    from ..store.cluster import Cluster
 
 log = logging.getLogger(__name__)
 

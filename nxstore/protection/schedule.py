@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from ..catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
 from ..errors import InvalidArgument, NotFound, NxError
 from ..nearsync.driver import is_nearsync, nearsync_interval
 from ..nearsync.driver import run as nearsync_run
+from ..store.catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
 from .pdsnapshot import PDSnapshot, delete_pd_snapshots, replicate_pd_snapshot, take_pd_snapshot

@@ -14,14 +14,14 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import VMRow
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound
 from ..names import check_name
+from ..store.catalog import VMRow
 from .hooks import DEFAULT_HOOK_TIMEOUT, POST_THAW, PRE_FREEZE, check_hook, check_timeout
 from .manager import ProtectionManager
 
 if TYPE_CHECKING:
-    from ..vdisk import VDisk
+    from ..store.vdisk import VDisk
 
 POWER_STATES = ("on", "off")
 
@@ -168,7 +168,7 @@ def _check_categories(categories: object) -> dict[str, str]:
 
 
 def _vdisk_name(item: object) -> str:
-    from ..vdisk import VDisk
+    from ..store.vdisk import VDisk
 
     if isinstance(item, VDisk):
         return item.name

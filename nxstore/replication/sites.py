@@ -14,8 +14,8 @@ import json
 import ssl
 from dataclasses import dataclass, field
 
-from ..catalog import Catalog, RemoteSiteRow
 from ..errors import InvalidArgument, NotFound
+from ..store.catalog import Catalog, RemoteSiteRow
 
 MIN_SECRET_BYTES = 16  # a weak secret can be guessed offline from one observed handshake
 

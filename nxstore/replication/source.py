@@ -25,7 +25,7 @@ import xxhash
 
 from ..constants import WIRE_BLOCKS_BATCH_BYTES, WIRE_MAX_BATCH
 from ..errors import AuthenticationError, ConnectionClosed, NxError, ProtocolError
-from ..snapshot import Snapshot, block_delta
+from ..store.snapshot import Snapshot, block_delta
 from .auth import SiteIdentity
 from .messages import (
     Ack,
@@ -49,7 +49,7 @@ from .transport import StreamTransport, connect
 from .window import SendWindow
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..store.cluster import Cluster
 
 log = logging.getLogger(__name__)
 

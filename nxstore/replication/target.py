@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import native
 from ..constants import WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH
 from ..errors import (
     ConnectionClosed,
@@ -32,10 +31,10 @@ from ..errors import (
     NxError,
     ProtocolError,
 )
-from ..extent_group import parse_group_name
 from ..nearsync import receive as nearsync
 from ..nearsync.compose import compose_pending
-from ..replica import apply_snapshot, prune_replica, replica_snapshots
+from ..store import native
+from ..store.extent_group import parse_group_name
 from .messages import (
     Abort,
     BeginTransfer,
@@ -61,11 +60,12 @@ from .messages import (
     SnapshotInfo,
     Snapshots,
 )
+from .replica import apply_snapshot, prune_replica, replica_snapshots
 from .transport import StreamTransport
 from .window import AckBatcher
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..store.cluster import Cluster
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from failover_helpers import VDISKS, Sites, image, setup_pd
 
+from nxstore.cli.serve import FileClock, run_due_schedules
 from nxstore.errors import InvalidArgument
-from nxstore.replication.daemon import FileClock, run_due_schedules
 
 HOUR = 3600.0
 _RUN_RE = re.compile(r"schedule run: PD (\S+) schedule \d+: snapshot (\S+) ")
@@ -171,7 +171,7 @@ def test_a_failing_schedule_pass_is_logged_not_raised(cl, monkeypatch, caplog):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cl, "run_schedules", broken)
-    with caplog.at_level(logging.ERROR, "nxstore.replication.daemon"):
+    with caplog.at_level(logging.ERROR, "nxstore.cli.serve"):
         run_due_schedules(cl)
     assert "schedule pass failed" in caplog.text and "No space left" in caplog.text
 
@@ -190,7 +190,7 @@ def test_file_clock(tmp_path, caplog):
     path.write_text("1700003600")
     assert clock() == 1700003600.0
     path.write_text("garbage")
-    with caplog.at_level(logging.WARNING, "nxstore.replication.daemon"):
+    with caplog.at_level(logging.WARNING, "nxstore.cli.serve"):
         assert clock() == clock() == 1700003600.0  # the last good value, warned once
     assert caplog.text.count("does not hold epoch seconds") == 1
 

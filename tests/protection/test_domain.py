@@ -10,8 +10,8 @@ import pytest
 from pd_helpers import BS, MB, read_block, write_block
 
 from nxstore import PDSnapshot, ProtectionDomain
-from nxstore.catalog import PDSnapshotRow
 from nxstore.errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
+from nxstore.store.catalog import PDSnapshotRow
 
 
 def _setup(cl):

@@ -233,7 +233,7 @@ SECRET = "s3cret-for-tests"
 
 def _start_target(path: str) -> tuple[subprocess.Popen, int, list[str]]:
     code = ("import logging; logging.basicConfig(level=logging.INFO); "
-            "from nxstore.replication.daemon import serve_cluster; "
+            "from nxstore.cli.serve import serve_cluster; "
             f"serve_cluster({path!r}, '127.0.0.1:0', {SECRET!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

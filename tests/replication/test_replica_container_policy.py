@@ -15,7 +15,7 @@ import pytest
 from sites_helper import Daemon
 
 import nxstore
-from nxstore.catalog import LWSEpisodeRow
+from nxstore.store.catalog import LWSEpisodeRow
 
 BS = 4096
 SECRET = "container policy shared secret"

@@ -1,0 +1,600 @@
+"""The extent store: deduplicated, compressed, verified fixed-size blocks.
+
+Blocks go in as batches and come back as extent ids (dense uint64 from 1; id 0
+is the zero block, never stored). Each new block becomes a record in an
+append-only extent group file (codec: extent_group.py); the extent table
+(extent_table.py) maps id -> (group, offset, stored length, flags, fingerprint,
+container) in RAM and is checkpointed; the native fingerprint index maps
+fingerprint -> id for dedup (persisted by fingerprint_index.py).
+
+Durability: `put_blocks` writes to the page cache; `sync` makes every extent put
+before it durable (fdatasync of the touched groups + directory); `checkpoint`
+also persists the table and index so `open` only scans group tails. `open`
+recovers from a crash at any point: see docs/format.md.
+
+One lock serialises all calls; the store may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+
+import lz4.block
+import numpy as np
+import xxhash
+
+from ..constants import (
+    COMPRESS_MIN_SAVING,
+    EXTENT_GROUP_BYTES,
+    EXTENT_TABLE_FILE,
+    ID_FLOOR_FILE,
+    ID_FLOOR_STEP,
+    ID_FLOOR_VERSION,
+    INDEX_FILE,
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+)
+from ..errors import ClosedError, Corruption, InvalidArgument, NotFound, raise_os_error
+from .extent_group import (
+    FLAG_COMPRESSED,
+    FLAG_INDEXED,
+    HEADER_BYTES,
+    ExtentCorruption,
+    encode_records,
+    group_file_name,
+)
+from .extent_read import GROUPS_PER_CALL, MAX_GAP, load_records
+from .extent_recovery import recover
+from .extent_table import PRESENT, ExtentTable
+from .fileutil import (
+    fsync_dir,
+    make_private_dirs,
+    open_private,
+    read_checksummed,
+    write_checksummed,
+)
+from .fingerprint_index import save_index
+from .lockorder import Level, ordered_lock
+from .native import fingerprint_blocks, verify_blocks
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExtentCorruption", "ExtentStore"]
+
+_MAX_FDS = 256  # cached group file descriptors
+_SAMPLE = 8  # batches above this many new blocks: lz4 on 8 spread blocks decides (see _store)
+assert EXTENT_GROUP_BYTES + HEADER_BYTES + MAX_BLOCK_SIZE < 2**32  # offsets are u32
+assert GROUPS_PER_CALL <= _MAX_FDS  # a read's open fds all stay cached (extent_read)
+
+
+class ExtentStore:
+    """See the module docstring. Create with `ExtentStore.open`."""
+
+    def __init__(self, directory: str, block_size: int) -> None:
+        self.directory = directory
+        self.block_size = block_size
+        self._lock = ordered_lock(Level.EXTENT_STORE, f"extent store {directory}", reentrant=True)
+        self._table = ExtentTable()
+        self._glen: dict[int, int] = {}  # group -> bytes of valid records
+        self._next_group = 1
+        self._active: int | None = None  # group receiving puts
+        self._gc_active: int | None = None  # group receiving compacted extents
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._dirty: set[int] = set()
+        self._dir_dirty = False
+        self._changed = False  # since the last checkpoint
+        self._closed = False
+        self._problems: list[str] = []  # found by open(); scrub reports them
+        self._scratch = np.empty(MAX_GAP, np.uint8)  # where reads drop the gaps between records
+        self._zero_fp = np.frombuffer(xxhash.xxh3_128(bytes(block_size)).digest(), np.uint8)
+        self._index = None  # set by open
+        self._n_extents = self._stored = self._n_compressed = 0
+        self._floor = 0  # durable: no id >= this was ever handed out
+        self.floor_lost = False  # the floor file was damaged: the owner must raise_floor()
+        self.cut_tails: list[str] = []  # group tails open cut as torn (kept in salvaged/)
+
+    # -- open / close -------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str, block_size: int, *, create: bool = False) -> ExtentStore:
+        """Open (or with create=True, create if missing) the store in `directory`.
+
+        Loads the table checkpoint, scans group bytes beyond it, truncates torn
+        group tails, rebuilds the table (from the groups) or the index (from the
+        table) when their file is missing or damaged, logging why. Damage found
+        elsewhere is logged and kept for `scrub`. Raises NotFound (no store and
+        not create), InvalidArgument (block size differs from the store's),
+        FormatError (a file from a newer version).
+        """
+        if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
+            raise InvalidArgument(f"block size {block_size} is not a power of two in range")
+        if not os.path.isdir(directory):
+            if not create:
+                raise NotFound(f"no extent store at {directory}")
+            make_private_dirs(directory)
+            fsync_dir(os.path.dirname(os.path.abspath(directory)))
+        self = cls(directory, block_size)
+        groups = recover(self, create)
+        if groups and self._glen.get(groups[-1], EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES:
+            self._active = groups[-1]
+        self._load_floor()
+        self.sync()
+        return self
+
+    # -- the id floor -------------------------------------------------------------------
+    # Ids are never handed out twice, even when the blocks they were given to were lost in
+    # a crash: a durable map or OpLog record that names a lost (or damaged-away) extent must
+    # read as an error, never as another block that reused its id. The floor file holds an
+    # id above every id ever handed out; it is raised (atomically) before ids reach it.
+
+    def _load_floor(self) -> None:
+        path = self._path(ID_FLOOR_FILE)
+        t = self._table
+        try:
+            _, payload = read_checksummed(path, b"NXIDFLOR", ID_FLOOR_VERSION)
+            if len(payload) != 8:
+                raise Corruption(f"{path}: payload of {len(payload)} bytes, expected 8")
+        except FileNotFoundError:
+            self._write_floor(t.next_id)  # a store from before the floor, or a new one
+            return
+        except Corruption as exc:
+            self._problem(f"{exc}; ids are handed out above every id the cluster names")
+            self.floor_lost = True
+            return
+        self._floor = int.from_bytes(payload, "little")
+        if self._floor > t.next_id:
+            t.reserve(self._floor)
+            t.next_id = self._floor  # ids a crash lost may be named by durable records
+
+    def _write_floor(self, floor: int) -> None:
+        try:
+            write_checksummed(self._path(ID_FLOOR_FILE), b"NXIDFLOR", ID_FLOOR_VERSION,
+                              [int(floor).to_bytes(8, "little")])
+        except OSError as exc:
+            raise_os_error(exc, f"extent store {self._path(ID_FLOOR_FILE)}")
+        self._floor = floor
+
+    def _reserve_ids(self, upto: int) -> None:
+        """Make the floor durable above `upto` before ids below it are handed out."""
+        if upto > self._floor:
+            self._write_floor(upto + ID_FLOOR_STEP)
+
+    def raise_floor(self, min_next_id: int) -> None:
+        """Hand out no id below `min_next_id` (the owner's highest referenced id + 1,
+        after the floor file was found damaged); durable on return."""
+        with self._lock:
+            t = self._table
+            if min_next_id > t.next_id:
+                t.reserve(min_next_id)
+                t.next_id = min_next_id
+            self._write_floor(max(t.next_id, self._floor if not self.floor_lost else 0))
+            self.floor_lost = False
+
+    def _indexed(self) -> tuple[np.ndarray, np.ndarray]:
+        t = self._table
+        ids = t.present_ids()
+        ids = ids[(t.flags[ids] & FLAG_INDEXED) != 0]
+        return t.fp[ids], ids
+
+    def _recount(self) -> None:
+        t = self._table
+        ids = t.present_ids()
+        self._n_extents = int(ids.size)
+        self._stored = int(t.slen[ids].sum(dtype=np.int64))
+        self._n_compressed = int(np.count_nonzero(t.flags[ids] & FLAG_COMPRESSED))
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Checkpoint (or, with checkpoint=False, only sync) and release the files.
+        Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if checkpoint and self._changed:
+                    self.checkpoint()
+                else:
+                    self.sync()
+                if self._floor > self._table.next_id and not self.floor_lost:
+                    self._write_floor(self._table.next_id)  # a clean close reserves nothing
+            finally:
+                self._closed = True
+                for fd in self._fds.values():
+                    os.close(fd)
+                self._fds.clear()
+
+    def __enter__(self) -> ExtentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- files ------------------------------------------------------------------------
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def _problem(self, text: str) -> None:
+        log.error("extent store: %s", text)
+        self._problems.append(text)
+
+    def _fd(self, g: int) -> int:
+        fd = self._fds.get(g)
+        if fd is not None:
+            self._fds.move_to_end(g)
+            return fd
+        try:
+            fd = os.open(self._path(group_file_name(g)), os.O_RDWR)
+        except FileNotFoundError:
+            raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
+        self._fds[g] = fd
+        while len(self._fds) > _MAX_FDS:
+            old, ofd = next(iter(self._fds.items()))
+            if old in self._dirty:
+                os.fdatasync(ofd)
+                self._dirty.discard(old)
+            del self._fds[old]
+            os.close(ofd)
+        return fd
+
+    def _new_group(self) -> int:
+        g = self._next_group
+        self._next_group += 1
+        fd = open_private(self._path(group_file_name(g)), os.O_RDWR | os.O_EXCL)
+        self._fds[g] = fd
+        self._glen[g] = 0
+        self._dir_dirty = True
+        return g
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"extent store {self.directory} is closed")
+
+    def _write_records(
+        self, buf: object, sizes: np.ndarray, slot: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Append encoded records (concatenated in `buf`) to the group in attribute
+        `slot`, starting a new group once one passes EXTENT_GROUP_BYTES. Returns
+        each record's (group, offset). On an I/O error every touched group is cut
+        back to its old length and the error re-raised."""
+        k = len(sizes)
+        ends = np.cumsum(sizes, dtype=np.int64)
+        groups = np.empty(k, np.uint32)
+        offs = np.empty(k, np.int64)
+        mv = memoryview(buf).cast("B")  # type: ignore[arg-type]
+        touched: list[tuple[int, int]] = []
+        i = boff = 0
+        try:
+            while i < k:
+                g = getattr(self, slot)
+                if g is None or self._glen[g] >= EXTENT_GROUP_BYTES:
+                    g = self._new_group()
+                    setattr(self, slot, g)
+                start = self._glen[g]
+                touched.append((g, start))
+                j = min(
+                    k, i + 1 + int(np.searchsorted(ends[i:] - boff, EXTENT_GROUP_BYTES - start))
+                )
+                nbytes = int(ends[j - 1]) - boff
+                fd, chunk, pos = self._fd(g), mv[boff : boff + nbytes], start
+                while chunk:
+                    n = os.pwrite(fd, chunk, pos)
+                    chunk, pos = chunk[n:], pos + n
+                offs[i:j] = start + (ends[i:j] - sizes[i:j] - boff)
+                groups[i:j] = g
+                self._glen[g] = start + nbytes
+                self._dirty.add(g)
+                boff += nbytes
+                i = j
+        except OSError as exc:
+            for g, start in touched:
+                os.truncate(self._path(group_file_name(g)), start)
+                self._glen[g] = start
+            raise_os_error(exc, f"extent store {self.directory}")
+        return groups, offs
+
+    # -- put ----------------------------------------------------------------------------
+    def _blocks(self, data: object) -> np.ndarray:
+        arr = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data  # type: ignore[call-overload]
+        if arr.dtype != np.uint8:
+            raise InvalidArgument(f"data must be uint8, not {arr.dtype}")
+        arr = np.ascontiguousarray(arr).reshape(-1)
+        if arr.size % self.block_size:
+            raise InvalidArgument(
+                f"{arr.size} bytes is not a multiple of the block size {self.block_size}"
+            )
+        return arr.reshape(-1, self.block_size)
+
+    def put_blocks(
+        self, data: object, *, dedup: bool = True, compress: bool = True,
+        verify_dedup: bool = False, container_id: int = 1,
+    ) -> np.ndarray:  # fmt: skip
+        """Store n blocks (`data`: uint8 buffer of n*block_size bytes); return their
+        extent ids (uint64 (n,), 0 for all-zero blocks, which are never stored).
+
+        dedup: a block whose fingerprint is indexed gets the existing id
+        (verify_dedup: only if the bytes are equal; otherwise it is stored anew,
+        unindexed). dedup=False stores every nonzero block, unindexed.
+        compress: lz4 where it saves >= 1/COMPRESS_MIN_SAVING of the block.
+        Not durable until `sync`. Raises InvalidArgument, ClosedError, OSError
+        (the store is then unchanged).
+        """
+        rows = self._blocks(data)
+        fps, zero = fingerprint_blocks(rows, self.block_size)
+        return self._put(rows, fps, zero, dedup, compress, verify_dedup, container_id)
+
+    def put_blocks_known(
+        self, data: object, fps: np.ndarray, *, dedup: bool = True, compress: bool = True,
+        verify_dedup: bool = False, container_id: int = 1,
+    ) -> np.ndarray:  # fmt: skip
+        """`put_blocks` for blocks whose fingerprints (uint8 (n, 16)) the caller has
+        already computed or verified (replication): skips hashing. Wrong
+        fingerprints store wrong data that every later read reports as Corruption."""
+        rows = self._blocks(data)
+        fps = np.ascontiguousarray(fps, np.uint8).reshape(-1, 16)
+        if len(fps) != len(rows):
+            raise InvalidArgument(f"{len(rows)} blocks but {len(fps)} fingerprints")
+        zero = np.all(fps == self._zero_fp, axis=1)
+        return self._put(rows, fps, zero, dedup, compress, verify_dedup, container_id)
+
+    def _put(self, rows, fps, zero, dedup, compress, verify, container) -> np.ndarray:  # noqa: ANN001
+        ids = np.zeros(len(rows), np.uint64)
+        nz = np.flatnonzero(~zero)
+        if not nz.size:
+            return ids
+        with self._lock:
+            self._check_open()
+            t = self._table
+            first = t.next_id
+            self._reserve_ids(first + nz.size)
+            if not dedup:
+                pos, indexed = nz, False
+                ids[nz] = np.arange(first, first + nz.size, dtype=np.uint64)
+                return self._store(rows, pos, ids, fps, indexed, compress, container)
+            got, is_new, n_new = self._index.lookup_or_insert(fps[nz], first)
+            ids[nz] = got
+            pos = nz[is_new]
+            try:
+                anew = self._verify_dups(rows, nz[~is_new], ids, first, pos) if verify else nz[:0]
+                if anew.size:
+                    ids[anew] = np.arange(first + n_new, first + n_new + anew.size, dtype=np.uint64)
+                    pos = np.concatenate([pos, anew])
+                    indexed = np.concatenate([np.ones(n_new, bool), np.zeros(anew.size, bool)])
+                else:
+                    indexed = True
+                return self._store(rows, pos, ids, fps, indexed, compress, container)
+            except BaseException:
+                self._index.remove(fps[nz[is_new]])
+                raise
+
+    def _verify_dups(self, rows, dup_pos, ids, first, new_pos) -> np.ndarray:  # noqa: ANN001
+        """Positions among dup_pos whose bytes differ from the extent they dedup to."""
+        if not dup_pos.size:
+            return dup_pos
+        dids = ids[dup_pos]
+        old = dids < first
+        expect = np.empty((dup_pos.size, self.block_size), np.uint8)
+        if old.any():
+            bad = load_records(self, dids[old], expect, np.flatnonzero(old))
+            fps_got, _ = fingerprint_blocks(expect, self.block_size)
+            sel = np.flatnonzero(old)
+            mism = np.any(fps_got[sel] != self._table.fp[dids[old].astype(np.int64)], axis=1)
+            for i in set(bad) | set(sel[mism].tolist()):
+                log.warning(
+                    "verify_dedup: stored extent %d is damaged; storing the block anew",
+                    int(dids[i]),
+                )
+                expect[i] = ~rows[dup_pos[i]]  # force a mismatch
+        inb = np.flatnonzero(~old)  # duplicates of a block new in this batch
+        expect[inb] = rows[new_pos[(dids[inb] - first).astype(np.int64)]]
+        differ = np.any(expect != rows[dup_pos], axis=1)
+        return dup_pos[differ]
+
+    def _store(self, rows, pos, ids, fps, indexed, compress, container) -> np.ndarray:  # noqa: ANN001
+        """Encode and append the blocks rows[pos] with ids ids[pos]; update the table."""
+        bs, k = self.block_size, len(pos)
+        if not k:
+            return ids
+        contiguous = (
+            bool(k) and int(pos[-1]) - int(pos[0]) == k - 1 and bool(np.all(np.diff(pos) == 1))
+        )
+        sel = rows[int(pos[0]) : int(pos[0]) + k] if contiguous else rows[pos]
+        payloads: dict[int, bytes] = {}
+        if compress:
+            limit = bs - bs // COMPRESS_MIN_SAVING
+            probe = (
+                range(k) if k <= _SAMPLE else np.linspace(0, k - 1, _SAMPLE).astype(int).tolist()
+            )
+            for i in probe:
+                p = lz4.block.compress(sel[i], store_size=False)
+                if len(p) <= limit:
+                    payloads[i] = p
+            if payloads and k > _SAMPLE:
+                for i in range(k):
+                    if i not in payloads:
+                        p = lz4.block.compress(sel[i], store_size=False)
+                        if len(p) <= limit:
+                            payloads[i] = p
+        sids = ids[pos]
+        flags = np.full(k, FLAG_INDEXED, np.uint8) * np.asarray(indexed, np.uint8)
+        for i in payloads:
+            flags[i] |= FLAG_COMPRESSED
+        buf, sizes = encode_records(sids, flags, bs, container, fps[pos], sel, payloads)
+        groups, offs = self._write_records(buf, sizes, "_active")
+        t = self._table
+        top = int(sids.max()) + 1
+        t.reserve(top)
+        si = sids.astype(np.int64)
+        t.group[si], t.offset[si] = groups, offs
+        t.slen[si] = sizes - HEADER_BYTES
+        t.container[si] = container
+        t.flags[si] = flags | PRESENT
+        t.fp[si] = fps[pos]
+        t.next_id = max(t.next_id, top)
+        self._n_extents += k
+        self._stored += int(sizes.sum()) - k * HEADER_BYTES
+        self._n_compressed += len(payloads)
+        self._changed = True
+        return ids
+
+    # -- read ---------------------------------------------------------------------------
+    def _raise(self, eid: int, batch_index: int | None, what: str) -> None:
+        t = self._table
+        g, o = (int(t.group[eid]), int(t.offset[eid])) if eid < t.next_id else (0, 0)
+        where = f"{self._path(group_file_name(g))} offset {o}" if g else self.directory
+        if not g and self.cut_tails:
+            where += "; open cut torn tails of " + ", ".join(self.cut_tails)
+        raise ExtentCorruption(f"extent {eid} ({where}): {what}", eid, batch_index, g, o)
+
+    def read_blocks(self, extent_ids: np.ndarray, out: np.ndarray) -> None:
+        """Fill `out` (uint8, len(extent_ids)*block_size bytes, C-contiguous) with
+        the blocks; id 0 gives zeros. Every extent's header and fingerprint is
+        checked: raises ExtentCorruption (a Corruption with .extent_id,
+        .batch_index, .group, .offset) for the first bad or missing extent;
+        InvalidArgument for a wrong `out`."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        n, bs = len(ids), self.block_size
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.nbytes != n * bs:
+            raise InvalidArgument(f"out must be a uint8 array of {n * bs} bytes")
+        if not out.flags.c_contiguous:
+            raise InvalidArgument("out must be C-contiguous")
+        out2d = out.reshape(n, bs)
+        with self._lock:
+            self._check_open()
+            nz = np.flatnonzero(ids)
+            if nz.size < n:
+                out2d[ids == 0] = 0
+            if not nz.size:
+                return
+            eids = ids if nz.size == n else ids[nz]
+            missing = ~self._table.is_present(eids)
+            if missing.any():
+                i = int(np.argmax(missing))
+                self._raise(int(eids[i]), int(nz[i]),
+                            "extent is not in the store (lost with a damaged or truncated "
+                            "extent group; nxstore fsck lists the damage)")
+            errors = load_records(self, eids, out2d, nz)
+            # hashed and compared with the table in one call; i = the first mismatch, or len
+            i = verify_blocks(out2d if nz.size == n else out2d[nz], self._table.fp, eids)
+            if errors or i < nz.size:
+                i = min([*errors, i])
+                self._raise(
+                    int(eids[i]), int(nz[i]), errors.get(i, "data does not match its fingerprint")
+                )
+
+    def fingerprints(self, extent_ids: np.ndarray) -> np.ndarray:
+        """Fingerprints (uint8 (n, 16)) of the extents; id 0 gives the zero block's.
+        Raises ExtentCorruption for an id not in the store."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        with self._lock:
+            self._check_open()
+            miss = ~self._table.is_present(ids) & (ids != 0)
+            if miss.any():
+                i = int(np.argmax(miss))
+                self._raise(int(ids[i]), i, "extent is not in the store")
+            out = self._table.fp[ids.astype(np.int64)]
+            out[ids == 0] = self._zero_fp
+            return out
+
+    def lookup(self, fps: np.ndarray) -> np.ndarray:
+        """Extent ids (uint64) of indexed extents with these fingerprints; 0 where absent."""
+        with self._lock:
+            self._check_open()
+            return self._index.lookup(fps)
+
+    def contains_each(self, extent_ids: np.ndarray) -> np.ndarray:
+        """Mask: id is 0 or a live extent."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        with self._lock:
+            return (ids == 0) | self._table.is_present(ids)
+
+    def contains(self, extent_ids: np.ndarray) -> bool:
+        """True iff every id is 0 or a live extent."""
+        return bool(np.all(self.contains_each(extent_ids)))
+
+    # -- durability -----------------------------------------------------------------------
+    def sync(self) -> None:
+        """Make every extent put so far durable (fdatasync of the groups written
+        since the last sync, then of the directory if a group was created)."""
+        with self._lock:
+            self._check_open()
+            try:
+                for g in sorted(self._dirty):
+                    os.fdatasync(self._fd(g))
+                self._dirty.clear()
+                if self._dir_dirty:
+                    fsync_dir(self.directory)
+                    self._dir_dirty = False
+            except OSError as exc:
+                raise_os_error(exc, f"extent store {self.directory}")
+
+    def checkpoint(self) -> None:
+        """sync, then atomically persist the table (with the length of every group
+        it covers) and then the index, tagged with one fresh token. A crash
+        anywhere leaves the old checkpoint or the new one; an index without the
+        matching table is rebuilt on open."""
+        with self._lock:
+            self.sync()
+            token = int.from_bytes(os.urandom(8), "little")
+            try:
+                self._table.save(self._path(EXTENT_TABLE_FILE), self.block_size, dict(self._glen),
+                                 self._next_group, token)  # fmt: skip
+                save_index(self._path(INDEX_FILE), self._index, token)
+            except OSError as exc:
+                raise_os_error(exc, f"extent store {self.directory} checkpoint")
+            self._changed = False
+
+    # -- gc / scrub / stats live in extent_maintenance.py --------------------------------
+    def gc(self, live: np.ndarray) -> dict[str, int]:
+        """Drop extents not in `live`, compact groups that are mostly garbage; see
+        extent_maintenance.gc."""
+        from .extent_maintenance import gc
+
+        return gc(self, live)
+
+    def scrub(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Verify every live extent; list the problems (empty = healthy)."""
+        from .extent_maintenance import scrub
+
+        return scrub(self, progress)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: extents, stored_bytes, raw_bytes, compressed_extents, groups,
+        group_bytes, index_entries, index_memory_bytes, table_memory_bytes,
+        table_bytes_per_extent, next_extent_id."""
+        with self._lock:
+            t = self._table
+            return {
+                "extents": self._n_extents,
+                "stored_bytes": self._stored,
+                "raw_bytes": self._n_extents * self.block_size,
+                "compressed_extents": self._n_compressed,
+                "groups": len(self._glen),
+                "group_bytes": sum(self._glen.values()),
+                "index_entries": len(self._index),
+                "index_memory_bytes": self._index.memory_bytes(),
+                "table_memory_bytes": t.memory_bytes(),
+                "table_bytes_per_extent": t.memory_bytes() // max(1, len(t.flags)),
+                "next_extent_id": t.next_id,
+            }
+
+    # -- layout repair (defrag.py decides what to move) ----------------------------------
+    def locations(self, extent_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(group, offset, record bytes incl. header) of each extent, int64 arrays;
+        zeros for 0 and for ids not in the store. A record at (g, o, n) and one at
+        (g, o + n) are back to back: one read run."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        with self._lock:
+            self._check_open()
+            t = self._table
+            e = np.where(t.is_present(ids), ids, 0).astype(np.int64)
+            size = np.where(e != 0, t.slen[e].astype(np.int64) + HEADER_BYTES, 0)
+            return t.group[e].astype(np.int64), t.offset[e].astype(np.int64), size
+
+    def relocate(self, extent_ids: np.ndarray, max_bytes: int) -> dict[str, int]:
+        """Copy the extents' records back to back in the given order (same ids, so
+        block maps stay valid), at most `max_bytes` of them; durable on return. See
+        extent_maintenance.relocate."""
+        from .extent_maintenance import relocate
+
+        return relocate(self, extent_ids, max_bytes)
