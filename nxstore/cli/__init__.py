@@ -11,7 +11,7 @@ One module per command group: cluster_cmds (create, info, container, drain,
 gc, defrag, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
 (import, export), replication_cmds (serve, site, replicate, replicas, prune-remote),
 vm_cmds (vm ...), pd_cmds (pd ...: protection domains and failover), nearsync_cmds (lws,
-and pd nearsync|restore-points|restore-point).
+and pd nearsync|restore-points|restore-point), nbd_cmds (nbd: NBD exports).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import (
         cluster_cmds,
         image_cmds,
+        nbd_cmds,
         nearsync_cmds,
         pd_cmds,
         replication_cmds,
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds,
-                   vm_cmds, pd_cmds, nearsync_cmds):
+                   vm_cmds, pd_cmds, nearsync_cmds, nbd_cmds):
         module.register(sub)
     return parser
 

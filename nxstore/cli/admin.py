@@ -45,7 +45,8 @@ REQUEST_TIMEOUT_S = 10.0  # a client that connects and sends nothing (or trickle
 REPLY_TIMEOUT_S = 60.0  # a client that stops reading its reply is dropped
 NOT_FORWARDED = frozenset({"serve", "create"})
 # argparse dests that hold file names: resolved against the client's working directory
-FILE_ARGS = ("path", "file", "secret_file", "clock_file", "tls_cert", "tls_key", "tls_ca")
+FILE_ARGS = ("path", "file", "secret_file", "clock_file", "tls_cert", "tls_key", "tls_ca",
+             "unix")
 
 _LEN = struct.Struct("<I")
 _run_lock = threading.Lock()  # sys.stdout/stderr are swapped per command: one at a time

@@ -1,4 +1,9 @@
-"""Raw image transfer: import a file into a vDisk, export a vDisk or snapshot.
+"""Image transfer: import a file into a vDisk, export a vDisk or snapshot.
+
+Raw images are copied here; other formats (qcow2, vmdk, vhdx...) go through qemu-img
+and an NBD export of the vDisk (nxstore.nbd.images).
+
+Raw images:
 
 Both stream in CHUNK-sized pieces at CHUNK-aligned offsets (whole blocks for
 every block size, so aligned writes bypass the OpLog) and are sparse-aware:
@@ -18,6 +23,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import NxError
+from ..nbd import images
 from .common import CliError, human, open_cluster, split_ref
 from .progress import Progress
 
@@ -29,18 +35,25 @@ _ZERO = bytes(CHUNK)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="copy a raw disk image into a vDisk")
+    p = sub.add_parser("import", help="copy a disk image (raw, qcow2, vmdk, vhdx...) into a vDisk")
     p.add_argument("path", metavar="PATH")
     p.add_argument("vdisk", metavar="VDISK")
-    p.add_argument("file", metavar="FILE", help="raw image (regular file or block device)")
+    p.add_argument("file", metavar="FILE", help="image file (or block device)")
     p.add_argument("--create", action="store_true",
                    help="create VDISK with the image's size (it must not exist yet)")
+    p.add_argument("--format", metavar="FMT",
+                   help="image format (default: probed by qemu-img; give it for untrusted "
+                   "raw images)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="copy a vDisk or snapshot into a raw (sparse) image file")
+    p = sub.add_parser("export", help="copy a vDisk or snapshot into an image file "
+                       "(raw and sparse, or qcow2, vmdk, vhdx...)")
     p.add_argument("path", metavar="PATH")
     p.add_argument("source", metavar="VDISK[@SNAP]")
     p.add_argument("file", metavar="FILE", help="output file (created or truncated)")
+    p.add_argument("--format", metavar="FMT",
+                   help="image format (default: by FILE's extension: .qcow2, .vmdk, .vhdx, "
+                   ".vhd, .vdi; raw otherwise)")
     p.set_defaults(func=cmd_export)
 
 
@@ -80,6 +93,9 @@ def _source_size(fd: int, name: str) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    fmt = args.format or images.probe(args.file)[0]
+    if fmt != "raw":
+        return _import_converted(args, fmt)
     fd = os.open(args.file, os.O_RDONLY)
     try:
         size = _source_size(fd, args.file)
@@ -97,11 +113,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 written, seconds = _copy_in(fd, size, vd, fresh=args.create)
             except BaseException:
                 if args.create:  # do not leave a half-imported disk behind
-                    log.info("removing partially imported vDisk %s", args.vdisk)
-                    try:
-                        c.delete_vdisk(args.vdisk)
-                    except NxError as exc:
-                        log.warning("could not remove vDisk %s: %s", args.vdisk, exc)
+                    _remove_partial(c, args.vdisk)
                 raise
     finally:
         os.close(fd)
@@ -109,6 +121,14 @@ def cmd_import(args: argparse.Namespace) -> int:
           f"({_rate(size, seconds)}); {human(written)} of data written, "
           f"{human(size - written)} of zeros skipped")
     return 0
+
+
+def _remove_partial(c, vdisk: str) -> None:
+    log.info("removing partially imported vDisk %s", vdisk)
+    try:
+        c.delete_vdisk(vdisk)
+    except NxError as exc:
+        log.warning("could not remove vDisk %s: %s", vdisk, exc)
 
 
 def _copy_in(fd: int, size: int, vd, *, fresh: bool) -> tuple[int, float]:
@@ -155,8 +175,44 @@ def _copy_in(fd: int, size: int, vd, *, fresh: bool) -> tuple[int, float]:
     return written, time.perf_counter() - t0
 
 
+def _import_converted(args: argparse.Namespace, fmt: str) -> int:
+    """Import an image of another format than raw: qemu-img through an NBD export."""
+    fmt, size = images.probe(args.file, fmt)
+    t0 = time.perf_counter()
+    with open_cluster(args.path, background=True) as c:
+        if args.create:
+            c.create_vdisk(args.vdisk, size)
+        try:
+            with Progress(size, f"import {args.vdisk}") as bar:
+                images.import_image(c, args.vdisk, args.file, fmt, fresh=args.create,
+                                    progress=bar.set)
+        except BaseException:
+            if args.create:
+                _remove_partial(c, args.vdisk)
+            raise
+    seconds = time.perf_counter() - t0
+    print(f"imported {args.file} ({fmt}) into vDisk {args.vdisk}: {human(size)} in "
+          f"{seconds:.2f} s ({_rate(size, seconds)})")
+    return 0
+
+
+def _export_converted(args: argparse.Namespace, fmt: str) -> int:
+    """Export to an image of another format than raw: qemu-img through an NBD export."""
+    split_ref(args.source, need_snap=False)
+    t0 = time.perf_counter()
+    with open_cluster(args.path) as c, Progress(None, f"export {args.source}") as bar:
+        size = images.export_image(c, args.source, args.file, fmt, progress=bar.set)
+    seconds = time.perf_counter() - t0
+    print(f"exported {args.source} to {args.file} ({fmt}): {human(size)} in {seconds:.2f} s "
+          f"({_rate(size, seconds)})")
+    return 0
+
+
 # -- export -------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
+    fmt = args.format or images.output_format(args.file)
+    if fmt != "raw":
+        return _export_converted(args, fmt)
     vdisk, snap = split_ref(args.source, need_snap=False)
     with open_cluster(args.path) as c:
         src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)

@@ -32,6 +32,7 @@ from ..replication.target import ReplicationTarget
 from ..replication.transport import serve
 from ..store.cluster import Cluster
 from .admin import admin_server
+from .nbd_cmds import stop_exports
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | 
     try:
         asyncio.run(_serve(cluster, host, port, secret, tls, schedule_interval))
     finally:
+        stop_exports()  # NBD exports started through the admin socket (nxstore nbd)
         cluster.close()
         log.info("cluster %s closed", path)
 

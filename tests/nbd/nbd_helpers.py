@@ -1,0 +1,117 @@
+"""Helpers for the NBD tests: real NBD clients (qemu-img, qemu-io, fio, e2fsprogs) against nxstore's NBD server, and the
+same clients against nbdkit's `memory` plugin, the reference a client-level test must also
+pass on (a test that fails there tests the client, not nxstore).
+
+A missing tool fails the test in CI (CI=true; .ci/run installs them) and skips it elsewhere.
+Servers are waited for by their readiness signal (the URI line `nxstore nbd` prints once it
+listens, the pid file nbdkit writes once it listens), never by a guessed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+NXSTORE = [sys.executable, "-m", "nxstore.cli"]
+MiB = 1 << 20
+READY_TIMEOUT_S = 60.0
+TOOL_TIMEOUT_S = 600.0
+
+
+def need(*tools: str) -> None:
+    """Fail (in CI) or skip (elsewhere) unless every tool is on PATH."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        text = f"missing tools: {', '.join(missing)} (.ci/run installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(text)
+        pytest.skip(text)
+
+
+def run(*cmd: object, ok: bool = True, timeout: float = TOOL_TIMEOUT_S,
+        **kw) -> subprocess.CompletedProcess:
+    """Run a tool to completion; with `ok`, assert exit status 0 (showing its output)."""
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False, **kw)
+    if ok:
+        assert done.returncode == 0, (f"{' '.join(map(str, cmd))} -> {done.returncode}\n"
+                                      f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def qemu_io(uri: str, *commands: str, ok: bool = True, read_only: bool = False
+            ) -> subprocess.CompletedProcess:
+    """qemu-io on `uri` running `commands`; a failed pattern check fails the call too."""
+    args = ["qemu-io", "-f", "raw", *(["-r"] if read_only else [])]
+    for c in commands:
+        args += ["-c", c]
+    done = run(*args, uri, ok=ok)
+    if ok:
+        assert "verification failed" not in done.stdout, done.stdout
+    return done
+
+
+class NbdProcess:
+    """A server process that printed (or wrote) its URI once it listened."""
+
+    def __init__(self, proc: subprocess.Popen, uri: str) -> None:
+        self.proc = proc
+        self.uri = uri
+
+    def stop(self) -> str:
+        """SIGTERM; assert a clean exit; return its stderr."""
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=READY_TIMEOUT_S)
+        assert self.proc.returncode == 0, f"exit {self.proc.returncode}:\n{err}"
+        assert "Traceback" not in err, err
+        return err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=READY_TIMEOUT_S)
+
+
+def start_cli_export(path: str, target: str, *args: str) -> NbdProcess:
+    """`nxstore nbd PATH TARGET ARGS` in a child process, once it prints its URI."""
+    proc = subprocess.Popen([*NXSTORE, "nbd", path, target, *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    uri = _first_line(proc)
+    if not uri.startswith("nbd"):
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"nxstore nbd did not start (rc {proc.returncode}): {uri}\n{err}")
+    return NbdProcess(proc, uri)
+
+
+def _first_line(proc: subprocess.Popen) -> str:
+    """The first stdout line, with a deadline (a reader thread: readline cannot time out)."""
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(READY_TIMEOUT_S)
+    return line[0].strip() if line else ""
+
+
+def start_nbdkit_memory(where: Path, size: int) -> NbdProcess:
+    """nbdkit's memory plugin of `size` bytes on a Unix socket, once its pid file exists."""
+    need("nbdkit")
+    sock, pidfile = where / "nbdkit.sock", where / "nbdkit.pid"
+    proc = subprocess.Popen(["nbdkit", "-f", "--exit-with-parent", "-U", str(sock), "-P",
+                             str(pidfile), "memory", str(size)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"nbdkit did not start: {proc.communicate()[1]}")
+        time.sleep(0.01)  # polling the readiness signal (nbdkit has no readiness pipe)
+    return NbdProcess(proc, f"nbd+unix:///?socket={sock}")
