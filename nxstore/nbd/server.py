@@ -12,7 +12,7 @@ import threading
 import urllib.parse
 
 from .. import Cluster
-from ..errors import InvalidArgument, ProtocolError
+from ..errors import ClosedError, InvalidArgument, ProtocolError
 from .export import Export
 from .handshake import negotiate
 from .transmission import serve_requests
@@ -80,7 +80,9 @@ class NbdServer:
         if self._unix_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._unix_path)
-        self.export.flush()
+        # ClosedError: the cluster closed first, and its close made every write durable.
+        with contextlib.suppress(ClosedError):
+            self.export.flush()
         log.info("NBD export %s stopped", self.export.name)
 
     def _accept_loop(self) -> None:
