@@ -64,6 +64,11 @@ sysdeps:
 	command -v borg >/dev/null 2>&1 || missing="$$missing borgbackup"; \
 	command -v restic >/dev/null 2>&1 || missing="$$missing restic"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v nbdkit >/dev/null 2>&1 || missing="$$missing nbdkit"; \
+	command -v fio >/dev/null 2>&1 || missing="$$missing fio"; \
+	command -v debugfs >/dev/null 2>&1 || missing="$$missing e2fsprogs"; \
+	command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-system-x86"; \
+	{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing="$$missing busybox-static"; \
 	test -x $(PY) || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || missing="$$missing python3-dev"; \
