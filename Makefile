@@ -3,7 +3,8 @@
 # setup (internal; demo, test and bench depend on it):
 #   1. system packages the build and the tests need, when missing: libxxhash-dev (the native
 #      extension links it), qemu-utils, borgbackup and restic (peers the benchmarks measure
-#      against in the same run), and on a bare
+#      against in the same run), nbdkit, fio, e2fsprogs, qemu-system-x86 and busybox-static
+#      (tests/nbd: NBD clients, the reference server, a VM), and on a bare
 #      Debian python3-venv / python3-dev (Python.h). Installed with apt-get when root; otherwise
 #      the exact command is printed and make stops.
 #   2. .venv (python3 -m venv) and `pip install -e '.[test]'`, which compiles nxstore._native.
