@@ -24,12 +24,12 @@ from . import episode_file
 from .compose import chain, compose, drop_orphans, episode_path, episode_rel, snapshot_named
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
 
-def _replica(cluster: Cluster, source: str, b: LwsBegin) -> tuple[int, str]:
+def _replica(cluster: Engine, source: str, b: LwsBegin) -> tuple[int, str]:
     row = find_replica(cluster, source, b.vdisk)
     if row is None or snapshot_named(cluster, row.name, b.base_snapshot) is None:
         raise NotFound(f"no replica snapshot {b.source_site}:{b.vdisk}@{b.base_snapshot} for "
@@ -37,7 +37,7 @@ def _replica(cluster: Cluster, source: str, b: LwsBegin) -> tuple[int, str]:
     return row.id, row.name
 
 
-def check_begin(cluster: Cluster, source: str, b: LwsBegin) -> None:
+def check_begin(cluster: Engine, source: str, b: LwsBegin) -> None:
     """NotFound unless the replica and its snapshot exist; InvalidArgument if the episode
     does not continue the chain held here (the source then re-seeds)."""
     vid, name = _replica(cluster, source, b)
@@ -59,7 +59,7 @@ def stage_ranges(msg: LwsRanges, transfer: Any) -> None:
     transfer.ranges.append((np.array(msg.offsets), np.array(msg.lengths), np.array(msg.data)))
 
 
-def commit(cluster: Cluster, source: str, msg: LwsCommit, transfer: Any) -> LwsCommitted:
+def commit(cluster: Engine, source: str, msg: LwsCommit, transfer: Any) -> LwsCommitted:
     """Store the episode of `transfer` durably (see module docstring); the reply."""
     if transfer is None or not isinstance(transfer.begin, LwsBegin) or (
             transfer.begin.transfer_id != msg.transfer_id):
@@ -87,7 +87,7 @@ def commit(cluster: Cluster, source: str, msg: LwsCommit, transfer: Any) -> LwsC
     return LwsCommitted(msg.transfer_id, b.seq, req_id=msg.req_id)
 
 
-def _episode(cluster: Cluster, b: LwsBegin, transfer: Any) -> episode_file.StoredEpisode:
+def _episode(cluster: Engine, b: LwsBegin, transfer: Any) -> episode_file.StoredEpisode:
     """The staged episode, checked: blocks inside the size and stored, ranges in one block."""
     bs = cluster.block_size
     u64 = np.zeros(0, dtype=np.uint64)
@@ -112,7 +112,7 @@ def _episode(cluster: Cluster, b: LwsBegin, transfer: Any) -> episode_file.Store
     return episode_file.StoredEpisode(idx[order], fps[order], offs, lens, data)
 
 
-def after_commit(cluster: Cluster, source: str, b: LwsBegin) -> None:
+def after_commit(cluster: Engine, source: str, b: LwsBegin) -> None:
     """Compose the vDisk snapshot the episode asks for (the episode is durable already)."""
     if not b.compose_as:
         return
@@ -122,7 +122,7 @@ def after_commit(cluster: Cluster, source: str, b: LwsBegin) -> None:
         drop_orphans(cluster)
 
 
-def list_lws(cluster: Cluster, source: str, vdisk: str, base_snapshot: str,
+def list_lws(cluster: Engine, source: str, vdisk: str, base_snapshot: str,
              req_id: int) -> LwsList:
     """The episodes held on `base_snapshot` of the replica of (source, vdisk)."""
     row = find_replica(cluster, source, vdisk)

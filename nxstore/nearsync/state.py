@@ -41,7 +41,7 @@ from ..store.catalog import NearSyncRow, SettingRow
 from ..store.context import ClusterContext
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,13 @@ class ReplicationState:
     history: tuple[Transition, ...]
 
 
-def config(cluster: Cluster) -> NearSyncConfig:
+def config(cluster: Engine) -> NearSyncConfig:
     """The cluster's settings (loaded from the catalogue once, then cached on the cluster)."""
     cfg = cluster.__dict__.get("_nearsync_config")
     return cfg if cfg is not None else load(cluster)
 
 
-def load(cluster: Cluster) -> NearSyncConfig:
+def load(cluster: Engine) -> NearSyncConfig:
     """Read the settings from the catalogue (row `settings` "nearsync"; defaults for those
     never set). Raises Corruption if the row fails its checksum or holds bad values."""
     rows = cluster._ctx.catalog.rows(SettingRow, "name = ?", (SETTINGS_NAME,))
@@ -116,7 +116,7 @@ def load(cluster: Cluster) -> NearSyncConfig:
     return cfg
 
 
-def configure(cluster: Cluster, **settings: float) -> NearSyncConfig:
+def configure(cluster: Engine, **settings: float) -> NearSyncConfig:
     """Replace some settings; the whole set is durable in the catalogue on return and used
     by every later open (the `nxstore serve` daemon included). InvalidArgument for unknown
     names or bad values (nothing is changed then)."""

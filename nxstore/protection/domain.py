@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
 from ..names import check_name
+from ..replication.sites import list_sites
 from ..store.catalog import (
     PDEntityRow,
     PDReplicationRow,
@@ -408,7 +409,7 @@ def resolve_entities(mgr: ProtectionManager, items: Sequence[object]) -> list[tu
 def _check_sites(mgr: ProtectionManager, sites: Sequence[str]) -> list[str]:
     if isinstance(sites, str) or not isinstance(sites, Sequence):
         raise InvalidArgument(f"sites must be a list of remote site names, not {sites!r}")
-    known = {s.name for s in mgr.cluster.remote_sites()}
+    known = {s.name for s in list_sites(mgr.catalog)}
     for site in sites:
         if site not in known:
             raise NotFound(f"no remote site {site!r} (known: {sorted(known) or 'none'})")

@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthenticationError, InUse, InvalidArgument, NotFound, NxError
 from ..nearsync import state as nearsync_state
+from ..replication.replica import make_replica
+from ..replication.sites import list_sites
 from ..store.catalog import (
     PDEntityRow,
     PDMigrationRow,
@@ -217,7 +219,7 @@ def sync_peer(mgr: ProtectionManager, pd_name: str, site: str) -> Ownership:
     if row.state == INACTIVE:
         raise InUse(f"protection domain {pd_name!r} is owned by site {row.owner_site!r} "
                     f"(epoch {row.epoch}), not by this site: nothing sent to {site!r}")
-    net = next((s.network_mapping for s in mgr.cluster.remote_sites() if s.name == site), {})
+    net = next((s.network_mapping for s in list_sites(mgr.catalog) if s.name == site), {})
     snaps = []
     for s in mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (row.id,)):
         if mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?", (s.id, site)):
@@ -249,7 +251,7 @@ def sync_ownership(pd: ProtectionDomain, sites: list[str] | None = None) -> Sync
     vDisks kept as replicas of the owner's). If this site owns it, the peers get the
     metadata (a sync). Unreachable sites are reported, not raised."""
     mgr = pd._mgr
-    targets = sites if sites is not None else [s.name for s in mgr.cluster.remote_sites()]
+    targets = sites if sites is not None else [s.name for s in list_sites(mgr.catalog)]
     _check_sites(mgr, targets)
     peers: dict[str, Ownership | None] = {}
     errors: dict[str, str] = {}
@@ -410,7 +412,7 @@ def _step_reverse_direction(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[s
     snap_row = cat.rows(PDSnapshotRow, "pd_id = ? AND name = ?", (pd.id, j.snapshot))[0]
     names = [m["vdisk"] for e in json.loads(snap_row.manifest) for m in e["members"]]
     for name in names:
-        mgr.cluster.make_replica(name, d["peer_cluster"], j.site)
+        make_replica(mgr.cluster, name, d["peer_cluster"], j.site)
     nearsync_state.forget(mgr.cluster._ctx, pd.id)
     # One commit for the flags and the journal: a crash between "inactive" and "done"
     # would leave an entry that a later migrate (after a failback) resumes at a stale epoch.
@@ -529,7 +531,7 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
 def _check_no_owner_answers(mgr: ProtectionManager, name: str, mine: Ownership) -> None:
     """InUse if a remote site answers that it owns the PD (the owner still alive, or a
     peer that activated it already) or knows a newer owner than this site does."""
-    others = [s.name for s in mgr.cluster.remote_sites()]
+    others = [s.name for s in list_sites(mgr.catalog)]
     fence = "or activate with force=True to fence that site off"
     for site in sorted(others, key=lambda s: s != mine.owner_site):  # the owner first
         try:

@@ -1,6 +1,6 @@
 """The per-cluster state of the protection layer and the checks shared by its objects.
 
-One `ProtectionManager` per open cluster (made on first use by the Cluster glue):
+One `ProtectionManager` per open cluster (made on first use by the Engine glue):
 it serialises protection operations (one RLock), holds the hooks registered as
 Python callables (runtime only), and at creation finishes what a crash
 interrupted: PD snapshots left incomplete have their vDisk snapshots removed.
@@ -25,7 +25,7 @@ from ..store.catalog import (
 from ..store.lockorder import Level, ordered_lock
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
     from ..store.vdisk import VDisk
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class ProtectionManager:
     """Protection state of one open cluster (see module docstring)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Engine) -> None:
         self.cluster = cluster
         self.catalog = cluster._ctx.catalog
         self.lock = ordered_lock(Level.PROTECTION, "protection", reentrant=True)

@@ -34,7 +34,7 @@ from .ownership import adopt, ownership, record_sync
 
 if TYPE_CHECKING:
     from ..replication.source import _Session
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _loads(data: bytes, what: str) -> dict[str, Any]:
 
 # -- client -------------------------------------------------------------------------------------
 
-def call(cluster: Cluster, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+def call(cluster: Engine, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
     """Send one PD request to remote site `site`; return the reply body. Raises
     NotFound (site), NxError (connection: "replication connection failed: ..."),
     AuthenticationError, and what the peer reported (prefixed "peer: ")."""
@@ -91,13 +91,13 @@ async def request(s: _Session, site: str, op: str, body: dict[str, Any]) -> dict
     return _loads(reply.body, "PD_REPLY")
 
 
-def status(cluster: Cluster, site: str, pd_name: str) -> dict[str, Any]:
+def status(cluster: Engine, site: str, pd_name: str) -> dict[str, Any]:
     return call(cluster, site, "status", {"pd": pd_name})
 
 
 # -- server -------------------------------------------------------------------------------------
 
-def handle(cluster: Cluster, peer_cluster: str, peer_site: str, msg: PdRequest) -> PdReply:
+def handle(cluster: Engine, peer_cluster: str, peer_site: str, msg: PdRequest) -> PdReply:
     """Serve one PD_REQUEST from authenticated peer (peer_cluster, peer_site).
     Raises NxError subclasses (sent back as ERROR)."""
     body = _loads(msg.body, "PD_REQUEST")

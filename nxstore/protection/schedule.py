@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from ..errors import InvalidArgument, NotFound, NxError
 from ..nearsync.driver import is_nearsync, nearsync_interval
 from ..nearsync.driver import run as nearsync_run
+from ..replication.source import prune_remote_snapshots
 from ..store.catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
@@ -327,7 +328,7 @@ def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun 
 def _prune_remote(mgr: ProtectionManager, snap: PDSnapshot, site: str, keep: int) -> tuple[str, ...]:
     deleted = []
     for vd_snap in snap.vdisk_snapshots():
-        for name in mgr.cluster.prune_remote(site, vd_snap.vdisk_name, keep):
+        for name in prune_remote_snapshots(mgr.cluster, site, vd_snap.vdisk_name, keep):
             deleted.append(f"{vd_snap.vdisk_name}@{name}")
     return tuple(deleted)
 

@@ -65,7 +65,7 @@ from .transport import StreamTransport
 from .window import AckBatcher
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ async def _linger(t: StreamTransport, seconds: float = LINGER_S) -> None:
 class ReplicationTarget:
     """Serves replication requests into `cluster` (see `nxstore serve`)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Engine) -> None:
         self.cluster = cluster
         self._busy: set[tuple[str, str]] = set()
         # One per target: connections share the store (threads start on first use).
@@ -287,7 +287,7 @@ class ReplicationTarget:
         if msg.block_size != self.cluster.block_size:
             raise InvalidArgument(
                 f"block size {msg.block_size} differs from this cluster's {self.cluster.block_size}")
-        self.cluster._container(msg.container)  # NotFound for an unknown target container
+        self.cluster.container(msg.container)  # NotFound for an unknown target container
         key = (source, msg.vdisk)
         if key in self._busy:
             raise InUse(f"a transfer of {site}:{msg.vdisk} is already running")
@@ -314,7 +314,7 @@ class ReplicationTarget:
         if bad.size:
             raise Corruption(f"received block {int(bad[0])} of a BLOCKS batch does not match its "
                              f"fingerprint ({bad.size} bad): nothing of it was stored")
-        container = self.cluster._container(transfer.begin.container)
+        container = self.cluster.container(transfer.begin.container)
         # Indexed, so the target finds them by fingerprint, unless the snapshot's container
         # has dedup off (nxstore.replica); LWS episodes name their blocks by fingerprint.
         private = not container.dedup and isinstance(transfer.begin, BeginTransfer)
