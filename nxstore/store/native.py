@@ -1,5 +1,9 @@
 """Python face of the native extension `nxstore._native` (C in native/).
 
+Kept as one file (607 lines) because it is the whole Python/C boundary: a checked wrapper
+per entry point of native/*.h, all sharing the argument checks and the cffi pointer alias
+at its top, so the Python side of the C contract reads in one place.
+
 Batched, numpy in / numpy out, no per-element Python work. Every call into C
 releases the GIL, so other Python threads run while a batch is hashed or
 looked up. The C contracts are in native/*.h; the on-disk layout of

@@ -1,5 +1,9 @@
 """The OpLog: the cluster's single write-ahead log.
 
+Kept as one file (561 lines) because it is one class whose append, group-commit sync,
+segment rotation, release and back-pressure share one lock, its condition and the active
+segment's state; the format itself (codec, recovery, reading) is in oplog_record.py.
+
 Small and random vDisk writes are appended here and acknowledged once `sync()` made them
 durable; the drain later moves them into the extent store and calls `release()`. Light-weight
 snapshot (LWS) markers are records too: the episodes between two markers are what NearSync reads

@@ -1,5 +1,9 @@
 """OpLog record and segment codec: encode, decode, verify, scan.
 
+Kept as one file (565 lines) because it is one on-disk format: the codec, the segment
+scanner, recovery and the record reader all rest on the same record check
+(`check_record_at`) and change together with the layout.
+
 The byte layout is documented in docs/format.md; in short (all integers little-endian):
 
 Segment header, 64 bytes (version 2; version 1 had only the first 32)::
