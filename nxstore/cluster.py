@@ -17,15 +17,16 @@ from functools import partial
 from .constants import CHAIN_COLLAPSE_DEPTH
 from .names import check_name
 from .nearsync import lws as nearsync_lws
-from .nearsync import retention as nearsync_retention
 from .nearsync import state as nearsync_state
-from .nearsync.compose import RestorePoint, compose_pending, restore, restore_points
+from .nearsync.compose import compose_pending, restore, restore_points
 from .nearsync.lws import LWS
+from .nearsync.mode import NearSyncMode
 from .nearsync.state import NearSyncConfig
 from .protection import domain, guards, schedule, vm
 from .protection.domain import ProtectionDomain
 from .protection.failover import ActivateResult, activate
 from .protection.manager import ProtectionManager
+from .protection.modes import RestorePoint
 from .protection.schedule import ScheduleRun
 from .protection.vm import VM
 from .replication import replica, sites, source
@@ -52,8 +53,7 @@ class Cluster(Engine):
         try:
             replica.attach(self)
             self.add_vdisk_guard(partial(guards.check_unprotected, self.ctx.catalog))
-            nearsync_retention.install(self)
-            nearsync_state.load(self)  # the NearSync settings kept in the catalogue
+            self._nearsync = NearSyncMode.attach(self)
         except BaseException:
             Engine.close(self)
             raise
@@ -124,7 +124,7 @@ class Cluster(Engine):
         if mgr is None:
             with self._registry_lock:
                 if self._protection_mgr is None:
-                    self._protection_mgr = ProtectionManager(self)
+                    self._protection_mgr = ProtectionManager(self, (self._nearsync,))
                 mgr = self._protection_mgr
         return mgr
 

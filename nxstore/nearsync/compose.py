@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..constants import NEARSYNC_DIR
 from ..errors import InvalidArgument, NotFound
+from ..protection.modes import RestorePoint
 from ..store.block_map import MapLayer, chain_lookup
 from ..store.catalog import LWSEpisodeRow, ReplicaRow, VDiskRow
 from ..store.snapshot import Snapshot
@@ -39,18 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESTORE_CHUNK_BYTES = 16 * 1024 * 1024  # bytes written per call when restoring
-
-
-@dataclass(frozen=True)
-class RestorePoint:
-    """A point a protection domain can be restored to at this (remote) cluster: a vDisk
-    snapshot present on every member, or an LWS whose episodes every member holds."""
-
-    kind: str                  # "snapshot" | "lws"
-    name: str
-    created_at: float          # source cluster clock
-    seq: int                   # the LWS marker's OpLog seq at the source (0 for a snapshot)
-    vdisks: tuple[str, ...]    # the replica vDisks it covers
 
 
 def episode_path(cluster: Engine, row: LWSEpisodeRow) -> str:
@@ -214,27 +202,6 @@ def restore_points(cluster: Engine, pd_name: str) -> list[RestorePoint]:
             points.append(RestorePoint("lws", rows[0].name, rows[0].created_at, seq,
                                        tuple(sorted(vdisks[r.vdisk_id] for r in rows))))
     return sorted(points, key=lambda p: (p.created_at, p.seq))
-
-
-def find_point(points: list[RestorePoint], key: RestorePoint | str | int,
-               pd_name: str) -> RestorePoint:
-    """The point of `points` that `key` names: itself, its name, or an LWS's seq (an int or
-    digits). NotFound if none, InvalidArgument if a name matches several (give the seq)."""
-    if isinstance(key, RestorePoint):
-        found = [p for p in points if p == key]
-    elif isinstance(key, int) and not isinstance(key, bool):
-        found = [p for p in points if p.kind == "lws" and p.seq == key]
-    elif isinstance(key, str) and key:
-        found = [p for p in points if key in (p.name, p.kind == "lws" and str(p.seq))]
-    else:
-        raise InvalidArgument(f"not a restore point, name or LWS seq: {key!r}")
-    if not found:
-        raise NotFound(f"no restore point {getattr(key, 'name', key)!r} of protection domain "
-                       f"{pd_name!r} here")
-    if len(found) > 1:
-        raise InvalidArgument(f"{key!r} names {len(found)} restore points of protection domain "
-                              f"{pd_name!r}: give the LWS by its SEQ")
-    return found[0]
 
 
 def restore(cluster: Engine, point: RestorePoint, prefix: str) -> list[VDisk]:

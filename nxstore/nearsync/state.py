@@ -37,6 +37,7 @@ from ..constants import (
     NEARSYNC_SHIP_TIMEOUT_S,
 )
 from ..errors import Corruption, InvalidArgument
+from ..protection.modes import ReplicationState, Transition
 from ..store.catalog import NearSyncRow, SettingRow
 from ..store.context import ClusterContext
 
@@ -74,30 +75,10 @@ class NearSyncConfig:
                                   f"{NEARSYNC_MIN_INTERVAL_S:g} s")
 
 
-@dataclass(frozen=True)
-class Transition:
-    at: float       # cluster clock
-    old: str
-    new: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ReplicationState:
-    """What `ProtectionDomain.replication_state()` reports for one remote site."""
-
-    site: str
-    state: str                 # "seeding" | "nearsync" | "fallback"
-    since: float               # cluster clock of the last transition
-    shipped_seq: int           # newest LWS marker the site holds (0: no live chain)
-    shipped_at: float          # its time (0: none yet)
-    base_snapshot: str         # the vDisk snapshot the site's episode chain starts on
-    history: tuple[Transition, ...]
-
-
 def config(cluster: Engine) -> NearSyncConfig:
-    """The cluster's settings (loaded from the catalogue once, then cached on the cluster)."""
-    cfg = cluster.__dict__.get("_nearsync_config")
+    """The cluster's settings (loaded from the catalogue once, then kept as a part of the
+    engine: `Engine.attach`)."""
+    cfg = cluster.part(NearSyncConfig)
     return cfg if cfg is not None else load(cluster)
 
 
@@ -112,7 +93,7 @@ def load(cluster: Engine) -> NearSyncConfig:
     except InvalidArgument as exc:
         raise Corruption(f"catalogue {cluster._ctx.catalog.path}: settings {SETTINGS_NAME!r}: "
                          f"{exc}") from exc
-    cluster.__dict__["_nearsync_config"] = cfg
+    cluster.attach(cfg)
     return cfg
 
 
@@ -133,7 +114,7 @@ def configure(cluster: Engine, **settings: float) -> NearSyncConfig:
             cat.update(rows[0])
         else:
             cat.insert(SettingRow(0, SETTINGS_NAME, value))
-    cluster.__dict__["_nearsync_config"] = cfg
+    cluster.attach(cfg)
     log.info("NearSync settings: %s", value)
     return cfg
 
@@ -200,15 +181,7 @@ def replication_states(ctx: ClusterContext, pd_id: int) -> dict[str, Replication
     return {row.site: report(row) for row in rows_of(ctx, pd_id)}
 
 
-def rpo(ctx: ClusterContext, pd_id: int, sites: list[str], now: float) -> dict[str, float | None]:
-    """{site: seconds since the newest restore point the site holds} (None: none yet): the
-    newest LWS shipped there or PD snapshot replicated there, whichever is younger."""
-    from ..store.catalog import PDReplicationRow, PDSnapshotRow
+def shipped_at(ctx: ClusterContext, pd_id: int) -> dict[str, float]:
+    """{site: source time of the newest LWS shipped there} for a PD (0: none yet)."""
+    return {row.site: row.shipped_at for row in rows_of(ctx, pd_id)}
 
-    shipped = {row.site: row.shipped_at for row in rows_of(ctx, pd_id)}
-    times = {r.id: r.created_at for r in ctx.catalog.rows(PDSnapshotRow, "pd_id = ?", (pd_id,))}
-    for rep in ctx.catalog.rows(PDReplicationRow):
-        if rep.pd_snapshot_id in times:
-            shipped[rep.site] = max(shipped.get(rep.site, 0.0), times[rep.pd_snapshot_id])
-    return {site: (now - shipped[site]) if shipped.get(site) else None
-            for site in sorted(set(sites) | set(shipped))}

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyExists, InUse, NotFound
-from ..nearsync import state as nearsync_state
 from ..replication.replica import find_replica, make_replica, promote_replica
 from ..replication.sites import list_sites
 from ..store.catalog import (
@@ -407,7 +406,8 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
                         cat.delete(table, r.id)
         for vm in vms:
             delete_vm(mgr, vm.name, keep_vdisks=True)
-        nearsync_state.forget(mgr.cluster._ctx, row.id)
+        for mode in mgr.modes:
+            mode.forget(row.id)
         tag = f"{pd_name}.diverged-e{epoch}"
         for name in vd_names:
             try:

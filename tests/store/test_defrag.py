@@ -304,7 +304,7 @@ def test_cli_defrag(tmp_path):
 _CHILD = """
 import os, signal, sys
 import nxstore
-from nxstore import extent_maintenance as em
+from nxstore.store import extent_maintenance as em
 from nxstore.store.extent_store import ExtentStore
 path, point = sys.argv[1], sys.argv[2]
 def die(*_args, **_kw):
