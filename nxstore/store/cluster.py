@@ -252,6 +252,13 @@ class Cluster:
             store.raise_floor(int(np.concatenate(named).max()) + 1)
         nearsync_retention.install(self)
         nearsync_state.load(self)  # the NearSync settings kept in the catalogue
+        # What replication targets serve beyond snapshots (moves to the facade, issue 13)
+        from ..nearsync import receive as nearsync_receive
+        from ..protection import remote as protection_remote
+        from ..replication.protocols import target_protocols
+
+        nearsync_receive.register(target_protocols(self), self)
+        protection_remote.register(target_protocols(self), self._protection)
 
     def _replay(self) -> None:
         """Re-apply the OpLog records the persisted maps do not reflect yet.
