@@ -4,7 +4,8 @@
 every function of a lower layer that takes an Engine, accepts it. At open it composes the
 layers through the Engine's registration points, bottom to top: replication drops replica
 rows with their vDisk, protection guards the vDisks VMs and PDs use, NearSync keeps its
-episodes from the drain and gc and loads its settings; then the drain thread starts. The
+episodes from the drain and gc and loads its settings, and the replication targets learn to
+serve NearSync episodes and PD metadata (`TargetProtocols`); then the drain thread starts. The
 methods below forward to the layer that owns each concept; their contracts are documented
 on the functions they forward to.
 """
@@ -17,12 +18,14 @@ from functools import partial
 from .constants import CHAIN_COLLAPSE_DEPTH
 from .names import check_name
 from .nearsync import lws as nearsync_lws
+from .nearsync import receive as nearsync_receive
 from .nearsync import state as nearsync_state
 from .nearsync.compose import compose_pending, restore, restore_points
 from .nearsync.lws import LWS
 from .nearsync.mode import NearSyncMode
 from .nearsync.state import NearSyncConfig
 from .protection import domain, guards, schedule, vm
+from .protection import remote as protection_remote
 from .protection.domain import ProtectionDomain
 from .protection.failover import ActivateResult, activate
 from .protection.manager import ProtectionManager
@@ -30,6 +33,7 @@ from .protection.modes import RestorePoint
 from .protection.schedule import ScheduleRun
 from .protection.vm import VM
 from .replication import replica, sites, source
+from .replication.protocols import target_protocols
 from .replication.replica import ReplicaInfo
 from .replication.sites import RemoteSite
 from .replication.source import ReplicationResult
@@ -54,6 +58,9 @@ class Cluster(Engine):
             replica.attach(self)
             self.add_vdisk_guard(partial(guards.check_unprotected, self.ctx.catalog))
             self._nearsync = NearSyncMode.attach(self)
+            protocols = target_protocols(self)  # what this site's replication targets serve
+            nearsync_receive.register(protocols, self)
+            protection_remote.register(protocols, self._protection)
         except BaseException:
             Engine.close(self)
             raise
