@@ -33,7 +33,7 @@ from .messages import (
 )
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 # Served by the target itself; registering one of them is an error.
 BUILT_IN: tuple[type[Message], ...] = (
@@ -158,7 +158,7 @@ class TargetProtocols:
             action()
 
 
-def target_protocols(engine: Cluster) -> TargetProtocols:
+def target_protocols(engine: Engine) -> TargetProtocols:
     """The TargetProtocols kept on `engine`, attached (empty) on first use."""
     found = engine.part(TargetProtocols)
     if found is None:
