@@ -2,6 +2,10 @@
 engine's objects: containers, vDisks, snapshots, clones, and the OpLog, block maps, extent
 store and catalogue under them.
 
+Kept as one file (about 580 lines) because it is the engine's one object: open and close,
+the vDisk registry, snapshots and clones, upkeep and the registration points share its
+locks and registry; recovery (recovery.py) and the directory layout (layout.py) are apart.
+
 It knows nothing of the layers above (replication, protection, NearSync). They plug in
 through registration points: vDisk guards (`add_vdisk_guard`), actions in a vDisk's delete
 transaction (`on_vdisk_deleted`), the OpLog release floor and extra gc roots
@@ -221,7 +225,7 @@ class Engine:
         self._dirty_cap = OPLOG_DIRTY_CAP_BYTES
         # Replaced whole (never mutated) under the registry lock and the map lock, so
         # readers need no lock and holders of the map lock see it in step with the
-        # layer tree (nxstore.lockorder).
+        # layer tree (nxstore.store.lockorder).
         self._vdisks: dict[str, VDisk] = {
             row.name: VDisk(self._ctx, row) for row in catalog.rows(VDiskRow)
         }

@@ -14,7 +14,7 @@ Fingerprints are XXH3-128 in canonical form (16 bytes, equal to
 (n, 16). Block maps are sorted, unique uint64 keys with uint64 values.
 `gather_records`, `plan_runs`, `preadv_runs`, `check_headers` and `verify_blocks` are the
 extent store's read path: one call each per read request, whatever the number of extents
-(nxstore/extent_read.py, ExtentStore.read_blocks). On that path the wrappers check types
+(nxstore/store/extent_read.py, ExtentStore.read_blocks). On that path the wrappers check types
 and shapes without converting: a conversion costs about what the C call does.
 """
 

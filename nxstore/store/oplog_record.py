@@ -35,7 +35,7 @@ Record, 48-byte header + payload::
     48  …  payload
 
 Besides the codec: `recover()` (verify the segments of a directory at open, cut torn tails,
-salvage) and `RecordIterator` (read records back). `nxstore.oplog` owns the writing.
+salvage) and `RecordIterator` (read records back). `nxstore.store.oplog` owns the writing.
 """
 
 from __future__ import annotations

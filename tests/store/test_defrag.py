@@ -1,4 +1,4 @@
-"""Layout repair (nxstore/defrag.py, ExtentStore.relocate): every image reads the
+"""Layout repair (nxstore/store/defrag.py, ExtentStore.relocate): every image reads the
 same after extents move, a repaired window reads as at most 2 runs, the stretch a
 window keeps (shared by dedup) never moves, gc reclaims the old copies, damaged
 records stay put and are reported, and a kill in the middle of a relocation loses
