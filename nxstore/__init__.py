@@ -9,9 +9,9 @@ zero-copy snapshots and clones, a durable OpLog, and replication between sites.
 """
 
 from . import errors, fsck
+from .cluster import Cluster
 from .protection import VM, PDSnapshot, ProtectionDomain, Schedule, ScheduleRun
 from .store.catalog import ContainerRow as Container
-from .store.cluster import Cluster
 from .store.snapshot import Snapshot
 from .store.vdisk import VDisk
 

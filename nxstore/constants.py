@@ -52,7 +52,7 @@ MAP_DELTA_COMPACT_RATIO = 0.25       # rewrite a layer's base once its delta log
 MAP_DELTA_COMPACT_MIN_BYTES = 1024 * 1024  # bytes; a delta log below this is never compacted
 CHAIN_COLLAPSE_DEPTH = 8             # layers a read may fall through before a collapse
 
-# --- defragmentation (nxstore/defrag.py) ----------------------------------------
+# --- defragmentation (nxstore/store/defrag.py) ----------------------------------------
 DEFRAG_WINDOW_BYTES = 1024 * 1024    # bytes of a vDisk image judged as one unit (a 1 MiB read)
 # preadv runs a window's read may take before it is repaired (to ~2): each costs ~2.2 us,
 # so 9+ runs add >= ~10% to the ~200 us of a 1 MiB read; fewer are not worth moving data for

@@ -54,7 +54,7 @@ def check(path: str, *, repair: bool = False,
     """Check (and with `repair`, salvage) the cluster at `path`; see the module docstring.
 
     Raises NotFound (no cluster), Locked (open elsewhere: stop its daemon first)."""
-    from .store.cluster import Cluster  # the facade composes every layer fsck needs
+    from .cluster import Cluster  # the facade composes every layer fsck needs
 
     report = FsckReport(path)
     try:

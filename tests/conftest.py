@@ -14,7 +14,7 @@ from nxstore.store import lockorder
 
 BS = 4096  # block size of the test clusters: small, so tests stay fast
 
-# Every lock made in this process checks the lock hierarchy (nxstore.lockorder). Child
+# Every lock made in this process checks the lock hierarchy (nxstore.store.lockorder). Child
 # processes only with NXSTORE_DEBUG_LOCKS=1: checked locks are not safe against Ctrl-C.
 lockorder.enable()
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ProtocolError
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..cluster import Cluster
 
 log = logging.getLogger(__name__)
 

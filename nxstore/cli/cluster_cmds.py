@@ -182,7 +182,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     from ..errors import Locked
 
     for name in ("scrub", "oplog", "extent_store", "catalog", "map_store", "fingerprint_index",
-                 "cluster"):
+                 "engine", "recovery"):
         quiet = logging.getLogger(f"nxstore.store.{name}")  # the report below says it all once
         if quiet.getEffectiveLevel() > logging.INFO:
             quiet.setLevel(logging.CRITICAL)

@@ -137,7 +137,7 @@ def cmd_restore_points(args: argparse.Namespace) -> int:
 def cmd_restore_point(args: argparse.Namespace) -> int:
     if bool(args.point) == args.latest:
         raise CliError("restore-point needs a POINT name or --latest (not both)")
-    from ..nearsync.compose import find_point
+    from ..protection.modes import find_point
 
     with open_cluster(args.path) as c:
         points = c.restore_points(args.name)

@@ -25,12 +25,12 @@ import math
 import signal
 import ssl
 
+from ..cluster import Cluster
 from ..errors import InvalidArgument
 from ..replication.auth import SiteIdentity
 from ..replication.sites import check_secret, parse_address
 from ..replication.target import ReplicationTarget
 from ..replication.transport import serve
-from ..store.cluster import Cluster
 from .admin import admin_server
 from .nbd_cmds import stop_exports
 

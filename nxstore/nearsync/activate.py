@@ -28,9 +28,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound
+from ..protection.modes import RestorePoint, find_point
 from ..replication.replica import find_replica
 from ..store.catalog import LWSEpisodeRow, PDSnapshotRow
-from .compose import RestorePoint, compose, find_point, restore_points
+from .compose import compose, restore_points
 
 if TYPE_CHECKING:
     from ..protection.manager import ProtectionManager

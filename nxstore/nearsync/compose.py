@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..constants import NEARSYNC_DIR
 from ..errors import InvalidArgument, NotFound
+from ..protection.modes import RestorePoint
 from ..store.block_map import MapLayer, chain_lookup
 from ..store.catalog import LWSEpisodeRow, ReplicaRow, VDiskRow
 from ..store.snapshot import Snapshot
@@ -33,7 +33,7 @@ from . import episode_file
 from .episode import range_positions
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
     from ..store.vdisk import VDisk
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,7 @@ log = logging.getLogger(__name__)
 RESTORE_CHUNK_BYTES = 16 * 1024 * 1024  # bytes written per call when restoring
 
 
-@dataclass(frozen=True)
-class RestorePoint:
-    """A point a protection domain can be restored to at this (remote) cluster: a vDisk
-    snapshot present on every member, or an LWS whose episodes every member holds."""
-
-    kind: str                  # "snapshot" | "lws"
-    name: str
-    created_at: float          # source cluster clock
-    seq: int                   # the LWS marker's OpLog seq at the source (0 for a snapshot)
-    vdisks: tuple[str, ...]    # the replica vDisks it covers
-
-
-def episode_path(cluster: Cluster, row: LWSEpisodeRow) -> str:
+def episode_path(cluster: Engine, row: LWSEpisodeRow) -> str:
     return os.path.join(cluster.path, NEARSYNC_DIR, row.file)
 
 
@@ -61,11 +49,11 @@ def episode_rel(vdisk_id: int, seq: int) -> str:
     return os.path.join(str(vdisk_id), episode_file.file_name(seq))
 
 
-def snapshot_named(cluster: Cluster, vdisk_name: str, name: str) -> Snapshot | None:
+def snapshot_named(cluster: Engine, vdisk_name: str, name: str) -> Snapshot | None:
     return next((s for s in cluster.vdisk(vdisk_name).snapshots() if s.name == name), None)
 
 
-def chain(cluster: Cluster, vdisk_id: int, base_snapshot: str,
+def chain(cluster: Engine, vdisk_id: int, base_snapshot: str,
           upto_seq: int | None = None) -> list[LWSEpisodeRow]:
     """The unbroken chain of episodes on `base_snapshot` (up to `upto_seq`), oldest first."""
     rows = cluster._ctx.catalog.rows(LWSEpisodeRow, "vdisk_id = ? AND base_snapshot = ?",
@@ -80,7 +68,7 @@ def chain(cluster: Cluster, vdisk_id: int, base_snapshot: str,
     return out
 
 
-def accumulate(cluster: Cluster, vd: VDisk, base: Snapshot,
+def accumulate(cluster: Engine, vd: VDisk, base: Snapshot,
                episodes: list[LWSEpisodeRow]) -> MapLayer:
     """Block-map entries over `base`'s layer that make it read as after `episodes`."""
     ctx = cluster._ctx
@@ -113,7 +101,7 @@ def accumulate(cluster: Cluster, vd: VDisk, base: Snapshot,
     return acc
 
 
-def compose(cluster: Cluster, row: LWSEpisodeRow, name: str | None = None) -> Snapshot | None:
+def compose(cluster: Engine, row: LWSEpisodeRow, name: str | None = None) -> Snapshot | None:
     """Compose replica snapshot `name` (default `row.compose_as`), timed as the LWS, from the
     chain's snapshot plus the episodes up to `row` (see module docstring). Idempotent; None if
     its chain is broken."""
@@ -136,7 +124,7 @@ def compose(cluster: Cluster, row: LWSEpisodeRow, name: str | None = None) -> Sn
     return snap
 
 
-def compose_pending(cluster: Cluster) -> list[Snapshot]:
+def compose_pending(cluster: Engine) -> list[Snapshot]:
     """Compose every snapshot an episode asks for that does not exist yet (after a crash or
     a restart), oldest first; drop episodes whose chain's snapshot is gone and episode files
     no row names. Returns the snapshots composed."""
@@ -152,7 +140,7 @@ def compose_pending(cluster: Cluster) -> list[Snapshot]:
     return made
 
 
-def drop_orphans(cluster: Cluster) -> int:
+def drop_orphans(cluster: Engine) -> int:
     """Delete episodes whose replica or chain snapshot no longer exists (remote retention
     pruned it), then episode files no row names (a crash between file and row)."""
     cat = cluster._ctx.catalog
@@ -178,7 +166,7 @@ def drop_orphans(cluster: Cluster) -> int:
     return removed
 
 
-def gc_roots(cluster: Cluster) -> np.ndarray:
+def gc_roots(cluster: Engine) -> np.ndarray:
     """Extent ids of the full blocks every stored episode names (gc must keep them)."""
     parts = [np.zeros(0, dtype=np.uint64)]
     for row in cluster._ctx.catalog.rows(LWSEpisodeRow):
@@ -190,7 +178,7 @@ def gc_roots(cluster: Cluster) -> np.ndarray:
 
 # -- restore points ---------------------------------------------------------------------------
 
-def restore_points(cluster: Cluster, pd_name: str) -> list[RestorePoint]:
+def restore_points(cluster: Engine, pd_name: str) -> list[RestorePoint]:
     """The restore points of protection domain `pd_name` held here, oldest first: vDisk
     snapshots present on every replica vDisk its LWS episodes name, and every LWS whose
     episode every member holds on an unbroken chain. NotFound if nothing of it is here."""
@@ -216,28 +204,7 @@ def restore_points(cluster: Cluster, pd_name: str) -> list[RestorePoint]:
     return sorted(points, key=lambda p: (p.created_at, p.seq))
 
 
-def find_point(points: list[RestorePoint], key: RestorePoint | str | int,
-               pd_name: str) -> RestorePoint:
-    """The point of `points` that `key` names: itself, its name, or an LWS's seq (an int or
-    digits). NotFound if none, InvalidArgument if a name matches several (give the seq)."""
-    if isinstance(key, RestorePoint):
-        found = [p for p in points if p == key]
-    elif isinstance(key, int) and not isinstance(key, bool):
-        found = [p for p in points if p.kind == "lws" and p.seq == key]
-    elif isinstance(key, str) and key:
-        found = [p for p in points if key in (p.name, p.kind == "lws" and str(p.seq))]
-    else:
-        raise InvalidArgument(f"not a restore point, name or LWS seq: {key!r}")
-    if not found:
-        raise NotFound(f"no restore point {getattr(key, 'name', key)!r} of protection domain "
-                       f"{pd_name!r} here")
-    if len(found) > 1:
-        raise InvalidArgument(f"{key!r} names {len(found)} restore points of protection domain "
-                              f"{pd_name!r}: give the LWS by its SEQ")
-    return found[0]
-
-
-def restore(cluster: Cluster, point: RestorePoint, prefix: str) -> list[VDisk]:
+def restore(cluster: Engine, point: RestorePoint, prefix: str) -> list[VDisk]:
     """New writable vDisks `<prefix><source vDisk>` reading exactly as `point` (a clone of
     the chain's snapshot with the episodes applied, for an LWS). Raises InvalidArgument (bad
     point or prefix), AlreadyExists, NotFound. Durable on return."""
@@ -268,7 +235,7 @@ def restore(cluster: Cluster, point: RestorePoint, prefix: str) -> list[VDisk]:
     return made
 
 
-def _write_entries(cluster: Cluster, vd: VDisk, layer: MapLayer) -> None:
+def _write_entries(cluster: Engine, vd: VDisk, layer: MapLayer) -> None:
     """Write the blocks `layer` maps into `vd`, one call per run of consecutive blocks."""
     keys, ids = layer.items()
     bs = cluster.block_size
@@ -286,7 +253,7 @@ def _write_entries(cluster: Cluster, vd: VDisk, layer: MapLayer) -> None:
     vd.flush()
 
 
-def _replica_vdisk(cluster: Cluster, vdisk_id: int) -> VDisk:
+def _replica_vdisk(cluster: Engine, vdisk_id: int) -> VDisk:
     rows = cluster._ctx.catalog.rows(VDiskRow, "id = ?", (vdisk_id,))
     if not rows:
         raise NotFound(f"replica vDisk id {vdisk_id} was deleted")

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import InvalidArgument
 from ..names import check_name
-from ..protection.domain import ACTIVE
+from ..protection.domain import ACTIVE, get_protection_domain, list_protection_domains
 from ..store.catalog import LWSRow
 from ..store.context import ClusterContext
 from ..store.vdisk import lock_group
 
 if TYPE_CHECKING:
     from ..protection.domain import ProtectionDomain
-    from ..store.cluster import Cluster
+    from ..protection.manager import ProtectionManager
     from ..store.vdisk import VDisk
 
 T = TypeVar("T")
@@ -82,28 +82,29 @@ def take(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str | None = None, 
     return LWS.from_row(row), extra
 
 
-def take_group(cluster: Cluster, vdisks: Sequence[VDisk], name: str | None,
+def take_group(mgr: ProtectionManager, vdisks: Sequence[VDisk], name: str | None,
                pd: str | None) -> LWS:
     """`Cluster.lws_group`: an LWS of `vdisks` or of protection domain `pd`'s vDisks,
     attributed to a PD as the module docstring says. Raises as `take`, and NotFound (PD)."""
+    cluster = mgr.cluster
     if pd is not None:
         if vdisks:
             raise InvalidArgument("lws_group takes vdisks or pd, not both")
-        domain = cluster.protection_domain(pd)
+        domain = get_protection_domain(mgr, pd)
     else:
-        domain = _protecting(cluster, [vd.name for vd in vdisks])
+        domain = _protecting(mgr, [vd.name for vd in vdisks])
     if domain is not None:
         vdisks = [cluster.vdisk(n) for n in domain.vdisk_names()]
     members = [cluster.vdisk(vd.name) for vd in vdisks]
     return take(cluster._ctx, members, name, pd_id=domain.id if domain else 0)[0]
 
 
-def _protecting(cluster: Cluster, names: list[str]) -> ProtectionDomain | None:
+def _protecting(mgr: ProtectionManager, names: list[str]) -> ProtectionDomain | None:
     """The PD active here that protects every vDisk of `names` (None: there is no one such
     PD, or a name repeats, which `take` reports)."""
     if not names or len(set(names)) != len(names):
         return None
-    for domain in cluster.protection_domains():
+    for domain in list_protection_domains(mgr):
         if domain.state == ACTIVE and set(names) <= set(domain.vdisk_names()):
             return domain
     return None

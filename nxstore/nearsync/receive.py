@@ -1,4 +1,4 @@
-"""The target side of NearSync shipping (called by nxstore.replication.target).
+"""The target side of NearSync shipping, served by nxstore.replication.target (`register`).
 
 LWS_BEGIN is checked against what is here (the replica and the chain's snapshot exist, the
 episode continues the chain); full blocks arrive as in snapshot replication (verified by
@@ -11,25 +11,52 @@ not see the reply) is acknowledged again without storing anything twice.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..constants import WIRE_MAX_BATCH
 from ..errors import InvalidArgument, NotFound, ProtocolError
-from ..replication.messages import LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
+from ..replication.messages import GetLws, LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
+from ..replication.protocols import TargetProtocols, Transfer, TransferKind, check_site
 from ..replication.replica import find_replica
 from ..store.catalog import LWSEpisodeRow
 from . import episode_file
-from .compose import chain, compose, drop_orphans, episode_path, episode_rel, snapshot_named
+from .compose import (
+    chain,
+    compose,
+    compose_pending,
+    drop_orphans,
+    episode_path,
+    episode_rel,
+    snapshot_named,
+)
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
 
-def _replica(cluster: Cluster, source: str, b: LwsBegin) -> tuple[int, str]:
+def register(protocols: TargetProtocols, cluster: Engine) -> None:
+    """Serve NearSync shipping into `cluster` on its replication targets: the LWS_BEGIN ..
+    LWS_COMMIT transfer, GET_LWS; a target being built first composes the snapshots a
+    crash kept from being composed."""
+    protocols.add_transfer(TransferKind(
+        begin=LwsBegin, commit=LwsCommit, stage={LwsRanges: stage_ranges},
+        check_begin=partial(check_begin, cluster), on_commit=partial(commit, cluster),
+        after_commit=partial(after_commit, cluster), honours_dedup_policy=False))
+    protocols.add_query(GetLws, partial(_get_lws, cluster))
+    protocols.on_start(partial(compose_pending, cluster))
+
+
+def _get_lws(cluster: Engine, source: str, site: str, msg: GetLws) -> LwsList:
+    check_site(site, msg.source_site)
+    return list_lws(cluster, source, msg.vdisk, msg.base_snapshot, msg.req_id)
+
+
+def _replica(cluster: Engine, source: str, b: LwsBegin) -> tuple[int, str]:
     row = find_replica(cluster, source, b.vdisk)
     if row is None or snapshot_named(cluster, row.name, b.base_snapshot) is None:
         raise NotFound(f"no replica snapshot {b.source_site}:{b.vdisk}@{b.base_snapshot} for "
@@ -37,7 +64,7 @@ def _replica(cluster: Cluster, source: str, b: LwsBegin) -> tuple[int, str]:
     return row.id, row.name
 
 
-def check_begin(cluster: Cluster, source: str, b: LwsBegin) -> None:
+def check_begin(cluster: Engine, source: str, b: LwsBegin) -> None:
     """NotFound unless the replica and its snapshot exist; InvalidArgument if the episode
     does not continue the chain held here (the source then re-seeds)."""
     vid, name = _replica(cluster, source, b)
@@ -53,13 +80,14 @@ def check_begin(cluster: Cluster, source: str, b: LwsBegin) -> None:
                               f"{b.base_snapshot} (after seq {b.prev_seq})")
 
 
-def stage_ranges(msg: LwsRanges, transfer: Any) -> None:
+def stage_ranges(msg: LwsRanges, transfer: Transfer | None) -> None:
     if transfer is None or not isinstance(transfer.begin, LwsBegin):
         raise ProtocolError("LWS_RANGES outside an LWS transfer")
     transfer.ranges.append((np.array(msg.offsets), np.array(msg.lengths), np.array(msg.data)))
 
 
-def commit(cluster: Cluster, source: str, msg: LwsCommit, transfer: Any) -> LwsCommitted:
+def commit(cluster: Engine, source: str, msg: LwsCommit,
+           transfer: Transfer | None) -> LwsCommitted:
     """Store the episode of `transfer` durably (see module docstring); the reply."""
     if transfer is None or not isinstance(transfer.begin, LwsBegin) or (
             transfer.begin.transfer_id != msg.transfer_id):
@@ -87,7 +115,7 @@ def commit(cluster: Cluster, source: str, msg: LwsCommit, transfer: Any) -> LwsC
     return LwsCommitted(msg.transfer_id, b.seq, req_id=msg.req_id)
 
 
-def _episode(cluster: Cluster, b: LwsBegin, transfer: Any) -> episode_file.StoredEpisode:
+def _episode(cluster: Engine, b: LwsBegin, transfer: Transfer) -> episode_file.StoredEpisode:
     """The staged episode, checked: blocks inside the size and stored, ranges in one block."""
     bs = cluster.block_size
     u64 = np.zeros(0, dtype=np.uint64)
@@ -112,7 +140,7 @@ def _episode(cluster: Cluster, b: LwsBegin, transfer: Any) -> episode_file.Store
     return episode_file.StoredEpisode(idx[order], fps[order], offs, lens, data)
 
 
-def after_commit(cluster: Cluster, source: str, b: LwsBegin) -> None:
+def after_commit(cluster: Engine, source: str, b: LwsBegin) -> None:
     """Compose the vDisk snapshot the episode asks for (the episode is durable already)."""
     if not b.compose_as:
         return
@@ -122,7 +150,7 @@ def after_commit(cluster: Cluster, source: str, b: LwsBegin) -> None:
         drop_orphans(cluster)
 
 
-def list_lws(cluster: Cluster, source: str, vdisk: str, base_snapshot: str,
+def list_lws(cluster: Engine, source: str, vdisk: str, base_snapshot: str,
              req_id: int) -> LwsList:
     """The episodes held on `base_snapshot` of the replica of (source, vdisk)."""
     row = find_replica(cluster, source, vdisk)

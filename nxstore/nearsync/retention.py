@@ -24,16 +24,16 @@ from ..store.oplog import RecordType
 from . import compose
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
 
-def install(cluster: Cluster) -> None:
+def install(cluster: Engine) -> None:
     """Make the cluster's drain and gc respect NearSync (called when the cluster opens)."""
-    ctx = cluster._ctx
-    ctx.release_floor = lambda: release_floor(ctx)
-    ctx.gc_roots = lambda: gc_roots(cluster)
+    ctx = cluster.ctx
+    cluster.add_release_floor(lambda: release_floor(ctx))
+    cluster.add_gc_roots(lambda: gc_roots(cluster))
 
 
 def chain_floor(ctx: ClusterContext) -> int | None:
@@ -52,7 +52,7 @@ def release_floor(ctx: ClusterContext) -> int | None:
     return floor
 
 
-def gc_roots(cluster: Cluster) -> np.ndarray:
+def gc_roots(cluster: Engine) -> np.ndarray:
     """Extent ids named by MAP records above the floor, plus the stored episodes' blocks."""
     ctx = cluster._ctx
     parts = [compose.gc_roots(cluster)]

@@ -42,7 +42,7 @@ from .episode import Episode, read_episodes
 
 if TYPE_CHECKING:
     from ..replication.source import _Session
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Shipped:
     seconds: float
 
 
-def ship(cluster: Cluster, site: RemoteSite, pd_name: str, rows: list[LWSRow], chain: Chain,
+def ship(cluster: Engine, site: RemoteSite, pd_name: str, rows: list[LWSRow], chain: Chain,
          on_shipped: Callable[[Shipped, Chain], None], timeout: float,
          before: Callable[[_Session], Awaitable[None]]) -> list[Shipped]:
     """Ship `rows` (in seq order) to `site` continuing `chain`, after `before(session)`; see
@@ -86,7 +86,7 @@ def ship(cluster: Cluster, site: RemoteSite, pd_name: str, rows: list[LWSRow], c
     return run(bounded())  # type: ignore[return-value]
 
 
-async def _ship(cluster: Cluster, site: RemoteSite, pd_name: str, rows: list[LWSRow],
+async def _ship(cluster: Engine, site: RemoteSite, pd_name: str, rows: list[LWSRow],
                 chain: Chain, on_shipped: Callable[[Shipped, Chain], None],
                 before: Callable[[_Session], Awaitable[None]]) -> list[Shipped]:
     s = await open_session(cluster, site)
@@ -120,7 +120,7 @@ async def _ship(cluster: Cluster, site: RemoteSite, pd_name: str, rows: list[LWS
     return done
 
 
-async def _ship_episode(cluster: Cluster, s: _Session, site: RemoteSite, pd_name: str,
+async def _ship_episode(cluster: Engine, s: _Session, site: RemoteSite, pd_name: str,
                         row: LWSRow, vdisk: str, size: int, members: int, ep: Episode,
                         chain: Chain) -> tuple[int, int]:
     """One member's episode; returns (blocks sent, blocks the target already had)."""

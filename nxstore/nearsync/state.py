@@ -37,11 +37,12 @@ from ..constants import (
     NEARSYNC_SHIP_TIMEOUT_S,
 )
 from ..errors import Corruption, InvalidArgument
+from ..protection.modes import ReplicationState, Transition
 from ..store.catalog import NearSyncRow, SettingRow
 from ..store.context import ClusterContext
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +75,14 @@ class NearSyncConfig:
                                   f"{NEARSYNC_MIN_INTERVAL_S:g} s")
 
 
-@dataclass(frozen=True)
-class Transition:
-    at: float       # cluster clock
-    old: str
-    new: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ReplicationState:
-    """What `ProtectionDomain.replication_state()` reports for one remote site."""
-
-    site: str
-    state: str                 # "seeding" | "nearsync" | "fallback"
-    since: float               # cluster clock of the last transition
-    shipped_seq: int           # newest LWS marker the site holds (0: no live chain)
-    shipped_at: float          # its time (0: none yet)
-    base_snapshot: str         # the vDisk snapshot the site's episode chain starts on
-    history: tuple[Transition, ...]
-
-
-def config(cluster: Cluster) -> NearSyncConfig:
-    """The cluster's settings (loaded from the catalogue once, then cached on the cluster)."""
-    cfg = cluster.__dict__.get("_nearsync_config")
+def config(cluster: Engine) -> NearSyncConfig:
+    """The cluster's settings (loaded from the catalogue once, then kept as a part of the
+    engine: `Engine.attach`)."""
+    cfg = cluster.part(NearSyncConfig)
     return cfg if cfg is not None else load(cluster)
 
 
-def load(cluster: Cluster) -> NearSyncConfig:
+def load(cluster: Engine) -> NearSyncConfig:
     """Read the settings from the catalogue (row `settings` "nearsync"; defaults for those
     never set). Raises Corruption if the row fails its checksum or holds bad values."""
     rows = cluster._ctx.catalog.rows(SettingRow, "name = ?", (SETTINGS_NAME,))
@@ -112,11 +93,11 @@ def load(cluster: Cluster) -> NearSyncConfig:
     except InvalidArgument as exc:
         raise Corruption(f"catalogue {cluster._ctx.catalog.path}: settings {SETTINGS_NAME!r}: "
                          f"{exc}") from exc
-    cluster.__dict__["_nearsync_config"] = cfg
+    cluster.attach(cfg)
     return cfg
 
 
-def configure(cluster: Cluster, **settings: float) -> NearSyncConfig:
+def configure(cluster: Engine, **settings: float) -> NearSyncConfig:
     """Replace some settings; the whole set is durable in the catalogue on return and used
     by every later open (the `nxstore serve` daemon included). InvalidArgument for unknown
     names or bad values (nothing is changed then)."""
@@ -133,7 +114,7 @@ def configure(cluster: Cluster, **settings: float) -> NearSyncConfig:
             cat.update(rows[0])
         else:
             cat.insert(SettingRow(0, SETTINGS_NAME, value))
-    cluster.__dict__["_nearsync_config"] = cfg
+    cluster.attach(cfg)
     log.info("NearSync settings: %s", value)
     return cfg
 
@@ -200,15 +181,7 @@ def replication_states(ctx: ClusterContext, pd_id: int) -> dict[str, Replication
     return {row.site: report(row) for row in rows_of(ctx, pd_id)}
 
 
-def rpo(ctx: ClusterContext, pd_id: int, sites: list[str], now: float) -> dict[str, float | None]:
-    """{site: seconds since the newest restore point the site holds} (None: none yet): the
-    newest LWS shipped there or PD snapshot replicated there, whichever is younger."""
-    from ..store.catalog import PDReplicationRow, PDSnapshotRow
+def shipped_at(ctx: ClusterContext, pd_id: int) -> dict[str, float]:
+    """{site: source time of the newest LWS shipped there} for a PD (0: none yet)."""
+    return {row.site: row.shipped_at for row in rows_of(ctx, pd_id)}
 
-    shipped = {row.site: row.shipped_at for row in rows_of(ctx, pd_id)}
-    times = {r.id: r.created_at for r in ctx.catalog.rows(PDSnapshotRow, "pd_id = ?", (pd_id,))}
-    for rep in ctx.catalog.rows(PDReplicationRow):
-        if rep.pd_snapshot_id in times:
-            shipped[rep.site] = max(shipped.get(rep.site, 0.0), times[rep.pd_snapshot_id])
-    return {site: (now - shipped[site]) if shipped.get(site) else None
-            for site in sorted(set(sites) | set(shipped))}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
 from ..names import check_name
+from ..replication.sites import list_sites
 from ..store.catalog import (
     PDEntityRow,
     PDReplicationRow,
@@ -36,11 +37,11 @@ from .manager import ProtectionManager
 from .vm import VM
 
 if TYPE_CHECKING:
-    from ..nearsync.state import ReplicationState
     from ..replication.source import ReplicationResult
     from ..store.catalog import PDMigrationRow
     from ..store.vdisk import VDisk
     from .failover import FailbackResult, MigrateResult, SyncResult
+    from .modes import ReplicationState
     from .pdsnapshot import PDSnapshot, RestoreResult
     from .schedule import Schedule
 
@@ -299,21 +300,28 @@ class ProtectionDomain:
 
         set_enabled(self, enabled)
 
-    # -- NearSync (nxstore.nearsync) ---------------------------------------------------------
+    # -- replication modes (NearSync: nxstore.protection.modes) --------------------------------
     def replication_state(self) -> dict[str, ReplicationState]:
         """{remote site: NearSync state ("seeding" | "nearsync" | "fallback"), since when, and
         the transition history} for each site a NearSync schedule replicates to."""
-        from ..nearsync.state import replication_states
-
-        return replication_states(self._mgr.cluster._ctx, self.id)
+        return {site: st for mode in self._mgr.modes for site, st in mode.states(self.id).items()}
 
     def rpo(self) -> dict[str, float | None]:
         """{remote site: age in seconds (cluster clock) of the newest restore point it holds:
         LWS or PD snapshot}; None for a site that holds none yet."""
-        from ..nearsync.state import rpo
-
-        sites = [s for sch in self.schedules() for s in sch.keep_remote]
-        return rpo(self._mgr.cluster._ctx, self.id, sites, self._mgr.now())
+        cat = self._mgr.catalog
+        shipped: dict[str, float] = {}
+        for mode in self._mgr.modes:
+            for site, at in mode.shipped_at(self.id).items():
+                shipped[site] = max(shipped.get(site, 0.0), at)
+        times = {r.id: r.created_at for r in cat.rows(PDSnapshotRow, "pd_id = ?", (self.id,))}
+        for rep in cat.rows(PDReplicationRow):
+            if rep.pd_snapshot_id in times:
+                shipped[rep.site] = max(shipped.get(rep.site, 0.0), times[rep.pd_snapshot_id])
+        sites = {s for sch in self.schedules() for s in sch.keep_remote} | set(shipped)
+        now = self._mgr.now()
+        return {site: (now - shipped[site]) if shipped.get(site) else None
+                for site in sorted(sites)}
 
     # -- failover (nxstore.protection.failover) --------------------------------------------
     def migrate(self, site: str) -> MigrateResult:
@@ -408,7 +416,7 @@ def resolve_entities(mgr: ProtectionManager, items: Sequence[object]) -> list[tu
 def _check_sites(mgr: ProtectionManager, sites: Sequence[str]) -> list[str]:
     if isinstance(sites, str) or not isinstance(sites, Sequence):
         raise InvalidArgument(f"sites must be a list of remote site names, not {sites!r}")
-    known = {s.name for s in mgr.cluster.remote_sites()}
+    known = {s.name for s in list_sites(mgr.catalog)}
     for site in sites:
         if site not in known:
             raise NotFound(f"no remote site {site!r} (known: {sorted(known) or 'none'})")

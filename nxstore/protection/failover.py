@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthenticationError, InUse, InvalidArgument, NotFound, NxError
-from ..nearsync import state as nearsync_state
+from ..replication.replica import make_replica
+from ..replication.sites import list_sites
 from ..store.catalog import (
     PDEntityRow,
     PDMigrationRow,
@@ -62,6 +63,7 @@ from ..store.catalog import (
 )
 from . import remote
 from .domain import ACTIVE, INACTIVE, ProtectionDomain, _check_sites
+from .modes import RestorePoint, find_point
 from .ownership import (
     Ownership,
     demote,
@@ -73,7 +75,6 @@ from .ownership import (
 )
 
 if TYPE_CHECKING:
-    from ..nearsync.compose import RestorePoint
     from ..replication.source import ReplicationResult
     from .manager import ProtectionManager
 
@@ -217,7 +218,7 @@ def sync_peer(mgr: ProtectionManager, pd_name: str, site: str) -> Ownership:
     if row.state == INACTIVE:
         raise InUse(f"protection domain {pd_name!r} is owned by site {row.owner_site!r} "
                     f"(epoch {row.epoch}), not by this site: nothing sent to {site!r}")
-    net = next((s.network_mapping for s in mgr.cluster.remote_sites() if s.name == site), {})
+    net = next((s.network_mapping for s in list_sites(mgr.catalog) if s.name == site), {})
     snaps = []
     for s in mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (row.id,)):
         if mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?", (s.id, site)):
@@ -249,7 +250,7 @@ def sync_ownership(pd: ProtectionDomain, sites: list[str] | None = None) -> Sync
     vDisks kept as replicas of the owner's). If this site owns it, the peers get the
     metadata (a sync). Unreachable sites are reported, not raised."""
     mgr = pd._mgr
-    targets = sites if sites is not None else [s.name for s in mgr.cluster.remote_sites()]
+    targets = sites if sites is not None else [s.name for s in list_sites(mgr.catalog)]
     _check_sites(mgr, targets)
     peers: dict[str, Ownership | None] = {}
     errors: dict[str, str] = {}
@@ -410,8 +411,9 @@ def _step_reverse_direction(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[s
     snap_row = cat.rows(PDSnapshotRow, "pd_id = ? AND name = ?", (pd.id, j.snapshot))[0]
     names = [m["vdisk"] for e in json.loads(snap_row.manifest) for m in e["members"]]
     for name in names:
-        mgr.cluster.make_replica(name, d["peer_cluster"], j.site)
-    nearsync_state.forget(mgr.cluster._ctx, pd.id)
+        make_replica(mgr.cluster, name, d["peer_cluster"], j.site)
+    for mode in mgr.modes:
+        mode.forget(pd.id)
     # One commit for the flags and the journal: a crash between "inactive" and "done"
     # would leave an entry that a later migrate (after a failback) resumes at a stale epoch.
     with cat.transaction():
@@ -491,7 +493,6 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
     docstring). Raises NotFound (no PD metadata, no such point, no complete PD snapshot
     here), InvalidArgument (an ambiguous point), InUse (active here; an owner answers),
     AuthenticationError (a site answers but refuses the secret)."""
-    from ..nearsync import activate as at_lws
     with mgr.lock:
         mine = ownership(mgr, name)
         if not mine.exists:
@@ -504,14 +505,17 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
             _check_no_owner_answers(mgr, name, mine)
         from .ownership import adopt
 
-        target = at_lws.choose(mgr, name, point)
+        mode = next(iter(mgr.modes), None)  # the one mode with restore points: NearSync
+        target = (mode.choose_point(mgr, name, point) if mode is not None
+                  else _choose_snapshot(mgr, name, point))
         lws = target.name if target is not None and target.kind == "lws" else ""
         snapshot = None if target is None else target.name
         if lws:
             # names free here? (checked before composing, so a refusal leaves the replicas be)
             adopt(mgr, name, snapshot=None, epoch=mine.epoch + 1, power_on=None,
                   peer_site=prev, check_only=True)
-            snapshot = at_lws.materialize(mgr, name, target)
+            assert mode is not None  # only a mode offers LWS points
+            snapshot = mode.materialize(mgr, name, target)
         out = adopt(mgr, name, snapshot=snapshot, epoch=mine.epoch + 1, power_on=None,
                     peer_site=prev, keep_remote_rename={mgr.cluster.site_name: prev})
         row = mgr.pd_row(name)
@@ -526,10 +530,23 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
                               tuple(out["vdisks"]), prev, tuple(out["dropped_sites"]), lws)
 
 
+def _choose_snapshot(mgr: ProtectionManager, pd_name: str,
+                     point: RestorePoint | str | int | None) -> RestorePoint | None:
+    """Where to activate without a replication mode: None (the newest complete PD
+    snapshot here) or the PD snapshot `point` names. Raises NotFound, InvalidArgument."""
+    if point is None:
+        return None
+    from .ownership import usable_snapshots
+
+    points = [RestorePoint("snapshot", r.name, r.created_at, 0, ())
+              for r in usable_snapshots(mgr, pd_name)]
+    return find_point(points, point, pd_name)
+
+
 def _check_no_owner_answers(mgr: ProtectionManager, name: str, mine: Ownership) -> None:
     """InUse if a remote site answers that it owns the PD (the owner still alive, or a
     peer that activated it already) or knows a newer owner than this site does."""
-    others = [s.name for s in mgr.cluster.remote_sites()]
+    others = [s.name for s in list_sites(mgr.catalog)]
     fence = "or activate with force=True to fence that site off"
     for site in sorted(others, key=lambda s: s != mine.owner_site):  # the owner first
         try:

@@ -1,6 +1,6 @@
 """The per-cluster state of the protection layer and the checks shared by its objects.
 
-One `ProtectionManager` per open cluster (made on first use by the Cluster glue):
+One `ProtectionManager` per open cluster (made on first use by the Engine glue):
 it serialises protection operations (one RLock), holds the hooks registered as
 Python callables (runtime only), and at creation finishes what a crash
 interrupted: PD snapshots left incomplete have their vDisk snapshots removed.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
@@ -25,8 +25,9 @@ from ..store.catalog import (
 from ..store.lockorder import Level, ordered_lock
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
     from ..store.vdisk import VDisk
+    from .modes import ReplicationMode
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,10 @@ log = logging.getLogger(__name__)
 class ProtectionManager:
     """Protection state of one open cluster (see module docstring)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Engine, modes: Sequence[ReplicationMode] = ()) -> None:
         self.cluster = cluster
+        #: the replication modes above protection (NearSync), consulted in this order
+        self.modes: tuple[ReplicationMode, ...] = tuple(modes)
         self.catalog = cluster._ctx.catalog
         self.lock = ordered_lock(Level.PROTECTION, "protection", reentrant=True)
         #: VM name -> {"pre-freeze": callable, "post-thaw": callable} (not persisted)

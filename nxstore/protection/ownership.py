@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyExists, InUse, NotFound
-from ..nearsync import state as nearsync_state
-from ..replication.replica import find_replica
+from ..replication.replica import find_replica, make_replica, promote_replica
+from ..replication.sites import list_sites
 from ..store.catalog import (
     PDEntityRow,
     PDReplicationRow,
@@ -210,7 +210,7 @@ def follow_owner(mgr: ProtectionManager, row: ProtectionDomainRow, old_cluster: 
     for name in sorted(names):
         old = find_replica(mgr.cluster, old_cluster, name)
         if old is not None and find_replica(mgr.cluster, row.owner_cluster, name) is None:
-            mgr.cluster.make_replica(old.name, row.owner_cluster, row.owner_site, name)
+            make_replica(mgr.cluster, old.name, row.owner_cluster, row.owner_site, name)
 
 
 def _forget_pruned(mgr: ProtectionManager, row: ProtectionDomainRow) -> None:
@@ -286,7 +286,7 @@ def adopt(mgr: ProtectionManager, pd_name: str, *, snapshot: str | None, epoch: 
         members = _members(mgr, row.owner_cluster, snap)
         manifest = json.loads(snap.manifest)
         _check_free(mgr, row.owner_cluster, manifest)
-        known_sites = {s.name for s in mgr.cluster.remote_sites()}
+        known_sites = {s.name for s in list_sites(mgr.catalog)}
         rename = keep_remote_rename or {}
         schedules, dropped = [], set()
         for s in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (row.id,)):
@@ -305,7 +305,7 @@ def adopt(mgr: ProtectionManager, pd_name: str, *, snapshot: str | None, epoch: 
             assert srow is not None
             vd_row = find_replica(cluster, row.owner_cluster, src_name)
             assert vd_row is not None
-            vd = cluster.promote_replica(vd_row.name, src_name)
+            vd = promote_replica(cluster, vd_row.name, src_name)
             vd.restore(next(s for s in vd.snapshots() if s.id == srow.id))
             vdisks.append(vd.name)
         cat = mgr.catalog
@@ -406,7 +406,8 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
                         cat.delete(table, r.id)
         for vm in vms:
             delete_vm(mgr, vm.name, keep_vdisks=True)
-        nearsync_state.forget(mgr.cluster._ctx, row.id)
+        for mode in mgr.modes:
+            mode.forget(row.id)
         tag = f"{pd_name}.diverged-e{epoch}"
         for name in vd_names:
             try:
@@ -415,7 +416,7 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
                 continue
             if not vd.read_only and not any(s.name == tag for s in vd.snapshots()):
                 take_snapshots(mgr.cluster._ctx, [vd], tag)  # composed: may exceed users' limit
-            mgr.cluster.make_replica(name, owner_cluster, owner_site)
+            make_replica(mgr.cluster, name, owner_cluster, owner_site)
         with cat.transaction():
             new_row = set_row(mgr, pd_name, INACTIVE, epoch, owner_site, owner_cluster)
             if unfinished is not None:

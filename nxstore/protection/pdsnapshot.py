@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..names import check_name
+from ..replication.source import replicate_snapshots
 from ..store.catalog import (
     Catalog,
     PDReplicationRow,
@@ -283,7 +284,7 @@ def replicate_pd_snapshot(mgr: ProtectionManager, snap: PDSnapshot, site: str) -
     from .failover import sync_peer
 
     sync_peer(mgr, snap.pd_name, site)
-    result = mgr.cluster.replicate(snap.vdisk_snapshots(), site)
+    result = replicate_snapshots(mgr.cluster, snap.vdisk_snapshots(), site)
     with mgr.catalog.transaction():
         if not mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?",
                                 (snap.id, site)):

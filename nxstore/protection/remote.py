@@ -17,8 +17,8 @@ One request type carries an `op` and a JSON body; the reply is a JSON body
 
 Client side: `call(cluster, site, op, body)` opens a session to a configured
 remote site (the same authenticated transport as replication) and returns the
-reply body. Server side: `handle(cluster, peer_cluster, peer_site, msg)` is
-called by the replication target for every PD_REQUEST.
+reply body. Server side: `register(protocols, manager)` makes the replication
+target answer every PD_REQUEST with `handle(manager, peer_cluster, peer_site, msg)`.
 """
 
 from __future__ import annotations
@@ -26,15 +26,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionClosed, InvalidArgument, NxError, ProtocolError
 from ..replication.messages import PdReply, PdRequest
+from ..replication.protocols import TargetProtocols
+from ..replication.sites import list_sites
 from .ownership import adopt, ownership, record_sync
 
 if TYPE_CHECKING:
     from ..replication.source import _Session
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
+    from .manager import ProtectionManager
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ def _loads(data: bytes, what: str) -> dict[str, Any]:
 
 # -- client -------------------------------------------------------------------------------------
 
-def call(cluster: Cluster, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+def call(cluster: Engine, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
     """Send one PD request to remote site `site`; return the reply body. Raises
     NotFound (site), NxError (connection: "replication connection failed: ..."),
     AuthenticationError, and what the peer reported (prefixed "peer: ")."""
@@ -91,26 +96,34 @@ async def request(s: _Session, site: str, op: str, body: dict[str, Any]) -> dict
     return _loads(reply.body, "PD_REPLY")
 
 
-def status(cluster: Cluster, site: str, pd_name: str) -> dict[str, Any]:
+def status(cluster: Engine, site: str, pd_name: str) -> dict[str, Any]:
     return call(cluster, site, "status", {"pd": pd_name})
 
 
 # -- server -------------------------------------------------------------------------------------
 
-def handle(cluster: Cluster, peer_cluster: str, peer_site: str, msg: PdRequest) -> PdReply:
-    """Serve one PD_REQUEST from authenticated peer (peer_cluster, peer_site).
-    Raises NxError subclasses (sent back as ERROR)."""
+def register(protocols: TargetProtocols, manager: Callable[[], ProtectionManager]) -> None:
+    """Answer PD_REQUEST on the replication targets with `handle(manager, ...)`."""
+    protocols.add_query(PdRequest, partial(handle, manager))
+
+
+def handle(manager: Callable[[], ProtectionManager], peer_cluster: str, peer_site: str,
+           msg: PdRequest) -> PdReply:
+    """Serve one PD_REQUEST from authenticated peer (peer_cluster, peer_site); `manager`
+    returns the cluster's ProtectionManager (called once the request is checked, so it
+    may make it on first use). Raises NxError subclasses (sent back as ERROR)."""
     body = _loads(msg.body, "PD_REQUEST")
     if msg.op not in OPS:
         raise ProtocolError(f"unknown PD request {msg.op!r} from {peer_site}")
     name = body.get("pd")
     if not isinstance(name, str):
         raise InvalidArgument("PD request without a protection domain name")
-    mgr = cluster._protection()
+    mgr = manager()
+    cluster = mgr.cluster
     if msg.op == "status":
         out = ownership(mgr, name).to_json()
         out.update(site=cluster.site_name, cluster=cluster.id,
-                   has_site=sorted(s.name for s in cluster.remote_sites()))
+                   has_site=sorted(s.name for s in list_sites(cluster.ctx.catalog)))
     elif msg.op == "sync":
         if body.get("owner_site") != peer_site:
             raise ProtocolError(f"peer {peer_site!r} syncs a PD it says {body.get('owner_site')!r} owns")

@@ -36,8 +36,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound, NxError
-from ..nearsync.driver import is_nearsync, nearsync_interval
-from ..nearsync.driver import run as nearsync_run
+from ..replication.source import prune_remote_snapshots
 from ..store.catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
@@ -164,7 +163,7 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
         raise InvalidArgument(f"every must be a timedelta (minutes, hours, days), not {every!r}")
     seconds = every.total_seconds()
     if (seconds < MIN_INTERVAL or seconds % MIN_INTERVAL) and not (
-            keep_remote and nearsync_interval(pd, seconds)):
+            keep_remote and any(m.accepts_interval(pd, seconds) for m in pd._mgr.modes)):
         raise InvalidArgument(f"every must be a positive whole number of minutes (whole seconds "
                               f"for a NearSync schedule, which has remote sites), not "
                               f"{interval_text(seconds)}")
@@ -289,9 +288,10 @@ def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun 
             row.next_due = now  # the first pass anchors it on its clock (module docstring)
         due = row.next_due
         missed = _advance(row, now)
-        nearsync = is_nearsync(pd, row)  # LWS shipped instead: nxstore.nearsync.driver
+        # a replication mode (NearSync: LWS shipped instead) may run it: protection.modes
+        mode = next((m for m in mgr.modes if m.takes_schedule(pd, row)), None)
         try:
-            snap = None if nearsync else take_pd_snapshot(
+            snap = None if mode else take_pd_snapshot(
                 pd, name=None, schedule_id=row.id, app_consistent=row.app_consistent,
                 on_commit=lambda cat: cat.update(row))
         except NxError as exc:
@@ -302,8 +302,8 @@ def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun 
         if snap is None:
             with mgr.catalog.transaction():
                 mgr.catalog.update(row)  # the slot is taken
-    if snap is None:
-        return nearsync_run(pd, row, now, due, missed)
+    if mode is not None:
+        return mode.run_schedule(pd, row, now, due, missed)
     replicated, errors, pruned_remote = [], {}, {}
     for site, keep in json.loads(row.keep_remote).items():
         try:
@@ -327,7 +327,7 @@ def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun 
 def _prune_remote(mgr: ProtectionManager, snap: PDSnapshot, site: str, keep: int) -> tuple[str, ...]:
     deleted = []
     for vd_snap in snap.vdisk_snapshots():
-        for name in mgr.cluster.prune_remote(site, vd_snap.vdisk_name, keep):
+        for name in prune_remote_snapshots(mgr.cluster, site, vd_snap.vdisk_name, keep):
             deleted.append(f"{vd_snap.vdisk_name}@{name}")
     return tuple(deleted)
 

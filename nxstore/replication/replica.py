@@ -15,21 +15,24 @@ one the snapshot maps more than once, is copied here into a new extent of its ow
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InvalidArgument, NotFound
+from ..names import check_name
 from ..store.block_map import MapLayer
-from ..store.catalog import ContainerRow, ReplicaRow, SnapshotRow, VDiskRow
+from ..store.catalog import Catalog, ContainerRow, ReplicaRow, SnapshotRow, VDiskRow
 from ..store.snapshot import Snapshot
 from ..store.vdisk import check_size, rows_restored_on_error
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
     from ..store.vdisk import VDisk
 
+log = logging.getLogger(__name__)
 ZERO_FP = bytes(16)
 COPY_BATCH_BYTES = 8 << 20  # bytes of blocks copied per step into a container with dedup off
 
@@ -45,11 +48,72 @@ class ReplicaInfo:
     snapshots: tuple[Snapshot, ...]
 
 
+def attach(engine: Engine) -> None:
+    """Make deleting a replica vDisk drop its replica rows in the same transaction."""
+    engine.on_vdisk_deleted(_drop_replica_rows)
+
+
+def _drop_replica_rows(cat: Catalog, vdisk_id: int) -> None:
+    for rep in cat.rows(ReplicaRow, "vdisk_id = ?", (vdisk_id,)):
+        cat.delete(ReplicaRow, rep.id)
+
+
+def promote_replica(engine: Engine, name: str, new_name: str | None = None) -> VDisk:
+    """Turn replica vDisk `name` into a writable vDisk called `new_name` (default: `name`),
+    keeping its snapshots (an activated or migrated PD runs on them).
+
+    Raises NotFound (no vDisk `name`), InvalidArgument (it is not a replica, or a bad
+    `new_name`), AlreadyExists (`new_name` is taken). Durable on return."""
+    engine.vdisk(name)
+    new_name = name if new_name is None else check_name("vDisk", new_name)
+
+    def unlink(cat: Catalog, row: VDiskRow) -> bool:
+        reps = cat.rows(ReplicaRow, "vdisk_id = ?", (row.id,))
+        if not reps:
+            raise InvalidArgument(f"vDisk {name!r} is not a replica")
+        for rep in reps:
+            cat.delete(ReplicaRow, rep.id)
+        return True
+
+    vd = engine.relabel_vdisk(name, read_only=False, new_name=new_name, in_transaction=unlink)
+    log.info("replica vDisk %s promoted to writable vDisk %s", name, new_name)
+    return vd
+
+
+def make_replica(engine: Engine, name: str, source_cluster: str, source_site: str,
+                 source_vdisk: str | None = None) -> None:
+    """Turn writable vDisk `name` into the read-only replica of `source_vdisk` (default:
+    `name`) of cluster `source_cluster` at site `source_site`: replication from there then
+    finds its snapshots as the common base. A replica of the same source held by another
+    vDisk is superseded (it stays, read-only, unlinked).
+
+    Raises NotFound (no vDisk), InUse (a vDisk guard refuses: a VM or protection domain
+    still uses it). Idempotent; durable on return."""
+    engine.vdisk(name)
+    engine.check_vdisk_unused(name)
+    source = name if source_vdisk is None else source_vdisk
+    engine.drain()  # a replica's head has nothing pending in RAM
+
+    def link(cat: Catalog, row: VDiskRow) -> bool:
+        for rep in cat.rows(ReplicaRow, "vdisk_id = ?", (row.id,)):
+            if (rep.source_cluster, rep.source_vdisk) == (source_cluster, source):
+                return False
+            cat.delete(ReplicaRow, rep.id)
+        for rep in cat.rows(ReplicaRow, "source_cluster = ? AND source_vdisk = ?",
+                            (source_cluster, source)):
+            cat.delete(ReplicaRow, rep.id)
+        cat.insert(ReplicaRow(0, row.id, source_cluster, source_site, source))
+        return True
+
+    engine.relabel_vdisk(name, read_only=True, in_transaction=link)
+    log.info("vDisk %s is now a replica of %s at site %s", name, source, source_site)
+
+
 def replica_name(source_site: str, vdisk: str) -> str:
     return f"{source_site}:{vdisk}"
 
 
-def find_replica(cluster: Cluster, source_cluster: str, vdisk: str) -> VDiskRow | None:
+def find_replica(cluster: Engine, source_cluster: str, vdisk: str) -> VDiskRow | None:
     rows = cluster._ctx.catalog.rows(
         ReplicaRow, "source_cluster = ? AND source_vdisk = ?", (source_cluster, vdisk)
     )
@@ -59,13 +123,13 @@ def find_replica(cluster: Cluster, source_cluster: str, vdisk: str) -> VDiskRow 
     return found[0] if found else None
 
 
-def replica_snapshots(cluster: Cluster, source_cluster: str, vdisk: str) -> list[Snapshot]:
+def replica_snapshots(cluster: Engine, source_cluster: str, vdisk: str) -> list[Snapshot]:
     """Snapshots of the replica of (source_cluster, vdisk), oldest first ([] if none)."""
     row = find_replica(cluster, source_cluster, vdisk)
     return cluster.vdisk(row.name).snapshots() if row else []
 
 
-def list_replicas(cluster: Cluster) -> list[ReplicaInfo]:
+def list_replicas(cluster: Engine) -> list[ReplicaInfo]:
     out = []
     for rep in cluster._ctx.catalog.rows(ReplicaRow):
         rows = cluster._ctx.catalog.rows(VDiskRow, "id = ?", (rep.vdisk_id,))
@@ -77,7 +141,7 @@ def list_replicas(cluster: Cluster) -> list[ReplicaInfo]:
 
 
 def apply_snapshot(
-    cluster: Cluster, *, source_cluster: str, source_site: str, vdisk: str, container: str,
+    cluster: Engine, *, source_cluster: str, source_site: str, vdisk: str, container: str,
     snapshot: str, created_at: float, size: int, base_snapshot: str | None,
     indices: np.ndarray, fingerprints: np.ndarray,
     received: tuple[np.ndarray, np.ndarray] | None = None,
@@ -115,13 +179,17 @@ def apply_snapshot(
     layer = MapLayer(indices[order], ids[order])
     vd = cluster.vdisk(row.name) if (row := find_replica(cluster, source_cluster, vdisk)) else None
     if vd is None:
-        vd = cluster._create_replica_vdisk(replica_name(source_site, vdisk), size, container,
-                                           ReplicaRow(0, 0, source_cluster, source_site, vdisk))
+        def link(cat: Catalog, row: VDiskRow) -> None:
+            cat.insert(ReplicaRow(0, row.id, source_cluster, source_site, vdisk))
+
+        vd = cluster.new_vdisk(replica_name(source_site, vdisk), size,
+                               cluster.container(container).id, 0, read_only=True,
+                               in_transaction=link)
     fresh = received[1] if received is not None else None
     return commit_layer(cluster, vd, parent, layer, snapshot, created_at, size, fresh)
 
 
-def _resolve(cluster: Cluster, fps: np.ndarray, nonzero: np.ndarray,
+def _resolve(cluster: Engine, fps: np.ndarray, nonzero: np.ndarray,
              received: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """Extent ids of the entries `nonzero` of `fps` (0 elsewhere, and where not stored):
     from the blocks `received` for this snapshot alone first, then from the index."""
@@ -139,7 +207,7 @@ def _resolve(cluster: Cluster, fps: np.ndarray, nonzero: np.ndarray,
     return ids
 
 
-def _own_extents(cluster: Cluster, container: ContainerRow, layer: MapLayer,
+def _own_extents(cluster: Engine, container: ContainerRow, layer: MapLayer,
                  fresh: np.ndarray | None) -> MapLayer:
     """`layer` with an extent of its own behind every nonzero entry (module docstring): an
     extent of `fresh` (stored unindexed for this layer) stays with the first entry naming
@@ -164,7 +232,7 @@ def _own_extents(cluster: Cluster, container: ContainerRow, layer: MapLayer,
     return MapLayer(keys, vals)
 
 
-def commit_layer(cluster: Cluster, vd: VDisk, parent: int, layer: MapLayer, snapshot: str,
+def commit_layer(cluster: Engine, vd: VDisk, parent: int, layer: MapLayer, snapshot: str,
                  created_at: float, size: int, fresh: np.ndarray | None = None) -> Snapshot:
     """Make `layer` (entries over `parent`'s image) replica `vd`'s new snapshot `snapshot` and
     head, in one catalogue transaction after the layer file is durable. Used for received
@@ -191,7 +259,7 @@ def commit_layer(cluster: Cluster, vd: VDisk, parent: int, layer: MapLayer, snap
     return Snapshot(ctx, snap_row, vd.name)
 
 
-def prune_replica(cluster: Cluster, source_cluster: str, vdisk: str, keep: int) -> list[str]:
+def prune_replica(cluster: Engine, source_cluster: str, vdisk: str, keep: int) -> list[str]:
     """Delete the oldest replica snapshots beyond the newest `keep`; return their names."""
     if not isinstance(keep, int) or keep < 1:
         raise InvalidArgument(f"keep must be a positive int, not {keep!r}")

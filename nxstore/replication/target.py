@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,8 +30,6 @@ from ..errors import (
     NxError,
     ProtocolError,
 )
-from ..nearsync import receive as nearsync
-from ..nearsync.compose import compose_pending
 from ..store import native
 from ..store.extent_group import parse_group_name
 from .messages import (
@@ -42,16 +39,11 @@ from .messages import (
     Commit,
     Committed,
     Error,
-    GetLws,
     GetSnapshots,
     HaveFingerprints,
-    LwsBegin,
-    LwsCommit,
-    LwsRanges,
     MapEntries,
     Message,
     Missing,
-    PdRequest,
     Ping,
     Pong,
     Prune,
@@ -60,12 +52,13 @@ from .messages import (
     SnapshotInfo,
     Snapshots,
 )
+from .protocols import Transfer, TransferBegin, TransferKind, check_site, target_protocols
 from .replica import apply_snapshot, prune_replica, replica_snapshots
 from .transport import StreamTransport
 from .window import AckBatcher
 
 if TYPE_CHECKING:
-    from ..store.cluster import Cluster
+    from ..store.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +108,6 @@ class _Writeback:
         self._since = started - WRITEBACK_MTIME_SLACK_NS
 
 
-@dataclass
-class _Transfer:
-    begin: BeginTransfer
-    indices: list[np.ndarray] = field(default_factory=list)
-    fingerprints: list[np.ndarray] = field(default_factory=list)
-    unsynced: int = 0  # bytes stored since the last extent-store sync
-    unflushed: int = 0  # bytes stored since the last writeback kick
-    ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # LWS
-    # (fingerprints, extent ids) stored unindexed: a snapshot into a container with dedup off
-    private: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-
-    @property
-    def entries(self) -> int:
-        return sum(a.size for a in self.indices)
-
-
 async def _linger(t: StreamTransport, seconds: float = LINGER_S) -> None:
     """After an ERROR: read and discard what the peer still sends until it closes (or
     `seconds` pass). Closing a socket with unread input makes the kernel send RST, which
@@ -146,21 +123,24 @@ async def _linger(t: StreamTransport, seconds: float = LINGER_S) -> None:
 
 
 class ReplicationTarget:
-    """Serves replication requests into `cluster` (see `nxstore serve`)."""
+    """Serves replication requests into `cluster` (see `nxstore serve`): snapshot
+    replication, and what the layers above registered in its TargetProtocols
+    (nxstore.replication.protocols), whose `on_start` actions run here."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Engine) -> None:
         self.cluster = cluster
+        self._protocols = target_protocols(cluster)
         self._busy: set[tuple[str, str]] = set()
         # One per target: connections share the store (threads start on first use).
         self._writeback = _Writeback(cluster._ctx.store.directory)
-        compose_pending(cluster)  # snapshots a crash kept from being composed
+        self._protocols.start()  # e.g. compose the snapshots a crash kept from being composed
 
     async def handle(self, t: StreamTransport) -> None:
         """Serve one connection until the peer closes it or an error ends it."""
         peer = t.peer
         assert peer is not None  # serve() only hands over authenticated transports
         acks = AckBatcher()
-        transfer: _Transfer | None = None
+        transfer: Transfer | None = None
         # BLOCKS batches are verified and stored in order by one worker thread while
         # the next frames arrive (hashing and file writes release the GIL), at most
         # STORE_QUEUE_BYTES of them queued; anything other than BLOCKS first waits for
@@ -193,6 +173,7 @@ class ReplicationTarget:
                         fut, nbytes = storing.popleft()
                         queued -= nbytes
                         await fut
+                    stage = self._protocols.stage(type(msg))
                     if isinstance(msg, Blocks):
                         self._check_blocks(msg, transfer)
                         storing.append((loop.run_in_executor(worker, self._store_blocks, msg,
@@ -200,9 +181,9 @@ class ReplicationTarget:
                         queued += incoming
                     elif isinstance(msg, MapEntries):
                         self._stage_map(msg, transfer)
-                    elif isinstance(msg, LwsRanges):
-                        nearsync.stage_ranges(msg, transfer)
-                    if isinstance(msg, (Blocks, MapEntries, LwsRanges)):
+                    elif stage is not None:
+                        stage(msg, transfer)
+                    if isinstance(msg, (Blocks, MapEntries)) or stage is not None:
                         ack = acks.done(msg.req_id)
                         if ack:
                             await t.send(ack)
@@ -210,24 +191,28 @@ class ReplicationTarget:
                     ack = acks.flush()
                     if ack:
                         await t.send(ack)
-                    if isinstance(msg, LwsBegin):
-                        nearsync.check_begin(self.cluster, peer.cluster_id, msg)
-                    if isinstance(msg, (BeginTransfer, LwsBegin)):
-                        transfer = self._begin(peer.cluster_id, peer.site, msg, transfer)
+                    begun = self._protocols.begun_by(type(msg))
+                    committed = self._protocols.committed_by(type(msg))
+                    if begun is not None:
+                        begun.check_begin(peer.cluster_id, msg)
+                    if isinstance(msg, BeginTransfer) or begun is not None:
+                        transfer = self._begin(peer.cluster_id, peer.site, msg, transfer,
+                                               begun)
                         reply: Message | None = Ready(WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH,
                                                       req_id=msg.req_id)
                     elif isinstance(msg, Commit):
                         reply = self._commit(peer.cluster_id, msg, transfer)
                         self._release(peer.cluster_id, transfer)
                         transfer = None
-                    elif isinstance(msg, LwsCommit):
+                    elif committed is not None:
                         begin = transfer.begin if transfer is not None else None
-                        reply = nearsync.commit(self.cluster, peer.cluster_id, msg, transfer)
+                        reply = committed.on_commit(peer.cluster_id, msg, transfer)
                         self._release(peer.cluster_id, transfer)
                         transfer = None
-                        # Compose (once per compose interval) before the reply, so that
-                        # remote retention that follows it sees the composed snapshot.
-                        await loop.run_in_executor(worker, nearsync.after_commit, self.cluster,
+                        # Follow-up work (NearSync: compose, once per compose interval)
+                        # before the reply, so that remote retention that follows it sees
+                        # the composed snapshot.
+                        await loop.run_in_executor(worker, committed.after_commit,
                                                    peer.cluster_id, begin)
                     elif isinstance(msg, Abort):
                         self._release(peer.cluster_id, transfer)
@@ -251,7 +236,7 @@ class ReplicationTarget:
     # -- requests ------------------------------------------------------------------
     def _query(self, source: str, site: str, msg: Message) -> Message:
         if isinstance(msg, GetSnapshots):
-            self._check_site(site, msg.source_site)
+            check_site(site, msg.source_site)
             snaps = replica_snapshots(self.cluster, source, msg.vdisk)
             bs = self.cluster.block_size
             return Snapshots(tuple(SnapshotInfo(s.name, s.created_at, s.size, bs) for s in snaps),
@@ -262,62 +247,54 @@ class ReplicationTarget:
         if isinstance(msg, Prune):
             deleted = prune_replica(self.cluster, source, msg.vdisk, msg.keep)
             return Pruned(tuple(deleted), req_id=msg.req_id)
-        if isinstance(msg, GetLws):
-            self._check_site(site, msg.source_site)
-            return nearsync.list_lws(self.cluster, source, msg.vdisk, msg.base_snapshot,
-                                     msg.req_id)
         if isinstance(msg, Ping):
             return Pong(msg.sent_ns, req_id=msg.req_id)
-        if isinstance(msg, PdRequest):  # protection-domain metadata: nxstore.protection.remote
-            from ..protection.remote import handle
-
-            return handle(self.cluster, source, site, msg)
+        handler = self._protocols.query(type(msg))
+        if handler is not None:
+            return handler(source, site, msg)
         raise ProtocolError(f"unexpected {type(msg).__name__} from {site}")
 
-    @staticmethod
-    def _check_site(peer_site: str, claimed: str) -> None:
-        if peer_site != claimed:
-            raise ProtocolError(f"peer authenticated as site {peer_site!r} but names {claimed!r}")
-
-    def _begin(self, source: str, site: str, msg: BeginTransfer | LwsBegin,
-               current: _Transfer | None) -> _Transfer:
-        self._check_site(site, msg.source_site)
+    def _begin(self, source: str, site: str, msg: TransferBegin, current: Transfer | None,
+               kind: TransferKind | None) -> Transfer:
+        check_site(site, msg.source_site)
         if current is not None:
             raise ProtocolError("BEGIN_TRANSFER while a transfer is open on this connection")
         if msg.block_size != self.cluster.block_size:
             raise InvalidArgument(
                 f"block size {msg.block_size} differs from this cluster's {self.cluster.block_size}")
-        self.cluster._container(msg.container)  # NotFound for an unknown target container
+        self.cluster.container(msg.container)  # NotFound for an unknown target container
         key = (source, msg.vdisk)
         if key in self._busy:
             raise InUse(f"a transfer of {site}:{msg.vdisk} is already running")
         self._busy.add(key)
-        return _Transfer(msg)
+        return Transfer(msg, kind)
 
     @staticmethod
-    def _stage_map(msg: MapEntries, transfer: _Transfer | None) -> None:
+    def _stage_map(msg: MapEntries, transfer: Transfer | None) -> None:
         if transfer is None:
             raise ProtocolError("MAP_ENTRIES outside a transfer")
         transfer.indices.append(np.array(msg.indices, dtype=np.uint64))
         transfer.fingerprints.append(np.array(msg.fingerprints, dtype=np.uint8))
 
-    def _check_blocks(self, msg: Blocks, transfer: _Transfer | None) -> None:
+    def _check_blocks(self, msg: Blocks, transfer: Transfer | None) -> None:
         if transfer is None:
             raise ProtocolError("BLOCKS outside a transfer")
         if msg.block_size != self.cluster.block_size:
             raise ProtocolError(f"BLOCKS of {msg.block_size}-byte blocks")
 
-    def _store_blocks(self, msg: Blocks, transfer: _Transfer) -> None:
+    def _store_blocks(self, msg: Blocks, transfer: Transfer) -> None:
         """Verify a batch against its fingerprints, then store it (worker thread)."""
         fps, _ = native.fingerprint_blocks(msg.data, msg.block_size)
         bad = np.flatnonzero((fps != msg.fingerprints).any(axis=1))
         if bad.size:
             raise Corruption(f"received block {int(bad[0])} of a BLOCKS batch does not match its "
                              f"fingerprint ({bad.size} bad): nothing of it was stored")
-        container = self.cluster._container(transfer.begin.container)
+        container = self.cluster.container(transfer.begin.container)
         # Indexed, so the target finds them by fingerprint, unless the snapshot's container
-        # has dedup off (nxstore.replica); LWS episodes name their blocks by fingerprint.
-        private = not container.dedup and isinstance(transfer.begin, BeginTransfer)
+        # has dedup off (nxstore.replica), for transfers that honour that policy (LWS
+        # episodes do not: they name their blocks by fingerprint).
+        private = not container.dedup and (transfer.kind is None
+                                           or transfer.kind.honours_dedup_policy)
         store = self.cluster._ctx.store
         ids = store.put_blocks_known(msg.data, msg.fingerprints, dedup=not private,
                                      compress=container.compression, container_id=container.id)
@@ -334,8 +311,9 @@ class ReplicationTarget:
             store.sync()
             transfer.unsynced = 0
 
-    def _commit(self, source: str, msg: Commit, transfer: _Transfer | None) -> Committed:
-        if transfer is None or transfer.begin.transfer_id != msg.transfer_id:
+    def _commit(self, source: str, msg: Commit, transfer: Transfer | None) -> Committed:
+        if transfer is None or not isinstance(transfer.begin, BeginTransfer) or (
+                transfer.begin.transfer_id != msg.transfer_id):
             raise ProtocolError("COMMIT of a transfer that was not begun on this connection")
         if transfer.entries != msg.map_entries:
             raise ProtocolError(
@@ -356,6 +334,6 @@ class ReplicationTarget:
         log.info("applied replica snapshot %s@%s from %s", snap.vdisk_name, snap.name, b.source_site)
         return Committed(msg.transfer_id, snap.name, req_id=msg.req_id)
 
-    def _release(self, source: str, transfer: _Transfer | None) -> None:
+    def _release(self, source: str, transfer: Transfer | None) -> None:
         if transfer is not None:
             self._busy.discard((source, transfer.begin.vdisk))

@@ -19,7 +19,7 @@ checks the newest part first in effect (L0 over L1 over main). `freeze` and
 `items` fold everything into the main arrays, so frozen layers are one pair
 of sorted arrays.
 
-The map primitives (merge, diff, lookup) are `nxstore.native`; there are no
+The map primitives (merge, diff, lookup) are `nxstore.store.native`; there are no
 per-block Python loops in this module. MapLayer is not thread-safe: the
 caller serialises access (the cluster's map lock).
 """

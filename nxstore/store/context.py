@@ -35,14 +35,15 @@ class ClusterContext:
     clock: Callable[[], float]
     map_lock: OrderedLock = field(
         default_factory=lambda: ordered_lock(Level.MAP, "map_lock", reentrant=True))
-    #: drops layers no head or snapshot needs any more (set by the Cluster)
+    #: drops layers no head or snapshot needs any more (set by the Engine)
     prune: Callable[[], None] = lambda: None
-    #: blocks a writer while undrained blocks hold more RAM than allowed (set by the Cluster)
+    #: blocks a writer while undrained blocks hold more RAM than allowed (set by the Engine)
     throttle: Callable[[], None] = lambda: None
-    #: OpLog seq the drain may release up to at most (None = no limit): NearSync keeps the
-    #: episodes not yet held by every target (set by nxstore.nearsync.retention)
+    #: OpLog seq the drain may release up to at most (None = no limit): the lowest of the
+    #: floors registered with Engine.add_release_floor (NearSync keeps unshipped episodes)
     release_floor: Callable[[], int | None] = lambda: None
-    #: extent ids gc must keep besides the block maps' (unshipped or uncomposed episodes)
+    #: extent ids gc must keep besides the block maps' (Engine.add_gc_roots: NearSync's
+    #: unshipped or uncomposed episodes)
     gc_roots: Callable[[], np.ndarray] = lambda: np.zeros(0, dtype=np.uint64)
     #: damage found while opening (recovery went on around it); scrub and fsck report it
     problems: list[str] = field(default_factory=list)

@@ -1,5 +1,10 @@
 """The extent store: deduplicated, compressed, verified fixed-size blocks.
 
+Kept as one file (605 lines) because it is the one `ExtentStore` object: one lock over
+the extent table, fingerprint index, group files and id floor; reading, crash recovery and
+gc/scrub/relocate already live in extent_read.py, extent_recovery.py and
+extent_maintenance.py.
+
 Blocks go in as batches and come back as extent ids (dense uint64 from 1; id 0
 is the zero block, never stored). Each new block becomes a record in an
 append-only extent group file (codec: extent_group.py); the extent table

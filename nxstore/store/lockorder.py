@@ -5,7 +5,7 @@ A thread may take a lock only while every lock it already holds has a lower
 level: no two threads can then wait for each other. Outer to inner:
 
     PROTECTION         ProtectionManager.lock (VM, PD, schedule and failover state)
-    REGISTRY           Cluster._registry_lock: changes of the vDisk namespace
+    REGISTRY           Engine._registry_lock: changes of the vDisk namespace
                        (create, clone, replica creation, delete, promote)
     VDISK              VDisk._lock; several at once only in ascending vDisk id
                        (vdisk.lock_group: snapshot groups, LWS)
@@ -23,11 +23,11 @@ below CATALOG are leaves: the OpLog, extent store and map store never call out
 while holding their lock, so they do not nest among themselves (except the two
 pairs listed in order above). Consequences for callers:
 
-* The vDisk registry (`Cluster._vdisks`) is replaced, never mutated, and only
+* The vDisk registry (`Engine._vdisks`) is replaced, never mutated, and only
   while holding REGISTRY and MAP; readers take a reference without a lock. So
   code holding MAP (prune, gc) sees the vDisks and the layer tree in one state
   and never needs REGISTRY.
-* `Cluster.close`, `Cluster._throttle` and `Drainer.stop` wait for the drain
+* `Engine.close`, `Engine._throttle` and `Drainer.stop` wait for the drain
   thread while holding no lock; the drain thread takes locks like any caller.
 * Callbacks (`ctx.prune`, `ctx.release_floor`, `ctx.gc_roots`, OpLog
   `on_pressure`) are called with at most the locks their contract names.

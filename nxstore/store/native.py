@@ -1,5 +1,9 @@
 """Python face of the native extension `nxstore._native` (C in native/).
 
+Kept as one file (607 lines) because it is the whole Python/C boundary: a checked wrapper
+per entry point of native/*.h, all sharing the argument checks and the cffi pointer alias
+at its top, so the Python side of the C contract reads in one place.
+
 Batched, numpy in / numpy out, no per-element Python work. Every call into C
 releases the GIL, so other Python threads run while a batch is hashed or
 looked up. The C contracts are in native/*.h; the on-disk layout of
@@ -10,7 +14,7 @@ Fingerprints are XXH3-128 in canonical form (16 bytes, equal to
 (n, 16). Block maps are sorted, unique uint64 keys with uint64 values.
 `gather_records`, `plan_runs`, `preadv_runs`, `check_headers` and `verify_blocks` are the
 extent store's read path: one call each per read request, whatever the number of extents
-(nxstore/extent_read.py, ExtentStore.read_blocks). On that path the wrappers check types
+(nxstore/store/extent_read.py, ExtentStore.read_blocks). On that path the wrappers check types
 and shapes without converting: a conversion costs about what the C call does.
 """
 

@@ -1,5 +1,9 @@
 """The OpLog: the cluster's single write-ahead log.
 
+Kept as one file (561 lines) because it is one class whose append, group-commit sync,
+segment rotation, release and back-pressure share one lock, its condition and the active
+segment's state; the format itself (codec, recovery, reading) is in oplog_record.py.
+
 Small and random vDisk writes are appended here and acknowledged once `sync()` made them
 durable; the drain later moves them into the extent store and calls `release()`. Light-weight
 snapshot (LWS) markers are records too: the episodes between two markers are what NearSync reads
@@ -11,7 +15,7 @@ format version, first seq, XXH3-64 of the header) followed by records: a 48-byte
 checksum is XXH3-64 over header bytes 0..39 seeded with XXH3-64 of the payload, so a flipped
 byte anywhere in a record is detected. Seqs are consecutive u64s starting at 1, shared by all
 vDisks; file order is seq order. Byte-by-byte layout and the crash-safety argument:
-docs/format.md; codec, recovery and reading: `nxstore.oplog_record`.
+docs/format.md; codec, recovery and reading: `nxstore.store.oplog_record`.
 
 Durability: `append_*` only buffers (in memory, written out early past OPLOG_BUFFER_BYTES);
 `sync()` writes the buffer with one os.write and fdatasyncs; concurrent callers share one

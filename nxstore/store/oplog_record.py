@@ -1,5 +1,9 @@
 """OpLog record and segment codec: encode, decode, verify, scan.
 
+Kept as one file (565 lines) because it is one on-disk format: the codec, the segment
+scanner, recovery and the record reader all rest on the same record check
+(`check_record_at`) and change together with the layout.
+
 The byte layout is documented in docs/format.md; in short (all integers little-endian):
 
 Segment header, 64 bytes (version 2; version 1 had only the first 32)::
@@ -31,7 +35,7 @@ Record, 48-byte header + payload::
     48  …  payload
 
 Besides the codec: `recover()` (verify the segments of a directory at open, cut torn tails,
-salvage) and `RecordIterator` (read records back). `nxstore.oplog` owns the writing.
+salvage) and `RecordIterator` (read records back). `nxstore.store.oplog` owns the writing.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """VDisk: a thin, byte-addressed virtual disk.
 
+Kept as one file (576 lines) because `VDisk` is one object whose write, replay, drain
+and persist paths share its lock, dirty blocks and safe point; the functions above it are
+its read and argument-check primitives, which snapshot.py reuses.
+
 Write path: small or unaligned writes are appended to the OpLog and folded
 into the vDisk's dirty blocks (reads see them at once); block-aligned runs of
 at least OPLOG_BYPASS_BYTES go straight to the extent store and are logged as

@@ -1,4 +1,4 @@
-"""The child process of the crash tests (tests/test_crash.py), and the op generator
+"""The child process of the crash tests (tests/store/test_crash.py), and the op generator
 both sides share.
 
     python crash_child.py CLUSTER_PATH SEED ROUND BACKGROUND STATE_JSON

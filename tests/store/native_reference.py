@@ -1,7 +1,7 @@
 """Slow pure-Python references for nxstore.native, used only by the tests.
 
 Each function states the same contract as its native twin in the simplest
-code that can be checked by eye; tests/test_native.py proves they agree.
+code that can be checked by eye; tests/store/test_native.py proves they agree.
 """
 
 from __future__ import annotations

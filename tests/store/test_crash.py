@@ -1,4 +1,4 @@
-"""Guarantee 2 with real processes: a child (tests/crash_child.py) writes, trims,
+"""Guarantee 2 with real processes: a child (tests/store/crash_child.py) writes, trims,
 flushes, drains, collects garbage, snapshots, clones, restores and deletes; the
 parent SIGKILLs it at random moments or just after a chosen kind of op began
 (OpLog append, bypass write, drain, gc, snapshot, clone, restore, delete), reopens

@@ -1,4 +1,4 @@
-"""Layout repair (nxstore/defrag.py, ExtentStore.relocate): every image reads the
+"""Layout repair (nxstore/store/defrag.py, ExtentStore.relocate): every image reads the
 same after extents move, a repaired window reads as at most 2 runs, the stretch a
 window keeps (shared by dedup) never moves, gc reclaims the old copies, damaged
 records stay put and are reported, and a kill in the middle of a relocation loses
@@ -304,7 +304,7 @@ def test_cli_defrag(tmp_path):
 _CHILD = """
 import os, signal, sys
 import nxstore
-from nxstore import extent_maintenance as em
+from nxstore.store import extent_maintenance as em
 from nxstore.store.extent_store import ExtentStore
 path, point = sys.argv[1], sys.argv[2]
 def die(*_args, **_kw):

@@ -1,4 +1,4 @@
-"""The lock hierarchy (nxstore.lockorder): its debug check, and threads racing the
+"""The lock hierarchy (nxstore.store.lockorder): its debug check, and threads racing the
 vDisk namespace (clone, create, delete_vdisk) against snapshot delete, restore,
 drain and gc (issue 11, item 6: these deadlocked within seconds). Every thread is
 joined with a timeout; a hang fails the test with every thread's stack."""

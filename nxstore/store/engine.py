@@ -1,33 +1,35 @@
-"""Cluster: one directory, one writer process, the owner of every other object.
+"""Engine: one cluster directory (`store/layout.py`), one writer process, the owner of the
+engine's objects: containers, vDisks, snapshots, clones, and the OpLog, block maps, extent
+store and catalogue under them.
 
-Directory layout (docs/format.md has the byte-level formats):
+Kept as one file (about 580 lines) because it is the engine's one object: open and close,
+the vDisk registry, snapshots and clones, upkeep and the registration points share its
+locks and registry; recovery (recovery.py) and the directory layout (layout.py) are apart.
 
-    LOCK          flock()ed by the process that has the cluster open
-    catalog.db    SQLite catalogue: meta, containers, vDisks, layers, snapshots
-    oplog/        OpLog segments (write-ahead log of small writes)
-    extents/      extent groups, the extent-table checkpoint, the fingerprint index
-    maps/         block-map layers (base + delta per layer)
+It knows nothing of the layers above (replication, protection, NearSync). They plug in
+through registration points: vDisk guards (`add_vdisk_guard`), actions in a vDisk's delete
+transaction (`on_vdisk_deleted`), the OpLog release floor and extra gc roots
+(`add_release_floor`, `add_gc_roots`) and typed parts (`attach`/`part`). The public API is
+the facade `nxstore.Cluster`, an Engine with every layer attached; an Engine alone is for
+the engine's own tests and tools (it enforces no VM or protection-domain guard).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from ..constants import (
     CATALOG_FILE,
     CHAIN_COLLAPSE_DEPTH,
-    CLUSTER_FORMAT_VERSION,
     DEFAULT_BLOCK_SIZE,
     DEFRAG_DRAIN_MAX_BYTES,
     DEFRAG_MAX_BYTES,
@@ -50,44 +52,31 @@ from ..errors import (
     raise_os_error,
 )
 from ..names import check_name
-from ..nearsync import retention as nearsync_retention
-from ..nearsync import state as nearsync_state
-from ..replication import sites
-from ..replication.replica import ReplicaInfo, list_replicas
-from ..replication.sites import RemoteSite
 from . import defrag
 from .block_map import flatten
-from .catalog import (
-    Catalog,
-    ContainerRow,
-    PDEntityRow,
-    ReplicaRow,
-    SnapshotRow,
-    VDiskRow,
-    VMRow,
-)
+from .catalog import Catalog, ContainerRow, SnapshotRow, VDiskRow
 from .context import ClusterContext
 from .drainer import Drainer
 from .extent_store import ExtentStore
-from .fileutil import fsync_dir, make_private_dirs, open_private, tighten_dir
+from .fileutil import fsync_dir, open_private, tighten_dir
 from .layers import LayerTree
+from .layout import build_cluster_dir
 from .lockorder import Level, ordered_lock
 from .map_store import MapStore
 from .oplog import OpLog, RecordType, Salvage
+from .recovery import replay_oplog
 from .snapshot import Snapshot, take_snapshots
 from .vdisk import VDisk, check_int, check_size, rows_restored_on_error
-
-if TYPE_CHECKING:
-    from ..nearsync import LWS, NearSyncConfig
-    from ..nearsync.compose import RestorePoint
-    from ..replication.source import ReplicationResult
 
 log = logging.getLogger(__name__)
 _Part = TypeVar("_Part")
 
 
-class Cluster:
-    """An open cluster. Use `Cluster.create` / `Cluster.open`, ideally as a context manager."""
+_E = TypeVar("_E", bound="Engine")
+
+
+class Engine:
+    """An open cluster's engine. Use `create` / `open`, ideally as a context manager."""
 
     def __init__(self, path: str, *, clock: Callable[[], float] | None = None,
                  salvage: bool = False, background: bool = True,
@@ -100,6 +89,11 @@ class Cluster:
         self._lock_fd = self._take_lock()
         self._closed = False
         self._parts: dict[type, object] = {}
+        self._vdisk_guards: list[Callable[[str], None]] = []
+        self._delete_actions: list[Callable[[Catalog, int], None]] = []
+        self._release_floors: list[Callable[[], int | None]] = []
+        self._gc_roots: list[Callable[[], np.ndarray]] = []
+        self._drainer: Drainer | None = None
         try:
             if check_int("collapse_depth", collapse_depth) < 1:
                 raise InvalidArgument(f"collapse_depth must be positive, not {collapse_depth!r}")
@@ -110,10 +104,22 @@ class Cluster:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._drainer = Drainer(self) if background else None
-        if self._drainer:
+        if background:
+            self.start_background()
+
+    def start_background(self) -> None:
+        """Start the drain thread (once). The facade calls it after attaching the layers
+        above, so the first drain already respects their release floors and gc roots."""
+        if self._drainer is None:
+            self._drainer = Drainer(self)
             self._ctx.oplog.on_pressure = self._drainer.kick
             self._drainer.start()
+
+    @property
+    def ctx(self) -> ClusterContext:
+        """The shared parts of the open cluster (catalogue, OpLog, store, layer tree), for
+        the layers above; the engine's own objects hold the same one."""
+        return self._ctx
 
     # -- parts the layers above attach ---------------------------------------------
     def attach(self, part: object) -> None:
@@ -128,8 +134,10 @@ class Cluster:
 
     # -- lifecycle ---------------------------------------------------------------
     @classmethod
-    def create(cls, path: str, block_size: int = DEFAULT_BLOCK_SIZE, *,
-               site_name: str | None = None, **kwargs: Any) -> Cluster:
+    def create(cls: type[_E], path: str, block_size: int = DEFAULT_BLOCK_SIZE, *,
+               site_name: str | None = None, clock: Callable[[], float] | None = None,
+               salvage: bool = False, background: bool = True,
+               collapse_depth: int = CHAIN_COLLAPSE_DEPTH) -> _E:
         """Create a new cluster directory and open it. `site_name` (default: the
         directory's name) is how peers name this cluster's replicas.
 
@@ -153,7 +161,7 @@ class Cluster:
         tmp = f"{path}.creating.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            cls._build(tmp, bs, site_name)
+            build_cluster_dir(tmp, bs, site_name)
             if os.path.isdir(path):
                 os.rmdir(path)
             os.rename(tmp, path)
@@ -163,33 +171,13 @@ class Cluster:
             if isinstance(exc, OSError):
                 raise_os_error(exc, f"creating cluster {path}")
             raise
-        return cls(path, **kwargs)
-
-    @staticmethod
-    def _build(tmp: str, block_size: int, site_name: str) -> None:
-        """Lay out an empty cluster in directory `tmp` (made here), durably."""
-        make_private_dirs(tmp)
-        for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR):
-            make_private_dirs(os.path.join(tmp, sub))
-        # SQLite creates a new database 0644, then its -wal and -shm with the database's mode.
-        os.close(open_private(os.path.join(tmp, CATALOG_FILE), os.O_WRONLY))
-        catalog = Catalog(os.path.join(tmp, CATALOG_FILE), create=True)
-        catalog.init_meta({
-            "format_version": CLUSTER_FORMAT_VERSION,
-            "block_size": block_size,
-            "cluster_id": uuid.uuid4().hex,
-            "site_name": site_name,
-            "created_at": time.time(),
-        })
-        with catalog.transaction():
-            catalog.insert(ContainerRow(0, "default", True, True, False))
-        catalog.close()
-        ExtentStore.open(os.path.join(tmp, EXTENT_DIR), block_size, create=True).close()
-        for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR, "."):
-            fsync_dir(os.path.join(tmp, sub))
+        return cls(path, clock=clock, salvage=salvage, background=background,
+                   collapse_depth=collapse_depth)
 
     @classmethod
-    def open(cls, path: str, **kwargs: Any) -> Cluster:
+    def open(cls: type[_E], path: str, *, clock: Callable[[], float] | None = None,
+             salvage: bool = False, background: bool = True,
+             collapse_depth: int = CHAIN_COLLAPSE_DEPTH) -> _E:
         """Open an existing cluster.
 
         Raises NotFound (no cluster there), Locked (open elsewhere), FormatError
@@ -201,7 +189,8 @@ class Cluster:
         read may fall through before the drain collapses the chain; default
         CHAIN_COLLAPSE_DEPTH).
         """
-        return cls(path, **kwargs)
+        return cls(path, clock=clock, salvage=salvage, background=background,
+                   collapse_depth=collapse_depth)
 
     def _take_lock(self) -> int:
         fd = open_private(os.path.join(self.path, LOCK_FILE), os.O_RDWR)
@@ -236,7 +225,7 @@ class Cluster:
         self._dirty_cap = OPLOG_DIRTY_CAP_BYTES
         # Replaced whole (never mutated) under the registry lock and the map lock, so
         # readers need no lock and holders of the map lock see it in step with the
-        # layer tree (nxstore.lockorder).
+        # layer tree (nxstore.store.lockorder).
         self._vdisks: dict[str, VDisk] = {
             row.name: VDisk(self._ctx, row) for row in catalog.rows(VDiskRow)
         }
@@ -244,69 +233,14 @@ class Cluster:
         removed = tree.remove_orphans()
         if removed:
             log.info("removed %d orphaned map layer files", removed)
-        self._replay()
+        replay_oplog(self._ctx, list(self._vdisks.values()))
         if store.floor_lost:  # hand out no id that a durable map or record names
             with self._ctx.map_lock:
                 named = [self._ctx.tree.all_extent_ids(), np.zeros(1, np.uint64)]
             named += [r.extent_ids() for r in oplog.records() if r.type == RecordType.MAP]
             store.raise_floor(int(np.concatenate(named).max()) + 1)
-        nearsync_retention.install(self)
-        nearsync_state.load(self)  # the NearSync settings kept in the catalogue
-
-    def _replay(self) -> None:
-        """Re-apply the OpLog records the persisted maps do not reflect yet.
-
-        A MAP record naming extents the store does not hold is skipped when it may never
-        have been synced (its extents were lost with it: never acknowledged). One that was
-        synced names extents that were durable before it, so they were damaged away: it is
-        applied anyway (those blocks then fail to read, never read older data) and reported.
-        """
-        by_id = {vd.id: vd for vd in self._vdisks.values()}
-        with self._ctx.map_lock:
-            starts = {vd.id: self._ctx.tree.applied_seq(vd.head_layer) for vd in by_id.values()}
-        if not starts:
-            return
-        oplog = self._ctx.oplog
-        self._drop_torn_bypass_writes(by_id, starts)
-        replayed = skipped = 0
-        for record in oplog.records(min(starts.values()) + 1):
-            vd = by_id.get(record.vdisk_id)
-            if vd is None or record.seq <= starts[vd.id] or record.type == RecordType.MARKER:
-                continue
-            if record.type == RecordType.MAP and record.seq <= oplog.recovered_durable_seq:
-                store = self._ctx.store
-                missing = record.extent_ids()[~store.contains_each(record.extent_ids())]
-                if missing.size:
-                    cut = f" (open cut torn tails of {', '.join(store.cut_tails)})"
-                    self._ctx.problems.append(
-                        f"OpLog record {record.seq} (vDisk {vd.name!r}, blocks {record.offset}.."
-                        f"{record.offset + record.length - 1}) was synced but names "
-                        f"{missing.size} extent(s) the extent store lacks, e.g. "
-                        f"{int(missing[0])}: an extent group is damaged or truncated"
-                        f"{cut if store.cut_tails else ''}")
-                    log.error("%s", self._ctx.problems[-1])
-                vd.replay(record, require_extents=False)
-                replayed += 1
-            elif vd.replay(record):
-                replayed += 1
-            else:
-                skipped += 1
-        if replayed or skipped:
-            log.info("replayed %d OpLog records (%d unacknowledged skipped)", replayed, skipped)
-
-    def _drop_torn_bypass_writes(self, by_id: dict[int, VDisk], starts: dict[int, int]) -> None:
-        """Cut the OpLog at the first unsynced MAP record whose extents did not survive the
-        crash: that write was never acknowledged, and left in the log, the next sync would
-        make it look acknowledged (its blocks would then fail to read after a reopen).
-        Every later record is unsynced too, so none of them was acknowledged either."""
-        oplog, store = self._ctx.oplog, self._ctx.store
-        first = max(oplog.recovered_durable_seq, min(starts.values())) + 1
-        for record in oplog.records(first):
-            vd = by_id.get(record.vdisk_id)
-            if (record.type == RecordType.MAP and vd is not None and record.seq > starts[vd.id]
-                    and not store.contains(record.extent_ids())):
-                oplog.drop_unacknowledged(record.seq)
-                return
+        self._ctx.release_floor = self._release_floor
+        self._ctx.gc_roots = self._extra_gc_roots
 
     def close(self) -> None:
         """Make every write durable, persist maps, release the lock. Idempotent.
@@ -329,7 +263,7 @@ class Cluster:
             self._ctx.oplog.sync()
             self._ctx.tree.store.seal()  # the delta watermarks the last appends left in RAM
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self: _E) -> _E:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -338,6 +272,39 @@ class Cluster:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"cluster {self.path} is closed")
+
+    # -- registration points for the layers above ---------------------------------------
+    def add_vdisk_guard(self, guard: Callable[[str], None]) -> None:
+        """Run `guard(vdisk_name)` before a vDisk is deleted or made a replica; it raises
+        (InUse, say) to refuse. Protection registers one: a VM's or a PD's vDisk stays."""
+        self._vdisk_guards.append(guard)
+
+    def check_vdisk_unused(self, name: str) -> None:
+        """Run every vDisk guard on `name` (see `add_vdisk_guard`); raises what they raise."""
+        for guard in self._vdisk_guards:
+            guard(name)
+
+    def on_vdisk_deleted(self, action: Callable[[Catalog, int], None]) -> None:
+        """Run `action(catalog, vdisk_id)` inside the catalogue transaction that deletes a
+        vDisk, so rows naming it go in the same commit (replication drops its replica rows)."""
+        self._delete_actions.append(action)
+
+    def add_release_floor(self, floor: Callable[[], int | None]) -> None:
+        """The drain releases OpLog records only up to the lowest seq any registered
+        `floor()` returns (None: no limit). NearSync keeps episodes not yet shipped."""
+        self._release_floors.append(floor)
+
+    def add_gc_roots(self, roots: Callable[[], np.ndarray]) -> None:
+        """gc keeps every extent id `roots()` returns besides those the block maps name."""
+        self._gc_roots.append(roots)
+
+    def _release_floor(self) -> int | None:
+        floors = [f for f in (floor() for floor in self._release_floors) if f is not None]
+        return min(floors) if floors else None
+
+    def _extra_gc_roots(self) -> np.ndarray:
+        return np.concatenate([np.zeros(0, np.uint64)]
+                              + [np.asarray(r(), np.uint64) for r in self._gc_roots])
 
     # -- containers ------------------------------------------------------------
     def create_container(self, name: str, dedup: bool = True, compression: bool = True,
@@ -355,7 +322,8 @@ class Cluster:
     def containers(self) -> list[ContainerRow]:
         return sorted(self._ctx.containers.values(), key=lambda c: c.id)
 
-    def _container(self, name: str) -> ContainerRow:
+    def container(self, name: str) -> ContainerRow:
+        """The container called `name` (NotFound otherwise)."""
         for row in self._ctx.containers.values():
             if row.name == name:
                 return row
@@ -368,10 +336,15 @@ class Cluster:
         positive integer), OutOfRange (size above constants.MAX_VDISK_SIZE)."""
         self._check_open()
         check_name("vDisk", name)
-        return self._new_vdisk(name, size, self._container(container).id, parent_layer=0)
+        return self.new_vdisk(name, size, self.container(container).id, parent_layer=0)
 
-    def _new_vdisk(self, name: str, size: int, container_id: int, parent_layer: int,
-                   replica: ReplicaRow | None = None) -> VDisk:
+    def new_vdisk(self, name: str, size: int, container_id: int, parent_layer: int, *,
+                  read_only: bool = False,
+                  in_transaction: Callable[[Catalog, VDiskRow], None] | None = None) -> VDisk:
+        """A new vDisk `name` of `size` bytes in container `container_id` whose head sits on
+        layer `parent_layer` (0: empty; a snapshot's layer: a clone). `in_transaction(catalog,
+        row)` runs in the catalogue transaction that inserts it (replication adds the replica
+        row). Raises AlreadyExists, InvalidArgument, OutOfRange. Durable on return."""
         size = check_size(f"size of vDisk {name!r}", size)
         with self._registry_lock:
             if name in self._vdisks:
@@ -382,17 +355,12 @@ class Cluster:
                     self._ctx.oplog.sync(seq)  # a durable created_seq must name durable records
                     head = self._ctx.tree.create(parent_layer, seq)
                     row = self._ctx.catalog.insert(VDiskRow(
-                        0, name, container_id, size, head, self._ctx.clock(), replica is not None))
-                    if replica is not None:
-                        replica.vdisk_id = row.id
-                        self._ctx.catalog.insert(replica)
+                        0, name, container_id, size, head, self._ctx.clock(), read_only))
+                    if in_transaction is not None:
+                        in_transaction(self._ctx.catalog, row)
                 vd = VDisk(self._ctx, row)
                 self._vdisks = {**self._vdisks, name: vd}
         return vd
-
-    def _create_replica_vdisk(self, name: str, size: int, container: str,
-                              replica: ReplicaRow) -> VDisk:
-        return self._new_vdisk(name, size, self._container(container).id, 0, replica)
 
     def vdisk(self, name: str) -> VDisk:
         """The vDisk called `name` (NotFound otherwise)."""
@@ -414,7 +382,7 @@ class Cluster:
         `with_snapshots=True`, which deletes them too. Clones of its snapshots
         are unaffected (they keep the layers they share)."""
         vd = self.vdisk(name)
-        self._check_unprotected(name)
+        self.check_vdisk_unused(name)
         snaps = vd.snapshots()
         if snaps and not with_snapshots:
             raise InUse(f"vDisk {name!r} has {len(snaps)} snapshot(s); "
@@ -424,8 +392,8 @@ class Cluster:
                 for snap in snaps:
                     self._ctx.catalog.delete(SnapshotRow, snap.id)
                 self._ctx.catalog.delete(VDiskRow, vd.id)
-                for rep in self._ctx.catalog.rows(ReplicaRow, "vdisk_id = ?", (vd.id,)):
-                    self._ctx.catalog.delete(ReplicaRow, rep.id)
+                for action in self._delete_actions:
+                    action(self._ctx.catalog, vd.id)
             vd._deleted = True
             vd.discard_unpersisted()
             self._vdisks = {n: v for n, v in self._vdisks.items() if n != name}
@@ -456,17 +424,29 @@ class Cluster:
         snapshot._check_alive()
         source = next((r for r in self._ctx.catalog.rows(VDiskRow, "id = ?", (snapshot.vdisk_id,))), None)
         container_id = source.container_id if source else min(self._ctx.containers)
-        return self._new_vdisk(name, snapshot.size, container_id, parent_layer=snapshot.layer_id)
+        return self.new_vdisk(name, snapshot.size, container_id, parent_layer=snapshot.layer_id)
 
-    def _check_unprotected(self, vdisk_name: str) -> None:
-        """InUse if a VM or a protection domain still names the vDisk."""
+    def relabel_vdisk(self, name: str, *, read_only: bool, new_name: str | None = None,
+                      in_transaction: Callable[[Catalog, VDiskRow], bool]) -> VDisk:
+        """Set vDisk `name`'s read-only flag and, given `new_name`, rename it, in one
+        catalogue transaction that first runs `in_transaction(catalog, row)`: when that
+        returns False nothing changes; when it raises, nothing changes and the error
+        propagates. Raises NotFound, AlreadyExists (`new_name` is taken). Durable on return."""
+        vd = self.vdisk(name)
         cat = self._ctx.catalog
-        for vm in cat.rows(VMRow):
-            if vdisk_name in json.loads(vm.vdisks):
-                raise InUse(f"vDisk {vdisk_name!r} belongs to VM {vm.name!r}; delete the VM first")
-        if cat.rows(PDEntityRow, "kind = 'vdisk' AND name = ?", (vdisk_name,)):
-            raise InUse(f"vDisk {vdisk_name!r} is protected by a protection domain; "
-                        "remove it from the domain first")
+        with self._registry_lock, vd._lock, rows_restored_on_error(vd._row), \
+                self._ctx.map_lock:
+            with cat.transaction():
+                if not in_transaction(cat, vd._row):
+                    return vd
+                if new_name not in (None, name) and new_name in self._vdisks:
+                    raise AlreadyExists(f"vDisk {new_name!r} exists")
+                vd._row.read_only = read_only
+                vd._row.name = new_name or name
+                cat.update(vd._row)
+            self._vdisks = {**{n: v for n, v in self._vdisks.items() if n != name},
+                                vd._row.name: vd}
+        return vd
 
     def _throttle(self) -> None:
         """Back-pressure on RAM: while undrained blocks exceed the cap, a writer drains
@@ -599,255 +579,3 @@ class Cluster:
             "map_disk_bytes": disk,
             "index_memory_bytes": int(store.get("index_memory_bytes", 0)),
         }
-
-    # -- replication -------------------------------------------------------------------
-    def add_remote_site(self, name: str, address: str, secret: str,
-                        network_mapping: dict[str, str] | None = None,
-                        vstore_mapping: dict[str, str] | None = None,
-                        tls_ca: str | None = None) -> RemoteSite:
-        """Register a peer cluster reached at `address` (HOST:PORT of its `nxstore serve`),
-        authenticated with the shared `secret`. vstore_mapping maps local containers
-        to the peer's (default: same name). `tls_ca`: connect over TLS and require
-        the site's certificate to chain to this PEM CA file (the site runs
-        `nxstore serve --tls-cert/--tls-key`). Raises AlreadyExists, InvalidArgument."""
-        self._check_open()
-        check_name("site", name)
-        return sites.add_site(self._ctx.catalog, RemoteSite(
-            name, address, secret, network_mapping or {}, vstore_mapping or {}, tls_ca or ""))
-
-    def remote_sites(self) -> list[RemoteSite]:
-        self._check_open()
-        return sites.list_sites(self._ctx.catalog)
-
-    def remove_remote_site(self, name: str) -> None:
-        self._check_open()
-        sites.remove_site(self._ctx.catalog, name)
-
-    def replicate(self, snapshot_or_group: Snapshot | Sequence[Snapshot], site: str,
-                  progress: Callable[[str, int, int, int], None] | None = None,
-                  bandwidth_limit: float | None = None) -> ReplicationResult:
-        """Ship a snapshot (or a consistency group's snapshots) to remote `site`.
-
-        Incremental from the newest snapshot both sides hold, else a full seed;
-        only blocks the target lacks cross the wire (lz4 where it pays, every
-        frame checksummed, every block verified by the target). The target applies
-        the snapshot atomically; a cut-off transfer can simply be run again and
-        sends only what the target does not hold yet. progress(phase, done, total,
-        bytes_on_wire). Raises NotFound (site), AuthenticationError, ProtocolError,
-        Corruption, NxError (connection)."""
-        self._check_open()
-        from ..replication import source
-
-        snaps = [snapshot_or_group] if isinstance(snapshot_or_group, Snapshot) else list(
-            snapshot_or_group)
-        if not snaps or not all(isinstance(s, Snapshot) for s in snaps):
-            raise InvalidArgument("replicate needs a Snapshot or a list of Snapshots")
-        remote = sites.get_site(self._ctx.catalog, site)
-        return source.run(source.replicate(self, snaps, remote, progress, bandwidth_limit))
-
-    def replicas(self) -> list[ReplicaInfo]:
-        """The replica vDisks this cluster holds for other sites, with their snapshots."""
-        self._check_open()
-        return list_replicas(self)
-
-    def prune_remote(self, site: str, vdisk_name: str, keep: int) -> list[str]:
-        """Keep only the newest `keep` replica snapshots of `vdisk_name` at `site`;
-        returns the names deleted there (remote retention)."""
-        self._check_open()
-        keep = check_int("keep", keep)
-        if keep < 1:
-            raise InvalidArgument(f"keep must be a positive int, not {keep!r}")
-        from ..replication import source
-
-        remote = sites.get_site(self._ctx.catalog, site)
-        return source.run(source.prune_remote(self, remote, vdisk_name, keep))
-
-
-    # -- data protection: VMs, protection domains, schedules (nxstore.protection) -------------
-    def _protection(self) -> Any:
-        """The protection layer's per-cluster state, made on first use."""
-        self._check_open()
-        mgr = self.__dict__.get("_protection_mgr")
-        if mgr is None:
-            from ..protection.manager import ProtectionManager
-
-            with self._registry_lock:
-                mgr = self.__dict__.get("_protection_mgr")
-                if mgr is None:
-                    mgr = self.__dict__["_protection_mgr"] = ProtectionManager(self)
-        return mgr
-
-    def create_vm(self, name: str, vdisks: Sequence[Any] = (),
-                  nics: Sequence[dict[str, str]] | None = None,
-                  categories: dict[str, str] | None = None, power: str = "on") -> Any:
-        """Register VM `name` owning `vdisks` (VDisk objects or names). See
-        nxstore.protection.vm.create_vm for the errors. Durable on return."""
-        from ..protection.vm import create_vm
-
-        return create_vm(self._protection(), name, vdisks, nics, categories, power)
-
-    def vm(self, name: str) -> Any:
-        """The VM called `name` (NotFound otherwise)."""
-        from ..protection.vm import get_vm
-
-        return get_vm(self._protection(), name)
-
-    def vms(self) -> list[Any]:
-        from ..protection.vm import list_vms
-
-        return list_vms(self._protection())
-
-    def delete_vm(self, name: str, keep_vdisks: bool = False) -> None:
-        """Delete a VM and (unless keep_vdisks) its vDisks. InUse while a PD protects it."""
-        from ..protection.vm import delete_vm
-
-        delete_vm(self._protection(), name, keep_vdisks)
-
-    def create_protection_domain(self, name: str, entities: Sequence[Any] = ()) -> Any:
-        """A new protection domain owned by this cluster, protecting `entities`
-        (VMs, vDisks or their names). InUse if one is already protected."""
-        from ..protection.domain import create_protection_domain
-
-        return create_protection_domain(self._protection(), name, entities)
-
-    def protection_domain(self, name: str) -> Any:
-        """The protection domain called `name` (NotFound otherwise)."""
-        from ..protection.domain import get_protection_domain
-
-        return get_protection_domain(self._protection(), name)
-
-    def protection_domains(self) -> list[Any]:
-        from ..protection.domain import list_protection_domains
-
-        return list_protection_domains(self._protection())
-
-    def activate(self, pd_name: str, force: bool = False,
-                 point: RestorePoint | str | int | None = None) -> Any:
-        """Unplanned failover: bring protection domain `pd_name` (owned by a site that is
-        gone) up here from its newest fully replicated PD snapshot, or from the newest
-        NearSync LWS every member holds when that is newer; `point` picks a restore point
-        (`restore_points(pd)`, a name, an LWS seq). InUse if the owner answers and still
-        owns it, unless `force` (see nxstore.protection.failover.activate)."""
-        from ..protection.failover import activate
-
-        return activate(self._protection(), pd_name, force, point)
-
-    def delete_protection_domain(self, name: str, delete_snapshots: bool = False) -> None:
-        """Delete a PD (its entities become unprotected; vDisk snapshots stay unless
-        delete_snapshots)."""
-        from ..protection.domain import delete_protection_domain
-
-        delete_protection_domain(self._protection(), name, delete_snapshots)
-
-    def run_schedules(self) -> list[Any]:
-        """Run every protection-domain schedule due on the cluster clock; returns a
-        ScheduleRun per schedule that ran (see nxstore.protection.schedule)."""
-        from ..protection.schedule import run_schedules
-
-        return run_schedules(self._protection())
-
-    # -- replica roles (failover: nxstore.protection.ownership) --------------------------------
-    def promote_replica(self, name: str, new_name: str | None = None) -> VDisk:
-        """Turn replica vDisk `name` into a writable vDisk called `new_name` (default:
-        `name`), keeping its snapshots (an activated or migrated PD runs on them).
-
-        Raises NotFound (no vDisk `name`), InvalidArgument (it is not a replica, or a
-        bad `new_name`), AlreadyExists (`new_name` is taken). Durable on return."""
-        vd = self.vdisk(name)
-        new_name = name if new_name is None else check_name("vDisk", new_name)
-        cat = self._ctx.catalog
-        with self._registry_lock, vd._lock, rows_restored_on_error(vd._row):
-            reps = cat.rows(ReplicaRow, "vdisk_id = ?", (vd.id,))
-            if not reps:
-                raise InvalidArgument(f"vDisk {name!r} is not a replica")
-            if new_name != name and new_name in self._vdisks:
-                raise AlreadyExists(f"vDisk {new_name!r} exists")
-            with self._ctx.map_lock:
-                with cat.transaction():
-                    for rep in reps:
-                        cat.delete(ReplicaRow, rep.id)
-                    vd._row.read_only = False
-                    vd._row.name = new_name
-                    cat.update(vd._row)
-                self._vdisks = {**{n: v for n, v in self._vdisks.items() if n != name},
-                                new_name: vd}
-        log.info("replica vDisk %s promoted to writable vDisk %s", name, new_name)
-        return vd
-
-    def make_replica(self, name: str, source_cluster: str, source_site: str,
-                     source_vdisk: str | None = None) -> None:
-        """Turn writable vDisk `name` into the read-only replica of `source_vdisk`
-        (default: `name`) of cluster `source_cluster` at site `source_site`: replication
-        from there then finds its snapshots as the common base. A replica of the same
-        source held by another vDisk is superseded (it stays, read-only, unlinked).
-
-        Raises NotFound (no vDisk), InUse (a VM or protection domain still uses it).
-        Idempotent; durable on return."""
-        vd = self.vdisk(name)
-        self._check_unprotected(name)
-        source_vdisk = name if source_vdisk is None else source_vdisk
-        self.drain()  # a replica's head has nothing pending in RAM
-        cat = self._ctx.catalog
-        with vd._lock, rows_restored_on_error(vd._row), cat.transaction():
-            for rep in cat.rows(ReplicaRow, "vdisk_id = ?", (vd.id,)):
-                if (rep.source_cluster, rep.source_vdisk) == (source_cluster, source_vdisk):
-                    return
-                cat.delete(ReplicaRow, rep.id)
-            for rep in cat.rows(ReplicaRow, "source_cluster = ? AND source_vdisk = ?",
-                                (source_cluster, source_vdisk)):
-                cat.delete(ReplicaRow, rep.id)
-            vd._row.read_only = True
-            cat.update(vd._row)
-            cat.insert(ReplicaRow(0, vd.id, source_cluster, source_site, source_vdisk))
-        log.info("vDisk %s is now a replica of %s at site %s", name, source_vdisk, source_site)
-
-    # -- NearSync: light-weight snapshots (nxstore.nearsync) ---------------------------------
-    def lws_group(self, vdisks: Sequence[VDisk] = (), name: str | None = None, *,
-                  pd: str | None = None) -> LWS:
-        """A light-weight snapshot of several vDisks at one crash-consistent point: one OpLog
-        marker, O(1), no drain (see nxstore.nearsync.lws). With `pd` (and no `vdisks`), or
-        when one protection domain protects every one of `vdisks`, it covers that PD's
-        vDisks and the PD's NearSync schedule ships it with the next run (the remotes list
-        it by name). Raises InvalidArgument, ReadOnly, NotFound. Durable on return."""
-        self._check_open()
-        from ..nearsync import lws
-
-        return lws.take_group(self, vdisks, name, pd)
-
-    def configure_nearsync(self, **settings: float) -> NearSyncConfig:
-        """Change NearSync settings (max_interval, lag_threshold, compose_every, ship_timeout;
-        seconds); returns them all. Durable in the catalogue on return: every later open of
-        the cluster (`nxstore serve` too) uses them. InvalidArgument for bad ones."""
-        from ..nearsync.state import configure
-
-        return configure(self, **settings)
-
-    def nearsync_config(self) -> NearSyncConfig:
-        """The NearSync settings in force (defaults for those never configured)."""
-        from ..nearsync.state import config
-
-        return config(self)
-
-    def restore_points(self, pd: str) -> list[RestorePoint]:
-        """At a remote: the restore points of protection domain `pd` held here (vDisk
-        snapshots and LWS, with their source times), oldest first. NotFound if none."""
-        self._check_open()
-        from ..nearsync.compose import restore_points
-
-        return restore_points(self, pd)
-
-    def restore_point(self, point: RestorePoint, prefix: str) -> list[VDisk]:
-        """New writable vDisks `<prefix><vDisk>` reading exactly as restore point `point`
-        (the newest vDisk snapshot at or before it, plus the LWS episodes up to it)."""
-        self._check_open()
-        from ..nearsync.compose import restore
-
-        return restore(self, point, prefix)
-
-    def compose_pending(self) -> list[Snapshot]:
-        """At a remote: compose the vDisk snapshots received LWS episodes ask for that do not
-        exist yet (`nxstore serve` does this itself); returns them."""
-        self._check_open()
-        from ..nearsync.compose import compose_pending
-
-        return compose_pending(self)

@@ -1,0 +1,215 @@
+"""Cluster: the one-stop facade, an Engine with every layer above it attached.
+
+`nxstore.Cluster` *is* an `Engine` (nxstore/store/engine.py), so every engine method, and
+every function of a lower layer that takes an Engine, accepts it. At open it composes the
+layers through the Engine's registration points, bottom to top: replication drops replica
+rows with their vDisk, protection guards the vDisks VMs and PDs use, NearSync keeps its
+episodes from the drain and gc and loads its settings, and the replication targets learn to
+serve NearSync episodes and PD metadata (`TargetProtocols`); then the drain thread starts. The
+methods below forward to the layer that owns each concept; their contracts are documented
+on the functions they forward to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from .constants import CHAIN_COLLAPSE_DEPTH
+from .names import check_name
+from .nearsync import lws as nearsync_lws
+from .nearsync import receive as nearsync_receive
+from .nearsync import state as nearsync_state
+from .nearsync.compose import compose_pending, restore, restore_points
+from .nearsync.lws import LWS
+from .nearsync.mode import NearSyncMode
+from .nearsync.state import NearSyncConfig
+from .protection import domain, guards, schedule, vm
+from .protection import remote as protection_remote
+from .protection.domain import ProtectionDomain
+from .protection.failover import ActivateResult, activate
+from .protection.manager import ProtectionManager
+from .protection.modes import RestorePoint
+from .protection.schedule import ScheduleRun
+from .protection.vm import VM
+from .replication import replica, sites, source
+from .replication.protocols import target_protocols
+from .replication.replica import ReplicaInfo
+from .replication.sites import RemoteSite
+from .replication.source import ReplicationResult
+from .store.engine import Engine
+from .store.snapshot import Snapshot
+from .store.vdisk import VDisk
+
+
+class Cluster(Engine):
+    """An open cluster with replication, protection and NearSync attached. Use
+    `Cluster.create` / `Cluster.open` (see `Engine.create` / `Engine.open`), ideally as a
+    context manager."""
+
+    def __init__(self, path: str, *, clock: Callable[[], float] | None = None,
+                 salvage: bool = False, background: bool = True,
+                 collapse_depth: int = CHAIN_COLLAPSE_DEPTH) -> None:
+        """Open the cluster at `path` (prefer `Cluster.open`)."""
+        super().__init__(path, clock=clock, salvage=salvage, background=False,
+                         collapse_depth=collapse_depth)
+        self._protection_mgr: ProtectionManager | None = None
+        try:
+            replica.attach(self)
+            self.add_vdisk_guard(partial(guards.check_unprotected, self.ctx.catalog))
+            self._nearsync = NearSyncMode.attach(self)
+            protocols = target_protocols(self)  # what this site's replication targets serve
+            nearsync_receive.register(protocols, self)
+            protection_remote.register(protocols, self._protection)
+        except BaseException:
+            Engine.close(self)
+            raise
+        if background:
+            self.start_background()
+
+    # -- replication (nxstore.replication) -----------------------------------------------
+    def add_remote_site(self, name: str, address: str, secret: str,
+                        network_mapping: dict[str, str] | None = None,
+                        vstore_mapping: dict[str, str] | None = None,
+                        tls_ca: str | None = None) -> RemoteSite:
+        """Register a peer cluster reached at `address` (HOST:PORT of its `nxstore serve`),
+        authenticated with the shared `secret`. vstore_mapping maps local containers
+        to the peer's (default: same name). `tls_ca`: connect over TLS and require
+        the site's certificate to chain to this PEM CA file (the site runs
+        `nxstore serve --tls-cert/--tls-key`). Raises AlreadyExists, InvalidArgument."""
+        self._check_open()
+        check_name("site", name)
+        return sites.add_site(self.ctx.catalog, RemoteSite(
+            name, address, secret, network_mapping or {}, vstore_mapping or {}, tls_ca or ""))
+
+    def remote_sites(self) -> list[RemoteSite]:
+        """The registered remote sites, by name."""
+        self._check_open()
+        return sites.list_sites(self.ctx.catalog)
+
+    def remove_remote_site(self, name: str) -> None:
+        """Forget remote site `name` (NotFound otherwise)."""
+        self._check_open()
+        sites.remove_site(self.ctx.catalog, name)
+
+    def replicate(self, snapshot_or_group: Snapshot | Sequence[Snapshot], site: str,
+                  progress: Callable[[str, int, int, int], None] | None = None,
+                  bandwidth_limit: float | None = None) -> ReplicationResult:
+        """Ship a snapshot or a consistency group's snapshots to remote `site`; see
+        `nxstore.replication.source.replicate_snapshots`."""
+        self._check_open()
+        return source.replicate_snapshots(self, snapshot_or_group, site, progress,
+                                          bandwidth_limit)
+
+    def replicas(self) -> list[ReplicaInfo]:
+        """The replica vDisks this cluster holds for other sites, with their snapshots."""
+        self._check_open()
+        return replica.list_replicas(self)
+
+    def prune_remote(self, site: str, vdisk_name: str, keep: int) -> list[str]:
+        """Remote retention; see `nxstore.replication.source.prune_remote_snapshots`."""
+        self._check_open()
+        return source.prune_remote_snapshots(self, site, vdisk_name, keep)
+
+    def promote_replica(self, name: str, new_name: str | None = None) -> VDisk:
+        """Make replica vDisk `name` writable; see `nxstore.replication.replica.promote_replica`."""
+        self._check_open()
+        return replica.promote_replica(self, name, new_name)
+
+    def make_replica(self, name: str, source_cluster: str, source_site: str,
+                     source_vdisk: str | None = None) -> None:
+        """Make vDisk `name` a read-only replica; see `nxstore.replication.replica.make_replica`."""
+        self._check_open()
+        replica.make_replica(self, name, source_cluster, source_site, source_vdisk)
+
+    # -- data protection: VMs, protection domains, schedules (nxstore.protection) -----------
+    def _protection(self) -> ProtectionManager:
+        """The protection layer's state, made on first use (it finishes what a crash
+        interrupted then)."""
+        self._check_open()
+        mgr = self._protection_mgr
+        if mgr is None:
+            with self._registry_lock:
+                if self._protection_mgr is None:
+                    self._protection_mgr = ProtectionManager(self, (self._nearsync,))
+                mgr = self._protection_mgr
+        return mgr
+
+    def create_vm(self, name: str, vdisks: Sequence[VDisk | str] = (),
+                  nics: Sequence[dict[str, str]] | None = None,
+                  categories: dict[str, str] | None = None, power: str = "on") -> VM:
+        """Register VM `name` owning `vdisks`; see `nxstore.protection.vm.create_vm`."""
+        return vm.create_vm(self._protection(), name, vdisks, nics, categories, power)
+
+    def vm(self, name: str) -> VM:
+        """The VM called `name` (NotFound otherwise)."""
+        return vm.get_vm(self._protection(), name)
+
+    def vms(self) -> list[VM]:
+        """Every VM, by name."""
+        return vm.list_vms(self._protection())
+
+    def delete_vm(self, name: str, keep_vdisks: bool = False) -> None:
+        """Delete a VM and (unless keep_vdisks) its vDisks; see `nxstore.protection.vm`."""
+        vm.delete_vm(self._protection(), name, keep_vdisks)
+
+    def create_protection_domain(self, name: str,
+                                 entities: Sequence[VM | VDisk | str] = ()) -> ProtectionDomain:
+        """A new protection domain owned by this cluster, protecting `entities`; see
+        `nxstore.protection.domain.create_protection_domain`."""
+        return domain.create_protection_domain(self._protection(), name, entities)
+
+    def protection_domain(self, name: str) -> ProtectionDomain:
+        """The protection domain called `name` (NotFound otherwise)."""
+        return domain.get_protection_domain(self._protection(), name)
+
+    def protection_domains(self) -> list[ProtectionDomain]:
+        """Every protection domain, by name."""
+        return domain.list_protection_domains(self._protection())
+
+    def delete_protection_domain(self, name: str, delete_snapshots: bool = False) -> None:
+        """Delete a PD; see `nxstore.protection.domain.delete_protection_domain`."""
+        domain.delete_protection_domain(self._protection(), name, delete_snapshots)
+
+    def activate(self, pd_name: str, force: bool = False,
+                 point: RestorePoint | str | int | None = None) -> ActivateResult:
+        """Unplanned failover of `pd_name` here; see `nxstore.protection.failover.activate`."""
+        return activate(self._protection(), pd_name, force, point)
+
+    def run_schedules(self) -> list[ScheduleRun]:
+        """Run every PD schedule due on the cluster clock; see
+        `nxstore.protection.schedule.run_schedules`."""
+        return schedule.run_schedules(self._protection())
+
+    # -- NearSync: light-weight snapshots (nxstore.nearsync) ---------------------------------
+    def lws_group(self, vdisks: Sequence[VDisk] = (), name: str | None = None, *,
+                  pd: str | None = None) -> LWS:
+        """A light-weight snapshot of several vDisks or of PD `pd`; see
+        `nxstore.nearsync.lws.take_group`."""
+        return nearsync_lws.take_group(self._protection(), vdisks, name, pd)
+
+    def configure_nearsync(self, **settings: float) -> NearSyncConfig:
+        """Change NearSync settings; see `nxstore.nearsync.state.configure`."""
+        return nearsync_state.configure(self, **settings)
+
+    def nearsync_config(self) -> NearSyncConfig:
+        """The NearSync settings in force (defaults for those never configured)."""
+        return nearsync_state.config(self)
+
+    def restore_points(self, pd: str) -> list[RestorePoint]:
+        """At a remote: the restore points of PD `pd` held here, oldest first; see
+        `nxstore.nearsync.compose.restore_points`."""
+        self._check_open()
+        return restore_points(self, pd)
+
+    def restore_point(self, point: RestorePoint, prefix: str) -> list[VDisk]:
+        """New writable vDisks `<prefix><vDisk>` reading exactly as restore point `point`;
+        see `nxstore.nearsync.compose.restore`."""
+        self._check_open()
+        return restore(self, point, prefix)
+
+    def compose_pending(self) -> list[Snapshot]:
+        """At a remote: compose the vDisk snapshots received LWS episodes ask for; see
+        `nxstore.nearsync.compose.compose_pending`."""
+        self._check_open()
+        return compose_pending(self)

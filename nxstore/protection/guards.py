@@ -1,0 +1,18 @@
+"""What protection forbids the engine to do to a vDisk it uses (an Engine vDisk guard)."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import InUse
+from ..store.catalog import Catalog, PDEntityRow, VMRow
+
+
+def check_unprotected(catalog: Catalog, vdisk_name: str) -> None:
+    """InUse if a VM or a protection domain still names the vDisk."""
+    for vm in catalog.rows(VMRow):
+        if vdisk_name in json.loads(vm.vdisks):
+            raise InUse(f"vDisk {vdisk_name!r} belongs to VM {vm.name!r}; delete the VM first")
+    if catalog.rows(PDEntityRow, "kind = 'vdisk' AND name = ?", (vdisk_name,)):
+        raise InUse(f"vDisk {vdisk_name!r} is protected by a protection domain; "
+                    "remove it from the domain first")
