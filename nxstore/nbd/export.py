@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from .. import Cluster, Snapshot, VDisk
+from ..cluster import Cluster
 from ..errors import (
     ClosedError,
     InvalidArgument,
@@ -15,6 +15,8 @@ from ..errors import (
     OutOfRange,
     ReadOnly,
 )
+from ..store.snapshot import Snapshot
+from ..store.vdisk import VDisk
 
 
 def split_target(target: str) -> tuple[str, str | None]:

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
-from .. import Cluster
+from ..cluster import Cluster
 from ..errors import FormatError, NotFound, NxError, OutOfRange
 from .server import NbdServer, serve
 

@@ -11,7 +11,7 @@ import socket
 import threading
 import urllib.parse
 
-from .. import Cluster
+from ..cluster import Cluster
 from ..errors import ClosedError, InvalidArgument, ProtocolError
 from .export import Export
 from .handshake import negotiate
