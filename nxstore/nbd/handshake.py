@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import BinaryIO
 
-from ..errors import ConnectionClosed, ProtocolError
+from ..errors import ProtocolError
 from . import protocol as p
 from .export import Export
+from .stream import ClientStream
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-
-
-def read_exactly(rfile: BinaryIO, n: int) -> bytes:
-    """`n` bytes from the client; ConnectionClosed if it hangs up first."""
-    data = rfile.read(n)
-    if data is None or len(data) != n:
-        raise ConnectionClosed("the NBD client closed the connection")
-    return data
 
 
 def transmission_flags(export: Export) -> int:
@@ -34,23 +26,23 @@ def transmission_flags(export: Export) -> int:
             | p.TF_SEND_WRITE_ZEROES | p.TF_SEND_FAST_ZERO | p.TF_CAN_MULTI_CONN)
 
 
-def negotiate(sock: socket.socket, rfile: BinaryIO, export: Export) -> bool:
+def negotiate(sock: socket.socket, stream: ClientStream, export: Export) -> bool:
     """Run the handshake on a new connection. True: the client chose `export` and the
     transmission phase starts; False: it aborted or asked for an export we do not have.
     Raises ProtocolError (or ConnectionClosed) on a client that breaks the protocol."""
     sock.sendall(p.GREETING.pack(p.NBDMAGIC, p.IHAVEOPT, p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
-    (client_flags,) = p.CLIENT_FLAGS.unpack(read_exactly(rfile, p.CLIENT_FLAGS.size))
+    (client_flags,) = p.CLIENT_FLAGS.unpack(stream.read(p.CLIENT_FLAGS.size))
     if not client_flags & p.FLAG_FIXED_NEWSTYLE or client_flags & ~(
             p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES):
         raise ProtocolError(f"NBD client flags {client_flags:#x}: fixed newstyle is required")
     names = {"", export.name}
     for _ in range(p.MAX_OPTIONS):
-        magic, option, length = p.OPTION.unpack(read_exactly(rfile, p.OPTION.size))
+        magic, option, length = p.OPTION.unpack(stream.read(p.OPTION.size))
         if magic != p.IHAVEOPT:
             raise ProtocolError(f"bad NBD option magic {magic:#x}")
         if length > p.MAX_OPTION_BYTES:
             raise ProtocolError(f"NBD option {option} carries {length} bytes")
-        data = read_exactly(rfile, length)
+        data = stream.read(length)
         if option == p.OPT_EXPORT_NAME:
             if data.decode(errors="replace") not in names:
                 return False  # the protocol has no error reply here: the connection closes

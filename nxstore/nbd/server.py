@@ -15,13 +15,13 @@ from ..cluster import Cluster
 from ..errors import ClosedError, InvalidArgument, ProtocolError
 from .export import Export
 from .handshake import negotiate
+from .stream import ClientStream
 from .transmission import serve_requests
 
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64  # clients served at once; more are refused (each holds a thread)
 HANDSHAKE_TIMEOUT_S = 30.0  # a client must reach the transmission phase within this
-READ_BUFFER = 256 << 10  # bytes buffered from a client's request stream
 STOP_JOIN_S = 30.0  # how long close() waits for a connection thread to finish its request
 
 
@@ -109,13 +109,13 @@ class NbdServer:
         try:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with sock.makefile("rb", buffering=READ_BUFFER) as rfile:
-                sock.settimeout(HANDSHAKE_TIMEOUT_S)
-                if not negotiate(sock, rfile, self.export):
-                    return
-                sock.settimeout(None)  # a connected client may stay idle
-                log.debug("NBD export %s: client connected", self.export.name)
-                serve_requests(sock, rfile, self.export)
+            stream = ClientStream(sock)
+            sock.settimeout(HANDSHAKE_TIMEOUT_S)
+            if not negotiate(sock, stream, self.export):
+                return
+            sock.settimeout(None)  # a connected client may stay idle
+            log.debug("NBD export %s: client connected", self.export.name)
+            serve_requests(sock, stream, self.export)
         except (ProtocolError, OSError) as exc:
             if not self._closed.is_set():
                 log.warning("NBD export %s: client dropped: %s", self.export.name, exc)

@@ -1,4 +1,5 @@
-"""The NBD transmission phase: requests in, simple replies out, one request at a time.
+"""The NBD transmission phase: requests in, simple replies out, one request at a time
+(in order; replies to pipelined requests are sent together).
 
 Every request gets a reply, errors included (the errno of nxstore.nbd.export.errno_of, in
 the protocol's set): a failing vDisk never leaves a client hanging. A client that breaks
@@ -8,17 +9,19 @@ its stream can no longer be parsed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
-from typing import BinaryIO
 
-from ..errors import ConnectionClosed, NxError, ProtocolError
+from ..errors import NxError, ProtocolError
 from . import protocol as p
 from .export import Export, errno_of
+from .stream import ClientStream
 
 log = logging.getLogger(__name__)
 
+MAX_PENDING_REPLIES = 64  # replies (and read data) held back at most before sending
 _WRITE_FLAGS = p.CMD_FLAG_FUA
 _ZERO_FLAGS = p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE | p.CMD_FLAG_FAST_ZERO
 
@@ -35,31 +38,45 @@ def send_parts(sock: socket.socket, *parts: bytes | memoryview) -> None:
             views[0] = views[0][sent:]
 
 
-def serve_requests(sock: socket.socket, rfile: BinaryIO, export: Export) -> None:
-    """Answer requests until the client disconnects (NBD_CMD_DISC or EOF).
+def serve_requests(sock: socket.socket, stream: ClientStream, export: Export) -> None:
+    """Answer requests until the client disconnects (NBD_CMD_DISC or EOF). Replies wait
+    while more requests are already buffered (at most MAX_PENDING_REPLIES of them) and go
+    out together before the server would wait for the client (ClientStream.before_wait).
     Raises ProtocolError on a malformed request stream."""
-    while True:
-        try:
-            header = rfile.read(p.REQUEST.size)
-        except ConnectionError:
-            return
-        if not header or len(header) < p.REQUEST.size:
-            return  # EOF: a client may hang up without NBD_CMD_DISC
-        magic, flags, command, cookie, offset, length = p.REQUEST.unpack(header)
-        if magic != p.REQUEST_MAGIC:
-            raise ProtocolError(f"bad NBD request magic {magic:#x}")
-        if command == p.CMD_DISC:
-            return
-        payload = None
-        if command == p.CMD_WRITE:
-            if length > p.MAX_PAYLOAD:
-                raise ProtocolError(f"NBD write of {length} bytes exceeds {p.MAX_PAYLOAD}")
-            payload = bytearray(length)
-            if rfile.readinto(payload) != length:
-                raise ConnectionClosed("the NBD client closed the connection mid-write")
-        error, data = _execute(export, command, flags, offset, length, payload)
-        send_parts(sock, p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, p.wire_errno(error) if error
-                                             else 0, cookie), data)
+    pending: list[bytes] = []
+
+    def send_pending() -> None:
+        if pending:
+            send_parts(sock, *pending)
+            pending.clear()
+
+    stream.before_wait = send_pending
+    try:
+        while not stream.at_eof():  # a client may hang up without NBD_CMD_DISC
+            magic, flags, command, cookie, offset, length = p.REQUEST.unpack(
+                stream.read(p.REQUEST.size))
+            if magic != p.REQUEST_MAGIC:
+                raise ProtocolError(f"bad NBD request magic {magic:#x}")
+            if command == p.CMD_DISC:
+                return
+            payload = None
+            if command == p.CMD_WRITE:
+                if length > p.MAX_PAYLOAD:
+                    raise ProtocolError(f"NBD write of {length} bytes exceeds {p.MAX_PAYLOAD}")
+                payload = bytearray(length)
+                stream.readinto(payload)
+            error, data = _execute(export, command, flags, offset, length, payload)
+            pending.append(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC,
+                                               p.wire_errno(error) if error else 0, cookie))
+            if data:
+                pending.append(data)
+            if len(pending) >= MAX_PENDING_REPLIES:
+                send_pending()
+    except ConnectionError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            send_pending()
 
 
 def _execute(export: Export, command: int, flags: int, offset: int, length: int,
