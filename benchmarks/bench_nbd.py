@@ -7,7 +7,10 @@ only: the ceiling). Target: >= 50% of the memory plugin on each figure.
 1. qemu-img convert of 1 GiB of incompressible data into the export (MB/s);
 2. qemu-img convert of the export out to a raw file (MB/s), after 1.;
 3. fio --ioengine=nbd 4 KiB random writes at queue depth 16 (IOPS, 10 s);
-4. fio 4 KiB random reads at queue depth 16 over the written 1 GiB (IOPS, 10 s).
+4. fio 4 KiB random reads at queue depth 16 over the written 1 GiB (IOPS, 10 s);
+5. for scale, the engine without NBD: VDisk.write of the image in 2 MiB pieces and 4 KiB
+   random VDisk.write/read calls in this process, one thread (the figures above cannot beat
+   these: the difference is what NBD costs).
 
 nbdkit, fio and qemu-img are required: the benchmark fails if one is missing.
 """
@@ -23,6 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _util import GiB, random_bytes, scaled, scratch_dir
 from conftest import report
@@ -120,3 +124,43 @@ def test_fio_4k_qd16(benchmark, servers, rw, server):
            _CEILING.get(rw), "nbdkit memory", seconds=1, load=os.getloadavg()[0])
     if server == "memory":
         _CEILING[rw] = iops[0]
+
+
+def _engine_run(vd: nxstore.VDisk, data: memoryview, case: str) -> int:
+    """One timed run of `case` on `vd`: bytes written, or calls made in FIO_SECONDS."""
+    piece = 2 << 20
+    if case == "write 2 MiB":
+        for off in range(0, IMAGE_BYTES, piece):
+            vd.write(off, data[off:off + piece])
+        vd.flush()
+        return IMAGE_BYTES
+    offsets = (np.random.default_rng(5).integers(0, IMAGE_BYTES // 4096, 1 << 16)
+               * 4096).tolist()
+    deadline, n = time.perf_counter() + FIO_SECONDS, 0
+    while time.perf_counter() < deadline:
+        for off in offsets[n % len(offsets):][:1024]:
+            if case == "randwrite 4k":
+                vd.write(off, data[off:off + 4096])
+            else:
+                vd.read(off, 4096)
+        n += 1024
+    return n
+
+
+@pytest.mark.parametrize("case", ["write 2 MiB", "randwrite 4k", "randread 4k"])
+def test_engine_without_nbd(benchmark, case):
+    with scratch_dir("nbd-engine") as root, \
+            nxstore.Cluster.create(os.path.join(root, "c"), block_size=4096) as c:
+        vd = c.create_vdisk("disk", IMAGE_BYTES)
+        data = memoryview(random_bytes(IMAGE_BYTES, seed=16))
+        if case == "randread 4k":
+            _engine_run(vd, data, "write 2 MiB")
+        done: list[int] = []
+        benchmark.pedantic(lambda: done.append(_engine_run(vd, data, case)), rounds=1,
+                           iterations=1)
+    if case == "write 2 MiB":
+        report(benchmark, "engine VDisk.write 1 GiB (2 MiB pieces)", done[0], "MB/s",
+               load=os.getloadavg()[0])
+    else:
+        report(benchmark, f"engine VDisk {case} (1 thread)", done[0], "ops/s",
+               seconds=FIO_SECONDS, load=os.getloadavg()[0])

@@ -31,12 +31,12 @@ def sample_image(path, size: int, seed: int = 7) -> None:
             f.write(data)
 
 
-def test_fio_random_writes_verify_crc32c(any_server):
+def test_fio_random_writes_verify_crc32c(any_server, tmp_path):
     need("fio")
     uri = any_server(64 * MiB)
     done = run("fio", "--name=verify", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite",
                "--bs=4k", "--iodepth=16", "--size=64M", "--verify=crc32c", "--do_verify=1",
-               "--verify_fatal=1", "--output-format=json")
+               "--verify_fatal=1", "--output-format=json", cwd=tmp_path)  # its state file
     out = json.loads(done.stdout[done.stdout.index("{"):])
     job = out["jobs"][0]
     assert job["error"] == 0
