@@ -101,12 +101,15 @@ def _first_line(proc: subprocess.Popen) -> str:
     return line[0].strip() if line else ""
 
 
-def start_nbdkit_memory(where: Path, size: int) -> NbdProcess:
-    """nbdkit's memory plugin of `size` bytes on a Unix socket, once its pid file exists."""
+def start_nbdkit_memory(where: Path, size: int, *, read_only: bool = False,
+                        name: str = "nbdkit") -> NbdProcess:
+    """nbdkit's memory plugin of `size` bytes on the Unix socket where/NAME.sock, once its
+    pid file exists."""
     need("nbdkit")
-    sock, pidfile = where / "nbdkit.sock", where / "nbdkit.pid"
-    proc = subprocess.Popen(["nbdkit", "-f", "--exit-with-parent", "-U", str(sock), "-P",
-                             str(pidfile), "memory", str(size)], stdin=subprocess.DEVNULL,
+    sock, pidfile = where / f"{name}.sock", where / f"{name}.pid"
+    proc = subprocess.Popen(["nbdkit", "-f", "--exit-with-parent", *(["-r"] if read_only else []),
+                             "-U", str(sock), "-P", str(pidfile), "memory", str(size)],
+                            stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not pidfile.exists() or not pidfile.read_text().strip():

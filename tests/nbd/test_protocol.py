@@ -8,12 +8,10 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-import subprocess
 import threading
-import time
 
 import pytest
-from nbd_helpers import READY_TIMEOUT_S, MiB, need
+from nbd_helpers import READY_TIMEOUT_S, MiB, NbdProcess, start_nbdkit_memory
 
 from nxstore.nbd import protocol as p
 
@@ -82,30 +80,23 @@ class Client:
 @pytest.fixture(params=["nxstore", "nbdkit"])
 def server(request, cluster, exported, tmp_path):
     """start(read_only) -> (socket path, export name) of a SIZE-byte export."""
-    procs: list[subprocess.Popen] = []
+    procs: list[NbdProcess] = []
 
     def start(read_only: bool = False) -> tuple[str, str]:
         if request.param == "nxstore":
             if "disk" not in {vd.name for vd in cluster.vdisks()}:
                 cluster.create_vdisk("disk", SIZE)
-            s = exported(cluster, "disk", read_only=read_only)
-            return s.uri.split("socket=")[1], "disk"
-        need("nbdkit")
-        sock, pid = tmp_path / f"k{len(procs)}.sock", tmp_path / f"k{len(procs)}.pid"
-        procs.append(subprocess.Popen(
-            ["nbdkit", "-f", "--exit-with-parent", *(["-r"] if read_only else []), "-U",
-             str(sock), "-P", str(pid), "memory", str(SIZE)], stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not (pid.exists() and pid.read_text().strip()):
-            assert procs[-1].poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)  # polling nbdkit's readiness signal, its pid file
-        return str(sock), ""
+            uri, name = exported(cluster, "disk", read_only=read_only).uri, "disk"
+        else:
+            procs.append(start_nbdkit_memory(tmp_path, SIZE, read_only=read_only,
+                                             name=f"kit{len(procs)}"))
+            uri, name = procs[-1].uri, ""
+        return uri.split("socket=")[1], name
 
     start.kind = request.param
     yield start
     for proc in procs:
         proc.kill()
-        proc.wait()
 
 
 def test_options_list_unsupported_info_and_go(server):
