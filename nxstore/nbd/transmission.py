@@ -21,7 +21,8 @@ from .stream import ClientStream
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_REPLIES = 64  # replies (and read data) held back at most before sending
+MAX_PENDING_REPLIES = 32  # replies held back at most before sending them
+MAX_PENDING_BYTES = 4 << 20  # bytes of read data held back at most
 _WRITE_FLAGS = p.CMD_FLAG_FUA
 _ZERO_FLAGS = p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE | p.CMD_FLAG_FAST_ZERO
 
@@ -40,15 +41,18 @@ def send_parts(sock: socket.socket, *parts: bytes | memoryview) -> None:
 
 def serve_requests(sock: socket.socket, stream: ClientStream, export: Export) -> None:
     """Answer requests until the client disconnects (NBD_CMD_DISC or EOF). Replies wait
-    while more requests are already buffered (at most MAX_PENDING_REPLIES of them) and go
+    while more requests are already buffered (up to MAX_PENDING_REPLIES/BYTES) and go
     out together before the server would wait for the client (ClientStream.before_wait).
     Raises ProtocolError on a malformed request stream."""
     pending: list[bytes] = []
+    held = 0  # bytes in pending
 
     def send_pending() -> None:
+        nonlocal held
         if pending:
             send_parts(sock, *pending)
             pending.clear()
+            held = 0
 
     stream.before_wait = send_pending
     try:
@@ -70,7 +74,8 @@ def serve_requests(sock: socket.socket, stream: ClientStream, export: Export) ->
                                                p.wire_errno(error) if error else 0, cookie))
             if data:
                 pending.append(data)
-            if len(pending) >= MAX_PENDING_REPLIES:
+                held += len(data)
+            if len(pending) >= MAX_PENDING_REPLIES or held >= MAX_PENDING_BYTES:
                 send_pending()
     except ConnectionError:
         return
