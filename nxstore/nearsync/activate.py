@@ -28,9 +28,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound
+from ..protection.rows import PDSnapshotRow
 from ..replication.replica import find_replica
-from ..store.catalog import LWSEpisodeRow, PDSnapshotRow
 from .compose import RestorePoint, compose, find_point, restore_points
+from .rows import LWSEpisodeRow
 
 if TYPE_CHECKING:
     from ..protection.manager import ProtectionManager

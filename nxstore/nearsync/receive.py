@@ -19,9 +19,9 @@ from ..constants import WIRE_MAX_BATCH
 from ..errors import InvalidArgument, NotFound, ProtocolError
 from ..replication.messages import LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
 from ..replication.replica import find_replica
-from ..store.catalog import LWSEpisodeRow
 from . import episode_file
 from .compose import chain, compose, drop_orphans, episode_path, episode_rel, snapshot_named
+from .rows import LWSEpisodeRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine

@@ -37,8 +37,9 @@ from ..constants import (
     NEARSYNC_SHIP_TIMEOUT_S,
 )
 from ..errors import Corruption, InvalidArgument
-from ..store.catalog import NearSyncRow, SettingRow
+from ..store.catalog import SettingRow
 from ..store.context import ClusterContext
+from .rows import NearSyncRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine
@@ -176,7 +177,7 @@ def forget(ctx: ClusterContext, pd_id: int) -> None:
     """The PD stopped being owned here (demoted, migrated away): drop its NearSync and LWS
     rows, and with them the OpLog release floor they held. Durable on return; if the PD
     comes back its NearSync schedule starts over in `seeding`."""
-    from ..store.catalog import LWSRow
+    from ..store.lws import LWSRow
 
     cat = ctx.catalog
     with cat.transaction():
@@ -203,7 +204,7 @@ def replication_states(ctx: ClusterContext, pd_id: int) -> dict[str, Replication
 def rpo(ctx: ClusterContext, pd_id: int, sites: list[str], now: float) -> dict[str, float | None]:
     """{site: seconds since the newest restore point the site holds} (None: none yet): the
     newest LWS shipped there or PD snapshot replicated there, whichever is younger."""
-    from ..store.catalog import PDReplicationRow, PDSnapshotRow
+    from ..protection.rows import PDReplicationRow, PDSnapshotRow
 
     shipped = {row.site: row.shipped_at for row in rows_of(ctx, pd_id)}
     times = {r.id: r.created_at for r in ctx.catalog.rows(PDSnapshotRow, "pd_id = ?", (pd_id,))}

@@ -54,14 +54,6 @@ from ..errors import AuthenticationError, InUse, InvalidArgument, NotFound, NxEr
 from ..nearsync import state as nearsync_state
 from ..replication.replica import make_replica
 from ..replication.sites import list_sites
-from ..store.catalog import (
-    PDEntityRow,
-    PDMigrationRow,
-    PDReplicationRow,
-    PDScheduleRow,
-    PDSnapshotMemberRow,
-    PDSnapshotRow,
-)
 from . import remote
 from .domain import ACTIVE, INACTIVE, ProtectionDomain, _check_sites
 from .ownership import (
@@ -72,6 +64,14 @@ from .ownership import (
     schedule_records,
     set_row,
     snapshot_record,
+)
+from .rows import (
+    PDEntityRow,
+    PDMigrationRow,
+    PDReplicationRow,
+    PDScheduleRow,
+    PDSnapshotMemberRow,
+    PDSnapshotRow,
 )
 
 if TYPE_CHECKING:
@@ -356,7 +356,7 @@ def _begin(pd: ProtectionDomain, site: str) -> PDMigrationRow:
 
 
 def _step_power_off(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str, Any]) -> None:
-    from ..store.catalog import VMRow
+    from .rows import VMRow
     from .vm import VM
 
     for e in _detail(j)["entities"]:
@@ -380,7 +380,7 @@ def _step_final_snapshot(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str,
 
 
 def _step_remove_vms(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str, Any]) -> None:
-    from ..store.catalog import VMRow
+    from .rows import VMRow
     from .vm import delete_vm
 
     mgr, cat = pd._mgr, pd._mgr.catalog
@@ -431,7 +431,7 @@ def rollback_migrate(pd: ProtectionDomain) -> list[str]:
     states, entities and CGs back in the PD, schedules re-enabled, PD active. Returns
     the VMs registered again. Raises NotFound (no unfinished migration), InUse (the
     destination adopted the PD, or cannot be asked whether it did: then migrate again)."""
-    from ..store.catalog import VMRow
+    from .rows import VMRow
     from .vm import VM, create_vm
 
     mgr = pd._mgr

@@ -38,19 +38,18 @@ from ..errors import AlreadyExists, InUse, NotFound
 from ..nearsync import state as nearsync_state
 from ..replication.replica import find_replica, make_replica, promote_replica
 from ..replication.sites import list_sites
-from ..store.catalog import (
+from ..store.catalog import SnapshotRow, VDiskRow
+from ..store.snapshot import take_snapshots
+from .domain import ACTIVE, INACTIVE, ProtectionDomain
+from .rows import (
     PDEntityRow,
     PDReplicationRow,
     PDScheduleRow,
     PDSnapshotMemberRow,
     PDSnapshotRow,
     ProtectionDomainRow,
-    SnapshotRow,
-    VDiskRow,
     VMRow,
 )
-from ..store.snapshot import take_snapshots
-from .domain import ACTIVE, INACTIVE, ProtectionDomain
 
 if TYPE_CHECKING:
     from .manager import ProtectionManager

@@ -39,10 +39,11 @@ from ..errors import InvalidArgument, NotFound, NxError
 from ..nearsync.driver import is_nearsync, nearsync_interval
 from ..nearsync.driver import run as nearsync_run
 from ..replication.source import prune_remote_snapshots
-from ..store.catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
+from ..store.catalog import Catalog
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
 from .pdsnapshot import PDSnapshot, delete_pd_snapshots, replicate_pd_snapshot, take_pd_snapshot
+from .rows import PDReplicationRow, PDScheduleRow, PDSnapshotRow
 
 if TYPE_CHECKING:
     from .manager import ProtectionManager
