@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 from ..constants import NEARSYNC_MIN_INTERVAL_S
 from ..errors import NotFound, NxError
 from ..protection.domain import ACTIVE, INACTIVE
+from ..protection.rows import PDReplicationRow, PDScheduleRow
 from ..replication import sites as site_rows
-from ..store.catalog import LWSRow, PDReplicationRow, PDScheduleRow
+from ..store.lws import LWS, LWSRow
+from ..store.lws import take as take_lws
 from . import lws, shipping, state
 from .episode import EpisodeGone
 
@@ -59,7 +61,7 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
     errors: dict[str, str] = {}
     replicated: list[str] = []
     pruned: dict[str, tuple[str, ...]] = {}
-    mark: lws.LWS | None = None
+    mark: LWS | None = None
     taken: PDSnapshot | None = None  # this run's PD snapshot: composed remotely, or a seed
     try:
         if any(r.state == state.NEARSYNC for r in rows.values()):
@@ -98,7 +100,7 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
 
 
 def _mark(pd: ProtectionDomain, row: PDScheduleRow, now: float
-          ) -> tuple[lws.LWS, PDSnapshot | None]:
+          ) -> tuple[LWS, PDSnapshot | None]:
     """Take this run's LWS, with a PD snapshot when one is due for composing."""
     from ..protection.pdsnapshot import take_pd_snapshot
 
@@ -107,13 +109,13 @@ def _mark(pd: ProtectionDomain, row: PDScheduleRow, now: float
     vdisks = [mgr.vdisk(n) for n in pd.vdisk_names()]
     mine = [s for s in pd.snapshots() if s.schedule_id == row.id]
     if mine and now - mine[-1].created_at < cfg.compose_every:
-        return lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id)
+        return take_lws(mgr.cluster._ctx, vdisks, pd_id=pd.id)
 
     def snap() -> tuple[PDSnapshot, str]:
         s = take_pd_snapshot(pd, name=None, schedule_id=row.id, app_consistent=row.app_consistent)
         return s, s.name
 
-    return lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id, with_snapshot=snap)
+    return take_lws(mgr.cluster._ctx, vdisks, pd_id=pd.id, with_snapshot=snap)
 
 
 def _broken(pd: ProtectionDomain, prev: LWSRow | None, rows: list[LWSRow]) -> str | None:
@@ -226,7 +228,7 @@ def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns) -> PDSnapshot:  # noqa: 
         return s, s.name
 
     with mgr.lock:
-        mark, seed_snap = lws.take(ctx, vdisks, pd_id=pd.id, with_snapshot=seed)
+        mark, seed_snap = take_lws(ctx, vdisks, pd_id=pd.id, with_snapshot=seed)
     assert seed_snap is not None
     # The floor holds from the seed marker on, while the seed itself is on its way.
     ns.shipped_seq, ns.base_seq, ns.base_snapshot = mark.seq, mark.seq, seed_snap.name

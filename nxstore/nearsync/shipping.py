@@ -36,7 +36,7 @@ from ..replication.messages import (
 )
 from ..replication.sites import RemoteSite
 from ..replication.source import open_session
-from ..store.catalog import LWSRow
+from ..store.lws import LWSRow
 from . import lws
 from .episode import Episode, read_episodes
 

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound, NxError
 from ..replication.source import prune_remote_snapshots
-from ..store.catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
+from ..store.catalog import Catalog
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
 from .pdsnapshot import PDSnapshot, delete_pd_snapshots, replicate_pd_snapshot, take_pd_snapshot
+from .rows import PDReplicationRow, PDScheduleRow, PDSnapshotRow
 
 if TYPE_CHECKING:
     from .manager import ProtectionManager

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from ...errors import AuthenticationError, InUse, NotFound, NxError
 from ...replication.sites import list_sites
-from ...store.catalog import PDSnapshotRow
 from .. import remote
 from ..domain import INACTIVE
 from ..modes import RestorePoint, find_point
 from ..ownership import Ownership, ownership
+from ..rows import PDSnapshotRow
 from .journals import _record
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ...store.catalog import PDMigrationRow
+from ..rows import PDMigrationRow
 
 if TYPE_CHECKING:
     from ..manager import ProtectionManager

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import InUse, InvalidArgument, NotFound, NxError
 from ...replication.replica import make_replica
-from ...store.catalog import (
+from .. import remote
+from ..domain import ACTIVE, INACTIVE, ProtectionDomain, _check_sites
+from ..ownership import Ownership, set_row
+from ..rows import (
     PDEntityRow,
     PDMigrationRow,
     PDReplicationRow,
@@ -21,9 +24,6 @@ from ...store.catalog import (
     PDSnapshotMemberRow,
     PDSnapshotRow,
 )
-from .. import remote
-from ..domain import ACTIVE, INACTIVE, ProtectionDomain, _check_sites
-from ..ownership import Ownership, set_row
 from .journals import MIGRATING, STEPS, _detail, _save, _set_state, journal
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def _begin(pd: ProtectionDomain, site: str) -> PDMigrationRow:
 
 
 def _step_power_off(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str, Any]) -> None:
-    from ...store.catalog import VMRow
+    from ..rows import VMRow
     from ..vm import VM
 
     for e in _detail(j)["entities"]:
@@ -151,7 +151,7 @@ def _step_final_snapshot(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str,
 
 
 def _step_remove_vms(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[str, Any]) -> None:
-    from ...store.catalog import VMRow
+    from ..rows import VMRow
     from ..vm import delete_vm
 
     mgr, cat = pd._mgr, pd._mgr.catalog
@@ -203,7 +203,7 @@ def rollback_migrate(pd: ProtectionDomain) -> list[str]:
     states, entities and CGs back in the PD, schedules re-enabled, PD active. Returns
     the VMs registered again. Raises NotFound (no unfinished migration), InUse (the
     destination adopted the PD, or cannot be asked whether it did: then migrate again)."""
-    from ...store.catalog import VMRow
+    from ..rows import VMRow
     from ..vm import VM, create_vm
 
     mgr = pd._mgr

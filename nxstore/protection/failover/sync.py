@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from ...errors import InUse, NxError
 from ...replication.sites import list_sites
-from ...store.catalog import PDReplicationRow, PDSnapshotRow
 from .. import remote
 from ..domain import INACTIVE, ProtectionDomain, _check_sites
 from ..ownership import (
@@ -20,6 +19,7 @@ from ..ownership import (
     schedule_records,
     snapshot_record,
 )
+from ..rows import PDReplicationRow, PDSnapshotRow
 
 if TYPE_CHECKING:
     from ..manager import ProtectionManager
