@@ -30,9 +30,11 @@ from .episode import EpisodeGone
 
 if TYPE_CHECKING:
     from ..protection.domain import ProtectionDomain
+    from ..protection.manager import ProtectionManager
     from ..protection.pdsnapshot import PDSnapshot
     from ..protection.schedule import ScheduleRun
-    from ..replication.source import _Session
+    from ..replication.source import Session
+    from .rows import NearSyncRow
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def nearsync_interval(pd: ProtectionDomain, seconds: float) -> bool:
 def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
         missed: int) -> ScheduleRun:
     """Run one due NearSync schedule (see module docstring); never raises for one site."""
-    from ..protection.schedule import ScheduleRun, _prune_remote, _retain_local
+    from ..protection.schedule import ScheduleRun, prune_remote_copies, retain_local
 
     mgr = pd._mgr
     ctx = mgr.cluster._ctx
@@ -86,14 +88,14 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
         replicated.append(site)
         if newest:
             try:
-                pruned[site] = _prune_remote(mgr, newest, site, sites[site])
+                pruned[site] = prune_remote_copies(mgr, newest, site, sites[site])
             except NxError as exc:
                 errors[site] = f"shipped, but remote retention failed: {exc}"
     live = [r.shipped_seq for r in state.rows_of(ctx, pd.id) if r.shipped_seq > 0]
     # Keep the newest row every chain holds: the next round checks continuity against it.
     lws.forget(ctx, pd.id, min(live) - 1 if live else ctx.oplog.last_seq)
     with mgr.lock:
-        pruned_local = _retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
+        pruned_local = retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
     return ScheduleRun(pd.name, row.id, due, now, missed, taken.name if taken else None,
                        taken.consistency if taken else None, (), tuple(replicated), errors,
                        pruned_local, pruned, lws=mark.name if mark else None)
@@ -135,7 +137,7 @@ def _broken(pd: ProtectionDomain, prev: LWSRow | None, rows: list[LWSRow]) -> st
     return None
 
 
-def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: ANN001
+def _ship(pd: ProtectionDomain, ns: NearSyncRow, now: float) -> PDSnapshot | None:
     """Ship every LWS the site lacks; fall back when that is hopeless. Returns the newest PD
     snapshot the site composed, if any. First, on the shipping connection, the ownership
     check a snapshot replication makes too (failover.confirm_owner): if the PD was
@@ -168,7 +170,7 @@ def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: A
                 _record(mgr, snap, ns.site)
                 composed.append(snap)
 
-    async def check_owner(s: _Session) -> None:
+    async def check_owner(s: Session) -> None:
         view = await pd_requests.request(s, ns.site, "status", {"pd": pd.name})
         # In a worker thread: a demotion is blocking catalogue work, and a sync opens a
         # connection of its own (source.run starts an event loop).
@@ -200,7 +202,7 @@ def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: A
     return composed[-1]
 
 
-def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns) -> PDSnapshot:  # noqa: ANN001
+def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns: NearSyncRow) -> PDSnapshot:
     """Seeding / fallback: a PD snapshot replicated as in async mode; once one takes no longer
     than the lag threshold, the seed snapshot + marker, whose replication starts the chain."""
     from ..protection.pdsnapshot import replicate_pd_snapshot, take_pd_snapshot
@@ -245,7 +247,7 @@ def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns) -> PDSnapshot:  # noqa: 
     return seed_snap
 
 
-def _record(mgr, snap: PDSnapshot, site: str) -> None:  # noqa: ANN001
+def _record(mgr: ProtectionManager, snap: PDSnapshot, site: str) -> None:
     """Record that `site` holds PD snapshot `snap` (it composes it from the episodes)."""
     with mgr.catalog.transaction():
         if not mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?",
