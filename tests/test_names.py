@@ -24,7 +24,8 @@ import nxstore
 from nxstore.cli import main
 from nxstore.errors import AlreadyExists, InvalidArgument, NotFound
 from nxstore.names import MAX_NAME_CHARS
-from nxstore.store.catalog import LWSRow, SnapshotRow, VDiskRow
+from nxstore.store.catalog import SnapshotRow, VDiskRow
+from nxstore.store.lws import LWSRow
 
 SECRET = "a shared secret of 32 characters"
 SETTINGS = settings(max_examples=60, deadline=None,

@@ -21,6 +21,7 @@ Modules, one concept each:
     driver.py     one NearSync schedule run (called by the protection scheduler)
 """
 
+from . import rows  # noqa: F401  (registers this layer's catalogue tables)
 from .lws import LWS
 from .state import NearSyncConfig
 

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound
 from ..protection.modes import RestorePoint, find_point
+from ..protection.rows import PDSnapshotRow
 from ..replication.replica import find_replica
-from ..store.catalog import LWSEpisodeRow, PDSnapshotRow
 from .compose import compose, restore_points
+from .rows import LWSEpisodeRow
 
 if TYPE_CHECKING:
     from ..protection.manager import ProtectionManager

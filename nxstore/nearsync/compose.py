@@ -26,11 +26,13 @@ import numpy as np
 from ..constants import NEARSYNC_DIR
 from ..errors import InvalidArgument, NotFound
 from ..protection.modes import RestorePoint
+from ..replication.rows import ReplicaRow
 from ..store.block_map import MapLayer, chain_lookup
-from ..store.catalog import LWSEpisodeRow, ReplicaRow, VDiskRow
+from ..store.catalog import VDiskRow
 from ..store.snapshot import Snapshot
 from . import episode_file
 from .episode import range_positions
+from .rows import LWSEpisodeRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine

@@ -21,16 +21,20 @@ from typing import TYPE_CHECKING
 from ..constants import NEARSYNC_MIN_INTERVAL_S
 from ..errors import NotFound, NxError
 from ..protection.domain import ACTIVE, INACTIVE
+from ..protection.rows import PDReplicationRow, PDScheduleRow
 from ..replication import sites as site_rows
-from ..store.catalog import LWSRow, PDReplicationRow, PDScheduleRow
+from ..store.lws import LWS, LWSRow
+from ..store.lws import take as take_lws
 from . import lws, shipping, state
 from .episode import EpisodeGone
 
 if TYPE_CHECKING:
     from ..protection.domain import ProtectionDomain
+    from ..protection.manager import ProtectionManager
     from ..protection.pdsnapshot import PDSnapshot
     from ..protection.schedule import ScheduleRun
-    from ..replication.source import _Session
+    from ..replication.source import Session
+    from .rows import NearSyncRow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ def nearsync_interval(pd: ProtectionDomain, seconds: float) -> bool:
 def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
         missed: int) -> ScheduleRun:
     """Run one due NearSync schedule (see module docstring); never raises for one site."""
-    from ..protection.schedule import ScheduleRun, _prune_remote, _retain_local
+    from ..protection.schedule import ScheduleRun, prune_remote_copies, retain_local
 
     mgr = pd._mgr
     ctx = mgr.cluster._ctx
@@ -59,7 +63,7 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
     errors: dict[str, str] = {}
     replicated: list[str] = []
     pruned: dict[str, tuple[str, ...]] = {}
-    mark: lws.LWS | None = None
+    mark: LWS | None = None
     taken: PDSnapshot | None = None  # this run's PD snapshot: composed remotely, or a seed
     try:
         if any(r.state == state.NEARSYNC for r in rows.values()):
@@ -84,21 +88,21 @@ def run(pd: ProtectionDomain, row: PDScheduleRow, now: float, due: float,
         replicated.append(site)
         if newest:
             try:
-                pruned[site] = _prune_remote(mgr, newest, site, sites[site])
+                pruned[site] = prune_remote_copies(mgr, newest, site, sites[site])
             except NxError as exc:
                 errors[site] = f"shipped, but remote retention failed: {exc}"
     live = [r.shipped_seq for r in state.rows_of(ctx, pd.id) if r.shipped_seq > 0]
     # Keep the newest row every chain holds: the next round checks continuity against it.
     lws.forget(ctx, pd.id, min(live) - 1 if live else ctx.oplog.last_seq)
     with mgr.lock:
-        pruned_local = _retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
+        pruned_local = retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
     return ScheduleRun(pd.name, row.id, due, now, missed, taken.name if taken else None,
                        taken.consistency if taken else None, (), tuple(replicated), errors,
                        pruned_local, pruned, lws=mark.name if mark else None)
 
 
 def _mark(pd: ProtectionDomain, row: PDScheduleRow, now: float
-          ) -> tuple[lws.LWS, PDSnapshot | None]:
+          ) -> tuple[LWS, PDSnapshot | None]:
     """Take this run's LWS, with a PD snapshot when one is due for composing."""
     from ..protection.pdsnapshot import take_pd_snapshot
 
@@ -107,13 +111,13 @@ def _mark(pd: ProtectionDomain, row: PDScheduleRow, now: float
     vdisks = [mgr.vdisk(n) for n in pd.vdisk_names()]
     mine = [s for s in pd.snapshots() if s.schedule_id == row.id]
     if mine and now - mine[-1].created_at < cfg.compose_every:
-        return lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id)
+        return take_lws(mgr.cluster._ctx, vdisks, pd_id=pd.id)
 
     def snap() -> tuple[PDSnapshot, str]:
         s = take_pd_snapshot(pd, name=None, schedule_id=row.id, app_consistent=row.app_consistent)
         return s, s.name
 
-    return lws.take(mgr.cluster._ctx, vdisks, pd_id=pd.id, with_snapshot=snap)
+    return take_lws(mgr.cluster._ctx, vdisks, pd_id=pd.id, with_snapshot=snap)
 
 
 def _broken(pd: ProtectionDomain, prev: LWSRow | None, rows: list[LWSRow]) -> str | None:
@@ -133,7 +137,7 @@ def _broken(pd: ProtectionDomain, prev: LWSRow | None, rows: list[LWSRow]) -> st
     return None
 
 
-def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: ANN001
+def _ship(pd: ProtectionDomain, ns: NearSyncRow, now: float) -> PDSnapshot | None:
     """Ship every LWS the site lacks; fall back when that is hopeless. Returns the newest PD
     snapshot the site composed, if any. First, on the shipping connection, the ownership
     check a snapshot replication makes too (failover.confirm_owner): if the PD was
@@ -166,7 +170,7 @@ def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: A
                 _record(mgr, snap, ns.site)
                 composed.append(snap)
 
-    async def check_owner(s: _Session) -> None:
+    async def check_owner(s: Session) -> None:
         view = await pd_requests.request(s, ns.site, "status", {"pd": pd.name})
         # In a worker thread: a demotion is blocking catalogue work, and a sync opens a
         # connection of its own (source.run starts an event loop).
@@ -198,7 +202,7 @@ def _ship(pd: ProtectionDomain, ns, now: float) -> PDSnapshot | None:  # noqa: A
     return composed[-1]
 
 
-def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns) -> PDSnapshot:  # noqa: ANN001
+def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns: NearSyncRow) -> PDSnapshot:
     """Seeding / fallback: a PD snapshot replicated as in async mode; once one takes no longer
     than the lag threshold, the seed snapshot + marker, whose replication starts the chain."""
     from ..protection.pdsnapshot import replicate_pd_snapshot, take_pd_snapshot
@@ -226,7 +230,7 @@ def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns) -> PDSnapshot:  # noqa: 
         return s, s.name
 
     with mgr.lock:
-        mark, seed_snap = lws.take(ctx, vdisks, pd_id=pd.id, with_snapshot=seed)
+        mark, seed_snap = take_lws(ctx, vdisks, pd_id=pd.id, with_snapshot=seed)
     assert seed_snap is not None
     # The floor holds from the seed marker on, while the seed itself is on its way.
     ns.shipped_seq, ns.base_seq, ns.base_snapshot = mark.seq, mark.seq, seed_snap.name
@@ -243,7 +247,7 @@ def _seed(pd: ProtectionDomain, row: PDScheduleRow, ns) -> PDSnapshot:  # noqa: 
     return seed_snap
 
 
-def _record(mgr, snap: PDSnapshot, site: str) -> None:  # noqa: ANN001
+def _record(mgr: ProtectionManager, snap: PDSnapshot, site: str) -> None:
     """Record that `site` holds PD snapshot `snap` (it composes it from the episodes)."""
     with mgr.catalog.transaction():
         if not mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?",

@@ -16,8 +16,8 @@ from . import activate, driver, retention, state
 if TYPE_CHECKING:
     from ..protection.domain import ProtectionDomain
     from ..protection.manager import ProtectionManager
+    from ..protection.rows import PDScheduleRow
     from ..protection.schedule import ScheduleRun
-    from ..store.catalog import PDScheduleRow
     from ..store.engine import Engine
 
 

@@ -21,7 +21,6 @@ from ..errors import InvalidArgument, NotFound, ProtocolError
 from ..replication.messages import GetLws, LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
 from ..replication.protocols import TargetProtocols, Transfer, TransferKind, check_site
 from ..replication.replica import find_replica
-from ..store.catalog import LWSEpisodeRow
 from . import episode_file
 from .compose import (
     chain,
@@ -32,6 +31,7 @@ from .compose import (
     episode_rel,
     snapshot_named,
 )
+from .rows import LWSEpisodeRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine

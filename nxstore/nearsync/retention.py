@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constants import NEARSYNC_OPLOG_SHARE, OPLOG_CAP_BYTES
-from ..store.catalog import NearSyncRow
 from ..store.context import ClusterContext
 from ..store.oplog import RecordType
 from . import compose
+from .rows import NearSyncRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine

@@ -36,12 +36,12 @@ from ..replication.messages import (
 )
 from ..replication.sites import RemoteSite
 from ..replication.source import open_session
-from ..store.catalog import LWSRow
+from ..store.lws import LWSRow
 from . import lws
 from .episode import Episode, read_episodes
 
 if TYPE_CHECKING:
-    from ..replication.source import _Session
+    from ..replication.source import Session
     from ..store.engine import Engine
 
 
@@ -70,7 +70,7 @@ class Shipped:
 
 def ship(cluster: Engine, site: RemoteSite, pd_name: str, rows: list[LWSRow], chain: Chain,
          on_shipped: Callable[[Shipped, Chain], None], timeout: float,
-         before: Callable[[_Session], Awaitable[None]]) -> list[Shipped]:
+         before: Callable[[Session], Awaitable[None]]) -> list[Shipped]:
     """Ship `rows` (in seq order) to `site` continuing `chain`, after `before(session)`; see
     module docstring. Raises NxError (timeout, connection), EpisodeGone, what the target
     reported, or what `before` raised (nothing shipped then)."""
@@ -88,7 +88,7 @@ def ship(cluster: Engine, site: RemoteSite, pd_name: str, rows: list[LWSRow], ch
 
 async def _ship(cluster: Engine, site: RemoteSite, pd_name: str, rows: list[LWSRow],
                 chain: Chain, on_shipped: Callable[[Shipped, Chain], None],
-                before: Callable[[_Session], Awaitable[None]]) -> list[Shipped]:
+                before: Callable[[Session], Awaitable[None]]) -> list[Shipped]:
     s = await open_session(cluster, site)
     loop = asyncio.get_running_loop()
     done = []
@@ -120,7 +120,7 @@ async def _ship(cluster: Engine, site: RemoteSite, pd_name: str, rows: list[LWSR
     return done
 
 
-async def _ship_episode(cluster: Engine, s: _Session, site: RemoteSite, pd_name: str,
+async def _ship_episode(cluster: Engine, s: Session, site: RemoteSite, pd_name: str,
                         row: LWSRow, vdisk: str, size: int, members: int, ep: Episode,
                         chain: Chain) -> tuple[int, int]:
     """One member's episode; returns (blocks sent, blocks the target already had)."""
@@ -146,7 +146,7 @@ async def _ship_episode(cluster: Engine, s: _Session, site: RemoteSite, pd_name:
     return sent, nonzero - sent
 
 
-async def _send_blocks(s: _Session, ep: Episode, fps: np.ndarray, batch: int) -> int:
+async def _send_blocks(s: Session, ep: Episode, fps: np.ndarray, batch: int) -> int:
     """BLOCKS for the distinct nonzero full blocks the target lacks; returns how many."""
     nonzero = np.flatnonzero(fps.any(axis=1))
     _, first = np.unique(fps[nonzero].view("V16").ravel(), return_index=True)
@@ -164,7 +164,7 @@ async def _send_blocks(s: _Session, ep: Episode, fps: np.ndarray, batch: int) ->
     return sent
 
 
-async def _send_ranges(s: _Session, ep: Episode, batch: int) -> int:
+async def _send_ranges(s: Session, ep: Episode, batch: int) -> int:
     """LWS_RANGES of at most `batch` ranges and about WIRE_BLOCKS_BATCH_BYTES each."""
     ends = np.cumsum(ep.lengths.astype(np.int64))
     count, lo, pos = 0, 0, 0

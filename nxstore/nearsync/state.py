@@ -38,8 +38,9 @@ from ..constants import (
 )
 from ..errors import Corruption, InvalidArgument
 from ..protection.modes import ReplicationState, Transition
-from ..store.catalog import NearSyncRow, SettingRow
+from ..store.catalog import SettingRow
 from ..store.context import ClusterContext
+from .rows import NearSyncRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine
@@ -157,7 +158,7 @@ def forget(ctx: ClusterContext, pd_id: int) -> None:
     """The PD stopped being owned here (demoted, migrated away): drop its NearSync and LWS
     rows, and with them the OpLog release floor they held. Durable on return; if the PD
     comes back its NearSync schedule starts over in `seeding`."""
-    from ..store.catalog import LWSRow
+    from ..store.lws import LWSRow
 
     cat = ctx.catalog
     with cat.transaction():

@@ -20,6 +20,7 @@ adopt, demote), remote (the PD_REQUEST metadata protocol), failover (migrate,
 activate, reprotect, failback and the journal).
 """
 
+from . import rows  # noqa: F401  (registers this layer's catalogue tables)
 from .domain import ProtectionDomain
 from .failover import ActivateResult, FailbackResult, MigrateResult, SyncResult
 from .hooks import HookFailure

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
 from ..names import check_name
 from ..replication.sites import list_sites
-from ..store.catalog import (
+from .manager import ProtectionManager
+from .rows import (
     PDEntityRow,
     PDReplicationRow,
     PDScheduleRow,
@@ -33,16 +34,15 @@ from ..store.catalog import (
     ProtectionDomainRow,
     VMRow,
 )
-from .manager import ProtectionManager
 from .vm import VM
 
 if TYPE_CHECKING:
     from ..replication.source import ReplicationResult
-    from ..store.catalog import PDMigrationRow
     from ..store.vdisk import VDisk
     from .failover import FailbackResult, MigrateResult, SyncResult
     from .modes import ReplicationState
     from .pdsnapshot import PDSnapshot, RestoreResult
+    from .rows import PDMigrationRow
     from .schedule import Schedule
 
 ACTIVE = "active"        # this cluster owns the PD: snapshots, schedules, replication run

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from ..errors import InUse
-from ..store.catalog import Catalog, PDEntityRow, VMRow
+from ..store.catalog import Catalog
+from .rows import PDEntityRow, VMRow
 
 
 def check_unprotected(catalog: Catalog, vdisk_name: str) -> None:

@@ -14,15 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
-from ..store.catalog import (
-    PDEntityRow,
-    PDSnapshotRow,
-    ProtectionDomainRow,
-    SnapshotRow,
-    VDiskRow,
-    VMRow,
-)
+from ..store.catalog import SnapshotRow, VDiskRow
 from ..store.lockorder import Level, ordered_lock
+from .rows import PDEntityRow, PDSnapshotRow, ProtectionDomainRow, VMRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine

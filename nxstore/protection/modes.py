@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from ..store.catalog import PDScheduleRow
     from .domain import ProtectionDomain
     from .manager import ProtectionManager
+    from .rows import PDScheduleRow
     from .schedule import ScheduleRun
 
 

@@ -37,19 +37,18 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AlreadyExists, InUse, NotFound
 from ..replication.replica import find_replica, make_replica, promote_replica
 from ..replication.sites import list_sites
-from ..store.catalog import (
+from ..store.catalog import SnapshotRow, VDiskRow
+from ..store.snapshot import take_snapshots
+from .domain import ACTIVE, INACTIVE, ProtectionDomain
+from .rows import (
     PDEntityRow,
     PDReplicationRow,
     PDScheduleRow,
     PDSnapshotMemberRow,
     PDSnapshotRow,
     ProtectionDomainRow,
-    SnapshotRow,
-    VDiskRow,
     VMRow,
 )
-from ..store.snapshot import take_snapshots
-from .domain import ACTIVE, INACTIVE, ProtectionDomain
 
 if TYPE_CHECKING:
     from .manager import ProtectionManager

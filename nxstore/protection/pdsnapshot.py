@@ -25,16 +25,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..names import check_name
 from ..replication.source import replicate_snapshots
-from ..store.catalog import (
-    Catalog,
-    PDReplicationRow,
-    PDSnapshotMemberRow,
-    PDSnapshotRow,
-    SnapshotRow,
-)
+from ..store.catalog import Catalog, SnapshotRow
 from ..store.snapshot import Snapshot, take_snapshots
 from .hooks import POST_THAW, PRE_FREEZE, HookFailure, run_hook
 from .manager import ProtectionManager
+from .rows import PDReplicationRow, PDSnapshotMemberRow, PDSnapshotRow
 from .vm import VM, create_vm
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from ..replication.sites import list_sites
 from .ownership import adopt, ownership, record_sync
 
 if TYPE_CHECKING:
-    from ..replication.source import _Session
+    from ..replication.source import Session
     from ..store.engine import Engine
     from .manager import ProtectionManager
 
@@ -81,7 +81,7 @@ def call(cluster: Engine, site: str, op: str, body: dict[str, Any]) -> dict[str,
     return source.run(go())  # type: ignore[return-value]
 
 
-async def request(s: _Session, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+async def request(s: Session, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
     """One PD request on session `s`, open to `site` (and maybe carrying other traffic:
     a NearSync shipping round asks first); the reply body. Raises like `call`."""
     fut = await s.ask(lambda r: PdRequest(op, _dumps(body), req_id=r))

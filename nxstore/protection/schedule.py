@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound, NxError
 from ..replication.source import prune_remote_snapshots
-from ..store.catalog import Catalog, PDReplicationRow, PDScheduleRow, PDSnapshotRow
+from ..store.catalog import Catalog
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
 from .pdsnapshot import PDSnapshot, delete_pd_snapshots, replicate_pd_snapshot, take_pd_snapshot
+from .rows import PDReplicationRow, PDScheduleRow, PDSnapshotRow
 
 if TYPE_CHECKING:
     from .manager import ProtectionManager
@@ -314,17 +315,20 @@ def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun 
             continue
         replicated.append(site)
         try:
-            pruned_remote[site] = _prune_remote(mgr, snap, site, keep)
+            pruned_remote[site] = prune_remote_copies(mgr, snap, site, keep)
         except NxError as exc:
             errors[site] = f"replicated, but remote retention failed: {exc}"
     with mgr.lock:
-        pruned_local = _retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
+        pruned_local = retain_local(pd, row, list(errors)) if pd.state == ACTIVE else ()
     return ScheduleRun(pd.name, row.id, due, now, missed, snap.name, snap.consistency,
                        tuple(snap.hook_failures), tuple(replicated), errors, pruned_local,
                        pruned_remote)
 
 
-def _prune_remote(mgr: ProtectionManager, snap: PDSnapshot, site: str, keep: int) -> tuple[str, ...]:
+def prune_remote_copies(mgr: ProtectionManager, snap: PDSnapshot, site: str,
+                        keep: int) -> tuple[str, ...]:
+    """Keep only the newest `keep` replica snapshots of each of `snap`'s vDisks at `site`;
+    return the `vdisk@snapshot` names deleted there. Raises NxError (site unreachable)."""
     deleted = []
     for vd_snap in snap.vdisk_snapshots():
         for name in prune_remote_snapshots(mgr.cluster, site, vd_snap.vdisk_name, keep):
@@ -332,8 +336,8 @@ def _prune_remote(mgr: ProtectionManager, snap: PDSnapshot, site: str, keep: int
     return tuple(deleted)
 
 
-def _retain_local(pd: ProtectionDomain, row: PDScheduleRow, failing_sites: list[str]
-                  ) -> tuple[str, ...]:
+def retain_local(pd: ProtectionDomain, row: PDScheduleRow, failing_sites: list[str]
+                 ) -> tuple[str, ...]:
     """Delete this schedule's PD snapshots beyond the newest keep_local (keeping the
     last one replicated to each failing site); return the names deleted."""
     mgr = pd._mgr

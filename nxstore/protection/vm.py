@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound
 from ..names import check_name
-from ..store.catalog import VMRow
 from .hooks import DEFAULT_HOOK_TIMEOUT, POST_THAW, PRE_FREEZE, check_hook, check_timeout
 from .manager import ProtectionManager
+from .rows import VMRow
 
 if TYPE_CHECKING:
     from ..store.vdisk import VDisk

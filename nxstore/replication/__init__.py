@@ -4,6 +4,7 @@ The wire format is documented byte by byte in docs/format.md. The engine side (s
 planner, target applier) builds on these names only.
 """
 
+from . import rows  # noqa: F401  (registers this layer's catalogue tables)
 from .auth import SiteIdentity, client_handshake, server_handshake
 from .frames import Frame, decode_frame, encode_frame, read_frame
 from .messages import (

@@ -24,9 +24,10 @@ import numpy as np
 from ..errors import InvalidArgument, NotFound
 from ..names import check_name
 from ..store.block_map import MapLayer
-from ..store.catalog import Catalog, ContainerRow, ReplicaRow, SnapshotRow, VDiskRow
+from ..store.catalog import Catalog, ContainerRow, SnapshotRow, VDiskRow
 from ..store.snapshot import Snapshot
 from ..store.vdisk import check_size, rows_restored_on_error
+from .rows import ReplicaRow
 
 if TYPE_CHECKING:
     from ..store.engine import Engine

@@ -15,7 +15,8 @@ import ssl
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument, NotFound
-from ..store.catalog import Catalog, RemoteSiteRow
+from ..store.catalog import Catalog
+from .rows import RemoteSiteRow
 
 MIN_SECRET_BYTES = 16  # a weak secret can be guessed offline from one observed handshake
 

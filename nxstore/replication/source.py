@@ -75,7 +75,7 @@ class ReplicationResult:
     base_snapshot: str | None  # the common snapshot the (last) transfer was based on
 
 
-class _Session:
+class Session:
     """One authenticated connection: requests with replies, and pipelined data
     requests acknowledged in batches. One reader task routes every reply."""
 
@@ -149,7 +149,7 @@ class _Session:
 
 
 async def open_session(cluster: Engine, site: RemoteSite,
-                       bandwidth_limit: float | None = None) -> _Session:
+                       bandwidth_limit: float | None = None) -> Session:
     """An authenticated session with `site`. Raises what `connect` raises; a failed
     challenge as AuthenticationError naming the site as registered here and its address."""
     host, port = site.host_port()
@@ -160,7 +160,7 @@ async def open_session(cluster: Engine, site: RemoteSite,
     except AuthenticationError as exc:
         raise AuthenticationError(f"authentication with site {site.name!r} at {host}:{port} "
                                   "failed: the shared secrets differ") from exc
-    return _Session(t)
+    return Session(t)
 
 
 def _transfer_id(cluster: Engine, snap: Snapshot) -> bytes:
@@ -169,7 +169,7 @@ def _transfer_id(cluster: Engine, snap: Snapshot) -> bytes:
     return xxhash.xxh3_128_digest(key.encode())
 
 
-async def send_snapshot(cluster: Engine, s: _Session, snap: Snapshot, site: RemoteSite,
+async def send_snapshot(cluster: Engine, s: Session, snap: Snapshot, site: RemoteSite,
                         progress: Progress | None) -> ReplicationResult:
     """Replicate one snapshot over an open session."""
     started = time.perf_counter()
@@ -217,7 +217,7 @@ def _common_base(local: list[Snapshot], snap: Snapshot,
     return max(both, key=lambda x: (x.created_at, x.id)) if both else None
 
 
-async def _ship_missing(cluster: Engine, s: _Session, ids: np.ndarray, fps: np.ndarray,
+async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.ndarray,
                         batch: int, progress: Progress | None,
                         wire: Callable[[], int]) -> tuple[int, int]:
     """Send the blocks the target lacks; return (blocks sent, blocks deduped).

@@ -1,5 +1,8 @@
 """The cluster catalogue: containers, vDisks, map layers and snapshots in SQLite.
 
+Kept as one file (about 530 lines) because the row codec, the checksums, the generation
+file and the table registry all serve one connection under one lock.
+
 SQLite (WAL, synchronous=FULL) gives atomic multi-row updates: a snapshot,
 clone or restore is one transaction, so after a crash it exists completely or
 not at all. SQLite has no page checksums, so every row carries `ck`, an XXH3-64
@@ -11,6 +14,12 @@ commit after it. So every committing transaction also bumps a generation (table
 `generation`), and once the commit is durable the generation is written to a small
 file beside the database (`catalog.gen`, two checksummed slots written in turn, so a
 torn write leaves the other). Open refuses a catalogue older than that file says.
+
+The layers above keep their rows in the same database, but each declares its own tables
+(`register_table`, called when the layer's rows module is imported: replication/rows.py,
+protection/rows.py, nearsync/rows.py; the engine's LWS in lws.py), so the engine names none
+of them. Every registered table is created at open, or at first use when its layer was
+imported after the catalogue opened; scrub verifies every registered table.
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ import sqlite3
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import astuple, dataclass, fields, is_dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import xxhash
 
@@ -33,6 +43,7 @@ from ..errors import (
     Corruption,
     FormatError,
     GenerationUnverifiable,
+    InvalidArgument,
     NoSpace,
     NotFound,
     raise_os_error,
@@ -88,302 +99,6 @@ class SnapshotRow:
     size: int
 
 
-@dataclass
-class RemoteSiteRow:
-    """A peer cluster. Mappings are JSON objects (local name -> remote name)."""
-
-    id: int
-    name: str
-    address: str
-    secret: str
-    network_mapping: str
-    vstore_mapping: str
-    tls_ca: str  # "" = plain TCP; else a PEM file of CAs that must have signed the site's cert
-
-
-@dataclass
-class ReplicaRow:
-    """Marks a vDisk as the replica of `source_vdisk` at cluster `source_cluster`."""
-
-    id: int
-    vdisk_id: int
-    source_cluster: str
-    source_site: str
-    source_vdisk: str
-
-
-Row = TypeVar("Row", ContainerRow, VDiskRow, LayerRow, SnapshotRow, RemoteSiteRow, ReplicaRow)
-
-_TABLES: dict[type, str] = {
-    ContainerRow: "containers",
-    VDiskRow: "vdisks",
-    LayerRow: "layers",
-    SnapshotRow: "snapshots",
-    RemoteSiteRow: "remote_sites",
-    ReplicaRow: "replicas",
-}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY, value INTEGER NOT NULL,
-    ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS containers (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    dedup INTEGER, compression INTEGER, verify_dedup INTEGER, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS vdisks (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    container_id INTEGER, size INTEGER, head_layer INTEGER, created_at REAL,
-    read_only INTEGER, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS layers (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER,
-    frozen INTEGER, shortcut INTEGER, created_seq INTEGER, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER, name TEXT,
-    layer_id INTEGER, created_at REAL, size INTEGER, ck INTEGER NOT NULL,
-    UNIQUE (vdisk_id, name));
-CREATE TABLE IF NOT EXISTS remote_sites (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    address TEXT, secret TEXT, network_mapping TEXT, vstore_mapping TEXT, tls_ca TEXT,
-    ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS replicas (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER UNIQUE,
-    source_cluster TEXT, source_site TEXT, source_vdisk TEXT, ck INTEGER NOT NULL,
-    UNIQUE (source_cluster, source_vdisk));
-"""
-
-
-# --- data protection (nxstore.protection): VMs, protection domains, schedules ------------
-# JSON columns hold lists/objects; `state`/`owner_*`/`epoch` of a PD are what failover flips.
-
-
-@dataclass
-class VMRow:
-    """A VM: `vdisks` JSON list of vDisk names, `nics` JSON list of {"network": ...},
-    `categories` JSON object, `power` "on"/"off"; hook paths "" when unset."""
-
-    id: int
-    name: str
-    vdisks: str
-    nics: str
-    categories: str
-    power: str
-    pre_freeze: str
-    post_thaw: str
-    hook_timeout: float
-    created_at: float
-
-
-@dataclass
-class ProtectionDomainRow:
-    """A PD. `state` is "active" where this cluster owns and protects it; `epoch`
-    grows with every ownership change (failover fencing)."""
-
-    id: int
-    name: str
-    state: str
-    owner_site: str
-    owner_cluster: str
-    epoch: int
-    created_at: float
-
-
-@dataclass
-class PDEntityRow:
-    """An entity protected by PD `pd_id`: kind "vm" or "vdisk"; `cg` "" = no group."""
-
-    id: int
-    pd_id: int
-    kind: str
-    name: str
-    cg: str
-
-
-@dataclass
-class PDScheduleRow:
-    """A PD schedule: `every` seconds; `keep_remote` JSON {site: count}; `next_due`
-    is the slot the scheduler runs next (cluster clock); `last_run` 0 = never."""
-
-    id: int
-    pd_id: int
-    every: float
-    keep_local: int
-    keep_remote: str
-    app_consistent: bool
-    enabled: bool
-    next_due: float
-    last_run: float
-    created_at: float
-
-
-@dataclass
-class PDSnapshotRow:
-    """A PD snapshot: one vDisk snapshot called `name` on every member vDisk.
-    `schedule_id` 0 = ad hoc; `complete` False while being taken (cleaned up at open);
-    `manifest` JSON of the entities (VM configuration included) at snapshot time;
-    `hook_failures` JSON list."""
-
-    id: int
-    pd_id: int
-    name: str
-    created_at: float
-    schedule_id: int
-    consistency: str
-    complete: bool
-    manifest: str
-    hook_failures: str
-
-
-@dataclass
-class PDSnapshotMemberRow:
-    """One vDisk snapshot of a PD snapshot, with the entity (and CG) it protects."""
-
-    id: int
-    pd_snapshot_id: int
-    snapshot_id: int
-    vdisk_name: str
-    entity_kind: str
-    entity_name: str
-    cg: str
-
-
-@dataclass
-class PDReplicationRow:
-    """PD snapshot `pd_snapshot_id` was fully replicated to remote `site`."""
-
-    id: int
-    pd_snapshot_id: int
-    site: str
-    replicated_at: float
-
-
-@dataclass
-class PDMigrationRow:
-    """A failover journal entry (nxstore.protection.failover): `kind` "migrate" |
-    "activate" | "demote" | "failback", `step` the last step completed, `status`
-    "running" | "failed" | "done" | "rolled_back" | "aborted" (a demotion closed it, the
-    reason in `error`), `detail` JSON (what a resume or a rollback needs: prior power
-    states, peer cluster, final snapshot...)."""
-
-    id: int
-    pd_id: int
-    kind: str
-    site: str
-    step: int
-    status: str
-    epoch: int
-    snapshot: str
-    detail: str
-    error: str
-    started_at: float
-    updated_at: float
-
-
-_TABLES.update({
-    VMRow: "vms",
-    PDMigrationRow: "pd_migrations",
-    ProtectionDomainRow: "protection_domains",
-    PDEntityRow: "pd_entities",
-    PDScheduleRow: "pd_schedules",
-    PDSnapshotRow: "pd_snapshots",
-    PDSnapshotMemberRow: "pd_snapshot_members",
-    PDReplicationRow: "pd_replications",
-})
-
-_SCHEMA += """
-CREATE TABLE IF NOT EXISTS vms (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    vdisks TEXT, nics TEXT, categories TEXT, power TEXT, pre_freeze TEXT, post_thaw TEXT,
-    hook_timeout REAL, created_at REAL, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS protection_domains (id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT UNIQUE NOT NULL, state TEXT, owner_site TEXT, owner_cluster TEXT, epoch INTEGER,
-    created_at REAL, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pd_entities (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
-    kind TEXT, name TEXT, cg TEXT, ck INTEGER NOT NULL, UNIQUE (kind, name));
-CREATE TABLE IF NOT EXISTS pd_schedules (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
-    every REAL, keep_local INTEGER, keep_remote TEXT, app_consistent INTEGER, enabled INTEGER,
-    next_due REAL, last_run REAL, created_at REAL, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pd_snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
-    name TEXT, created_at REAL, schedule_id INTEGER, consistency TEXT, complete INTEGER,
-    manifest TEXT, hook_failures TEXT, ck INTEGER NOT NULL, UNIQUE (pd_id, name));
-CREATE TABLE IF NOT EXISTS pd_snapshot_members (id INTEGER PRIMARY KEY AUTOINCREMENT,
-    pd_snapshot_id INTEGER, snapshot_id INTEGER, vdisk_name TEXT, entity_kind TEXT,
-    entity_name TEXT, cg TEXT, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pd_migrations (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
-    kind TEXT, site TEXT, step INTEGER, status TEXT, epoch INTEGER, snapshot TEXT, detail TEXT,
-    error TEXT, started_at REAL, updated_at REAL, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pd_replications (id INTEGER PRIMARY KEY AUTOINCREMENT,
-    pd_snapshot_id INTEGER, site TEXT, replicated_at REAL, ck INTEGER NOT NULL,
-    UNIQUE (pd_snapshot_id, site));
-"""
-
-
-# --- NearSync (nxstore.nearsync): light-weight snapshots and their shipping -----------------
-
-
-@dataclass
-class LWSRow:
-    """A light-weight snapshot at the source: the MARKER record `seq` of the OpLog.
-    `members` JSON {vDisk name: [vdisk id, size, head layer]} at the marker; `snapshot` the
-    vDisk snapshot taken atomically with it ("" = none); `pd_id` 0 = ad hoc (never shipped)."""
-
-    id: int
-    name: str
-    pd_id: int
-    seq: int
-    created_at: float
-    members: str
-    snapshot: str
-
-
-@dataclass
-class NearSyncRow:
-    """NearSync of PD `pd_id` to remote `site`: `state` (nxstore.nearsync.state), the newest
-    LWS fully shipped there (`shipped_seq`, its time `shipped_at`), the vDisk snapshot the
-    remote's episode chain starts from (`base_snapshot`, taken with marker `base_seq`) and
-    `history` JSON [[time, from, to, reason], ...]."""
-
-    id: int
-    pd_id: int
-    site: str
-    state: str
-    since: float
-    shipped_seq: int
-    shipped_at: float
-    base_snapshot: str
-    base_seq: int
-    history: str
-
-
-@dataclass
-class LWSEpisodeRow:
-    """Target side: a received LWS episode of replica vDisk `vdisk_id` (data in `file`,
-    under <cluster>/nearsync/). It applies on `base_snapshot` after the episode `prev_seq`
-    (or directly on the snapshot when `first`); `compose_as` names the vDisk snapshot to
-    compose at this point ("" = none); `group_name` / `members`: the LWS's PD and size."""
-
-    id: int
-    vdisk_id: int
-    name: str
-    group_name: str
-    members: int
-    seq: int
-    prev_seq: int
-    first: bool
-    created_at: float
-    base_snapshot: str
-    compose_as: str
-    size: int
-    file: str
-
-
-_TABLES.update({LWSRow: "lws", NearSyncRow: "nearsync", LWSEpisodeRow: "lws_episodes"})
-
-_SCHEMA += """
-CREATE TABLE IF NOT EXISTS lws (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, pd_id INTEGER,
-    seq INTEGER UNIQUE, created_at REAL, members TEXT, snapshot TEXT, ck INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS nearsync (id INTEGER PRIMARY KEY AUTOINCREMENT, pd_id INTEGER,
-    site TEXT, state TEXT, since REAL, shipped_seq INTEGER, shipped_at REAL, base_snapshot TEXT,
-    base_seq INTEGER, history TEXT, ck INTEGER NOT NULL, UNIQUE (pd_id, site));
-CREATE TABLE IF NOT EXISTS lws_episodes (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER,
-    name TEXT, group_name TEXT, members INTEGER, seq INTEGER, prev_seq INTEGER, first INTEGER,
-    created_at REAL, base_snapshot TEXT, compose_as TEXT, size INTEGER, file TEXT,
-    ck INTEGER NOT NULL, UNIQUE (vdisk_id, seq));
-"""
-
-
 # --- settings: durable, per-cluster configuration (e.g. nxstore.nearsync.state) --------------
 
 
@@ -396,12 +111,82 @@ class SettingRow:
     value: str
 
 
-_TABLES[SettingRow] = "settings"
+# --- the row registry: each layer declares its own tables --------------------------------------
 
-_SCHEMA += """
-CREATE TABLE IF NOT EXISTS settings (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    value TEXT, ck INTEGER NOT NULL);
+
+class CatalogRow(Protocol):
+    """A catalogue row: a dataclass whose first field is `id: int` (see register_table)."""
+
+    id: int
+
+
+Row = TypeVar("Row", bound=CatalogRow)
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    ddl: str
+
+
+_TABLES: dict[type, _Table] = {}
+
+# The catalogue's own bookkeeping, not rows: created with every catalogue.
+_BASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY, value INTEGER NOT NULL,
+    ck INTEGER NOT NULL);
 """
+
+
+def register_table(row_type: type, table: str, ddl: str) -> None:
+    """Declare that rows of `row_type` live in `table`, made by `ddl`: one statement
+    `CREATE TABLE IF NOT EXISTS <table> (...)` whose columns are the dataclass's fields in
+    order, then `ck INTEGER NOT NULL`. Each layer calls this when its rows module is imported.
+    A catalogue opened afterwards creates the table at open; one already open creates it at
+    the first use of `row_type`. Registering the same again changes nothing; a type or table
+    already registered otherwise raises InvalidArgument (a DDL change is a format change)."""
+    entry = _Table(table, ddl.strip())
+    known = _TABLES.get(row_type)
+    if known == entry:
+        return
+    if known is not None:
+        raise InvalidArgument(f"{row_type.__name__} is already registered differently: "
+                              f"table {known.name!r}, DDL {known.ddl!r}")
+    owner = next((t for t, e in _TABLES.items() if e.name == table), None)
+    if owner is not None:
+        raise InvalidArgument(f"catalogue table {table!r} already holds {owner.__name__}")
+    if not is_dataclass(row_type) or [f.name for f in fields(row_type)][:1] != ["id"]:
+        raise InvalidArgument(f"{row_type.__name__}: a catalogue row is a dataclass whose "
+                              "first field is id")
+    if not entry.ddl.startswith(f"CREATE TABLE IF NOT EXISTS {table} ("):
+        raise InvalidArgument(f"{row_type.__name__}: the DDL must be one "
+                              f"'CREATE TABLE IF NOT EXISTS {table} (...)' statement")
+    _TABLES[row_type] = entry
+
+
+def registered_row_types() -> list[type]:
+    """Every row type registered so far, in registration order (scrub verifies them all)."""
+    return list(_TABLES)
+
+
+register_table(ContainerRow, "containers", """
+CREATE TABLE IF NOT EXISTS containers (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    dedup INTEGER, compression INTEGER, verify_dedup INTEGER, ck INTEGER NOT NULL)""")
+register_table(VDiskRow, "vdisks", """
+CREATE TABLE IF NOT EXISTS vdisks (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    container_id INTEGER, size INTEGER, head_layer INTEGER, created_at REAL,
+    read_only INTEGER, ck INTEGER NOT NULL)""")
+register_table(LayerRow, "layers", """
+CREATE TABLE IF NOT EXISTS layers (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER,
+    frozen INTEGER, shortcut INTEGER, created_seq INTEGER, ck INTEGER NOT NULL)""")
+register_table(SnapshotRow, "snapshots", """
+CREATE TABLE IF NOT EXISTS snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, vdisk_id INTEGER, name TEXT,
+    layer_id INTEGER, created_at REAL, size INTEGER, ck INTEGER NOT NULL,
+    UNIQUE (vdisk_id, name))""")
+register_table(SettingRow, "settings", """
+CREATE TABLE IF NOT EXISTS settings (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    value TEXT, ck INTEGER NOT NULL)""")
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -443,11 +228,6 @@ def _read_gen_slots(data: bytes, path: str) -> list[int | None]:
     return out
 
 
-def all_row_types() -> list[type]:
-    """Every row type the catalogue holds (for scrub)."""
-    return list(_TABLES)
-
-
 class Catalog:
     """Typed access to the SQLite catalogue. Thread-safe (one connection, one lock).
 
@@ -465,6 +245,7 @@ class Catalog:
         self._lock = ordered_lock(Level.CATALOG, f"catalogue {path}", reentrant=True)
         self._after_commit: list[Callable[[], object]] = []
         self._gen_fd = -1
+        self._created: set[str] | None = None  # tables that exist; None: not a catalogue
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -472,7 +253,10 @@ class Catalog:
             if create or self._db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
             ).fetchone():
-                self._db.executescript(_SCHEMA)  # IF NOT EXISTS: adds tables new in this version
+                # IF NOT EXISTS: adds tables new in this version (or of a layer new here)
+                tables = list(_TABLES.values())
+                self._db.executescript(_BASE_SCHEMA + "".join(f"{t.ddl};\n" for t in tables))
+                self._created = {t.name for t in tables}
             result = self._db.execute("PRAGMA quick_check").fetchone()[0]
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # damaged schema text
             if _disk_full(exc):
@@ -629,11 +413,30 @@ class Catalog:
                 return
         action()
 
+    def _table(self, row_type: type) -> str:
+        """The table of `row_type`, created first if it was registered after this catalogue
+        opened (the caller holds the lock). Raises InvalidArgument for an unregistered type."""
+        entry = _TABLES.get(row_type)
+        if entry is None:
+            raise InvalidArgument(f"{row_type.__name__} is not a registered catalogue row type")
+        if self._created is not None and entry.name not in self._created:
+            try:
+                self._db.execute(entry.ddl)
+            except sqlite3.DatabaseError as exc:
+                if _disk_full(exc):
+                    raise NoSpace(errno.ENOSPC, f"catalogue {self.path}: {exc}") from exc
+                raise Corruption(f"catalogue {self.path}: creating {entry.name}: {exc}") from exc
+            if self._db.in_transaction:  # the table exists once the transaction commits
+                self._after_commit.append(partial(self._created.add, entry.name))
+            else:
+                self._created.add(entry.name)
+        return entry.name
+
     def insert(self, row: Row) -> Row:
         """Insert `row`; an id of 0 is replaced by a fresh one. Raises AlreadyExists."""
-        table = _TABLES[type(row)]
         names = [f.name for f in fields(row)]
         with self._lock:
+            table = self._table(type(row))
             if row.id == 0:
                 # AUTOINCREMENT ids are never reused, so OpLog records of a deleted
                 # object can never be mistaken for a new one's.
@@ -657,11 +460,11 @@ class Catalog:
 
     def update(self, row: Row) -> None:
         """Rewrite `row` (matched by id)."""
-        table = _TABLES[type(row)]
         names = [f.name for f in fields(row)][1:]
         values = astuple(row)
         sets = ", ".join(f"{n} = ?" for n in names)
         with self._lock:
+            table = self._table(type(row))
             try:
                 cur = self._db.execute(
                     f"UPDATE {table} SET {sets}, ck = ? WHERE id = ?",
@@ -674,16 +477,16 @@ class Catalog:
 
     def delete(self, row_type: type[Row], row_id: int) -> None:
         with self._lock:
-            self._db.execute(f"DELETE FROM {_TABLES[row_type]} WHERE id = ?", (row_id,))
+            self._db.execute(f"DELETE FROM {self._table(row_type)} WHERE id = ?", (row_id,))
 
     def rows(self, row_type: type[Row], where: str = "", args: tuple = ()) -> list[Row]:
         """Rows of a table, each verified against its checksum (Corruption otherwise)."""
-        table = _TABLES[row_type]
         names = [f.name for f in fields(row_type)]
-        sql = f"SELECT {', '.join(names)}, ck FROM {table}"
-        if where:
-            sql += f" WHERE {where}"
         with self._lock:
+            table = self._table(row_type)
+            sql = f"SELECT {', '.join(names)}, ck FROM {table}"
+            if where:
+                sql += f" WHERE {where}"
             try:
                 raw = self._db.execute(sql + " ORDER BY id", args).fetchall()
             except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
@@ -693,7 +496,8 @@ class Catalog:
             except UnicodeEncodeError as exc:  # a name with a lone surrogate: matches nothing
                 raise not_utf8(exc) from None
         out = []
-        bools = [i for i, f in enumerate(fields(row_type)) if f.type == "bool"]
+        # f.type: the class bool, or the string "bool" under `from __future__ import annotations`
+        bools = [i for i, f in enumerate(fields(row_type)) if f.type in ("bool", bool)]
         for *values, ck in raw:
             for i in bools:
                 values[i] = bool(values[i])

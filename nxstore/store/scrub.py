@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import NxError
-from .catalog import VDiskRow, all_row_types
+from .catalog import VDiskRow, registered_row_types
 from .context import ClusterContext
 from .oplog import RecordType
 
@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 def scrub_cluster(
     ctx: ClusterContext, progress: Callable[[int, int], None] | None = None
 ) -> list[str]:
-    """Verify every catalogue row, every map layer, every OpLog record (and that the extents
-    its MAP records name exist) and every extent (fingerprint of the decompressed bytes);
-    include the damage open found and went around (a torn watermark slot, a rebuilt table,
-    a synced record naming lost extents). Returns one line per problem; an empty list
+    """Verify every catalogue row (of every registered table: those of each layer imported in
+    this process, all once nxstore.Cluster is), every map layer, every OpLog record (and that
+    the extents its MAP records name exist) and every extent (fingerprint of the decompressed
+    bytes); include the damage open found and went around (a torn watermark slot, a rebuilt
+    table, a synced record naming lost extents). Returns one line per problem; an empty list
     means healthy. Changes nothing."""
     problems: list[str] = list(ctx.problems)
     problems += ctx.catalog.problems + ctx.oplog.problems
-    for row_type in all_row_types():
+    for row_type in registered_row_types():
         try:
             ctx.catalog.rows(row_type)
         except NxError as exc:

@@ -30,10 +30,11 @@ from .catalog import SnapshotRow, VDiskRow
 from .context import ClusterContext
 from .dirty import DirtyBlocks
 from .lockorder import Level, ordered_lock
+from .lws import LWS
+from .lws import take as take_lws
 from .oplog import Record, RecordType
 
 if TYPE_CHECKING:
-    from ..nearsync import LWS
     from .snapshot import Snapshot
 
 DRAIN_BATCH_BLOCKS = 256  # blocks moved per drain step (bounds how long writers wait)
@@ -569,8 +570,6 @@ class VDisk:
 
     def lws(self, name: str | None = None) -> LWS:
         """A light-weight snapshot of this vDisk: one OpLog marker, O(1), no drain
-        (nxstore.nearsync.lws). Raises ReadOnly (replica), InvalidArgument (name). Durable
+        (nxstore.store.lws). Raises ReadOnly (replica), InvalidArgument (name). Durable
         on return."""
-        from ..nearsync import lws
-
-        return lws.take(self._ctx, [self], name)[0]
+        return take_lws(self._ctx, [self], name)[0]

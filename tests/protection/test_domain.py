@@ -11,7 +11,7 @@ from pd_helpers import BS, MB, read_block, write_block
 
 from nxstore import PDSnapshot, ProtectionDomain
 from nxstore.errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
-from nxstore.store.catalog import PDSnapshotRow
+from nxstore.protection.rows import PDSnapshotRow
 
 
 def _setup(cl):

@@ -12,7 +12,7 @@ from failover_helpers import BS, SIZE, VDISKS, Sites, fill, image, images, setup
 
 import nxstore
 from nxstore.errors import AlreadyExists, InUse, NotFound, NxError, ReadOnly
-from nxstore.protection import failover
+from nxstore.protection.failover import migration as failover
 
 HOUR = 3600.0
 MINUTE = 60.0

@@ -15,7 +15,7 @@ import pytest
 from sites_helper import Daemon
 
 import nxstore
-from nxstore.store.catalog import LWSEpisodeRow
+from nxstore.nearsync.rows import LWSEpisodeRow
 
 BS = 4096
 SECRET = "container policy shared secret"

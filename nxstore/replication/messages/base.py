@@ -75,7 +75,11 @@ class MessageType(enum.IntEnum):
     LWS_COMMITTED = 27
     GET_LWS = 28
     LWS_LIST = 29
-    # later areas (metro.py) append from 30 on
+    # metro.py: the Metro synchronous mirror stream, codes 30-39
+
+    # witness.py: the Metro witness (get, compare-and-set), codes 40-44
+
+    # later areas append from 45 on
 
 
 class ErrorCode(enum.IntEnum):
