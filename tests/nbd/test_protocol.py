@@ -6,75 +6,15 @@ nbdkit's memory plugin (the reference), except where nbdkit's behaviour is its o
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 import threading
 
 import pytest
-from nbd_helpers import READY_TIMEOUT_S, MiB, NbdProcess, start_nbdkit_memory
+from nbd_helpers import READY_TIMEOUT_S, Client, MiB, NbdProcess, start_nbdkit_memory
 
 from nxstore.nbd import protocol as p
 
 SIZE = 4 * MiB
-
-
-class Client:
-    """Just enough of an NBD client: fixed newstyle, options, simple replies."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(READY_TIMEOUT_S)
-        self.sock.connect(path)
-        magic, opt, flags = p.GREETING.unpack(self.recv(p.GREETING.size))
-        assert (magic, opt) == (p.NBDMAGIC, p.IHAVEOPT)
-        assert flags & p.FLAG_FIXED_NEWSTYLE
-        self.sock.sendall(p.CLIENT_FLAGS.pack(p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
-
-    def recv(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
-        return buf
-
-    def option(self, option: int, data: bytes = b"") -> list[tuple[int, bytes]]:
-        """Send an option; its replies up to the final one, as (reply type, data)."""
-        self.sock.sendall(p.OPTION.pack(p.IHAVEOPT, option, len(data)) + data)
-        replies = []
-        while True:
-            magic, opt, kind, n = p.OPTION_REPLY.unpack(self.recv(p.OPTION_REPLY.size))
-            assert magic == p.OPT_REPLY_MAGIC and opt == option
-            replies.append((kind, self.recv(n)))
-            if kind not in (p.REP_SERVER, p.REP_INFO):
-                return replies
-
-    def go(self, name: str = "") -> tuple[int, int]:
-        """(size, transmission flags) of export `name`, entering transmission."""
-        raw = name.encode()
-        replies = self.option(p.OPT_GO, struct.pack(">I", len(raw)) + raw + struct.pack(">H", 0))
-        assert replies[-1][0] == p.REP_ACK, replies
-        infos = [d for kind, d in replies if kind == p.REP_INFO and d[:2] == b"\0\0"]
-        _, size, flags = p.INFO_EXPORT_DATA.unpack(infos[0])
-        return size, flags
-
-    def send(self, command: int, offset: int, length: int, cookie: int, flags: int = 0,
-             payload: bytes = b"") -> None:
-        self.sock.sendall(p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, cookie, offset,
-                                         length) + payload)
-
-    def reply(self, read_length: int = 0) -> tuple[int, int, bytes]:
-        """(errno, cookie, data); data only for a successful read of `read_length`."""
-        magic, error, cookie = p.SIMPLE_REPLY.unpack(self.recv(p.SIMPLE_REPLY.size))
-        assert magic == p.SIMPLE_REPLY_MAGIC
-        return error, cookie, (self.recv(read_length) if read_length and not error else b"")
-
-    def request(self, command: int, offset: int, length: int, **kw) -> int:
-        self.send(command, offset, length, cookie=7, **kw)
-        error, cookie, _ = self.reply(length if command == p.CMD_READ else 0)
-        assert cookie == 7
-        return error
 
 
 @pytest.fixture(params=["nxstore", "nbdkit"])
