@@ -8,7 +8,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 from nbd_helpers import NXSTORE, MiB, need, run
+
+from nxstore.errors import FormatError, OutOfRange
 
 GiB = 1 << 30
 
@@ -91,3 +94,34 @@ def test_qcow2_in_raw_out_through_the_cli(tmp_path):
     run("cmp", raw, tmp_path / "old.raw")
     bad = run(*NXSTORE, "import", cl, "x", tmp_path / "missing.qcow2", "--create", ok=False)
     assert bad.returncode == 1 and "No such file" in bad.stderr
+
+
+def test_library_image_conversion_reports_progress(cluster, tmp_path):
+    """nxstore.nbd.images: qcow2 in and vhdx out with a progress callback; probe and the
+    output format guessed from the name."""
+    need("qemu-img")
+    from nxstore.nbd import images
+
+    raw, qcow = tmp_path / "a.raw", tmp_path / "a.qcow2"
+    sample_image(raw, 24 * MiB)
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow)
+    assert images.probe(str(qcow)) == ("qcow2", 24 * MiB)
+    assert images.output_format("x.VHDX") == "vhdx" and images.output_format("x.img") == "raw"
+    cluster.create_vdisk("d", 32 * MiB)
+    seen: list[tuple[int, int]] = []
+    assert images.import_image(cluster, "d", str(qcow), "qcow2", fresh=True,
+                               progress=lambda done, total: seen.append((done, total))) == 24 * MiB
+    assert seen[-1] == (24 * MiB, 24 * MiB)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert cluster.vdisk("d").read(0, 24 * MiB) == raw.read_bytes()
+    out = tmp_path / "d.vhdx"
+    seen.clear()
+    assert images.export_image(cluster, "d", str(out), "vhdx",
+                               progress=lambda done, total: seen.append((done, total))) == 32 * MiB
+    assert seen[-1] == (32 * MiB, 32 * MiB)
+    run("qemu-img", "compare", "-f", "vhdx", "-F", "raw", out, raw)  # zeros past 24 MiB
+    cluster.create_vdisk("small", 8 * MiB)
+    with pytest.raises(OutOfRange):
+        images.import_image(cluster, "small", str(qcow), "qcow2", fresh=False)
+    with pytest.raises(FormatError):
+        images.probe(str(qcow), "vmdk")
