@@ -49,10 +49,6 @@ class NbdServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server is closed (True) or `timeout` seconds pass (False)."""
         return self._closed.wait(timeout)
