@@ -1,14 +1,18 @@
-"""Fixtures of the Metro tests: the witness's secret file and real witness processes."""
+"""Fixtures of the Metro tests: the witness's secret file, real witness processes, and
+`world`, a World of real processes closed at teardown."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # witness_helper
+sys.path.insert(0, str(Path(__file__).parent))  # harness, link_proxy, witness_helper
 sys.path.insert(0, str(Path(__file__).parent.parent / "replication"))  # sites_helper
+
+from harness import World  # noqa: E402
 
 
 @pytest.fixture
@@ -38,3 +42,10 @@ def start_witness(tmp_path, secret_file):
     yield start
     for d in daemons:
         d.cleanup()
+
+
+@pytest.fixture
+def world(tmp_path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.close()
