@@ -313,6 +313,21 @@ def test_stall_before_the_handshake_fails_after_the_handshake_timeout(world, pai
     assert WIRE_HANDSHAKE_TIMEOUT_S <= elapsed < 6 * WIRE_HANDSHAKE_TIMEOUT_S
 
 
+def test_forwarded_commands_run_side_by_side(world, pair):
+    """A forwarded command that waits (a replication behind a stalled link) does not hold up
+    another one sent to the same daemon: the admin socket runs them side by side."""
+    a, _ = pair
+    world.link("a", "b").set_mode("stall")
+    waiting: list[Result] = []
+    t = threading.Thread(target=lambda: waiting.append(replicate(a, rc=1)))
+    t.start()
+    assert world.link("a", "b").wait_queued("up", 1) > 0  # the replication is under way
+    listed = a.nx("vdisk", "list", a.path)
+    assert "db" in listed.stdout and t.is_alive()
+    t.join(6 * WIRE_HANDSHAKE_TIMEOUT_S)
+    assert waiting and "handshake timed out" in waiting[0].error
+
+
 def test_kill_and_restart_repoint_the_links(world, pair):
     a, b = pair
     model = AckModel(SIZE)
