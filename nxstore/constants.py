@@ -95,6 +95,17 @@ WIRE_WRITE_HIGH_WATER = 4 * 1024 * 1024     # bytes buffered in the socket write
 WIRE_READ_LIMIT = 1024 * 1024       # bytes; asyncio StreamReader buffer limit
 WIRE_BANDWIDTH_CHUNK = 64 * 1024    # bytes; a rate-limited frame is paced in pieces this large
 
+# --- Metro witness ---------------------------------------------------------------
+# Layout and meaning: docs/format.md "Metro witness". Code: nxstore/metro/witness*.py.
+WITNESS_STATE_FILE = "witness.state"   # in the witness's data directory
+WITNESS_STATE_MAGIC = b"NXWITNS\0"     # 8 bytes; checksummed-file magic of the state file
+WITNESS_STATE_VERSION = 1              # layout of the state file's payload
+WITNESS_SITE = "witness"               # the witness's site name in the replication handshake
+WITNESS_MAX_PAIRS = 4096               # Metro pairs one witness holds; more are refused
+WITNESS_IDLE_TIMEOUT_S = 60.0          # seconds a connection may sit without a request
+WITNESS_TIMEOUT_S = 5.0                # seconds a client call may take (connect included)
+WITNESS_MAX_EPOCH = 2**63 - 1          # epochs are 1..this (a catalogue INTEGER)
+
 # --- NearSync (light-weight snapshots) -------------------------------------------
 # Layout and meaning: docs/format.md "NearSync". Code: nxstore/nearsync/.
 NEARSYNC_DIR = "nearsync"              # target: received LWS episode files (E<seq>.lws per replica)

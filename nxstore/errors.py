@@ -98,6 +98,12 @@ class AuthenticationError(NxError):
     """The peer failed the shared-secret challenge-response (or rejected ours)."""
 
 
+class WitnessUnreachable(NxError):
+    """The Metro witness gave no decision: it could not be reached, timed out, closed the
+    connection mid-call, or could not store the change. A compare-and-set that raised this
+    may or may not have been applied: ask again (`get`) to learn the outcome."""
+
+
 class GenerationUnverifiable(Corruption):
     """The catalogue's generation file is missing or both its slots are damaged, so open
     cannot tell whether the catalogue lost committed transactions. `nxstore fsck --repair`

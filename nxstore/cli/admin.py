@@ -3,8 +3,10 @@
 `nxstore serve PATH` holds the cluster's lock, so no other process can open PATH while it
 runs. Instead of failing with Locked, a command aimed at a served cluster is forwarded to
 the daemon: it listens on the Unix socket ``PATH/admin.sock`` (no group or other access:
-only the cluster's owner can connect) and runs the command line against its own open Cluster, in a
-worker thread, one command at a time, while it goes on serving its peers and schedules.
+only the cluster's owner can connect) and runs the command line against its own open Cluster
+in a worker thread, while it goes on serving its peers and schedules. Commands run side by
+side (each thread's output is captured on its own), so a write waiting for a stalled Metro
+peer does not hold up `pd metro status` or `pd metro break`.
 
 Protocol, one exchange per connection: the client sends a frame ``u32 length (little
 endian) + JSON {"version": 1, "argv": [...], "cwd": "..."}``, the daemon answers with
@@ -26,8 +28,9 @@ import logging
 import os
 import socket
 import struct
+import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
@@ -46,11 +49,45 @@ REPLY_TIMEOUT_S = 60.0  # a client that stops reading its reply is dropped
 NOT_FORWARDED = frozenset({"serve", "create"})
 # argparse dests that hold file names: resolved against the client's working directory
 FILE_ARGS = ("path", "file", "secret_file", "clock_file", "tls_cert", "tls_key", "tls_ca",
-             "unix")
+             "witness_secret_file", "unix")
 
 _LEN = struct.Struct("<I")
-_run_lock = threading.Lock()  # sys.stdout/stderr are swapped per command: one at a time
-_served: Cluster | None = None  # the daemon's cluster while a forwarded command runs
+_served: Cluster | None = None  # the daemon's cluster while the admin socket serves
+_running = threading.Condition()  # guards _commands
+_commands = 0  # forwarded commands running now
+
+
+class _ThreadOutput(io.TextIOBase):
+    """sys.stdout or sys.stderr while the admin socket serves: what a forwarded command's
+    thread prints goes to its own buffer, what any other thread prints to the stream this
+    replaced."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def captured(self) -> Iterator[io.StringIO]:
+        self._local.buffer = buf = io.StringIO()
+        try:
+            yield buf
+        finally:
+            self._local.buffer = None
+
+    def _target(self) -> Any:
+        return getattr(self._local, "buffer", None) or self.fallback
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+    def fileno(self) -> int:
+        return self._target().fileno()  # a captured command has none (io.UnsupportedOperation)
 
 
 def socket_path(cluster_path: str) -> str:
@@ -116,20 +153,24 @@ def forward(cluster_path: str, argv: list[str]) -> dict[str, Any] | None:
 
 # -- daemon ----------------------------------------------------------------------------------
 
-def run_forwarded(cluster: Cluster, argv: list[str], cwd: str) -> dict[str, Any]:
-    """Run one forwarded command line against `cluster`; capture what it prints."""
-    global _served
+def run_forwarded(argv: list[str], cwd: str) -> dict[str, Any]:
+    """Run one forwarded command line against the served cluster; capture what it prints
+    (needs the outputs `admin_server` installs)."""
+    global _commands
     from . import main
 
-    out, err = io.StringIO(), io.StringIO()
-    with _run_lock:
-        _served = cluster
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                rc = main(argv, cwd=cwd)
-        finally:
-            _served = None
-    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    stdout, stderr = sys.stdout, sys.stderr
+    assert isinstance(stdout, _ThreadOutput) and isinstance(stderr, _ThreadOutput)
+    with _running:
+        _commands += 1
+    try:
+        with stdout.captured() as out, stderr.captured() as err:
+            rc = main(argv, cwd=cwd)
+        return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    finally:
+        with _running:
+            _commands -= 1
+            _running.notify_all()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[list[str], str]:
@@ -169,7 +210,7 @@ async def _handle(cluster: Cluster, reader: asyncio.StreamReader,
                      "stderr": f"nxstore: error: bad admin request: {problem}\n"}
         else:
             log.info("admin: nxstore %s", " ".join(argv))
-            reply = await asyncio.to_thread(run_forwarded, cluster, argv, cwd)
+            reply = await asyncio.to_thread(run_forwarded, argv, cwd)
         data = json.dumps(reply).encode()
         writer.write(_LEN.pack(len(data)) + data)
         await asyncio.wait_for(writer.drain(), REPLY_TIMEOUT_S)
@@ -182,6 +223,7 @@ async def _handle(cluster: Cluster, reader: asyncio.StreamReader,
 @contextlib.asynccontextmanager
 async def admin_server(cluster: Cluster) -> AsyncIterator[None]:
     """Listen on the cluster's admin socket (owner-only access) while the block runs."""
+    global _served
     path = socket_path(cluster.path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # left by a daemon that died: we hold the cluster lock now
@@ -191,6 +233,9 @@ async def admin_server(cluster: Cluster) -> AsyncIterator[None]:
     finally:
         os.umask(old)
     log.info("admin socket %s", path)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ThreadOutput(saved[0]), _ThreadOutput(saved[1])
+    _served = cluster
     try:
         yield
     finally:
@@ -198,6 +243,12 @@ async def admin_server(cluster: Cluster) -> AsyncIterator[None]:
         await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        # A forwarded command still running must end before the daemon closes the cluster.
-        await asyncio.to_thread(_run_lock.acquire)
-        _run_lock.release()
+        # Forwarded commands still running must end before the daemon closes the cluster.
+        await asyncio.to_thread(_wait_for_commands)
+        _served = None
+        sys.stdout, sys.stderr = saved
+
+
+def _wait_for_commands() -> None:
+    with _running:
+        _running.wait_for(lambda: _commands == 0)

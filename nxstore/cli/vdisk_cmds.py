@@ -1,11 +1,16 @@
-"""vDisk commands: vdisk create|list|delete|resize."""
+"""vDisk commands: vdisk create|list|delete|resize|write."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 
-from .common import human, open_cluster, size_arg, table
+from ..errors import OutOfRange
+from .common import CliError, human, open_cluster, size_arg, table
+
+WRITE_CHUNK = 1 << 20  # bytes read from FILE and written per VDisk.write call
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +42,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("name", metavar="NAME")
     q.add_argument("size", metavar="SIZE", type=size_arg, help="new size (grow only)")
     q.set_defaults(func=cmd_resize)
+
+    q = vsub.add_parser("write", help="write the bytes of a file at an offset, then flush "
+                        "(returns once they are durable)")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("name", metavar="VDISK")
+    q.add_argument("offset", metavar="OFFSET", type=offset_arg, help="bytes, e.g. 0, 4096, 1M")
+    q.add_argument("file", metavar="FILE", help="regular file whose bytes are written")
+    q.set_defaults(func=cmd_write)
+
+
+def offset_arg(text: str) -> int:
+    """argparse `type=`: a byte offset, 0 or a SIZE."""
+    if text.strip() == "0":
+        return 0
+    return size_arg(text)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -71,4 +91,29 @@ def cmd_resize(args: argparse.Namespace) -> int:
         old = vd.size
         vd.resize(args.size)
     print(f"resized vDisk {args.name}: {human(old)} -> {human(args.size)}")
+    return 0
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    """Write FILE's bytes at OFFSET, then flush: the bytes are durable when it returns 0.
+    Nothing is written when the range does not fit or the vDisk is read-only."""
+    with open(args.file, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise CliError(f"{args.file} is not a regular file")
+        size = st.st_size
+        with open_cluster(args.path) as c:
+            vd = c.vdisk(args.name)
+            if args.offset + size > vd.size:
+                raise OutOfRange(f"write to {vd.name}: range [{args.offset}, "
+                                 f"{args.offset + size}) is outside [0, {vd.size})")
+            done = 0
+            while done < size:
+                chunk = f.read(min(WRITE_CHUNK, size - done))
+                if not chunk:
+                    raise CliError(f"{args.file} shrank while being written "
+                                   f"({done:,} of {size:,} bytes written, not flushed)")
+                vd.write(args.offset + done, chunk)
+                done += len(chunk)
+            vd.flush()
     return 0

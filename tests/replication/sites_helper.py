@@ -39,9 +39,14 @@ class Daemon:
     def start(cls, path: str, secret_file: str, *extra: str, timeout: float = 30.0) -> Daemon:
         """Start `nxstore serve PATH` on 127.0.0.1:0 and wait until it logs its port.
         AssertionError (with its stderr) if it exits or says nothing in `timeout` s."""
+        return cls._spawn(["serve", path, "--listen", "127.0.0.1:0", "--secret-file",
+                           secret_file, *extra], path, timeout)
+
+    @classmethod
+    def _spawn(cls, args: list[str], path: str, timeout: float) -> Daemon:
+        """Run `nxstore ARGS` and wait until `_ready_line` accepts a line of its stderr."""
         proc = subprocess.Popen(
-            [*NXSTORE, "serve", path, "--listen", "127.0.0.1:0", "--secret-file", secret_file,
-             *extra],
+            [*NXSTORE, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,
         )
@@ -53,7 +58,7 @@ class Daemon:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                raise AssertionError(f"nxstore serve {path} did not start "
+                raise AssertionError(f"nxstore {args[0]} {path} did not start "
                                      f"(rc {proc.returncode}):\n{d.stderr}")
         return d
 
@@ -61,10 +66,15 @@ class Daemon:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            m = _PORT_RE.search(line)
-            if m and not self._ready.is_set():
-                self.site, self.cluster_id, self.port = m.group(1), m.group(2), int(m.group(3))
+            if not self._ready.is_set() and self._ready_line(line):
                 self._ready.set()
+
+    def _ready_line(self, line: str) -> bool:
+        """Is `line` the daemon's readiness line? (Takes its port, site and cluster id.)"""
+        m = _PORT_RE.search(line)
+        if m:
+            self.site, self.cluster_id, self.port = m.group(1), m.group(2), int(m.group(3))
+        return m is not None
 
     @property
     def address(self) -> str:

@@ -18,8 +18,8 @@ counts over WIRE_MAX_BATCH, bad UTF-8); it never raises anything else.
 One module per protocol area: `base` (the MessageType code table, ErrorCode, the Message
 base class, encode/decode), `session` (handshake, ERROR, PING/PONG), `replication`
 (snapshot transfer and pruning), `ownership` (PD_REQUEST/PD_REPLY), `nearsync` (LWS
-episodes). Import the names from this package; it imports every area, so `decode` knows
-every message type.
+episodes), `witness` (the Metro witness: WITNESS_GET/CAS/STATE). Import the names from
+this package; it imports every area, so `decode` knows every message type.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from .replication import (
     Snapshots,
 )
 from .session import Auth, AuthOk, Challenge, Error, Hello, Ping, Pong
+from .witness import WitnessCas, WitnessGet, WitnessState
 
 __all__ = [
     "MESSAGE_CLASSES",
@@ -93,6 +94,9 @@ __all__ = [
     "Ready",
     "SnapshotInfo",
     "Snapshots",
+    "WitnessCas",
+    "WitnessGet",
+    "WitnessState",
     "decode",
     "encode",
 ]

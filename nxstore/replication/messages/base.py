@@ -78,6 +78,9 @@ class MessageType(enum.IntEnum):
     # metro.py: the Metro synchronous mirror stream, codes 30-39
 
     # witness.py: the Metro witness (get, compare-and-set), codes 40-44
+    WITNESS_GET = 40
+    WITNESS_CAS = 41
+    WITNESS_STATE = 42
 
     # later areas append from 45 on
 
