@@ -59,21 +59,27 @@ def test_catalogue_from_before_the_registry_opens_and_verifies(tmp_path):
         db.executescript(f.read())
     db.close()
     old_schema = schema(old)
+    # Layers added since (Metro, ...) register tables of their own: those are created,
+    # every table of the old catalogue must stay exactly as it was.
+    old_types = [t for t in registered_row_types() if catalog._TABLES[t].name in old_schema]
+    assert len(old_types) >= 14
     cat = Catalog(old, repair_generation=True)  # the dump has no catalog.gen beside it
     try:
         assert cat.meta()["site_name"] == "a"
-        for row_type in registered_row_types():
+        for row_type in old_types:
             (row,) = cat.rows(row_type)  # Corruption if a checksum changed
             for f in fields(row_type):
                 if f.type in ("bool", bool):
                     assert getattr(row, f.name) is True, (row_type.__name__, f.name)
     finally:
         cat.close()
-    assert schema(old) == old_schema, "opening changed the schema of an existing catalogue"
+    assert {t: sql for t, sql in schema(old).items() if t in old_schema} == old_schema, \
+        "opening changed the schema of an existing table"
 
     new = str(tmp_path / "new" / CATALOG_FILE)
     Catalog(new, create=True).close()
-    assert schema(new) == old_schema, "the DDL of a fresh catalogue differs from the old one"
+    assert {t: sql for t, sql in schema(new).items() if t in old_schema} == old_schema, \
+        "the DDL of a fresh catalogue differs from the old one"
 
 
 def test_table_registered_after_open_is_created_at_first_use(tmp_path, registry):
