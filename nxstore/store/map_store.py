@@ -426,6 +426,7 @@ class MapStore:
         if lid != layer_id:
             raise Corruption(f"{path}: holds layer {lid}, expected {layer_id}")
         start = synced = V1_DELTA_HEADER_BYTES
+        mark_damaged = False
         if version >= 2:
             if n < DELTA_HEADER_BYTES:
                 raise Corruption(f"{path}: truncated delta header ({n} bytes)")
@@ -436,26 +437,32 @@ class MapStore:
                                      "its tail is judged by the records alone")
                 log.warning("%s", self.problems[-1])
                 self._bad_marks.add(layer_id)
+                mark_damaged = True
             else:
                 synced = mark
         mv = memoryview(data)
         records = []
         p = start
+        torn = False
         while p < n:
             if n - p < RECORD_HEADER_BYTES:
-                break  # torn: not even a whole record header
+                torn = True  # not even a whole record header
+                break
             seq, count, payload_hash = _REC_HEAD.unpack_from(data, p)
             (rec_hash,) = struct.unpack_from("<Q", data, p + _REC_HEAD.size)
             if _h(mv[p : p + _REC_HEAD.size]) != rec_hash:
                 if p >= synced and _zero_filled(data, p, min(n, p + RECORD_HEADER_BYTES)):
-                    break  # torn: size extended, header never written
+                    torn = True  # size extended, header never written
+                    break
                 raise Corruption(f"{path}: record header checksum mismatch at offset {p}")
             end = p + RECORD_HEADER_BYTES + 16 * count
             if end > n:
-                break  # torn: record cut short
+                torn = True  # record cut short
+                break
             if _h(mv[p + RECORD_HEADER_BYTES : end]) != payload_hash:
                 if p >= synced and end == n and _zero_filled(data, p, n):
-                    break  # torn: size extended, payload not all written
+                    torn = True  # size extended, payload not all written
+                    break
                 raise Corruption(f"{path}: record payload checksum mismatch at offset {p}")
             off = p + RECORD_HEADER_BYTES
             keys = np.frombuffer(data, "<u8", count, off).astype(np.uint64, copy=False)
@@ -467,4 +474,11 @@ class MapStore:
         if p < synced:
             raise Corruption(f"{path}: records end at offset {p} (file {n} bytes) but "
                              f"{synced} bytes were synced: the delta log was cut or damaged")
+        if torn and mark_damaged:
+            # The slot is rewritten in place, inside the header's first sector: a crash
+            # leaves it old or new, never unreadable. Damage there means this tail may
+            # be damage too (synced records zeroed or cut), so it is not dropped as torn.
+            raise Corruption(f"{path}: synced watermark unreadable and the records end in a "
+                             f"torn record at offset {p} (file {n} bytes): a crash cannot be "
+                             "told from damage that cut synced records")
         return _Delta(gen, records, p, n, version)

@@ -419,6 +419,7 @@ def recover(directory: str, salvage: bool) -> Recovered:
             return _damage(directory, salvage, found, i, 0, reason, segments, next_seq, data, 0)
         start = header_bytes(version)
         synced = start
+        mark_damaged = False
         if version >= 2:
             mark = decode_watermark(data, first_seq)
             if mark is None and salvage and not newest:  # sealed: its records end it
@@ -430,6 +431,7 @@ def recover(directory: str, salvage: bool) -> Recovered:
                 problems.append(f"{path}: synced watermark unreadable (damaged); "
                                 "its tail is judged by the records alone")
                 log.warning("%s", problems[-1])
+                mark_damaged = True
             else:
                 synced = mark
         if not newest and version < 2:
@@ -446,13 +448,19 @@ def recover(directory: str, salvage: bool) -> Recovered:
                            data, synced)
         if scan.bad_reason is None:
             continue
-        if newest and scan.valid_after < 0:
+        if newest and scan.valid_after < 0 and not mark_damaged:
             cut = len(data) - scan.end
             log.info("%s: cut torn tail of %d bytes at byte %d", path, cut, scan.end)
             return Recovered(segments, next_seq - 1, scan.end, None, durable_seq, problems)
         reason = scan.bad_reason
         if scan.valid_after >= 0:
             reason += f" (a valid record follows at byte {scan.valid_after})"
+        elif newest:
+            # The slot is rewritten in place inside the header's first sector: a crash
+            # leaves it old or new, never unreadable. With it damaged, this torn-looking
+            # tail may be synced records that were zeroed or cut, so it is not cut silently.
+            reason += ("; the synced watermark is unreadable, so a crash cannot be told "
+                       "from damage to synced records")
         return _damage(directory, salvage, found, i, scan.end, reason, segments, next_seq,
                        data, len(data) if not newest else synced)
     return Recovered(segments, next_seq - 1, None, None, durable_seq, problems)

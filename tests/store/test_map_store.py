@@ -241,6 +241,24 @@ def test_damaged_watermark_slot_is_harmless(tmp_path):
     assert again.problems and "watermark" in again.problems[0]
 
 
+@pytest.mark.parametrize("cut", ["zeros", "chop"])
+def test_damaged_watermark_with_a_torn_looking_tail_is_corruption(tmp_path, cut):
+    """A crash never leaves the slot unreadable, so with it damaged a zeroed or cut tail
+    may be synced records: refused, never dropped as torn (the CI sweep found this)."""
+    store = MapStore(str(tmp_path))
+    three_records(store)
+    store.seal(LID)
+    path = Path(store.delta_path(LID))
+    full = path.read_bytes()
+    if cut == "zeros":
+        damaged = full[:WATERMARK_OFFSET] + bytes(len(full) - WATERMARK_OFFSET)
+    else:
+        damaged = full[:WATERMARK_OFFSET + 1] + b"\xff" + full[WATERMARK_OFFSET + 2 : -5]
+    path.write_bytes(damaged)
+    with pytest.raises(Corruption, match="watermark unreadable and the records end"):
+        MapStore(str(tmp_path)).load(LID)
+
+
 def test_zeros_not_on_a_sector_boundary_are_corruption(tmp_path):
     store = MapStore(str(tmp_path))
     three_records(store)

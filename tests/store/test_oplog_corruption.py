@@ -130,6 +130,23 @@ def test_damaged_watermark_slot_is_harmless(tmp_path):
         assert not lg.problems
 
 
+def test_damaged_watermark_with_a_zeroed_tail_is_damage(tmp_path):
+    """Slot and last records zeroed: not a crash (the slot is never torn), so the log is
+    refused, and salvage reports what it cut instead of cutting silently."""
+    d = tmp_path / "log"
+    (seg,) = _make(d, n=5)
+    with open(seg, "rb") as f:
+        data = f.read()
+    cut = _record_offset(3)
+    with open(seg, "wb") as f:
+        f.write(data[:32] + bytes(16) + data[48:cut] + bytes(len(data) - cut))
+    with pytest.raises(Corruption, match="watermark is unreadable"):
+        OpLog(d)
+    with OpLog(d, salvage=True) as lg:
+        assert [r.seq for r in lg.records()] == [1, 2, 3]
+        assert lg.salvaged is not None and lg.salvaged.offset == cut
+
+
 def test_zero_filled_tail_is_torn(tmp_path):
     d = tmp_path / "log"
     (seg,) = _make(d, n=3)
