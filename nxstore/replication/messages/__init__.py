@@ -18,8 +18,8 @@ counts over WIRE_MAX_BATCH, bad UTF-8); it never raises anything else.
 One module per protocol area: `base` (the MessageType code table, ErrorCode, the Message
 base class, encode/decode), `session` (handshake, ERROR, PING/PONG), `replication`
 (snapshot transfer and pruning), `ownership` (PD_REQUEST/PD_REPLY), `nearsync` (LWS
-episodes). Import the names from this package; it imports every area, so `decode` knows
-every message type.
+episodes), `metro` (the Metro mirror stream). Import the names from this package; it imports
+every area, so `decode` knows every message type.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ from .base import (
     MessageType,
     decode,
     encode,
+)
+from .metro import (
+    MetroAccept,
+    MetroFlush,
+    MetroFlushed,
+    MetroOpen,
+    MetroWrites,
+    MirroredVDisk,
 )
 from .nearsync import GetLws, LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
 from .ownership import WIRE_MAX_JSON_BYTES, PdReply, PdRequest
@@ -83,6 +91,12 @@ __all__ = [
     "MapEntries",
     "Message",
     "MessageType",
+    "MetroAccept",
+    "MetroFlush",
+    "MetroFlushed",
+    "MetroOpen",
+    "MetroWrites",
+    "MirroredVDisk",
     "Missing",
     "PdReply",
     "PdRequest",
