@@ -20,6 +20,7 @@ after the failed write is applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -132,6 +133,7 @@ class _Session:
         self.queued = 0  # write bytes queued for the applier
         self.waiting = False  # the receiver waits for `room`
         self.room = asyncio.Event()
+        self.over = False  # the session ended: the applier stops at the next message
         self.thread = threading.Thread(target=self._apply_all, daemon=True,
                                        name="nxstore-metro-apply")
 
@@ -143,14 +145,27 @@ class _Session:
             await asyncio.wait({receiving, replying}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             receiving.cancel()  # the replier failed (or the session is cancelled)
-            self.jobs.put(None)  # the applier finishes what is queued, then stops
+            self.over = True  # the applier drops what is still queued (none of it confirmed)
+            self.jobs.put(None)
             results = await asyncio.gather(receiving, replying, return_exceptions=True)
-            # Nothing may still run on the replicas once the session is over.
-            await asyncio.to_thread(self.thread.join)
+            await self._join_applier()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(
                     result, (ConnectionClosed, asyncio.CancelledError)):
                 raise result
+
+    async def _join_applier(self) -> None:
+        """Wait for the applier thread to stop, even if cancelled meanwhile (then raise
+        CancelledError afterwards): nothing may run on the replicas once a session is over."""
+        joined = asyncio.ensure_future(asyncio.to_thread(self.thread.join))
+        cancelled = False
+        while not joined.done():
+            try:
+                await asyncio.shield(joined)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _receive(self) -> None:
         while True:
@@ -187,7 +202,7 @@ class _Session:
         """The applier thread: every queued message in order, until None or a failure."""
         acks = AckBatcher()
         try:
-            while (msg := self.jobs.get()) is not None:
+            while (msg := self.jobs.get()) is not None and not self.over:
                 reply: Message | None
                 if isinstance(msg, MetroWrites):
                     self.applier.apply(msg)
@@ -217,4 +232,5 @@ class _Session:
             self.loop.call_soon_threadsafe(self.room.set)
 
     def _post(self, item: Message | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.replies.put_nowait, item)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self.loop.call_soon_threadsafe(self.replies.put_nowait, item)

@@ -137,7 +137,9 @@ class MirrorLink:
         self._index = {vd.id: i for i, vd in enumerate(mirrored)}
         opened = tuple((vd.name, vdisks[vd.name], vd.size) for vd in mirrored)
         self._open_msg = lambda r: MetroOpen(pair_id, epoch, opened, req_id=r)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # guards the state below
+        self._room = threading.Condition(self._lock)  # writers wait for room
+        self._done = threading.Condition(self._lock)  # flushers wait for a confirmed barrier
         self._given = 0  # ops (writes, trims) given to the link
         self._wanted = 0  # ops a flusher waits to see confirmed
         self._asked = 0  # ops covered by the newest barrier sent
@@ -174,7 +176,7 @@ class MirrorLink:
         except BaseException:
             self.close()
             raise
-        with self._cond:
+        with self._lock:
             self._dead = None
         log.info("mirror link to site %s open: pair %s, epoch %d, %d vDisk(s)",
                  self.site.name, self.pair_id, self.epoch, len(self._names))
@@ -202,7 +204,7 @@ class MirrorLink:
     def close(self) -> None:
         """Close the connection and stop the link's thread; every later call, and every
         one still waiting, raises LinkDown. Idempotent."""
-        with self._cond:
+        with self._lock:
             self._kill_locked(LinkDown(f"mirror link to site {self.site.name} was closed"),
                               expected=True)
         loop, thread = self._loop, self._thread
@@ -227,7 +229,7 @@ class MirrorLink:
         """Give the link a write of `vd` (copied). Blocks while the link has no room; raises
         LinkDown if it is down or stays full for the link's timeout."""
         index = self._index_of(vd)
-        with self._cond:
+        with self._lock:
             for lo in range(0, len(data), self._batch_bytes):
                 piece = data[lo: lo + self._batch_bytes]
                 try:
@@ -239,7 +241,7 @@ class MirrorLink:
     def trim(self, vd: VDisk, offset: int, length: int) -> None:
         """Give the link a trim of `vd`; like `write`."""
         index = self._index_of(vd)
-        with self._cond:
+        with self._lock:
             try:
                 self._give(index, offset, length, None)
             except LinkDown:
@@ -249,7 +251,7 @@ class MirrorLink:
     def start_flush(self) -> None:
         """Send a barrier covering every write and trim given so far as soon as possible,
         without waiting for it (a later `flush` waits; it overlaps the local sync)."""
-        with self._cond:
+        with self._lock:
             if self._dead is None and self._given > self._wanted:
                 self._wanted = self._given
                 self._kick()
@@ -260,7 +262,7 @@ class MirrorLink:
         `timeout` seconds (default: the link's), or the link is or goes down."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             need = self._given
             self._check_alive()
             if self._confirmed >= need:
@@ -274,7 +276,7 @@ class MirrorLink:
                     raise self._kill_locked(LinkDown(f"site {self.site.name} did not confirm a "
                                                      f"flush within {timeout:g} s"))
                 self._check_alive()
-                self._cond.wait(remaining)
+                self._done.wait(remaining)
 
     def _index_of(self, vd: VDisk) -> int:
         index = self._index.get(vd.id)
@@ -283,7 +285,7 @@ class MirrorLink:
         return index
 
     def _give(self, index: int, offset: int, length: int, data: memoryview | None) -> None:
-        """Add one op to the open batch (caller holds the condition), waiting for room."""
+        """Add one op to the open batch (caller holds the lock), waiting for room."""
         nbytes = 0 if data is None else length
         deadline = None
         while True:
@@ -295,7 +297,7 @@ class MirrorLink:
             if remaining <= 0:
                 raise self._kill_locked(LinkDown(f"site {self.site.name} took no data for "
                                                  f"{self.timeout:g} s"))
-            self._cond.wait(remaining)
+            self._room.wait(remaining)
         if not self._unsent or not self._fits(self._unsent[-1], nbytes):
             self._unsent.append(_Batch())
         self._given += 1
@@ -327,7 +329,7 @@ class MirrorLink:
         every write and trim given to the link and not covered by a confirmed barrier
         (sent, waiting, or refused because the link was down). Names without any are left
         out."""
-        with self._cond:
+        with self._lock:
             ops = [b.op_ranges() for b in (*self._unconfirmed, *self._unsent)]
             if self._lost:
                 ops.append(tuple(np.array(col, np.int64) for col in zip(*self._lost, strict=True)))
@@ -347,7 +349,7 @@ class MirrorLink:
         it is sending). Raises LinkDown (the link is then dead) without an answer within
         `timeout` (default: the link's)."""
         timeout = self.timeout if timeout is None else timeout
-        with self._cond:
+        with self._lock:
             self._check_alive()
         assert self._loop is not None
         fut = asyncio.run_coroutine_threadsafe(self._ping(), self._loop)
@@ -368,7 +370,7 @@ class MirrorLink:
 
     # -- the link's thread -------------------------------------------------------------------
     def _kick(self) -> None:
-        """Wake the sender (caller holds the condition); once until it looks again."""
+        """Wake the sender (caller holds the lock); once until it looks again."""
         if not self._kicked and self._loop is not None and self._wake is not None:
             self._kicked = True
             self._loop.call_soon_threadsafe(self._wake.set)
@@ -383,7 +385,7 @@ class MirrorLink:
                 while (work := self._next_work()) is not None:
                     if isinstance(work, _Batch):
                         await s.post(work.message)
-                        with self._cond:
+                        with self._lock:
                             work.sent()
                     else:
                         barrier, covers = work
@@ -397,14 +399,14 @@ class MirrorLink:
     def _next_work(self) -> _Batch | tuple[int, int] | None:
         """The oldest batch to send, else a barrier (number, ops it covers) to send, else
         None. Called by the sender; a barrier goes out only after every batch before it."""
-        with self._cond:
+        with self._lock:
             self._kicked = False
             if self._dead is not None:
                 return None
             if self._unsent:
                 batch = self._unsent.popleft()
                 self._unconfirmed.append(batch)
-                self._cond.notify_all()  # room for writers
+                self._room.notify_all()
                 return batch
             if self._barriers_out >= MIRROR_BARRIERS_IN_FLIGHT:
                 return None
@@ -425,14 +427,14 @@ class MirrorLink:
         if not isinstance(reply, MetroFlushed) or reply.barrier != barrier:
             self._die(exc or ProtocolError(f"expected METRO_FLUSHED {barrier}, got {reply!r}"))
             return
-        with self._cond:
+        with self._lock:
             if self._dead is not None:
                 return
             self._confirmed = covers  # the standby answers barriers in order
             self._barriers_out -= 1
             while self._unconfirmed and self._unconfirmed[0].end <= covers:
                 self._unconfirmed.popleft()
-            self._cond.notify_all()
+            self._done.notify_all()
             if self._wanted > self._asked:
                 self._kick()
 
@@ -442,7 +444,7 @@ class MirrorLink:
             raise LinkDown(str(self._dead)) from self._dead
 
     def _die(self, exc: BaseException) -> LinkDown:
-        with self._cond:
+        with self._lock:
             return self._kill_locked(exc)
 
     def _kill_locked(self, exc: BaseException, expected: bool = False) -> LinkDown:
@@ -456,7 +458,8 @@ class MirrorLink:
                 dead.__cause__ = exc
             self._dead = dead
             log.log(logging.INFO if expected else logging.WARNING, "%s", dead)
-            self._cond.notify_all()
+            self._room.notify_all()
+            self._done.notify_all()
             if self._session is not None and self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
                     self._loop.call_soon_threadsafe(self._session.t.abort)

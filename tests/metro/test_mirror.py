@@ -88,6 +88,7 @@ class DelayLine:
     def __init__(self, port: int, delay: float = 0.0) -> None:
         self.delay = delay
         self.target = port
+        self.writers: list[asyncio.StreamWriter] = []
         self.io = Loop()
         self.flowing = self.io.run(self._event())
         self.server = self.io.run(asyncio.start_server(self._client, "127.0.0.1", 0))
@@ -107,6 +108,7 @@ class DelayLine:
 
     async def _client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection("127.0.0.1", self.target)
+        self.writers += [cw, sw]
         await asyncio.gather(self._pipe(cr, sw), self._pipe(sr, cw), return_exceptions=True)
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -130,9 +132,14 @@ class DelayLine:
             await asyncio.gather(out, return_exceptions=True)
             dst.close()
 
-    def close(self) -> None:
-        self.release()
+    async def _shutdown(self) -> None:
+        self.flowing.set()
         self.server.close()
+        for w in self.writers:
+            w.close()
+
+    def close(self) -> None:
+        self.io.run(self._shutdown())
         self.io.stop()
 
 
