@@ -104,6 +104,12 @@ class WitnessUnreachable(NxError):
     may or may not have been applied: ask again (`get`) to learn the outcome."""
 
 
+class LinkDown(NxError):
+    """A synchronous mirror link (Metro) is down: the peer did not confirm a flush in time,
+    or the connection broke. Nothing written since the last confirmed flush is known to be
+    durable at the peer, and the link confirms nothing more."""
+
+
 class GenerationUnverifiable(Corruption):
     """The catalogue's generation file is missing or both its slots are damaged, so open
     cannot tell whether the catalogue lost committed transactions. `nxstore fsck --repair`

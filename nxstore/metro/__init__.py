@@ -9,8 +9,10 @@ Modules, one concept each:
     witness.py     the witness process: durable per-pair {epoch, active site}, changed only by
                    an authenticated compare-and-set
     witness_client.py  asking a witness (get, compare-and-set) from a site
-    mirror.py      the synchronous write stream: the active site's vDisk mirror (pipelined
-                   writes, group-committed flushes) and the standby's applier
+    mirror.py      the synchronous write stream, active side: the link to the standby
+                   (pipelined writes, group-committed flushes) and the vDisks' WriteMirror
+    applier.py     the same stream, standby side: applies the writes to the replicas, syncs
+                   them once per barrier
     controller.py  the per-PD state machine: enable, seed, synchronous, stalled, broken,
                    resyncing, suspended; break, resume, promote, demote
     mode.py        Metro as a protection ReplicationMode

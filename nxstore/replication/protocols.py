@@ -4,15 +4,16 @@ The target (nxstore.replication.target) serves snapshot replication itself: BEGI
 BLOCKS, MAP_ENTRIES, COMMIT, ABORT, GET_SNAPSHOTS, HAVE_FINGERPRINTS, PRUNE, PING. The layers
 above add their requests to the one `TargetProtocols` the engine keeps (`target_protocols`):
 a query (one request, one reply: GET_LWS, PD_REQUEST), a transfer (a BEGIN..COMMIT shape
-like snapshot replication's, with its own staged messages: NearSync's LWS episodes), and
-actions a target runs when it is built. A target reads the registry when built, so the
+like snapshot replication's, with its own staged messages: NearSync's LWS episodes), a
+session (a message that, first on its connection, hands the whole connection to its handler:
+Metro's mirror stream), and actions a target runs when it is built. A target reads the registry when built, so the
 layers register when the cluster is opened. A message nobody registered is answered with
 ERROR (ProtocolError) and ends the connection, like any other unexpected message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,6 +35,8 @@ from .messages import (
 
 if TYPE_CHECKING:
     from ..store.engine import Engine
+    from .auth import SiteIdentity
+    from .transport import StreamTransport
 
 # Served by the target itself; registering one of them is an error.
 BUILT_IN: tuple[type[Message], ...] = (
@@ -98,6 +101,9 @@ class TransferKind:
 
 # handler(source_cluster_id, source_site, request) -> reply; raises NxError (sent as ERROR)
 QueryHandler = Callable[[str, str, Message], Message]
+# handler(peer, transport, first message): serves the connection until it ends; an NxError
+# it raises is sent as ERROR (answering the first message) and ends the connection
+SessionHandler = Callable[["SiteIdentity", "StreamTransport", Message], Awaitable[None]]
 
 
 class TargetProtocols:
@@ -111,6 +117,7 @@ class TargetProtocols:
         self._begins: dict[type[Message], TransferKind] = {}
         self._commits: dict[type[Message], TransferKind] = {}
         self._stages: dict[type[Message], Callable[[Message, Transfer | None], None]] = {}
+        self._sessions: dict[type[Message], SessionHandler] = {}
         self._on_start: list[Callable[[], object]] = []
 
     def _take(self, kinds: list[type[Message]]) -> None:
@@ -133,6 +140,13 @@ class TargetProtocols:
         self._commits[kind.commit] = kind
         self._stages.update(kind.stage)
 
+    def add_session(self, kind: type[Message], handler: SessionHandler) -> None:
+        """A message of type `kind` that comes first on its connection hands the connection
+        to `await handler(peer, transport, msg)`, which then owns it (the target serves
+        nothing else on it). Anywhere else the message is a ProtocolError."""
+        self._take([kind])
+        self._sessions[kind] = handler
+
     def on_start(self, action: Callable[[], object]) -> None:
         """Run `action` whenever a target is built (before it serves a connection)."""
         self._on_start.append(action)
@@ -151,6 +165,10 @@ class TargetProtocols:
 
     def stage(self, kind: type[Message]) -> Callable[[Message, Transfer | None], None] | None:
         return self._stages.get(kind)
+
+    def session(self, kind: type[Message]) -> SessionHandler | None:
+        """The handler a connection opened by a message of type `kind` is handed to, if any."""
+        return self._sessions.get(kind)
 
     def start(self) -> None:
         """Run the `on_start` actions, in registration order."""

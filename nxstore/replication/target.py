@@ -52,13 +52,21 @@ from .messages import (
     SnapshotInfo,
     Snapshots,
 )
-from .protocols import Transfer, TransferBegin, TransferKind, check_site, target_protocols
+from .protocols import (
+    SessionHandler,
+    Transfer,
+    TransferBegin,
+    TransferKind,
+    check_site,
+    target_protocols,
+)
 from .replica import apply_snapshot, prune_replica, replica_snapshots
 from .transport import StreamTransport
 from .window import AckBatcher
 
 if TYPE_CHECKING:
     from ..store.engine import Engine
+    from .auth import SiteIdentity
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +157,7 @@ class ReplicationTarget:
         queued = 0
         worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-repl-store")
         loop = asyncio.get_running_loop()
+        first = True
         try:
             while True:
                 try:
@@ -165,6 +174,11 @@ class ReplicationTarget:
                         with contextlib.suppress(NxError, OSError):
                             await t.send(Error.from_exception(exc))
                         await _linger(t)
+                    return
+                session = self._protocols.session(type(msg)) if first else None
+                first = False
+                if session is not None:
+                    await self._serve_session(session, peer, t, msg)
                     return
                 try:
                     incoming = msg.data.nbytes if isinstance(msg, Blocks) else 0
@@ -232,6 +246,18 @@ class ReplicationTarget:
                     await fut
             worker.shutdown(wait=False)
             self._release(peer.cluster_id, transfer)
+
+    @staticmethod
+    async def _serve_session(handler: SessionHandler, peer: SiteIdentity, t: StreamTransport,
+                             msg: Message) -> None:
+        """Hand the connection to a registered session (TargetProtocols.add_session)."""
+        try:
+            await handler(peer, t, msg)
+        except NxError as exc:
+            log.error("%s session from %s failed: %s", type(msg).__name__, peer.site, exc)
+            with contextlib.suppress(NxError, OSError):
+                await t.send(Error.from_exception(exc, req_id=msg.req_id))
+            await _linger(t)
 
     # -- requests ------------------------------------------------------------------
     def _query(self, source: str, site: str, msg: Message) -> Message:

@@ -2,16 +2,17 @@
 engine's objects: containers, vDisks, snapshots, clones, and the OpLog, block maps, extent
 store and catalogue under them.
 
-Kept as one file (about 580 lines) because it is the engine's one object: open and close,
+Kept as one file (about 590 lines) because it is the engine's one object: open and close,
 the vDisk registry, snapshots and clones, upkeep and the registration points share its
 locks and registry; recovery (recovery.py) and the directory layout (layout.py) are apart.
 
 It knows nothing of the layers above (replication, protection, NearSync). They plug in
 through registration points: vDisk guards (`add_vdisk_guard`), actions in a vDisk's delete
 transaction (`on_vdisk_deleted`), the OpLog release floor and extra gc roots
-(`add_release_floor`, `add_gc_roots`) and typed parts (`attach`/`part`). The public API is
-the facade `nxstore.Cluster`, an Engine with every layer attached; an Engine alone is for
-the engine's own tests and tools (it enforces no VM or protection-domain guard).
+(`add_release_floor`, `add_gc_roots`), typed parts (`attach`/`part`) and a vDisk's write
+mirror (`set_mirror`, nxstore.store.mirror). The public API is the facade
+`nxstore.Cluster`, an Engine with every layer attached; an Engine alone is for the
+engine's own tests and tools (it enforces no VM or protection-domain guard).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from .layers import LayerTree
 from .layout import build_cluster_dir
 from .lockorder import Level, ordered_lock
 from .map_store import MapStore
+from .mirror import WriteMirror
 from .oplog import OpLog, RecordType, Salvage
 from .recovery import replay_oplog
 from .snapshot import Snapshot, take_snapshots
@@ -297,6 +299,15 @@ class Engine:
     def add_gc_roots(self, roots: Callable[[], np.ndarray]) -> None:
         """gc keeps every extent id `roots()` returns besides those the block maps name."""
         self._gc_roots.append(roots)
+
+    def set_mirror(self, vdisk_name: str, mirror: WriteMirror | None) -> None:
+        """Install `mirror` on vDisk `vdisk_name` (None: remove it); nxstore.store.mirror says
+        when the vDisk calls it. Takes effect between two writes: those applied before this
+        returns are not given to the new mirror, every later one is. RAM only: install it
+        again after each open. Raises NotFound."""
+        vd = self.vdisk(vdisk_name)
+        with vd._lock:
+            vd._mirror = mirror
 
     def _release_floor(self) -> int | None:
         floors = [f for f in (floor() for floor in self._release_floors) if f is not None]

@@ -123,6 +123,7 @@ def restore_vdisk(ctx: ClusterContext, vd: VDisk, snapshot: Snapshot) -> None:
     snapshot._check_alive()
     with vd._lock:
         vd._check_writable()
+        vd.check_mirror_allows("restore")
         with ctx.map_lock, rows_restored_on_error(vd._row), ctx.catalog.transaction():
             seq = ctx.oplog.last_seq
             ctx.oplog.sync(seq)  # a durable created_seq must name durable records

@@ -1,6 +1,6 @@
 """VDisk: a thin, byte-addressed virtual disk.
 
-Kept as one file (576 lines) because `VDisk` is one object whose write, replay, drain
+Kept as one file (about 615 lines) because `VDisk` is one object whose write, replay, drain
 and persist paths share its lock, dirty blocks and safe point; the functions above it are
 its read and argument-check primitives, which snapshot.py reuses.
 
@@ -35,6 +35,7 @@ from .lws import take as take_lws
 from .oplog import Record, RecordType
 
 if TYPE_CHECKING:
+    from .mirror import WriteMirror
     from .snapshot import Snapshot
 
 DRAIN_BATCH_BLOCKS = 256  # blocks moved per drain step (bounds how long writers wait)
@@ -217,6 +218,7 @@ class VDisk:
         self._superseded: list[np.ndarray] = []
         self._last_seq = 0
         self._deleted = False
+        self._mirror: WriteMirror | None = None  # Engine.set_mirror (nxstore.store.mirror)
 
     # -- properties ------------------------------------------------------------
     @property
@@ -268,6 +270,24 @@ class VDisk:
 
     def write(self, offset: int, data: object) -> None:
         """Write `data` at `offset`. Durable once a later `flush()` returns."""
+        self._write(offset, data, mirrored=False)
+
+    def trim(self, offset: int, length: int) -> None:
+        """Discard [offset, offset+length): it reads as zeros. Durable after `flush()`."""
+        self._trim(offset, length, mirrored=False)
+
+    def apply_mirrored_write(self, offset: int, data: object) -> None:
+        """Apply a write a mirror received from another vDisk (nxstore.store.mirror) to this
+        read-only replica; durable, like `write`, once a later `flush()` returns. For the
+        replication layers only. Raises InvalidArgument if this vDisk is writable (a
+        promoted replica takes no more mirrored writes), NotFound (deleted), OutOfRange."""
+        self._write(offset, data, mirrored=True)
+
+    def apply_mirrored_trim(self, offset: int, length: int) -> None:
+        """`trim` for a read-only replica; see `apply_mirrored_write`."""
+        self._trim(offset, length, mirrored=True)
+
+    def _write(self, offset: int, data: object, mirrored: bool) -> None:
         view = as_buffer(data)
         offset, n = check_range(f"write to {self.name}", offset, len(view), self.size)
         if n == 0:
@@ -275,36 +295,43 @@ class VDisk:
         bs = self._ctx.block_size
         lo, hi = -(-offset // bs) * bs, (offset + n) // bs * bs
         self._ctx.throttle()
-        if n >= OPLOG_BYPASS_BYTES and hi - lo >= bs:
-            self._ctx.oplog.wait_for_space(n - (hi - lo))
-            with self._lock:
-                self._check_writable()
+        bypass = n >= OPLOG_BYPASS_BYTES and hi - lo >= bs
+        self._ctx.oplog.wait_for_space(n - (hi - lo) if bypass else n)
+        with self._lock:
+            self._check_target(mirrored)
+            if bypass:
                 self._write_logged(offset, view[: lo - offset])
                 self._write_direct(lo, view[lo - offset : hi - offset])
                 self._write_logged(hi, view[hi - offset :])
-        else:
-            self._ctx.oplog.wait_for_space(n)
-            with self._lock:
-                self._check_writable()
+            else:
                 self._write_logged(offset, view)
+            if self._mirror is not None and not mirrored:
+                self._mirror.write(self, offset, view)
 
-    def trim(self, offset: int, length: int) -> None:
-        """Discard [offset, offset+length): it reads as zeros. Durable after `flush()`."""
+    def _trim(self, offset: int, length: int, mirrored: bool) -> None:
         offset, length = check_range(f"trim of {self.name}", offset, length, self.size)
         if length == 0:
             return
         with self._lock:
-            self._check_writable()
+            self._check_target(mirrored)
             seq = self._ctx.oplog.append_trim(self.id, offset, length)
             self._apply_trim(offset, length, seq)
+            if self._mirror is not None and not mirrored:
+                self._mirror.trim(self, offset, length)
 
     def flush(self) -> None:
-        """Return once every earlier write and trim of this vDisk is durable."""
+        """Return once every earlier write and trim of this vDisk is durable (with a mirror
+        installed, durable at the mirror too: nxstore.store.mirror)."""
         with self._lock:
             seq = self._last_seq
+            mirror = self._mirror
+        if mirror is not None:
+            mirror.prepare_flush(self)
         # The extents a MAP record names must be durable before the record is.
         self._ctx.store.sync()
         self._ctx.oplog.sync(seq)
+        if mirror is not None:
+            mirror.flush(self)
 
     def resize(self, new_size: int) -> None:
         """Grow the vDisk to `new_size` bytes; durable on return. Raises InvalidArgument
@@ -313,6 +340,7 @@ class VDisk:
         size = check_int(f"{self.name}: new size", new_size)
         with self._lock, rows_restored_on_error(self._row), self._ctx.catalog.transaction():
             self._check_writable()
+            self.check_mirror_allows("resize")
             if size < self.size:
                 raise OutOfRange(f"{self.name}: cannot resize from {self.size} to {size} (grow only)")
             if size > MAX_VDISK_SIZE:
@@ -419,6 +447,20 @@ class VDisk:
         self._check_alive()
         if self._row.read_only:
             raise ReadOnly(f"vDisk {self.name!r} is a read-only replica")
+
+    def _check_target(self, mirrored: bool) -> None:
+        """A write of the vDisk's own must find it writable; a mirrored one, a replica."""
+        if not mirrored:
+            self._check_writable()
+            return
+        self._check_alive()
+        if not self._row.read_only:
+            raise InvalidArgument(f"vDisk {self.name!r} is writable: it takes no mirrored writes")
+
+    def check_mirror_allows(self, what: str) -> None:
+        """Let the installed mirror refuse `what` ("restore", "resize"); caller holds the lock."""
+        if self._mirror is not None:
+            self._mirror.check_change(self, what)
 
     @property
     def read_only(self) -> bool:

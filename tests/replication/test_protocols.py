@@ -170,3 +170,37 @@ def test_registered_handlers_are_used(cluster):
     assert calls == [("start",), ("query", PEER.cluster_id, PEER.site),
                      ("check", PEER.cluster_id), ("stage", True),
                      ("commit", PEER.cluster_id, True), ("after", PEER.cluster_id, lws_begin(2))]
+
+
+# -- sessions: a message that takes its whole connection ------------------------------------------
+def test_a_session_message_first_on_its_connection_takes_the_connection(cluster):
+    protocols = TargetProtocols()
+    cluster.attach(protocols)  # in place of the one the opened cluster filled
+    calls: list[tuple] = []
+
+    async def session(peer: SiteIdentity, t, msg: Message) -> None:
+        calls.append((peer, type(msg)))
+        await t.send(Pong(1, req_id=msg.req_id))
+        nxt = await t.recv()  # the handler owns the connection: even a Ping is its own
+        await t.send(Pong(2, req_id=nxt.req_id))
+        if isinstance(nxt, Ping) and nxt.sent_ns == 99:
+            raise InvalidArgument("refused by the session")
+
+    protocols.add_session(GetLws, session)
+    with pytest.raises(InvalidArgument, match="GetLws already has a handler"):
+        protocols.add_session(GetLws, session)
+    with pytest.raises(InvalidArgument, match="Ping already has a handler"):
+        protocols.add_session(Ping, session)
+    first = GetLws(PEER.site, "db", "s1", req_id=1)
+    assert converse(cluster, [first, Ping(5, req_id=2)], 2) == [Pong(1, req_id=1),
+                                                                Pong(2, req_id=2)]
+    assert calls == [(PEER, GetLws)]
+    # An NxError from the session goes back as ERROR naming the message that opened it.
+    got = converse(cluster, [first, Ping(99, req_id=2)], 3)
+    assert got[:2] == [Pong(1, req_id=1), Pong(2, req_id=2)]
+    assert got[2] == Error(int(ErrorCode.INVALID), "refused by the session", req_id=1)
+    # Anywhere but first, the message is unexpected.
+    got = converse(cluster, [Ping(3, req_id=1), GetLws(PEER.site, "db", "s1", req_id=2)], 2)
+    assert got[0] == Pong(3, req_id=1)
+    assert isinstance(got[1], Error) and got[1].code == ErrorCode.PROTOCOL
+    assert "unexpected GetLws" in got[1].message and len(calls) == 2

@@ -18,8 +18,9 @@ counts over WIRE_MAX_BATCH, bad UTF-8); it never raises anything else.
 One module per protocol area: `base` (the MessageType code table, ErrorCode, the Message
 base class, encode/decode), `session` (handshake, ERROR, PING/PONG), `replication`
 (snapshot transfer and pruning), `ownership` (PD_REQUEST/PD_REPLY), `nearsync` (LWS
-episodes), `witness` (the Metro witness: WITNESS_GET/CAS/STATE). Import the names from
-this package; it imports every area, so `decode` knows every message type.
+episodes), `witness` (the Metro witness: WITNESS_GET/CAS/STATE), `metro` (the Metro mirror
+stream). Import the names from this package; it imports every area, so `decode` knows every
+message type.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ from .base import (
     MessageType,
     decode,
     encode,
+)
+from .metro import (
+    MetroAccept,
+    MetroFlush,
+    MetroFlushed,
+    MetroOpen,
+    MetroWrites,
+    MirroredVDisk,
 )
 from .nearsync import GetLws, LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
 from .ownership import WIRE_MAX_JSON_BYTES, PdReply, PdRequest
@@ -84,6 +93,12 @@ __all__ = [
     "MapEntries",
     "Message",
     "MessageType",
+    "MetroAccept",
+    "MetroFlush",
+    "MetroFlushed",
+    "MetroOpen",
+    "MetroWrites",
+    "MirroredVDisk",
     "Missing",
     "PdReply",
     "PdRequest",

@@ -76,6 +76,11 @@ class MessageType(enum.IntEnum):
     GET_LWS = 28
     LWS_LIST = 29
     # metro.py: the Metro synchronous mirror stream, codes 30-39
+    METRO_OPEN = 30
+    METRO_ACCEPT = 31
+    METRO_WRITES = 32
+    METRO_FLUSH = 33
+    METRO_FLUSHED = 34
 
     # witness.py: the Metro witness (get, compare-and-set), codes 40-44
     WITNESS_GET = 40
