@@ -5,7 +5,8 @@ every function of a lower layer that takes an Engine, accepts it. At open it com
 layers through the Engine's registration points, bottom to top: replication drops replica
 rows with their vDisk, protection guards the vDisks VMs and PDs use, NearSync keeps its
 episodes from the drain and gc and loads its settings, and the replication targets learn to
-serve NearSync episodes and PD metadata (`TargetProtocols`); then the drain thread starts. The
+serve NearSync episodes and PD metadata (`TargetProtocols`), and Metro puts its vDisks
+behind their write gates and answers its peer; then the drain and Metro threads start. The
 methods below forward to the layer that owns each concept; their contracts are documented
 on the functions they forward to.
 """
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from .constants import CHAIN_COLLAPSE_DEPTH
+from .metro.service import MetroService
 from .names import check_name
 from .nearsync import lws as nearsync_lws
 from .nearsync import receive as nearsync_receive
@@ -43,7 +45,7 @@ from .store.vdisk import VDisk
 
 
 class Cluster(Engine):
-    """An open cluster with replication, protection and NearSync attached. Use
+    """An open cluster with replication, protection, NearSync and Metro attached. Use
     `Cluster.create` / `Cluster.open` (see `Engine.create` / `Engine.open`), ideally as a
     context manager."""
 
@@ -61,11 +63,21 @@ class Cluster(Engine):
             protocols = target_protocols(self)  # what this site's replication targets serve
             nearsync_receive.register(protocols, self)
             protection_remote.register(protocols, self._protection)
+            self._metro = MetroService(self, self._protection)
+            self._metro.attach()
         except BaseException:
             Engine.close(self)
             raise
         if background:
             self.start_background()
+            self._metro.start()
+
+    def close(self) -> None:
+        """Stop Metro's thread and links, then close the engine (see `Engine.close`)."""
+        metro = getattr(self, "_metro", None)
+        if metro is not None:
+            metro.close()
+        super().close()
 
     # -- replication (nxstore.replication) -----------------------------------------------
     def add_remote_site(self, name: str, address: str, secret: str,
@@ -131,7 +143,8 @@ class Cluster(Engine):
         if mgr is None:
             with self._registry_lock:
                 if self._protection_mgr is None:
-                    self._protection_mgr = ProtectionManager(self, (self._nearsync,))
+                    self._protection_mgr = ProtectionManager(self, (self._nearsync,),
+                                                             self._metro)
                 mgr = self._protection_mgr
         return mgr
 

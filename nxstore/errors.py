@@ -114,3 +114,12 @@ class GenerationUnverifiable(Corruption):
     """The catalogue's generation file is missing or both its slots are damaged, so open
     cannot tell whether the catalogue lost committed transactions. `nxstore fsck --repair`
     rewrites it from the catalogue (trusting the catalogue)."""
+
+
+class LinkDown(NxError):
+    """A synchronous mirror link to the peer site failed or did not answer in time."""
+
+
+class MetroFenced(NxError):
+    """Metro: another site holds the epoch, so this site may not acknowledge writes."""
+

@@ -83,9 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("site", metavar="SITE", nargs="?")
     q.add_argument("--no-migrate", action="store_true", help="only reprotect (replicate back)")
 
-    from . import nearsync_cmds  # it imports this module, so not at the top
+    from . import metro_cmds, nearsync_cmds  # they import this module: not at the top
 
     nearsync_cmds.register_pd(psub)
+    metro_cmds.register_pd(psub)
 
 
 def _when(ts: float | None) -> str:

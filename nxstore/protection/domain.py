@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..replication.source import ReplicationResult
     from ..store.vdisk import VDisk
     from .failover import FailbackResult, MigrateResult, SyncResult
-    from .modes import ReplicationState
+    from .modes import MetroState, ReplicationState, SynchronousReplication
     from .pdsnapshot import PDSnapshot, RestoreResult
     from .rows import PDMigrationRow
     from .schedule import Schedule
@@ -322,6 +322,52 @@ class ProtectionDomain:
         now = self._mgr.now()
         return {site: (now - shipped[site]) if shipped.get(site) else None
                 for site in sorted(sites)}
+
+    # -- Metro: synchronous replication with a witness (protection.modes) ------------------
+    def _metro(self) -> SynchronousReplication:
+        if self._mgr.synchronous is None:
+            raise InvalidArgument("Metro is not available on this cluster object (open it "
+                                  "with nxstore.Cluster)")
+        return self._mgr.synchronous
+
+    def enable_metro(self, site: str, witness: str, *, witness_secret: str,
+                     peer_witness: str | None = None, break_mode: str = "automatic",
+                     break_timeout: float = 15.0, rtt_limit: float = 0.005) -> MetroState:
+        """Replicate this PD synchronously to remote `site` (RPO 0): seed the standby
+        (deduplicated), then every flush of a PD vDisk returns only once both sites hold
+        it. `witness` (HOST:PORT, its secret `witness_secret`) decides which site may
+        continue alone when they lose each other; `peer_witness`: its address as `site`
+        reaches it (default the same). `break_mode` "automatic": after `break_timeout`
+        seconds of stalled flushes the active site asks the witness and continues alone;
+        "manual": IO stalls until `metro_break()` or the link returns. Raises
+        InvalidArgument (bad values; a NearSync schedule; a round trip to `site` above
+        `rtt_limit` seconds), AlreadyExists (Metro already on), NotFound (site),
+        WitnessUnreachable, AuthenticationError. Durable on return."""
+        return self._metro().enable(self, site, witness=witness, witness_secret=witness_secret,
+                                    peer_witness=peer_witness, break_mode=break_mode,
+                                    break_timeout=break_timeout, rtt_limit=rtt_limit)
+
+    def disable_metro(self) -> None:
+        """Stop Metro (at the active site); the standby keeps its replicas."""
+        self._metro().disable(self)
+
+    def metro_state(self) -> MetroState:
+        """This site's view of the PD's Metro pair (NotFound: no Metro)."""
+        return self._metro().state(self)
+
+    def metro_break(self) -> MetroState:
+        """Operator break at the active site: continue alone in the next epoch if the
+        witness agrees (MetroFenced otherwise, WitnessUnreachable)."""
+        return self._metro().break_link(self)
+
+    def metro_resume(self) -> MetroState:
+        """Resync the standby and go back to synchronous (after a manual break)."""
+        return self._metro().resume(self)
+
+    def metro_promote(self, force: bool = False) -> MetroState:
+        """Make this standby the active site in the next epoch (the witness must agree;
+        `force` when it cannot be reached). MetroFenced if another site holds it."""
+        return self._metro().promote(self, force)
 
     # -- failover (nxstore.protection.failover) --------------------------------------------
     def migrate(self, site: str) -> MigrateResult:

@@ -21,7 +21,7 @@ from .rows import PDEntityRow, PDSnapshotRow, ProtectionDomainRow, VMRow
 if TYPE_CHECKING:
     from ..store.engine import Engine
     from ..store.vdisk import VDisk
-    from .modes import ReplicationMode
+    from .modes import ReplicationMode, SynchronousReplication
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 class ProtectionManager:
     """Protection state of one open cluster (see module docstring)."""
 
-    def __init__(self, cluster: Engine, modes: Sequence[ReplicationMode] = ()) -> None:
+    def __init__(self, cluster: Engine, modes: Sequence[ReplicationMode] = (),
+                 synchronous: SynchronousReplication | None = None) -> None:
         self.cluster = cluster
         #: the replication modes above protection (NearSync), consulted in this order
         self.modes: tuple[ReplicationMode, ...] = tuple(modes)
+        #: Metro (synchronous replication with a witness), when the layer is attached
+        self.synchronous = synchronous
         self.catalog = cluster._ctx.catalog
         self.lock = ordered_lock(Level.PROTECTION, "protection", reentrant=True)
         #: VM name -> {"pre-freeze": callable, "post-thaw": callable} (not persisted)

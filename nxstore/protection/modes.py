@@ -10,7 +10,7 @@ sides use, and never imports a mode: the facade (`nxstore.Cluster`) hands the mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InvalidArgument, NotFound
@@ -74,6 +74,59 @@ class ReplicationState:
     shipped_at: float          # its time (0: none yet)
     base_snapshot: str         # the vDisk snapshot the site's episode chain starts on
     history: tuple[Transition, ...]
+
+
+@dataclass(frozen=True)
+class WitnessView:
+    """What a Metro witness said of a pair just now (reachable False: `error` says why)."""
+
+    reachable: bool
+    epoch: int
+    active_site: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class MetroState:
+    """`ProtectionDomain.metro_state()`: this site's view of the PD's Metro pair."""
+
+    pd: str
+    role: str                       # "active" | "standby"
+    state: str                      # synchronous, stalled, broken, resyncing, suspended, ...
+    epoch: int
+    peer: str
+    witness: str
+    witness_view: WitnessView
+    since_sync_flush: float | None  # seconds since the last flush both sites acknowledged
+    dirty_blocks: int               # blocks changed here since the checkpoint
+    resync_done: int
+    resync_total: int
+    break_mode: str
+    break_timeout: float
+    checkpoint: str                 # the newest snapshot both sites hold
+    note: str                       # the last event an operator must know of
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class SynchronousReplication(Protocol):
+    """Metro, registered on the ProtectionManager by the facade (`ProtectionDomain`'s
+    metro methods forward to it). Every method raises NxError subclasses."""
+
+    def enable(self, pd: ProtectionDomain, site: str, *, witness: str, witness_secret: str,
+               peer_witness: str | None, break_mode: str, break_timeout: float,
+               rtt_limit: float) -> MetroState: ...
+
+    def disable(self, pd: ProtectionDomain) -> None: ...
+
+    def state(self, pd: ProtectionDomain) -> MetroState: ...
+
+    def break_link(self, pd: ProtectionDomain) -> MetroState: ...
+
+    def resume(self, pd: ProtectionDomain) -> MetroState: ...
+
+    def promote(self, pd: ProtectionDomain, force: bool) -> MetroState: ...
 
 
 class ReplicationMode(Protocol):

@@ -371,10 +371,11 @@ def _check_free(mgr: ProtectionManager, source_cluster: str, manifest: list[dict
 # -- demote: stop being the owner ----------------------------------------------------------------
 
 def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, owner_cluster: str,
-           reason: str) -> list[str]:
+           reason: str, *, keep_diverged: bool = True) -> list[str]:
     """This site no longer owns `pd_name` (see module docstring); returns the VMs
     unregistered. Writes made here after the newest snapshot the new owner holds are
-    kept in a snapshot "<pd>.diverged-e<epoch>" of each vDisk. An unfinished migration
+    kept in a snapshot "<pd>.diverged-e<epoch>" of each vDisk (unless not
+    `keep_diverged`: Metro discards writes it never acknowledged). An unfinished migration
     of the PD is closed as "aborted" (failover.abort_migration) in the commit that makes
     the PD inactive here. Idempotent."""
     from .failover import abort_migration, journal, migration_vdisks
@@ -413,7 +414,8 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
                 vd = mgr.cluster.vdisk(name)
             except NotFound:
                 continue
-            if not vd.read_only and not any(s.name == tag for s in vd.snapshots()):
+            if keep_diverged and not vd.read_only and not any(s.name == tag
+                                                              for s in vd.snapshots()):
                 take_snapshots(mgr.cluster._ctx, [vd], tag)  # composed: may exceed users' limit
             make_replica(mgr.cluster, name, owner_cluster, owner_site)
         with cat.transaction():

@@ -256,6 +256,9 @@ def commit_layer(cluster: Engine, vd: VDisk, parent: int, layer: MapLayer, snaps
             vd._row.head_layer = ctx.tree.create(layer_id, seq)
             vd._row.size = size
             ctx.catalog.update(vd._row)
+        # Writes a synchronous mirror applied to the old head are superseded by this
+        # snapshot (their source sent it): drop them with the head, as restore does.
+        vd.discard_unpersisted()
     ctx.prune()
     return Snapshot(ctx, snap_row, vd.name)
 

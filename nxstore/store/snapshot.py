@@ -89,15 +89,19 @@ class Snapshot:
             raise NotFound(f"snapshot {self.vdisk_name}@{self.name} was deleted")
 
 
-def take_snapshots(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str) -> list[Snapshot]:
+def take_snapshots(ctx: ClusterContext, vdisks: Sequence[VDisk], name: str, *,
+                   replicas: bool = False) -> list[Snapshot]:
     """Snapshot every vDisk in `vdisks` at one crash-consistent point, named `name`.
 
     All members' locks are held together while their dirty blocks drain and the
     catalogue commits, so no write is in one member's snapshot while an earlier
-    acknowledged write is missing from another's.
+    acknowledged write is missing from another's. Read-only replicas only with `replicas`
+    (a synchronous standby freezes what it received before it is promoted); ReadOnly
+    otherwise.
     """
     check_name("snapshot", name, composed=True)  # users' names are checked by the callers
-    with lock_group(vdisks, "a vDisk is named twice in the snapshot group") as members:
+    with lock_group(vdisks, "a vDisk is named twice in the snapshot group",
+                    writable=not replicas) as members:
         for vd in members:
             if ctx.catalog.rows(SnapshotRow, "vdisk_id = ? AND name = ?", (vd.id, name)):
                 raise AlreadyExists(f"vDisk {vd.name!r} already has a snapshot {name!r}")

@@ -176,17 +176,20 @@ def rows_restored_on_error(*rows: object) -> Iterator[None]:
 
 
 @contextmanager
-def lock_group(vdisks: Sequence[VDisk], duplicate_error: str) -> Iterator[list[VDisk]]:
-    """Hold the locks of `vdisks`, each checked writable, and yield them in vDisk-id
-    order: the one order every group operation (snapshot_group, LWS) takes them in,
-    so two never deadlock. InvalidArgument(duplicate_error) if one is named twice."""
+def lock_group(vdisks: Sequence[VDisk], duplicate_error: str, *,
+               writable: bool = True) -> Iterator[list[VDisk]]:
+    """Hold the locks of `vdisks`, each checked writable (unless `writable` is False), and
+    yield them in vDisk-id order: the one order every group operation (snapshot_group, LWS)
+    takes them in, so two never deadlock. InvalidArgument(duplicate_error) if one is named
+    twice."""
     members = sorted({vd.id: vd for vd in vdisks}.values(), key=lambda vd: vd.id)
     if len(members) != len(vdisks):
         raise InvalidArgument(duplicate_error)
     with ExitStack() as stack:
         for vd in members:
             stack.enter_context(vd._lock)
-            vd._check_writable()  # a replica's snapshots and LWS come only from its source
+            if writable:
+                vd._check_writable()  # a replica's snapshots and LWS come from its source
         yield members
 
 

@@ -19,8 +19,8 @@ One module per protocol area: `base` (the MessageType code table, ErrorCode, the
 base class, encode/decode), `session` (handshake, ERROR, PING/PONG), `replication`
 (snapshot transfer and pruning), `ownership` (PD_REQUEST/PD_REPLY), `nearsync` (LWS
 episodes), `witness` (the Metro witness: WITNESS_GET/CAS/STATE), `metro` (the Metro mirror
-stream). Import the names from this package; it imports every area, so `decode` knows every
-message type.
+stream), `metro_control` (METRO_REQUEST/METRO_REPLY between Metro sites). Import the names
+from this package; it imports every area, so `decode` knows every message type.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from .metro import (
     MetroWrites,
     MirroredVDisk,
 )
+from .metro_control import MetroReply, MetroRequest
 from .nearsync import GetLws, LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
 from .ownership import WIRE_MAX_JSON_BYTES, PdReply, PdRequest
 from .replication import (
@@ -91,6 +92,8 @@ __all__ = [
     "LwsList",
     "LwsRanges",
     "MapEntries",
+    "MetroReply",
+    "MetroRequest",
     "Message",
     "MessageType",
     "MetroAccept",

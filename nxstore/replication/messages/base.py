@@ -26,6 +26,7 @@ from ...errors import (
     FrameCorruption,
     InUse,
     InvalidArgument,
+    MetroFenced,
     NotFound,
     NxError,
     ProtocolError,
@@ -87,7 +88,10 @@ class MessageType(enum.IntEnum):
     WITNESS_CAS = 41
     WITNESS_STATE = 42
 
-    # later areas append from 45 on
+    # metro_control.py: requests between the two sites of a Metro pair
+    METRO_REQUEST = 45
+    METRO_REPLY = 46
+    # later areas append from 47 on
 
 
 class ErrorCode(enum.IntEnum):
@@ -103,6 +107,7 @@ class ErrorCode(enum.IntEnum):
     BUSY = 8  # InUse (e.g. a transfer into the same replica is running)
     INTERNAL = 9  # NxError
     ABORTED = 10  # NxError (the transfer was abandoned; safe to retry)
+    FENCED = 11  # MetroFenced (the peer holds a newer Metro epoch)
 
 
 CODE_TO_EXCEPTION: dict[int, type[NxError]] = {
@@ -114,6 +119,7 @@ CODE_TO_EXCEPTION: dict[int, type[NxError]] = {
     ErrorCode.ALREADY_EXISTS: AlreadyExists,
     ErrorCode.INVALID: InvalidArgument,
     ErrorCode.BUSY: InUse,
+    ErrorCode.FENCED: MetroFenced,
 }
 EXCEPTION_TO_CODE: list[tuple[type[BaseException], ErrorCode]] = [
     (VersionMismatch, ErrorCode.VERSION),
@@ -125,6 +131,7 @@ EXCEPTION_TO_CODE: list[tuple[type[BaseException], ErrorCode]] = [
     (AlreadyExists, ErrorCode.ALREADY_EXISTS),
     (InvalidArgument, ErrorCode.INVALID),
     (InUse, ErrorCode.BUSY),
+    (MetroFenced, ErrorCode.FENCED),
 ]
 
 
