@@ -2,9 +2,11 @@
 
 `register(protocols, engine, accept)` makes METRO_OPEN, first on a connection, hand the
 connection to `serve_mirror`. `accept(peer_cluster, peer_site, open_msg)` (the Metro
-controller's: it checks pair, epoch and role) returns the replica vDisks by index in
-METRO_OPEN, or raises NxError, which goes back as ERROR. Each replica must be read-only
-and of the size METRO_OPEN states.
+controller's: it checks pair, epoch and role) returns a `Grant`: the replica vDisks by
+index in METRO_OPEN, a `check` run before each batch is applied and each barrier confirmed
+(it raises, e.g. MetroFenced, once the session's epoch is no longer this site's: fencing is
+per barrier, not only at open) and an `ended` hook; or it raises NxError, which goes back
+as ERROR. Each replica must be read-only and of the size METRO_OPEN states.
 
 A session has three parts: the receiver (on the event loop) reads METRO_WRITES and
 METRO_FLUSH and queues them, at most STANDBY_QUEUE_BYTES of write data ahead, and answers
@@ -25,6 +27,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -52,8 +55,23 @@ log = logging.getLogger(__name__)
 
 STANDBY_QUEUE_BYTES = 16 * 1024 * 1024  # write bytes received ahead of the applier
 
-# accept(peer_cluster_id, peer_site, open message) -> {index in METRO_OPEN: replica vDisk}
-Accept = Callable[[str, str, MetroOpen], Mapping[int, "VDisk"]]
+
+
+def _always() -> None:
+    """A grant's default check and end hook: nothing to check, nothing to tell."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What `accept` grants a mirror session (module docstring)."""
+
+    replicas: Mapping[int, VDisk]  # by index in METRO_OPEN
+    check: Callable[[], None] = _always  # raises NxError once the session may not go on
+    ended: Callable[[], None] = _always  # the session is over (called once)
+
+
+# accept(peer_cluster_id, peer_site, open message) -> Grant
+Accept = Callable[[str, str, MetroOpen], Grant]
 
 
 def register(protocols: TargetProtocols, engine: Engine, accept: Accept) -> None:
@@ -68,17 +86,21 @@ async def serve_mirror(engine: Engine, accept: Accept, peer: SiteIdentity,
     it as ERROR and ends the connection): what `accept` raised, InvalidArgument (a replica
     is writable or of another size), ProtocolError, what applying a write raised."""
     assert isinstance(msg, MetroOpen)
-    replicas = await asyncio.to_thread(_accepted, accept, peer, msg)
-    await t.send(MetroAccept(msg.epoch, req_id=msg.req_id))
-    log.info("mirror session from site %s accepted: pair %s, epoch %d, %d vDisk(s)",
-             peer.site, msg.pair_id, msg.epoch, len(replicas))
-    await _Session(t, _Applier(replicas)).run()
+    grant = await asyncio.to_thread(accept, peer.cluster_id, peer.site, msg)
+    try:
+        replicas = _checked(grant, peer, msg)
+        await t.send(MetroAccept(msg.epoch, req_id=msg.req_id))
+        log.info("mirror session from site %s accepted: pair %s, epoch %d, %d vDisk(s)",
+                 peer.site, msg.pair_id, msg.epoch, len(replicas))
+        await _Session(t, _Applier(replicas, grant.check)).run()
+    finally:
+        grant.ended()
     log.info("mirror session from site %s (pair %s) ended", peer.site, msg.pair_id)
 
 
-def _accepted(accept: Accept, peer: SiteIdentity, msg: MetroOpen) -> list[VDisk]:
-    """accept()'s replicas as a list by index, each a read-only vDisk of the source's size."""
-    found = dict(accept(peer.cluster_id, peer.site, msg))
+def _checked(grant: Grant, peer: SiteIdentity, msg: MetroOpen) -> list[VDisk]:
+    """The grant's replicas as a list by index, each a read-only vDisk of the source's size."""
+    found = dict(grant.replicas)
     if sorted(found) != list(range(len(msg.vdisks))):
         raise InvalidArgument(f"mirror session: replicas for indexes {sorted(found)} of "
                               f"{len(msg.vdisks)} vDisks")
@@ -95,11 +117,13 @@ def _accepted(accept: Accept, peer: SiteIdentity, msg: MetroOpen) -> list[VDisk]
 class _Applier:
     """Applies write batches to the replicas and syncs them per barrier (applier thread)."""
 
-    def __init__(self, replicas: list[VDisk]) -> None:
+    def __init__(self, replicas: list[VDisk], check: Callable[[], None]) -> None:
         self.replicas = replicas
+        self.check = check
         self.touched: set[int] = set()  # replicas written since the last barrier
 
     def apply(self, msg: MetroWrites) -> None:
+        self.check()
         data = memoryview(msg.data)
         pos = 0
         for i, offset, length, trim in zip(msg.vdisks.tolist(), msg.offsets.tolist(),
@@ -117,6 +141,7 @@ class _Applier:
         for i in sorted(self.touched):
             self.replicas[i].flush()
         self.touched.clear()
+        self.check()  # durable, but confirmed only while the session's epoch holds
 
 
 class _Session:

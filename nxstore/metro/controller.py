@@ -354,7 +354,8 @@ class MetroPair:
         self.link = link
         gate.start(link)
         self._drop_snapshot(vds, base, keep=name)
-        self.save(state=SYNCHRONOUS, checkpoint=name, note="")
+        # acked_epoch 0: whatever this site acknowledged alone is at the standby now
+        self.save(state=SYNCHRONOUS, checkpoint=name, acked_epoch=0, note="")
         self.stalled_since = None
         gate.last_sync_flush = time.time()
         log.info("PD %s: Metro synchronous with %s (epoch %d, checkpoint %s)",
@@ -466,8 +467,9 @@ class MetroPair:
                         self.row.pd_name, e + 1)
         if not ok:
             assert rec is not None
-            if rec.epoch > self.row.epoch:
-                self.save(epoch=rec.epoch)
+            if rec.epoch > self.row.epoch:  # out of step with that epoch's writes: never
+                self.save(epoch=rec.epoch, state=STANDBY,  # promote from here on its own
+                          note=f"site {rec.active_site!r} holds epoch {rec.epoch}")
             raise MetroFenced(f"protection domain {self.row.pd_name!r}: the witness gave epoch "
                               f"{rec.epoch} to site {rec.active_site!r}")
         self.stream_epoch = 0
@@ -516,8 +518,9 @@ class MetroPair:
         if self.gate is not None and self.gate.last_sync_flush:
             since = max(0.0, time.time() - self.gate.last_sync_flush)
         state = r.state
-        if not self.is_active:
-            state = SYNCHRONOUS if self.stream_epoch == r.epoch and self.stream_epoch else r.state
+        if not self.is_active:  # synchronous while a stream of its epoch is open
+            state = SYNCHRONOUS if self.stream_epoch == r.epoch and self.stream_epoch else (
+                STANDBY if r.state == SYNCHRONOUS else r.state)
         done, total = self.resync_progress if r.state == RESYNCING else (0, 0)
         return MetroState(r.pd_name, r.role, state, r.epoch, r.peer_site, r.witness,
                           self.witness_view(), since,

@@ -138,6 +138,12 @@ class WriteGate:
                 self._link, self._mode = None, TRACK
                 self._cond.notify_all()
 
+    def prepare_flush(self, vd: VDisk) -> None:
+        with self._cond:
+            link = self._link if self._mode == SYNC else None
+        if link is not None:
+            link.start_flush()  # the barrier travels while the local sync runs
+
     def flush(self, vd: VDisk) -> None:
         with self._cond:
             me = self._next_waiter

@@ -37,6 +37,7 @@ from ..replication.protocols import target_protocols
 from ..replication.rows import ReplicaRow
 from ..replication.sites import check_secret, get_site, parse_address
 from . import control, mirror
+from .applier import Grant
 from .controller import (
     AUTOMATIC,
     BROKEN,
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
     from ..protection.manager import ProtectionManager
     from ..replication.messages.metro import MetroOpen
     from ..store.engine import Engine
-    from ..store.vdisk import VDisk
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +372,10 @@ class MetroService:
         log.info("PD %s: Metro standby of site %s (epoch %d)", row.pd_name, peer_site, epoch)
         return self._status(pair, peer_cluster)
 
-    def _accept(self, peer_cluster: str, peer_site: str, msg: MetroOpen) -> list[VDisk]:
-        """The standby's check of a mirror stream: this pair, this epoch, these replicas."""
+    def _accept(self, peer_cluster: str, peer_site: str, msg: MetroOpen) -> Grant:
+        """The standby's check of a mirror stream: this pair, this epoch, these replicas.
+        The grant re-checks the epoch before every batch and barrier (fencing), and each one
+        is the active site talking: it keeps the standby from promoting itself."""
         pair = next((p for p in self.pairs.values() if p.row.pair_id == msg.pair_id), None)
         if pair is None:
             raise NotFound(f"no Metro pair {msg.pair_id} at site {self.engine.site_name!r}")
@@ -385,30 +387,23 @@ class MetroService:
             if msg.epoch != r.epoch:
                 raise MetroFenced(f"site {self.engine.site_name!r} is in Metro epoch {r.epoch} "
                                   f"of {r.pd_name!r}, not {msg.epoch}")
-            vdisks = []
-            for _source, replica, *_ in msg.vdisks:
-                vd = self.engine.vdisk(replica)
-                if not vd.read_only:
-                    raise InvalidArgument(f"vDisk {replica!r} is not a replica")
-                vdisks.append(vd)
+            vdisks = {i: self.engine.vdisk(v.replica) for i, v in enumerate(msg.vdisks)}
             pair.stream_epoch = r.epoch
             pair.peer_seen = time.monotonic()
             if r.state != SYNCHRONOUS:
                 pair.save(state=SYNCHRONOUS)
-            return vdisks
+        epoch = msg.epoch
 
-    def stream_valid(self, pair_id: str, epoch: int) -> bool:
-        """May the standby acknowledge a barrier of this stream (fencing)? Each barrier is
-        also the active site talking: it keeps the standby from promoting itself."""
-        pair = next((p for p in self.pairs.values() if p.row.pair_id == pair_id), None)
-        if (pair is None or pair.is_active or pair.row.epoch != epoch
-                or pair.stream_epoch != epoch):
-            return False
-        pair.peer_seen = time.monotonic()
-        return True
+        def check() -> None:
+            row = pair.row
+            if pair.is_active or row.epoch != epoch or pair.stream_epoch != epoch:
+                raise MetroFenced(f"site {self.engine.site_name!r} is {row.role} of "
+                                  f"{row.pd_name!r} in Metro epoch {row.epoch}: the stream of "
+                                  f"epoch {epoch} may not go on")
+            pair.peer_seen = time.monotonic()
 
-    def stream_closed(self, pair_id: str, epoch: int) -> None:
-        pair = next((p for p in self.pairs.values() if p.row.pair_id == pair_id), None)
-        if pair is not None and pair.stream_epoch == epoch:
-            pair.stream_epoch = 0
+        def ended() -> None:
+            if pair.stream_epoch == epoch:
+                pair.stream_epoch = 0
 
+        return Grant(vdisks, check, ended)

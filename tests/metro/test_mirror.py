@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import nxstore
 from nxstore.constants import OPLOG_BYPASS_BYTES, WIRE_FRAME_HEADER_BYTES
-from nxstore.errors import InvalidArgument, LinkDown, ProtocolError
+from nxstore.errors import InvalidArgument, LinkDown, MetroFenced, ProtocolError
 from nxstore.metro import applier, mirror
+from nxstore.metro.applier import Grant
 from nxstore.metro.mirror import LinkMirror, MirrorLink, register
 from nxstore.replication import frames, messages
 from nxstore.replication.auth import SiteIdentity
@@ -67,12 +68,18 @@ class Standby:
                                         identity=ident, secret=SECRET))
         self.port = self.server.port
 
-    def accept(self, peer_cluster: str, peer_site: str, msg: MetroOpen) -> dict:
+    def accept(self, peer_cluster: str, peer_site: str, msg: MetroOpen) -> Grant:
         self.opened.append(msg)
         if msg.epoch != self.epoch:
             raise InvalidArgument(f"mirror session in epoch {msg.epoch} refused: this standby "
                                   f"is in epoch {self.epoch}")
-        return {i: self.cluster.vdisk(v.replica) for i, v in enumerate(msg.vdisks)}
+        return Grant({i: self.cluster.vdisk(v.replica) for i, v in enumerate(msg.vdisks)},
+                     check=self.check)
+
+    def check(self) -> None:
+        """Fencing per barrier: a session opened in another epoch than the standby's now."""
+        if self.opened and self.opened[-1].epoch != self.epoch:
+            raise MetroFenced(f"this standby moved to epoch {self.epoch}")
 
     def close(self) -> None:
         if self.io.thread.is_alive():
@@ -420,6 +427,22 @@ def test_the_standby_refuses_another_epoch(pair):
     vd.flush()
     assert link.barriers == 1
     p.assert_identical()
+
+
+def test_a_standby_in_a_newer_epoch_confirms_and_applies_nothing_more(pair):
+    """Fencing per barrier: once the standby moved on (a break gave the epoch to another
+    site), an open session of the old epoch gets no barrier confirmed, no write applied."""
+    p = pair()
+    link = p.link()
+    vd = p.paris.vdisk("vol0")
+    vd.write(0, b"a" * 10)
+    vd.flush()
+    p.standby.epoch = 2
+    vd.write(0, b"b" * 10)
+    with pytest.raises(LinkDown, match="epoch 2"):
+        vd.flush()
+    assert not link.alive
+    assert p.tokyo.vdisk("paris:vol0").read(0, 10) == b"a" * 10
 
 
 def test_the_standby_refuses_a_replica_of_another_size(pair):
