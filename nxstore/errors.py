@@ -116,10 +116,6 @@ class GenerationUnverifiable(Corruption):
     rewrites it from the catalogue (trusting the catalogue)."""
 
 
-class LinkDown(NxError):
-    """A synchronous mirror link to the peer site failed or did not answer in time."""
-
-
 class MetroFenced(NxError):
     """Metro: another site holds the epoch, so this site may not acknowledge writes."""
 

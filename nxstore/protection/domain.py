@@ -12,6 +12,11 @@ Ownership: a PD row records its `state` ("active" where this cluster owns and
 protects it), the owning site and cluster, and an `epoch` that every ownership
 change increments. Only an active PD takes snapshots or runs schedules; the
 failover workflows (migrate, activate, failback) flip these fields.
+
+Kept as one file (about 520 lines) because `ProtectionDomain` is the one object users hold
+for a PD: membership, CGs, schedules, snapshots and the entry points of the replication
+modes (NearSync, Metro) are thin methods here, each forwarding to the module or layer that
+owns the work.
 """
 
 from __future__ import annotations

@@ -144,6 +144,22 @@ def test_link_cut_automatic_break_then_delta_resync(metro: Metro) -> None:
     assert_identical(metro.a.read("db"), metro.replica(), "after the resync")
 
 
+def test_one_direction_stalled_active_breaks_standby_stays(metro: Metro) -> None:
+    """Only the active site's data stops reaching the standby (replies and the standby's
+    requests still flow): the active site breaks, the standby sees it alive and never
+    promotes, and the delta resync after the heal makes them identical."""
+    metro.world.link("a", "b").set_mode("stall", direction="up")
+    w = metro.writer.random_write().wait(120)
+    assert w is not None and w.status == "acked", w
+    s = wait_state(metro.a, lambda s: s["state"] == "broken", "broken")
+    assert s["epoch"] == 2
+    assert status(metro.b)["role"] == "standby"
+    metro.heal(("a", "b"))
+    wait_state(metro.a, lambda s: s["state"] == "synchronous", "synchronous again")
+    metro.model.check(metro.a.read("db"), "a")
+    assert_identical(metro.a.read("db"), metro.replica(), "after the one-way stall")
+
+
 def test_link_cut_manual_break_waits_for_the_operator(world: World) -> None:
     m = Metro(world, break_mode="manual")
     m.cut(*LINK)
