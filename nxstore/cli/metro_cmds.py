@@ -51,8 +51,9 @@ def register_pd(psub: argparse._SubParsersAction) -> None:
     q = cmd("promote", "at the standby: become the active site (witness permitting)",
             cmd_promote)
     q.add_argument("--force", action="store_true",
-                   help="promote although the witness cannot be reached (the old active "
-                        "site must be down: it is fenced when it comes back)")
+                   help="promote although the witness cannot be reached or this standby "
+                        "is not in step (writes it lacks are lost; the old active site must "
+                        "be down: it is fenced when it comes back)")
 
 
 def show(state: MetroState, as_json: bool) -> None:

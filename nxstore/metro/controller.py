@@ -450,13 +450,22 @@ class MetroPair:
                 log.info("PD %s: Metro standby stays: %s", self.row.pd_name, exc)
 
     def promote(self, *, force: bool, operator: bool = True) -> None:
-        """Make this standby the active site in the next epoch: the witness must agree
-        (or `force`, when it cannot be reached). Raises MetroFenced (another site holds the
-        epoch), WitnessUnreachable (without force), InvalidArgument (not a standby)."""
+        """Make this standby the active site in the next epoch: it must be in step (it
+        streamed in its epoch and saw no later one) and the witness must agree; `force`
+        skips both (the operator accepts what the standby lacks). Raises MetroFenced
+        (another site holds the epoch), WitnessUnreachable (without force), InvalidArgument
+        (not a standby, or not in step without force)."""
         if self.is_active:
             raise InvalidArgument(f"protection domain {self.row.pd_name!r} is active here "
                                   "already")
         e = self.row.epoch
+        if self.row.state != SYNCHRONOUS and not force:
+            # In step = a stream of epoch e was accepted here and no later epoch was seen
+            # since: only then are the active's acknowledged writes all in the replicas.
+            raise InvalidArgument(
+                f"protection domain {self.row.pd_name!r}: this standby is not known to hold "
+                f"every write acknowledged in Metro epoch {e} (it is {self.row.state}: behind "
+                "a resync or a break); `promote --force` accepts losing them")
         try:
             ok, rec = self.witness().cas(self.row.pair_id, e, e + 1, self.engine.site_name)
         except WitnessUnreachable:

@@ -235,16 +235,19 @@ class MetroService:
             self.pairs.pop(pair.row.pd_name, None)
 
     def disable(self, pd: ProtectionDomain) -> None:
-        """Stop Metro for `pd` (at the active site): the witness record is closed first (so
-        the standby can never be promoted for it), then the standby is told and forgets
-        its side; its replicas stay, as after async replication."""
+        """Stop Metro for `pd` (at the active site): the witness record moves to the next
+        epoch first (so the standby can no longer be promoted for the pair without
+        force), then the standby is told and forgets its side; its replicas stay, as after
+        async replication."""
         pair = self._pair(pd)
         with pair.lock:
             if not pair.is_active:
                 raise InvalidArgument(f"protection domain {pd.name!r}: disable Metro at the "
                                       f"active site ({pair.row.peer_site!r})")
             e = pair.row.epoch
-            ok, rec = pair.witness().cas(pair.row.pair_id, e, e + 1, "")
+            # The record moves on (to this site): a standby that was not told is refused
+            # by the witness, and out of step from then on, so never promoted without force.
+            ok, rec = pair.witness().cas(pair.row.pair_id, e, e + 1, self.engine.site_name)
             if not ok:
                 pair.fence(f"the witness gave epoch {rec.epoch} to {rec.active_site!r}")
                 raise MetroFenced(f"protection domain {pd.name!r}: this site no longer holds "

@@ -370,8 +370,11 @@ class ProtectionDomain:
         return self._metro().resume(self)
 
     def metro_promote(self, force: bool = False) -> MetroState:
-        """Make this standby the active site in the next epoch (the witness must agree;
-        `force` when it cannot be reached). MetroFenced if another site holds it."""
+        """Make this standby the active site in the next epoch. It must be in step with
+        the active (it streamed in its epoch and saw no later one) and the witness must
+        agree; `force` skips both checks (the operator accepts losing what the standby
+        lacks). MetroFenced if another site holds the epoch, WitnessUnreachable or
+        InvalidArgument without `force`."""
         return self._metro().promote(self, force)
 
     # -- failover (nxstore.protection.failover) --------------------------------------------

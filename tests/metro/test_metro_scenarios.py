@@ -283,3 +283,50 @@ def test_bad_input_leaves_the_pd_unchanged(metro: Metro) -> None:
     assert garbage.error and "Traceback" not in garbage.stderr
     assert a.nx("pd", "metro", "status", a.path, "pd2", rc=1).error
     assert status(a)["state"] == "synchronous"
+
+
+def test_disable_leaves_the_standby_an_ordinary_replica(metro: Metro) -> None:
+    assert metro.writer.random_write().wait(120).status == "acked"
+    at_disable = metro.a.read("db")
+    metro.a.nx("pd", "metro", "disable", metro.a.path, "pd")
+    assert "no Metro peer" in metro.a.nx("pd", "metro", "status", metro.a.path, "pd",
+                                         rc=1).error
+    assert "no Metro peer" in metro.b.nx("pd", "metro", "status", metro.b.path, "pd",
+                                         rc=1).error
+    metro.cut(*LINK)  # no peer to wait for: writes are acknowledged locally at once
+    assert metro.writer.random_write().wait(30).status == "acked"
+    assert_identical(at_disable, metro.replica(), "the replica keeps what it had")
+    # the witness's record is closed: the old standby can never be promoted for the pair
+    assert metro.b.nx("pd", "metro", "promote", metro.b.path, "pd", rc=1).error
+
+
+def test_manual_mode_promote_at_the_standby(world: World) -> None:
+    """Manual break mode: nothing changes roles by itself; an operator promotes the
+    standby through the witness (RPO 0); the old active, back, is fenced and demoted."""
+    m = Metro(world, break_mode="manual")
+    for _ in range(3):
+        assert m.writer.random_write().wait(120).status == "acked"
+    m.a.kill()
+    assert status(m.b)["role"] == "standby"
+    out = json.loads(m.b.nx("pd", "metro", "promote", m.b.path, "pd", "--json").stdout)
+    assert out["role"] == "active" and out["epoch"] == 2
+    m.model.check(m.b.read("db"), "b after the promotion (RPO 0)")
+    assert Writer(m.b, "db", m.model, seed=9).random_write().wait(120).status == "acked"
+    m.a.start()
+    wait_state(m.a, lambda s: s["role"] == "standby" and s["epoch"] == 2, "demoted")
+    m.b.nx("pd", "metro", "resume", m.b.path, "pd")
+    assert_identical(m.b.read("db"), m.a.read("db"), "a resynced from b")
+
+
+def test_promote_without_the_witness_needs_force(world: World) -> None:
+    m = Metro(world, break_mode="manual")
+    assert m.writer.random_write().wait(120).status == "acked"
+    m.a.kill()
+    m.w.kill()
+    refused = m.b.nx("pd", "metro", "promote", m.b.path, "pd", rc=1)
+    assert "witness" in refused.error
+    assert status(m.b)["role"] == "standby"
+    out = json.loads(m.b.nx("pd", "metro", "promote", m.b.path, "pd", "--force",
+                            "--json").stdout)
+    assert out["role"] == "active" and out["epoch"] == 2
+    m.model.check(m.b.read("db"), "b after the forced promotion")
