@@ -29,6 +29,10 @@ The dirty map after a break is the block-map difference between the checkpoint s
 the live vDisks: the engine keeps it crash-safe, and a resync replicates a fresh snapshot
 incrementally on the checkpoint (only what the standby lacks crosses the wire, deduplicated),
 then catches up in rounds and switches to synchronous with writes held for the last round.
+
+Kept as one file (about 540 lines) because a pair's transitions must be read together: a
+break at one site is a refused promotion at the other, a promotion there a fence here, and
+the resync of one is the setup of the other.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +90,8 @@ class MetroPair:
     """One Metro pair at this site (module docstring). Thread-safe; `step()` advances it
     once (the service's thread calls it every tick)."""
 
-    def __init__(self, engine: Engine, manager: Any, row: MetroRow) -> None:
+    def __init__(self, engine: Engine, manager: Callable[[], ProtectionManager],
+                 row: MetroRow) -> None:
         self.engine = engine
         self._manager = manager  # () -> ProtectionManager
         self.row = row
