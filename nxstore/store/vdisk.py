@@ -146,11 +146,14 @@ def allocated_runs(
     if dirty is not None:
         dirty.mark_allocated(first, allocated)
     breaks = np.flatnonzero(allocated[1:] != allocated[:-1]) + 1
-    starts = (np.r_[0, breaks] + first) * bs
-    ends = (np.r_[breaks, nblocks] + first) * bs
+    if not breaks.size:  # the common case, and np.concatenate costs more than the lookup
+        return [(offset, length, bool(allocated[0]))]
+    heads = np.concatenate(([0], breaks))
+    starts = (heads + first) * bs
+    ends = (np.concatenate((breaks, [nblocks])) + first) * bs
     starts[0], ends[-1] = offset, offset + length  # the first and last run are clipped
-    flags = allocated[np.r_[0, breaks]]
-    return list(zip(starts.tolist(), (ends - starts).tolist(), flags.tolist(), strict=True))
+    return list(zip(starts.tolist(), (ends - starts).tolist(), allocated[heads].tolist(),
+                    strict=True))
 
 
 @contextmanager
