@@ -94,9 +94,12 @@ def test_writes_to_a_read_only_export_get_eperm(server):
     assert c.request(p.CMD_READ, 0, 512) == 0
 
 
-def test_pipelined_requests_are_answered_by_cookie(server):
+@pytest.mark.parametrize("structured", [False, True], ids=["simple", "structured"])
+def test_pipelined_requests_are_answered_by_cookie(server, structured):
     path, name = server()
     c = Client(path)
+    if structured:
+        c.structured_replies()
     c.go(name)
     n = 200
     for i in range(n):  # all sent before any reply is read
