@@ -64,14 +64,14 @@ def serve_requests(sock: socket.socket, stream: ClientStream, export: Export,
     Raises ProtocolError on a malformed request stream."""
     session = session or Session()
     pending: replies.Parts = []
-    held = 0  # bytes in pending
+    held = held_replies = 0  # bytes and replies in pending
 
     def send_pending() -> None:
-        nonlocal held
+        nonlocal held, held_replies
         if pending:
             send_parts(sock, *pending)
             pending.clear()
-            held = 0
+            held = held_replies = 0
 
     stream.before_wait = send_pending
     try:
@@ -99,7 +99,8 @@ def serve_requests(sock: socket.socket, stream: ClientStream, export: Export,
                     parts.append(data)
             pending.extend(parts)
             held += sum(len(part) for part in parts)
-            if len(pending) >= MAX_PENDING_REPLIES or held >= MAX_PENDING_BYTES:
+            held_replies += 1
+            if held_replies >= MAX_PENDING_REPLIES or held >= MAX_PENDING_BYTES:
                 send_pending()
     except ConnectionError:
         return
@@ -119,6 +120,8 @@ def _structured(export: Export, session: Session, cookie: int, command: int, fla
 
         def read() -> replies.Parts:
             data = export.pread(offset, length)
+            # The map is asked after the read: a block written or trimmed in between is
+            # sent as either its old or its new state, as for any concurrent request.
             runs = None
             if length >= READ_HOLE_MIN and not flags & p.CMD_FLAG_DF:
                 runs = export.allocation(offset, length)
@@ -128,8 +131,9 @@ def _structured(export: Export, session: Session, cookie: int, command: int, fla
     if command == p.CMD_BLOCK_STATUS:
         return _block_status(export, session, cookie, flags, offset, length)
     error, _ = _execute(export, command, flags, offset, length, payload)
-    return replies.error(cookie, error, errno.errorcode.get(error, "")) if error else \
-        replies.done(cookie)
+    if error:
+        return replies.error(cookie, error, errno.errorcode.get(error, ""))
+    return replies.done(cookie)
 
 
 def _block_status(export: Export, session: Session, cookie: int, flags: int, offset: int,
