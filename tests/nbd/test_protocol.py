@@ -12,6 +12,8 @@ import struct
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nbd_helpers import (
     READY_TIMEOUT_S,
     Client,
@@ -261,3 +263,33 @@ def test_meta_context_queries(server):
         assert names(p.OPT_SET_META_CONTEXT, "base:nope") == []
     c.go(name)  # the last SET selected nothing: BLOCK_STATUS is refused
     assert c.request(p.CMD_BLOCK_STATUS, 0, 4096) == errno.EINVAL
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=64), option=st.sampled_from(
+    [p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT, p.OPT_STRUCTURED_REPLY]),
+    status=st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
+                     st.integers(0, 2**16 - 1)))
+def test_garbage_options_and_status_requests_get_error_replies(cluster, exported, garbage,
+                                                                option, status):
+    """nxstore only: random option data and BLOCK_STATUS fields get the protocol's replies
+    (an error or a well-formed answer), and the connection goes on working."""
+    if "fz" not in {vd.name for vd in cluster.vdisks()}:
+        cluster.create_vdisk("fz", SIZE)
+    path = exported(cluster, "fz").uri.split("socket=")[1]
+    c = Client(path)
+    c.structured_replies()
+    got = c.option(option, garbage)
+    assert got[-1][0] in (p.REP_ACK, p.REP_ERR_INVALID, p.REP_ERR_UNKNOWN), got
+    assert c.option(p.OPT_SET_META_CONTEXT, meta_data("fz", p.BASE_ALLOCATION))[-1][0] == p.REP_ACK
+    c.go("fz")
+    offset, length, flags = status
+    c.send(p.CMD_BLOCK_STATUS, offset, length, cookie=1, flags=flags)
+    _, chunks = c.chunks()
+    if chunks[-1][1] == p.REPLY_TYPE_BLOCK_STATUS:
+        found = extents(chunks[-1][2])[1]
+        assert offset + sum(n for n, _ in found) <= SIZE
+    else:
+        assert p.ERROR_HEAD.unpack_from(chunks[-1][2])[0] == errno.EINVAL
+    assert c.request(p.CMD_READ, 0, 4096) == 0
