@@ -6,9 +6,10 @@
             print(server.uri)          # nbd://127.0.0.1:10809/db
             server.wait()              # until server.close() from another thread
 
-Modules: protocol (wire constants and layouts), handshake (option haggling), transmission
-(requests and replies), export (a vDisk or snapshot as an NBD export, errno mapping),
-server (sockets and threads), images (qemu-img conversions through an export).
+Modules: protocol (wire constants and layouts), handshake (option haggling), meta (meta
+context queries), session (what a handshake settled), transmission (requests and replies),
+replies (structured reply chunks), export (a vDisk or snapshot as an NBD export, errno
+mapping), server (sockets and threads), images (qemu-img conversions through an export).
 """
 
 from .export import Export

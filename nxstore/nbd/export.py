@@ -68,6 +68,12 @@ class Export:
     def pread(self, offset: int, length: int) -> bytes:
         return self.source.read(offset, length)
 
+    def allocation(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, allocated) runs covering [offset, offset+length) exactly:
+        allocated False where the image was never written or was trimmed (reads as
+        zeros); the contract of VDisk.allocated_ranges."""
+        return self.source.allocated_ranges(offset, length)
+
     def pwrite(self, offset: int, data: memoryview, fua: bool) -> None:
         self._writable().write(offset, data)
         if fua:

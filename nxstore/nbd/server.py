@@ -107,11 +107,12 @@ class NbdServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             stream = ClientStream(sock)
             sock.settimeout(HANDSHAKE_TIMEOUT_S)
-            if not negotiate(sock, stream, self.export):
+            session = negotiate(sock, stream, self.export)
+            if session is None:
                 return
             sock.settimeout(None)  # a connected client may stay idle
             log.debug("NBD export %s: client connected", self.export.name)
-            serve_requests(sock, stream, self.export)
+            serve_requests(sock, stream, self.export, session)
         except (ProtocolError, OSError) as exc:
             if not self._closed.is_set():
                 log.warning("NBD export %s: client dropped: %s", self.export.name, exc)

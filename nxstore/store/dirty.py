@@ -131,6 +131,22 @@ class DirtyBlocks:
                 out[i * bs : (i + 1) * bs] = np.frombuffer(entry.data, dtype=np.uint8)
         return full, partial
 
+    def mark_allocated(self, first_block: int, allocated: np.ndarray) -> None:
+        """Lay the dirty blocks of [first_block, first_block+len(allocated)) over a block
+        map's answer: a dirty block holding data is allocated, a dirty all-zero block (a
+        trim not yet drained) is not, whatever the map below says (reads see it so too)."""
+        if not self._blocks:
+            return
+        n = len(allocated)
+        if n <= len(self._blocks):
+            candidates = range(first_block, first_block + n)
+        else:  # fewer dirty blocks than asked for: walk those, not the range
+            candidates = (b for b in self._blocks if first_block <= b < first_block + n)
+        for block in candidates:
+            entry = self._blocks.get(block)
+            if entry is not None:
+                allocated[block - first_block] = entry.data is not None
+
     def patch(self, partial: list[tuple[int, DirtyBlock]], out: np.ndarray) -> None:
         """Lay the written bytes of partial entries over the older content in `out`."""
         bs = self.block_size

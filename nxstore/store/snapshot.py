@@ -19,7 +19,15 @@ from ..names import check_name
 from .block_map import chain_lookup, flatten, written_blocks
 from .catalog import SnapshotRow
 from .context import ClusterContext
-from .vdisk import block_ranges, check_range, lock_group, read_image, rows_restored_on_error
+from .vdisk import (
+    Run,
+    allocated_runs,
+    block_ranges,
+    check_range,
+    lock_group,
+    read_image,
+    rows_restored_on_error,
+)
 
 if TYPE_CHECKING:
     from .vdisk import VDisk
@@ -74,6 +82,15 @@ class Snapshot:
         return read_image(
             self._ctx, self.layer_id, f"snapshot {self.vdisk_name}@{self.name}", offset, length
         )
+
+    def allocated_ranges(self, offset: int, length: int) -> list[Run]:
+        """Which parts of [offset, offset+length) of the image hold data; the contract of
+        VDisk.allocated_ranges (allocated False: unwritten or trimmed when the snapshot
+        was taken)."""
+        self._check_alive()
+        offset, length = check_range(f"allocation of snapshot {self}", offset, length,
+                                     self.size)
+        return allocated_runs(self._ctx, self.layer_id, offset, length)
 
     def delete(self) -> None:
         """Delete the snapshot. Clones and later snapshots built on it stay intact:

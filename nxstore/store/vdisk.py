@@ -124,6 +124,38 @@ def read_image(
         return out[start : start + length].tobytes()
 
 
+Run = tuple[int, int, bool]  # (offset, length, allocated)
+
+
+def allocated_runs(
+    ctx: ClusterContext, top_layer: int, offset: int, length: int,
+    dirty: DirtyBlocks | None = None,
+) -> list[Run]:
+    """Allocation of [offset, offset+length) of the image seen from `top_layer` (plus
+    dirty blocks), as VDisk.allocated_ranges states it. One range lookup of the map and
+    numpy run detection: no per-block Python loop (dirty blocks aside, which the OpLog
+    bounds)."""
+    if length == 0:
+        return []
+    bs = ctx.block_size
+    first = offset // bs
+    nblocks = (offset + length - 1) // bs - first + 1
+    with ctx.map_lock:
+        ids = ctx.tree.lookup_range(top_layer, first, nblocks)
+    allocated = ids != 0
+    if dirty is not None:
+        dirty.mark_allocated(first, allocated)
+    breaks = np.flatnonzero(allocated[1:] != allocated[:-1]) + 1
+    if not breaks.size:  # the common case, and np.concatenate costs more than the lookup
+        return [(offset, length, bool(allocated[0]))]
+    heads = np.concatenate(([0], breaks))
+    starts = (heads + first) * bs
+    ends = (np.concatenate((breaks, [nblocks])) + first) * bs
+    starts[0], ends[-1] = offset, offset + length  # the first and last run are clipped
+    return list(zip(starts.tolist(), (ends - starts).tolist(), allocated[heads].tolist(),
+                    strict=True))
+
+
 @contextmanager
 def _read_buffer(nbytes: int) -> Iterator[np.ndarray]:
     """A uint8 array of `nbytes` to assemble one read in, for the `with` block.
@@ -270,6 +302,24 @@ class VDisk:
             return read_image(
                 self._ctx, self._row.head_layer, self.name, offset, length, self._dirty
             )
+
+    def allocated_ranges(self, offset: int, length: int) -> list[Run]:
+        """Which parts of [offset, offset+length) hold data: consecutive
+        (offset, length, allocated) runs, in order, that cover the range exactly, each
+        of nonzero length, neighbours differing in `allocated` (so [] for length 0).
+
+        allocated False: never written since creation, or trimmed since (at the time of
+        the call): reads as zeros and takes no space. True: written, unwritten runs
+        aside; it may still read as zeros (a written zero block). Block granular: a run
+        boundary inside the range falls on a block boundary. Costs one range lookup of
+        the block map (memory: 8 bytes per block of the range). Raises
+        OutOfRange/InvalidArgument for a bad range.
+        """
+        with self._lock:
+            offset, length = check_range(f"allocation of {self.name}", offset, length,
+                                         self.size)
+            return allocated_runs(self._ctx, self._row.head_layer, offset, length,
+                                  self._dirty)
 
     def write(self, offset: int, data: object) -> None:
         """Write `data` at `offset`. Durable once a later `flush()` returns."""

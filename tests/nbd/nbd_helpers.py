@@ -124,10 +124,59 @@ def start_nbdkit_memory(where: Path, size: int, *, read_only: bool = False,
     return NbdProcess(proc, f"nbd+unix:///?socket={sock}")
 
 
+Chunk = tuple[int, int, bytes]  # (reply flags, reply type, payload) of a structured chunk
+
+
+def meta_data(name: str, *queries: str) -> bytes:
+    """The data of a LIST/SET_META_CONTEXT option."""
+    def string(text: str) -> bytes:
+        return struct.pack(">I", len(text.encode())) + text.encode()
+    return string(name) + struct.pack(">I", len(queries)) + b"".join(map(string, queries))
+
+
+def extents(payload: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """(context id, [(length, flags)]) of a BLOCK_STATUS chunk's payload."""
+    assert len(payload) >= 12 and (len(payload) - 4) % 8 == 0, payload
+    (context,) = struct.unpack_from(">I", payload)
+    return context, [p.EXTENT.unpack_from(payload, i) for i in range(4, len(payload), 8)]
+
+
+def reassemble(chunks: list[Chunk], offset: int, length: int) -> bytes:
+    """The bytes a successful structured read reply describes, checking the spec's rules:
+    content chunks inside the request, not overlapping, covering it exactly."""
+    out = bytearray(length)
+    covered = []
+    for _, kind, payload in chunks:
+        if kind == p.REPLY_TYPE_OFFSET_DATA:
+            (start,) = p.OFFSET.unpack_from(payload)
+            n = len(payload) - 8
+            assert n > 0
+            out[start - offset:start - offset + n] = payload[8:]
+        elif kind == p.REPLY_TYPE_OFFSET_HOLE:
+            assert len(payload) == p.HOLE.size
+            start, n = p.HOLE.unpack(payload)
+            assert n > 0  # the bytes stay zero
+        else:
+            assert kind == p.REPLY_TYPE_NONE, kind
+            continue
+        assert offset <= start and start + n <= offset + length, (start, n, offset, length)
+        covered.append((start, n))
+    covered.sort()
+    pos = offset
+    for start, n in covered:
+        assert start == pos, f"gap or overlap at {pos}: {covered}"
+        pos += n
+    assert pos == offset + length, covered
+    return bytes(out)
+
+
 class Client:
-    """Just enough of an NBD client: fixed newstyle, options, simple replies."""
+    """Just enough of an NBD client: fixed newstyle, options, simple replies, and
+    structured replies once `structured_replies()` negotiated them."""
 
     def __init__(self, path: str) -> None:
+        self.structured = False
+        self._sent: dict[int, tuple[int, int, int]] = {}  # cookie -> command, offset, length
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.settimeout(READY_TIMEOUT_S)
         self.sock.connect(path)
@@ -153,8 +202,13 @@ class Client:
             magic, opt, kind, n = p.OPTION_REPLY.unpack(self.recv(p.OPTION_REPLY.size))
             assert magic == p.OPT_REPLY_MAGIC and opt == option
             replies.append((kind, self.recv(n)))
-            if kind not in (p.REP_SERVER, p.REP_INFO):
+            if kind not in (p.REP_SERVER, p.REP_INFO, p.REP_META_CONTEXT):
                 return replies
+
+    def structured_replies(self) -> None:
+        """Negotiate NBD_OPT_STRUCTURED_REPLY (asserting the server agrees)."""
+        assert self.option(p.OPT_STRUCTURED_REPLY) == [(p.REP_ACK, b"")]
+        self.structured = True
 
     def go(self, name: str = "") -> tuple[int, int]:
         """(size, transmission flags) of export `name`, entering transmission."""
@@ -167,13 +221,46 @@ class Client:
 
     def send(self, command: int, offset: int, length: int, cookie: int, flags: int = 0,
              payload: bytes = b"") -> None:
+        self._sent[cookie] = (command, offset, length)
         self.sock.sendall(p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, cookie, offset,
                                          length) + payload)
 
+    def chunks(self, first_magic: bytes = b"") -> tuple[int, list[Chunk]]:
+        """(cookie, chunks) of one structured reply, up to the chunk marked DONE
+        (`first_magic`: the first chunk's magic, when the caller read it already)."""
+        got: list[Chunk] = []
+        cookie = None
+        while not got or not got[-1][0] & p.REPLY_FLAG_DONE:
+            head = first_magic + self.recv(p.CHUNK.size - len(first_magic))
+            first_magic = b""
+            magic, flags, kind, chunk_cookie, n = p.CHUNK.unpack(head)
+            assert magic == p.STRUCTURED_REPLY_MAGIC, hex(magic)
+            assert cookie in (None, chunk_cookie)  # a client sending one request at a time
+            cookie = chunk_cookie
+            got.append((flags, kind, self.recv(n)))
+        assert all(kind != p.REPLY_TYPE_NONE for _, kind, _ in got[:-1])
+        return cookie, got
+
     def reply(self, read_length: int = 0) -> tuple[int, int, bytes]:
         """(errno, cookie, data); data only for a successful read of `read_length`."""
-        magic, error, cookie = p.SIMPLE_REPLY.unpack(self.recv(p.SIMPLE_REPLY.size))
+        magic = self.recv(4)
+        if magic == p.STRUCTURED_REPLY_MAGIC.to_bytes(4, "big"):
+            assert self.structured, "a structured reply that was not negotiated"
+            cookie, got = self.chunks(magic)
+            command, offset, length = self._sent.pop(cookie)
+            errors = [struct.unpack_from(">I", payload)[0] for _, kind, payload in got
+                      if kind & (1 << 15)]
+            if errors:
+                return errors[0], cookie, b""
+            if command == p.CMD_READ:
+                return 0, cookie, reassemble(got, offset, length)
+            return 0, cookie, b""
+        # a simple reply; with structured replies negotiated the spec allows one for any
+        # command but READ (nbdkit sends them for writes)
+        magic, error, cookie = p.SIMPLE_REPLY.unpack(magic + self.recv(p.SIMPLE_REPLY.size - 4))
         assert magic == p.SIMPLE_REPLY_MAGIC
+        command, _, _ = self._sent.pop(cookie, (None, 0, 0))
+        assert not (self.structured and command == p.CMD_READ), "a simple reply to a READ"
         return error, cookie, (self.recv(read_length) if read_length and not error else b"")
 
     def request(self, command: int, offset: int, length: int, **kw) -> int:
