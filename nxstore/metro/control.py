@@ -20,14 +20,13 @@ replication target answer METRO_REQUEST with `handle(peer_cluster, peer_site, op
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NxError, ProtocolError
 from ..replication import source
-from ..replication.messages import MetroReply, MetroRequest
+from ..replication.messages import MetroReply, MetroRequest, dump_json_object, load_json_object
 from ..replication.protocols import TargetProtocols
 from ..replication.sites import get_site
 
@@ -38,23 +37,13 @@ OPS = ("setup", "status", "teardown")
 Handler = Callable[[str, str, str, dict[str, Any]], dict[str, Any]]
 
 
-def _loads(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        body = json.loads(bytes(data).decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"{what}: body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{what}: body is not a JSON object")
-    return body
-
-
 def call(engine: Engine, site: str, op: str, body: dict[str, Any],
          timeout: float) -> dict[str, Any]:
     """Send one Metro request to remote site `site` and return the reply body, all within
     `timeout` seconds. Raises NotFound (site), NxError (connection, timeout),
     AuthenticationError, and what the peer reported."""
     remote = get_site(engine.ctx.catalog, site)
-    payload = json.dumps(body, sort_keys=True).encode()
+    payload = dump_json_object(body)
 
     async def go() -> dict[str, Any]:
         s = await source.open_session(engine, remote)
@@ -63,7 +52,7 @@ def call(engine: Engine, site: str, op: str, body: dict[str, Any],
         finally:
             await s.close()
         assert isinstance(reply, MetroReply)
-        return _loads(reply.body, "METRO_REPLY")
+        return load_json_object(reply.body, "METRO_REPLY")
 
     async def bounded() -> dict[str, Any]:
         try:
@@ -85,5 +74,5 @@ def register(protocols: TargetProtocols, handle: Handler) -> None:
 def _serve(handle: Handler, peer_cluster: str, peer_site: str, msg: MetroRequest) -> MetroReply:
     if msg.op not in OPS:
         raise ProtocolError(f"unknown Metro request {msg.op!r} from {peer_site}")
-    out = handle(peer_cluster, peer_site, msg.op, _loads(msg.body, "METRO_REQUEST"))
-    return MetroReply(json.dumps(out, sort_keys=True).encode(), req_id=msg.req_id)
+    out = handle(peer_cluster, peer_site, msg.op, load_json_object(msg.body, "METRO_REQUEST"))
+    return MetroReply(dump_json_object(out), req_id=msg.req_id)

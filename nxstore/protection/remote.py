@@ -24,14 +24,13 @@ target answer every PD_REQUEST with `handle(manager, peer_cluster, peer_site, ms
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionClosed, InvalidArgument, NxError, ProtocolError
-from ..replication.messages import PdReply, PdRequest
+from ..replication.messages import PdReply, PdRequest, dump_json_object, load_json_object
 from ..replication.protocols import TargetProtocols
 from ..replication.sites import list_sites
 from .ownership import adopt, ownership, record_sync
@@ -44,20 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPS = ("status", "sync", "adopt")
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, sort_keys=True).encode()
-
-
-def _loads(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        body = json.loads(bytes(data).decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"{what}: body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{what}: body is not a JSON object")
-    return body
 
 
 # -- client -------------------------------------------------------------------------------------
@@ -84,7 +69,7 @@ def call(cluster: Engine, site: str, op: str, body: dict[str, Any]) -> dict[str,
 async def request(s: Session, site: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
     """One PD request on session `s`, open to `site` (and maybe carrying other traffic:
     a NearSync shipping round asks first); the reply body. Raises like `call`."""
-    fut = await s.ask(lambda r: PdRequest(op, _dumps(body), req_id=r))
+    fut = await s.ask(lambda r: PdRequest(op, dump_json_object(body), req_id=r))
     # The session's reader hands an ERROR reply to the OTHER waiters only (it pops
     # this request's waiter first), so wait for the reader ending too.
     await asyncio.wait([fut, s._reader], return_when=asyncio.FIRST_COMPLETED)
@@ -93,7 +78,7 @@ async def request(s: Session, site: str, op: str, body: dict[str, Any]) -> dict[
     reply = fut.result()
     if not isinstance(reply, PdReply):
         raise ProtocolError(f"expected PdReply, got {type(reply).__name__}")
-    return _loads(reply.body, "PD_REPLY")
+    return load_json_object(reply.body, "PD_REPLY")
 
 
 def status(cluster: Engine, site: str, pd_name: str) -> dict[str, Any]:
@@ -112,7 +97,7 @@ def handle(manager: Callable[[], ProtectionManager], peer_cluster: str, peer_sit
     """Serve one PD_REQUEST from authenticated peer (peer_cluster, peer_site); `manager`
     returns the cluster's ProtectionManager (called once the request is checked, so it
     may make it on first use). Raises NxError subclasses (sent back as ERROR)."""
-    body = _loads(msg.body, "PD_REQUEST")
+    body = load_json_object(msg.body, "PD_REQUEST")
     if msg.op not in OPS:
         raise ProtocolError(f"unknown PD request {msg.op!r} from {peer_site}")
     name = body.get("pd")
@@ -138,4 +123,4 @@ def handle(manager: Callable[[], ProtectionManager], peer_cluster: str, peer_sit
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"bad adopt request: {exc}") from exc
     log.info("PD request %s %s from %s: %s", msg.op, name, peer_site, out)
-    return PdReply(_dumps(out), req_id=msg.req_id)
+    return PdReply(dump_json_object(out), req_id=msg.req_id)

@@ -45,7 +45,15 @@ from .metro import (
 )
 from .metro_control import MetroReply, MetroRequest
 from .nearsync import GetLws, LwsBegin, LwsCommit, LwsCommitted, LwsList, LwsRanges
-from .ownership import WIRE_MAX_JSON_BYTES, PdReply, PdRequest
+from .ownership import (
+    WIRE_MAX_JSON_BYTES,
+    JsonReply,
+    JsonRequest,
+    PdReply,
+    PdRequest,
+    dump_json_object,
+    load_json_object,
+)
 from .replication import (
     Abort,
     Ack,
@@ -67,6 +75,8 @@ from .session import Auth, AuthOk, Challenge, Error, Hello, Ping, Pong
 from .witness import WitnessCas, WitnessGet, WitnessState
 
 __all__ = [
+    "dump_json_object",
+    "load_json_object",
     "MESSAGE_CLASSES",
     "TRANSFER_ID_BYTES",
     "WIRE_MAX_JSON_BYTES",
@@ -89,6 +99,8 @@ __all__ = [
     "LwsBegin",
     "LwsCommit",
     "LwsCommitted",
+    "JsonReply",
+    "JsonRequest",
     "LwsList",
     "LwsRanges",
     "MapEntries",
