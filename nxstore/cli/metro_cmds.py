@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..protection.modes import MetroState
 from .common import open_cluster
 from .nearsync_cmds import seconds_arg
 from .replication_cmds import read_secret
+
+if TYPE_CHECKING:
+    from ..protection.domain import ProtectionDomain
 
 
 def register_pd(psub: argparse._SubParsersAction) -> None:
@@ -103,25 +108,17 @@ def cmd_disable(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    with open_cluster(args.path) as c:
-        show(c.protection_domain(args.name).metro_state(), args.json)
-    return 0
+def _show_state(act: Callable[[ProtectionDomain, argparse.Namespace], MetroState]
+                ) -> Callable[[argparse.Namespace], int]:
+    """A command that runs `act` on the PD and shows the Metro state it returns."""
+    def run(args: argparse.Namespace) -> int:
+        with open_cluster(args.path) as c:
+            show(act(c.protection_domain(args.name), args), args.json)
+        return 0
+    return run
 
 
-def cmd_break(args: argparse.Namespace) -> int:
-    with open_cluster(args.path) as c:
-        show(c.protection_domain(args.name).metro_break(), args.json)
-    return 0
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    with open_cluster(args.path) as c:
-        show(c.protection_domain(args.name).metro_resume(), args.json)
-    return 0
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    with open_cluster(args.path) as c:
-        show(c.protection_domain(args.name).metro_promote(force=args.force), args.json)
-    return 0
+cmd_status = _show_state(lambda pd, _args: pd.metro_state())
+cmd_break = _show_state(lambda pd, _args: pd.metro_break())
+cmd_resume = _show_state(lambda pd, _args: pd.metro_resume())
+cmd_promote = _show_state(lambda pd, args: pd.metro_promote(force=args.force))

@@ -133,6 +133,13 @@ class MetroService:
             tick = min([p.row.break_timeout / 4 for p in pairs] + [1.0])
             self._stop.wait(max(0.05, tick))
 
+    @staticmethod
+    def _require_active(pair: MetroPair, action: str, hint: str = "") -> None:
+        """InvalidArgument unless this site is the pair's active site (operator actions)."""
+        if not pair.is_active:
+            raise InvalidArgument(f"protection domain {pair.row.pd_name!r}: {action} at the "
+                                  f"active site ({pair.row.peer_site!r}){hint}")
+
     def _pair(self, pd: ProtectionDomain) -> MetroPair:
         pair = self.pairs.get(pd.name)
         if pair is None:
@@ -241,9 +248,7 @@ class MetroService:
         async replication."""
         pair = self._pair(pd)
         with pair.lock:
-            if not pair.is_active:
-                raise InvalidArgument(f"protection domain {pd.name!r}: disable Metro at the "
-                                      f"active site ({pair.row.peer_site!r})")
+            self._require_active(pair, "disable Metro")
             e = pair.row.epoch
             # The record moves on (to this site): a standby that was not told is refused
             # by the witness, and out of step from then on, so never promoted without force.
@@ -267,9 +272,7 @@ class MetroService:
     def break_link(self, pd: ProtectionDomain) -> MetroState:
         pair = self._pair(pd)
         with pair.lock:
-            if not pair.is_active:
-                raise InvalidArgument(f"protection domain {pd.name!r}: break at the active "
-                                      f"site ({pair.row.peer_site!r}); a standby is promoted")
+            self._require_active(pair, "break", "; a standby is promoted")
             if pair.row.state == BROKEN:
                 return pair.state()
             pair.break_link(operator=True)
@@ -278,9 +281,7 @@ class MetroService:
     def resume(self, pd: ProtectionDomain) -> MetroState:
         pair = self._pair(pd)
         with pair.lock:
-            if not pair.is_active:
-                raise InvalidArgument(f"protection domain {pd.name!r}: resume at the active "
-                                      f"site ({pair.row.peer_site!r})")
+            self._require_active(pair, "resume")
             if pair.row.state != SYNCHRONOUS:
                 pair.resync()
             if pair.row.state != SYNCHRONOUS:
