@@ -13,10 +13,25 @@ on the functions they forward to.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
 
 from .constants import CHAIN_COLLAPSE_DEPTH
+from .errors import InvalidArgument
+from .leap import definitions as leap_definitions
+from .leap import membership as leap_membership
+from .leap import plans as leap_plans
+from .leap import policies as leap_policies
+from .leap import recovery as leap_recovery
+from .leap import remote as leap_remote
+from .leap import zones as leap_zones
+from .leap.membership import Reconciled
+from .leap.plans import PlanSpec
+from .leap.policies import ProtectionPolicy
+from .leap.recovery import PlanReport, StageHook
+from .leap.service import LeapService
+from .leap.zones import AvailabilityZone, Endpoint
 from .metro.service import MetroService
 from .names import check_name
 from .nearsync import lws as nearsync_lws
@@ -45,7 +60,7 @@ from .store.vdisk import VDisk
 
 
 class Cluster(Engine):
-    """An open cluster with replication, protection, NearSync and Metro attached. Use
+    """An open cluster with replication, protection, NearSync, Metro and Leap attached. Use
     `Cluster.create` / `Cluster.open` (see `Engine.create` / `Engine.open`), ideally as a
     context manager."""
 
@@ -65,6 +80,8 @@ class Cluster(Engine):
             protection_remote.register(protocols, self._protection)
             self._metro = MetroService(self, self._protection)
             self._metro.attach()
+            self._leap = LeapService(self._protection)
+            leap_remote.register(protocols, self._protection, lambda: self._leap.endpoint)
         except BaseException:
             Engine.close(self)
             raise
@@ -190,8 +207,9 @@ class Cluster(Engine):
         return activate(self._protection(), pd_name, force, point)
 
     def run_schedules(self) -> list[ScheduleRun]:
-        """Run every PD schedule due on the cluster clock; see
-        `nxstore.protection.schedule.run_schedules`."""
+        """Run the Leap tick (`leap_tick`), then every PD schedule due on the cluster clock;
+        see `nxstore.protection.schedule.run_schedules`."""
+        self.leap_tick()
         return schedule.run_schedules(self._protection())
 
     # -- NearSync: light-weight snapshots (nxstore.nearsync) ---------------------------------
@@ -226,3 +244,141 @@ class Cluster(Engine):
         `nxstore.nearsync.compose.compose_pending`."""
         self._check_open()
         return compose_pending(self)
+
+    # -- Leap: zones, categories' policies, recovery plans (nxstore.leap) -----------------
+    def set_endpoint(self, address: str, secret: str) -> None:
+        """How peers reach this cluster (HOST:PORT and the secret it accepts): `nxstore
+        serve` sets it; zone pairing needs it."""
+        self._leap.endpoint = Endpoint(address, secret)
+
+    def leap_tick(self) -> Reconciled:
+        """Deliver policy and plan definitions owed to zones and make the protection
+        domains follow the policies whose primary zone is this site; see
+        `nxstore.leap.service.LeapService.tick`."""
+        return self._leap.tick()
+
+    def connect_zone(self, name: str, address: str, secret: str,
+                     local_address: str | None = None, tls_ca: str = "") -> AvailabilityZone:
+        """Pair with availability zone `name` served at `address`, in both directions;
+        `local_address`: how it reaches this site (default: where `nxstore serve` serves
+        it). See `nxstore.leap.zones.connect_zone`."""
+        mgr = self._protection()
+        local = (Endpoint(local_address, secret) if local_address is not None
+                 else self._leap.endpoint)
+        return leap_zones.connect_zone(mgr, name, address, secret, local, tls_ca)
+
+    def zones(self) -> list[AvailabilityZone]:
+        """The paired availability zones, by name."""
+        return leap_zones.list_zones(self._protection())
+
+    def remove_zone(self, name: str) -> None:
+        """Unpair zone `name`; see `nxstore.leap.zones.remove_zone`."""
+        leap_zones.remove_zone(self._protection(), name)
+
+    def create_policy(self, name: str, primary: str, recovery: Sequence[str],
+                      schedules: Sequence[object], categories: Sequence[object] = (),
+                      containers: Sequence[str] = ()) -> ProtectionPolicy:
+        """Define a protection policy; see `nxstore.leap.policies.create_policy`."""
+        return leap_policies.create_policy(self._protection(), name, primary, recovery,
+                                           schedules, categories, containers)
+
+    def update_policy(self, name: str, **changes: object) -> ProtectionPolicy:
+        """Change a policy; see `nxstore.leap.policies.update_policy`."""
+        return leap_policies.update_policy(self._protection(), name, **changes)
+
+    def policy(self, name: str) -> ProtectionPolicy:
+        """Protection policy `name` (NotFound otherwise)."""
+        return leap_policies.get_policy(self._protection(), name)
+
+    def policies(self) -> list[ProtectionPolicy]:
+        """Every protection policy this zone holds, by name."""
+        return leap_policies.list_policies(self._protection())
+
+    def delete_policy(self, name: str) -> None:
+        """Delete a policy here and at its zones; see `nxstore.leap.policies.delete_policy`."""
+        leap_policies.delete_policy(self._protection(), name)
+
+    def migrate_pd_to_policy(self, pd: str, policy: str) -> None:
+        """Move a protection domain into a policy, keeping its recovery points; see
+        `nxstore.leap.membership.migrate_pd_to_policy`."""
+        leap_membership.migrate_pd_to_policy(self._protection(), pd, policy)
+
+    def create_recovery_plan(self, name: str, primary: str, recovery: str,
+                             stages: Sequence[object], networks: Sequence[object] = (),
+                             stay_off: Sequence[str] = ()) -> RecoveryPlan:
+        """Define a recovery plan; see `nxstore.leap.plans.create_plan`."""
+        leap_plans.create_plan(self._protection(), name, primary, recovery, stages, networks,
+                               stay_off)
+        return RecoveryPlan(self, name)
+
+    def recovery_plan(self, name: str) -> RecoveryPlan:
+        """Recovery plan `name` (NotFound otherwise)."""
+        leap_plans.get_plan_spec(self._protection(), name)
+        return RecoveryPlan(self, name)
+
+    def recovery_plans(self) -> list[RecoveryPlan]:
+        """Every recovery plan this zone holds, by name."""
+        return [RecoveryPlan(self, p.name) for p in leap_plans.list_plan_specs(self._protection())]
+
+    def delete_recovery_plan(self, name: str) -> None:
+        """Delete a recovery plan here and at its other zone."""
+        leap_definitions.delete(self._protection(), "plan", name)
+
+
+class RecoveryPlan:
+    """A handle on a recovery plan of an open cluster; its actions run at the plan's
+    recovery zone and are documented in `nxstore.leap.recovery`."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self._cluster = cluster
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"RecoveryPlan({self.name!r})"
+
+    @property
+    def spec(self) -> PlanSpec:
+        """The plan as defined now."""
+        return leap_plans.get_plan_spec(self._cluster._protection(), self.name)
+
+    @property
+    def last_failover_status(self) -> str:
+        """"Succeeded", "Failed: <step>", "Running", or "" if no action ran here."""
+        return leap_recovery.last_status(self._cluster._protection(), self.name)
+
+    def set_hook(self, stage: int, hook: StageHook | None) -> None:
+        """Run callable `hook(vms)` after stage `stage` (1-based) powers on, at this site
+        (kept in memory only; an executable hook is part of the stage's definition)."""
+        if not 1 <= stage <= len(self.spec.stages):
+            raise InvalidArgument(f"plan {self.name!r} has no stage {stage}")
+        if hook is None:
+            self._cluster._leap.hooks.pop((self.name, stage), None)
+        else:
+            self._cluster._leap.hooks[(self.name, stage)] = hook
+
+    def update(self, **changes: object) -> PlanSpec:
+        """Change some fields of the plan (stages, networks, stay_off, ...); checked like
+        at creation."""
+        return leap_plans.store_plan(self._cluster._protection(),
+                                     dataclasses.replace(self.spec, **changes))
+
+    def validate(self) -> PlanReport:
+        return leap_recovery.validate(self._cluster._protection(), self.name)
+
+    def test_failover(self, point: float | None = None) -> PlanReport:
+        return leap_recovery.test_failover(self._cluster._protection(), self.name, point,
+                                           self._cluster._leap.hooks)
+
+    def cleanup_test(self) -> PlanReport:
+        return leap_recovery.cleanup_test(self._cluster._protection(), self.name)
+
+    def planned_failover(self) -> PlanReport:
+        return leap_recovery.planned_failover(self._cluster._protection(), self.name,
+                                              self._cluster._leap.hooks)
+
+    def unplanned_failover(self, point: float | None = None) -> PlanReport:
+        return leap_recovery.unplanned_failover(self._cluster._protection(), self.name, point,
+                                                self._cluster._leap.hooks)
+
+    def reverse(self) -> PlanReport:
+        return leap_recovery.reverse(self._cluster._protection(), self.name)

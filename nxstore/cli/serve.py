@@ -136,6 +136,7 @@ async def _serve(cluster: Cluster, host: str, port: int, secret: str,
                              ssl=tls)
         log.info("serving site %s (cluster %s) on %s:%d", cluster.site_name, cluster.id, host,
                  server.port)
+        cluster.set_endpoint(f"{host}:{server.port}", secret)  # zones pair back to it
         scheduler = None
         if schedule_interval:
             log.info("running schedules every %g s", schedule_interval)

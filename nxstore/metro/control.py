@@ -19,16 +19,14 @@ replication target answer METRO_REQUEST with `handle(peer_cluster, peer_site, op
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NxError, ProtocolError
-from ..replication import source
+from ..errors import ProtocolError
 from ..replication.messages import MetroReply, MetroRequest, dump_json_object, load_json_object
 from ..replication.protocols import TargetProtocols
-from ..replication.sites import get_site
+from ..replication.requests import call_json
 
 if TYPE_CHECKING:
     from ..store.engine import Engine
@@ -42,28 +40,7 @@ def call(engine: Engine, site: str, op: str, body: dict[str, Any],
     """Send one Metro request to remote site `site` and return the reply body, all within
     `timeout` seconds. Raises NotFound (site), NxError (connection, timeout),
     AuthenticationError, and what the peer reported."""
-    remote = get_site(engine.ctx.catalog, site)
-    payload = dump_json_object(body)
-
-    async def go() -> dict[str, Any]:
-        s = await source.open_session(engine, remote)
-        try:
-            reply = await s.request(lambda r: MetroRequest(op, payload, req_id=r), MetroReply)
-        finally:
-            await s.close()
-        assert isinstance(reply, MetroReply)
-        return load_json_object(reply.body, "METRO_REPLY")
-
-    async def bounded() -> dict[str, Any]:
-        try:
-            return await asyncio.wait_for(go(), timeout)
-        except asyncio.TimeoutError:
-            raise NxError(f"site {site!r} did not answer a Metro {op} request in "
-                          f"{timeout:g} s") from None
-
-    out = source.run(bounded())
-    assert isinstance(out, dict)
-    return out
+    return call_json(engine, site, MetroRequest, MetroReply, op, body, timeout)
 
 
 def register(protocols: TargetProtocols, handle: Handler) -> None:

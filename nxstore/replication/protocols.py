@@ -114,6 +114,7 @@ class TargetProtocols:
     def __init__(self) -> None:
         self._taken: set[type[Message]] = set(BUILT_IN)
         self._queries: dict[type[Message], QueryHandler] = {}
+        self._blocking: set[type[Message]] = set()
         self._begins: dict[type[Message], TransferKind] = {}
         self._commits: dict[type[Message], TransferKind] = {}
         self._stages: dict[type[Message], Callable[[Message, Transfer | None], None]] = {}
@@ -128,10 +129,15 @@ class TargetProtocols:
             taken.add(kind)
         self._taken = taken
 
-    def add_query(self, kind: type[Message], handler: QueryHandler) -> None:
-        """Answer requests of type `kind` with `handler`'s reply."""
+    def add_query(self, kind: type[Message], handler: QueryHandler, *,
+                  blocking: bool = False) -> None:
+        """Answer requests of type `kind` with `handler`'s reply. `blocking`: the handler
+        may take long or talk to other sites itself (Leap's planned failover), so the
+        target runs it in a thread and keeps serving its other connections meanwhile."""
         self._take([kind])
         self._queries[kind] = handler
+        if blocking:
+            self._blocking.add(kind)
 
     def add_transfer(self, kind: TransferKind) -> None:
         """Serve the transfer `kind.begin` .. `kind.commit`."""
@@ -154,6 +160,10 @@ class TargetProtocols:
     # -- what the target reads ----------------------------------------------------------
     def query(self, kind: type[Message]) -> QueryHandler | None:
         return self._queries.get(kind)
+
+    def blocking(self, kind: type[Message]) -> bool:
+        """Whether the query handler of `kind` runs in a thread (see add_query)."""
+        return kind in self._blocking
 
     def begun_by(self, kind: type[Message]) -> TransferKind | None:
         """The transfer that a message of type `kind` begins, if any."""

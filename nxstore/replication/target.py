@@ -231,6 +231,9 @@ class ReplicationTarget:
                     elif isinstance(msg, Abort):
                         self._release(peer.cluster_id, transfer)
                         transfer, reply = None, None
+                    elif self._protocols.blocking(type(msg)):
+                        reply = await asyncio.to_thread(self._query, peer.cluster_id,
+                                                        peer.site, msg)
                     else:
                         reply = self._query(peer.cluster_id, peer.site, msg)
                     if reply is not None:

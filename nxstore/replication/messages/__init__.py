@@ -19,7 +19,8 @@ One module per protocol area: `base` (the MessageType code table, ErrorCode, the
 base class, encode/decode), `session` (handshake, ERROR, PING/PONG), `replication`
 (snapshot transfer and pruning), `ownership` (PD_REQUEST/PD_REPLY), `nearsync` (LWS
 episodes), `witness` (the Metro witness: WITNESS_GET/CAS/STATE), `metro` (the Metro mirror
-stream), `metro_control` (METRO_REQUEST/METRO_REPLY between Metro sites). Import the names
+stream), `metro_control` (METRO_REQUEST/METRO_REPLY between Metro sites), `leap_control`
+(LEAP_REQUEST/LEAP_REPLY between availability zones). Import the names
 from this package; it imports every area, so `decode` knows every message type.
 """
 
@@ -35,6 +36,7 @@ from .base import (
     decode,
     encode,
 )
+from .leap_control import LeapReply, LeapRequest
 from .metro import (
     MetroAccept,
     MetroFlush,
@@ -104,6 +106,8 @@ __all__ = [
     "LwsList",
     "LwsRanges",
     "MapEntries",
+    "LeapReply",
+    "LeapRequest",
     "MetroReply",
     "MetroRequest",
     "Message",

@@ -91,7 +91,11 @@ class MessageType(enum.IntEnum):
     # metro_control.py: requests between the two sites of a Metro pair
     METRO_REQUEST = 45
     METRO_REPLY = 46
-    # later areas append from 47 on
+
+    # leap_control.py: requests between availability zones (policies, plans, failover)
+    LEAP_REQUEST = 47
+    LEAP_REPLY = 48
+    # later areas append from 49 on
 
 
 class ErrorCode(enum.IntEnum):

@@ -1,0 +1,171 @@
+"""Policy and plan definitions, kept alike at every zone they name.
+
+A definition is a JSON spec under a kind ("policy" or "plan") and a name, at a version that
+every change increments. The zone where it changes stores it and then delivers it to every
+other zone the spec names (LEAP "put" / "drop"); a zone keeps the highest version it has
+seen. A zone that cannot be reached is owed the version: the Leap tick (`deliver_owed`, run
+with the schedules) retries until it arrives. A spec names its zones in "primary" (a str)
+and "recovery" (a str or a list of str).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AlreadyExists, NotFound, NxError
+from ..protection.manager import ProtectionManager
+from .rows import DefinitionRow
+
+log = logging.getLogger(__name__)
+
+KINDS = ("policy", "plan")
+_WORDS = {"policy": "protection policy", "plan": "recovery plan"}
+
+
+@dataclass(frozen=True)
+class Definition:
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    version: int
+    owed: tuple[str, ...]
+
+    @property
+    def zones(self) -> tuple[str, ...]:
+        """Every zone the spec names, primary first."""
+        recovery = self.spec.get("recovery", [])
+        found = [self.spec.get("primary", "")]
+        found += [recovery] if isinstance(recovery, str) else list(recovery)
+        return tuple(dict.fromkeys(z for z in found if z))
+
+
+def _definition(row: DefinitionRow) -> Definition:
+    return Definition(row.kind, row.name, json.loads(row.spec), row.version,
+                      tuple(json.loads(row.owed)))
+
+
+def _rows(mgr: ProtectionManager, kind: str, name: str) -> list[DefinitionRow]:
+    return mgr.catalog.rows(DefinitionRow, "kind = ? AND name = ?", (kind, name))
+
+
+def get_definition(mgr: ProtectionManager, kind: str, name: str) -> Definition:
+    rows = _rows(mgr, kind, name)
+    if not rows:
+        raise NotFound(f"no {_WORDS[kind]} {name!r} at site {mgr.cluster.site_name!r}")
+    return _definition(rows[0])
+
+
+def list_definitions(mgr: ProtectionManager, kind: str) -> list[Definition]:
+    rows = mgr.catalog.rows(DefinitionRow, "kind = ?", (kind,))
+    return sorted((_definition(r) for r in rows), key=lambda d: d.name)
+
+
+def all_definitions(mgr: ProtectionManager) -> list[Definition]:
+    return [d for kind in KINDS for d in list_definitions(mgr, kind)]
+
+
+def store(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any], *,
+          new: bool) -> Definition:
+    """Store `spec` as the next version of definition (kind, name) and deliver it to the
+    other zones it names (and to those the previous version named). `new`: AlreadyExists
+    if it exists; else NotFound if it does not. Durable here on return; a zone that cannot
+    be reached is owed it (module docstring)."""
+    with mgr.lock, mgr.catalog.transaction():
+        rows = _rows(mgr, kind, name)
+        if new and rows:
+            raise AlreadyExists(f"{_WORDS[kind]} {name!r} exists")
+        if not new and not rows:
+            raise NotFound(f"no {_WORDS[kind]} {name!r} at site {mgr.cluster.site_name!r}")
+        before = _definition(rows[0]).zones if rows else ()
+        draft = Definition(kind, name, spec, rows[0].version + 1 if rows else 1, ())
+        owed = [z for z in dict.fromkeys((*draft.zones, *before)) if z != mgr.cluster.site_name]
+        text = json.dumps(spec, sort_keys=True)
+        if rows:
+            row = rows[0]
+            row.spec, row.version, row.owed, row.updated_at = (text, draft.version,
+                                                               json.dumps(owed), mgr.now())
+            mgr.catalog.update(row)
+        else:
+            mgr.catalog.insert(DefinitionRow(0, kind, name, text, draft.version,
+                                             json.dumps(owed), mgr.now()))
+    deliver_owed(mgr, kind, name)
+    return get_definition(mgr, kind, name)
+
+
+def delete(mgr: ProtectionManager, kind: str, name: str) -> None:
+    """Delete definition (kind, name) here and at the zones it names (best effort: a zone
+    that cannot be reached keeps its copy until deleted there). Raises NotFound."""
+    d = get_definition(mgr, kind, name)
+    with mgr.lock, mgr.catalog.transaction():
+        for row in _rows(mgr, kind, name):
+            mgr.catalog.delete(DefinitionRow, row.id)
+    from .remote import call
+
+    for zone in d.zones:
+        if zone != mgr.cluster.site_name:
+            try:
+                call(mgr.cluster, zone, "drop", {"kind": kind, "name": name,
+                                                 "version": d.version})
+            except NxError as exc:
+                log.warning("%s %s deleted here but not at zone %s: %s", _WORDS[kind], name,
+                            zone, exc)
+
+
+def deliver_owed(mgr: ProtectionManager, kind: str | None = None,
+                 name: str | None = None) -> list[str]:
+    """Deliver owed definitions (all, or just (kind, name)); the zones still owed one,
+    as "zone: reason"."""
+    from .remote import call
+
+    failed = []
+    for row in mgr.catalog.rows(DefinitionRow):
+        if (kind, name) != (None, None) and (row.kind, row.name) != (kind, name):
+            continue
+        d = _definition(row)
+        for zone in d.owed:
+            try:
+                call(mgr.cluster, zone, "put", {"kind": d.kind, "name": d.name,
+                                                "spec": d.spec, "version": d.version})
+            except NxError as exc:
+                failed.append(f"{zone}: {exc}")
+                log.warning("%s %s v%d not delivered to zone %s yet: %s", _WORDS[d.kind],
+                            d.name, d.version, zone, exc)
+                continue
+            with mgr.lock, mgr.catalog.transaction():
+                for fresh in _rows(mgr, d.kind, d.name):
+                    if fresh.version == d.version:
+                        fresh.owed = json.dumps([z for z in json.loads(fresh.owed) if z != zone])
+                        mgr.catalog.update(fresh)
+    return failed
+
+
+def receive(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any],
+            version: int) -> int:
+    """A zone delivered version `version` of (kind, name): keep it if it is newer than
+    the one held. Returns the version held afterwards."""
+    with mgr.lock, mgr.catalog.transaction():
+        rows = _rows(mgr, kind, name)
+        if rows and rows[0].version >= version:
+            return rows[0].version
+        text = json.dumps(spec, sort_keys=True)
+        if rows:
+            rows[0].spec, rows[0].version, rows[0].owed = text, version, "[]"
+            rows[0].updated_at = mgr.now()
+            mgr.catalog.update(rows[0])
+        else:
+            mgr.catalog.insert(DefinitionRow(0, kind, name, text, version, "[]", mgr.now()))
+    return version
+
+
+def receive_drop(mgr: ProtectionManager, kind: str, name: str, version: int) -> int:
+    """A zone deleted (kind, name) at `version`: delete it here unless newer. Returns the
+    version held afterwards (0: none)."""
+    with mgr.lock, mgr.catalog.transaction():
+        for row in _rows(mgr, kind, name):
+            if row.version > version:
+                return row.version
+            mgr.catalog.delete(DefinitionRow, row.id)
+    return 0

@@ -1,0 +1,497 @@
+"""Recovery plan actions, run at the plan's recovery zone: validate, test failover and its
+cleanup, planned and unplanned failover, reverse.
+
+Each action returns a `PlanReport`: every step with its timing and status, and the plan's
+status, also kept here as the plan's `last_failover_status` ("Running" while it runs,
+"Succeeded", or "Failed: <step>"). A step that fails stops the action there; running the
+action again resumes (steps already done are skipped: a protection domain already here is
+not moved again, a VM already on stays on). Misuse (the wrong zone, a test still present)
+raises instead.
+
+What each does (VMs are those of the stages: named ones in boot order, then those with a
+stage category, by name; each is found through the protection domain that holds it here):
+- `validate`: every problem at once (a VM not protected to this zone, no recovery point of
+  it here, a NIC on a network the plan does not map, a stage category matching no VM, the
+  primary zone down); blocking ones fail the step.
+- `test_failover(point)`: clones each VM from its newest recovery point (at or before the
+  cluster-clock time `point`) as `<plan>-test-<VM>` on the test networks, powered on by
+  stage; production and replication are untouched. `cleanup_test` removes exactly what it
+  made.
+- `planned_failover`: the primary zone, per protection domain, powers its VMs off, takes
+  and ships a last snapshot, removes them and registers them here (nxstore.protection
+  migrate, VMs left off); then this zone powers them on by stage on the mapped networks.
+  No data is lost.
+- `unplanned_failover(point)`: each protection domain is activated here from its newest
+  recovery point (or the newest at or before `point`), the primary being unreachable; then
+  the VMs power on by stage.
+- `reverse`: after a failover, swap primary and recovery (networks with them) in the plan
+  and in the policies that protect its VMs, so replication runs the other way; a planned
+  failover run at the other zone is then the failback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidArgument, NotFound, NxError
+from ..protection.domain import ACTIVE, INACTIVE, list_protection_domains
+from ..protection.failover import activate
+from ..protection.manager import ProtectionManager
+from ..protection.rows import PDSnapshotRow
+from ..protection.vm import VM, delete_vm, get_vm
+from . import definitions, membership, remote
+from .plans import PlanSpec, get_plan_spec, store_plan
+from .policies import from_definition as policy_from_definition
+from .rows import PlanRunRow, TestItemRow
+from .zones import zone_up
+
+log = logging.getLogger(__name__)
+
+RUNNING, SUCCEEDED = "Running", "Succeeded"
+STAGE_HOOK_TIMEOUT_S = 300.0  # seconds a stage hook may run before the step fails
+StageHook = Callable[[list[VM]], object]
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    name: str
+    status: str          # "ok" | "failed" | "skipped"
+    started_at: float    # wall clock (time.time())
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class PlanReport:
+    plan: str
+    action: str
+    status: str = RUNNING
+    steps: list[PlanStep] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCEEDED
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan": self.plan, "action": self.action, "status": self.status,
+                "problems": self.problems,
+                "steps": [s.__dict__ for s in self.steps]}
+
+
+class _StepFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class VMEntry:
+    """A VM as the recovery zone knows it."""
+
+    name: str
+    pd: str | None         # the protection domain holding it here (None: not protected)
+    here: bool             # registered at this site (its PD is active here)
+    categories: dict[str, str]
+    nics: list[dict[str, str]]
+    points: tuple[tuple[str, float], ...]  # (PD snapshot, created_at) usable here
+
+
+def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
+    """Every VM this site knows: its own VMs, and those of the protection domains it holds
+    replicas of (from their newest PD snapshot's manifest)."""
+    found: dict[str, VMEntry] = {}
+    for pd in list_protection_domains(mgr):
+        if pd.state == ACTIVE:
+            for vm in pd.vms():
+                found[vm.name] = VMEntry(vm.name, pd.name, True, vm.categories, vm.nics, ())
+            continue
+        if pd.state != INACTIVE:
+            continue
+        snaps = pd.snapshots()
+        points = tuple((s.name, s.created_at) for s in snaps)
+        rows = mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (pd.id,))
+        if not rows:
+            continue
+        newest = max(rows, key=lambda r: (r.created_at, r.id))
+        for e in json.loads(newest.manifest):
+            if e["kind"] == "vm":
+                found[e["name"]] = VMEntry(e["name"], pd.name, False, e.get("categories", {}),
+                                           e.get("nics", []), points)
+    for vm_name in (v.name for v in _vms(mgr)):
+        if vm_name not in found:
+            vm = get_vm(mgr, vm_name)
+            found[vm_name] = VMEntry(vm_name, None, True, vm.categories, vm.nics, ())
+    return found
+
+
+def _vms(mgr: ProtectionManager) -> list[VM]:
+    from ..protection.vm import list_vms
+
+    return list_vms(mgr)
+
+
+def stage_vms(plan: PlanSpec, known: dict[str, VMEntry]) -> tuple[list[list[str]], list[str]]:
+    """The VMs of each stage in boot order, and the problems met resolving them."""
+    problems: list[str] = []
+    placed: set[str] = set()
+    stages: list[list[str]] = []
+    for number, stage in enumerate(plan.stages, 1):
+        names = list(stage.vms)
+        placed.update(names)
+        for key, value in stage.categories:
+            matching = sorted(n for n, e in known.items()
+                              if e.categories.get(key) == value and n not in placed)
+            if not matching and not any(e.categories.get(key) == value for e in known.values()):
+                problems.append(f"stage {number}: category {key}:{value} matches no VM "
+                                f"protected to zone {plan.recovery!r}")
+            names += matching
+            placed.update(matching)
+        stages.append(names)
+    return stages, problems
+
+
+def _mapped(plan: PlanSpec, network: str, test: bool) -> str:
+    for m in plan.networks:
+        if m.primary == network:
+            return m.recovery_test if test else m.recovery
+    return ""
+
+
+def _problems(mgr: ProtectionManager, plan: PlanSpec, *, test: bool, need_primary: bool
+              ) -> tuple[list[str], list[str], list[list[str]]]:
+    """(blocking problems, other problems, stage VMs)."""
+    known = inventory(mgr)
+    stages, blocking = stage_vms(plan, known)
+    other: list[str] = []
+    for name in (n for s in stages for n in s):
+        entry = known.get(name)
+        if entry is None:
+            blocking.append(f"VM {name!r} is not protected to zone {plan.recovery!r}: no "
+                            "protection domain here holds it")
+            continue
+        if entry.pd is None:
+            blocking.append(f"VM {name!r} is in no protection domain or policy")
+            continue
+        if not entry.here and not entry.points:
+            blocking.append(f"no recovery point of VM {name!r} at zone {plan.recovery!r} yet")
+        if entry.here:
+            continue  # already failed over here: its NICs carry this zone's networks
+        for nic in entry.nics:
+            if not _mapped(plan, nic["network"], test):
+                blocking.append(f"VM {name!r}: network {nic['network']!r} has no "
+                                f"{'test' if test else 'production'} network mapped at zone "
+                                f"{plan.recovery!r} in plan {plan.name!r}")
+    why = zone_up(mgr, plan.primary)
+    if why:
+        (blocking if need_primary else other).append(f"zone {plan.primary!r} is down: {why}")
+    return blocking, other, stages
+
+
+class _Run:
+    """One action's report, step by step, with the plan's status kept in the catalogue."""
+
+    def __init__(self, mgr: ProtectionManager, plan: PlanSpec, action: str) -> None:
+        self.mgr = mgr
+        self.report = PlanReport(plan.name, action)
+        with mgr.lock, mgr.catalog.transaction():
+            self.row = mgr.catalog.insert(PlanRunRow(0, plan.name, action, RUNNING, "[]",
+                                                     mgr.now()))
+
+    def step(self, name: str, fn: Callable[[], str | None]) -> None:
+        started = time.time()
+        t0 = time.perf_counter()
+        try:
+            detail = fn() or ""
+        except (NxError, _StepFailed, OSError, subprocess.SubprocessError) as exc:
+            self.report.steps.append(PlanStep(name, "failed", started,
+                                              time.perf_counter() - t0, str(exc)))
+            log.error("plan %s %s: step %s failed: %s", self.report.plan, self.report.action,
+                      name, exc)
+            raise _StepFailed(name) from exc
+        status = "skipped" if detail.startswith("skipped") else "ok"
+        self.report.steps.append(PlanStep(name, status, started, time.perf_counter() - t0,
+                                          detail))
+
+    def finish(self, status: str) -> PlanReport:
+        self.report.status = status
+        with self.mgr.lock, self.mgr.catalog.transaction():
+            self.row.status = status
+            self.row.report = json.dumps(self.report.to_json()["steps"])
+            self.mgr.catalog.update(self.row)
+        log.info("plan %s %s: %s", self.report.plan, self.report.action, status)
+        return self.report
+
+
+def last_status(mgr: ProtectionManager, plan: str) -> str:
+    """The status of the plan's newest action here ("" if none ran)."""
+    rows = mgr.catalog.rows(PlanRunRow, "plan = ?", (plan,))
+    return max(rows, key=lambda r: r.id).status if rows else ""
+
+
+def _require_recovery_zone(mgr: ProtectionManager, plan: PlanSpec, action: str) -> None:
+    if plan.recovery != mgr.cluster.site_name:
+        raise InvalidArgument(f"{action} of plan {plan.name!r} runs at its recovery zone "
+                              f"{plan.recovery!r}, not at {mgr.cluster.site_name!r}")
+
+
+def _action(mgr: ProtectionManager, name: str, action: str,
+            body: Callable[[_Run, PlanSpec], None]) -> PlanReport:
+    plan = get_plan_spec(mgr, name)
+    _require_recovery_zone(mgr, plan, action)
+    run = _Run(mgr, plan, action)
+    try:
+        body(run, plan)
+    except _StepFailed as exc:
+        return run.finish(f"Failed: {exc}")
+    except BaseException:
+        run.finish("Failed: interrupted")
+        raise
+    return run.finish(SUCCEEDED)
+
+
+def _validate_step(run: _Run, plan: PlanSpec, *, test: bool, need_primary: bool
+                   ) -> list[list[str]]:
+    blocking, other, stages = _problems(run.mgr, plan, test=test, need_primary=need_primary)
+    run.report.problems = blocking + other
+
+    def check() -> str:
+        if blocking:
+            raise _StepFailed("; ".join(blocking))
+        return "; ".join(other)
+
+    run.step("validate", check)
+    return stages
+
+
+def validate(mgr: ProtectionManager, name: str) -> PlanReport:
+    """Every problem of plan `name` at once (module docstring); Succeeded when none blocks
+    a failover."""
+    return _action(mgr, name, "validate",
+                   lambda run, plan: _validate_step(run, plan, test=False, need_primary=False))
+
+
+# -- bringing VMs up by stage ------------------------------------------------------------------
+
+def _power_on_stages(run: _Run, plan: PlanSpec, stages: list[list[str]], *, test: bool,
+                     prefix: str, hooks: dict[tuple[str, int], StageHook],
+                     sleep: Callable[[float], None]) -> None:
+    mgr = run.mgr
+    for number, (stage, names) in enumerate(zip(plan.stages, stages, strict=True), 1):
+        if stage.delay and number > 1:
+            run.step(f"stage {number}: wait {stage.delay:g} s",
+                     lambda d=stage.delay: sleep(d))  # type: ignore[misc]
+        vms = []
+        for name in names:
+            vm = get_vm(mgr, prefix + name)
+            vms.append(vm)
+            run.step(f"stage {number}: {vm.name}",
+                     lambda vm=vm, name=name: _bring_up(plan, vm, name, test))  # type: ignore[misc]
+        hook = hooks.get((plan.name, number)) or stage.hook
+        if hook:
+            run.step(f"stage {number}: hook",
+                     lambda h=hook, v=vms: _run_stage_hook(h, plan, run.report.action, v))  # type: ignore[misc]
+
+
+def _bring_up(plan: PlanSpec, vm: VM, name: str, test: bool) -> str:
+    nics = []
+    for nic in vm.nics:
+        target = _mapped(plan, nic["network"], test)
+        nics.append({**nic, "network": target} if target else dict(nic))
+    if nics != vm.nics:
+        vm.set_nics(nics)
+    networks = ",".join(n["network"] for n in nics) or "no NICs"
+    if name in plan.stay_off:
+        return f"skipped power-on (stays off); networks {networks}"
+    vm.power_on()
+    return f"on; networks {networks}"
+
+
+def _run_stage_hook(hook: StageHook | str, plan: PlanSpec, action: str, vms: list[VM]) -> str:
+    if callable(hook):
+        hook(vms)
+        return "callable hook ok"
+    done = subprocess.run([hook, plan.name, action, *(v.name for v in vms)],
+                          capture_output=True, text=True, timeout=STAGE_HOOK_TIMEOUT_S,
+                          check=False)
+    if done.returncode:
+        tail = (done.stderr or done.stdout)[-400:].strip()
+        raise _StepFailed(f"hook {hook} exited {done.returncode}: {tail}")
+    return f"hook {hook} ok"
+
+
+# -- the failovers -----------------------------------------------------------------------------
+
+def _plan_pds(mgr: ProtectionManager, stages: list[list[str]]) -> list[str]:
+    known = inventory(mgr)
+    pds = [known[n].pd for s in stages for n in s if n in known and known[n].pd]
+    return list(dict.fromkeys(p for p in pds if p))
+
+
+def _adopt_membership(mgr: ProtectionManager, pds: list[str]) -> None:
+    """PDs a failover brought here stay managed by the policy that protects their VMs."""
+    known = inventory(mgr)
+    policies = [policy_from_definition(d) for d in definitions.list_definitions(mgr, "policy")]
+    for entry in known.values():
+        if entry.pd in pds and entry.here:
+            policy = next((p for p in policies if p.matches(entry.categories)), None)
+            if policy is not None:
+                membership.manage(mgr, policy.name, entry.pd)
+
+
+def _point_for(mgr: ProtectionManager, pd_name: str, point: float | None) -> str | None:
+    if point is None:
+        return None
+    known = [e for e in inventory(mgr).values() if e.pd == pd_name]
+    candidates = [(at, name) for name, at in (known[0].points if known else ()) if at <= point]
+    if not candidates:
+        raise NotFound(f"protection domain {pd_name!r} has no recovery point at or before "
+                       f"{point} here")
+    return max(candidates)[1]
+
+
+def planned_failover(mgr: ProtectionManager, name: str,
+                     hooks: dict[tuple[str, int], StageHook],
+                     sleep: Callable[[float], None] = time.sleep) -> PlanReport:
+    """Planned failover of plan `name` to this (its recovery) zone (module docstring)."""
+    def body(run: _Run, plan: PlanSpec) -> None:
+        stages = _validate_step(run, plan, test=False, need_primary=True)
+        pds = _plan_pds(mgr, stages)
+        for pd in pds:
+            here = mgr.pd_row(pd).state == ACTIVE
+
+            def move(pd: str = pd, here: bool = here) -> str:
+                if here:
+                    return "skipped: already here"
+                out = remote.call(mgr.cluster, plan.primary, "migrate", {"pds": [pd]},
+                                  remote.MIGRATE_TIMEOUT_S)
+                return "; ".join(f"snapshot {r['snapshot']}, epoch {r['epoch']}"
+                                 for r in out["results"]) or "skipped: moved already"
+            run.step(f"migrate {pd} from {plan.primary}", move)
+        _adopt_membership(mgr, pds)
+        _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
+
+    return _action(mgr, name, "planned_failover", body)
+
+
+def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
+                       hooks: dict[tuple[str, int], StageHook],
+                       sleep: Callable[[float], None] = time.sleep) -> PlanReport:
+    """Unplanned failover of plan `name` to this (its recovery) zone from the newest
+    recovery points (or the newest at or before cluster-clock time `point`)."""
+    def body(run: _Run, plan: PlanSpec) -> None:
+        stages = _validate_step(run, plan, test=False, need_primary=False)
+        pds = _plan_pds(mgr, stages)
+        for pd in pds:
+            def up(pd: str = pd) -> str:
+                if mgr.pd_row(pd).state == ACTIVE:
+                    return "skipped: already active here"
+                res = activate(mgr, pd, False, _point_for(mgr, pd, point))
+                return f"from {res.lws or res.snapshot} (epoch {res.epoch})"
+            run.step(f"activate {pd}", up)
+        _adopt_membership(mgr, pds)
+        _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
+
+    return _action(mgr, name, "unplanned_failover", body)
+
+
+def test_prefix(plan: str) -> str:
+    return f"{plan}-test-"
+
+
+def test_failover(mgr: ProtectionManager, name: str, point: float | None,
+                  hooks: dict[tuple[str, int], StageHook],
+                  sleep: Callable[[float], None] = time.sleep) -> PlanReport:
+    """Test failover of plan `name` at this (its recovery) zone (module docstring). Raises
+    InvalidArgument if an earlier test's VMs are still here (run cleanup_test)."""
+    if mgr.catalog.rows(TestItemRow, "plan = ?", (name,)):
+        raise InvalidArgument(f"a test failover of plan {name!r} is still up: run "
+                              "cleanup_test() first")
+
+    def body(run: _Run, plan: PlanSpec) -> None:
+        from ..protection.domain import get_protection_domain
+
+        stages = _validate_step(run, plan, test=True, need_primary=False)
+        prefix = test_prefix(plan.name)
+        for pd_name in _plan_pds(mgr, stages):
+            def clone(pd_name: str = pd_name) -> str:
+                pd = get_protection_domain(mgr, pd_name)
+                if pd.state == ACTIVE:
+                    snap = pd.snapshots()[-1] if point is None else pd.get_snapshot(
+                        _point_for(mgr, pd_name, point) or "")
+                else:
+                    chosen = _point_for(mgr, pd_name, point)
+                    snaps = pd.snapshots()
+                    snap = snaps[-1] if chosen is None else pd.get_snapshot(chosen)
+                res = pd.restore(snap, mode="clone", prefix=prefix, power_on=False)
+                with mgr.lock, mgr.catalog.transaction():
+                    for kind, names in (("vm", res.vms), ("vdisk", res.vdisks)):
+                        for n in names:
+                            mgr.catalog.insert(TestItemRow(0, plan.name, kind, n))
+                return f"from {snap.name}: {', '.join(res.vms)}"
+            run.step(f"clone {pd_name}", clone)
+        _power_on_stages(run, plan, stages, test=True, prefix=prefix, hooks=hooks, sleep=sleep)
+
+    return _action(mgr, name, "test_failover", body)
+
+
+def cleanup_test(mgr: ProtectionManager, name: str) -> PlanReport:
+    """Remove exactly the VMs and vDisks the plan's test failover made here."""
+    def body(run: _Run, plan: PlanSpec) -> None:
+        items = mgr.catalog.rows(TestItemRow, "plan = ?", (plan.name,))
+        for item in sorted(items, key=lambda r: r.kind != "vm"):  # VMs before their vDisks
+            def remove(item: TestItemRow = item) -> str:
+                try:
+                    if item.kind == "vm":
+                        delete_vm(mgr, item.name, keep_vdisks=True)
+                    else:
+                        mgr.cluster.delete_vdisk(item.name, with_snapshots=True)
+                    detail = "removed"
+                except NotFound:
+                    detail = "skipped: already gone"
+                with mgr.lock, mgr.catalog.transaction():
+                    mgr.catalog.delete(TestItemRow, item.id)
+                return detail
+            run.step(f"remove {item.kind} {item.name}", remove)
+
+    return _action(mgr, name, "cleanup_test", body)
+
+
+def reverse(mgr: ProtectionManager, name: str) -> PlanReport:
+    """Swap primary and recovery in plan `name` and in the policies protecting its VMs
+    (module docstring). Runs where the VMs now are: the plan's recovery zone, after a
+    failover. Raises InvalidArgument if a VM of the plan is not running from here."""
+    plan = get_plan_spec(mgr, name)
+    _require_recovery_zone(mgr, plan, "reverse")
+    known = inventory(mgr)
+    stages, _ = stage_vms(plan, known)
+    away = [n for s in stages for n in s if not (n in known and known[n].here)]
+    if away:
+        raise InvalidArgument(f"VM {away[0]!r} of plan {name!r} is not at zone "
+                              f"{plan.recovery!r}: fail over before reversing")
+    run = _Run(mgr, plan, "reverse")
+    categories = [known[n].categories for s in stages for n in s]
+    try:
+        for d in definitions.list_definitions(mgr, "policy"):
+            policy = policy_from_definition(d)
+            if (policy.primary != plan.primary or plan.recovery not in policy.recovery
+                    or not any(policy.matches(c) for c in categories)):
+                continue
+
+            def swap(d: definitions.Definition = d) -> str:
+                spec = dict(d.spec)
+                others = [z for z in spec["recovery"] if z != plan.recovery]
+                spec["primary"], spec["recovery"] = plan.recovery, [plan.primary, *others]
+                stored = definitions.store(mgr, "policy", d.name, spec, new=False)
+                return (f"now {plan.recovery} -> {', '.join(spec['recovery'])}" +
+                        (f" (owed to {', '.join(stored.owed)})" if stored.owed else ""))
+            run.step(f"reverse policy {d.name}", swap)
+        run.step(f"reverse plan {name}", lambda: (store_plan(mgr, plan.reversed()), "")[1] or
+                 f"now {plan.recovery} -> {plan.primary}")
+    except _StepFailed as exc:
+        return run.finish(f"Failed: {exc}")
+    return run.finish(SUCCEEDED)
