@@ -266,7 +266,8 @@ class ProtectionDomain:
         to the snapshot (VMs deleted since are registered again; they stay off
         unless `power_on`). mode="clone": new vDisks and VMs named `prefix + name`
         are created from the snapshot (powered off unless `power_on`); the
-        originals are untouched and the clones are not protected.
+        originals are untouched and the clones are not protected. Where the PD is
+        owned by another site (inactive here), only clones are made, from the replicas.
         Raises InvalidArgument (mode, foreign snapshot), AlreadyExists (a clone
         name is taken: checked before anything changes), NotFound (a member
         snapshot or vDisk is gone)."""

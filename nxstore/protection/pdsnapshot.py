@@ -292,11 +292,37 @@ def replicate_pd_snapshot(mgr: ProtectionManager, snap: PDSnapshot, site: str) -
 
 def restore_pd_snapshot(pd: ProtectionDomain, snap: PDSnapshot, mode: str, prefix: str,
                         power_on: bool) -> RestoreResult:
-    members = snap.members()  # NotFound if a member snapshot is gone
     manifest = snap.manifest
     if mode == "overwrite":
+        if pd.state == "inactive":
+            raise InvalidArgument(f"protection domain {pd.name!r} is owned by another site: "
+                                  "restore its snapshots here as clones (mode='clone'), or "
+                                  "activate it")
+        members = snap.members()  # NotFound if a member snapshot is gone
         return _overwrite(pd, snap, members, manifest, power_on)
-    return _clone(pd, snap, members, manifest, prefix, power_on)
+    return _clone(pd, snap, _sources(pd, snap), manifest, prefix, power_on)
+
+
+def _sources(pd: ProtectionDomain, snap: PDSnapshot) -> list[tuple[str, Snapshot]]:
+    """(vDisk name in the manifest, the vDisk snapshot to read) of each member: the PD's own
+    vDisks where it is owned here; where it is owned elsewhere, the replicas of them.
+    NotFound if one is gone."""
+    if pd.state != "inactive":
+        return [(m.snapshot.vdisk_name, m.snapshot) for m in snap.members()]
+    from ..replication.replica import find_replica
+
+    mgr = pd._mgr
+    owner = mgr.pd_row(pd.name).owner_cluster
+    out = []
+    for entry in snap.manifest:
+        for m in entry["members"]:
+            vd = find_replica(mgr.cluster, owner, m["vdisk"])
+            rows = [] if vd is None else mgr.catalog.rows(
+                SnapshotRow, "vdisk_id = ? AND name = ?", (vd.id, snap.name))
+            if vd is None or not rows:
+                raise NotFound(f"the replica of {m['vdisk']}@{snap.name} is not here")
+            out.append((m["vdisk"], Snapshot(mgr.cluster._ctx, rows[0], vd.name)))
+    return out
 
 
 def _overwrite(pd: ProtectionDomain, snap: PDSnapshot, members: list[PDSnapshotMember],
@@ -322,13 +348,13 @@ def _overwrite(pd: ProtectionDomain, snap: PDSnapshot, members: list[PDSnapshotM
                          tuple(vd.name for vd in vdisks))
 
 
-def _clone(pd: ProtectionDomain, snap: PDSnapshot, members: list[PDSnapshotMember],
+def _clone(pd: ProtectionDomain, snap: PDSnapshot, sources: list[tuple[str, Snapshot]],
            manifest: list[dict[str, Any]], prefix: str, power_on: bool) -> RestoreResult:
     mgr = pd._mgr
     if not isinstance(prefix, str) or not prefix:
         raise InvalidArgument("clone restore needs a non-empty name prefix")
     vm_entries = [e for e in manifest if e["kind"] == "vm"]
-    new_vds = {m.snapshot.vdisk_name: prefix + m.snapshot.vdisk_name for m in members}
+    new_vds = {name: prefix + name for name, _ in sources}
     existing_vds = {vd.name for vd in mgr.cluster.vdisks()}
     existing_vms = {v.name for v in _vms(mgr)}
     for new in new_vds.values():
@@ -342,8 +368,8 @@ def _clone(pd: ProtectionDomain, snap: PDSnapshot, members: list[PDSnapshotMembe
     made_vds: list[str] = []
     made_vms: list[str] = []
     try:
-        for m in members:
-            made_vds.append(mgr.cluster.clone(m.snapshot, new_vds[m.snapshot.vdisk_name]).name)
+        for name, vd_snap in sources:
+            made_vds.append(mgr.cluster.clone(vd_snap, new_vds[name]).name)
         for entry in vm_entries:
             create_vm(mgr, prefix + entry["name"], [new_vds[v] for v in entry["vdisks"]],
                       entry["nics"], entry["categories"], power="on" if power_on else "off")
