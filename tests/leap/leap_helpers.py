@@ -28,7 +28,7 @@ SECRET = "leap zones test secret"
 
 
 class ServedZone:
-    def __init__(self, path: str, clock, create: bool) -> None:
+    def __init__(self, path: str, clock, create: bool, port: int = 0) -> None:
         if create:
             nxstore.Cluster.create(path, block_size=BS, background=False,
                                    site_name=Path(path).name).close()
@@ -36,13 +36,13 @@ class ServedZone:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        self.server = asyncio.run_coroutine_threadsafe(self._start(port), self.loop).result(30)
         self.address = f"127.0.0.1:{self.server.port}"
         self.cluster.set_endpoint(self.address, SECRET)
 
-    async def _start(self):
+    async def _start(self, port: int):
         c = self.cluster
-        return await serve("127.0.0.1", 0, ReplicationTarget(c).handle,
+        return await serve("127.0.0.1", port, ReplicationTarget(c).handle,
                            identity=SiteIdentity(c.id, c.site_name), secret=SECRET)
 
     def stop_serving(self) -> None:
@@ -61,14 +61,17 @@ class Zones:
         self.tmp = Path(tmp_path)
         self.clock = clock
         self.served: dict[str, ServedZone] = {}
+        self.ports: dict[str, int] = {}  # a zone that comes back keeps its address
 
     def path(self, name: str) -> str:
         return str(self.tmp / name)
 
     def add(self, name: str) -> nxstore.Cluster:
-        """Create zone `name` (or reopen it) and serve it."""
-        z = ServedZone(self.path(name), self.clock, create=not Path(self.path(name)).exists())
+        """Create zone `name` (or reopen it) and serve it (at its old address if it had one)."""
+        z = ServedZone(self.path(name), self.clock, create=not Path(self.path(name)).exists(),
+                       port=self.ports.get(name, 0))
         self.served[name] = z
+        self.ports[name] = z.server.port
         return z.cluster
 
     def address(self, name: str) -> str:
