@@ -3,7 +3,8 @@
 One request carries an `op` and a JSON body; the reply is a JSON body (errors travel as
 ERROR). The sender is the authenticated peer site. Ops:
 
-- "pair"    {address, cluster}: the sender paired with this zone (`connect_zone`): record it
+- "pair"    {address, cluster, zone}: the sender paired with this zone (`connect_zone`),
+            which it calls `zone` (refused unless that is this site's name): record it
             as a zone, and as a remote site reached at `address` with the secret this site
             serves with (the one the sender just proved it knows). Reply {site, cluster}.
 - "unpair"  {}: forget the sender as a zone (its remote-site entry stays).
@@ -82,6 +83,9 @@ def _handle(mgr: ProtectionManager, endpoint: Callable[[], zones.Endpoint | None
         if served is None:
             raise InvalidArgument(f"site {cluster.site_name!r} is not served here: pair zones "
                                   "through a running `nxstore serve`")
+        if body["zone"] != cluster.site_name:
+            raise InvalidArgument(f"the site at that address is called {cluster.site_name!r}, "
+                                  f"not {body['zone']!r}")
         zones.record_pair(mgr, peer_site, peer_cluster, str(body["address"]), served.secret)
         return {"site": cluster.site_name, "cluster": cluster.id}
     if op == "unpair":

@@ -94,10 +94,7 @@ def connect_zone(mgr: ProtectionManager, name: str, address: str, secret: str,
 
     try:
         out = call(mgr.cluster, name, "pair", {"address": local.address,
-                                               "cluster": mgr.cluster.id})
-        if out.get("site") != name:
-            raise InvalidArgument(f"the site at {address} is called {out.get('site')!r}, "
-                                  f"not {name!r}")
+                                               "cluster": mgr.cluster.id, "zone": name})
     except BaseException:
         if added:
             with contextlib.suppress(NxError):
