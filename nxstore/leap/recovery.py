@@ -390,7 +390,7 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
             def up(pd: str = pd) -> str:
                 if mgr.pd_row(pd).state == ACTIVE:
                     return "skipped: already active here"
-                res = activate(mgr, pd, False, _point_for(mgr, pd, point))
+                res = activate(mgr, pd, False, _point_for(mgr, pd, point), power_on=False)
                 return f"from {res.lws or res.snapshot} (epoch {res.epoch})"
             run.step(f"activate {pd}", up)
         _adopt_membership(mgr, pds)

@@ -36,7 +36,8 @@ class ActivateResult:
 
 
 def activate(mgr: ProtectionManager, name: str, force: bool = False,
-             point: RestorePoint | str | int | None = None) -> ActivateResult:
+             point: RestorePoint | str | int | None = None,
+             power_on: bool = True) -> ActivateResult:
     """Unplanned failover at this (surviving) site; see the package docstring.
 
     First every remote site is asked, the owner first: if one answers that it owns the
@@ -44,9 +45,11 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
     owner, activating here would make two owners, so InUse is raised unless `force`.
     A site that cannot be reached is taken as gone. `point`: the restore point to come
     up at (a RestorePoint, its name, an LWS seq; None: the newest, see the package
-    docstring). Raises NotFound (no PD metadata, no such point, no complete PD snapshot
-    here), InvalidArgument (an ambiguous point), InUse (active here; an owner answers),
-    AuthenticationError (a site answers but refuses the secret)."""
+    docstring). `power_on`: the VMs that were on come up on (False: all stay off, for a
+    recovery plan to start them by stage). Raises NotFound (no PD metadata, no such
+    point, no complete PD snapshot here), InvalidArgument (an ambiguous point), InUse
+    (active here; an owner answers), AuthenticationError (a site answers but refuses the
+    secret)."""
     with mgr.lock:
         mine = ownership(mgr, name)
         if not mine.exists:
@@ -70,8 +73,9 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
                   peer_site=prev, check_only=True)
             assert mode is not None  # only a mode offers LWS points
             snapshot = mode.materialize(mgr, name, target)
-        out = adopt(mgr, name, snapshot=snapshot, epoch=mine.epoch + 1, power_on=None,
-                    peer_site=prev, keep_remote_rename={mgr.cluster.site_name: prev})
+        out = adopt(mgr, name, snapshot=snapshot, epoch=mine.epoch + 1,
+                    power_on=None if power_on else [], peer_site=prev,
+                    keep_remote_rename={mgr.cluster.site_name: prev})
         row = mgr.pd_row(name)
         snap = mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND name = ?", (row.id, out["snapshot"]))
         created = snap[0].created_at if snap else 0.0
