@@ -80,7 +80,7 @@ def test_full_mesh_of_three_zones(zones, clock):
         data[f"{n}-vm"] = _vm(cs[n], f"{n}-vm", i + 1, ("from", n))
         cs[n].create_policy(f"{n}-to-{to}", n, [to], HOURLY, [f"from:{n}"])
         cs[n].create_recovery_plan(f"{n}-plan", n, to, [Stage(categories=(("from", n),))],
-                                   [NetworkMapping("LAN", f"{to}-LAN")])
+                                   [NetworkMapping("LAN", f"{to}-LAN", "TEST", f"{to}-TEST")])
     for _ in range(2):
         for n in names:
             cs[n].run_schedules()
