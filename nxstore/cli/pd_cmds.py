@@ -1,5 +1,6 @@
-"""Protection-domain commands: pd create|list|show|snapshot|schedule|restore|migrate|
-activate (+ sync, failback). Remote operations talk to the peer's `nxstore serve`."""
+"""Protection-domain commands: pd create|add|remove|list|show|snapshot|schedule|restore|
+migrate|activate (+ sync, failback). Remote operations talk to the peer's `nxstore serve`.
+An entity is named by its VM or vDisk name, a container as container:NAME."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import json
 import re
 from datetime import timedelta
 
+from ..protection.domain import CONTAINER_PREFIX
 from ..protection.schedule import interval_text
+from ..store.catalog import ContainerRow
 from .common import CliError, count_arg, open_cluster, plural, table
 from .vm_cmds import parse_pairs
 
+ENTITY_HELP = "a VM or vDisk name, or container:NAME (its vDisks of no VM, also later ones)"
 _EVERY_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$", re.IGNORECASE)
 
 
@@ -39,9 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         return q
 
     q = cmd("create", "create a protection domain", cmd_create)
-    q.add_argument("entities", metavar="ENTITY", nargs="*", help="VM or vDisk names to protect")
+    q.add_argument("entities", metavar="ENTITY", nargs="*", help=ENTITY_HELP)
     q.add_argument("--cg", action="append", default=[], metavar="NAME=E1,E2",
                    help="a consistency group of some of the entities (repeat)")
+
+    q = cmd("add", "protect more entities", cmd_add)
+    q.add_argument("entities", metavar="ENTITY", nargs="+", help=ENTITY_HELP)
+
+    q = cmd("remove", "stop protecting entities (their snapshots stay)", cmd_remove)
+    q.add_argument("entities", metavar="ENTITY", nargs="+", help=ENTITY_HELP)
 
     q = cmd("list", "list the protection domains", cmd_list, pd=False)
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -106,10 +116,30 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        c.protection_domain(args.name).add_entities(args.entities)
+    print(f"protection domain {args.name}: added {', '.join(args.entities)}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with open_cluster(args.path) as c:
+        c.protection_domain(args.name).remove_entities(args.entities)
+    print(f"protection domain {args.name}: removed {', '.join(args.entities)}")
+    return 0
+
+
+def _entity_label(entity) -> str:
+    """An entity as the commands name it (containers as container:NAME)."""
+    return CONTAINER_PREFIX + entity.name if isinstance(entity, ContainerRow) else entity.name
+
+
 def _summary(pd) -> dict:
     snaps = pd.snapshots()
     return {"name": pd.name, "state": pd.state, "owner_site": pd.owner_site, "epoch": pd.epoch,
-            "entities": [e.name for e in pd.entities()] if pd.state != "inactive" else [],
+            "entities": ([_entity_label(e) for e in pd.entities()] if pd.state != "inactive"
+                         else []),
             "snapshots": len(snaps), "newest": snaps[-1].name if snaps else None}
 
 

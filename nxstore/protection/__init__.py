@@ -4,6 +4,7 @@ schedules with local and remote retention, app-consistent hooks, restore.
     vm = c.create_vm("web", vdisks=[vd], nics=[{"network": "VLAN50"}])
     pd = c.create_protection_domain("pd-web", entities=[vm, vd_files])
     pd.add_consistency_group("app+db", [vm_app, vm_db])
+    pd.add_container("ctr")    # its vDisks of no VM, also those created later
     pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 2})
     snap = pd.snapshot(replicate_to=["canada"])
     c.run_schedules()          # what is due on the cluster clock

@@ -1,12 +1,28 @@
 """Protection domains: sets of entities snapshotted, replicated and recovered together.
 
-A PD protects entities: VMs and bare vDisks. An entity belongs to at most one
-PD (a VM's vDisks count as the VM: a vDisk cannot be protected on its own while
-its VM is protected, nor the other way round). A consistency group (CG) is a
+A PD protects entities: VMs, bare vDisks and containers. An entity belongs to at
+most one PD (a VM's vDisks count as the VM: a vDisk cannot be protected on its own
+while its VM is protected, nor the other way round). A consistency group (CG) is a
 named subset of the PD's entities whose vDisks are snapshotted at one
 crash-consistent point; every other entity is snapshotted on its own (a VM's
 vDisks always together). A PD snapshot is one vDisk snapshot of the same name
 on every member vDisk (see pdsnapshot).
+
+Containers (`pd.add_container(name)`, or "container:NAME" in `add_entities`): the
+container entity covers, at the moment each PD snapshot is taken, every vDisk in the
+container that is writable (replicas, the read-only copies of other sites' vDisks, are
+not), belongs to no VM (a VM's vDisks are protected through the VM, in this PD or
+another, or not at all) and is no PD's "vdisk" entity. So a vDisk created in the
+container later is in the PD from its next snapshot on, and so is a clone restored into
+it; a vDisk attached to a VM, or deleted, leaves it at the next snapshot. Deleting
+one is allowed, as for any vDisk with its snapshots (`with_snapshots=True`): the PD
+snapshots that held it then lack a member, and restoring one of them raises NotFound. The covered vDisks are snapshotted together, at one crash-consistent
+point (and with the rest of a CG the container is in). Conflicts raise InUse naming
+both PDs: a container protected by two PDs, a vDisk protected on its own (by any PD)
+in a container a PD protects, either way round. At another site the container entity
+names that site's container (the source site's vstore mapping, as its replicas): after
+a migrate or activate the new owner protects its own container, so its writable vDisks
+of no VM there join the PD at its next snapshot too.
 
 Ownership: a PD row records its `state` ("active" where this cluster owns and
 protects it), the owning site and cluster, and an `epoch` that every ownership
@@ -29,6 +45,7 @@ from typing import TYPE_CHECKING
 from ..errors import AlreadyExists, InUse, InvalidArgument, NotFound, NxError
 from ..names import check_name
 from ..replication.sites import list_sites
+from ..store.catalog import ContainerRow
 from .manager import ProtectionManager
 from .rows import (
     PDEntityRow,
@@ -124,30 +141,45 @@ class ProtectionDomain:
     def _entity_rows(self) -> list[PDEntityRow]:
         return self._mgr.catalog.rows(PDEntityRow, "pd_id = ?", (self.id,))
 
-    def entities(self) -> list[VM | VDisk]:
-        """The protected entities (VM and VDisk objects) in the order they were added."""
-        out: list[VM | VDisk] = []
+    def entities(self) -> list[VM | VDisk | ContainerRow]:
+        """The protected entities (VM, VDisk and container objects) in the order they
+        were added."""
+        out: list[VM | VDisk | ContainerRow] = []
         for e in self._entity_rows():
-            out.append(VM(self._mgr, e.name) if e.kind == "vm" else self._mgr.vdisk(e.name))
+            out.append(VM(self._mgr, e.name) if e.kind == "vm"
+                       else self._mgr.cluster.container(e.name) if e.kind == "container"
+                       else self._mgr.vdisk(e.name))
         return out
+
+    def containers(self) -> list[str]:
+        """The names of the containers the PD protects."""
+        return [e.name for e in self._entity_rows() if e.kind == "container"]
 
     def vms(self) -> list[VM]:
         return [VM(self._mgr, e.name) for e in self._entity_rows() if e.kind == "vm"]
 
     def vdisk_names(self) -> list[str]:
-        """Every vDisk the PD protects (VMs' vDisks included)."""
-        names: list[str] = []
-        for e in self._entity_rows():
-            names += json.loads(self._mgr.vm_row(e.name).vdisks) if e.kind == "vm" else [e.name]
-        return names
+        """Every vDisk the PD protects now (VMs' vDisks and what its containers cover)."""
+        return [vd for e in self._entity_rows() for vd in entity_vdisks(self._mgr, e.kind, e.name)]
 
     def add_entities(self, entities: Sequence[object]) -> None:
-        """Protect more entities (VM / VDisk objects or names). Raises InUse if one is
-        already protected (by this or another PD), NotFound, InvalidArgument."""
+        """Protect more entities (VM / VDisk / container objects, VM or vDisk names,
+        "container:NAME"). Raises InUse if one is already protected (by this or another
+        PD; see the module docstring for containers), NotFound, InvalidArgument."""
         with self._mgr.lock, self._mgr.catalog.transaction():
             pd_id = self.require_active("add entities").id
-            for kind, name in resolve_entities(self._mgr, entities):
+            for kind, name in resolve_entities(self._mgr, entities, self._name):
                 self._mgr.catalog.insert(PDEntityRow(0, pd_id, kind, name, ""))
+
+    def add_container(self, name: str) -> None:
+        """Protect container `name`: its vDisks of no VM, also those created later (module
+        docstring). Same as add_entities(["container:" + name]); same errors."""
+        self.add_entities([CONTAINER_PREFIX + name])
+
+    def remove_container(self, name: str) -> None:
+        """Stop protecting container `name` (its snapshots stay). NotFound if the PD
+        does not protect it."""
+        self.remove_entities([CONTAINER_PREFIX + name])
 
     def remove_entities(self, entities: Sequence[object]) -> None:
         """Stop protecting entities (their snapshots stay). NotFound if one is not in this PD."""
@@ -266,8 +298,10 @@ class ProtectionDomain:
         to the snapshot (VMs deleted since are registered again; they stay off
         unless `power_on`). mode="clone": new vDisks and VMs named `prefix + name`
         are created from the snapshot (powered off unless `power_on`); the
-        originals are untouched and the clones are not protected. Where the PD is
-        owned by another site (inactive here), only clones are made, from the replicas.
+        originals are untouched and the clones are not protected (unless they are
+        bare vDisks in a container the PD protects: the clone is in its source's).
+        Where the PD is owned by another site (inactive here), only clones are made,
+        from the replicas.
         Raises InvalidArgument (mode, foreign snapshot), AlreadyExists (a clone
         name is taken: checked before anything changes), NotFound (a member
         snapshot or vDisk is gone)."""
@@ -418,18 +452,36 @@ class ProtectionDomain:
 
 # -- entity resolution ---------------------------------------------------------------------
 
+CONTAINER_PREFIX = "container:"  # "container:NAME" (a user's VM or vDisk name has no ':')
+
+
+def entity_vdisks(mgr: ProtectionManager, kind: str, name: str) -> list[str]:
+    """The vDisks entity (kind, name) protects now: a VM's, a container's (those it
+    covers: module docstring), or the vDisk itself."""
+    if kind == "vm":
+        return json.loads(mgr.vm_row(name).vdisks)
+    if kind == "container":
+        return mgr.container_vdisks(name)
+    return [name]
+
+
 def _entity_keys(mgr: ProtectionManager, items: Sequence[object]) -> list[tuple[str, str]]:
-    """(kind, name) of each item: VM, VDisk or a name (a VM's name wins only if unique)."""
+    """(kind, name) of each item: VM, VDisk, container, "container:NAME" or a name (a
+    VM's name wins only if unique)."""
     from ..store.vdisk import VDisk
 
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise InvalidArgument("entities must be a list of VMs, vDisks or names")
+        raise InvalidArgument("entities must be a list of VMs, vDisks, containers or names")
     keys = []
     for item in items:
         if isinstance(item, VM):
             keys.append(("vm", item.name))
         elif isinstance(item, VDisk):
             keys.append(("vdisk", item.name))
+        elif isinstance(item, ContainerRow):
+            keys.append(("container", item.name))
+        elif isinstance(item, str) and item.startswith(CONTAINER_PREFIX):
+            keys.append(("container", item[len(CONTAINER_PREFIX):]))
         elif isinstance(item, str):
             is_vm = bool(mgr.catalog.rows(VMRow, "name = ?", (item,)))
             is_vd = item in {vd.name for vd in mgr.cluster.vdisks()}
@@ -439,33 +491,61 @@ def _entity_keys(mgr: ProtectionManager, items: Sequence[object]) -> list[tuple[
                 raise NotFound(f"no VM or vDisk {item!r}")
             keys.append(("vm" if is_vm else "vdisk", item))
         else:
-            raise InvalidArgument(f"an entity is a VM, a VDisk or a name, not {item!r}")
+            raise InvalidArgument(f"an entity is a VM, a VDisk, a container or a name, not {item!r}")
     if len(set(keys)) != len(keys):
         raise InvalidArgument("an entity is named twice")
     return keys
 
 
-def resolve_entities(mgr: ProtectionManager, items: Sequence[object]) -> list[tuple[str, str]]:
-    """Entity keys to add to a PD, checked: they exist, none is protected yet
-    (InUse), and no vDisk is covered twice (a VM and one of its own vDisks)."""
+def resolve_entities(mgr: ProtectionManager, items: Sequence[object],
+                     pd_name: str) -> list[tuple[str, str]]:
+    """Entity keys to add to PD `pd_name`, checked: they exist, none is protected yet
+    (InUse; for containers see the module docstring), and no vDisk is covered twice (a
+    VM and one of its own vDisks)."""
     keys = _entity_keys(mgr, items)
     covered: dict[str, str] = {}
+    adding = {name for kind, name in keys if kind == "container"}
     for kind, name in keys:
-        if kind == "vm":
+        if kind == "container":
+            mgr.cluster.container(name)  # NotFound
+            _check_container_free(mgr, name, pd_name)
+            vdisks = mgr.container_vdisks(name)
+        elif kind == "vm":
             vdisks = json.loads(mgr.vm_row(name).vdisks)  # NotFound
         else:
-            mgr.vdisk(name)  # NotFound
+            vd_obj = mgr.vdisk(name)  # NotFound
             vdisks = [name]
+            holder = mgr.container_pd(vd_obj.container)
+            if vd_obj.container in adding:
+                holder = pd_name
+            if holder is not None and not vd_obj.read_only and mgr.vm_of_vdisk(name) is None:
+                raise InUse(f"vDisk {name!r} is in container {vd_obj.container!r}, which "
+                            f"protection domain {holder!r} protects; protection domain "
+                            f"{pd_name!r} cannot also protect it on its own")
         pd = mgr.protecting_pd(kind, name)
         if pd is not None:
-            what = "VM" if kind == "vm" else "vDisk"
-            raise InUse(f"{what} {name!r} is already protected by protection domain {pd!r} "
-                        "(an entity belongs to at most one PD)")
+            what = {"vm": "VM", "vdisk": "vDisk", "container": "container"}[kind]
+            raise InUse(f"{what} {name!r} is already protected by protection domain {pd!r}; "
+                        f"protection domain {pd_name!r} cannot protect it too (an entity "
+                        "belongs to at most one PD)")
         for vd in vdisks:
             if vd in covered:
                 raise InvalidArgument(f"vDisk {vd!r} is covered twice ({covered[vd]!r} and {name!r})")
             covered[vd] = name
     return keys
+
+
+def _check_container_free(mgr: ProtectionManager, container: str, pd_name: str) -> None:
+    """InUse if a vDisk in `container` is a PD's "vdisk" entity (protected on its own)."""
+    for vd in mgr.cluster.vdisks():
+        if vd.container != container:
+            continue
+        rows = mgr.catalog.rows(PDEntityRow, "kind = 'vdisk' AND name = ?", (vd.name,))
+        if rows:
+            holder = mgr.pd_row_by_id(rows[0].pd_id).name
+            raise InUse(f"container {container!r} holds vDisk {vd.name!r}, which protection "
+                        f"domain {holder!r} protects on its own; protection domain "
+                        f"{pd_name!r} cannot protect the container too")
 
 
 def _check_sites(mgr: ProtectionManager, sites: Sequence[str]) -> list[str]:
@@ -489,7 +569,7 @@ def create_protection_domain(mgr: ProtectionManager, name: str,
     with mgr.lock, mgr.catalog.transaction():
         if mgr.catalog.rows(ProtectionDomainRow, "name = ?", (name,)):
             raise AlreadyExists(f"protection domain {name!r} exists")
-        keys = resolve_entities(mgr, entities)
+        keys = resolve_entities(mgr, entities, name)
         row = mgr.catalog.insert(ProtectionDomainRow(
             0, name, ACTIVE, cluster.site_name, cluster.id, 1, mgr.now()))
         for kind, ent in keys:

@@ -10,7 +10,9 @@ from .rows import PDEntityRow, VMRow
 
 
 def check_unprotected(catalog: Catalog, vdisk_name: str) -> None:
-    """InUse if a VM or a protection domain still names the vDisk."""
+    """InUse if a VM or a protection domain still names the vDisk. A vDisk a PD's
+    container entity covers is not held: deleting it takes it out of the PD from the
+    next PD snapshot on (see protection.domain)."""
     for vm in catalog.rows(VMRow):
         if vdisk_name in json.loads(vm.vdisks):
             raise InUse(f"vDisk {vdisk_name!r} belongs to VM {vm.name!r}; delete the VM first")

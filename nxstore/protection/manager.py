@@ -75,6 +75,20 @@ class ProtectionManager:
                 return row.name
         return None
 
+    def container_vdisks(self, container: str) -> list[str]:
+        """The vDisks a "container" PD entity covers now (see protection.domain): those in
+        `container` that are writable (no replica), belong to no VM and are no PD's
+        "vdisk" entity; sorted by name."""
+        owned = {vd for row in self.catalog.rows(VMRow) for vd in json.loads(row.vdisks)}
+        owned |= {e.name for e in self.catalog.rows(PDEntityRow, "kind = 'vdisk'")}
+        return [vd.name for vd in self.cluster.vdisks()
+                if vd.container == container and not vd.read_only and vd.name not in owned]
+
+    def container_pd(self, container: str) -> str | None:
+        """Name of the PD protecting `container` (a "container" entity), if any."""
+        rows = self.catalog.rows(PDEntityRow, "kind = 'container' AND name = ?", (container,))
+        return self.pd_row_by_id(rows[0].pd_id).name if rows else None
+
     def protecting_pd(self, kind: str, name: str) -> str | None:
         """Name of the PD protecting entity (kind, name), counting a vDisk as protected
         when the VM it belongs to is (and a VM when one of its vDisks is)."""

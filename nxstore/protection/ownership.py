@@ -39,7 +39,7 @@ from ..replication.replica import find_replica, make_replica, promote_replica
 from ..replication.sites import list_sites
 from ..store.catalog import SnapshotRow, VDiskRow
 from ..store.snapshot import take_snapshots
-from .domain import ACTIVE, INACTIVE, ProtectionDomain
+from .domain import ACTIVE, INACTIVE, ProtectionDomain, entity_vdisks
 from .rows import (
     PDEntityRow,
     PDReplicationRow,
@@ -114,10 +114,14 @@ def set_row(mgr: ProtectionManager, pd_name: str, state: str, epoch: int, owner_
 
 # -- metadata shipped by the owner ----------------------------------------------------------
 
-def snapshot_record(snap_row: PDSnapshotRow, network_mapping: dict[str, str]) -> dict[str, Any]:
-    """A PD snapshot as shipped to a peer: manifest NICs mapped to the peer's networks."""
+def snapshot_record(snap_row: PDSnapshotRow, network_mapping: dict[str, str],
+                    vstore_mapping: dict[str, str]) -> dict[str, Any]:
+    """A PD snapshot as shipped to a peer: manifest NICs mapped to the peer's networks,
+    container entities to the peer's containers (where the replicas of their vDisks go)."""
     manifest = json.loads(snap_row.manifest)
     for entry in manifest:
+        if entry["kind"] == "container":
+            entry["name"] = vstore_mapping.get(entry["name"], entry["name"])
         if entry["kind"] == "vm":
             entry["nics"] = [dict(nic, network=network_mapping.get(nic.get("network", ""),
                                                                    nic.get("network", "")))
@@ -354,9 +358,13 @@ def adopt(mgr: ProtectionManager, pd_name: str, *, snapshot: str | None, epoch: 
 
 
 def _check_free(mgr: ProtectionManager, source_cluster: str, manifest: list[dict[str, Any]]) -> None:
-    """AlreadyExists unless every VM name and (promoted) vDisk name is free here."""
+    """AlreadyExists unless every VM name and (promoted) vDisk name is free here; InUse
+    if a container entity's container is protected here by another PD."""
     cat = mgr.catalog
     for entry in manifest:
+        if entry["kind"] == "container" and (other := mgr.container_pd(entry["name"])):
+            raise InUse(f"container {entry['name']!r} is protected at site "
+                        f"{mgr.cluster.site_name!r} by protection domain {other!r}")
         if entry["kind"] == "vm" and cat.rows(VMRow, "name = ?", (entry["name"],)):
             raise AlreadyExists(f"VM {entry['name']!r} already exists at site "
                                 f"{mgr.cluster.site_name!r}")
@@ -369,6 +377,19 @@ def _check_free(mgr: ProtectionManager, source_cluster: str, manifest: list[dict
 
 
 # -- demote: stop being the owner ----------------------------------------------------------------
+
+def _snapshotted_vdisks(mgr: ProtectionManager, pd: ProtectionDomain) -> list[str]:
+    """The vDisks pd protects now, less those of its containers that are in none of its PD
+    snapshots (created since the newest): the new owner has no vDisk they could be replicas
+    of, so they stay writable here, unprotected."""
+    known = {m["vdisk"] for s in mgr.catalog.rows(PDSnapshotRow, "pd_id = ?", (pd.id,))
+             for e in json.loads(s.manifest) for m in e["members"]}
+    out = []
+    for e in pd._entity_rows():
+        names = entity_vdisks(mgr, e.kind, e.name)
+        out += [n for n in names if n in known] if e.kind == "container" else names
+    return out
+
 
 def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, owner_cluster: str,
            reason: str, *, keep_diverged: bool = True) -> list[str]:
@@ -389,7 +410,7 @@ def demote(mgr: ProtectionManager, pd_name: str, epoch: int, owner_site: str, ow
             return []
         log.warning("PD %s: demoted at site %s: %s", pd_name, mgr.cluster.site_name, reason)
         unfinished = journal(mgr, row.id)
-        vd_names = pd.vdisk_names()
+        vd_names = _snapshotted_vdisks(mgr, pd)
         if unfinished is not None:
             vd_names += [n for n in migration_vdisks(unfinished) if n not in vd_names]
         vms = pd.vms()

@@ -27,6 +27,7 @@ from ..names import check_name
 from ..replication.source import replicate_snapshots
 from ..store.catalog import Catalog, SnapshotRow
 from ..store.snapshot import Snapshot, take_snapshots
+from .domain import entity_vdisks
 from .hooks import POST_THAW, PRE_FREEZE, HookFailure, run_hook
 from .manager import ProtectionManager
 from .rows import PDReplicationRow, PDSnapshotMemberRow, PDSnapshotRow
@@ -46,7 +47,7 @@ CRASH = "crash"
 class PDSnapshotMember:
     """One vDisk snapshot of a PD snapshot and the entity (and CG, "" = none) it protects."""
 
-    entity_kind: str  # "vm" | "vdisk"
+    entity_kind: str  # "vm" | "vdisk" | "container"
     entity_name: str
     cg: str
     snapshot: Snapshot
@@ -86,8 +87,9 @@ class PDSnapshot:
 
     @property
     def manifest(self) -> list[dict[str, Any]]:
-        """The entities at snapshot time: kind, name, cg, members [{vdisk, size}] and,
-        for VMs, vdisks, nics, categories, power."""
+        """The entities at snapshot time: kind, name, cg, members [{vdisk, size}] (a
+        container's: the vDisks it covered then) and, for VMs, vdisks, nics, categories,
+        power."""
         return json.loads(self._row.manifest)
 
     def __repr__(self) -> str:
@@ -155,9 +157,7 @@ def _plan(pd: ProtectionDomain) -> tuple[list[list[dict[str, Any]]], list[dict[s
             vm = mgr.vm_row(e.name)
             entry.update(vdisks=json.loads(vm.vdisks), nics=json.loads(vm.nics),
                          categories=json.loads(vm.categories), power=vm.power)
-            names = entry["vdisks"]
-        else:
-            names = [e.name]
+        names = entity_vdisks(mgr, e.kind, e.name)  # a container's: what it covers now
         members = []
         for vd_name in names:
             try:

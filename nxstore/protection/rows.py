@@ -46,7 +46,8 @@ class ProtectionDomainRow:
 
 @dataclass
 class PDEntityRow:
-    """An entity protected by PD `pd_id`: kind "vm" or "vdisk"; `cg` "" = no group."""
+    """An entity protected by PD `pd_id`: kind "vm", "vdisk" or "container" (`name` the
+    container's: its vDisks of no VM, see protection.domain); `cg` "" = no group."""
 
     id: int
     pd_id: int

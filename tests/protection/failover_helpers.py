@@ -48,6 +48,8 @@ class Sites:
         self.open_clusters: dict[str, nxstore.Cluster] = {}
         self.daemons: dict[str, Daemon] = {}
         self.ports: dict[str, str] = {}
+        #: (from site, to site) -> vstore mapping of that remote site entry (default none)
+        self.vstore: dict[tuple[str, str], dict[str, str]] = {}
         for name in names:
             nxstore.Cluster.create(self.path(name), block_size=BS, background=False,
                                    site_name=name).close()
@@ -74,7 +76,8 @@ class Sites:
             with contextlib.suppress(NotFound):
                 c.remove_remote_site(other)
             c.add_remote_site(other, addr, SECRET,
-                              network_mapping=self.mapping(c.site_name, other))
+                              network_mapping=self.mapping(c.site_name, other),
+                              vstore_mapping=self.vstore.get((c.site_name, other), {}))
 
     def open(self, name: str) -> nxstore.Cluster:
         if name in self.open_clusters:

@@ -48,7 +48,7 @@ def migration_vdisks(j: PDMigrationRow) -> list[str]:
     """The vDisks the PD protected when migration `j` began (from step 3 on the PD
     itself no longer lists them: its entities are gone)."""
     return [name for e in _detail(j)["entities"]
-            for name in (e["vdisks"] if e["kind"] == "vm" else [e["name"]])]
+            for name in (e["vdisks"] if "vdisks" in e else [e["name"]])]  # VMs', containers'
 
 
 def abort_migration(mgr: ProtectionManager, j: PDMigrationRow, reason: str) -> None:

@@ -114,6 +114,8 @@ def _begin(pd: ProtectionDomain, site: str) -> PDMigrationRow:
                          categories=json.loads(vm.categories), power=vm.power,
                          pre_freeze=vm.pre_freeze, post_thaw=vm.post_thaw,
                          hook_timeout=vm.hook_timeout)
+        if e.kind == "container":  # what it covers now (migration_vdisks)
+            entry["vdisks"] = mgr.container_vdisks(e.name)
         entities.append(entry)
     enabled = [s.id for s in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (row.id,)) if s.enabled]
     detail = {"entities": entities, "schedules_enabled": enabled, "peer_cluster": view["cluster"],

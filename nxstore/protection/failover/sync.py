@@ -65,11 +65,12 @@ def sync_peer(mgr: ProtectionManager, pd_name: str, site: str) -> Ownership:
     if row.state == INACTIVE:
         raise InUse(f"protection domain {pd_name!r} is owned by site {row.owner_site!r} "
                     f"(epoch {row.epoch}), not by this site: nothing sent to {site!r}")
-    net = next((s.network_mapping for s in list_sites(mgr.catalog) if s.name == site), {})
+    peer = next((s for s in list_sites(mgr.catalog) if s.name == site), None)
+    net, vstore = (peer.network_mapping, peer.vstore_mapping) if peer else ({}, {})
     snaps = []
     for s in mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (row.id,)):
         if mgr.catalog.rows(PDReplicationRow, "pd_snapshot_id = ? AND site = ?", (s.id, site)):
-            snaps.append(snapshot_record(s, net))
+            snaps.append(snapshot_record(s, net, vstore))
     body = {"pd": pd_name, "epoch": row.epoch, "owner_site": mgr.cluster.site_name,
             "snapshots": snaps, "schedules": schedule_records(mgr, row.id)}
     view = Ownership.from_json(remote.call(mgr.cluster, site, "sync", body))
