@@ -41,8 +41,9 @@ from .nearsync.compose import compose_pending, restore, restore_points
 from .nearsync.lws import LWS
 from .nearsync.mode import NearSyncMode
 from .nearsync.state import NearSyncConfig
-from .protection import domain, guards, schedule, vm
+from .protection import categories, domain, guards, schedule, vm
 from .protection import remote as protection_remote
+from .protection.categories import Category
 from .protection.domain import ProtectionDomain
 from .protection.failover import ActivateResult, activate
 from .protection.manager import ProtectionManager
@@ -182,6 +183,26 @@ class Cluster(Engine):
     def delete_vm(self, name: str, keep_vdisks: bool = False) -> None:
         """Delete a VM and (unless keep_vdisks) its vDisks; see `nxstore.protection.vm`."""
         vm.delete_vm(self._protection(), name, keep_vdisks)
+
+    def create_category(self, key: str, values: Sequence[str], description: str = "") -> Category:
+        """Define category `key` allowing `values`; see `nxstore.protection.categories`."""
+        return categories.create_category(self._protection(), key, values, description)
+
+    def add_category_values(self, key: str, values: Sequence[str]) -> Category:
+        """Allow more values for category `key`; see `nxstore.protection.categories`."""
+        return categories.add_category_values(self._protection(), key, values)
+
+    def categories(self) -> list[Category]:
+        """Every category of the registry, by key."""
+        return categories.list_categories(self._protection())
+
+    def category(self, key: str) -> Category:
+        """The category called `key` (NotFound otherwise)."""
+        return categories.get_category(self._protection(), key)
+
+    def delete_category(self, key: str) -> None:
+        """Forget category `key` (InUse while used); see `nxstore.protection.categories`."""
+        categories.delete_category(self._protection(), key)
 
     def create_protection_domain(self, name: str,
                                  entities: Sequence[VM | VDisk | str] = ()) -> ProtectionDomain:

@@ -10,7 +10,7 @@ prints the traceback of an unexpected error).
 One module per command group: cluster_cmds (create, info, container, drain,
 gc, defrag, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_cmds
 (import, export), replication_cmds (serve, site, replicate, replicas, prune-remote),
-vm_cmds (vm ...), pd_cmds (pd ...: protection domains and failover), nearsync_cmds (lws,
+vm_cmds (vm ...), category_cmds (category ...), pd_cmds (pd ...: protection domains and failover), nearsync_cmds (lws,
 and pd nearsync|restore-points|restore-point), witness_cmds (witness: the Metro witness),
 nbd_cmds (nbd: NBD exports).
 """
@@ -42,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from . import (
+        category_cmds,
         cluster_cmds,
         image_cmds,
         nbd_cmds,
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds,
-                   vm_cmds, pd_cmds, nearsync_cmds, witness_cmds, nbd_cmds):
+                   vm_cmds, category_cmds, pd_cmds, nearsync_cmds, witness_cmds, nbd_cmds):
         module.register(sub)
     return parser
 

@@ -49,7 +49,7 @@ REPLY_TIMEOUT_S = 60.0  # a client that stops reading its reply is dropped
 NOT_FORWARDED = frozenset({"serve", "create"})
 # argparse dests that hold file names: resolved against the client's working directory
 FILE_ARGS = ("path", "file", "secret_file", "clock_file", "tls_cert", "tls_key", "tls_ca",
-             "witness_secret_file", "unix")
+             "witness_secret_file", "unix", "pre_freeze", "post_thaw")
 
 _LEN = struct.Struct("<I")
 _served: Cluster | None = None  # the daemon's cluster while the admin socket serves

@@ -81,6 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = cmd("migrate", "planned failover to SITE (re-run to resume)", cmd_migrate)
     q.add_argument("site", metavar="SITE", nargs="?")
     q.add_argument("--rollback", action="store_true", help="undo an unfinished migration")
+    q.add_argument("--power-on", action="store_true",
+                   help="power on at SITE the VMs that were on here (default: left off)")
 
     q = cmd("activate", "unplanned failover: bring the PD up here", cmd_activate)
     q.add_argument("--force", action="store_true",
@@ -92,6 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = cmd("failback", "after activate: replicate the deltas back and migrate home", cmd_failback)
     q.add_argument("site", metavar="SITE", nargs="?")
     q.add_argument("--no-migrate", action="store_true", help="only reprotect (replicate back)")
+    q.add_argument("--power-on", action="store_true",
+                   help="power on at SITE the VMs that were on here (default: left off)")
 
     from . import metro_cmds, nearsync_cmds  # they import this module: not at the top
 
@@ -266,9 +270,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             return 0
         if not args.site:
             raise CliError("migrate needs a SITE (or --rollback)")
-        res = pd.migrate(args.site)
+        res = pd.migrate(args.site, power_on=args.power_on)
         print(f"migrated {pd.name} to {res.site} (epoch {res.epoch}, final snapshot "
               f"{res.snapshot}); steps run: {', '.join(res.steps) or 'none'}")
+        if not res.power_on:
+            print(f"its VMs are powered off at {res.site}: start them there (nxstore vm "
+                  "power-on)")
     return 0
 
 
@@ -294,9 +301,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_failback(args: argparse.Namespace) -> int:
     with open_cluster(args.path) as c:
-        res = c.protection_domain(args.name).failback(args.site, migrate_back=not args.no_migrate)
+        res = c.protection_domain(args.name).failback(args.site, migrate_back=not args.no_migrate,
+                                                      power_on=args.power_on)
         print(f"reprotected {res.pd} to {res.site}: {res.reprotect.blocks_total} blocks changed "
               f"since {res.reprotect.base_snapshot}")
         if res.migrate:
-            print(f"migrated back to {res.site} (epoch {res.migrate.epoch})")
+            print(f"migrated back to {res.site} (epoch {res.migrate.epoch}); its VMs are "
+                  f"powered {'on as they were here' if res.migrate.power_on else 'off there'}")
     return 0

@@ -413,11 +413,12 @@ class ProtectionDomain:
         return self._metro().promote(self, force)
 
     # -- failover (nxstore.protection.failover) --------------------------------------------
-    def migrate(self, site: str) -> MigrateResult:
-        """Planned failover to `site`; re-run to resume (see failover.migrate)."""
+    def migrate(self, site: str, power_on: bool = False) -> MigrateResult:
+        """Planned failover to `site`, its VMs left powered off there unless `power_on`;
+        re-run to resume (see failover.migrate)."""
         from .failover import migrate
 
-        return migrate(self, site)
+        return migrate(self, site, power_on)
 
     def rollback_migrate(self) -> list[str]:
         """Undo an unfinished migration (see failover.rollback_migrate)."""
@@ -437,11 +438,12 @@ class ProtectionDomain:
 
         return reprotect(self, site)
 
-    def failback(self, site: str | None = None, migrate_back: bool = True) -> FailbackResult:
-        """reprotect(site), then migrate(site)."""
+    def failback(self, site: str | None = None, migrate_back: bool = True,
+                 power_on: bool = False) -> FailbackResult:
+        """reprotect(site), then migrate(site, power_on)."""
         from .failover import failback
 
-        return failback(self, site, migrate_back)
+        return failback(self, site, migrate_back, power_on)
 
     def journal(self) -> list[PDMigrationRow]:
         """The failover journal of this PD (migrate / activate rows), oldest first."""

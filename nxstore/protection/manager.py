@@ -2,8 +2,9 @@
 
 One `ProtectionManager` per open cluster (made on first use by the Engine glue):
 it serialises protection operations (one RLock), holds the hooks registered as
-Python callables (runtime only), and at creation finishes what a crash
-interrupted: PD snapshots left incomplete have their vDisk snapshots removed.
+Python callables and the category users of the layers above (runtime only), and at
+creation finishes what a crash interrupted: PD snapshots left incomplete have their
+vDisk snapshots removed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class ProtectionManager:
         self.lock = ordered_lock(Level.PROTECTION, "protection", reentrant=True)
         #: VM name -> {"pre-freeze": callable, "post-thaw": callable} (not persisted)
         self.callable_hooks: dict[str, dict[str, Callable[[Any], object]]] = {}
+        #: checks the layers above register (runtime only): each returns what uses a
+        #: category key, e.g. "protection policy 'gold'", or None (categories.delete_category)
+        self.category_users: list[Callable[[str], str | None]] = []
         self._finish_incomplete()
 
     def now(self) -> float:

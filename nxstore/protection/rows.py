@@ -1,5 +1,5 @@
-"""The protection layer's catalogue rows: VMs, protection domains, their entities, schedules,
-PD snapshots, replication records and the failover journal.
+"""The protection layer's catalogue rows: VMs, categories, protection domains, their entities,
+schedules, PD snapshots, replication records and the failover journal.
 
 JSON columns hold lists/objects; `state`/`owner_*`/`epoch` of a PD are what failover flips.
 Registered with the catalogue (`store.catalog.register_table`) when this module is imported;
@@ -27,6 +27,18 @@ class VMRow:
     pre_freeze: str
     post_thaw: str
     hook_timeout: float
+    created_at: float
+
+
+@dataclass
+class CategoryRow:
+    """A category of the registry (nxstore.protection.categories): `name` is its key,
+    `category_values` a JSON list of the values it allows, in the order they were added."""
+
+    id: int
+    name: str
+    category_values: str
+    description: str
     created_at: float
 
 
@@ -167,3 +179,7 @@ register_table(PDReplicationRow, "pd_replications", """
 CREATE TABLE IF NOT EXISTS pd_replications (id INTEGER PRIMARY KEY AUTOINCREMENT,
     pd_snapshot_id INTEGER, site TEXT, replicated_at REAL, ck INTEGER NOT NULL,
     UNIQUE (pd_snapshot_id, site))""")
+register_table(CategoryRow, "categories", """
+CREATE TABLE IF NOT EXISTS categories (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE NOT NULL, category_values TEXT, description TEXT, created_at REAL,
+    ck INTEGER NOT NULL)""")

@@ -4,6 +4,9 @@ A VM is a name, an ordered list of vDisks it owns (a vDisk belongs to at most
 one VM), NICs (each a dict with at least a "network"), categories (str -> str)
 and a power state ("on"/"off") the workflows change. Optional pre-freeze and
 post-thaw hooks make scheduled snapshots application-consistent (see hooks).
+Categories, NICs and hooks can change at any time. `add_category` checks the category
+registry (nxstore.protection.categories); `create_vm` does not, so that a VM a failover
+registers keeps the categories it had at its source site.
 Everything but callable hooks lives in the catalogue and survives reopen.
 """
 
@@ -99,6 +102,43 @@ class VM:
                 row.power = state
                 self._mgr.catalog.update(row)
 
+    # -- categories and NICs ------------------------------------------------------------
+    def add_category(self, key: str, value: str) -> None:
+        """Tag the VM with `key`: `value`. A VM holds one value per key: a value it has
+        for `key` already is replaced. Raises NotFound (no VM, no category `key` in the
+        registry or it does not allow `value`). Durable on return."""
+        from .categories import check_assignment
+
+        with self._mgr.lock:
+            check_assignment(self._mgr, key, value)
+            with self._mgr.catalog.transaction():
+                row = self._row()
+                cats = json.loads(row.categories)
+                cats[key] = value
+                row.categories = json.dumps(cats, sort_keys=True)
+                self._mgr.catalog.update(row)
+
+    def remove_category(self, key: str) -> None:
+        """Untag the VM from category `key`. Raises NotFound (no VM, or it lacks `key`).
+        Durable on return."""
+        with self._mgr.lock, self._mgr.catalog.transaction():
+            row = self._row()
+            cats = json.loads(row.categories)
+            if key not in cats:
+                raise NotFound(f"VM {self._name!r} has no category {key!r}")
+            del cats[key]
+            row.categories = json.dumps(cats, sort_keys=True)
+            self._mgr.catalog.update(row)
+
+    def set_nics(self, nics: Sequence[Mapping[str, str]]) -> None:
+        """Replace the VM's NICs (each a dict of strings with a "network", as for
+        create_vm; [] for none). Raises NotFound, InvalidArgument. Durable on return."""
+        nic_list = _check_nics(nics)
+        with self._mgr.lock, self._mgr.catalog.transaction():
+            row = self._row()
+            row.nics = json.dumps(nic_list)
+            self._mgr.catalog.update(row)
+
     # -- hooks -------------------------------------------------------------------------
     def set_hooks(self, pre_freeze: Callable[[Any], object] | str | None = None,
                   post_thaw: Callable[[Any], object] | str | None = None,
@@ -180,8 +220,9 @@ def _vdisk_name(item: object) -> str:
 def create_vm(mgr: ProtectionManager, name: str, vdisks: Sequence[object] = (),
               nics: Sequence[Mapping[str, str]] | None = None,
               categories: Mapping[str, str] | None = None, power: str = "on") -> VM:
-    """Register a VM owning existing vDisks. Raises AlreadyExists (name), NotFound
-    (vDisk), InUse (vDisk owned by another VM or protected on its own by a PD),
+    """Register a VM owning existing vDisks. `categories` are taken as given (names are
+    checked, the registry is not: see the module docstring). Raises AlreadyExists (name),
+    NotFound (vDisk), InUse (vDisk owned by another VM or protected on its own by a PD),
     InvalidArgument. Durable on return."""
     check_name("VM", name)
     if power not in POWER_STATES:

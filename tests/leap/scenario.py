@@ -5,9 +5,9 @@ FR-VLAN50 and the test network VLAN51 to FR-VLAN51."""
 
 from __future__ import annotations
 
-from nxstore.leap import NetworkMapping, PolicySchedule, Stage
-
 from leap_helpers import BS, SECRET, Zones
+
+from nxstore.leap import NetworkMapping, PolicySchedule, Stage
 
 SIZE = 32 * BS
 VMS = {"db": ["db-os", "db-data"], "web1": ["web1-os"], "web2": ["web2-os"]}

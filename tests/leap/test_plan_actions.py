@@ -7,10 +7,9 @@ networks."""
 from __future__ import annotations
 
 import pytest
+from scenario import VMS, build, disk_images, fill
 
 from nxstore.errors import InvalidArgument
-
-from scenario import VMS, build, disk_images, fill
 
 
 def _powered(report) -> list[str]:

@@ -8,11 +8,10 @@ import os
 import stat
 
 import pytest
+from scenario import NETWORKS, STAGES, build
 
 from nxstore.errors import InvalidArgument, NotFound
 from nxstore.leap import NetworkMapping, Stage
-
-from scenario import NETWORKS, STAGES, build
 
 
 def test_validate_reports_every_problem_at_once(zones):

@@ -6,12 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from leap_helpers import SECRET
+from scenario import SIZE, build, disk_images, fill
 
 from nxstore.errors import AlreadyExists, InUse, InvalidArgument, NotFound
 from nxstore.leap import PolicySchedule
-
-from leap_helpers import SECRET
-from scenario import SIZE, build, disk_images, fill
 
 HOURLY = [PolicySchedule(every=3600, keep_local=2, keep_remote=2)]
 

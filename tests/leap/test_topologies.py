@@ -3,9 +3,9 @@ zones with policies in every direction at once; each fails over and is byte-iden
 
 from __future__ import annotations
 
-from nxstore.leap import NetworkMapping, PolicySchedule, Stage
-
 from scenario import SIZE, fill
+
+from nxstore.leap import NetworkMapping, PolicySchedule, Stage
 
 HOURLY = [PolicySchedule(every=3600, keep_local=2, keep_remote=2)]
 

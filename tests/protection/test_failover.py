@@ -54,7 +54,7 @@ def test_migrate_loses_nothing_and_reverses(sites, clock):
     fill(fr.vdisk("web-os"), 77, [5, 6])  # after the last scheduled snapshot
     before = images(fr, VDISKS)
     res = pd.migrate("canada")
-    assert res.steps == failover.STEPS and res.epoch == 2
+    assert res.steps == failover.STEPS and res.epoch == 2 and not res.power_on
     assert sorted(res.vms) == ["app", "db", "web"]
     # france: VMs gone, vDisks kept as read-only replicas, PD inactive and owned by canada
     assert fr.vms() == []
@@ -65,7 +65,8 @@ def test_migrate_loses_nothing_and_reverses(sites, clock):
         fr.vdisk("web-os").write(0, bytes(BS))
     assert [j.status for j in pd.journal()] == ["done"]
     assert all(not s.enabled for s in pd.schedules())
-    # canada: the VMs with their data byte for byte, NICs mapped, power as before
+    # canada: the VMs with their data byte for byte, NICs mapped, powered off (seed 001:
+    # "you must start them manually")
     sites.serve("france")
     ca = sites.open("canada")
     cpd = ca.protection_domain("pd-web")
@@ -74,7 +75,7 @@ def test_migrate_loses_nothing_and_reverses(sites, clock):
     assert ca.vm("web").nics == [{"network": "VLAN60"}]
     assert ca.vm("db").nics == [{"network": "VLAN7"}]  # unmapped network kept
     assert ca.vm("web").categories == {"tier": "web"}
-    assert {v.name: v.power_state for v in ca.vms()} == {"app": "on", "db": "off", "web": "on"}
+    assert {v.name: v.power_state for v in ca.vms()} == {"app": "off", "db": "off", "web": "off"}
     assert cpd.consistency_groups() == {"app+db": ["app", "db"]}
     [sched] = cpd.schedules()
     assert sched.enabled and sched.keep_remote == {"france": 2}
@@ -105,11 +106,32 @@ def test_reverse_replication_is_incremental(sites, clock):
     assert result.blocks_total == 1  # only web-os changed, one block
 
 
+def test_migrate_power_on_keeps_the_source_power_states(sites, clock):
+    sites.serve("canada")
+    fr = sites.open("france")
+    pd = setup_pd(fr, schedule=False)
+    powers = {v.name: v.power_state for v in fr.vms()}
+    assert set(powers.values()) == {"on", "off"}
+    res = pd.migrate("canada", power_on=True)
+    assert res.power_on and json.loads(pd.journal()[-1].detail)["power_on"] is True
+    assert fr.vms() == []
+    sites.serve("france")
+    ca = sites.open("canada")
+    assert {v.name: v.power_state for v in ca.vms()} == powers
+    # and home again without it: registered powered off at france
+    ca.vm("db").power_on()
+    res = ca.protection_domain("pd-web").migrate("france")
+    assert not res.power_on and res.epoch == 3
+    sites.serve("canada")
+    fr = sites.open("france")
+    assert {v.name: v.power_state for v in fr.vms()} == {"app": "off", "db": "off", "web": "off"}
+
+
 STEP_NUMBERS = list(range(1, len(failover.STEPS) + 1))
 
 
-def migrate_failing_at(pd, monkeypatch, step: int) -> None:
-    """pd.migrate("canada") with a failure injected in place of step `step`."""
+def migrate_failing_at(pd, monkeypatch, step: int, power_on: bool = False) -> None:
+    """pd.migrate("canada", power_on) with a failure injected in place of step `step`."""
     name = failover.STEPS[step - 1]
 
     def boom(*a, **k):
@@ -117,7 +139,7 @@ def migrate_failing_at(pd, monkeypatch, step: int) -> None:
 
     monkeypatch.setattr(failover, f"_step_{name}", boom)
     with pytest.raises(NxError, match="injected"):
-        pd.migrate("canada")
+        pd.migrate("canada", power_on=power_on)
     monkeypatch.undo()
 
 
@@ -131,13 +153,13 @@ def test_failure_at_every_step(sites, clock, monkeypatch, step, then):
     before = images(fr, VDISKS)
     powers = {v.name: v.power_state for v in fr.vms()}
     name = failover.STEPS[step - 1]
-    migrate_failing_at(pd, monkeypatch, step)
+    migrate_failing_at(pd, monkeypatch, step, power_on=True)
     [j] = pd.journal()
     assert j.status == "failed" and j.step == step - 1 and name in j.error
     assert images(fr, VDISKS) == before  # france's data intact
     if then == "resume":
-        res = pd.migrate("canada")
-        assert res.steps == failover.STEPS[step - 1:]
+        res = pd.migrate("canada")  # the journal keeps power_on=True
+        assert res.steps == failover.STEPS[step - 1:] and res.power_on
         sites.serve("france")
         ca = sites.open("canada")
         assert images(ca, VDISKS) == before
@@ -163,6 +185,19 @@ def test_failure_at_every_step(sites, clock, monkeypatch, step, then):
     res = pd.migrate("canada")  # and a later migration works
     assert res.epoch == 2
     assert owners(sites) == {"france": ("inactive", 2), "canada": ("active", 2)}
+
+
+def test_resume_can_ask_for_power_on(sites, clock, monkeypatch):
+    sites.serve("canada")
+    fr = sites.open("france")
+    pd = setup_pd(fr, schedule=False)
+    powers = {v.name: v.power_state for v in fr.vms()}
+    migrate_failing_at(pd, monkeypatch, failover.STEPS.index("register_at_destination") + 1)
+    assert json.loads(pd.journal()[-1].detail)["power_on"] is False
+    res = pd.migrate("canada", power_on=True)
+    assert res.power_on and res.steps == ("register_at_destination", "reverse_direction")
+    sites.serve("france")
+    assert {v.name: v.power_state for v in sites.open("canada").vms()} == powers
 
 
 def test_failure_after_destination_adopted(sites, clock, monkeypatch):
@@ -404,7 +439,8 @@ def test_cli_vm_pd_migrate_activate(sites, clock, capsys):
     assert "no remote site 'mars'" in capsys.readouterr().err
     assert main(["pd", "activate", path, "pd-web"]) == 1
     assert main(["pd", "migrate", path, "pd-web", "canada"]) == 0
-    assert "migrated pd-web to canada (epoch 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "migrated pd-web to canada (epoch 2" in out and "powered off at canada" in out
     assert main(["vm", "list", path, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["pd", "list", path]) == 0
@@ -413,9 +449,19 @@ def test_cli_vm_pd_migrate_activate(sites, clock, capsys):
     cpath = sites.path("canada")
     assert main(["vm", "show", cpath, "web", "--json"]) == 0
     vm = json.loads(capsys.readouterr().out)
-    assert vm["nics"] == [{"network": "VLAN60"}] and vm["power"] == "on"
-    assert main(["vm", "power-off", cpath, "web"]) == 0
+    assert vm["nics"] == [{"network": "VLAN60"}] and vm["power"] == "off"
+    assert main(["vm", "power-on", cpath, "web"]) == 0
     assert main(["pd", "activate", cpath, "pd-web"]) == 1  # active there already
+    # home again with --power-on: web is on at france as it was at canada
+    sites.serve("france")
+    sites.open("canada")  # points canada at france's daemon
+    sites.close("canada")
+    capsys.readouterr()
+    assert main(["pd", "migrate", cpath, "pd-web", "france", "--power-on"]) == 0
+    assert "powered off" not in capsys.readouterr().out
+    sites.stop("france")
+    assert main(["vm", "show", path, "web", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["power"] == "on"
 
 
 # -- three sites ----------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ migrate(pd, site), run at the owner with the destination's `nxstore serve` up:
     4. disable the PD's schedules here
     5. the destination adopts the PD at epoch+1 (ownership.adopt): replica
        vDisks promoted to writable vDisks named like ours, VMs registered with
-       the site's network mapping applied, powered on if they were on here,
-       schedules enabled with this site as their remote
+       the site's network mapping applied, powered off (started by hand there)
+       unless migrate(site, power_on=True) asked to power on those that were on
+       here (the choice is in the journal's detail), schedules enabled with this
+       site as their remote
     6. reverse: our vDisks become read-only replicas of the destination's (their
        snapshots are the common base of its replication back), the PD row here
        becomes inactive at epoch+1, owned by the destination; journal "done".

@@ -41,10 +41,15 @@ class MigrateResult:
     steps: tuple[str, ...]                      # the steps this call ran
     vms: tuple[str, ...] = ()                   # VMs registered at the destination
     replication: ReplicationResult | None = None  # the final snapshot's transfer
+    power_on: bool = False                      # VMs on at the source were powered on there
 
 
-def migrate(pd: ProtectionDomain, site: str) -> MigrateResult:
+def migrate(pd: ProtectionDomain, site: str, power_on: bool = False) -> MigrateResult:
     """Planned failover of `pd` to remote `site` (steps in the package docstring).
+    The VMs are registered at `site` powered off (they are started by hand there) unless
+    `power_on`: then those that were on here are on there. The choice is kept in the
+    journal: a resumed migration powers them on if the first call asked, or this one does
+    before the VMs were registered at `site` (MigrateResult.power_on tells which held).
     Raises NotFound (unknown site, no reverse site entry there), InUse (PD not active
     here, another migration unfinished, destination owns it), NxError (the site is
     down: nothing changed if it happens at the checks; else journal "failed": re-run
@@ -59,7 +64,10 @@ def migrate(pd: ProtectionDomain, site: str) -> MigrateResult:
                         f"unfinished (step {j.step}/{len(STEPS)}, {j.status}): run "
                         f"migrate({j.site!r}) again or rollback_migrate()")
         if j is None:
-            j = _begin(pd, site)
+            j = _begin(pd, site, power_on)
+        elif power_on and not _powers_on(j) and j.step <= STEPS.index("register_at_destination"):
+            j.detail = json.dumps({**_detail(j), "power_on": True})
+            _save(mgr, j)
         ran: list[str] = []
         ctx: dict[str, Any] = {"result": None, "vms": ()}
         mod = sys.modules[__name__]
@@ -84,10 +92,15 @@ def migrate(pd: ProtectionDomain, site: str) -> MigrateResult:
             j.status = "done"
             _save(mgr, j)
         return MigrateResult(pd.name, site, j.snapshot, pd.epoch, tuple(ran),
-                             tuple(ctx["vms"]), ctx["result"])
+                             tuple(ctx["vms"]), ctx["result"], _powers_on(j))
 
 
-def _begin(pd: ProtectionDomain, site: str) -> PDMigrationRow:
+def _powers_on(j: PDMigrationRow) -> bool:
+    # a journal opened before the choice existed keeps that version's behaviour (power on)
+    return bool(_detail(j).get("power_on", True))
+
+
+def _begin(pd: ProtectionDomain, site: str, power_on: bool) -> PDMigrationRow:
     """Step 0: the checks (nothing changes if one fails), then the journal row."""
     mgr = pd._mgr
     row = pd.require_active(f"migrate to {site!r}")
@@ -119,7 +132,7 @@ def _begin(pd: ProtectionDomain, site: str) -> PDMigrationRow:
         entities.append(entry)
     enabled = [s.id for s in mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (row.id,)) if s.enabled]
     detail = {"entities": entities, "schedules_enabled": enabled, "peer_cluster": view["cluster"],
-              "peer_site": view["site"]}
+              "peer_site": view["site"], "power_on": power_on}
     with mgr.catalog.transaction():
         j = mgr.catalog.insert(PDMigrationRow(0, row.id, "migrate", site, 0, "running", row.epoch,
                                               "", json.dumps(detail), "", mgr.now(), mgr.now()))
@@ -172,7 +185,8 @@ def _step_disable_schedules(pd: ProtectionDomain, j: PDMigrationRow, ctx: dict[s
 def _step_register_at_destination(pd: ProtectionDomain, j: PDMigrationRow,
                                   ctx: dict[str, Any]) -> None:
     mgr = pd._mgr
-    on = [e["name"] for e in _detail(j)["entities"] if e["kind"] == "vm" and e["power"] == "on"]
+    on = [e["name"] for e in _detail(j)["entities"]
+          if e["kind"] == "vm" and e["power"] == "on"] if _powers_on(j) else []
     out = remote.call(mgr.cluster, j.site, "adopt", {
         "pd": pd.name, "epoch": j.epoch + 1, "snapshot": j.snapshot, "power_on": on,
         "rename": {j.site: mgr.cluster.site_name}})

@@ -50,11 +50,12 @@ def reprotect(pd: ProtectionDomain, site: str | None = None) -> ReplicationResul
         return replicate_pd_snapshot(mgr, snap, site)
 
 
-def failback(pd: ProtectionDomain, site: str | None = None, migrate_back: bool = True
-             ) -> FailbackResult:
-    """reprotect(site), then (unless migrate_back=False) migrate(site): the PD and its
-    VMs go home with only the deltas since the newest common snapshot on the wire."""
+def failback(pd: ProtectionDomain, site: str | None = None, migrate_back: bool = True,
+             power_on: bool = False) -> FailbackResult:
+    """reprotect(site), then (unless migrate_back=False) migrate(site, power_on): the PD
+    and its VMs go home with only the deltas since the newest common snapshot on the
+    wire; the VMs are left powered off there unless `power_on`."""
     site = _failback_site(pd, site)
     result = reprotect(pd, site)
-    moved = migrate(pd, site) if migrate_back else None
+    moved = migrate(pd, site, power_on) if migrate_back else None
     return FailbackResult(pd.name, site, result, moved)
