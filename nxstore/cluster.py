@@ -163,6 +163,8 @@ class Cluster(Engine):
                 if self._protection_mgr is None:
                     self._protection_mgr = ProtectionManager(self, (self._nearsync,),
                                                              self._metro)
+                    self._protection_mgr.category_users.append(
+                        partial(leap_definitions.category_user, self._protection_mgr))
                 mgr = self._protection_mgr
         return mgr
 

@@ -169,3 +169,15 @@ def receive_drop(mgr: ProtectionManager, kind: str, name: str, version: int) -> 
                 return row.version
             mgr.catalog.delete(DefinitionRow, row.id)
     return 0
+
+
+def category_user(mgr: ProtectionManager, key: str) -> str | None:
+    """The policies and plans here that name category `key` ("protection policy 'x'",
+    ...), or None: what ProtectionManager.category_users asks before deleting one."""
+    found = []
+    for d in all_definitions(mgr):
+        names = [k for k, _ in d.spec.get("categories", [])]
+        names += [k for stage in d.spec.get("stages", []) for k, _ in stage["categories"]]
+        if key in names:
+            found.append(f"{_WORDS[d.kind]} {d.name!r}")
+    return ", ".join(found) or None

@@ -92,7 +92,7 @@ def test_membership_follows_categories_mid_schedule(zones, clock):
     clock.advance(3600)
     ca.run_schedules()
     assert ca.vm("web2").protection_domain == "leap.web2"
-    assert len(ca.protection_domain("leap.web2").snapshots()) == 2  # keep_local 3: old + new
+    assert len(ca.protection_domain("leap.web2").snapshots()) == 3  # the 2 kept + 1 new
 
 
 def test_retention_per_schedule(zones, clock):
@@ -167,3 +167,16 @@ def test_pairing_an_unreachable_or_misnamed_zone_records_nothing(zones):
     with pytest.raises(Exception, match="connect|refused"):
         ca.connect_zone("france", "127.0.0.1:1", SECRET)
     assert not ca.zones() and not ca.remote_sites()
+
+
+def test_a_category_a_policy_or_plan_names_cannot_be_deleted(zones):
+    ca, fr = build(zones)
+    for key in ("replicated-vm", "tier"):
+        for vm in ca.vms():
+            vm.remove_category(key)
+    with pytest.raises(InUse, match="protection policy 'ca-to-fr'"):
+        ca.delete_category("replicated-vm")
+    with pytest.raises(InUse, match="recovery plan 'ca-plan'"):
+        ca.delete_category("tier")
+    ca.delete_recovery_plan("ca-plan")
+    ca.delete_category("tier")
