@@ -157,7 +157,7 @@ def _protect_vm(mgr: ProtectionManager, policy: ProtectionPolicy, name: str, vm:
     if pd.state != ACTIVE:
         return False
     manage(mgr, policy.name, name)
-    fresh = vm.name not in {e.name for e in pd.entities()}
+    fresh = vm not in pd.entities()
     if fresh:
         pd.add_entities([vm.name])
     _follow_schedules(pd, policy)
@@ -218,13 +218,10 @@ def _release(pd: ProtectionDomain) -> list[str]:
         pass
     else:
         pd.disable_metro()
-    names = [e.name for e in pd.entities()]
-    if names:
-        pd.remove_entities(names)
-    containers = pd.containers()
-    for c in containers:
-        pd.remove_container(c)
-    return names + [f"container {c}" for c in containers]
+    entities = pd.entities()
+    if entities:
+        pd.remove_entities(entities)
+    return [e.name if isinstance(e, VM) else f"container {e.name}" for e in entities]
 
 
 def migrate_pd_to_policy(mgr: ProtectionManager, pd_name: str, policy_name: str) -> None:

@@ -180,3 +180,24 @@ def test_a_category_a_policy_or_plan_names_cannot_be_deleted(zones):
         ca.delete_category("tier")
     ca.delete_recovery_plan("ca-plan")
     ca.delete_category("tier")
+
+
+def test_a_policy_protects_a_whole_container_including_later_vdisks(zones, clock):
+    ca, fr = build(zones, with_plan=False)
+    for c in (ca, fr):
+        c.create_container("scratch")
+    first = ca.create_vdisk("s1", SIZE, container="scratch")
+    fill(first, 3)
+    ca.update_policy("ca-to-fr", containers=["scratch"])
+    ca.run_schedules()
+    pd = ca.protection_domain("leap-container.scratch")
+    assert pd.containers() == ["scratch"]
+    assert fr.vdisk("canada:s1").read(0, SIZE) == first.read(0, SIZE)
+    later = ca.create_vdisk("s2", SIZE, container="scratch")
+    fill(later, 4)
+    clock.advance(3600)
+    ca.run_schedules()
+    assert fr.vdisk("canada:s2").read(0, SIZE) == later.read(0, SIZE)
+    ca.update_policy("ca-to-fr", containers=[])
+    ca.leap_tick()
+    assert not pd.containers() and not pd.schedules()
