@@ -40,7 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidArgument, NotFound, NxError
-from ..protection.domain import ACTIVE, INACTIVE, list_protection_domains
+from ..protection.domain import (
+    ACTIVE,
+    INACTIVE,
+    ProtectionDomain,
+    get_protection_domain,
+    list_protection_domains,
+)
 from ..protection.failover import activate
 from ..protection.manager import ProtectionManager
 from ..protection.rows import PDSnapshotRow
@@ -343,6 +349,13 @@ def _adopt_membership(mgr: ProtectionManager, pds: list[str]) -> None:
                 membership.manage(mgr, policy.name, entry.pd)
 
 
+def _metro_standby(pd: ProtectionDomain) -> bool:
+    try:
+        return pd.metro_state().role == "standby"
+    except (NotFound, InvalidArgument):
+        return False
+
+
 def _point_for(mgr: ProtectionManager, pd_name: str, point: float | None) -> str | None:
     if point is None:
         return None
@@ -390,6 +403,12 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
             def up(pd: str = pd) -> str:
                 if mgr.pd_row(pd).state == ACTIVE:
                     return "skipped: already active here"
+                domain = get_protection_domain(mgr, pd)
+                if _metro_standby(domain) and point is None:
+                    # Synchronous: the replicas hold every acknowledged write; the witness
+                    # decides (Metro refuses if the old active still holds the epoch).
+                    state = domain.metro_promote(power_on=False)
+                    return f"Metro promote (epoch {state.epoch}): no acknowledged write lost"
                 res = activate(mgr, pd, False, _point_for(mgr, pd, point), power_on=False)
                 return f"from {res.lws or res.snapshot} (epoch {res.epoch})"
             run.step(f"activate {pd}", up)
@@ -413,8 +432,6 @@ def test_failover(mgr: ProtectionManager, name: str, point: float | None,
                               "cleanup_test() first")
 
     def body(run: _Run, plan: PlanSpec) -> None:
-        from ..protection.domain import get_protection_domain
-
         stages = _validate_step(run, plan, test=True, need_primary=False)
         prefix = test_prefix(plan.name)
         for pd_name in _plan_pds(mgr, stages):

@@ -455,12 +455,13 @@ class MetroPair:
             except (WitnessUnreachable, MetroFenced) as exc:
                 log.info("PD %s: Metro standby stays: %s", self.row.pd_name, exc)
 
-    def promote(self, *, force: bool, operator: bool = True) -> None:
+    def promote(self, *, force: bool, operator: bool = True, power_on: bool = True) -> None:
         """Make this standby the active site in the next epoch: it must be in step (it
         streamed in its epoch and saw no later one) and the witness must agree; `force`
         skips both (the operator accepts what the standby lacks). Raises MetroFenced
         (another site holds the epoch), WitnessUnreachable (without force), InvalidArgument
-        (not a standby, or not in step without force)."""
+        (not a standby, or not in step without force). `power_on` False: the VMs stay off
+        (a recovery plan starts them by stage)."""
         if self.is_active:
             raise InvalidArgument(f"protection domain {self.row.pd_name!r} is active here "
                                   "already")
@@ -491,12 +492,12 @@ class MetroPair:
         self.save(role=ROLE_ACTIVE, epoch=e + 1, acked_epoch=e + 1, state=BROKEN,
                   note=f"promoted in epoch {e + 1}: {self.row.peer_site!r} "
                        f"{'did not answer' if not operator else 'was replaced by an operator'}")
-        self._adopt(e + 1)
+        self._adopt(e + 1, power_on)
         self.install_gate(ALONE)
         log.warning("PD %s: Metro: site %s promoted (epoch %d)", self.row.pd_name,
                     self.engine.site_name, e + 1)
 
-    def _adopt(self, epoch: int) -> None:
+    def _adopt(self, epoch: int, power_on: bool = True) -> None:
         """The PD becomes active here from the replicas' heads (everything the old active
         acknowledged), with VMs registered and powered on as in activate."""
         mgr, cat = self.mgr, self.engine.ctx.catalog
@@ -522,8 +523,8 @@ class MetroPair:
             if not cat.rows(PDSnapshotRow, "pd_id = ? AND name = ?", (pd_row.id, name)):
                 cat.insert(PDSnapshotRow(0, pd_row.id, name, self.engine.ctx.clock(), 0,
                                          "crash", True, usable[-1].manifest, "[]"))
-        adopt(mgr, pd_row.name, snapshot=name, epoch=pd_row.epoch + 1, power_on=None,
-              peer_site=self.row.peer_site,
+        adopt(mgr, pd_row.name, snapshot=name, epoch=pd_row.epoch + 1,
+              power_on=None if power_on else [], peer_site=self.row.peer_site,
               keep_remote_rename={self.engine.site_name: self.row.peer_site})
 
     # -- reporting -------------------------------------------------------------------------------

@@ -289,10 +289,11 @@ class MetroService:
                               f"{pair.row.peer_site!r} (see the log)")
         return pair.state()
 
-    def promote(self, pd: ProtectionDomain, force: bool = False) -> MetroState:
+    def promote(self, pd: ProtectionDomain, force: bool = False,
+                power_on: bool = True) -> MetroState:
         pair = self._pair(pd)
         with pair.lock:
-            pair.promote(force=force)
+            pair.promote(force=force, power_on=power_on)
         return pair.state()
 
     # -- what the peer asks ------------------------------------------------------------------------

@@ -404,13 +404,14 @@ class ProtectionDomain:
         """Resync the standby and go back to synchronous (after a manual break)."""
         return self._metro().resume(self)
 
-    def metro_promote(self, force: bool = False) -> MetroState:
+    def metro_promote(self, force: bool = False, power_on: bool = True) -> MetroState:
         """Make this standby the active site in the next epoch. It must be in step with
         the active (it streamed in its epoch and saw no later one) and the witness must
         agree; `force` skips both checks (the operator accepts losing what the standby
-        lacks). MetroFenced if another site holds the epoch, WitnessUnreachable or
+        lacks). The VMs that were on come up on (`power_on` False: all stay off).
+        MetroFenced if another site holds the epoch, WitnessUnreachable or
         InvalidArgument without `force`."""
-        return self._metro().promote(self, force)
+        return self._metro().promote(self, force, power_on)
 
     # -- failover (nxstore.protection.failover) --------------------------------------------
     def migrate(self, site: str, power_on: bool = False) -> MigrateResult:

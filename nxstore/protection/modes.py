@@ -126,7 +126,8 @@ class SynchronousReplication(Protocol):
 
     def resume(self, pd: ProtectionDomain) -> MetroState: ...
 
-    def promote(self, pd: ProtectionDomain, force: bool) -> MetroState: ...
+    def promote(self, pd: ProtectionDomain, force: bool, power_on: bool = True
+                ) -> MetroState: ...
 
 
 class ReplicationMode(Protocol):

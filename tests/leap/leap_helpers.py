@@ -28,11 +28,12 @@ SECRET = "leap zones test secret"
 
 
 class ServedZone:
-    def __init__(self, path: str, clock, create: bool, port: int = 0) -> None:
+    def __init__(self, path: str, clock, create: bool, port: int = 0,
+                 background: bool = False) -> None:
         if create:
             nxstore.Cluster.create(path, block_size=BS, background=False,
                                    site_name=Path(path).name).close()
-        self.cluster = nxstore.Cluster.open(path, background=False, clock=clock)
+        self.cluster = nxstore.Cluster.open(path, background=background, clock=clock)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -66,10 +67,11 @@ class Zones:
     def path(self, name: str) -> str:
         return str(self.tmp / name)
 
-    def add(self, name: str) -> nxstore.Cluster:
-        """Create zone `name` (or reopen it) and serve it (at its old address if it had one)."""
+    def add(self, name: str, background: bool = False) -> nxstore.Cluster:
+        """Create zone `name` (or reopen it) and serve it (at its old address if it had one);
+        `background`: with the drain and the Metro threads running."""
         z = ServedZone(self.path(name), self.clock, create=not Path(self.path(name)).exists(),
-                       port=self.ports.get(name, 0))
+                       port=self.ports.get(name, 0), background=background)
         self.served[name] = z
         self.ports[name] = z.server.port
         return z.cluster

@@ -26,9 +26,10 @@ def disk_images(c, vm_name: str) -> list[bytes]:
     return [vd.read(0, vd.size) for vd in vm.vdisks]
 
 
-def build(z: Zones, *, schedule_every: float = 3600.0, with_plan: bool = True):
+def build(z: Zones, *, schedule_every: float = 3600.0, with_plan: bool = True,
+          background: bool = False):
     """Zones canada and france paired, the VMs at canada, the policy (and the plan)."""
-    ca, fr = z.add("canada"), z.add("france")
+    ca, fr = z.add("canada", background), z.add("france", background)
     ca.connect_zone("france", z.address("france"), SECRET)
     ca.create_category("replicated-vm", ["from-canada"])
     ca.create_category("tier", ["db", "web"])
