@@ -162,8 +162,11 @@ def stage_vms(plan: PlanSpec, known: dict[str, VMEntry]) -> tuple[list[list[str]
 
 
 def _mapped(plan: PlanSpec, network: str, test: bool) -> str:
+    """The network a NIC on `network` comes up on at the recovery zone ("" if unmapped).
+    A NIC already on a recovery-side production network (a recovery point taken before
+    the plan was reversed) is mapped like one on the matching primary network."""
     for m in plan.networks:
-        if m.primary == network:
+        if network in (m.primary, m.recovery):
             return m.recovery_test if test else m.recovery
     return ""
 

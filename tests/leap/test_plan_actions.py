@@ -18,8 +18,9 @@ def _powered(report) -> list[str]:
             if s.name.startswith("stage ") and ": " in s.name and s.detail.startswith("on")]
 
 
-def test_seed_scenario_round_trip(zones, clock):
-    ca, fr = build(zones)
+@pytest.mark.parametrize("every", [3600.0, 900.0], ids=["hourly", "nearsync-15min"])
+def test_seed_scenario_round_trip(zones, clock, every):
+    ca, fr = build(zones, schedule_every=every)
     ca.run_schedules()  # the Leap tick protects the three VMs; the first slot runs now
     assert {pd.name for pd in ca.protection_domains()} == {"leap.db", "leap.web1", "leap.web2"}
     point1 = {vm: disk_images(ca, vm) for vm in VMS}
