@@ -184,9 +184,16 @@ def test_zone_add_list_remove_in_the_daemons(env):
 
 def test_zone_add_offline_needs_local_address_and_check_says_down(env):
     canada, france = env / "canada", env / "france"
+    wrong = env / "wrong-secret"
+    wrong.write_text("not the secret france has\n")
+    wrong.chmod(0o600)
     with served(env, "france") as d:
         error_line(nx("zone", "add", canada, "france", d["france"].address, "--secret-file",
                       env / "secret", rc=1), "is not served now", "--local-address HOST:PORT")
+        error_line(nx("zone", "add", canada, "france", d["france"].address, "--secret-file",
+                      wrong, "--local-address", "127.0.0.1:9", rc=1), "france")
+        assert nx("zone", "list", canada).stdout.strip() == "no availability zones"
+        assert nx("site", "list", canada, "--json").stdout.strip() == "[]"  # nothing recorded
         nx("zone", "add", canada, "france", d["france"].address, "--secret-file",
            env / "secret", "--local-address", "127.0.0.1:9")
         assert [z["address"] for z in
