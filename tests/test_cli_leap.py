@@ -1,16 +1,10 @@
 """The Leap commands (zone, policy, plan) as real subprocesses against real `nxstore serve`
 daemons on 127.0.0.1: every command's happy path and an error line each, pairing forwarded
-into a daemon and offline, the SPEC syntax, and the Failover confirmation prompt.
-
-Two parts of the library come from other branches: policies need the categories API
-(nxstore.protection.categories, Cluster.create_category) and the plan actions set NICs with
-VM.set_nics. The tests that need them are expected to fail (strict xfail) until they are
-merged, and run normally from then on."""
+into a daemon and offline, the SPEC syntax, and the Failover confirmation prompt."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -29,19 +23,11 @@ from nxstore.cli.specs import (
     stage_text,
 )
 from nxstore.leap import NetworkMapping, PolicySchedule, Stage
-from nxstore.protection.vm import VM
 
 sys.path.insert(0, str(Path(__file__).parent / "replication"))
 from sites_helper import NXSTORE, Daemon  # noqa: E402
 
 SECRET = "leap command line test secret"
-needs_categories = pytest.mark.xfail(
-    importlib.util.find_spec("nxstore.protection.categories") is None
-    or not hasattr(nxstore.Cluster, "create_category"), strict=True,
-    reason="needs the categories API (nxstore.protection.categories), not merged yet")
-needs_vm_nics = pytest.mark.xfail(
-    not hasattr(VM, "set_nics"), strict=True,
-    reason="plan actions set NICs with VM.set_nics, not merged yet")
 
 
 def nx(*args: object, rc: int = 0, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -231,7 +217,6 @@ def _steps(out: str) -> list[str]:
                                                                "planned failover"))]
 
 
-@needs_vm_nics
 def test_plan_commands_round_trip(env):
     canada, france = env / "canada", env / "france"
     with served(env, "canada", "france") as d:
@@ -303,8 +288,8 @@ def test_plan_commands_round_trip(env):
         error_line(nx("plan", "failover", france, "ca-plan", "--unplanned", "--yes", rc=1),
                    "runs at its recovery zone 'canada'")
 
-        # unplanned failover back to canada, france gone (after replicating to canada once:
-        # without categories no policy does it here)
+        # unplanned failover back to canada, france gone (no policy protects pd-app here:
+        # replicate it back once by hand)
         nx("pd", "snapshot", france, "pd-app", "--replicate-to", "canada")
         d["france"].kill()
         p = nx("plan", "failover", canada, "ca-plan", "--unplanned", "--yes")
@@ -350,7 +335,6 @@ def test_policy_schedule_errors_before_any_change(env):
         assert nx("policy", "list", canada).stdout.strip() == "no protection policies"
 
 
-@needs_categories
 def test_policy_commands(env):
     canada, france = env / "canada", env / "france"
     with nxstore.Cluster.open(str(canada), background=False) as c:
