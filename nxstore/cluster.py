@@ -298,6 +298,11 @@ class Cluster(Engine):
         """Unpair zone `name`; see `nxstore.leap.zones.remove_zone`."""
         leap_zones.remove_zone(self._protection(), name)
 
+    def zone_up(self, name: str) -> str:
+        """"" if zone `name` answers a status request now, else why not (never raises for
+        an unreachable zone)."""
+        return leap_zones.zone_up(self._protection(), name)
+
     def create_policy(self, name: str, primary: str, recovery: Sequence[str],
                       schedules: Sequence[object], categories: Sequence[object] = (),
                       containers: Sequence[str] = ()) -> ProtectionPolicy:

@@ -12,7 +12,8 @@ gc, defrag, scrub), vdisk_cmds, snapshot_cmds (snapshot, clone, restore), image_
 (import, export), replication_cmds (serve, site, replicate, replicas, prune-remote),
 vm_cmds (vm ...), category_cmds (category ...), pd_cmds (pd ...: protection domains and failover), nearsync_cmds (lws,
 and pd nearsync|restore-points|restore-point), witness_cmds (witness: the Metro witness),
-nbd_cmds (nbd: NBD exports).
+nbd_cmds (nbd: NBD exports), zone_cmds, policy_cmds and plan_cmds (Leap: availability
+zones, protection policies, recovery plans; their SPEC syntax in specs).
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         nbd_cmds,
         nearsync_cmds,
         pd_cmds,
+        plan_cmds,
+        policy_cmds,
         replication_cmds,
         snapshot_cmds,
         vdisk_cmds,
         vm_cmds,
         witness_cmds,
+        zone_cmds,
     )
 
     parser = _Parser(
@@ -64,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds,
-                   vm_cmds, category_cmds, pd_cmds, nearsync_cmds, witness_cmds, nbd_cmds):
+                   vm_cmds, category_cmds, pd_cmds, nearsync_cmds, witness_cmds, nbd_cmds,
+                   zone_cmds, policy_cmds, plan_cmds):
         module.register(sub)
     return parser
 

@@ -18,7 +18,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORE
 
 # Keyword arguments the library's messages name, and the options that set them on the
 # command line (an error that says how to go on must say it in the words of the CLI).
-API_OPTIONS = {"with_snapshots=True": "--with-snapshots", "force=True": "--force"}
+API_OPTIONS = {"with_snapshots=True": "--with-snapshots", "force=True": "--force",
+               "cleanup_test()": "'nxstore plan cleanup'"}
 _API_RE = re.compile(r"\b(" + "|".join(map(re.escape, API_OPTIONS)) + r")(?![\w=])")
 
 
