@@ -91,7 +91,9 @@ class MessageType(enum.IntEnum):
     # metro_control.py: requests between the two sites of a Metro pair
     METRO_REQUEST = 45
     METRO_REPLY = 46
-    # later areas append from 47 on
+    # replication.py, protocol version 3: remote retention by snapshot name
+    PRUNE_SNAPSHOTS = 47
+    # later areas append from 48 on
 
 
 class ErrorCode(enum.IntEnum):
