@@ -13,17 +13,28 @@ first one after now. The snapshot and the advanced slot commit in one
 transaction, so a crash never runs a slot twice or loses one silently.
 
 After the snapshot, for each site in `keep_remote`: replicate it; only if that
-succeeded, prune the site's replicas of each member vDisk to `keep_remote[site]`
-(never before: a failed transfer leaves the remote copies as they were). Then
-local retention keeps the newest `keep_local` snapshots OF THAT SCHEDULE and
-deletes the older ones, except the newest snapshot replicated to each of the
-schedule's sites while that site's replication is failing (the base of the
-next incremental transfer), which is kept until a newer one gets through.
+succeeded, apply the schedule's remote retention there (never before: a failed
+transfer leaves the remote copies as they were). Then local retention keeps the
+newest `keep_local` snapshots OF THAT SCHEDULE and deletes the older ones, except
+the newest snapshot replicated to each of the schedule's sites while that site's
+replication is failing (the base of the next incremental transfer), which is kept
+until a newer one gets through.
 
-Remote retention limitation: the replication protocol prunes a replica vDisk
-by count only, so at a remote site the count covers every replicated snapshot
-of the vDisk (other schedules' and ad-hoc ones too). Give one schedule per PD
-and site remote retention for exact per-schedule remote counts.
+Remote retention is per schedule and site, like local retention. When a schedule
+gets a snapshot to a site, every PD snapshot of that schedule kept here that the site
+holds (asked, so a NearSync seed, snapshots composed there and those a migration
+carried over from there count too) is recorded here (`pd_remote_copies`: schedule,
+site, name, time, member vDisks). A record outlives local retention deleting the
+snapshot here: the copy there lives on. The copies beyond the newest
+`keep_remote[site]` are deleted there by name
+(`replication.source.delete_remote_snapshots`), then forgotten here. So two
+schedules replicating to one site each keep their own count, and ad-hoc snapshots
+and other schedules' copies there are never touched. The site refuses to delete its
+newest replica snapshot of a vDisk (the base of the next incremental transfer). A
+copy whose deletion failed stays recorded and is deleted by a later run; a schedule
+removed (`remove_schedule`) forgets its copies, which then stay at their sites until
+deleted by hand (`Cluster.prune_remote`). NearSync schedules share this code
+(nxstore.nearsync.driver).
 """
 
 from __future__ import annotations
@@ -36,8 +47,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound, NxError
-from ..replication.source import prune_remote_snapshots
-from ..store.catalog import Catalog
+from ..replication.source import delete_remote_snapshots, remote_snapshot_names
+from ..store.catalog import Catalog, register_table
 from .domain import ACTIVE, ProtectionDomain, _check_sites, list_protection_domains
 from .hooks import HookFailure
 from .pdsnapshot import PDSnapshot, delete_pd_snapshots, replicate_pd_snapshot, take_pd_snapshot
@@ -50,6 +61,26 @@ log = logging.getLogger(__name__)
 
 MIN_INTERVAL = 60.0  # seconds: intervals are whole minutes (minutes, hours, days)
 UNANCHORED = 0.0     # next_due of a schedule no scheduler pass has seen yet (no `start`)
+
+
+@dataclass
+class PDRemoteCopyRow:
+    """PD snapshot `name` of schedule `schedule_id` (taken at `created_at`, cluster clock)
+    reached remote `site` and counts against the schedule's keep_remote[site] there;
+    `vdisks` JSON list of its member vDisks (whose replicas hold it there)."""
+
+    id: int
+    schedule_id: int
+    site: str
+    name: str
+    created_at: float
+    vdisks: str
+
+
+register_table(PDRemoteCopyRow, "pd_remote_copies", """
+CREATE TABLE IF NOT EXISTS pd_remote_copies (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    schedule_id INTEGER, site TEXT, name TEXT, created_at REAL, vdisks TEXT,
+    ck INTEGER NOT NULL, UNIQUE (schedule_id, site, name))""")
 
 
 @dataclass(frozen=True)
@@ -194,10 +225,6 @@ def add_schedule(pd: ProtectionDomain, every: timedelta, keep_local: int,
     with mgr.lock, mgr.catalog.transaction():
         pd_id = pd.id
         others = mgr.catalog.rows(PDScheduleRow, "pd_id = ?", (pd_id,))
-        shared = sorted(set(keep_remote) & {s for o in others for s in json.loads(o.keep_remote)})
-        if shared:
-            log.warning("PD %s: several schedules keep remote copies at %s; remote counts "
-                        "then cover all of them (see nxstore.protection.schedule)", pd.name, shared)
         # The creation time identifies the schedule at the PD's other sites
         # (ownership._store_schedules): unique within the PD, by the smallest step.
         created = now
@@ -224,8 +251,14 @@ def _schedule_row(pd: ProtectionDomain, schedule: Schedule | int) -> PDScheduleR
 
 
 def remove_schedule(pd: ProtectionDomain, schedule: Schedule | int) -> None:
-    with pd._mgr.lock, pd._mgr.catalog.transaction():
-        pd._mgr.catalog.delete(PDScheduleRow, _schedule_row(pd, schedule).id)
+    """Remove the schedule; its PD snapshots stay (ad hoc from then on, for retention),
+    and its remote copies stay at their sites, no longer counted (module docstring)."""
+    cat = pd._mgr.catalog
+    with pd._mgr.lock, cat.transaction():
+        row = _schedule_row(pd, schedule)
+        for copy in cat.rows(PDRemoteCopyRow, "schedule_id = ?", (row.id,)):
+            cat.delete(PDRemoteCopyRow, copy.id)
+        cat.delete(PDScheduleRow, row.id)
 
 
 def set_enabled(pd: ProtectionDomain, enabled: bool) -> None:
@@ -327,13 +360,46 @@ def _run_one(pd: ProtectionDomain, schedule_id: int, now: float) -> ScheduleRun 
 
 def prune_remote_copies(mgr: ProtectionManager, snap: PDSnapshot, site: str,
                         keep: int) -> tuple[str, ...]:
-    """Keep only the newest `keep` replica snapshots of each of `snap`'s vDisks at `site`;
-    return the `vdisk@snapshot` names deleted there. Raises NxError (site unreachable)."""
-    deleted = []
-    for vd_snap in snap.vdisk_snapshots():
-        for name in prune_remote_snapshots(mgr.cluster, site, vd_snap.vdisk_name, keep):
-            deleted.append(f"{vd_snap.vdisk_name}@{name}")
-    return tuple(deleted)
+    """`snap`, a PD snapshot of a schedule, has reached `site`: record it, and every other
+    PD snapshot of that schedule kept here that `site` holds (a NearSync seed, snapshots
+    composed there, those a migration carried over from there), as the schedule's copies
+    at `site`; then delete there those beyond the newest `keep` (module docstring).
+    Returns the `vdisk@snapshot` names deleted. Durable on return. Raises NxError (site
+    unreachable, InUse, VersionMismatch: an older build there); the copies then stay
+    recorded for the next run."""
+    cat = mgr.catalog
+    with mgr.lock:
+        rows = cat.rows(PDSnapshotRow, "schedule_id = ? AND complete = 1", (snap.schedule_id,))
+        members = {r.name: _member_vdisks(r) for r in rows}
+        existing = {vd.name for vd in mgr.cluster.vdisks()}
+    held = remote_snapshot_names(mgr.cluster, site, sorted(
+        {v for names in members.values() for v in names} & existing))
+    with mgr.lock, cat.transaction():
+        known = {r.name for r in cat.rows(PDRemoteCopyRow, "schedule_id = ? AND site = ?",
+                                          (snap.schedule_id, site))}
+        for r in rows:
+            there = r.name == snap.name or any(r.name in held.get(v, ()) for v in members[r.name])
+            if there and r.name not in known:
+                cat.insert(PDRemoteCopyRow(0, snap.schedule_id, site, r.name, r.created_at,
+                                           json.dumps(members[r.name])))
+        mine = sorted(cat.rows(PDRemoteCopyRow, "schedule_id = ? AND site = ?",
+                               (snap.schedule_id, site)), key=lambda r: (r.created_at, r.id))
+    doomed = mine[:-keep] if len(mine) > keep else []
+    if not doomed:
+        return ()
+    names: dict[str, list[str]] = {}
+    for copy in doomed:
+        for vdisk in json.loads(copy.vdisks):
+            names.setdefault(vdisk, []).append(copy.name)
+    deleted = delete_remote_snapshots(mgr.cluster, site, names)
+    with mgr.lock, cat.transaction():
+        for copy in doomed:
+            cat.delete(PDRemoteCopyRow, copy.id)
+    return tuple(f"{vdisk}@{name}" for vdisk, done in deleted.items() for name in done)
+
+
+def _member_vdisks(row: PDSnapshotRow) -> list[str]:
+    return [m["vdisk"] for e in json.loads(row.manifest) for m in e["members"]]
 
 
 def retain_local(pd: ProtectionDomain, row: PDScheduleRow, failing_sites: list[str]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InvalidArgument, NotFound
+from ..errors import InUse, InvalidArgument, NotFound
 from ..names import check_name
 from ..store.block_map import MapLayer
 from ..store.catalog import Catalog, ContainerRow, SnapshotRow, VDiskRow
@@ -263,13 +263,34 @@ def commit_layer(cluster: Engine, vd: VDisk, parent: int, layer: MapLayer, snaps
     return Snapshot(ctx, snap_row, vd.name)
 
 
+def _by_age(cluster: Engine, source_cluster: str, vdisk: str) -> list[Snapshot]:
+    return sorted(replica_snapshots(cluster, source_cluster, vdisk),
+                  key=lambda s: (s.created_at, s.id))
+
+
 def prune_replica(cluster: Engine, source_cluster: str, vdisk: str, keep: int) -> list[str]:
     """Delete the oldest replica snapshots beyond the newest `keep`; return their names."""
     if not isinstance(keep, int) or keep < 1:
         raise InvalidArgument(f"keep must be a positive int, not {keep!r}")
-    snaps = sorted(replica_snapshots(cluster, source_cluster, vdisk),
-                   key=lambda s: (s.created_at, s.id))
+    snaps = _by_age(cluster, source_cluster, vdisk)
     doomed = snaps[:-keep] if len(snaps) > keep else []
+    for snap in doomed:
+        snap.delete()
+    return [s.name for s in doomed]
+
+
+def delete_replica_snapshots(cluster: Engine, source_cluster: str, vdisk: str,
+                             names: tuple[str, ...] | list[str]) -> list[str]:
+    """Delete the replica snapshots of (source_cluster, vdisk) called `names` (names not
+    held are skipped: a retried request finds them gone); return the names deleted,
+    oldest first. Raises InUse, deleting nothing, if one is the newest replica snapshot:
+    the source's next transfer is incremental on it (source._common_base)."""
+    snaps = _by_age(cluster, source_cluster, vdisk)
+    wanted = set(names)
+    if snaps and snaps[-1].name in wanted:
+        raise InUse(f"replica snapshot {vdisk}@{snaps[-1].name} is the newest one held here, "
+                    "the base of the next incremental transfer: not deleted (nothing was)")
+    doomed = [s for s in snaps if s.name in wanted]
     for snap in doomed:
         snap.delete()
     return [s.name for s in doomed]

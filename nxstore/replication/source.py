@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
-from ..constants import WIRE_BLOCKS_BATCH_BYTES, WIRE_MAX_BATCH
+from ..constants import WIRE_BLOCKS_BATCH_BYTES, WIRE_MAX_BATCH, WIRE_PRUNE_BY_NAME_VERSION
 from ..errors import (
     AuthenticationError,
     ConnectionClosed,
     InvalidArgument,
     NxError,
     ProtocolError,
+    VersionMismatch,
 )
 from ..store.snapshot import Snapshot, block_delta
 from ..store.vdisk import check_int
@@ -48,7 +49,9 @@ from .messages import (
     Missing,
     Prune,
     Pruned,
+    PruneSnapshots,
     Ready,
+    SnapshotInfo,
     Snapshots,
 )
 from .sites import RemoteSite, get_site
@@ -176,9 +179,8 @@ async def send_snapshot(cluster: Engine, s: Session, snap: Snapshot, site: Remot
     wire0 = s.t.bytes_sent + s.t.bytes_received
     vd = cluster.vdisk(snap.vdisk_name)
     container = site.vstore_mapping.get(vd.container, vd.container)
-    held = await s.request(
-        lambda r: GetSnapshots(cluster.site_name, snap.vdisk_name, container, req_id=r), Snapshots)
-    remote = {(info.name, info.created_at) for info in held.snapshots}
+    held = await _held(cluster, s, snap.vdisk_name, container)
+    remote = {(info.name, info.created_at) for info in held}
     if (snap.name, snap.created_at) in remote:
         return ReplicationResult(0, 0, 0, s.t.bytes_sent + s.t.bytes_received - wire0,
                                  time.perf_counter() - started, snap.name)
@@ -207,6 +209,14 @@ async def send_snapshot(cluster: Engine, s: Session, snap: Snapshot, site: Remot
         progress("commit", 1, 1, wire())
     return ReplicationResult(int(indices.size), sent, deduped, wire(),
                              time.perf_counter() - started, base.name if base else None)
+
+
+async def _held(cluster: Engine, s: Session, vdisk: str, container: str
+                ) -> tuple[SnapshotInfo, ...]:
+    """The replica snapshots of `vdisk` the target holds, oldest first."""
+    reply = await s.request(
+        lambda r: GetSnapshots(cluster.site_name, vdisk, container, req_id=r), Snapshots)
+    return reply.snapshots
 
 
 def _common_base(local: list[Snapshot], snap: Snapshot,
@@ -307,6 +317,42 @@ async def prune_remote(cluster: Engine, site: RemoteSite, vdisk: str, keep: int)
     return list(reply.deleted)
 
 
+async def prune_named(cluster: Engine, site: RemoteSite,
+                      names: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """Ask `site` to delete, per vDisk, the replica snapshots named (one connection)."""
+    s = await open_session(cluster, site)
+    try:
+        if s.t.version < WIRE_PRUNE_BY_NAME_VERSION:
+            raise VersionMismatch(
+                f"site {site.name!r} speaks replication protocol version {s.t.version}; deleting "
+                f"replica snapshots by name needs version {WIRE_PRUNE_BY_NAME_VERSION}: upgrade "
+                "nxstore there (nothing was deleted)")
+        deleted = {}
+        for vdisk, doomed in names.items():
+            for lo in range(0, len(doomed), WIRE_MAX_BATCH):
+                reply = await s.request(lambda r, v=vdisk, part=doomed[lo:lo + WIRE_MAX_BATCH]:
+                                        PruneSnapshots(v, part, req_id=r), Pruned)
+                deleted.setdefault(vdisk, []).extend(reply.deleted)
+    finally:
+        await s.close()
+    return deleted
+
+
+async def held_names(cluster: Engine, site: RemoteSite, vdisks: Sequence[str]
+                     ) -> dict[str, list[str]]:
+    """The names of the replica snapshots `site` holds of each of `vdisks` (one connection)."""
+    s = await open_session(cluster, site)
+    try:
+        out = {}
+        for name in vdisks:
+            container = cluster.vdisk(name).container
+            held = await _held(cluster, s, name, site.vstore_mapping.get(container, container))
+            out[name] = [info.name for info in held]
+    finally:
+        await s.close()
+    return out
+
+
 def replicate_snapshots(engine: Engine, snapshot_or_group: Snapshot | Sequence[Snapshot],
                         site: str, progress: Progress | None = None,
                         bandwidth_limit: float | None = None) -> ReplicationResult:
@@ -337,6 +383,41 @@ def prune_remote_snapshots(engine: Engine, site: str, vdisk_name: str, keep: int
     deleted = run(prune_remote(engine, get_site(engine.ctx.catalog, site), vdisk_name, keep))
     assert isinstance(deleted, list)
     return deleted
+
+
+def delete_remote_snapshots(engine: Engine, site: str, names: dict[str, Sequence[str]]
+                            ) -> dict[str, list[str]]:
+    """Delete, at `site`, the replica snapshots of each vDisk named in `names` ({vDisk name:
+    snapshot names}; names the site does not hold are skipped, so a retry is harmless);
+    return {vDisk name: names deleted there}. Remote retention that counts only the
+    snapshots it chose (nxstore.protection.schedule). The site refuses to delete its
+    newest replica snapshot of a vDisk, the base of the next incremental transfer (InUse:
+    nothing of that vDisk or of those after it in `names` deleted). Raises InvalidArgument, NotFound (site), InUse,
+    VersionMismatch (the site runs a build older than protocol version 3), NxError."""
+    clean: dict[str, tuple[str, ...]] = {}
+    for vdisk, doomed in names.items():
+        if not isinstance(vdisk, str) or isinstance(doomed, str) or not all(
+                isinstance(n, str) for n in doomed):
+            raise InvalidArgument("names maps vDisk names to lists of snapshot names")
+        if doomed:
+            clean[vdisk] = tuple(doomed)
+    if not clean:
+        return {}
+    deleted = run(prune_named(engine, get_site(engine.ctx.catalog, site), clean))
+    assert isinstance(deleted, dict)
+    return deleted
+
+
+def remote_snapshot_names(engine: Engine, site: str, vdisks: Sequence[str]
+                          ) -> dict[str, list[str]]:
+    """{vDisk name: names of the replica snapshots `site` holds of it, oldest first} for
+    each of `vdisks` (local vDisks: NotFound otherwise; [] where the site holds no replica).
+    Raises NotFound (site, vDisk), NxError."""
+    if not vdisks:
+        return {}
+    held = run(held_names(engine, get_site(engine.ctx.catalog, site), list(vdisks)))
+    assert isinstance(held, dict)
+    return held
 
 
 def run(coro: object) -> object:

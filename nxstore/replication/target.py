@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..constants import WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH
+from ..constants import WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH, WIRE_PRUNE_BY_NAME_VERSION
 from ..errors import (
     ConnectionClosed,
     Corruption,
@@ -48,6 +48,7 @@ from .messages import (
     Pong,
     Prune,
     Pruned,
+    PruneSnapshots,
     Ready,
     SnapshotInfo,
     Snapshots,
@@ -60,7 +61,12 @@ from .protocols import (
     check_site,
     target_protocols,
 )
-from .replica import apply_snapshot, prune_replica, replica_snapshots
+from .replica import (
+    apply_snapshot,
+    delete_replica_snapshots,
+    prune_replica,
+    replica_snapshots,
+)
 from .transport import StreamTransport
 from .window import AckBatcher
 
@@ -235,7 +241,7 @@ class ReplicationTarget:
                         reply = await asyncio.to_thread(self._query, peer.cluster_id,
                                                         peer.site, msg)
                     else:
-                        reply = self._query(peer.cluster_id, peer.site, msg)
+                        reply = self._query(peer.cluster_id, peer.site, msg, t.version)
                     if reply is not None:
                         await t.send(reply)
                 except NxError as exc:
@@ -263,7 +269,7 @@ class ReplicationTarget:
             await _linger(t)
 
     # -- requests ------------------------------------------------------------------
-    def _query(self, source: str, site: str, msg: Message) -> Message:
+    def _query(self, source: str, site: str, msg: Message, version: int) -> Message:
         if isinstance(msg, GetSnapshots):
             check_site(site, msg.source_site)
             snaps = replica_snapshots(self.cluster, source, msg.vdisk)
@@ -275,6 +281,14 @@ class ReplicationTarget:
             return Missing(ids == 0, req_id=msg.req_id)
         if isinstance(msg, Prune):
             deleted = prune_replica(self.cluster, source, msg.vdisk, msg.keep)
+            return Pruned(tuple(deleted), req_id=msg.req_id)
+        if isinstance(msg, PruneSnapshots):
+            if version < WIRE_PRUNE_BY_NAME_VERSION:  # a version 2 peer never sends it
+                raise ProtocolError(f"PRUNE_SNAPSHOTS needs protocol version "
+                                    f"{WIRE_PRUNE_BY_NAME_VERSION}; {site} negotiated {version}")
+            deleted = delete_replica_snapshots(self.cluster, source, msg.vdisk, msg.names)
+            log.info("deleted replica snapshots of %s:%s asked for by name: %s", site, msg.vdisk,
+                     ", ".join(deleted) or "none held")
             return Pruned(tuple(deleted), req_id=msg.req_id)
         if isinstance(msg, Ping):
             return Pong(msg.sent_ns, req_id=msg.req_id)

@@ -3,6 +3,7 @@ and remote retention against a real `serve_cluster` target process."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -231,10 +232,10 @@ def test_failed_replication_prunes_nothing_remote_and_keeps_local_count(cl, cloc
 SECRET = "s3cret-for-tests"
 
 
-def _start_target(path: str) -> tuple[subprocess.Popen, int, list[str]]:
+def _start_target(path: str, port: int = 0) -> tuple[subprocess.Popen, int, list[str]]:
     code = ("import logging; logging.basicConfig(level=logging.INFO); "
             "from nxstore.cli.serve import serve_cluster; "
-            f"serve_cluster({path!r}, '127.0.0.1:0', {SECRET!r})")
+            f"serve_cluster({path!r}, '127.0.0.1:{port}', {SECRET!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     port = None
@@ -253,33 +254,60 @@ def _start_target(path: str) -> tuple[subprocess.Popen, int, list[str]]:
     return proc, port, lines
 
 
-def test_remote_retention_with_real_target(make_cluster, clock, tmp_path):
-    target_path = str(tmp_path / "canada")
-    make_cluster("canada", site_name="canada").close()
-    proc, port, lines = _start_target(target_path)
-    try:
-        c = make_cluster("france", site_name="france", clock=clock)
-        c.add_remote_site("canada", f"127.0.0.1:{port}", SECRET)
-        pd, vm = _pd(c)
-        sched = pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 3})
-        for hour in range(6):
-            for i, vd in enumerate(vm.vdisks):
-                write_block(vd, hour, 100 * i + hour + 1)
-            (run,) = c.run_schedules()
-            assert run.ok, run
-            assert run.replicated == ("canada",)
-            assert _count(pd, sched) == min(hour + 1, 2)
-            if hour >= 3:
-                assert len(run.pruned_remote["canada"]) == 2  # one per member vDisk
-            clock.advance(HOUR)
-        names = [s.name for s in pd.snapshots()]
-        newest = pd.snapshots()[-1]
-        assert newest.replicated_to() == ["canada"]
-    finally:
+class Target:
+    """The cluster "canada" at `path`, served by a real `serve_cluster` process while
+    started (again on the same port after a stop)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.port, self.proc, self.lines = path, 0, None, []
+
+    def start(self) -> None:
+        self.proc, self.port, self.lines = _start_target(self.path, self.port)
+
+    def stop(self) -> None:
+        """SIGTERM; the process must exit cleanly."""
+        proc, self.proc = self.proc, None
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    assert proc.returncode == 0, "".join(lines)
-    t = make_cluster.open(target_path)
+        assert proc.returncode == 0, "".join(self.lines)
+
+
+@pytest.fixture
+def canada(make_cluster, tmp_path):
+    target = Target(str(tmp_path / "canada"))
+    make_cluster("canada", site_name="canada").close()
+    target.start()
+    yield target
+    if target.proc is not None:  # the test failed before stopping it
+        target.proc.kill()
+        target.proc.wait(timeout=30)
+
+
+def _france(make_cluster, clock, canada: Target):
+    c = make_cluster("france", site_name="france", clock=clock)
+    c.add_remote_site("canada", f"127.0.0.1:{canada.port}", SECRET)
+    return c
+
+
+def test_remote_retention_with_real_target(make_cluster, clock, canada):
+    c = _france(make_cluster, clock, canada)
+    pd, vm = _pd(c)
+    sched = pd.add_schedule(every=timedelta(hours=1), keep_local=2, keep_remote={"canada": 3})
+    for hour in range(6):
+        for i, vd in enumerate(vm.vdisks):
+            write_block(vd, hour, 100 * i + hour + 1)
+        (run,) = c.run_schedules()
+        assert run.ok, run
+        assert run.replicated == ("canada",)
+        assert _count(pd, sched) == min(hour + 1, 2)
+        if hour >= 3:
+            assert len(run.pruned_remote["canada"]) == 2  # one per member vDisk
+        clock.advance(HOUR)
+    names = [s.name for s in pd.snapshots()]
+    newest = pd.snapshots()[-1]
+    assert newest.replicated_to() == ["canada"]
+    canada.stop()
+    t = make_cluster.open(canada.path)
     replicas = {r.source_vdisk: r for r in t.replicas()}
     assert set(replicas) == {"pd-v0", "pd-v1"}
     for i, name in enumerate(("pd-v0", "pd-v1")):
@@ -287,4 +315,116 @@ def test_remote_retention_with_real_target(make_cluster, clock, tmp_path):
         assert len(snaps) == 3
         assert [s.name for s in snaps][-2:] == names
         assert [read_block(snaps[-1], h) for h in range(6)] == [100 * i + h + 1 for h in range(6)]
-    assert os.path.isdir(target_path)
+    assert os.path.isdir(canada.path)
+
+
+def test_two_schedules_to_one_site_keep_their_own_remote_counts(make_cluster, clock, canada):
+    """Hourly keep_remote 2 and two-hourly keep_remote 3 to one site, both keeping fewer
+    here than there, ad-hoc snapshots there too, and an outage of the site midway: every
+    run prunes exactly the schedule's own copies beyond its count (none while the site
+    is down), and the site ends with 2 + 3 scheduled copies and the ad-hoc ones."""
+    c = _france(make_cluster, clock, canada)
+    pd, vm = _pd(c)
+    vdisks = [vd.name for vd in vm.vdisks]
+    hourly = pd.add_schedule(every=timedelta(hours=1), keep_local=1, keep_remote={"canada": 2})
+    two_hourly = pd.add_schedule(every=timedelta(hours=2), keep_local=2, keep_remote={"canada": 3})
+    keep = {hourly.id: 2, two_hourly.id: 3}
+    there: dict[int, list[str]] = {hourly.id: [], two_hourly.id: []}  # the model
+    adhoc = [pd.snapshot(replicate_to=["canada"], name="adhoc-0").name]
+    for hour in range(16):
+        down = 7 <= hour < 10
+        if hour == 7:
+            canada.stop()
+        if hour == 10:
+            canada.start()
+        if hour == 12:
+            adhoc.append(pd.snapshot(replicate_to=["canada"], name="adhoc-1").name)
+        for i, vd in enumerate(vm.vdisks):
+            write_block(vd, hour, 100 * i + hour + 1)
+        runs = c.run_schedules()
+        assert sorted(r.schedule_id for r in runs) == sorted(
+            [hourly.id] + ([two_hourly.id] if hour % 2 == 0 else []))
+        for run in runs:
+            assert run.snapshot
+            if down:
+                assert "canada" in run.replication_errors and run.pruned_remote == {}
+                continue
+            assert run.ok, run.summary()
+            n = keep[run.schedule_id]
+            mine = [*there[run.schedule_id], run.snapshot]
+            doomed, there[run.schedule_id] = mine[:-n], mine[-n:]
+            assert sorted(run.pruned_remote["canada"]) == sorted(
+                f"{vd}@{name}" for vd in vdisks for name in doomed)
+        clock.advance(HOUR)
+    assert [len(v) for v in there.values()] == [2, 3]
+    assert _count(pd, hourly) == 1 and _count(pd, two_hourly) == 2
+    canada.stop()
+    t = make_cluster.open(canada.path)
+    replicas = {r.source_vdisk: r for r in t.replicas()}
+    assert set(replicas) == set(vdisks)
+    expected = set(adhoc) | set(there[hourly.id]) | set(there[two_hourly.id])
+    for i, name in enumerate(vdisks):
+        snaps = replicas[name].snapshots
+        assert {s.name for s in snaps} == expected and len(snaps) == 7
+        assert [read_block(snaps[-1], h) for h in range(16)] == [100 * i + h + 1 for h in range(16)]
+
+
+def test_removed_schedule_forgets_its_remote_copies(make_cluster, clock, canada):
+    """A removed schedule's copies stay at the site, counted by no one; the remaining
+    schedule's retention never touches them."""
+    c = _france(make_cluster, clock, canada)
+    pd, _ = _pd(c, n=1)
+    old = pd.add_schedule(every=timedelta(hours=1), keep_local=1, keep_remote={"canada": 1})
+    kept = []
+    for _ in range(2):
+        (run,) = c.run_schedules()
+        assert run.ok
+        kept.append(run.snapshot)
+        clock.advance(HOUR)
+    pd.remove_schedule(old)
+    new = pd.add_schedule(every=timedelta(hours=1), keep_local=1, keep_remote={"canada": 1})
+    news = []
+    for _ in range(3):
+        (run,) = c.run_schedules()
+        assert run.ok and run.schedule_id == new.id
+        assert run.pruned_remote == {"canada": tuple(f"pd-v0@{n}" for n in news[-1:])}
+        news.append(run.snapshot)
+        clock.advance(HOUR)
+    canada.stop()
+    (replica,) = make_cluster.open(canada.path).replicas()
+    assert [s.name for s in replica.snapshots] == [kept[1], news[-1]]
+
+
+def test_remote_retention_against_an_older_build_fails_clearly_then_catches_up(
+        make_cluster, clock, canada, monkeypatch):
+    """While the site speaks only protocol version 2 (an older build: no prune by name),
+    snapshots still replicate and the run says why retention failed there; the copies
+    stay recorded, and the first run that can prune deletes all of them beyond the count."""
+    from nxstore.replication import auth
+    from nxstore.replication.transport import tcp
+
+    c = _france(make_cluster, clock, canada)
+    pd, _ = _pd(c, n=1)
+    pd.add_schedule(every=timedelta(hours=1), keep_local=1, keep_remote={"canada": 1})
+    names = []
+    with monkeypatch.context() as m:
+        m.setattr(tcp, "client_handshake",
+                  functools.partial(auth.client_handshake, versions=(2, 2)))
+        for hour in range(3):
+            (run,) = c.run_schedules()
+            names.append(run.snapshot)
+            assert run.replicated == ("canada",)
+            assert run.pruned_remote == ({} if hour else {"canada": ()})
+            if hour:
+                assert re.fullmatch(
+                    r"replicated, but remote retention failed: site 'canada' speaks "
+                    r"replication protocol version 2; deleting replica snapshots by name "
+                    r"needs version 3: upgrade nxstore there \(nothing was deleted\)",
+                    run.replication_errors["canada"])
+            clock.advance(HOUR)
+    (run,) = c.run_schedules()
+    assert run.ok
+    assert sorted(run.pruned_remote["canada"]) == [f"pd-v0@{n}" for n in names]
+    canada.stop()
+    (replica,) = make_cluster.open(canada.path).replicas()
+    assert [s.name for s in replica.snapshots] == [run.snapshot]

@@ -9,6 +9,7 @@ whole images with the source snapshot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import threading
@@ -22,12 +23,23 @@ from sites_helper import Daemon
 from tcp_proxy import FaultProxy, Faults, Rewrite
 
 import nxstore
-from nxstore.constants import WIRE_FRAME_HEADER_BYTES, WIRE_MAX_BATCH
-from nxstore.errors import AuthenticationError, NxError, ProtocolError, ReadOnly
+from nxstore.constants import WIRE_FRAME_HEADER_BYTES, WIRE_MAX_BATCH, WIRE_MIN_PROTOCOL_VERSION
+from nxstore.errors import (
+    AuthenticationError,
+    InUse,
+    InvalidArgument,
+    NxError,
+    ProtocolError,
+    ReadOnly,
+    VersionMismatch,
+)
+from nxstore.replication import auth
 from nxstore.replication.auth import SiteIdentity
-from nxstore.replication.messages import MessageType
+from nxstore.replication.messages import MessageType, Pruned, PruneSnapshots
+from nxstore.replication.sites import get_site
+from nxstore.replication.source import delete_remote_snapshots, open_session
 from nxstore.replication.target import ReplicationTarget
-from nxstore.replication.transport import serve
+from nxstore.replication.transport import serve, tcp
 
 MiB = 1 << 20
 BS = 4096
@@ -596,6 +608,71 @@ def test_prune_remote_keeps_exactly_n(tmp_path, site):
     tokyo.stop()
     assert replica_images(tokyo.path, "paris", "db") == {"s5": expected}
     assert_clean(tokyo.path)
+
+
+def _replicated_db(c, tokyo, n: int):
+    """vDisk "db" of `c` with snapshots s0..s<n-1>, each replicated to site "tokyo"."""
+    c.add_remote_site("tokyo", tokyo.address, SECRET)
+    vd = c.create_vdisk("db", 2 * MiB)
+    for i in range(n):
+        vd.write(i * BS, os.urandom(BS))
+        c.replicate(vd.snapshot(f"s{i}"), "tokyo")
+    return vd
+
+
+def test_delete_remote_snapshots_by_name(tmp_path, site):
+    tokyo = site.start(site.make("tokyo"))
+    with source(tmp_path) as c:
+        vd = _replicated_db(c, tokyo, 5)
+        # Exactly the names asked for; names not held are skipped, so a retry is harmless.
+        assert delete_remote_snapshots(c, "tokyo", {"db": ["s3", "s1", "gone"]}) == {
+            "db": ["s1", "s3"]}
+        assert delete_remote_snapshots(c, "tokyo", {"db": ["s1", "s3"]}) == {"db": []}
+        assert delete_remote_snapshots(c, "tokyo", {"db": []}) == {}
+        # The newest replica snapshot is the next incremental's base: refused, nothing deleted.
+        with pytest.raises(InUse, match="db@s4 is the newest"):
+            delete_remote_snapshots(c, "tokyo", {"db": ["s0", "s4"]})
+        with pytest.raises(InvalidArgument):
+            delete_remote_snapshots(c, "tokyo", {"db": "s0"})
+        vd.write(10 * BS, os.urandom(BS))
+        assert c.replicate(vd.snapshot("s5"), "tokyo").base_snapshot == "s4"
+        expected = image(vd.snapshots()[-1])
+    tokyo.stop()
+    assert set(replica_images(tokyo.path, "paris", "db")) == {"s0", "s2", "s4", "s5"}
+    assert replica_images(tokyo.path, "paris", "db")["s5"] == expected
+    assert_clean(tokyo.path)
+
+
+def test_version_2_peers_and_prune_by_name(tmp_path, site, monkeypatch):
+    """A connection that negotiated version 2 (the other side is an older build) keeps
+    replicating and pruning by count; pruning by name needs version 3 and says so on
+    both sides, deleting nothing."""
+    tokyo = site.start(site.make("tokyo"))
+    monkeypatch.setattr(tcp, "client_handshake", functools.partial(
+        auth.client_handshake, versions=(WIRE_MIN_PROTOCOL_VERSION, 2)))
+    with source(tmp_path) as c:
+        _replicated_db(c, tokyo, 3)
+        # This build as the source, an older one as the target:
+        with pytest.raises(VersionMismatch, match="speaks replication protocol version 2; "
+                                                  "deleting replica snapshots by name needs "
+                                                  "version 3: upgrade nxstore there"):
+            delete_remote_snapshots(c, "tokyo", {"db": ["s0"]})
+
+        # A version 2 connection that sends PRUNE_SNAPSHOTS anyway: the target refuses it.
+        async def send_anyway():
+            s = await open_session(c, get_site(c.ctx.catalog, "tokyo"))
+            try:
+                assert s.t.version == 2
+                await s.request(lambda r: PruneSnapshots("db", ("s0",), req_id=r), Pruned)
+            finally:
+                await s.close()
+
+        with pytest.raises(ProtocolError, match="PRUNE_SNAPSHOTS needs protocol version 3; "
+                                                "paris negotiated 2"):
+            asyncio.run(send_anyway())
+        assert c.prune_remote("tokyo", "db", 2) == ["s0"]
+    tokyo.stop()
+    assert set(replica_images(tokyo.path, "paris", "db")) == {"s1", "s2"}
 
 
 # -- (h) bandwidth limit -------------------------------------------------------------------------

@@ -47,6 +47,9 @@ from nxstore.replication.messages import (
     Missing,
     Ping,
     Pong,
+    Prune,
+    Pruned,
+    PruneSnapshots,
     Ready,
     SnapshotInfo,
     Snapshots,
@@ -70,7 +73,7 @@ def test_header_layout_is_as_documented():
     assert len(buf) == WIRE_FRAME_HEADER_BYTES + 8
     magic, ver, typ, flags, length, raw, rid, ck, tag = struct.unpack_from(
         "<4sBBHIIQQ16s", buf)
-    assert (magic, ver, typ, flags, length, raw, rid) == (b"NXRP", 2, 6, 0, 8, 8, 7)
+    assert (magic, ver, typ, flags, length, raw, rid) == (b"NXRP", 3, 6, 0, 8, 8, 7)
     assert ck == xxhash.xxh3_64_intdigest(buf[:24], seed=xxhash.xxh3_64_intdigest(buf[H:]))
     assert tag == bytes(16)  # unkeyed (handshake) frame
 
@@ -226,7 +229,7 @@ def test_handshake_limits_before_keys():
 
 def test_version_1_frame_is_refused():
     v1 = struct.pack("<4sBBHIIQ", b"NXRP", 1, 1, 0, 70, 70, 0) + bytes(8) + os.urandom(70)
-    with pytest.raises(VersionMismatch, match="2..2"):
+    with pytest.raises(VersionMismatch, match="2..3"):
         frames.decode_frame(v1)
 
 
@@ -398,6 +401,9 @@ any_message = st.one_of(
     st.builds(Commit, tid, u64, req_id=u64),
     st.builds(Committed, tid, names, req_id=u64),
     st.builds(Abort, tid, st.text(max_size=50)),
+    st.builds(Prune, names, u32, req_id=u64),
+    st.builds(PruneSnapshots, names, st.lists(names, max_size=5).map(tuple), req_id=u64),
+    st.builds(Pruned, st.lists(names, max_size=5).map(tuple), req_id=u64),
 )
 
 
@@ -411,6 +417,15 @@ def test_message_round_trip(msg):
 
 def test_every_message_type_is_covered_and_unique():
     assert sorted(messages.MESSAGE_CLASSES) == [int(t) for t in messages.MessageType]
+
+
+def test_prune_snapshots_layout():
+    msg = PruneSnapshots("v", ("a", "bc"), req_id=3)
+    frame = wire(messages.encode(msg))
+    assert frame[4:6] == bytes([WIRE_PROTOCOL_VERSION, 47])
+    assert frame[H:] == b"\x01\x00v" + struct.pack("<I", 2) + b"\x01\x00a\x02\x00bc"
+    with pytest.raises(ProtocolError, match="PRUNE_SNAPSHOTS"):  # one name short
+        messages.decode(frames.decode_frame(wire(frames.encode_frame(47, [frame[H:-4]]))))
 
 
 def test_missing_bitmap_is_lsb_first():

@@ -91,11 +91,13 @@ class MessageType(enum.IntEnum):
     # metro_control.py: requests between the two sites of a Metro pair
     METRO_REQUEST = 45
     METRO_REPLY = 46
+    # replication.py, protocol version 3: remote retention by snapshot name
+    PRUNE_SNAPSHOTS = 47
 
     # leap_control.py: requests between availability zones (policies, plans, failover)
-    LEAP_REQUEST = 47
-    LEAP_REPLY = 48
-    # later areas append from 49 on
+    LEAP_REQUEST = 48
+    LEAP_REPLY = 49
+    # later areas append from 50 on
 
 
 class ErrorCode(enum.IntEnum):

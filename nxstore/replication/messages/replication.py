@@ -394,8 +394,35 @@ class Prune(Message):
 
 @register
 @dataclass(frozen=True, slots=True, eq=False)
+class PruneSnapshots(Message):
+    """Source -> target (protocol version 3 on): delete these replica snapshots of
+    `vdisk`, by name; names the target does not hold are skipped. The target refuses (and
+    deletes nothing) if one is its newest replica snapshot of `vdisk`, the base of the
+    next incremental transfer. Reply: PRUNED (or ERROR)."""
+
+    TYPE = MessageType.PRUNE_SNAPSHOTS
+    vdisk: str
+    names: tuple[str, ...] = ()
+
+    def encode_payload(self) -> list[Buffer]:
+        check_batch(len(self.names), "PRUNE_SNAPSHOTS")
+        o = PayloadWriter()
+        o.string(self.vdisk)
+        o.pack(U32, len(self.names))
+        for name in self.names:
+            o.string(name)
+        return o.done()
+
+    @classmethod
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> PruneSnapshots:
+        vdisk = p.string()
+        return cls(vdisk, tuple(p.string() for _ in range(p.count())), req_id=req_id)
+
+
+@register
+@dataclass(frozen=True, slots=True, eq=False)
 class Pruned(Message):
-    """Target -> source: the names of the replica snapshots deleted."""
+    """Target -> source, reply to PRUNE or PRUNE_SNAPSHOTS: the replica snapshots deleted."""
 
     TYPE = MessageType.PRUNED
     deleted: tuple[str, ...] = ()
