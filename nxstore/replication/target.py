@@ -239,7 +239,7 @@ class ReplicationTarget:
                         transfer, reply = None, None
                     elif self._protocols.blocking(type(msg)):
                         reply = await asyncio.to_thread(self._query, peer.cluster_id,
-                                                        peer.site, msg)
+                                                        peer.site, msg, t.version)
                     else:
                         reply = self._query(peer.cluster_id, peer.site, msg, t.version)
                     if reply is not None:
