@@ -24,14 +24,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ..errors import InUse, InvalidArgument, NotFound, NxError
+from ..protection import remote
 from ..protection.domain import (
     ACTIVE,
     ProtectionDomain,
     create_protection_domain,
     get_protection_domain,
 )
+from ..protection.failover.sync import sync_peer
 from ..protection.manager import ProtectionManager
 from ..protection.vm import VM, list_vms
+from ..replication.sites import list_sites
 from .policies import ProtectionPolicy, list_policies
 from .rows import MemberRow
 
@@ -190,12 +193,12 @@ def _follow_schedules(pd: ProtectionDomain, policy: ProtectionPolicy) -> None:
     have = {(x.every, x.keep_local, tuple(sorted(x.keep_remote.items())), x.app_consistent): x
             for x in pd.schedules()}
     keep = set()
-    for every, local, remote, app in wanted:
-        key = (every, local, tuple(sorted(remote.items())), app)
+    for every, local, at_zones, app in wanted:
+        key = (every, local, tuple(sorted(at_zones.items())), app)
         if key in have:
             keep.add(have[key].id)
         else:
-            keep.add(pd.add_schedule(every, local, remote, app_consistent=app).id)
+            keep.add(pd.add_schedule(every, local, at_zones, app_consistent=app).id)
     for x in pd.schedules():
         if x.id not in keep:
             pd.remove_schedule(x.id)
@@ -221,6 +224,15 @@ def _release(pd: ProtectionDomain) -> list[str]:
     entities = pd.entities()
     if entities:
         pd.remove_entities(entities)
+    # Tell every site that knows the PD (best effort: one that cannot be reached learns at
+    # the PD's next sync): a PD without schedules is not recovered by category.
+    mgr = pd._mgr
+    for site in sorted(s.name for s in list_sites(mgr.catalog)):
+        try:
+            if remote.status(mgr.cluster, site, pd.name).get("exists"):
+                sync_peer(mgr, pd.name, site)
+        except NxError as exc:
+            log.warning("PD %s released, but site %s not told yet: %s", pd.name, site, exc)
     return [e.name if isinstance(e, VM) else f"container {e.name}" for e in entities]
 
 

@@ -102,6 +102,7 @@ class VMEntry:
     name: str
     pd: str | None         # the protection domain holding it here (None: not protected)
     here: bool             # registered at this site (its PD is active here)
+    scheduled: bool        # its PD has schedules or Metro (still protected by its owner)
     categories: dict[str, str]
     nics: list[dict[str, str]]
     points: tuple[tuple[str, float], ...]  # (PD snapshot, created_at) usable here
@@ -114,7 +115,8 @@ def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
     for pd in list_protection_domains(mgr):
         if pd.state == ACTIVE:
             for vm in pd.vms():
-                found[vm.name] = VMEntry(vm.name, pd.name, True, vm.categories, vm.nics, ())
+                found[vm.name] = VMEntry(vm.name, pd.name, True, True, vm.categories, vm.nics,
+                                         ())
             continue
         if pd.state != INACTIVE:
             continue
@@ -124,14 +126,15 @@ def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
         if not rows:
             continue
         newest = max(rows, key=lambda r: (r.created_at, r.id))
+        scheduled = bool(pd.schedules()) or _metro_standby(pd)
         for e in json.loads(newest.manifest):
             if e["kind"] == "vm":
-                found[e["name"]] = VMEntry(e["name"], pd.name, False, e.get("categories", {}),
-                                           e.get("nics", []), points)
+                found[e["name"]] = VMEntry(e["name"], pd.name, False, scheduled,
+                                           e.get("categories", {}), e.get("nics", []), points)
     for vm_name in (v.name for v in _vms(mgr)):
         if vm_name not in found:
             vm = get_vm(mgr, vm_name)
-            found[vm_name] = VMEntry(vm_name, None, True, vm.categories, vm.nics, ())
+            found[vm_name] = VMEntry(vm_name, None, True, False, vm.categories, vm.nics, ())
     return found
 
 
@@ -150,9 +153,13 @@ def stage_vms(plan: PlanSpec, known: dict[str, VMEntry]) -> tuple[list[list[str]
         names = list(stage.vms)
         placed.update(names)
         for key, value in stage.categories:
-            matching = sorted(n for n, e in known.items()
-                              if e.categories.get(key) == value and n not in placed)
-            if not matching and not any(e.categories.get(key) == value for e in known.values()):
+            # Only protected VMs (replicated here by a PD that still has schedules, or
+            # brought here by an earlier failover) are recovered by category: not a VM of
+            # this zone in no PD, nor one whose policy released it.
+            tagged = {n for n, e in known.items()
+                      if e.pd and e.scheduled and e.categories.get(key) == value}
+            matching = sorted(tagged - placed)
+            if not tagged:
                 problems.append(f"stage {number}: category {key}:{value} matches no VM "
                                 f"protected to zone {plan.recovery!r}")
             names += matching
