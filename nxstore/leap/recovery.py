@@ -53,6 +53,7 @@ from ..protection.rows import PDSnapshotRow
 from ..protection.vm import VM, delete_vm, get_vm
 from . import definitions, membership, remote
 from .plans import PlanSpec, get_plan_spec, store_plan
+from .policies import ProtectionPolicy
 from .policies import from_definition as policy_from_definition
 from .rows import PlanRunRow, TestItemRow
 from .zones import zone_up
@@ -102,7 +103,7 @@ class VMEntry:
     name: str
     pd: str | None         # the protection domain holding it here (None: not protected)
     here: bool             # registered at this site (its PD is active here)
-    scheduled: bool        # its PD has schedules or Metro (still protected by its owner)
+    released: bool         # its PD is a policy's that released it (no schedules, no Metro)
     categories: dict[str, str]
     nics: list[dict[str, str]]
     points: tuple[tuple[str, float], ...]  # (PD snapshot, created_at) usable here
@@ -115,8 +116,8 @@ def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
     for pd in list_protection_domains(mgr):
         if pd.state == ACTIVE:
             for vm in pd.vms():
-                found[vm.name] = VMEntry(vm.name, pd.name, True, True, vm.categories, vm.nics,
-                                         ())
+                found[vm.name] = VMEntry(vm.name, pd.name, True, False, vm.categories,
+                                         vm.nics, ())
             continue
         if pd.state != INACTIVE:
             continue
@@ -126,15 +127,16 @@ def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
         if not rows:
             continue
         newest = max(rows, key=lambda r: (r.created_at, r.id))
-        scheduled = bool(pd.schedules()) or _metro_standby(pd)
+        released = (pd.name.startswith(membership.VM_PD_PREFIX) and not pd.schedules()
+                    and not _metro_standby(pd))
         for e in json.loads(newest.manifest):
             if e["kind"] == "vm":
-                found[e["name"]] = VMEntry(e["name"], pd.name, False, scheduled,
+                found[e["name"]] = VMEntry(e["name"], pd.name, False, released,
                                            e.get("categories", {}), e.get("nics", []), points)
     for vm_name in (v.name for v in _vms(mgr)):
         if vm_name not in found:
             vm = get_vm(mgr, vm_name)
-            found[vm_name] = VMEntry(vm_name, None, True, False, vm.categories, vm.nics, ())
+            found[vm_name] = VMEntry(vm_name, None, True, True, vm.categories, vm.nics, ())
     return found
 
 
@@ -153,11 +155,11 @@ def stage_vms(plan: PlanSpec, known: dict[str, VMEntry]) -> tuple[list[list[str]
         names = list(stage.vms)
         placed.update(names)
         for key, value in stage.categories:
-            # Only protected VMs (replicated here by a PD that still has schedules, or
-            # brought here by an earlier failover) are recovered by category: not a VM of
-            # this zone in no PD, nor one whose policy released it.
+            # Only protected VMs (replicated here, or brought here by an earlier failover)
+            # are recovered by category: not a VM of this zone in no PD, nor one whose
+            # policy released it (its manifest still has the category).
             tagged = {n for n, e in known.items()
-                      if e.pd and e.scheduled and e.categories.get(key) == value}
+                      if e.pd and not e.released and e.categories.get(key) == value}
             matching = sorted(tagged - placed)
             if not tagged:
                 problems.append(f"stage {number}: category {key}:{value} matches no VM "
@@ -348,15 +350,30 @@ def _plan_pds(mgr: ProtectionManager, stages: list[list[str]]) -> list[str]:
     return list(dict.fromkeys(p for p in pds if p))
 
 
-def _adopt_membership(mgr: ProtectionManager, pds: list[str]) -> None:
-    """PDs a failover brought here stay managed by the policy that protects their VMs."""
+def _plan_policies(mgr: ProtectionManager, plan: PlanSpec, known: dict[str, VMEntry],
+                   stages: list[list[str]]) -> list[ProtectionPolicy]:
+    """The policies protecting the plan's VMs: from its primary to its recovery zone, and
+    naming a category of its stages or matching one of its VMs."""
+    named = {c for stage in plan.stages for c in stage.categories}
+    vms = [known[n].categories for s in stages for n in s if n in known]
+    return [p for p in (policy_from_definition(d)
+                        for d in definitions.list_definitions(mgr, "policy"))
+            if p.primary == plan.primary and plan.recovery in p.recovery
+            and (named & set(p.categories) or any(p.matches(c) for c in vms))]
+
+
+def _adopt_membership(mgr: ProtectionManager, plan: PlanSpec, stages: list[list[str]],
+                      pds: list[str]) -> None:
+    """PDs a failover brought here stay managed by the plan's policy that protects their
+    VMs (or its first one): the Leap tick then keeps or releases them."""
     known = inventory(mgr)
-    policies = [policy_from_definition(d) for d in definitions.list_definitions(mgr, "policy")]
+    policies = _plan_policies(mgr, plan, known, stages)
+    if not policies:
+        return
     for entry in known.values():
         if entry.pd in pds and entry.here:
-            policy = next((p for p in policies if p.matches(entry.categories)), None)
-            if policy is not None:
-                membership.manage(mgr, policy.name, entry.pd)
+            policy = next((p for p in policies if p.matches(entry.categories)), policies[0])
+            membership.manage(mgr, policy.name, entry.pd)
 
 
 def _metro_standby(pd: ProtectionDomain) -> bool:
@@ -395,7 +412,7 @@ def planned_failover(mgr: ProtectionManager, name: str,
                 return "; ".join(f"snapshot {r['snapshot']}, epoch {r['epoch']}"
                                  for r in out["results"]) or "skipped: moved already"
             run.step(f"migrate {pd} from {plan.primary}", move)
-        _adopt_membership(mgr, pds)
+        _adopt_membership(mgr, plan, stages, pds)
         _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
 
     return _action(mgr, name, "planned_failover", body)
@@ -422,7 +439,7 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
                 res = activate(mgr, pd, False, _point_for(mgr, pd, point), power_on=False)
                 return f"from {res.lws or res.snapshot} (epoch {res.epoch})"
             run.step(f"activate {pd}", up)
-        _adopt_membership(mgr, pds)
+        _adopt_membership(mgr, plan, stages, pds)
         _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
 
     return _action(mgr, name, "unplanned_failover", body)
@@ -501,13 +518,9 @@ def reverse(mgr: ProtectionManager, name: str) -> PlanReport:
         raise InvalidArgument(f"VM {away[0]!r} of plan {name!r} is not at zone "
                               f"{plan.recovery!r}: fail over before reversing")
     run = _Run(mgr, plan, "reverse")
-    categories = [known[n].categories for s in stages for n in s]
     try:
-        for d in definitions.list_definitions(mgr, "policy"):
-            policy = policy_from_definition(d)
-            if (policy.primary != plan.primary or plan.recovery not in policy.recovery
-                    or not any(policy.matches(c) for c in categories)):
-                continue
+        for policy in _plan_policies(mgr, plan, known, stages):
+            d = definitions.get_definition(mgr, "policy", policy.name)
 
             def swap(d: definitions.Definition = d) -> str:
                 spec = dict(d.spec)
