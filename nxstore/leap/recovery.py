@@ -274,10 +274,12 @@ def _action(mgr: ProtectionManager, name: str, action: str,
 
 def _validate_step(run: _Run, plan: PlanSpec, *, test: bool, need_primary: bool
                    ) -> list[list[str]]:
-    blocking, other, stages = _problems(run.mgr, plan, test=test, need_primary=need_primary)
-    run.report.problems = blocking + other
+    stages: list[list[str]] = []
 
     def check() -> str:
+        blocking, other, found = _problems(run.mgr, plan, test=test, need_primary=need_primary)
+        run.report.problems = blocking + other
+        stages.extend(found)
         if blocking:
             raise _StepFailed("; ".join(blocking))
         return "; ".join(other)
@@ -425,6 +427,10 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
     recovery points (or the newest at or before cluster-clock time `point`)."""
     def body(run: _Run, plan: PlanSpec) -> None:
         stages = _validate_step(run, plan, test=False, need_primary=False)
+        # validate just asked the primary: if it did not answer, each PD's activation takes
+        # it as gone instead of waiting for it again (a connect timeout per PD).
+        gone = [plan.primary] if any(p.startswith(f"zone {plan.primary!r} is down")
+                                     for p in run.report.problems) else []
         pds = _plan_pds(mgr, stages)
         for pd in pds:
             def up(pd: str = pd) -> str:
@@ -436,7 +442,8 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
                     # decides (Metro refuses if the old active still holds the epoch).
                     state = domain.metro_promote(power_on=False)
                     return f"Metro promote (epoch {state.epoch}): no acknowledged write lost"
-                res = activate(mgr, pd, False, _point_for(mgr, pd, point), power_on=False)
+                res = activate(mgr, pd, False, _point_for(mgr, pd, point), power_on=False,
+                               gone=gone)
                 return f"from {res.lws or res.snapshot} (epoch {res.epoch})"
             run.step(f"activate {pd}", up)
         _adopt_membership(mgr, plan, stages, pds)

@@ -4,6 +4,7 @@ how the old owner learns it: the package docstring, nxstore.protection.failover)
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ class ActivateResult:
 
 def activate(mgr: ProtectionManager, name: str, force: bool = False,
              point: RestorePoint | str | int | None = None,
-             power_on: bool = True) -> ActivateResult:
+             power_on: bool = True, gone: Collection[str] = ()) -> ActivateResult:
     """Unplanned failover at this (surviving) site; see the package docstring.
 
     First every remote site is asked, the owner first: if one answers that it owns the
@@ -46,7 +47,9 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
     A site that cannot be reached is taken as gone. `point`: the restore point to come
     up at (a RestorePoint, its name, an LWS seq; None: the newest, see the package
     docstring). `power_on`: the VMs that were on come up on (False: all stay off, for a
-    recovery plan to start them by stage). Raises NotFound (no PD metadata, no such
+    recovery plan to start them by stage). `gone`: sites the caller just found unreachable
+    (taken as gone without asking again: a blackholed site costs a connect timeout per
+    ask). Raises NotFound (no PD metadata, no such
     point, no complete PD snapshot here), InvalidArgument (an ambiguous point), InUse
     (active here; an owner answers), AuthenticationError (a site answers but refuses the
     secret)."""
@@ -59,7 +62,7 @@ def activate(mgr: ProtectionManager, name: str, force: bool = False,
                         "(activate is for a PD owned by a site that is gone)")
         prev = mine.owner_site
         if not force:
-            _check_no_owner_answers(mgr, name, mine)
+            _check_no_owner_answers(mgr, name, mine, gone)
         from ..ownership import adopt
 
         mode = next(iter(mgr.modes), None)  # the one mode with restore points: NearSync
@@ -101,10 +104,12 @@ def _choose_snapshot(mgr: ProtectionManager, pd_name: str,
     return find_point(points, point, pd_name)
 
 
-def _check_no_owner_answers(mgr: ProtectionManager, name: str, mine: Ownership) -> None:
+def _check_no_owner_answers(mgr: ProtectionManager, name: str, mine: Ownership,
+                            gone: Collection[str] = ()) -> None:
     """InUse if a remote site answers that it owns the PD (the owner still alive, or a
-    peer that activated it already) or knows a newer owner than this site does."""
-    others = [s.name for s in list_sites(mgr.catalog)]
+    peer that activated it already) or knows a newer owner than this site does. Sites in
+    `gone` are not asked."""
+    others = [s.name for s in list_sites(mgr.catalog) if s.name not in gone]
     fence = "or activate with force=True to fence that site off"
     for site in sorted(others, key=lambda s: s != mine.owner_site):  # the owner first
         try:
