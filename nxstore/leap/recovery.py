@@ -31,6 +31,7 @@ stage category, by name; each is found through the protection domain that holds 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidArgument, NotFound, NxError
+from ..nearsync.compose import restore, restore_points
 from ..protection.domain import (
     ACTIVE,
     INACTIVE,
@@ -49,8 +51,9 @@ from ..protection.domain import (
 )
 from ..protection.failover import activate
 from ..protection.manager import ProtectionManager
+from ..protection.modes import RestorePoint
 from ..protection.rows import PDSnapshotRow
-from ..protection.vm import VM, delete_vm, get_vm
+from ..protection.vm import VM, create_vm, delete_vm, get_vm
 from . import definitions, membership, remote
 from .plans import PlanSpec, get_plan_spec, store_plan
 from .policies import ProtectionPolicy
@@ -106,7 +109,8 @@ class VMEntry:
     released: bool         # its PD is a policy's that released it (no schedules, no Metro)
     categories: dict[str, str]
     nics: list[dict[str, str]]
-    points: tuple[tuple[str, float], ...]  # (PD snapshot, created_at) usable here
+    owner: str             # the site its PD is owned by, as known here
+    points: tuple[RestorePoint, ...]  # usable here, oldest first: PD snapshots and LWSs
 
 
 def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
@@ -117,12 +121,11 @@ def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
         if pd.state == ACTIVE:
             for vm in pd.vms():
                 found[vm.name] = VMEntry(vm.name, pd.name, True, False, vm.categories,
-                                         vm.nics, ())
+                                         vm.nics, mgr.cluster.site_name, ())
             continue
         if pd.state != INACTIVE:
             continue
-        snaps = pd.snapshots()
-        points = tuple((s.name, s.created_at) for s in snaps)
+        points = recovery_points(mgr, pd)
         rows = mgr.catalog.rows(PDSnapshotRow, "pd_id = ? AND complete = 1", (pd.id,))
         if not rows:
             continue
@@ -132,12 +135,23 @@ def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
         for e in json.loads(newest.manifest):
             if e["kind"] == "vm":
                 found[e["name"]] = VMEntry(e["name"], pd.name, False, released,
-                                           e.get("categories", {}), e.get("nics", []), points)
+                                           e.get("categories", {}), e.get("nics", []),
+                                           pd.owner_site, points)
     for vm_name in (v.name for v in _vms(mgr)):
         if vm_name not in found:
             vm = get_vm(mgr, vm_name)
-            found[vm_name] = VMEntry(vm_name, None, True, True, vm.categories, vm.nics, ())
+            found[vm_name] = VMEntry(vm_name, None, True, True, vm.categories, vm.nics,
+                                     mgr.cluster.site_name, ())
     return found
+
+
+def recovery_points(mgr: ProtectionManager, pd: ProtectionDomain) -> tuple[RestorePoint, ...]:
+    """The points `pd` (owned elsewhere) can come up at here, oldest first: its complete PD
+    snapshots, and the LWSs NearSync shipped here."""
+    points = [RestorePoint("snapshot", s.name, s.created_at, 0, ()) for s in pd.snapshots()]
+    with contextlib.suppress(NotFound):  # NotFound: no NearSync episodes of it here
+        points += [p for p in restore_points(mgr.cluster, pd.name) if p.kind == "lws"]
+    return tuple(sorted(points, key=lambda p: (p.created_at, p.seq)))
 
 
 def _vms(mgr: ProtectionManager) -> list[VM]:
@@ -146,8 +160,21 @@ def _vms(mgr: ProtectionManager) -> list[VM]:
     return list_vms(mgr)
 
 
-def stage_vms(plan: PlanSpec, known: dict[str, VMEntry]) -> tuple[list[list[str]], list[str]]:
-    """The VMs of each stage in boot order, and the problems met resolving them."""
+def _ours(mgr: ProtectionManager, plan: PlanSpec) -> set[str]:
+    """The PDs active here that a failover of `plan` brought (managed here by a policy
+    from the plan's primary to its recovery zone)."""
+    names = {p.name for p in (policy_from_definition(d)
+                              for d in definitions.list_definitions(mgr, "policy"))
+             if p.primary == plan.primary and plan.recovery in p.recovery}
+    return {pd for pd, policy in membership.managed_pds(mgr).items() if policy in names}
+
+
+def stage_vms(plan: PlanSpec, known: dict[str, VMEntry], ours: set[str]
+              ) -> tuple[list[list[str]], list[str]]:
+    """The VMs of each stage in boot order, and the problems met resolving them. A stage
+    category recovers only VMs protected from the plan's primary zone (replicated here by a
+    PD it owns that no policy released), or brought here by a failover of this plan (their
+    PDs: `ours`); never a VM of this zone, nor one another policy protects elsewhere."""
     problems: list[str] = []
     placed: set[str] = set()
     stages: list[list[str]] = []
@@ -155,11 +182,9 @@ def stage_vms(plan: PlanSpec, known: dict[str, VMEntry]) -> tuple[list[list[str]
         names = list(stage.vms)
         placed.update(names)
         for key, value in stage.categories:
-            # Only protected VMs (replicated here, or brought here by an earlier failover)
-            # are recovered by category: not a VM of this zone in no PD, nor one whose
-            # policy released it (its manifest still has the category).
             tagged = {n for n, e in known.items()
-                      if e.pd and not e.released and e.categories.get(key) == value}
+                      if e.categories.get(key) == value and e.pd and not e.released
+                      and (e.pd in ours if e.here else e.owner == plan.primary)}
             matching = sorted(tagged - placed)
             if not tagged:
                 problems.append(f"stage {number}: category {key}:{value} matches no VM "
@@ -184,7 +209,7 @@ def _problems(mgr: ProtectionManager, plan: PlanSpec, *, test: bool, need_primar
               ) -> tuple[list[str], list[str], list[list[str]]]:
     """(blocking problems, other problems, stage VMs)."""
     known = inventory(mgr)
-    stages, blocking = stage_vms(plan, known)
+    stages, blocking = stage_vms(plan, known, _ours(mgr, plan))
     other: list[str] = []
     for name in (n for s in stages for n in s):
         entry = known.get(name)
@@ -385,15 +410,22 @@ def _metro_standby(pd: ProtectionDomain) -> bool:
         return False
 
 
-def _point_for(mgr: ProtectionManager, pd_name: str, point: float | None) -> str | None:
-    if point is None:
-        return None
-    known = [e for e in inventory(mgr).values() if e.pd == pd_name]
-    candidates = [(at, name) for name, at in (known[0].points if known else ()) if at <= point]
-    if not candidates:
-        raise NotFound(f"protection domain {pd_name!r} has no recovery point at or before "
-                       f"{point} here")
-    return max(candidates)[1]
+def _point_for(mgr: ProtectionManager, pd_name: str, point: float | None
+               ) -> RestorePoint | None:
+    """The newest recovery point of `pd_name` here at or before cluster-clock time `point`
+    (any if None; None if it has none). NotFound if `point` is before all of them."""
+    found = recovery_points(mgr, get_protection_domain(mgr, pd_name))
+    if point is not None:
+        found = tuple(p for p in found if p.created_at <= point)
+        if not found:
+            raise NotFound(f"protection domain {pd_name!r} has no recovery point at or "
+                           f"before {point} here")
+    return found[-1] if found else None
+
+
+def _activation_point(p: RestorePoint | None) -> RestorePoint | str | None:
+    """How activate names `p`: a PD snapshot by its name, an LWS as NearSync listed it."""
+    return p.name if p is not None and p.kind == "snapshot" else p
 
 
 def planned_failover(mgr: ProtectionManager, name: str,
@@ -414,7 +446,7 @@ def planned_failover(mgr: ProtectionManager, name: str,
                 return "; ".join(f"snapshot {r['snapshot']}, epoch {r['epoch']}"
                                  for r in out["results"]) or "skipped: moved already"
             run.step(f"migrate {pd} from {plan.primary}", move)
-        _adopt_membership(mgr, plan, stages, pds)
+            _adopt_membership(mgr, plan, stages, [pd])  # per PD: a re-run finds it ours
         _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
 
     return _action(mgr, name, "planned_failover", body)
@@ -442,11 +474,12 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
                     # decides (Metro refuses if the old active still holds the epoch).
                     state = domain.metro_promote(power_on=False)
                     return f"Metro promote (epoch {state.epoch}): no acknowledged write lost"
-                res = activate(mgr, pd, False, _point_for(mgr, pd, point), power_on=False,
+                chosen = None if point is None else _point_for(mgr, pd, point)
+                res = activate(mgr, pd, False, _activation_point(chosen), power_on=False,
                                gone=gone)
                 return f"from {res.lws or res.snapshot} (epoch {res.epoch})"
             run.step(f"activate {pd}", up)
-        _adopt_membership(mgr, plan, stages, pds)
+            _adopt_membership(mgr, plan, stages, [pd])  # per PD: a re-run finds it ours
         _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
 
     return _action(mgr, name, "unplanned_failover", body)
@@ -471,23 +504,55 @@ def test_failover(mgr: ProtectionManager, name: str, point: float | None,
         for pd_name in _plan_pds(mgr, stages):
             def clone(pd_name: str = pd_name) -> str:
                 pd = get_protection_domain(mgr, pd_name)
-                if pd.state == ACTIVE:
-                    snap = pd.snapshots()[-1] if point is None else pd.get_snapshot(
-                        _point_for(mgr, pd_name, point) or "")
+                if pd.state == ACTIVE:  # failed over here already: its own snapshots
+                    chosen = RestorePoint("snapshot", pd.snapshots()[-1].name, 0.0, 0, ())
+                    if point is not None:
+                        older = [s for s in pd.snapshots() if s.created_at <= point]
+                        if not older:
+                            raise NotFound(f"protection domain {pd_name!r} has no snapshot "
+                                           f"at or before {point}")
+                        chosen = RestorePoint("snapshot", older[-1].name, 0.0, 0, ())
                 else:
                     chosen = _point_for(mgr, pd_name, point)
-                    snaps = pd.snapshots()
-                    snap = snaps[-1] if chosen is None else pd.get_snapshot(chosen)
-                res = pd.restore(snap, mode="clone", prefix=prefix, power_on=False)
+                    if chosen is None:
+                        raise NotFound(f"no recovery point of protection domain {pd_name!r} "
+                                       "here")
+                vms, vdisks = _clone_point(mgr, pd, chosen, prefix)
                 with mgr.lock, mgr.catalog.transaction():
-                    for kind, names in (("vm", res.vms), ("vdisk", res.vdisks)):
+                    for kind, names in (("vm", vms), ("vdisk", vdisks)):
                         for n in names:
                             mgr.catalog.insert(TestItemRow(0, plan.name, kind, n))
-                return f"from {snap.name}: {', '.join(res.vms)}"
+                return f"from {chosen.name}: {', '.join(vms)}"
             run.step(f"clone {pd_name}", clone)
         _power_on_stages(run, plan, stages, test=True, prefix=prefix, hooks=hooks, sleep=sleep)
 
     return _action(mgr, name, "test_failover", body)
+
+
+def _clone_point(mgr: ProtectionManager, pd: ProtectionDomain, point: RestorePoint,
+                 prefix: str) -> tuple[list[str], list[str]]:
+    """Clone PD `pd` at `point` as `<prefix><name>` VMs and vDisks, powered off; the names
+    made. A PD snapshot goes through the PD's clone restore; an LWS through NearSync's
+    restore, with the VMs configured as in the newest PD snapshot's manifest."""
+    if point.kind == "snapshot":
+        res = pd.restore(pd.get_snapshot(point.name), mode="clone", prefix=prefix)
+        return list(res.vms), list(res.vdisks)
+    manifest = pd.snapshots()[-1].manifest  # the VM configuration the episodes lack
+    made = [vd.name for vd in restore(mgr.cluster, point, prefix)]
+    vms = []
+    try:
+        for e in manifest:
+            if e["kind"] == "vm":
+                create_vm(mgr, prefix + e["name"], [prefix + v for v in e["vdisks"]],
+                          e["nics"], e["categories"], power="off")
+                vms.append(prefix + e["name"])
+    except BaseException:
+        for vm in vms:
+            delete_vm(mgr, vm, keep_vdisks=True)
+        for vd in made:
+            mgr.cluster.delete_vdisk(vd, with_snapshots=True)
+        raise
+    return vms, made
 
 
 def cleanup_test(mgr: ProtectionManager, name: str) -> PlanReport:
@@ -519,7 +584,7 @@ def reverse(mgr: ProtectionManager, name: str) -> PlanReport:
     plan = get_plan_spec(mgr, name)
     _require_recovery_zone(mgr, plan, "reverse")
     known = inventory(mgr)
-    stages, _ = stage_vms(plan, known)
+    stages, _ = stage_vms(plan, known, _ours(mgr, plan))
     away = [n for s in stages for n in s if not (n in known and known[n].here)]
     if away:
         raise InvalidArgument(f"VM {away[0]!r} of plan {name!r} is not at zone "
