@@ -11,9 +11,9 @@ policies whose primary zone is this site:
 - a VM that lost its category leaves its managed PD: the PD's schedules are removed, its
   recovery points stay (nothing takes new ones, so retention deletes none) and come back
   into use if the VM is protected again.
-A VM that matches several policies is protected by the oldest (the others report it); a VM
-already in a protection domain no policy manages is not touched and reported: a VM is
-protected by a PD or a policy, never both. Only PDs active here are changed: after a
+A VM that matches several policies is protected by the first by name (the others report
+it); a VM already in a protection domain no policy manages is not touched and reported: a
+VM is protected by a PD or a policy, never both. Only PDs active here are changed: after a
 failover the PDs move with their VMs and the new primary's tick takes them over.
 """
 
@@ -72,7 +72,7 @@ def manage(mgr: ProtectionManager, policy: str, pd: str) -> None:
 
 
 def primary_policies(mgr: ProtectionManager) -> list[ProtectionPolicy]:
-    """The policies whose primary zone is this site, oldest definition first."""
+    """The policies whose primary zone is this site, by name."""
     mine = [p for p in list_policies(mgr) if p.primary == mgr.cluster.site_name]
     return sorted(mine, key=lambda p: p.name)
 

@@ -53,7 +53,7 @@ from ..protection.failover import activate
 from ..protection.manager import ProtectionManager
 from ..protection.modes import RestorePoint
 from ..protection.rows import PDSnapshotRow
-from ..protection.vm import VM, create_vm, delete_vm, get_vm
+from ..protection.vm import VM, create_vm, delete_vm, get_vm, list_vms
 from . import definitions, membership, remote
 from .plans import PlanSpec, get_plan_spec, store_plan
 from .policies import ProtectionPolicy
@@ -137,7 +137,7 @@ def inventory(mgr: ProtectionManager) -> dict[str, VMEntry]:
                 found[e["name"]] = VMEntry(e["name"], pd.name, False, released,
                                            e.get("categories", {}), e.get("nics", []),
                                            pd.owner_site, points)
-    for vm_name in (v.name for v in _vms(mgr)):
+    for vm_name in (v.name for v in list_vms(mgr)):
         if vm_name not in found:
             vm = get_vm(mgr, vm_name)
             found[vm_name] = VMEntry(vm_name, None, True, True, vm.categories, vm.nics,
@@ -154,18 +154,17 @@ def recovery_points(mgr: ProtectionManager, pd: ProtectionDomain) -> tuple[Resto
     return tuple(sorted(points, key=lambda p: (p.created_at, p.seq)))
 
 
-def _vms(mgr: ProtectionManager) -> list[VM]:
-    from ..protection.vm import list_vms
-
-    return list_vms(mgr)
+def _zone_policies(mgr: ProtectionManager, plan: PlanSpec) -> list[ProtectionPolicy]:
+    """The policies from the plan's primary zone to its recovery zone."""
+    return [p for p in (policy_from_definition(d)
+                        for d in definitions.list_definitions(mgr, "policy"))
+            if p.primary == plan.primary and plan.recovery in p.recovery]
 
 
 def _ours(mgr: ProtectionManager, plan: PlanSpec) -> set[str]:
-    """The PDs active here that a failover of `plan` brought (managed here by a policy
-    from the plan's primary to its recovery zone)."""
-    names = {p.name for p in (policy_from_definition(d)
-                              for d in definitions.list_definitions(mgr, "policy"))
-             if p.primary == plan.primary and plan.recovery in p.recovery}
+    """The PDs active here that a failover of `plan` brought (managed here by one of its
+    zone policies)."""
+    names = {p.name for p in _zone_policies(mgr, plan)}
     return {pd for pd, policy in membership.managed_pds(mgr).items() if policy in names}
 
 
@@ -383,10 +382,8 @@ def _plan_policies(mgr: ProtectionManager, plan: PlanSpec, known: dict[str, VMEn
     naming a category of its stages or matching one of its VMs."""
     named = {c for stage in plan.stages for c in stage.categories}
     vms = [known[n].categories for s in stages for n in s if n in known]
-    return [p for p in (policy_from_definition(d)
-                        for d in definitions.list_definitions(mgr, "policy"))
-            if p.primary == plan.primary and plan.recovery in p.recovery
-            and (named & set(p.categories) or any(p.matches(c) for c in vms))]
+    return [p for p in _zone_policies(mgr, plan)
+            if named & set(p.categories) or any(p.matches(c) for c in vms)]
 
 
 def _adopt_membership(mgr: ProtectionManager, plan: PlanSpec, stages: list[list[str]],
