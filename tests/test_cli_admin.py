@@ -115,7 +115,12 @@ def admin_exchange(sock_path: Path, data: bytes, *, pace: float = 0.0,
             pass  # the daemon answered early and closed: read its reply
         buf = b""
         while True:
-            chunk = s.recv(1 << 16)
+            try:
+                chunk = s.recv(1 << 16)
+            except ConnectionResetError:
+                # The daemon replied and closed while a trickled byte of ours was still
+                # unread; Linux then resets after the queued reply, which was read above.
+                break
             if not chunk:
                 break
             buf += chunk
