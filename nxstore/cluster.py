@@ -281,29 +281,36 @@ class Cluster(Engine):
         return self._leap.tick()
 
     def connect_zone(self, name: str, address: str, secret: str,
-                     local_address: str | None = None, tls_ca: str = "") -> AvailabilityZone:
-        """Pair with availability zone `name` served at `address`, in both directions;
-        `local_address`: how it reaches this site (default: where `nxstore serve` serves
-        it). See `nxstore.leap.zones.connect_zone`."""
+                     local_address: str | None = None, tls_ca: str = "",
+                     cluster: str | None = None) -> AvailabilityZone:
+        """Pair with availability zone `name` served at `address`, in both directions: its
+        cluster `cluster` (that site's name; default `name`), so calling again with another
+        cluster groups several in one zone; `local_address`: how it reaches this site
+        (default: where `nxstore serve` serves it). See `nxstore.leap.zones.connect_zone`."""
         mgr = self._protection()
         local = (Endpoint(local_address, secret) if local_address is not None
                  else self._leap.endpoint)
-        return leap_zones.connect_zone(mgr, name, address, secret, local, tls_ca)
+        return leap_zones.connect_zone(mgr, name, address, secret, local, tls_ca, cluster)
 
     def zones(self) -> list[AvailabilityZone]:
-        """The paired availability zones, by name."""
+        """The paired availability zones (not this site's own), by name."""
         return leap_zones.list_zones(self._protection())
 
-    def remove_zone(self, name: str) -> None:
-        """Unpair zone `name`; see `nxstore.leap.zones.remove_zone`."""
-        leap_zones.remove_zone(self._protection(), name)
+    def local_zone(self) -> AvailabilityZone:
+        """This site's own availability zone: this site and its fellow clusters."""
+        return leap_zones.local_zone(self._protection())
 
-    def zone_up(self, name: str) -> str:
-        """"" if zone `name` answers a status request now, else why not (never raises for
-        an unreachable zone)."""
-        return leap_zones.zone_up(self._protection(), name)
+    def remove_zone(self, name: str, cluster: str | None = None) -> None:
+        """Unpair zone `name`, or only its cluster `cluster`; see
+        `nxstore.leap.zones.remove_zone`."""
+        leap_zones.remove_zone(self._protection(), name, cluster)
 
-    def create_policy(self, name: str, primary: str, recovery: Sequence[str],
+    def zone_up(self, name: str, cluster: str | None = None) -> str:
+        """"" if every cluster of zone `name` (or `cluster`) answers a status request now,
+        else why not (never raises for an unreachable zone)."""
+        return leap_zones.zone_up(self._protection(), name, cluster)
+
+    def create_policy(self, name: str, primary: object, recovery: Sequence[object] | str,
                       schedules: Sequence[object], categories: Sequence[object] = (),
                       containers: Sequence[str] = ()) -> ProtectionPolicy:
         """Define a protection policy; see `nxstore.leap.policies.create_policy`."""

@@ -1,11 +1,14 @@
 """Policy and plan definitions, kept alike at every zone they name.
 
 A definition is a JSON spec under a kind ("policy" or "plan") and a name, at a version that
-every change increments. The zone where it changes stores it and then delivers it to every
-other zone the spec names (LEAP "put" / "drop"); a zone keeps the highest version it has
-seen. A zone that cannot be reached is owed the version: the Leap tick (`deliver_owed`, run
-with the schedules) retries until it arrives. A spec names its zones in "primary" (a str)
-and "recovery" (a str or a list of str).
+every change increments. The cluster where it changes stores it and then delivers it to
+every other cluster of every zone the spec names (LEAP "put" / "drop"); a cluster keeps the
+highest version it has seen. A cluster that cannot be reached is owed the version: the Leap
+tick (`deliver_owed`, run with the schedules) retries until it arrives; a cluster that
+joins a zone later is owed the definitions naming that zone (`owe_zone`). A spec names its
+zones in "primary" (a str) and "recovery" (a str or a list of str), and a policy's spec
+the cluster of each in "clusters" ({zone: cluster}); a spec without it (written before
+zones grouped clusters) names in each zone the cluster called like the zone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from ..errors import AlreadyExists, NotFound, NxError
 from ..protection.manager import ProtectionManager
 from .rows import DefinitionRow
+from .zones import zone_sites
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,17 @@ class Definition:
         found = [self.spec.get("primary", "")]
         found += [recovery] if isinstance(recovery, str) else list(recovery)
         return tuple(dict.fromkeys(z for z in found if z))
+
+    def cluster(self, zone: str) -> str:
+        """The cluster the spec names in `zone` (module docstring)."""
+        return str(self.spec.get("clusters", {}).get(zone, zone))
+
+
+def _targets(mgr: ProtectionManager, *ds: Definition) -> list[str]:
+    """The clusters definitions `ds` go to: every member of each zone they name as known
+    here (of a zone not known here: the cluster the spec names), but this site."""
+    found = [site for d in ds for z in d.zones for site in (zone_sites(mgr, z) or (d.cluster(z),))]
+    return [s for s in dict.fromkeys(found) if s != mgr.cluster.site_name]
 
 
 def _definition(row: DefinitionRow) -> Definition:
@@ -70,7 +85,7 @@ def all_definitions(mgr: ProtectionManager) -> list[Definition]:
 def store(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any], *,
           new: bool) -> Definition:
     """Store `spec` as the next version of definition (kind, name) and deliver it to the
-    other zones it names (and to those the previous version named). `new`: AlreadyExists
+    other clusters of the zones it names (and of those the previous version named). `new`: AlreadyExists
     if it exists; else NotFound if it does not. Durable here on return; a zone that cannot
     be reached is owed it (module docstring)."""
     with mgr.lock, mgr.catalog.transaction():
@@ -79,9 +94,9 @@ def store(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any], *,
             raise AlreadyExists(f"{_WORDS[kind]} {name!r} exists")
         if not new and not rows:
             raise NotFound(f"no {_WORDS[kind]} {name!r} at site {mgr.cluster.site_name!r}")
-        before = _definition(rows[0]).zones if rows else ()
+        before = [_definition(rows[0])] if rows else []
         draft = Definition(kind, name, spec, rows[0].version + 1 if rows else 1, ())
-        owed = [z for z in dict.fromkeys((*draft.zones, *before)) if z != mgr.cluster.site_name]
+        owed = _targets(mgr, draft, *before)
         text = json.dumps(spec, sort_keys=True)
         if rows:
             row = rows[0]
@@ -96,28 +111,27 @@ def store(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any], *,
 
 
 def delete(mgr: ProtectionManager, kind: str, name: str) -> None:
-    """Delete definition (kind, name) here and at the zones it names (best effort: a zone
-    that cannot be reached keeps its copy until deleted there). Raises NotFound."""
+    """Delete definition (kind, name) here and at the clusters of the zones it names (best
+    effort: one that cannot be reached keeps its copy until deleted there). Raises
+    NotFound."""
     d = get_definition(mgr, kind, name)
     with mgr.lock, mgr.catalog.transaction():
         for row in _rows(mgr, kind, name):
             mgr.catalog.delete(DefinitionRow, row.id)
     from .remote import call
 
-    for zone in d.zones:
-        if zone != mgr.cluster.site_name:
-            try:
-                call(mgr.cluster, zone, "drop", {"kind": kind, "name": name,
-                                                 "version": d.version})
-            except NxError as exc:
-                log.warning("%s %s deleted here but not at zone %s: %s", _WORDS[kind], name,
-                            zone, exc)
+    for site in _targets(mgr, d):
+        try:
+            call(mgr.cluster, site, "drop", {"kind": kind, "name": name, "version": d.version})
+        except NxError as exc:
+            log.warning("%s %s deleted here but not at cluster %s: %s", _WORDS[kind], name,
+                        site, exc)
 
 
 def deliver_owed(mgr: ProtectionManager, kind: str | None = None,
                  name: str | None = None) -> list[str]:
-    """Deliver owed definitions (all, or just (kind, name)); the zones still owed one,
-    as "zone: reason"."""
+    """Deliver owed definitions (all, or just (kind, name)); the clusters still owed one,
+    as "cluster: reason"."""
     from .remote import call
 
     failed = []
@@ -125,21 +139,33 @@ def deliver_owed(mgr: ProtectionManager, kind: str | None = None,
         if (kind, name) != (None, None) and (row.kind, row.name) != (kind, name):
             continue
         d = _definition(row)
-        for zone in d.owed:
+        for site in d.owed:
             try:
-                call(mgr.cluster, zone, "put", {"kind": d.kind, "name": d.name,
+                call(mgr.cluster, site, "put", {"kind": d.kind, "name": d.name,
                                                 "spec": d.spec, "version": d.version})
             except NxError as exc:
-                failed.append(f"{zone}: {exc}")
-                log.warning("%s %s v%d not delivered to zone %s yet: %s", _WORDS[d.kind],
-                            d.name, d.version, zone, exc)
+                failed.append(f"{site}: {exc}")
+                log.warning("%s %s v%d not delivered to cluster %s yet: %s", _WORDS[d.kind],
+                            d.name, d.version, site, exc)
                 continue
             with mgr.lock, mgr.catalog.transaction():
                 for fresh in _rows(mgr, d.kind, d.name):
                     if fresh.version == d.version:
-                        fresh.owed = json.dumps([z for z in json.loads(fresh.owed) if z != zone])
+                        fresh.owed = json.dumps([z for z in json.loads(fresh.owed) if z != site])
                         mgr.catalog.update(fresh)
     return failed
+
+
+def owe_zone(mgr: ProtectionManager, zone: str, site: str) -> list[str]:
+    """Cluster `site` joined zone `zone`: owe it every definition naming the zone and
+    deliver them now (what `deliver_owed` returns)."""
+    with mgr.lock, mgr.catalog.transaction():
+        for row in mgr.catalog.rows(DefinitionRow):
+            owed = json.loads(row.owed)
+            if zone in _definition(row).zones and site not in owed:
+                row.owed = json.dumps([*owed, site])
+                mgr.catalog.update(row)
+    return deliver_owed(mgr)
 
 
 def receive(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any],

@@ -1,13 +1,14 @@
-"""Which protection domains carry a policy's protection at its primary zone.
+"""Which protection domains carry a policy's protection at its primary cluster.
 
 The Leap tick (`reconcile`, run with the schedules) makes the protection domains follow the
-policies whose primary zone is this site:
+policies whose primary cluster is this site:
 - every VM here with a category of such a policy is protected by a PD the policy manages:
   `leap.<VM>` (made on first need), or a PD moved into the policy by
   `migrate_pd_to_policy` (its recovery points kept);
 - every container the policy names is protected by the managed PD `leap-container.<NAME>`;
 - a managed PD's schedules are made equal to the policy's (asynchronous and NearSync ones
-  as PD schedules, a synchronous one by enabling Metro to the recovery zone);
+  as PD schedules replicating to the named cluster of each recovery zone, a synchronous one
+  by enabling Metro to the recovery zone's cluster);
 - a VM that lost its category leaves its managed PD: the PD's schedules are removed, its
   recovery points stay (nothing takes new ones, so retention deletes none) and come back
   into use if the VM is protected again.
@@ -72,8 +73,8 @@ def manage(mgr: ProtectionManager, policy: str, pd: str) -> None:
 
 
 def primary_policies(mgr: ProtectionManager) -> list[ProtectionPolicy]:
-    """The policies whose primary zone is this site, by name."""
-    mine = [p for p in list_policies(mgr) if p.primary == mgr.cluster.site_name]
+    """The policies whose primary cluster is this site, by name."""
+    mine = [p for p in list_policies(mgr) if p.primary_cluster == mgr.cluster.site_name]
     return sorted(mine, key=lambda p: p.name)
 
 
@@ -189,7 +190,8 @@ def _follow_schedules(pd: ProtectionDomain, policy: ProtectionPolicy) -> None:
     for s in policy.schedules:
         if s.kind != "synchronous":
             wanted.append((timedelta(seconds=s.every), s.keep_local,
-                           {z: s.keep_remote for z in policy.recovery}, s.app_consistent))
+                           {c: s.keep_remote for c in policy.recovery_clusters},
+                           s.app_consistent))
     have = {(x.every, x.keep_local, tuple(sorted(x.keep_remote.items())), x.app_consistent): x
             for x in pd.schedules()}
     keep = set()
@@ -207,7 +209,7 @@ def _follow_schedules(pd: ProtectionDomain, policy: ProtectionPolicy) -> None:
         try:
             pd.metro_state()
         except NotFound:
-            pd.enable_metro(policy.recovery[0], sync.witness, witness_secret=sync.witness_secret)
+            pd.enable_metro(policy.recovery_clusters[0], sync.witness, witness_secret=sync.witness_secret)
 
 
 def _release(pd: ProtectionDomain) -> list[str]:
@@ -237,19 +239,19 @@ def _release(pd: ProtectionDomain) -> list[str]:
 
 
 def migrate_pd_to_policy(mgr: ProtectionManager, pd_name: str, policy_name: str) -> None:
-    """Move protection domain `pd_name` (active here, at the policy's primary zone) into
+    """Move protection domain `pd_name` (active here, at the policy's primary cluster) into
     policy `policy_name`, keeping its recovery points: the policy manages it from now on
     (its schedules become the policy's), and each of its VMs gets the policy's first
     category so that membership stays true. Raises NotFound, InvalidArgument (the policy's
-    primary zone is not this site; the PD protects bare vDisks), InUse (the PD is not
+    primary cluster is not this site; the PD protects bare vDisks), InUse (the PD is not
     active here, or another policy manages it). Durable on return."""
     from .policies import get_policy
 
     policy = get_policy(mgr, policy_name)
     pd = get_protection_domain(mgr, pd_name)
-    if policy.primary != mgr.cluster.site_name:
-        raise InvalidArgument(f"policy {policy_name!r} protects from zone {policy.primary!r}: "
-                              f"move PDs into it there")
+    if policy.primary_cluster != mgr.cluster.site_name:
+        raise InvalidArgument(f"policy {policy_name!r} protects from zone {policy.primary!r} "
+                              f"(cluster {policy.primary_cluster!r}): move PDs into it there")
     pd.require_active(f"migrate to policy {policy_name!r}")
     owner = managed_pds(mgr).get(pd_name)
     if owner is not None and owner != policy_name:

@@ -2,9 +2,11 @@
 
 A plan names a primary and a recovery zone, stages (each a boot-ordered list of VMs and/or
 categories, a delay before it and an optional hook run after its VMs power on), the VMs
-that stay off, and network mappings (production and test network of each side). Its
-definition is kept alike at both zones (nxstore.leap.definitions); its actions run at the
-recovery zone (nxstore.leap.recovery). `reverse()` swaps the zones and the networks.
+that stay off, and network mappings (production and test network of each side). It names
+zones, not clusters: in a zone of several clusters, its actions run at the cluster the
+policies protecting its VMs name there. Its definition is kept alike at every cluster of
+both zones (nxstore.leap.definitions); its actions run at the recovery zone
+(nxstore.leap.recovery). `reverse()` swaps the zones and the networks.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..names import check_name
 from ..protection.manager import ProtectionManager
 from . import definitions
 from .policies import _check_category
-from .zones import check_zones
+from .zones import get_zone, local_zone_name
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,12 @@ def check_plan(mgr: ProtectionManager, name: str, primary: str, recovery: str,
     check_name("recovery plan", name)
     if primary == recovery:
         raise InvalidArgument(f"plan {name!r}: primary and recovery zone are both {primary!r}")
-    check_zones(mgr, [primary, recovery], local_ok=True)
-    if mgr.cluster.site_name not in (primary, recovery):
+    for zone in (primary, recovery):
+        get_zone(mgr, zone)  # NotFound
+    here = local_zone_name(mgr)
+    if here not in (primary, recovery):
         raise InvalidArgument(f"plan {name!r} names neither primary nor recovery zone "
-                              f"{mgr.cluster.site_name!r} (this site): define it in one of them")
+                              f"{here!r} (this site's): define it in one of them")
     checked = tuple(_check_stage(s, i + 1) for i, s in enumerate(stages))
     if not checked:
         raise InvalidArgument(f"plan {name!r} needs at least one stage")

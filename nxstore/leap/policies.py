@@ -1,14 +1,16 @@
 """Protection policies: what to protect (VMs by category, whole containers), from which
 zone, to which zones, how often and for how long.
 
-A policy names a primary zone, one or more recovery zones, schedules and the categories
-(KEY:VALUE) and containers it applies to. Its definition is kept alike at every zone it
-names (nxstore.leap.definitions); only the primary zone acts on it: the Leap tick there
-protects the matching entities through protection domains it manages (nxstore.leap.
+A policy names a primary location, one or more recovery locations, schedules and the
+categories (KEY:VALUE) and containers it applies to. A location is a zone and one of its
+clusters ("ZONE/CLUSTER"; just "ZONE" when the zone has one cluster). Its definition is
+kept alike at every cluster of the zones it names (nxstore.leap.definitions); only the
+primary cluster acts on it: the Leap tick there protects the matching entities through protection domains it manages (nxstore.leap.
 membership), so a VM that gets a category is protected from the next tick on.
 
 Schedules by recovery point objective:
-- asynchronous: `every` >= 1 h, PD snapshots replicated to every recovery zone;
+- asynchronous: `every` >= 1 h, PD snapshots replicated to the named cluster of every
+  recovery zone;
 - NearSync: `every` from NEARSYNC_MIN_INTERVAL_S to 15 min (the NearSync mode of
   nxstore.nearsync runs such schedules: light-weight snapshots shipped as episodes);
 - synchronous: `every` 0 (RPO 0), Metro to the one recovery zone, with a witness.
@@ -27,7 +29,7 @@ from ..errors import InvalidArgument
 from ..names import check_name
 from ..protection.manager import ProtectionManager
 from . import definitions
-from .zones import check_zones
+from .zones import resolve, split_location
 
 ASYNC_MIN_INTERVAL_S = 3600.0  # seconds: the shortest asynchronous (PD snapshot) schedule
 
@@ -63,6 +65,25 @@ class ProtectionPolicy:
     categories: tuple[tuple[str, str], ...]
     containers: tuple[str, ...] = ()
     version: int = 0
+    clusters: tuple[tuple[str, str], ...] = ()  # (zone, cluster) of each zone it names
+
+    def cluster(self, zone: str) -> str:
+        """The cluster (site name) the policy names in `zone` (one called like the zone
+        if it names none: a policy defined before zones grouped clusters)."""
+        return dict(self.clusters).get(zone, zone)
+
+    def location(self, zone: str) -> str:
+        """"ZONE/CLUSTER" of `zone`."""
+        return f"{zone}/{self.cluster(zone)}"
+
+    @property
+    def primary_cluster(self) -> str:
+        return self.cluster(self.primary)
+
+    @property
+    def recovery_clusters(self) -> tuple[str, ...]:
+        """The cluster of each recovery zone, in order: where replication goes."""
+        return tuple(self.cluster(z) for z in self.recovery)
 
     def matches(self, categories: Mapping[str, str]) -> bool:
         """Whether a VM with `categories` is one this policy protects."""
@@ -108,29 +129,42 @@ def _check_category(item: object) -> tuple[str, str]:
     return check_name("category", item[0]), check_name("category value", item[1])
 
 
-def check_policy(mgr: ProtectionManager, name: str, primary: str, recovery: Sequence[str],
-                 schedules: Sequence[object], categories: Sequence[object],
-                 containers: Sequence[str]) -> ProtectionPolicy:
-    """The policy these arguments describe, checked; InvalidArgument or NotFound (a zone,
+def check_policy(mgr: ProtectionManager, name: str, primary: object,
+                 recovery: Sequence[object] | str, schedules: Sequence[object],
+                 categories: Sequence[object], containers: Sequence[str]) -> ProtectionPolicy:
+    """The policy these arguments describe, checked; InvalidArgument (also: a cluster that
+    is not a member of its zone, or none named in a zone of several) or NotFound (a zone,
     category or value that does not exist) otherwise."""
     from ..protection.categories import get_category
 
     check_name("protection policy", name)
     if isinstance(recovery, str):
         recovery = [recovery]
-    recovery = list(dict.fromkeys(recovery))
-    if not recovery:
+    zone, cluster = split_location(primary)
+    located = {zone: resolve(mgr, zone, cluster)}
+    recovery_zones: list[str] = []
+    for item in recovery:
+        zone, cluster = split_location(item)
+        site = resolve(mgr, zone, cluster)
+        if zone in recovery_zones and located[zone] == site:
+            continue  # named twice alike
+        if zone in located:
+            raise InvalidArgument(f"policy {name!r}: zone {zone!r} is both primary and recovery"
+                                  if zone == next(iter(located)) else
+                                  f"policy {name!r} names zone {zone!r} twice as recovery")
+        located[zone] = site
+        recovery_zones.append(zone)
+    primary = next(iter(located))
+    if not recovery_zones:
         raise InvalidArgument(f"policy {name!r} needs at least one recovery zone")
-    if primary in recovery:
-        raise InvalidArgument(f"policy {name!r}: zone {primary!r} is both primary and recovery")
-    check_zones(mgr, [primary, *recovery], local_ok=True)
-    if mgr.cluster.site_name not in (primary, *recovery):
-        raise InvalidArgument(f"policy {name!r} names neither primary nor recovery zone "
-                              f"{mgr.cluster.site_name!r} (this site): define it in one of them")
+    if mgr.cluster.site_name not in located.values():
+        raise InvalidArgument(f"policy {name!r} names neither as primary nor as recovery "
+                              f"cluster {mgr.cluster.site_name!r} (this site): define it in "
+                              "one of them")
     checked = tuple(_check_schedule(s) for s in schedules)
     if not checked:
         raise InvalidArgument(f"policy {name!r} needs at least one schedule")
-    if any(s.kind == "synchronous" for s in checked) and len(recovery) != 1:
+    if any(s.kind == "synchronous" for s in checked) and len(recovery_zones) != 1:
         raise InvalidArgument("a synchronous schedule protects to exactly one recovery zone")
     cats = tuple(dict.fromkeys(_check_category(c) for c in categories))
     for key, value in cats:
@@ -141,11 +175,13 @@ def check_policy(mgr: ProtectionManager, name: str, primary: str, recovery: Sequ
     ctrs = tuple(dict.fromkeys(check_name("container", c) for c in containers))
     if not cats and not ctrs:
         raise InvalidArgument(f"policy {name!r} applies to no category and no container")
-    return ProtectionPolicy(name, primary, tuple(recovery), checked, cats, ctrs)
+    return ProtectionPolicy(name, primary, tuple(recovery_zones), checked, cats, ctrs,
+                            clusters=tuple(located.items()))
 
 
 def to_spec(policy: ProtectionPolicy) -> dict[str, Any]:
     return {"primary": policy.primary, "recovery": list(policy.recovery),
+            "clusters": {z: policy.cluster(z) for z in (policy.primary, *policy.recovery)},
             "schedules": [asdict(s) for s in policy.schedules],
             "categories": [list(c) for c in policy.categories],
             "containers": list(policy.containers)}
@@ -153,10 +189,12 @@ def to_spec(policy: ProtectionPolicy) -> dict[str, Any]:
 
 def from_definition(d: definitions.Definition) -> ProtectionPolicy:
     s = d.spec
+    zones = (s["primary"], *s["recovery"])
     return ProtectionPolicy(d.name, s["primary"], tuple(s["recovery"]),
                             tuple(PolicySchedule(**x) for x in s["schedules"]),
                             tuple((k, v) for k, v in s["categories"]),
-                            tuple(s.get("containers", ())), d.version)
+                            tuple(s.get("containers", ())), d.version,
+                            tuple((z, d.cluster(z)) for z in zones))
 
 
 def get_policy(mgr: ProtectionManager, name: str) -> ProtectionPolicy:
@@ -167,10 +205,12 @@ def list_policies(mgr: ProtectionManager) -> list[ProtectionPolicy]:
     return [from_definition(d) for d in definitions.list_definitions(mgr, "policy")]
 
 
-def create_policy(mgr: ProtectionManager, name: str, primary: str, recovery: Sequence[str],
-                  schedules: Sequence[object], categories: Sequence[object] = (),
+def create_policy(mgr: ProtectionManager, name: str, primary: object,
+                  recovery: Sequence[object] | str, schedules: Sequence[object], categories: Sequence[object] = (),
                   containers: Sequence[str] = ()) -> ProtectionPolicy:
-    """Define a protection policy (module docstring) here and at the zones it names.
+    """Define a protection policy (module docstring) here and at the zones it names;
+    `primary` and each of `recovery` are locations: "ZONE", "ZONE/CLUSTER" or (zone,
+    cluster).
     Raises InvalidArgument, NotFound (zone, category), AlreadyExists, InUse (a VM it
     matches is in a protection domain: the message names both). Durable here on return;
     the other zones get it now or, if unreachable, from a later Leap tick."""
@@ -181,10 +221,11 @@ def create_policy(mgr: ProtectionManager, name: str, primary: str, recovery: Seq
 
 def update_policy(mgr: ProtectionManager, name: str, **changes: Any) -> ProtectionPolicy:
     """Change some of a policy's fields (primary, recovery, schedules, categories,
-    containers); checked like `create_policy`. The primary zone's next Leap tick applies
+    containers); checked like `create_policy`. The primary cluster's next Leap tick applies
     it. Raises NotFound, InvalidArgument, InUse."""
     old = get_policy(mgr, name)
-    fields = {"primary": old.primary, "recovery": old.recovery, "schedules": old.schedules,
+    fields = {"primary": old.location(old.primary),
+              "recovery": [old.location(z) for z in old.recovery], "schedules": old.schedules,
               "categories": old.categories, "containers": old.containers}
     unknown = set(changes) - set(fields)
     if unknown:
@@ -202,8 +243,8 @@ def delete_policy(mgr: ProtectionManager, name: str) -> None:
 
 
 def _refuse_conflicts(mgr: ProtectionManager, policy: ProtectionPolicy) -> None:
-    if policy.primary != mgr.cluster.site_name:
-        return  # the primary zone checks its own VMs at its ticks
+    if policy.primary_cluster != mgr.cluster.site_name:
+        return  # the primary cluster checks its own VMs at its ticks
     from ..errors import InUse
     from .membership import conflicts
 

@@ -1,6 +1,10 @@
 """Recovery plan actions, run at the plan's recovery zone: validate, test failover and its
 cleanup, planned and unplanned failover, reverse.
 
+A plan names zones; its clusters are those the policies protecting its VMs name: it runs at
+their recovery cluster (this site, a member of the plan's recovery zone) and its primary
+cluster is theirs (a zone's one cluster when no policy says).
+
 Each action returns a `PlanReport`: every step with its timing and status, and the plan's
 status, also kept here as the plan's `last_failover_status` ("Running" while it runs,
 "Succeeded", or "Failed: <step>"). A step that fails stops the action there; running the
@@ -12,7 +16,8 @@ What each does (VMs are those of the stages: named ones in boot order, then thos
 stage category, by name; each is found through the protection domain that holds it here):
 - `validate`: every problem at once (a VM not protected to this zone, no recovery point of
   it here, a NIC on a network the plan does not map, a stage category matching no VM, the
-  primary zone down); blocking ones fail the step.
+  primary cluster down, a policy naming a cluster that is not a member of its zone, or
+  protecting to another cluster of this zone); blocking ones fail the step.
 - `test_failover(point)`: clones each VM from its newest recovery point (at or before the
   cluster-clock time `point`) as `<plan>-test-<VM>` on the test networks, powered on by
   stage; production and replication are untouched. `cleanup_test` removes exactly what it
@@ -59,7 +64,7 @@ from .plans import PlanSpec, get_plan_spec, store_plan
 from .policies import ProtectionPolicy
 from .policies import from_definition as policy_from_definition
 from .rows import PlanRunRow, TestItemRow
-from .zones import zone_up
+from .zones import site_up, zone_sites
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +159,44 @@ def recovery_points(mgr: ProtectionManager, pd: ProtectionDomain) -> tuple[Resto
     return tuple(sorted(points, key=lambda p: (p.created_at, p.seq)))
 
 
-def _zone_policies(mgr: ProtectionManager, plan: PlanSpec) -> list[ProtectionPolicy]:
-    """The policies from the plan's primary zone to its recovery zone."""
+def _zone_policies(mgr: ProtectionManager, plan: PlanSpec, *, any_cluster: bool = False
+                   ) -> list[ProtectionPolicy]:
+    """The policies from the plan's primary zone to its recovery zone's cluster that is
+    this site (to any of its clusters if `any_cluster`)."""
     return [p for p in (policy_from_definition(d)
                         for d in definitions.list_definitions(mgr, "policy"))
-            if p.primary == plan.primary and plan.recovery in p.recovery]
+            if p.primary == plan.primary and plan.recovery in p.recovery
+            and (any_cluster or p.cluster(plan.recovery) == mgr.cluster.site_name)]
+
+
+def primary_site(mgr: ProtectionManager, plan: PlanSpec) -> str:
+    """The plan's primary cluster: the one its policies name in the primary zone (the
+    first by name), else the zone's one cluster (else a site called like the zone)."""
+    named = [p.cluster(plan.primary) for p in _zone_policies(mgr, plan)]
+    members = zone_sites(mgr, plan.primary)
+    return named[0] if named else members[0] if len(members) == 1 else plan.primary
+
+
+def _primary_sites(mgr: ProtectionManager, plan: PlanSpec) -> set[str]:
+    """Every cluster of the plan's primary zone known here (its VMs' PDs are owned there)."""
+    return set(zone_sites(mgr, plan.primary)) | {primary_site(mgr, plan)}
+
+
+def _location_problems(mgr: ProtectionManager, plan: PlanSpec) -> tuple[list[str], list[str]]:
+    """(blocking, other): policies of the plan's zones naming a cluster that is not a member
+    of its zone here; policies protecting to another cluster of the recovery zone."""
+    blocking, other = [], []
+    for p in _zone_policies(mgr, plan, any_cluster=True):
+        for zone in (plan.primary, plan.recovery):
+            members = zone_sites(mgr, zone)
+            if p.cluster(zone) not in members:
+                blocking.append(f"policy {p.name!r} names cluster {p.cluster(zone)!r} of zone "
+                                f"{zone!r}, which is not a member of it here (members: "
+                                f"{', '.join(members) or 'none'})")
+        if p.cluster(plan.recovery) != mgr.cluster.site_name:
+            other.append(f"policy {p.name!r} protects to cluster {p.cluster(plan.recovery)!r} "
+                         f"of zone {plan.recovery!r}, not to this one: run the plan there")
+    return blocking, other
 
 
 def _ours(mgr: ProtectionManager, plan: PlanSpec) -> set[str]:
@@ -168,12 +206,13 @@ def _ours(mgr: ProtectionManager, plan: PlanSpec) -> set[str]:
     return {pd for pd, policy in membership.managed_pds(mgr).items() if policy in names}
 
 
-def stage_vms(plan: PlanSpec, known: dict[str, VMEntry], ours: set[str]
-              ) -> tuple[list[list[str]], list[str]]:
+def stage_vms(plan: PlanSpec, known: dict[str, VMEntry], ours: set[str],
+              primary_sites: set[str]) -> tuple[list[list[str]], list[str]]:
     """The VMs of each stage in boot order, and the problems met resolving them. A stage
     category recovers only VMs protected from the plan's primary zone (replicated here by a
-    PD it owns that no policy released), or brought here by a failover of this plan (their
-    PDs: `ours`); never a VM of this zone, nor one another policy protects elsewhere."""
+    PD one of its clusters, `primary_sites`, owns that no policy released), or brought here
+    by a failover of this plan (their PDs: `ours`); never a VM of this zone, nor one another
+    policy protects elsewhere."""
     problems: list[str] = []
     placed: set[str] = set()
     stages: list[list[str]] = []
@@ -183,7 +222,7 @@ def stage_vms(plan: PlanSpec, known: dict[str, VMEntry], ours: set[str]
         for key, value in stage.categories:
             tagged = {n for n, e in known.items()
                       if e.categories.get(key) == value and e.pd and not e.released
-                      and (e.pd in ours if e.here else e.owner == plan.primary)}
+                      and (e.pd in ours if e.here else e.owner in primary_sites)}
             matching = sorted(tagged - placed)
             if not tagged:
                 problems.append(f"stage {number}: category {key}:{value} matches no VM "
@@ -208,8 +247,9 @@ def _problems(mgr: ProtectionManager, plan: PlanSpec, *, test: bool, need_primar
               ) -> tuple[list[str], list[str], list[list[str]]]:
     """(blocking problems, other problems, stage VMs)."""
     known = inventory(mgr)
-    stages, blocking = stage_vms(plan, known, _ours(mgr, plan))
-    other: list[str] = []
+    stages, blocking = stage_vms(plan, known, _ours(mgr, plan), _primary_sites(mgr, plan))
+    blocking_locations, other = _location_problems(mgr, plan)
+    blocking += blocking_locations
     for name in (n for s in stages for n in s):
         entry = known.get(name)
         if entry is None:
@@ -228,9 +268,11 @@ def _problems(mgr: ProtectionManager, plan: PlanSpec, *, test: bool, need_primar
                 blocking.append(f"VM {name!r}: network {nic['network']!r} has no "
                                 f"{'test' if test else 'production'} network mapped at zone "
                                 f"{plan.recovery!r} in plan {plan.name!r}")
-    why = zone_up(mgr, plan.primary)
+    site = primary_site(mgr, plan)
+    why = site_up(mgr, site)
     if why:
-        (blocking if need_primary else other).append(f"zone {plan.primary!r} is down: {why}")
+        at = f" (cluster {site!r})" if site != plan.primary else ""
+        (blocking if need_primary else other).append(f"zone {plan.primary!r} is down{at}: {why}")
     return blocking, other, stages
 
 
@@ -276,7 +318,7 @@ def last_status(mgr: ProtectionManager, plan: str) -> str:
 
 
 def _require_recovery_zone(mgr: ProtectionManager, plan: PlanSpec, action: str) -> None:
-    if plan.recovery != mgr.cluster.site_name:
+    if mgr.cluster.site_name not in zone_sites(mgr, plan.recovery):
         raise InvalidArgument(f"{action} of plan {plan.name!r} runs at its recovery zone "
                               f"{plan.recovery!r}, not at {mgr.cluster.site_name!r}")
 
@@ -432,13 +474,14 @@ def planned_failover(mgr: ProtectionManager, name: str,
     def body(run: _Run, plan: PlanSpec) -> None:
         stages = _validate_step(run, plan, test=False, need_primary=True)
         pds = _plan_pds(mgr, stages)
+        source = primary_site(mgr, plan)
         for pd in pds:
             here = mgr.pd_row(pd).state == ACTIVE
 
             def move(pd: str = pd, here: bool = here) -> str:
                 if here:
                     return "skipped: already here"
-                out = remote.call(mgr.cluster, plan.primary, "migrate", {"pds": [pd]},
+                out = remote.call(mgr.cluster, source, "migrate", {"pds": [pd]},
                                   remote.MIGRATE_TIMEOUT_S)
                 return "; ".join(f"snapshot {r['snapshot']}, epoch {r['epoch']}"
                                  for r in out["results"]) or "skipped: moved already"
@@ -458,7 +501,7 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
         stages = _validate_step(run, plan, test=False, need_primary=False)
         # validate just asked the primary: if it did not answer, each PD's activation takes
         # it as gone instead of waiting for it again (a connect timeout per PD).
-        gone = [plan.primary] if any(p.startswith(f"zone {plan.primary!r} is down")
+        gone = [primary_site(mgr, plan)] if any(p.startswith(f"zone {plan.primary!r} is down")
                                      for p in run.report.problems) else []
         pds = _plan_pds(mgr, stages)
         for pd in pds:
@@ -581,7 +624,7 @@ def reverse(mgr: ProtectionManager, name: str) -> PlanReport:
     plan = get_plan_spec(mgr, name)
     _require_recovery_zone(mgr, plan, "reverse")
     known = inventory(mgr)
-    stages, _ = stage_vms(plan, known, _ours(mgr, plan))
+    stages, _ = stage_vms(plan, known, _ours(mgr, plan), _primary_sites(mgr, plan))
     away = [n for s in stages for n in s if not (n in known and known[n].here)]
     if away:
         raise InvalidArgument(f"VM {away[0]!r} of plan {name!r} is not at zone "

@@ -3,11 +3,14 @@
 One request carries an `op` and a JSON body; the reply is a JSON body (errors travel as
 ERROR). The sender is the authenticated peer site. Ops:
 
-- "pair"    {address, cluster, zone}: the sender paired with this zone (`connect_zone`),
-            which it calls `zone` (refused unless that is this site's name): record it
-            as a zone, and as a remote site reached at `address` with the secret this site
-            serves with (the one the sender just proved it knows). Reply {site, cluster}.
-- "unpair"  {}: forget the sender as a zone (its remote-site entry stays).
+- "pair"    {address, cluster, zone, member_of, from_zone}: the sender paired with this
+            site (`connect_zone`), which it calls `zone` (refused unless that is this
+            site's name) as a cluster of its zone `member_of` (default `zone`): this site
+            joins that zone (refused if it is in another one already), records the sender
+            as a cluster of zone `from_zone` (default: the sender's site name) and as a
+            remote site reached at `address` with the secret this site serves with (the
+            one the sender just proved it knows). Reply {site, cluster, zone}.
+- "unpair"  {}: forget the sender as a zone's cluster (its remote-site entry stays).
 - "status"  {}: {site, cluster, zones}; a zone that answers is up.
 - "put"     {kind, name, spec, version}: a policy or plan definition; kept if `version`
             is newer than the one held. Reply {version}: the one held afterwards.
@@ -86,8 +89,11 @@ def _handle(mgr: ProtectionManager, endpoint: Callable[[], zones.Endpoint | None
         if body["zone"] != cluster.site_name:
             raise InvalidArgument(f"the site at that address is called {cluster.site_name!r}, "
                                   f"not {body['zone']!r}")
-        zones.record_pair(mgr, peer_site, peer_cluster, str(body["address"]), served.secret)
-        return {"site": cluster.site_name, "cluster": cluster.id}
+        zones.join(mgr, str(body.get("member_of", cluster.site_name)))
+        zones.record_pair(mgr, str(body.get("from_zone", peer_site)), peer_site, peer_cluster,
+                          str(body["address"]), served.secret)
+        return {"site": cluster.site_name, "cluster": cluster.id,
+                "zone": zones.local_zone_name(mgr)}
     if op == "unpair":
         zones.forget(mgr, peer_site)
         return {}

@@ -1,4 +1,4 @@
-"""The Leap layer's catalogue rows: paired zones, policy and plan definitions, the PDs a
+"""The Leap layer's catalogue rows: zones and their member clusters, policy and plan definitions, the PDs a
 policy manages here, plan runs and what a test failover created.
 
 Registered with the catalogue when this module is imported (`nxstore.leap` imports it).
@@ -13,8 +13,9 @@ from ..store.catalog import register_table
 
 @dataclass
 class ZoneRow:
-    """A paired availability zone: `name` is its site name (and its remote-site entry
-    here), `cluster` its cluster id."""
+    """A paired availability zone as nxstore wrote it before zones could group clusters:
+    `name` is its one site's name, `cluster` its cluster id. Read once and moved into
+    ZoneClusterRow (nxstore.leap.zones)."""
 
     id: int
     name: str
@@ -23,10 +24,24 @@ class ZoneRow:
 
 
 @dataclass
+class ZoneClusterRow:
+    """Cluster (site) `site` is a member of availability zone `zone`: `site` is also its
+    remote-site entry here, `cluster` its cluster id. The row whose `site` is this site's
+    own name names the local zone (none: the local zone is called like this site)."""
+
+    id: int
+    zone: str
+    site: str
+    cluster: str
+    connected_at: float
+
+
+@dataclass
 class DefinitionRow:
     """A policy (`kind` "policy") or recovery plan ("plan") as JSON `spec`, at `version`
-    (every change increments it; a zone keeps the highest it has seen). `owed`: JSON list of
-    zones the current version has not reached yet (retried by the Leap tick)."""
+    (every change increments it; a cluster keeps the highest it has seen). `owed`: JSON list
+    of clusters (sites) the current version has not reached yet (retried by the Leap
+    tick)."""
 
     id: int
     kind: str
@@ -75,6 +90,10 @@ class TestItemRow:
 register_table(ZoneRow, "leap_zones", """
 CREATE TABLE IF NOT EXISTS leap_zones (id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT UNIQUE NOT NULL, cluster TEXT, connected_at REAL, ck INTEGER NOT NULL)""")
+register_table(ZoneClusterRow, "leap_zone_clusters", """
+CREATE TABLE IF NOT EXISTS leap_zone_clusters (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    zone TEXT NOT NULL, site TEXT UNIQUE NOT NULL, cluster TEXT, connected_at REAL,
+    ck INTEGER NOT NULL)""")
 register_table(DefinitionRow, "leap_definitions", """
 CREATE TABLE IF NOT EXISTS leap_definitions (id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT, version INTEGER, owed TEXT,
