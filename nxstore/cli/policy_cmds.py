@@ -39,10 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         return q
 
     def fields(q: argparse.ArgumentParser, *, required: bool) -> None:
-        q.add_argument("--primary", required=required, metavar="ZONE",
-                       help="the zone the VMs run in (this site's name or a paired zone)")
-        q.add_argument("--recovery", required=required, action="append", metavar="ZONE",
-                       help="a zone the VMs are protected to (repeat)")
+        q.add_argument("--primary", required=required, metavar="ZONE[/CLUSTER]",
+                       help="where the VMs run: this site's zone or a paired zone, and its "
+                            "cluster (needed when the zone has several)")
+        q.add_argument("--recovery", required=required, action="append",
+                       metavar="ZONE[/CLUSTER]",
+                       help="a zone (and its cluster, needed when the zone has several) the "
+                            "VMs are protected to (repeat)")
         q.add_argument("--schedule", required=required, action="append", type=schedule_arg,
                        metavar="SPEC", help=_SCHEDULE_HELP)
         q.add_argument("--witness-secret-file", metavar="FILE",
@@ -89,6 +92,8 @@ def _schedules(args: argparse.Namespace) -> list[PolicySchedule] | None:
 def _info(p: ProtectionPolicy) -> dict[str, Any]:
     """A policy as shown (never the witness's secret)."""
     return {"name": p.name, "primary": p.primary, "recovery": list(p.recovery),
+            "primary_cluster": p.primary_cluster,
+            "recovery_clusters": list(p.recovery_clusters),
             "schedules": [{"kind": s.kind, "every_s": s.every, "keep_local": s.keep_local,
                            "keep_remote": s.keep_remote, "app_consistent": s.app_consistent,
                            "witness": s.witness, "spec": schedule_text(s)}
@@ -97,9 +102,20 @@ def _info(p: ProtectionPolicy) -> dict[str, Any]:
             "containers": list(p.containers), "version": p.version}
 
 
+def _where(zone: str, cluster: str) -> str:
+    """A location as typed: ZONE, or ZONE/CLUSTER when the cluster is not called like it."""
+    return zone if cluster == zone else f"{zone}/{cluster}"
+
+
+def _route(info: dict[str, Any]) -> str:
+    """PRIMARY -> RECOVERY, ... of a policy as shown."""
+    recovery = [_where(z, c) for z, c in zip(info["recovery"], info["recovery_clusters"],
+                                             strict=True)]
+    return f"{_where(info['primary'], info['primary_cluster'])} -> {', '.join(recovery)}"
+
+
 def _print_one(info: dict[str, Any]) -> None:
-    print(f"policy {info['name']}: {info['primary']} -> {', '.join(info['recovery'])} "
-          f"(version {info['version']})")
+    print(f"policy {info['name']}: {_route(info)} (version {info['version']})")
     for s in info["schedules"]:
         print(f"schedule ({s['kind']}): {s['spec']}")
     print(f"categories: {', '.join(info['categories']) or '-'}")
@@ -112,7 +128,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         policy = c.create_policy(args.name, args.primary, args.recovery, schedules or (),
                                  categories=args.category or (),
                                  containers=args.container or ())
-        print(f"created policy {policy.name}: {policy.primary} -> {', '.join(policy.recovery)}")
+        print(f"created policy {policy.name}: {_route(_info(policy))}")
     return 0
 
 
@@ -139,7 +155,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not policies:
         print("no protection policies")
         return 0
-    print(table([(p["name"], p["primary"], ",".join(p["recovery"]),
+    print(table([(p["name"], *_route(p).split(" -> "),
                   " ".join(s["spec"] for s in p["schedules"]),
                   ",".join(p["categories"] + [f"container:{c}" for c in p["containers"]]))
                  for p in policies],
