@@ -78,7 +78,7 @@ def served(env: Path, *names: str) -> Iterator[dict[str, Daemon]]:
 def pair(env: Path, daemons: dict[str, Daemon]) -> None:
     out = nx("zone", "add", env / "canada", "france", daemons["france"].address,
              "--secret-file", env / "secret").stdout
-    assert f"paired with zone france at {daemons['france'].address}" in out
+    assert f"paired with zone france at {daemons['france'].address} (cluster france" in out
     assert "it lists canada as a zone too" in out
 
 
@@ -151,12 +151,14 @@ def test_zone_add_list_remove_in_the_daemons(env):
     with served(env, "canada", "france") as d:
         pair(env, d)
         listed = json.loads(nx("zone", "list", canada, "--json").stdout)
-        assert [(z["name"], z["address"]) for z in listed] == [("france", d["france"].address)]
+        assert [(z["name"], [(m["name"], m["address"]) for m in z["clusters"]])
+                for z in listed] == [("france", [("france", d["france"].address)])]
         back = json.loads(nx("zone", "list", france, "--json", "--check").stdout)
-        assert [(z["name"], z["address"], z["up"]) for z in back] == \
+        assert [(z["name"], z["clusters"][0]["address"], z["up"]) for z in back] == \
             [("canada", d["canada"].address, True)]
         out = nx("zone", "list", france, "--check").stdout
-        assert out.splitlines()[0].split() == ["ZONE", "ADDRESS", "CLUSTER", "PAIRED", "UP"]
+        assert out.splitlines()[0].split() == ["ZONE", "CLUSTER", "ADDRESS", "ID", "PAIRED",
+                                               "UP"]
         assert d["canada"].address in out and out.split()[-1] == "yes"
         nx("zone", "add", canada, "france", d["france"].address, "--secret-file",
            env / "secret")  # idempotent
@@ -182,13 +184,59 @@ def test_zone_add_offline_needs_local_address_and_check_says_down(env):
         assert nx("site", "list", canada, "--json").stdout.strip() == "[]"  # nothing recorded
         nx("zone", "add", canada, "france", d["france"].address, "--secret-file",
            env / "secret", "--local-address", "127.0.0.1:9")
-        assert [z["address"] for z in
+        assert [z["clusters"][0]["address"] for z in
                 json.loads(nx("zone", "list", france, "--json").stdout)] == ["127.0.0.1:9"]
         (zone,) = json.loads(nx("zone", "list", canada, "--json", "--check").stdout)
         assert zone["name"] == "france" and zone["up"] is True
         (zone,) = json.loads(nx("zone", "list", france, "--json", "--check").stdout)
-        assert zone["name"] == "canada" and zone["up"] is False and zone["error"]
+        assert zone["name"] == "canada" and zone["up"] is False
+        assert zone["clusters"][0]["error"]
         assert "no: " in nx("zone", "list", france, "--check").stdout
+
+
+def test_a_zone_of_two_clusters_and_policy_locations(env):
+    canada, paris_a = env / "canada", env / "paris-a"
+    for name in ("paris-a", "paris-b"):
+        nxstore.Cluster.create(str(env / name), block_size=4096, background=False).close()
+    with nxstore.Cluster.open(str(canada), background=False) as c:
+        c.create_category("dr", values=["yes"])
+    with served(env, "canada", "paris-a", "paris-b") as d:
+        for member in ("paris-a", "paris-b"):
+            out = nx("zone", "add", canada, "paris", d[member].address, "--cluster", member,
+                     "--secret-file", env / "secret").stdout
+            assert f"paired with zone paris at {d[member].address} (cluster {member}" in out
+        nx("zone", "add", paris_a, "paris", d["paris-b"].address, "--cluster", "paris-b",
+           "--secret-file", env / "secret")  # paris-a's fellow in its own zone
+        (paris,) = json.loads(nx("zone", "list", canada, "--json").stdout)
+        assert [(m["name"], m["address"]) for m in paris["clusters"]] == \
+            [("paris-a", d["paris-a"].address), ("paris-b", d["paris-b"].address)]
+        own, other = json.loads(nx("zone", "list", paris_a, "--json").stdout)
+        assert (own["name"], own["local"], [m["name"] for m in own["clusters"]]) == \
+            ("paris", True, ["paris-a", "paris-b"])
+        assert own["clusters"][0]["this_site"] and other["name"] == "canada"
+        out = nx("zone", "list", canada).stdout
+        assert out.count("paris ") == 2 and "paris-a" in out and "paris-b" in out
+
+        create = ["policy", "create", canada, "p", "--primary", "canada", "--schedule",
+                  "every=1h", "--category", "dr:yes", "--recovery"]
+        error_line(nx(*create, "paris", rc=1), "zone 'paris' has clusters paris-a, paris-b",
+                   "paris/CLUSTER")
+        error_line(nx(*create, "paris/paris-c", rc=1), "cluster 'paris-c' is not a member",
+                   "members: paris-a, paris-b")
+        assert "created policy p: canada -> paris/paris-b" in nx(*create, "paris/paris-b").stdout
+        info = json.loads(nx("policy", "show", paris_a, "p", "--json").stdout)  # delivered
+        assert (info["recovery"], info["recovery_clusters"]) == (["paris"], ["paris-b"])
+        assert "policy p: canada -> paris/paris-b" in nx("policy", "show", canada, "p").stdout
+
+        error_line(nx("zone", "remove", canada, "paris", "--cluster", "paris-b", rc=1),
+                   "cluster 'paris-b' of zone 'paris' is used by policy 'p'")
+        error_line(nx("zone", "remove", canada, "paris", rc=1), "zone 'paris' is used by")
+        out = nx("zone", "remove", canada, "paris", "--cluster", "paris-a").stdout
+        assert "unpaired cluster paris-a of zone paris" in out
+        (paris,) = json.loads(nx("zone", "list", canada, "--json").stdout)
+        assert [m["name"] for m in paris["clusters"]] == ["paris-b"]
+        nx("policy", "update", canada, "p", "--recovery", "paris")  # one cluster now
+        assert "canada -> paris/paris-b" in nx("policy", "show", canada, "p").stdout
 
 
 # -- recovery plans --------------------------------------------------------------------------
