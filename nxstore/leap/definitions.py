@@ -158,14 +158,16 @@ def deliver_owed(mgr: ProtectionManager, kind: str | None = None,
 
 def owe_zone(mgr: ProtectionManager, zone: str, site: str) -> list[str]:
     """Cluster `site` joined zone `zone`: owe it every definition naming the zone and
-    deliver them now (what `deliver_owed` returns)."""
+    deliver those now (the clusters still owed one, as `deliver_owed` says)."""
+    changed = []
     with mgr.lock, mgr.catalog.transaction():
         for row in mgr.catalog.rows(DefinitionRow):
             owed = json.loads(row.owed)
             if zone in _definition(row).zones and site not in owed:
                 row.owed = json.dumps([*owed, site])
                 mgr.catalog.update(row)
-    return deliver_owed(mgr)
+                changed.append((row.kind, row.name))
+    return [f for kind, name in changed for f in deliver_owed(mgr, kind, name)]
 
 
 def receive(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any],
