@@ -116,6 +116,10 @@ def test_policy_names_zone_and_cluster_and_replicates_there_only(zones, clock):
     lo.remove_zone("paris", "paris-a")  # no policy names it: the plan keeps paris-b
     assert [z.cluster_names for z in lo.zones()] == [("paris-b",)]
     assert [z.name for z in pa.zones()] == []
+    pc = zones.add("paris-c")  # a cluster joining later gets the definitions naming its zone
+    lo.connect_zone("paris", zones.address("paris-c"), SECRET, cluster="paris-c")
+    assert pc.policy("to-b").version == lo.policy("to-b").version == 2
+    assert pc.recovery_plan("p").spec == lo.recovery_plan("p").spec
 
 
 def test_definitions_and_zones_of_the_previous_version_read(zones):
