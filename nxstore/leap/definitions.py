@@ -85,9 +85,9 @@ def all_definitions(mgr: ProtectionManager) -> list[Definition]:
 def store(mgr: ProtectionManager, kind: str, name: str, spec: dict[str, Any], *,
           new: bool) -> Definition:
     """Store `spec` as the next version of definition (kind, name) and deliver it to the
-    other clusters of the zones it names (and of those the previous version named). `new`: AlreadyExists
-    if it exists; else NotFound if it does not. Durable here on return; a zone that cannot
-    be reached is owed it (module docstring)."""
+    other clusters of the zones it names (and of those the previous version named).
+    `new`: AlreadyExists if it exists; else NotFound if it does not. Durable here on
+    return; a cluster that cannot be reached is owed it (module docstring)."""
     with mgr.lock, mgr.catalog.transaction():
         rows = _rows(mgr, kind, name)
         if new and rows:

@@ -209,7 +209,8 @@ def _follow_schedules(pd: ProtectionDomain, policy: ProtectionPolicy) -> None:
         try:
             pd.metro_state()
         except NotFound:
-            pd.enable_metro(policy.recovery_clusters[0], sync.witness, witness_secret=sync.witness_secret)
+            pd.enable_metro(policy.recovery_clusters[0], sync.witness,
+                            witness_secret=sync.witness_secret)
 
 
 def _release(pd: ProtectionDomain) -> list[str]:

@@ -5,8 +5,9 @@ A policy names a primary location, one or more recovery locations, schedules and
 categories (KEY:VALUE) and containers it applies to. A location is a zone and one of its
 clusters ("ZONE/CLUSTER"; just "ZONE" when the zone has one cluster). Its definition is
 kept alike at every cluster of the zones it names (nxstore.leap.definitions); only the
-primary cluster acts on it: the Leap tick there protects the matching entities through protection domains it manages (nxstore.leap.
-membership), so a VM that gets a category is protected from the next tick on.
+primary cluster acts on it: the Leap tick there protects the matching entities through
+protection domains it manages (nxstore.leap.membership), so a VM that gets a category is
+protected from the next tick on.
 
 Schedules by recovery point objective:
 - asynchronous: `every` >= 1 h, PD snapshots replicated to the named cluster of every
@@ -206,12 +207,12 @@ def list_policies(mgr: ProtectionManager) -> list[ProtectionPolicy]:
 
 
 def create_policy(mgr: ProtectionManager, name: str, primary: object,
-                  recovery: Sequence[object] | str, schedules: Sequence[object], categories: Sequence[object] = (),
+                  recovery: Sequence[object] | str, schedules: Sequence[object],
+                  categories: Sequence[object] = (),
                   containers: Sequence[str] = ()) -> ProtectionPolicy:
     """Define a protection policy (module docstring) here and at the zones it names;
     `primary` and each of `recovery` are locations: "ZONE", "ZONE/CLUSTER" or (zone,
-    cluster).
-    Raises InvalidArgument, NotFound (zone, category), AlreadyExists, InUse (a VM it
+    cluster). Raises InvalidArgument, NotFound (zone, category), AlreadyExists, InUse (a VM it
     matches is in a protection domain: the message names both). Durable here on return;
     the other zones get it now or, if unreachable, from a later Leap tick."""
     policy = check_policy(mgr, name, primary, recovery, schedules, categories, containers)

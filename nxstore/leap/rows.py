@@ -1,5 +1,5 @@
-"""The Leap layer's catalogue rows: zones and their member clusters, policy and plan definitions, the PDs a
-policy manages here, plan runs and what a test failover created.
+"""The Leap layer's catalogue rows: zones and their member clusters, policy and plan
+definitions, the PDs a policy manages here, plan runs and what a test failover created.
 
 Registered with the catalogue when this module is imported (`nxstore.leap` imports it).
 """
