@@ -87,6 +87,14 @@ def test_policy_names_zone_and_cluster_and_replicates_there_only(zones, clock):
     assert any("protects to cluster 'paris-b' of zone 'paris', not to this one" in p
                for p in wrong.problems), wrong.problems
     assert pb.recovery_plan("p").validate().ok
+    spec = definitions.get_definition(lo._protection(), "policy", "to-b").spec
+    gone = {**spec, "clusters": {"london": "london", "paris": "paris-z"}}
+    definitions.receive(pb._protection(), "policy", "gone", gone, 1)  # a member since removed
+    report = pb.recovery_plan("p").validate()
+    assert not report.ok
+    assert ("policy 'gone' names cluster 'paris-z' of zone 'paris', which is not a member of "
+            "it here (members: paris-a, paris-b)") in report.problems, report.problems
+    definitions.receive_drop(pb._protection(), "policy", "gone", 1)
 
     with pytest.raises(InUse, match="cluster 'paris-b' of zone 'paris' is used by policy "
                                     "'to-b'"):
@@ -120,6 +128,10 @@ def test_policy_names_zone_and_cluster_and_replicates_there_only(zones, clock):
     lo.connect_zone("paris", zones.address("paris-c"), SECRET, cluster="paris-c")
     assert pc.policy("to-b").version == lo.policy("to-b").version == 2
     assert pc.recovery_plan("p").spec == lo.recovery_plan("p").spec
+    zones.down("paris-b")  # the reversed plan's primary cluster
+    report = lo.recovery_plan("p").validate()
+    assert any(p.startswith("zone 'paris' is down (cluster 'paris-b'): ")
+               for p in report.problems), report.problems
 
 
 def test_definitions_and_zones_of_the_previous_version_read(zones):
