@@ -256,16 +256,19 @@ def text_like(nbytes: int, block_size: int, seed: int, pool: int = 16 << 20) -> 
 
 # --- borg and restic ------------------------------------------------------------------
 
-INSTALL = "apt-get install -y borgbackup restic"
+# Debian packages of the external tools the benchmarks compare with (peers) or run.
+PACKAGES = {"borg": "borgbackup", "restic": "restic", "qemu-img": "qemu-utils",
+            "btrfs": "btrfs-progs", "mkfs.btrfs": "btrfs-progs", "mke2fs": "e2fsprogs"}
+INSTALL = "apt-get install -y " + " ".join(sorted(set(PACKAGES.values())))
 
 
 def require(tool: str) -> str:
     """Path of `tool`; raise with the exact install command when it is missing."""
     path = shutil.which(tool)
     if path is None:
-        raise RuntimeError(f"{tool} not found: install it with `{INSTALL}` (Debian packages "
-                           "borgbackup and restic); the replication benchmark compares "
-                           "against both")
+        raise RuntimeError(f"{tool} not found: install it with `apt-get install -y "
+                           f"{PACKAGES[tool]}` (all the benchmarks' tools: `{INSTALL}`); "
+                           "the benchmarks compare against it and do not skip it")
     return path
 
 
@@ -289,10 +292,13 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
 
 
 class BackupTool:
-    """One borg or restic repository; `backup(file)` returns (seconds, bytes added)."""
+    """One borg or restic repository; `backup(file)` returns (seconds, bytes added).
+    `options` are added to every `borg create` / `restic backup` command."""
 
-    def __init__(self, kind: str, repo: str, env: dict[str, str]) -> None:
+    def __init__(self, kind: str, repo: str, env: dict[str, str],
+                 options: tuple[str, ...] = ()) -> None:
         self.kind, self.repo, self.env, self.n = kind, repo, env, 0
+        self.options = list(options)
         exe = require("borg" if kind == "borg" else "restic")
         self.exe = exe
         if kind == "borg":
@@ -303,8 +309,8 @@ class BackupTool:
     def command(self, path: str) -> list[str]:
         self.n += 1
         if self.kind == "borg":
-            return [self.exe, "create", f"{self.repo}::a{self.n}", path]
-        return [self.exe, "backup", "--repo", self.repo, "--quiet", path]
+            return [self.exe, "create", *self.options, f"{self.repo}::a{self.n}", path]
+        return [self.exe, "backup", "--repo", self.repo, "--quiet", *self.options, path]
 
     def backup(self, path: str) -> tuple[float, int]:
         before = tree_size(self.repo)
