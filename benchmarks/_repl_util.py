@@ -82,12 +82,21 @@ class TargetDaemon:
 
 
 class ReplEnv:
-    """A source cluster in-process and a fresh target cluster served by a child process."""
+    """A source cluster and a fresh target cluster served by a child process.
 
-    def __init__(self, root: str, block_size: int, name: str) -> None:
+    The source is open in this process (`source`), or with `in_process=False` closed
+    (only `source_path`: the `nxstore` CLI drives it; registering a target opens it
+    briefly)."""
+
+    def __init__(self, root: str, block_size: int, name: str, in_process: bool = True) -> None:
         self.root, self.block_size, self.name = root, block_size, name
-        self.source = nxstore.Cluster.create(os.path.join(root, f"{name}-src"),
-                                             block_size=block_size, site_name=f"{name}src")
+        self.source_path = os.path.join(root, f"{name}-src")
+        self.source_site = f"{name}src"
+        self.source = nxstore.Cluster.create(self.source_path, block_size=block_size,
+                                             site_name=self.source_site)
+        if not in_process:
+            self.source.close()
+        self.in_process = in_process
         self.target: TargetDaemon | None = None
         self.site = f"{name}dst"
         self.n = 0
@@ -99,9 +108,14 @@ class ReplEnv:
         path = os.path.join(self.root, f"{self.name}-dst{self.n}")
         nxstore.Cluster.create(path, block_size=self.block_size, site_name=self.site).close()
         self.target = TargetDaemon(path)
-        if any(s.name == self.site for s in self.source.remote_sites()):
-            self.source.remove_remote_site(self.site)
-        self.source.add_remote_site(self.site, self.target.address, SECRET)
+        source = self.source if self.in_process else nxstore.Cluster.open(self.source_path)
+        try:
+            if any(s.name == self.site for s in source.remote_sites()):
+                source.remove_remote_site(self.site)
+            source.add_remote_site(self.site, self.target.address, SECRET)
+        finally:
+            if not self.in_process:
+                source.close()
 
     def stop_target(self, delete: bool = False) -> None:
         if self.target is not None:
@@ -115,7 +129,8 @@ class ReplEnv:
 
     def close(self) -> None:
         self.stop_target()
-        self.source.close()
+        if self.in_process:
+            self.source.close()
 
 
 # --- the ceiling: a plain Python socket sendall between two processes ------------------
