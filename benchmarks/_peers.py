@@ -172,6 +172,10 @@ class BtrfsPair:
             raise BtrfsUnavailable(f"losetup of a loop device failed: {res.stderr.strip()}")
         loop = res.stdout.strip()
         self.loops.append(loop)
+        dio = f"/sys/block/{os.path.basename(loop)}/loop/dio"
+        if os.path.exists(dio):  # losetup may fall back to buffered I/O without an error
+            with open(dio) as f:
+                self.direct_io = self.direct_io and f.read().strip() == "1"
         mnt = os.path.join(self.root, f"btrfs-{side}")
         os.makedirs(mnt, exist_ok=True)
         res = subprocess.run(["mount", "-t", "btrfs", loop, mnt], capture_output=True, text=True)
