@@ -438,11 +438,14 @@ def test_verified_replica(benchmark, root, vm, btrfs, bs: int) -> None:  # noqa:
                 peer.append(btrfs.send_receive() + btrfs.verify_received(digests))
             env.fresh_target()
 
+        parts: list[tuple[float, float]] = []   # (replicate, verify) seconds per round
+
         def run() -> None:
-            nx("replicate", env.source_path, f"{VM_VDISK}@base", env.site)
-            if not missing:
-                nx(*fill(REPLICA_VERIFY, path=env.source_path, site=env.site, vdisk=VM_VDISK,
-                         snap="base"))
+            seed_s = nx("replicate", env.source_path, f"{VM_VDISK}@base", env.site)[0]
+            verify_s = 0.0 if missing else nx(*fill(
+                REPLICA_VERIFY, path=env.source_path, site=env.site, vdisk=VM_VDISK,
+                snap="base"))[0]
+            parts.append((seed_s, verify_s))
 
         benchmark.pedantic(run, setup=setup, rounds=SEED_ROUNDS, iterations=1)
         _verify_replica(env, "base", VM_VDISK, image=vm.base)
@@ -452,6 +455,8 @@ def test_verified_replica(benchmark, root, vm, btrfs, bs: int) -> None:  # noqa:
         report(benchmark, f"R6 time to a verified replica ({what}), {_kib(bs)} blocks, "
                f"{vm.size / GiB:.2f} GiB ext4 image", vm.size, "MB/s", median_s=secs,
                target_met=not missing and extra.get("vs_btrfs", 1) >= 1,  # type: ignore[operator]
+               replicate_s=statistics.median(p for p, _ in parts),
+               verify_s=statistics.median(v for _, v in parts),
                rounds_s=[round(t, 2) for t in benchmark.stats.stats.data], **extra)
     finally:
         env.close()
