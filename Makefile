@@ -39,6 +39,8 @@ torture: setup
 wheel-check: setup
 	PY=$(abspath $(PY)) PYTHON=$(PYTHON) bash .ci/wheel_check.sh
 
+# `make bench`: measurements with peers and ceilings in the same run (benchmarks/*.py
+# docstrings); beyond setup's packages they need btrfs-progs, and root for its loop mounts.
 bench: setup
 	$(VENV)/bin/pytest $(PYTEST_FLAGS) benchmarks/ --benchmark-only
 

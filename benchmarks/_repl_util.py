@@ -82,12 +82,21 @@ class TargetDaemon:
 
 
 class ReplEnv:
-    """A source cluster in-process and a fresh target cluster served by a child process."""
+    """A source cluster and a fresh target cluster served by a child process.
 
-    def __init__(self, root: str, block_size: int, name: str) -> None:
+    The source is open in this process (`source`), or with `in_process=False` closed
+    (only `source_path`: the `nxstore` CLI drives it; registering a target opens it
+    briefly)."""
+
+    def __init__(self, root: str, block_size: int, name: str, in_process: bool = True) -> None:
         self.root, self.block_size, self.name = root, block_size, name
-        self.source = nxstore.Cluster.create(os.path.join(root, f"{name}-src"),
-                                             block_size=block_size, site_name=f"{name}src")
+        self.source_path = os.path.join(root, f"{name}-src")
+        self.source_site = f"{name}src"
+        self.source = nxstore.Cluster.create(self.source_path, block_size=block_size,
+                                             site_name=self.source_site)
+        if not in_process:
+            self.source.close()
+        self.in_process = in_process
         self.target: TargetDaemon | None = None
         self.site = f"{name}dst"
         self.n = 0
@@ -99,9 +108,14 @@ class ReplEnv:
         path = os.path.join(self.root, f"{self.name}-dst{self.n}")
         nxstore.Cluster.create(path, block_size=self.block_size, site_name=self.site).close()
         self.target = TargetDaemon(path)
-        if any(s.name == self.site for s in self.source.remote_sites()):
-            self.source.remove_remote_site(self.site)
-        self.source.add_remote_site(self.site, self.target.address, SECRET)
+        source = self.source if self.in_process else nxstore.Cluster.open(self.source_path)
+        try:
+            if any(s.name == self.site for s in source.remote_sites()):
+                source.remove_remote_site(self.site)
+            source.add_remote_site(self.site, self.target.address, SECRET)
+        finally:
+            if not self.in_process:
+                source.close()
 
     def stop_target(self, delete: bool = False) -> None:
         if self.target is not None:
@@ -115,7 +129,8 @@ class ReplEnv:
 
     def close(self) -> None:
         self.stop_target()
-        self.source.close()
+        if self.in_process:
+            self.source.close()
 
 
 # --- the ceiling: a plain Python socket sendall between two processes ------------------
@@ -256,16 +271,19 @@ def text_like(nbytes: int, block_size: int, seed: int, pool: int = 16 << 20) -> 
 
 # --- borg and restic ------------------------------------------------------------------
 
-INSTALL = "apt-get install -y borgbackup restic"
+# Debian packages of the external tools the benchmarks compare with (peers) or run.
+PACKAGES = {"borg": "borgbackup", "restic": "restic", "qemu-img": "qemu-utils",
+            "btrfs": "btrfs-progs", "mkfs.btrfs": "btrfs-progs", "mke2fs": "e2fsprogs"}
+INSTALL = "apt-get install -y " + " ".join(sorted(set(PACKAGES.values())))
 
 
 def require(tool: str) -> str:
     """Path of `tool`; raise with the exact install command when it is missing."""
     path = shutil.which(tool)
     if path is None:
-        raise RuntimeError(f"{tool} not found: install it with `{INSTALL}` (Debian packages "
-                           "borgbackup and restic); the replication benchmark compares "
-                           "against both")
+        raise RuntimeError(f"{tool} not found: install it with `apt-get install -y "
+                           f"{PACKAGES[tool]}` (all the benchmarks' tools: `{INSTALL}`); "
+                           "the benchmarks compare against it and do not skip it")
     return path
 
 
@@ -289,10 +307,13 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
 
 
 class BackupTool:
-    """One borg or restic repository; `backup(file)` returns (seconds, bytes added)."""
+    """One borg or restic repository; `backup(file)` returns (seconds, bytes added).
+    `options` are added to every `borg create` / `restic backup` command."""
 
-    def __init__(self, kind: str, repo: str, env: dict[str, str]) -> None:
+    def __init__(self, kind: str, repo: str, env: dict[str, str],
+                 options: tuple[str, ...] = ()) -> None:
         self.kind, self.repo, self.env, self.n = kind, repo, env, 0
+        self.options = list(options)
         exe = require("borg" if kind == "borg" else "restic")
         self.exe = exe
         if kind == "borg":
@@ -303,8 +324,8 @@ class BackupTool:
     def command(self, path: str) -> list[str]:
         self.n += 1
         if self.kind == "borg":
-            return [self.exe, "create", f"{self.repo}::a{self.n}", path]
-        return [self.exe, "backup", "--repo", self.repo, "--quiet", path]
+            return [self.exe, "create", *self.options, f"{self.repo}::a{self.n}", path]
+        return [self.exe, "backup", "--repo", self.repo, "--quiet", *self.options, path]
 
     def backup(self, path: str) -> tuple[float, int]:
         before = tree_size(self.repo)
