@@ -19,12 +19,13 @@ import errno
 import logging
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator
 
 from ..errors import NxError
 from ..nbd import images
-from .common import CliError, human, open_cluster, split_ref
+from .common import CliError, ClusterBusy, human, open_cluster, split_ref
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(raw and sparse, or qcow2, vmdk, vhdx...)")
     p.add_argument("path", metavar="PATH")
     p.add_argument("source", metavar="VDISK[@SNAP]")
-    p.add_argument("file", metavar="FILE", help="output file (created or truncated)")
+    p.add_argument("file", metavar="FILE",
+                   help="output file (created or truncated); '-': the raw image to standard "
+                   "output (a pipe: zeros are written out, the summary goes to stderr)")
     p.add_argument("--format", metavar="FMT",
                    help="image format (default: by FILE's extension: .qcow2, .vmdk, .vhdx, "
                    ".vhd, .vdi; raw otherwise)")
@@ -209,7 +212,12 @@ def _export_converted(args: argparse.Namespace, fmt: str) -> int:
 
 
 # -- export -------------------------------------------------------------------------
+STDOUT = "-"  # the FILE argument of export that names standard output
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.file == STDOUT:
+        return _export_stdout(args)
     fmt = args.format or images.output_format(args.file)
     if fmt != "raw":
         return _export_converted(args, fmt)
@@ -223,7 +231,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             if regular:
                 os.ftruncate(fd, 0)  # holes are zeros only in a fresh file
                 os.ftruncate(fd, size)
-            written, seconds = _copy_out(src, size, fd, sparse=regular, label=args.source)
+            written, seconds = _copy_out(src, size, fd, sparse=regular, label=args.source,
+                                         seekable=_seekable(fd))
             if regular:
                 os.fsync(fd)
         except BaseException:
@@ -239,15 +248,60 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_out(src, size: int, fd: int, *, sparse: bool, label: str) -> tuple[int, float]:
-    """Stream the image into fd; returns (bytes written, seconds)."""
+def _export_stdout(args: argparse.Namespace) -> int:
+    """`export PATH SOURCE -`: the raw image, in order, on standard output (a pipe or a
+    file); the summary goes to stderr so that stdout holds the image only."""
+    if args.format not in (None, "raw"):
+        raise CliError(f"only raw images can be written to standard output, not {args.format}")
+    vdisk, snap = split_ref(args.source, need_snap=False)
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        raise CliError("standard output is not a file descriptor here") from None
+    if os.isatty(fd):
+        raise CliError("standard output is a terminal: redirect it to a file or a pipe")
+    try:
+        with open_cluster(args.path) as c:
+            src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)
+            size = src.size
+            _, seconds = _copy_out(src, size, fd, sparse=False, label=args.source,
+                                   seekable=False)
+    except ClusterBusy as exc:
+        # The daemon answers a forwarded command with one reply frame: it cannot stream.
+        raise CliError(f"{exc}; its daemon cannot stream an image to standard output: export "
+                       "to a FILE there instead, e.g. a named pipe made with mkfifo "
+                       "and read from while the export runs") from None
+    sys.stderr.write(f"exported {args.source} to standard output: {human(size)} in "
+                     f"{seconds:.2f} s ({_rate(size, seconds)})\n")
+    return 0
+
+
+def _seekable(fd: int) -> bool:
+    """Whether pwrite works on fd (not on pipes, FIFOs, sockets and terminals)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError as exc:
+        if exc.errno == errno.ESPIPE:
+            return False
+        raise
+    return True
+
+
+def _copy_out(src, size: int, fd: int, *, sparse: bool, label: str,
+              seekable: bool = True) -> tuple[int, float]:
+    """Stream the image into fd; returns (bytes written, seconds). Not `seekable` (a
+    pipe): written in order from fd's current position, zeros included."""
     t0 = time.perf_counter()
     written = 0
     with Progress(size, f"export {label}") as bar:
         for off in range(0, size, CHUNK):
             n = min(CHUNK, size - off)
             data = src.read(off, n)
-            if not sparse:
+            if not seekable:
+                _write_all(fd, memoryview(data))
+                written += n
+            elif not sparse:
                 _pwrite_all(fd, memoryview(data), off)
                 written += n
             elif data != _ZERO[:n]:
@@ -277,3 +331,9 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
