@@ -15,7 +15,9 @@ output file (it is truncated to the image size first, then written piecewise).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
+import json
 import logging
 import os
 import stat
@@ -25,7 +27,7 @@ from collections.abc import Iterator
 
 from ..errors import NxError
 from ..nbd import images
-from .common import CliError, ClusterBusy, human, open_cluster, split_ref
+from .common import CliError, ClusterBusy, human, open_cluster, plural, split_ref
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image format (default: by FILE's extension: .qcow2, .vmdk, .vhdx, "
                    ".vhd, .vdi; raw otherwise)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="re-read and check every allocated block of a vDisk or "
+                       "snapshot; exit 1 listing every damaged block")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("source", metavar="VDISK[@SNAP]")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_verify)
 
 
 def _rate(nbytes: int, seconds: float) -> str:
@@ -337,3 +346,28 @@ def _write_all(fd: int, view: memoryview) -> None:
     done = 0
     while done < len(view):
         done += os.write(fd, view[done:])
+
+
+# -- verify -------------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace) -> int:
+    vdisk, snap = split_ref(args.source, need_snap=False)
+    with open_cluster(args.path) as c, Progress(None, f"verify {args.source}") as bar:
+        src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)
+        r = src.verify(progress=bar.set)
+    if args.json:
+        print(json.dumps({"source": args.source, "size": r.size,
+                          "blocks_checked": r.blocks_checked, "bytes_checked": r.bytes_checked,
+                          "seconds": round(r.seconds, 3), "clean": r.clean,
+                          "damaged": [dataclasses.asdict(d) for d in r.damaged]}, indent=2))
+    else:
+        for d in r.damaged:
+            print(f"{args.source}: block at offset {d.offset}: {d.problem}")
+        if r.clean:
+            print(f"verified {args.source}: {r.blocks_checked} allocated blocks "
+                  f"({human(r.bytes_checked)}) in {r.seconds:.2f} s "
+                  f"({_rate(r.bytes_checked, r.seconds)}): no damage")
+    if r.damaged:
+        sys.stderr.write(f"nxstore: error: verify found {plural(len(r.damaged), 'damaged block', 'damaged blocks')} "
+                         f"of {r.blocks_checked} in {args.source}\n")
+        return 1
+    return 0

@@ -1,0 +1,193 @@
+"""Checking images without copying them, as real CLI processes: `export ... -` to a pipe,
+`nxstore verify`, `nxstore replica verify` between two sites, and incremental `import
+--update`; plus the library entry points (VDisk/Snapshot.verify, block_fingerprints)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nxstore
+from nxstore.store.extent_group import HEADER_BYTES, group_file_name
+
+sys.path.insert(0, str(Path(__file__).parent / "replication"))
+from sites_helper import NXSTORE, Daemon  # noqa: E402
+
+MiB = 1 << 20
+BS = 4096
+TIMEOUT = 120
+SECRET = "correct horse battery staple"
+
+
+def nx(*args: object, rc: int = 0, **kwargs) -> subprocess.CompletedProcess:
+    """Run `nxstore ARGS` (text output); assert the exit status and no traceback."""
+    proc = subprocess.run([*NXSTORE, *map(str, args)], capture_output=True, text=True,
+                          timeout=TIMEOUT, stdin=subprocess.DEVNULL, **kwargs)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == rc, (f"nxstore {' '.join(map(str, args))}: rc {proc.returncode} "
+                                   f"!= {rc}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def last_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("nxstore: error: "), proc.stderr
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def export_sha256(path: object, ref: str) -> str:
+    """sha256 of `nxstore export PATH REF -` read from a pipe."""
+    proc = subprocess.Popen([*NXSTORE, "export", str(path), ref, "-"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    h = hashlib.sha256()
+    assert proc.stdout is not None and proc.stderr is not None
+    while chunk := proc.stdout.read(1 << 20):
+        h.update(chunk)
+    err = proc.stderr.read().decode()
+    assert proc.wait(TIMEOUT) == 0, err
+    assert "Traceback" not in err and "exported " in err, err
+    return h.hexdigest()
+
+
+def make_image(path: Path, size: int, seed: int = 3) -> bytes:
+    """Random data with a hole in the middle and a compressible stretch."""
+    rng = np.random.default_rng(seed)
+    data = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    data[size // 4 : size // 2] = bytes(size // 4)
+    text = b"all work and no play makes jack a dull boy " * 2000
+    data[size // 2 : size // 2 + len(text)] = text
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def damage(cluster_path: object, vdisk: str, blocks: list[int], snap: str | None = None) -> list[int]:
+    """Flip one payload byte of the extent each of `blocks` maps to; returns the extent ids."""
+    with nxstore.Cluster.open(str(cluster_path), background=False) as c:
+        src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)
+        ids = np.array([int(src.block_fingerprints(b, 1).ids[0]) for b in blocks], np.uint64)
+        groups, offsets, _ = c.ctx.store.locations(ids)
+        directory = c.ctx.store.directory
+    for g, off in zip(groups.tolist(), offsets.tolist(), strict=True):
+        assert g, "block is not allocated"
+        with open(os.path.join(directory, group_file_name(g)), "r+b") as f:
+            f.seek(off + HEADER_BYTES + 5)
+            b = f.read(1)
+            f.seek(off + HEADER_BYTES + 5)
+            f.write(bytes([b[0] ^ 0x40]))
+    return ids.tolist()
+
+
+@pytest.fixture
+def site(tmp_path):
+    """Cluster 'paris' with a 4 MiB vDisk 'db' imported from `img`, snapshot db@s1."""
+    path = tmp_path / "paris"
+    nx("create", path, "--block-size", "4K")
+    img = tmp_path / "img"
+    data = make_image(img, 4 * MiB)
+    nx("import", path, "db", img, "--create")
+    nx("snapshot", "create", path, "db@s1")
+    return path, img, data
+
+
+# -- export to a pipe ------------------------------------------------------------------------
+def test_export_to_a_pipe_equals_the_content(site, tmp_path):
+    path, _, data = site
+    want = hashlib.sha256(data).hexdigest()
+    assert export_sha256(path, "db") == want
+    assert export_sha256(path, "db@s1") == want
+    # Zeros of a sparse vDisk are written out (no seeking), the unaligned tail too.
+    nx("vdisk", "create", path, "sparse", str(3 * MiB + 1000))
+    assert export_sha256(path, "sparse") == hashlib.sha256(bytes(3 * MiB + 1000)).hexdigest()
+    # Standard output redirected to a file works as well; stdout holds the image only.
+    with open(tmp_path / "out.raw", "wb") as f:
+        proc = subprocess.run([*NXSTORE, "export", str(path), "db@s1", "-"], stdout=f,
+                              stderr=subprocess.PIPE, text=True, timeout=TIMEOUT, check=True)
+    assert (tmp_path / "out.raw").read_bytes() == data
+    assert "exported db@s1 to standard output" in proc.stderr
+    last_error(nx("export", path, "db", "-", "--format", "qcow2", rc=1), "only raw images")
+
+
+def test_export_to_stdout_of_a_served_cluster_is_refused_clearly(site, tmp_path):
+    path, _, _ = site
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    d = Daemon.start(str(path), str(secret))
+    try:
+        proc = nx("export", path, "db", "-", rc=1)
+        assert proc.stdout == ""
+        last_error(proc, "cannot stream", "mkfifo")
+        # A command that prints text is forwarded as usual.
+        assert "no damage" in nx("verify", path, "db").stdout
+    finally:
+        d.cleanup()
+
+
+# -- verify ----------------------------------------------------------------------------------
+def test_verify_clean_then_every_damaged_block_listed(site):
+    path, _, _ = site
+    out = nx("verify", path, "db").stdout
+    assert "verified db: 768 allocated blocks (3.0 MiB)" in out and "no damage" in out, out
+    report = json.loads(nx("verify", path, "db@s1", "--json").stdout)
+    assert report["clean"] and report["blocks_checked"] == 768 and report["damaged"] == []
+    ids = damage(path, "db", [3, 700])
+    proc = nx("verify", path, "db", rc=1)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2, proc.stdout
+    assert lines[0].startswith(f"db: block at offset {3 * BS}: extent {ids[0]} ")
+    assert lines[1].startswith(f"db: block at offset {700 * BS}: extent {ids[1]} ")
+    assert all("data does not match its fingerprint" in x for x in lines), lines
+    last_error(proc, "verify found 2 damaged blocks of 768 in db")
+    report = json.loads(nx("verify", path, "db@s1", "--json", rc=1).stdout)
+    assert not report["clean"]
+    assert [(d["offset"], d["extent_id"]) for d in report["damaged"]] == [
+        (3 * BS, ids[0]), (700 * BS, ids[1])]
+    last_error(nx("verify", path, "db@nosuch", rc=1), "nosuch")
+
+
+def test_library_verify_reports_progress_and_all_damaged_blocks(tmp_path):
+    with nxstore.Cluster.create(str(tmp_path / "c"), block_size=BS) as c:
+        vd = c.create_vdisk("v", 2 * MiB + 512)
+        rng = np.random.default_rng(5)
+        block = rng.integers(0, 256, BS, dtype=np.uint8).tobytes()
+        vd.write(0, rng.integers(0, 256, MiB, dtype=np.uint8).tobytes())
+        for b in (300, 301, 400):  # three blocks sharing one extent (dedup)
+            vd.write(b * BS, block)
+        vd.write(2 * MiB, b"tail" * 128)  # a partial last block, still in the OpLog
+        calls: list[tuple[int, int]] = []
+        r = vd.verify(progress=lambda done, total: calls.append((done, total)))
+        assert r.clean and r.blocks_checked == 256 + 3 + 1
+        assert r.bytes_checked == (256 + 3) * BS + 512
+        assert calls and calls[-1] == (vd.size, vd.size)
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+        fp = vd.block_fingerprints(300, 2)
+        assert fp.ids[0] == fp.ids[1] and (fp.fps[0] == fp.fps[1]).all() and not fp.damaged
+        eid = int(fp.ids[0])
+        g, off, _ = c.ctx.store.locations(np.array([eid, 1], np.uint64))
+        snap = vd.snapshot("s")
+        directory = c.ctx.store.directory
+    for group, at in zip(g.tolist(), off.tolist(), strict=True):
+        with open(os.path.join(directory, group_file_name(group)), "r+b") as f:
+            f.seek(at + HEADER_BYTES + 100)
+            byte = f.read(1)
+            f.seek(at + HEADER_BYTES + 100)
+            f.write(bytes([byte[0] ^ 1]))
+    with nxstore.Cluster.open(str(tmp_path / "c"), background=False) as c:
+        snap = c.snapshot("v", "s")
+        r = snap.verify()
+        assert not r.clean and r.blocks_checked == 260
+        assert [d.offset for d in r.damaged] == [0, 300 * BS, 301 * BS, 400 * BS]
+        assert [d.extent_id for d in r.damaged[1:]] == [eid] * 3
+        fp = snap.block_fingerprints(299, 3, reread=True)
+        assert sorted(fp.damaged) == [1, 2] and "fingerprint" in fp.damaged[1]
+        with pytest.raises(nxstore.errors.OutOfRange):
+            snap.block_fingerprints(500, 100)
