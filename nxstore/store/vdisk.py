@@ -682,16 +682,17 @@ class VDisk:
     def block_fingerprints(self, first: int, count: int, *,
                            reread: bool = False) -> RangeFingerprints:
         """Extent ids and content fingerprints of blocks first .. first + count - 1 as the
-        vDisk holds them now (undrained writes drained first); with `reread`, the blocks are
-        read and verified too (nxstore.store.verify.block_fingerprints). Raises OutOfRange,
-        InvalidArgument, NotFound (deleted)."""
+        vDisk holds them now (undrained writes are moved into the map first); with `reread`,
+        the blocks are read and verified too (nxstore.store.verify.block_fingerprints).
+        Raises OutOfRange, InvalidArgument, NotFound (deleted)."""
         from .verify import block_fingerprints
 
         with self._lock:
             self._check_alive()
             nblocks = -(-self.size // self._ctx.block_size)
             first, count = check_range(f"blocks of {self.name}", first, count, nblocks)
-            self.drain_all_locked()
+            while self._drain_step():  # into the map in RAM; the drain persists it later
+                pass
             return block_fingerprints(self._ctx, self._row.head_layer, first, count,
                                       reread=reread)
 
