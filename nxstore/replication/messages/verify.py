@@ -110,4 +110,4 @@ class VerifyReply(Message):
         n = p.count()
         fps = p.array(n * FINGERPRINT_BYTES, "u1", (n, FINGERPRINT_BYTES))
         m = p.count()
-        return cls(first, fps, p.array(m * 4, "<u4", (m,)), req_id=req_id)
+        return cls(first, fps, p.array(m, "<u4", (m,)), req_id=req_id)
