@@ -15,8 +15,11 @@ output file (it is truncated to the image size first, then written piecewise).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes; transfer unit and alignment (a multiple of every block size)
 UPDATE_CHUNK = 8 << 20  # bytes; import --update compares this much at a time (whole blocks)
+STREAM_CHUNK = 4 << 20  # bytes; export to a pipe reads this much at a time (one ahead)
+STREAM_PIPE_BYTES = 1 << 20  # bytes; the pipe buffer export asks for (best effort)
 HOLE_GRAIN = 64 << 10  # bytes; zero runs this aligned and long stay holes in exported files
 _ZERO = bytes(CHUNK)
 
@@ -232,30 +237,38 @@ class UpdateResult:
 def update_blocks(fd: int, size: int, vd, block_size: int) -> UpdateResult:
     """Make vDisk `vd` (of `size` bytes) read as the first `size` bytes of file `fd`,
     writing only the blocks whose fingerprint differs from the vDisk's (zero blocks that
-    differ are trimmed). Reads the file in UPDATE_CHUNK pieces; one fingerprint call (C,
-    GIL released) and one map lookup a piece; writes a run of differing blocks at a time.
-    Durable on return."""
+    differ are trimmed). Reads the file in UPDATE_CHUNK pieces, the next one read and
+    fingerprinted (C, GIL released) in a helper thread while this one is compared (one map
+    lookup a piece) and its runs of differing blocks written. Durable on return."""
     t0 = time.perf_counter()
     compared = written = trimmed = 0
-    buf = np.zeros(UPDATE_CHUNK, np.uint8)
-    with Progress(size, f"update {vd.name}") as bar:
-        for off in range(0, size, UPDATE_CHUNK):
-            n = min(UPDATE_CHUNK, size - off)
-            nblocks = -(-n // block_size)
-            piece = buf[: nblocks * block_size]
-            got = os.preadv(fd, [piece[:n]], off)
-            if got != n:
-                raise CliError(f"short read at offset {off}: the image changed while importing")
-            piece[n:] = 0  # a partial last block reads as zeros past the vDisk's end
-            fps, zero = native.fingerprint_blocks(piece, block_size)
+    pieces = [(off, min(UPDATE_CHUNK, size - off)) for off in range(0, size, UPDATE_CHUNK)]
+    buffers = [np.zeros(UPDATE_CHUNK, np.uint8) for _ in range(2)]  # one read ahead
+
+    def load(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        off, n = pieces[k]
+        piece = buffers[k % 2][: -(-n // block_size) * block_size]
+        if os.preadv(fd, [piece[:n]], off) != n:
+            raise CliError(f"short read at offset {off}: the image changed while importing")
+        piece[n:] = 0  # a partial last block reads as zeros past the vDisk's end
+        return (piece, *native.fingerprint_blocks(piece, block_size))
+
+    with Progress(size, f"update {vd.name}") as bar, \
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-update") as pool:
+        ahead = pool.submit(load, 0) if pieces else None
+        for k, (off, n) in enumerate(pieces):
+            assert ahead is not None
+            piece, fps, zero = ahead.result()
+            # the buffer read next is the other one: this piece's stays as it is
+            ahead = pool.submit(load, k + 1) if k + 1 < len(pieces) else None
             first = off // block_size
-            differ = (fps != vd.block_fingerprints(first, nblocks).fps).any(axis=1)
+            differ = (fps != vd.block_fingerprints(first, len(fps)).fps).any(axis=1)
             data, zeros = np.flatnonzero(differ & ~zero), np.flatnonzero(differ & zero)
             for lo, length in block_ranges(data + first, block_size, size):
                 vd.write(lo, piece[lo - off : lo - off + length])
             for lo, length in block_ranges(zeros + first, block_size, size):
                 vd.trim(lo, length)
-            compared += nblocks
+            compared += len(fps)
             written += int(data.size)
             trimmed += int(zeros.size)
             bar.update(n)
@@ -316,8 +329,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             if regular:
                 os.ftruncate(fd, 0)  # holes are zeros only in a fresh file
                 os.ftruncate(fd, size)
-            written, seconds = _copy_out(src, size, fd, sparse=regular, label=args.source,
-                                         seekable=_seekable(fd))
+            if _seekable(fd):
+                written, seconds = _copy_out(src, size, fd, sparse=regular, label=args.source)
+            else:  # a FIFO, a socket
+                written, seconds = size, _stream_out(src, size, fd, label=args.source)
             if regular:
                 os.fsync(fd)
         except BaseException:
@@ -350,8 +365,7 @@ def _export_stdout(args: argparse.Namespace) -> int:
         with open_cluster(args.path) as c:
             src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)
             size = src.size
-            _, seconds = _copy_out(src, size, fd, sparse=False, label=args.source,
-                                   seekable=False)
+            seconds = _stream_out(src, size, fd, label=args.source)
     except ClusterBusy as exc:
         # The daemon answers a forwarded command with one reply frame: it cannot stream.
         raise CliError(f"{exc}; its daemon cannot stream an image to standard output: export "
@@ -373,20 +387,35 @@ def _seekable(fd: int) -> bool:
     return True
 
 
-def _copy_out(src, size: int, fd: int, *, sparse: bool, label: str,
-              seekable: bool = True) -> tuple[int, float]:
-    """Stream the image into fd; returns (bytes written, seconds). Not `seekable` (a
-    pipe): written in order from fd's current position, zeros included."""
+def _stream_out(src, size: int, fd: int, *, label: str) -> float:
+    """Write the whole image to fd in order from its current position (a pipe: zeros
+    included, no seeking); returns the seconds taken. The next STREAM_CHUNK is read (and
+    verified) in a helper thread while this one is written: both release the GIL."""
+    t0 = time.perf_counter()
+    with contextlib.suppress(OSError, AttributeError):  # a bigger pipe: fewer wake-ups
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STREAM_PIPE_BYTES)
+    pieces = [(off, min(STREAM_CHUNK, size - off)) for off in range(0, size, STREAM_CHUNK)]
+    with Progress(size, f"export {label}") as bar, \
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-export") as pool:
+        ahead = pool.submit(src.read, *pieces[0]) if pieces else None
+        for k in range(len(pieces)):
+            assert ahead is not None
+            data = ahead.result()
+            ahead = pool.submit(src.read, *pieces[k + 1]) if k + 1 < len(pieces) else None
+            _write_all(fd, memoryview(data))
+            bar.update(len(data))
+    return time.perf_counter() - t0
+
+
+def _copy_out(src, size: int, fd: int, *, sparse: bool, label: str) -> tuple[int, float]:
+    """Stream the image into fd; returns (bytes written, seconds)."""
     t0 = time.perf_counter()
     written = 0
     with Progress(size, f"export {label}") as bar:
         for off in range(0, size, CHUNK):
             n = min(CHUNK, size - off)
             data = src.read(off, n)
-            if not seekable:
-                _write_all(fd, memoryview(data))
-                written += n
-            elif not sparse:
+            if not sparse:
                 _pwrite_all(fd, memoryview(data), off)
                 written += n
             elif data != _ZERO[:n]:
