@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,30 @@ def test_export_to_stdout_of_a_served_cluster_is_refused_clearly(site, tmp_path)
         proc = nx("export", path, "db", "-", rc=1)
         assert proc.stdout == ""
         last_error(proc, "cannot stream", "mkfifo")
+        # What the error suggests works: the daemon writes into a named pipe.
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        export = subprocess.Popen([*NXSTORE, "export", str(path), "db@s1", str(fifo)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL)
+
+
+        def unblock_reader() -> None:  # should the export fail before it opens the pipe
+            export.wait()
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+        threading.Thread(target=unblock_reader, daemon=True).start()
+        try:
+            with open(fifo, "rb") as f:
+                got = hashlib.sha256(f.read()).hexdigest()
+            out, err = export.communicate(timeout=TIMEOUT)
+        finally:
+            if export.poll() is None:
+                export.kill()
+                export.wait()
+        assert export.returncode == 0, err
+        assert got == hashlib.sha256(site[2]).hexdigest() and "exported db@s1 to" in out
         # A command that prints text is forwarded as usual.
         assert "no damage" in nx("verify", path, "db").stdout
     finally:
