@@ -18,6 +18,7 @@ import pytest
 
 import nxstore
 from nxstore.store.extent_group import HEADER_BYTES, group_file_name
+from nxstore.store.verify import damaged_extents, verify_image
 
 sys.path.insert(0, str(Path(__file__).parent / "replication"))
 from sites_helper import NXSTORE, Daemon  # noqa: E402
@@ -214,6 +215,15 @@ def test_library_verify_reports_progress_and_all_damaged_blocks(tmp_path):
         assert not r.clean and r.blocks_checked == 260
         assert [d.offset for d in r.damaged] == [0, 300 * BS, 301 * BS, 400 * BS]
         assert [d.extent_id for d in r.damaged[1:]] == [eid] * 3
+        # Many small windows and read batches find the same, with progress after each.
+        calls.clear()
+        small = verify_image(c.ctx, snap.layer_id, "s", snap.size, window_bytes=64 * BS,
+                             progress=lambda done, total: calls.append((done, total)))
+        assert small.damaged == r.damaged and small.blocks_checked == r.blocks_checked
+        assert len(calls) == -(-snap.size // (64 * BS)) and calls[-1] == (snap.size, snap.size)
+        ids = snap.block_fingerprints(0, 512).ids
+        assert set(damaged_extents(c.ctx.store, ids, read_bytes=3 * BS)) == {
+            r.damaged[0].extent_id, eid}
         fp = snap.block_fingerprints(299, 3, reread=True)
         assert sorted(fp.damaged) == [1, 2] and "fingerprint" in fp.damaged[1]
         with pytest.raises(nxstore.errors.OutOfRange):

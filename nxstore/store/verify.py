@@ -25,7 +25,7 @@ from .context import ClusterContext
 from .extent_group import ExtentCorruption
 from .extent_store import ExtentStore
 
-VERIFY_WINDOW_BLOCKS = 16384  # blocks of the map looked up (and held locked) at a time
+VERIFY_WINDOW_BYTES = 64 << 20  # bytes of the image looked up (and held locked) at a time
 VERIFY_READ_BYTES = 8 << 20  # bytes of extents read and verified per read_blocks call
 
 Progress = Callable[[int, int], None]  # (bytes of the image done, bytes in all)
@@ -114,7 +114,7 @@ def _windows(size: int, block_size: int, window: int) -> Iterator[tuple[int, int
 def verify_image(ctx: ClusterContext, top_layer: int, name: str, size: int, *,
                  progress: Progress | None = None,
                  lock: Callable[[], AbstractContextManager[object]] = nullcontext,
-                 window: int = VERIFY_WINDOW_BLOCKS) -> VerifyResult:
+                 window_bytes: int = VERIFY_WINDOW_BYTES) -> VerifyResult:
     """Read and verify every allocated block of the image seen from `top_layer` (`size`
     bytes, called `name` in the result). `lock()` is held around each window's map lookup
     and reads (a live vDisk's lock: no write replaces a block between the two). Reports
@@ -124,7 +124,7 @@ def verify_image(ctx: ClusterContext, top_layer: int, name: str, size: int, *,
     bs = ctx.block_size
     checked = 0
     damaged: list[DamagedBlock] = []
-    for first, count in _windows(size, bs, window):
+    for first, count in _windows(size, bs, max(1, window_bytes // bs)):
         with lock():
             with ctx.map_lock:
                 ids = ctx.tree.lookup_range(top_layer, first, count)
