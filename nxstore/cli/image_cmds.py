@@ -1,4 +1,4 @@
-"""Image transfer: import a file into a vDisk, export a vDisk or snapshot.
+"""Image transfer: import a file into a vDisk, export a vDisk or snapshot; verify one.
 
 Raw images are copied here; other formats (qcow2, vmdk, vhdx...) go through qemu-img
 and an NBD export of the vDisk (nxstore.nbd.images).
@@ -10,6 +10,11 @@ every block size, so aligned writes bypass the OpLog) and are sparse-aware:
 import skips the holes of the source file (SEEK_DATA/SEEK_HOLE) and every
 all-zero chunk; export leaves every all-zero 64 KiB piece as a hole in the
 output file (it is truncated to the image size first, then written piecewise).
+
+`export ... -` (or to a FIFO) writes the image in order, zeros included, reading the next
+piece while writing this one. `import --update` compares each block's fingerprint with
+the vDisk's and writes (or trims) only those that differ. `verify` re-reads every
+allocated block (nxstore.store.verify) and lists every damaged one.
 """
 
 from __future__ import annotations
