@@ -1,4 +1,4 @@
-"""Image transfer: import a file into a vDisk, export a vDisk or snapshot.
+"""Image transfer: import a file into a vDisk, export a vDisk or snapshot; verify one.
 
 Raw images are copied here; other formats (qcow2, vmdk, vhdx...) go through qemu-img
 and an NBD export of the vDisk (nxstore.nbd.images).
@@ -10,26 +10,44 @@ every block size, so aligned writes bypass the OpLog) and are sparse-aware:
 import skips the holes of the source file (SEEK_DATA/SEEK_HOLE) and every
 all-zero chunk; export leaves every all-zero 64 KiB piece as a hole in the
 output file (it is truncated to the image size first, then written piecewise).
+
+`export ... -` (or to a FIFO) writes the image in order, zeros included, reading the next
+piece while writing this one. `import --update` compares each block's fingerprint with
+the vDisk's and writes (or trims) only those that differ. `verify` re-reads every
+allocated block (nxstore.store.verify) and lists every damaged one.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
 import errno
+import fcntl
+import json
 import logging
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator
 
+import numpy as np
+
 from ..errors import NxError
 from ..nbd import images
-from .common import CliError, human, open_cluster, split_ref
+from ..store import native
+from ..store.vdisk import block_ranges
+from .common import CliError, ClusterBusy, human, open_cluster, plural, split_ref
 from .progress import Progress
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes; transfer unit and alignment (a multiple of every block size)
+UPDATE_CHUNK = 8 << 20  # bytes; import --update compares this much at a time (whole blocks)
+STREAM_CHUNK = 4 << 20  # bytes; export to a pipe reads this much at a time (one ahead)
+STREAM_PIPE_BYTES = 1 << 20  # bytes; the pipe buffer export asks for (best effort)
 HOLE_GRAIN = 64 << 10  # bytes; zero runs this aligned and long stay holes in exported files
 _ZERO = bytes(CHUNK)
 
@@ -39,8 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="PATH")
     p.add_argument("vdisk", metavar="VDISK")
     p.add_argument("file", metavar="FILE", help="image file (or block device)")
-    p.add_argument("--create", action="store_true",
-                   help="create VDISK with the image's size (it must not exist yet)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--create", action="store_true",
+                     help="create VDISK with the image's size (it must not exist yet)")
+    how.add_argument("--update", action="store_true",
+                     help="VDISK holds an older version of the image (same size): compare "
+                     "block fingerprints and write only the blocks that differ (raw images)")
     p.add_argument("--format", metavar="FMT",
                    help="image format (default: probed by qemu-img; give it for untrusted "
                    "raw images)")
@@ -50,11 +72,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(raw and sparse, or qcow2, vmdk, vhdx...)")
     p.add_argument("path", metavar="PATH")
     p.add_argument("source", metavar="VDISK[@SNAP]")
-    p.add_argument("file", metavar="FILE", help="output file (created or truncated)")
+    p.add_argument("file", metavar="FILE",
+                   help="output file (created or truncated); '-': the raw image to standard "
+                   "output (a pipe: zeros are written out, the summary goes to stderr)")
     p.add_argument("--format", metavar="FMT",
                    help="image format (default: by FILE's extension: .qcow2, .vmdk, .vhdx, "
                    ".vhd, .vdi; raw otherwise)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="re-read and check every allocated block of a vDisk or "
+                       "snapshot; exit 1 listing every damaged block")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("source", metavar="VDISK[@SNAP]")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_verify)
 
 
 def _rate(nbytes: int, seconds: float) -> str:
@@ -94,8 +125,13 @@ def _source_size(fd: int, name: str) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     fmt = args.format or images.probe(args.file)[0]
+    if fmt != "raw" and args.update:
+        raise CliError(f"--update reads raw images only and {args.file} is {fmt}: convert it "
+                       "first (qemu-img convert -O raw)")
     if fmt != "raw":
         return _import_converted(args, fmt)
+    if args.update:
+        return _import_update(args)
     fd = os.open(args.file, os.O_RDONLY)
     try:
         size = _source_size(fd, args.file)
@@ -175,6 +211,76 @@ def _copy_in(fd: int, size: int, vd, *, fresh: bool) -> tuple[int, float]:
     return written, time.perf_counter() - t0
 
 
+def _import_update(args: argparse.Namespace) -> int:
+    """`import --update`: write only the blocks of the image that differ from the vDisk."""
+    fd = os.open(args.file, os.O_RDONLY)
+    try:
+        size = _source_size(fd, args.file)
+        with open_cluster(args.path, background=True) as c:
+            vd = c.vdisk(args.vdisk)
+            if size != vd.size:
+                raise CliError(f"{args.file} ({size:,} bytes) is not the size of vDisk "
+                               f"{vd.name} ({vd.size:,} bytes): --update needs the same size")
+            r = update_blocks(fd, size, vd, c.block_size)
+    finally:
+        os.close(fd)
+    changed = r.written + r.trimmed
+    print(f"updated vDisk {args.vdisk} from {args.file}: {r.compared} blocks compared, "
+          f"{changed} differed ({r.written} written, {r.trimmed} trimmed to zeros) in "
+          f"{r.seconds:.2f} s ({_rate(size, r.seconds)})")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateResult:
+    compared: int  # blocks of the image compared with the vDisk's
+    written: int  # blocks written (they differed and hold data)
+    trimmed: int  # blocks trimmed (they differed and are zeros in the image)
+    seconds: float
+
+
+def update_blocks(fd: int, size: int, vd, block_size: int) -> UpdateResult:
+    """Make vDisk `vd` (of `size` bytes) read as the first `size` bytes of file `fd`,
+    writing only the blocks whose fingerprint differs from the vDisk's (zero blocks that
+    differ are trimmed). Reads the file in UPDATE_CHUNK pieces, the next one read and
+    fingerprinted (C, GIL released) in a helper thread while this one is compared (one map
+    lookup a piece) and its runs of differing blocks written. Durable on return."""
+    t0 = time.perf_counter()
+    compared = written = trimmed = 0
+    pieces = [(off, min(UPDATE_CHUNK, size - off)) for off in range(0, size, UPDATE_CHUNK)]
+    buffers = [np.zeros(UPDATE_CHUNK, np.uint8) for _ in range(2)]  # one read ahead
+
+    def load(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        off, n = pieces[k]
+        piece = buffers[k % 2][: -(-n // block_size) * block_size]
+        if os.preadv(fd, [piece[:n]], off) != n:
+            raise CliError(f"short read at offset {off}: the image changed while importing")
+        piece[n:] = 0  # a partial last block reads as zeros past the vDisk's end
+        return (piece, *native.fingerprint_blocks(piece, block_size))
+
+    with Progress(size, f"update {vd.name}") as bar, \
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-update") as pool:
+        ahead = pool.submit(load, 0) if pieces else None
+        for k, (off, n) in enumerate(pieces):
+            assert ahead is not None
+            piece, fps, zero = ahead.result()
+            # the buffer read next is the other one: this piece's stays as it is
+            ahead = pool.submit(load, k + 1) if k + 1 < len(pieces) else None
+            first = off // block_size
+            differ = (fps != vd.block_fingerprints(first, len(fps)).fps).any(axis=1)
+            data, zeros = np.flatnonzero(differ & ~zero), np.flatnonzero(differ & zero)
+            for lo, length in block_ranges(data + first, block_size, size):
+                vd.write(lo, piece[lo - off : lo - off + length])
+            for lo, length in block_ranges(zeros + first, block_size, size):
+                vd.trim(lo, length)
+            compared += len(fps)
+            written += int(data.size)
+            trimmed += int(zeros.size)
+            bar.update(n)
+        vd.flush()
+    return UpdateResult(compared, written, trimmed, time.perf_counter() - t0)
+
+
 def _import_converted(args: argparse.Namespace, fmt: str) -> int:
     """Import an image of another format than raw: qemu-img through an NBD export."""
     fmt, size = images.probe(args.file, fmt)
@@ -209,7 +315,12 @@ def _export_converted(args: argparse.Namespace, fmt: str) -> int:
 
 
 # -- export -------------------------------------------------------------------------
+STDOUT = "-"  # the FILE argument of export that names standard output
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.file == STDOUT:
+        return _export_stdout(args)
     fmt = args.format or images.output_format(args.file)
     if fmt != "raw":
         return _export_converted(args, fmt)
@@ -223,7 +334,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             if regular:
                 os.ftruncate(fd, 0)  # holes are zeros only in a fresh file
                 os.ftruncate(fd, size)
-            written, seconds = _copy_out(src, size, fd, sparse=regular, label=args.source)
+            if _seekable(fd):
+                written, seconds = _copy_out(src, size, fd, sparse=regular, label=args.source)
+            else:  # a FIFO, a socket
+                written, seconds = size, _stream_out(src, size, fd, label=args.source)
             if regular:
                 os.fsync(fd)
         except BaseException:
@@ -237,6 +351,65 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {args.source} to {args.file}: {human(size)} in {seconds:.2f} s "
           f"({_rate(size, seconds)}){sparse_note}")
     return 0
+
+
+def _export_stdout(args: argparse.Namespace) -> int:
+    """`export PATH SOURCE -`: the raw image, in order, on standard output (a pipe or a
+    file); the summary goes to stderr so that stdout holds the image only."""
+    if args.format not in (None, "raw"):
+        raise CliError(f"only raw images can be written to standard output, not {args.format}")
+    vdisk, snap = split_ref(args.source, need_snap=False)
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        raise CliError("standard output is not a file descriptor here") from None
+    if os.isatty(fd):
+        raise CliError("standard output is a terminal: redirect it to a file or a pipe")
+    try:
+        with open_cluster(args.path) as c:
+            src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)
+            size = src.size
+            seconds = _stream_out(src, size, fd, label=args.source)
+    except ClusterBusy as exc:
+        # The daemon answers a forwarded command with one reply frame: it cannot stream.
+        raise CliError(f"{exc}; its daemon cannot stream an image to standard output: export "
+                       "to a FILE there instead, e.g. a named pipe made with mkfifo "
+                       "and read from while the export runs") from None
+    sys.stderr.write(f"exported {args.source} to standard output: {human(size)} in "
+                     f"{seconds:.2f} s ({_rate(size, seconds)})\n")
+    return 0
+
+
+def _seekable(fd: int) -> bool:
+    """Whether pwrite works on fd (not on pipes, FIFOs, sockets and terminals)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError as exc:
+        if exc.errno == errno.ESPIPE:
+            return False
+        raise
+    return True
+
+
+def _stream_out(src, size: int, fd: int, *, label: str) -> float:
+    """Write the whole image to fd in order from its current position (a pipe: zeros
+    included, no seeking); returns the seconds taken. The next STREAM_CHUNK is read (and
+    verified) in a helper thread while this one is written: both release the GIL."""
+    t0 = time.perf_counter()
+    with contextlib.suppress(OSError, AttributeError):  # a bigger pipe: fewer wake-ups
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STREAM_PIPE_BYTES)
+    pieces = [(off, min(STREAM_CHUNK, size - off)) for off in range(0, size, STREAM_CHUNK)]
+    with Progress(size, f"export {label}") as bar, \
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nxstore-export") as pool:
+        ahead = pool.submit(src.read, *pieces[0]) if pieces else None
+        for k in range(len(pieces)):
+            assert ahead is not None
+            data = ahead.result()
+            ahead = pool.submit(src.read, *pieces[k + 1]) if k + 1 < len(pieces) else None
+            _write_all(fd, memoryview(data))
+            bar.update(len(data))
+    return time.perf_counter() - t0
 
 
 def _copy_out(src, size: int, fd: int, *, sparse: bool, label: str) -> tuple[int, float]:
@@ -277,3 +450,35 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
+# -- verify -------------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace) -> int:
+    vdisk, snap = split_ref(args.source, need_snap=False)
+    with open_cluster(args.path) as c, Progress(None, f"verify {args.source}") as bar:
+        src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)
+        r = src.verify(progress=bar.set)
+    if args.json:
+        print(json.dumps({"source": args.source, "size": r.size,
+                          "blocks_checked": r.blocks_checked, "bytes_checked": r.bytes_checked,
+                          "seconds": round(r.seconds, 3), "clean": r.clean,
+                          "damaged": [dataclasses.asdict(d) for d in r.damaged]}, indent=2))
+    else:
+        for d in r.damaged:
+            print(f"{args.source}: block at offset {d.offset}: {d.problem}")
+        if r.clean:
+            print(f"verified {args.source}: {r.blocks_checked} allocated blocks "
+                  f"({human(r.bytes_checked)}) in {r.seconds:.2f} s "
+                  f"({_rate(r.bytes_checked, r.seconds)}): no damage")
+    if r.damaged:
+        found = plural(len(r.damaged), "damaged block", "damaged blocks")
+        sys.stderr.write(f"nxstore: error: verify found {found} of {r.blocks_checked} in "
+                         f"{args.source}\n")
+        return 1
+    return 0

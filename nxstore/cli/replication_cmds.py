@@ -1,4 +1,5 @@
-"""Replication commands: serve, site add|list|remove, replicate, replicas, prune-remote.
+"""Replication commands: serve, site add|list|remove, replicate, replicas, replica verify,
+prune-remote.
 
 `nxstore serve` runs a cluster as a replication endpoint in the foreground (logs on
 stderr, stops cleanly on SIGTERM/SIGINT) and runs its protection-domain schedules; the other commands open the local cluster,
@@ -16,8 +17,9 @@ import json
 import logging
 import os
 import stat
+import sys
 
-from .common import CliError, human, open_cluster, size_arg, split_ref, table
+from .common import CliError, human, open_cluster, plural, size_arg, split_ref, table
 from .progress import Progress
 from .serve import SCHEDULE_INTERVAL_S, serve_cluster, tls_context
 
@@ -80,6 +82,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_replicas)
+
+    p = sub.add_parser("replica", help="check the replicas of this cluster's snapshots at a "
+                       "remote site")
+    rsub = p.add_subparsers(dest="replica_cmd", metavar="COMMAND", required=True)
+    q = rsub.add_parser("verify", help="compare a snapshot with its replica at SITE by block "
+                        "fingerprints (the site re-reads its blocks; no data crosses the wire); "
+                        "exit 1 listing every differing block")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("site", metavar="SITE")
+    q.add_argument("source", metavar="VDISK@SNAP")
+    q.add_argument("--read-local", action="store_true",
+                   help="re-read and verify this side's blocks too (default: compare the "
+                   "fingerprints its extent table holds)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_replica_verify)
 
     p = sub.add_parser("prune-remote", help="keep only the newest N replica snapshots at a site")
     p.add_argument("path", metavar="PATH")
@@ -265,4 +282,36 @@ def cmd_prune_remote(args: argparse.Namespace) -> int:
               + ", ".join(deleted))
     else:
         print(f"nothing to prune: {args.site} holds at most {args.keep} snapshot(s) of {args.vdisk}")
+    return 0
+
+
+def cmd_replica_verify(args: argparse.Namespace) -> int:
+    from ..replication.verify import verify_replica
+
+    vdisk, snap_name = split_ref(args.source, need_snap=True)
+    with open_cluster(args.path) as c:
+        if args.site not in {s.name for s in c.remote_sites()}:
+            raise CliError(f"no remote site {args.site!r} (add one with 'nxstore site add')")
+        snap = c.snapshot(vdisk, snap_name)
+        with Progress(None, f"verify {args.source} at {args.site}", unit="blk") as bar:
+            r = verify_replica(c, args.site, snap, reread_here=args.read_local,
+                               progress=bar.set)
+    if args.json:
+        print(json.dumps({"site": r.site, "source": r.snapshot, "size": r.size,
+                          "blocks_compared": r.blocks_compared, "clean": r.clean,
+                          "bytes_on_wire": r.bytes_on_wire, "seconds": round(r.seconds, 3),
+                          "differences": [{"offset": d.offset, "problem": d.problem}
+                                          for d in r.differences]}, indent=2))
+    else:
+        for d in r.differences:
+            print(f"{args.source}: block at offset {d.offset}: {d.problem}")
+        if r.clean:
+            print(f"verified {args.source} against its replica at {args.site}: "
+                  f"{r.blocks_compared} blocks ({human(r.size)}) match; {human(r.bytes_on_wire)} "
+                  f"on the wire in {r.seconds:.2f} s")
+    if r.differences:
+        found = plural(len(r.differences), "block differs", "blocks differ")
+        sys.stderr.write(f"nxstore: error: {found} between {args.source} and its replica at "
+                         f"{args.site}\n")
+        return 1
     return 0

@@ -52,6 +52,7 @@ from .messages import (
     Ready,
     SnapshotInfo,
     Snapshots,
+    VerifyRequest,
 )
 from .protocols import (
     SessionHandler,
@@ -68,6 +69,7 @@ from .replica import (
     replica_snapshots,
 )
 from .transport import StreamTransport
+from .verify import serve_verify
 from .window import AckBatcher
 
 if TYPE_CHECKING:
@@ -237,7 +239,7 @@ class ReplicationTarget:
                     elif isinstance(msg, Abort):
                         self._release(peer.cluster_id, transfer)
                         transfer, reply = None, None
-                    elif self._protocols.blocking(type(msg)):
+                    elif self._protocols.blocking(type(msg)) or isinstance(msg, VerifyRequest):
                         reply = await asyncio.to_thread(self._query, peer.cluster_id,
                                                         peer.site, msg, t.version)
                     else:
@@ -290,6 +292,8 @@ class ReplicationTarget:
             log.info("deleted replica snapshots of %s:%s asked for by name: %s", site, msg.vdisk,
                      ", ".join(deleted) or "none held")
             return Pruned(tuple(deleted), req_id=msg.req_id)
+        if isinstance(msg, VerifyRequest):  # reads the replica: run in a thread (handle)
+            return serve_verify(self.cluster, source, site, msg, version)
         if isinstance(msg, Ping):
             return Pong(msg.sent_ns, req_id=msg.req_id)
         handler = self._protocols.query(type(msg))

@@ -28,6 +28,8 @@ from .vdisk import (
     read_image,
     rows_restored_on_error,
 )
+from .verify import Progress as VerifyProgress
+from .verify import RangeFingerprints, VerifyResult, block_fingerprints, verify_image
 
 if TYPE_CHECKING:
     from .vdisk import VDisk
@@ -91,6 +93,22 @@ class Snapshot:
         offset, length = check_range(f"allocation of snapshot {self}", offset, length,
                                      self.size)
         return allocated_runs(self._ctx, self.layer_id, offset, length)
+
+    def verify(self, progress: VerifyProgress | None = None) -> VerifyResult:
+        """Read and verify every allocated block of the snapshot; the contract of
+        VDisk.verify. Raises NotFound (deleted)."""
+        self._check_alive()
+        return verify_image(self._ctx, self.layer_id, f"snapshot {self.vdisk_name}@{self.name}",
+                            self.size, progress=progress)
+
+    def block_fingerprints(self, first: int, count: int, *,
+                           reread: bool = False) -> RangeFingerprints:
+        """Extent ids and content fingerprints of blocks first .. first + count - 1 of the
+        snapshot; the contract of VDisk.block_fingerprints."""
+        self._check_alive()
+        nblocks = -(-self.size // self._ctx.block_size)
+        first, count = check_range(f"blocks of snapshot {self}", first, count, nblocks)
+        return block_fingerprints(self._ctx, self.layer_id, first, count, reread=reread)
 
     def delete(self) -> None:
         """Delete the snapshot. Clones and later snapshots built on it stay intact:

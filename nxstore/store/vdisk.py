@@ -37,6 +37,8 @@ from .oplog import Record, RecordType
 if TYPE_CHECKING:
     from .mirror import WriteMirror
     from .snapshot import Snapshot
+    from .verify import Progress as VerifyProgress
+    from .verify import RangeFingerprints, VerifyResult
 
 DRAIN_BATCH_BLOCKS = 256  # blocks moved per drain step (bounds how long writers wait)
 READ_BUFFER_MAX = 16 << 20  # bytes: reads up to this size are assembled in a pooled buffer
@@ -662,6 +664,37 @@ class VDisk:
         from .snapshot import changed_blocks
 
         return changed_blocks(self._ctx, base, target, live=self)
+
+    def verify(self, progress: VerifyProgress | None = None) -> VerifyResult:
+        """Read and verify every allocated block (undrained writes are drained first);
+        every damaged block is in the result, none raises. `progress(bytes done, bytes in
+        all)` after each window. Writes wait only while a window is read. Raises NotFound
+        (deleted)."""
+        from .verify import verify_image
+
+        with self._lock:
+            self._check_alive()
+            self.drain_all_locked()
+            head, size = self._row.head_layer, self.size
+        return verify_image(self._ctx, head, f"vDisk {self.name}", size, progress=progress,
+                            lock=lambda: self._lock)
+
+    def block_fingerprints(self, first: int, count: int, *,
+                           reread: bool = False) -> RangeFingerprints:
+        """Extent ids and content fingerprints of blocks first .. first + count - 1 as the
+        vDisk holds them now (undrained writes are moved into the map first); with `reread`,
+        the blocks are read and verified too (nxstore.store.verify.block_fingerprints).
+        Raises OutOfRange, InvalidArgument, NotFound (deleted)."""
+        from .verify import block_fingerprints
+
+        with self._lock:
+            self._check_alive()
+            nblocks = -(-self.size // self._ctx.block_size)
+            first, count = check_range(f"blocks of {self.name}", first, count, nblocks)
+            while self._drain_step():  # into the map in RAM; the drain persists it later
+                pass
+            return block_fingerprints(self._ctx, self._row.head_layer, first, count,
+                                      reread=reread)
 
     def lws(self, name: str | None = None) -> LWS:
         """A light-weight snapshot of this vDisk: one OpLog marker, O(1), no drain

@@ -73,7 +73,8 @@ def test_header_layout_is_as_documented():
     assert len(buf) == WIRE_FRAME_HEADER_BYTES + 8
     magic, ver, typ, flags, length, raw, rid, ck, tag = struct.unpack_from(
         "<4sBBHIIQQ16s", buf)
-    assert (magic, ver, typ, flags, length, raw, rid) == (b"NXRP", 3, 6, 0, 8, 8, 7)
+    assert (magic, ver, typ, flags, length, raw, rid) == (b"NXRP", WIRE_PROTOCOL_VERSION, 6, 0,
+                                                          8, 8, 7)
     assert ck == xxhash.xxh3_64_intdigest(buf[:24], seed=xxhash.xxh3_64_intdigest(buf[H:]))
     assert tag == bytes(16)  # unkeyed (handshake) frame
 
@@ -229,7 +230,7 @@ def test_handshake_limits_before_keys():
 
 def test_version_1_frame_is_refused():
     v1 = struct.pack("<4sBBHIIQ", b"NXRP", 1, 1, 0, 70, 70, 0) + bytes(8) + os.urandom(70)
-    with pytest.raises(VersionMismatch, match="2..3"):
+    with pytest.raises(VersionMismatch, match="2..4"):
         frames.decode_frame(v1)
 
 

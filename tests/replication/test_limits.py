@@ -190,7 +190,7 @@ def test_version_1_client_is_refused():
             reply = await _closed_by_server(r, 5)
             err = decode(await read_frame(_reader_of(reply)))
             assert isinstance(err, Error) and err.code == ErrorCode.VERSION
-            assert isinstance(err.to_exception(), VersionMismatch) and "2..3" in err.message
+            assert isinstance(err.to_exception(), VersionMismatch) and "2..4" in err.message
             assert srv.handshake_failures == 1
             w.close()
 

@@ -20,7 +20,8 @@ base class, encode/decode), `session` (handshake, ERROR, PING/PONG), `replicatio
 (snapshot transfer and pruning), `ownership` (PD_REQUEST/PD_REPLY), `nearsync` (LWS
 episodes), `witness` (the Metro witness: WITNESS_GET/CAS/STATE), `metro` (the Metro mirror
 stream), `metro_control` (METRO_REQUEST/METRO_REPLY between Metro sites), `leap_control`
-(LEAP_REQUEST/LEAP_REPLY between availability zones). Import the names
+(LEAP_REQUEST/LEAP_REPLY between availability zones), `verify` (VERIFY_REQUEST/VERIFY_REPLY:
+replica verification by block fingerprints). Import the names
 from this package; it imports every area, so `decode` knows every message type.
 """
 
@@ -75,6 +76,7 @@ from .replication import (
     Snapshots,
 )
 from .session import Auth, AuthOk, Challenge, Error, Hello, Ping, Pong
+from .verify import VerifyReply, VerifyRequest
 from .witness import WitnessCas, WitnessGet, WitnessState
 
 __all__ = [
@@ -130,6 +132,8 @@ __all__ = [
     "Ready",
     "SnapshotInfo",
     "Snapshots",
+    "VerifyReply",
+    "VerifyRequest",
     "WitnessCas",
     "WitnessGet",
     "WitnessState",

@@ -99,6 +99,10 @@ class MessageType(enum.IntEnum):
     LEAP_REPLY = 49
     # later areas append from 50 on
 
+    # verify.py, protocol version 4: replica verification by block fingerprints
+    VERIFY_REQUEST = 51
+    VERIFY_REPLY = 52
+
 
 class ErrorCode(enum.IntEnum):
     """ERROR.code values and the nxstore exception each maps to (`Error.to_exception`)."""
