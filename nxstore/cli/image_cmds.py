@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 
 from ..errors import NxError
-from ..nbd import images
 from .common import CliError, human, open_cluster, split_ref
 from .progress import Progress
 
@@ -93,6 +92,8 @@ def _source_size(fd: int, name: str) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from ..nbd import images
+
     fmt = args.format or images.probe(args.file)[0]
     if fmt != "raw":
         return _import_converted(args, fmt)
@@ -177,6 +178,8 @@ def _copy_in(fd: int, size: int, vd, *, fresh: bool) -> tuple[int, float]:
 
 def _import_converted(args: argparse.Namespace, fmt: str) -> int:
     """Import an image of another format than raw: qemu-img through an NBD export."""
+    from ..nbd import images
+
     fmt, size = images.probe(args.file, fmt)
     t0 = time.perf_counter()
     with open_cluster(args.path, background=True) as c:
@@ -198,6 +201,8 @@ def _import_converted(args: argparse.Namespace, fmt: str) -> int:
 
 def _export_converted(args: argparse.Namespace, fmt: str) -> int:
     """Export to an image of another format than raw: qemu-img through an NBD export."""
+    from ..nbd import images
+
     split_ref(args.source, need_snap=False)
     t0 = time.perf_counter()
     with open_cluster(args.path) as c, Progress(None, f"export {args.source}") as bar:
@@ -210,6 +215,8 @@ def _export_converted(args: argparse.Namespace, fmt: str) -> int:
 
 # -- export -------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..nbd import images
+
     fmt = args.format or images.output_format(args.file)
     if fmt != "raw":
         return _export_converted(args, fmt)
