@@ -18,7 +18,6 @@ PATH/admin.sock and run against its open cluster (nxstore.cli.admin).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -30,6 +29,7 @@ from .admin import admin_server
 from .nbd_cmds import stop_exports
 
 if TYPE_CHECKING:  # imported where used: the command line imports this module to parse
+    import asyncio
     import ssl
 
     from ..cluster import Cluster
@@ -109,6 +109,8 @@ def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | 
     (bad interval or clock file, a weak secret). In-flight transfers are abandoned safely (their
     staging is dropped; nothing half-applied becomes visible), a schedule run in
     progress finishes, then the cluster is closed cleanly."""
+    import asyncio
+
     from ..cluster import Cluster
     from ..replication.sites import check_secret, parse_address
 
@@ -128,6 +130,8 @@ def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | 
 
 async def _serve(cluster: Cluster, host: str, port: int, secret: str,
                  tls: ssl.SSLContext | None, schedule_interval: float) -> None:
+    import asyncio
+
     from ..replication.auth import SiteIdentity
     from ..replication.target import ReplicationTarget
     from ..replication.transport import serve
@@ -158,6 +162,8 @@ async def _serve(cluster: Cluster, host: str, port: int, secret: str,
 
 
 async def _schedule_loop(cluster: Cluster, interval: float, stop: asyncio.Event) -> None:
+    import asyncio
+
     while not stop.is_set():
         await asyncio.to_thread(run_due_schedules, cluster)
         with contextlib.suppress(asyncio.TimeoutError):

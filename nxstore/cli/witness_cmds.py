@@ -14,7 +14,6 @@ serve`. `status` prints the state file's records (read-only; works while the wit
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -55,6 +54,8 @@ def cmd_witness(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.error("the witness needs --listen and --secret-file")
     if not getattr(args, "verbose", 0):  # a daemon says what it does: INFO by default
         logging.getLogger("nxstore").setLevel(logging.INFO)
+    import asyncio
+
     from ..metro.witness import WitnessStore
     from ..replication.sites import check_secret, parse_address
 
@@ -67,6 +68,8 @@ def cmd_witness(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
 
 async def _serve(store: WitnessStore, host: str, port: int, secret: str) -> None:
+    import asyncio
+
     from ..metro.witness import WitnessServer, serve_until
 
     # Signal handlers first: once the port is logged a supervisor may send SIGTERM at once.
