@@ -138,13 +138,16 @@ def open_cluster(path: str, *, background: bool = False) -> Iterator[Cluster]:
 @contextmanager
 def open_engine(path: str) -> Iterator[Engine]:
     """`open_cluster` for a command that uses only the storage engine (snapshot create,
-    clone, info): none of the layers above is imported or attached, so it starts in a
-    fraction of the time. Only for commands that cannot reach what those layers guard at
-    open: vDisk deletion (replica rows, VMs and PDs holding a vDisk), the OpLog release
-    and gc (NearSync's unshipped episodes), the writes of Metro vDisks (their gates), and
-    serving peers. The Engine never drains or collects on its own (no background
-    thread), and a layer's state left for recovery is recovered by the next full open,
-    before anything it guards runs. A forwarded command gets the daemon's Cluster."""
+    clone, info): none of the layers above is imported or attached (nxstore/cluster.py
+    says what they attach at open), so it starts in a fraction of the time.
+
+    Only for commands that reach nothing those layers guard: vDisk deletion (replica
+    rows; VMs and PDs holding a vDisk), the OpLog release and gc (NearSync's unshipped
+    episodes), vDisk data writes and restores (Metro's gates) and serving peers. This
+    Engine runs no drain thread, so nothing is released or collected behind NearSync's
+    back, and what Metro does at open (a pair whose stream is gone is marked stalled
+    before the next write) the next full open still does, before any write. Every other
+    command keeps `open_cluster`. A forwarded command gets the daemon's Cluster."""
     served = admin.served_cluster(path)
     if served is not None:
         yield served
@@ -167,7 +170,7 @@ def _check_not_served(path: str) -> None:
         fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return  # the engine's open says what is wrong
-    try:
+    try:  # held for two system calls only, and only while a socket is there
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
