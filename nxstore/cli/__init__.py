@@ -22,7 +22,8 @@ import argparse
 import logging
 import os
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 log = logging.getLogger("nxstore.cli")
 
@@ -40,7 +41,61 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """Stands for the parser of a command this run does not use: it takes every call a
+    `register` makes on it and builds nothing (the ~150 parsers of every command cost
+    tens of milliseconds to build; `nxstore --help` lists the commands without them)."""
+
+    def __init__(self, **_kwargs: object) -> None:
+        pass
+
+    def __getattr__(self, _name: str) -> Callable[..., _Unbuilt]:
+        return self._ignore
+
+    def _ignore(self, *_args: object, **_kwargs: object) -> _Unbuilt:
+        return self
+
+
+class _NotBuilt(Exception):
+    """The command line runs a command whose parser was not built (see `_command_word`)."""
+
+
+class _Commands(argparse._SubParsersAction):
+    """The COMMAND subparsers: builds the parser of command `only` alone (every one when
+    None); the others are listed in --help and accepted as choices all the same."""
+
+    only: str | None = None
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self.only is None or self.only == name or self.only in kwargs.get("aliases", ()):
+            return super().add_parser(name, **kwargs)
+        parser_class, self._parser_class = self._parser_class, _Unbuilt
+        try:
+            return super().add_parser(name, **kwargs)
+        finally:
+            self._parser_class = parser_class
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if isinstance(self._name_parser_map.get(values[0]), _Unbuilt):
+            raise _NotBuilt(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _command_word(argv: list[str]) -> str:
+    """The COMMAND of a command line: the first word that is not an option (no option of
+    `nxstore` itself takes a value). A wrong guess only costs building every parser."""
+    for i, word in enumerate(argv):
+        if word == "--":
+            return argv[i + 1] if i + 1 < len(argv) else ""
+        if not word.startswith("-"):
+            return word
+    return ""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `nxstore` parser; with `command`, the parsers of the other commands are not
+    built (they are listed in --help all the same)."""
     from .. import __version__
     from . import (
         category_cmds,
@@ -66,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="SIZE accepts bytes or K/M/G/T suffixes (binary: 1K = 1024), e.g. 10G, 512M, 4096.",
     )
     parser.add_argument("--version", action="version", version=f"nxstore {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.register("action", "commands", _Commands)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                action="commands")
+    sub.only = command
     for module in (cluster_cmds, vdisk_cmds, snapshot_cmds, image_cmds, replication_cmds,
                    vm_cmds, category_cmds, pd_cmds, nearsync_cmds, witness_cmds, nbd_cmds,
                    zone_cmds, policy_cmds, plan_cmds):
@@ -92,7 +150,10 @@ def main(argv: list[str] | None = None, *, cwd: str | None = None) -> int:
     client's working directory (relative file arguments are resolved against it)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser(_command_word(argv)).parse_args(argv)
+        except _NotBuilt:
+            args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:

@@ -20,7 +20,6 @@ does not stop a command the daemon already started.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -35,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # asyncio is imported where the daemon uses it: a client needs none
+    import asyncio
+
     from ..cluster import Cluster
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[list[str], str]:
 
 async def _handle(cluster: Cluster, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter) -> None:
+    import asyncio
+
     try:
         try:
             argv, cwd = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
@@ -223,6 +226,8 @@ async def _handle(cluster: Cluster, reader: asyncio.StreamReader,
 @contextlib.asynccontextmanager
 async def admin_server(cluster: Cluster) -> AsyncIterator[None]:
     """Listen on the cluster's admin socket (owner-only access) while the block runs."""
+    import asyncio
+
     global _served
     path = socket_path(cluster.path)
     with contextlib.suppress(FileNotFoundError):

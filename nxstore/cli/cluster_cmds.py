@@ -7,9 +7,8 @@ import json
 import logging
 import sys
 
-from .. import Cluster
 from ..constants import DEFAULT_BLOCK_SIZE, DEFRAG_MAX_BYTES
-from .common import CliError, human, open_cluster, size_arg, table
+from .common import CliError, human, open_cluster, open_engine, size_arg, table
 from .progress import Progress
 
 
@@ -71,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from ..cluster import Cluster
+
     with Cluster.create(args.path, block_size=args.block_size, background=False):
         pass
     print(f"created cluster {args.path} (block size {human(args.block_size)})")
@@ -78,7 +79,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with open_cluster(args.path) as c:
+    with open_engine(args.path) as c:
         stats = c.stats()
         block_size = getattr(c, "block_size", None)
         containers = len(c.containers())

@@ -33,12 +33,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-import numpy as np
-
 from ..errors import NxError
-from ..nbd import images
-from ..store import native
-from ..store.vdisk import block_ranges
 from .common import CliError, ClusterBusy, human, open_cluster, plural, split_ref
 from .progress import Progress
 
@@ -124,6 +119,8 @@ def _source_size(fd: int, name: str) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from ..nbd import images
+
     fmt = args.format or images.probe(args.file)[0]
     if fmt != "raw" and args.update:
         raise CliError(f"--update reads raw images only and {args.file} is {fmt}: convert it "
@@ -245,6 +242,11 @@ def update_blocks(fd: int, size: int, vd, block_size: int) -> UpdateResult:
     differ are trimmed). Reads the file in UPDATE_CHUNK pieces, the next one read and
     fingerprinted (C, GIL released) in a helper thread while this one is compared (one map
     lookup a piece) and its runs of differing blocks written. Durable on return."""
+    import numpy as np  # here, not at the top: `nxstore import --help` stays fast
+
+    from ..store import native
+    from ..store.vdisk import block_ranges
+
     t0 = time.perf_counter()
     compared = written = trimmed = 0
     pieces = [(off, min(UPDATE_CHUNK, size - off)) for off in range(0, size, UPDATE_CHUNK)]
@@ -283,6 +285,8 @@ def update_blocks(fd: int, size: int, vd, block_size: int) -> UpdateResult:
 
 def _import_converted(args: argparse.Namespace, fmt: str) -> int:
     """Import an image of another format than raw: qemu-img through an NBD export."""
+    from ..nbd import images
+
     fmt, size = images.probe(args.file, fmt)
     t0 = time.perf_counter()
     with open_cluster(args.path, background=True) as c:
@@ -304,6 +308,8 @@ def _import_converted(args: argparse.Namespace, fmt: str) -> int:
 
 def _export_converted(args: argparse.Namespace, fmt: str) -> int:
     """Export to an image of another format than raw: qemu-img through an NBD export."""
+    from ..nbd import images
+
     split_ref(args.source, need_snap=False)
     t0 = time.perf_counter()
     with open_cluster(args.path) as c, Progress(None, f"export {args.source}") as bar:
@@ -321,6 +327,8 @@ STDOUT = "-"  # the FILE argument of export that names standard output
 def cmd_export(args: argparse.Namespace) -> int:
     if args.file == STDOUT:
         return _export_stdout(args)
+    from ..nbd import images
+
     fmt = args.format or images.output_format(args.file)
     if fmt != "raw":
         return _export_converted(args, fmt)

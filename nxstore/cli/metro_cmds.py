@@ -9,13 +9,13 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..protection.modes import MetroState
 from .common import open_cluster
 from .nearsync_cmds import seconds_arg
 from .replication_cmds import read_secret
 
 if TYPE_CHECKING:
     from ..protection.domain import ProtectionDomain
+    from ..protection.modes import MetroState
 
 
 def register_pd(psub: argparse._SubParsersAction) -> None:

@@ -11,15 +11,17 @@ daemon, the command prints its URI and returns, `--list` shows the running expor
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
 import threading
+from typing import TYPE_CHECKING
 
-from ..nbd import NbdServer, serve
 from . import admin
 from .common import CliError, open_cluster
+
+if TYPE_CHECKING:
+    from ..nbd import NbdServer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ def cmd_nbd(args: argparse.Namespace) -> int:
         raise CliError("--list takes no VDISK[@SNAP]")
     if not args.list and not args.target:
         raise CliError("give VDISK[@SNAP] to export (or --list)")
+    from ..nbd import serve
+
     with open_cluster(args.path, background=True) as cluster:
         live = admin.served_cluster(args.path) is not None
         if args.list or args.stop:
@@ -77,6 +81,8 @@ def cmd_nbd(args: argparse.Namespace) -> int:
 
 
 def _serve_foreground(cluster, args: argparse.Namespace, listen: str | None) -> int:
+    from ..nbd import serve
+
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -96,6 +102,8 @@ def _serve_foreground(cluster, args: argparse.Namespace, listen: str | None) -> 
 
 def _exit_with_parent(stop: threading.Event) -> None:
     """SIGTERM to this process when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:

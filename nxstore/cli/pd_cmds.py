@@ -10,9 +10,6 @@ import json
 import re
 from datetime import timedelta
 
-from ..protection.domain import CONTAINER_PREFIX
-from ..protection.schedule import interval_text
-from ..store.catalog import ContainerRow
 from .common import CliError, count_arg, open_cluster, plural, table
 from .vm_cmds import parse_pairs
 
@@ -136,6 +133,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def _entity_label(entity) -> str:
     """An entity as the commands name it (containers as container:NAME)."""
+    from ..protection.domain import CONTAINER_PREFIX
+    from ..store.catalog import ContainerRow
+
     return CONTAINER_PREFIX + entity.name if isinstance(entity, ContainerRow) else entity.name
 
 
@@ -235,6 +235,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def _schedule_text(every_s: float, keep: int, remote: dict[str, int]) -> str:
     """'every 10s, keep 2, remote canada=24' (CLI words, as `pd schedule` takes them)."""
+    from ..protection.schedule import interval_text
+
     where = ", ".join(f"{site}={n}" for site, n in sorted(remote.items()))
     return f"every {interval_text(every_s)}, keep {keep}" + (f", remote {where}" if where else "")
 

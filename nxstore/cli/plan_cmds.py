@@ -16,13 +16,13 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..leap import PlanReport
 from . import admin
 from .common import CliError, open_cluster, plural, table
 from .specs import network_arg, network_text, stage_arg, stage_text
 
 if TYPE_CHECKING:
     from ..cluster import RecoveryPlan
+    from ..leap import PlanReport
 
 CONFIRM_WORD = "Failover"
 _STAGE_HELP = ("a stage, in boot order (repeat): 'vms=VM,VM;categories=KEY:VALUE,...;"

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..leap import PolicySchedule, ProtectionPolicy
 from .common import CliError, open_cluster, table
 from .replication_cmds import read_secret
 from .specs import schedule_arg, schedule_text
+
+if TYPE_CHECKING:
+    from ..leap import PolicySchedule, ProtectionPolicy
 
 _SCHEDULE_HELP = ("every=DURATION[,keep-local=N][,keep-remote=N][,app-consistent] (async: "
                   "1h or more; NearSync: up to 15m) or rpo=0,witness=HOST:PORT (synchronous, "

@@ -18,21 +18,21 @@ PATH/admin.sock and run against its open cluster (nxstore.cli.admin).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
 import signal
-import ssl
+from typing import TYPE_CHECKING
 
-from ..cluster import Cluster
 from ..errors import InvalidArgument
-from ..replication.auth import SiteIdentity
-from ..replication.sites import check_secret, parse_address
-from ..replication.target import ReplicationTarget
-from ..replication.transport import serve
 from .admin import admin_server
 from .nbd_cmds import stop_exports
+
+if TYPE_CHECKING:  # imported where used: the command line imports this module to parse
+    import asyncio
+    import ssl
+
+    from ..cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     """A server TLS context from PEM files, or None when no certificate is given."""
     if not cert:
         return None
+    import ssl
+
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     return ctx
@@ -107,6 +109,11 @@ def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | 
     (bad interval or clock file, a weak secret). In-flight transfers are abandoned safely (their
     staging is dropped; nothing half-applied becomes visible), a schedule run in
     progress finishes, then the cluster is closed cleanly."""
+    import asyncio
+
+    from ..cluster import Cluster
+    from ..replication.sites import check_secret, parse_address
+
     if not isinstance(schedule_interval, (int, float)) or not 0 <= schedule_interval < math.inf:
         raise InvalidArgument(f"schedule interval must be seconds >= 0, not {schedule_interval!r}")
     check_secret(secret)
@@ -123,6 +130,12 @@ def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | 
 
 async def _serve(cluster: Cluster, host: str, port: int, secret: str,
                  tls: ssl.SSLContext | None, schedule_interval: float) -> None:
+    import asyncio
+
+    from ..replication.auth import SiteIdentity
+    from ..replication.target import ReplicationTarget
+    from ..replication.transport import serve
+
     target = ReplicationTarget(cluster)
     identity = SiteIdentity(cluster.id, cluster.site_name)
     # Signal handlers first: once the port is logged a supervisor may send SIGTERM at once.
@@ -149,6 +162,8 @@ async def _serve(cluster: Cluster, host: str, port: int, secret: str,
 
 
 async def _schedule_loop(cluster: Cluster, interval: float, stop: asyncio.Event) -> None:
+    import asyncio
+
     while not stop.is_set():
         await asyncio.to_thread(run_due_schedules, cluster)
         with contextlib.suppress(asyncio.TimeoutError):

@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 import json
 
-from .common import CliError, human, open_cluster, split_ref, table
+from .common import CliError, human, open_cluster, open_engine, split_ref, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ def _when(ts: float) -> str:
 
 def cmd_create(args: argparse.Namespace) -> int:
     vdisk, snap = _snap_ref(args)
-    with open_cluster(args.path) as c:
+    with open_engine(args.path) as c:
         s = c.vdisk(vdisk).snapshot(snap)
         print(f"created snapshot {vdisk}@{s.name}")
     return 0
@@ -90,7 +90,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_clone(args: argparse.Namespace) -> int:
     vdisk, snap = split_ref(args.source, need_snap=True)
-    with open_cluster(args.path) as c:
+    with open_engine(args.path) as c:
         vd = c.clone(c.snapshot(vdisk, snap), args.name)
         print(f"created vDisk {vd.name} as a clone of {vdisk}@{snap} ({human(vd.size)})")
     return 0

@@ -16,9 +16,10 @@ import argparse
 import math
 import os
 import re
+from typing import TYPE_CHECKING
 
-from ..leap import NetworkMapping, PolicySchedule, Stage
-from ..protection.schedule import interval_text
+if TYPE_CHECKING:  # imported where used: parsing the command line needs no Leap
+    from ..leap import NetworkMapping, PolicySchedule, Stage
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -69,6 +70,8 @@ def schedule_arg(spec: str) -> PolicySchedule:
     """A policy schedule from `every=15m,keep-local=4,keep-remote=2,app-consistent` or
     `rpo=0,witness=HOST:PORT` (`rpo` is another name for `every`; 0 is synchronous).
     The witness's secret is not part of it (the command reads --witness-secret-file)."""
+    from ..leap import PolicySchedule
+
     what = "schedule"
     f = _fields(spec, ",", what, SCHEDULE_KEYS)
     if ("every" in f) == ("rpo" in f):
@@ -86,6 +89,8 @@ def schedule_arg(spec: str) -> PolicySchedule:
 
 def schedule_text(s: PolicySchedule) -> str:
     """A schedule as `--schedule` takes it (the witness's secret never shown)."""
+    from ..protection.schedule import interval_text
+
     parts = ["rpo=0" if s.every == 0 else f"every={interval_text(s.every)}",
              f"keep-local={s.keep_local}", f"keep-remote={s.keep_remote}"]
     if s.app_consistent:
@@ -104,6 +109,8 @@ def stage_arg(spec: str) -> Stage:
     its VMs power on in the order given, then those with any of the categories; `delay`
     before it (after the previous stage); `hook` an executable (absolute path: it runs at
     the recovery zone) run with [hook, plan, action, VM...] once the stage's VMs are on."""
+    from ..leap import Stage
+
     what = "stage"
     f = _fields(spec, ";", what, STAGE_KEYS)
     vms = _items(f.get("vms", ""))
@@ -139,6 +146,8 @@ def stage_text(s: Stage) -> str:
 
 def network_arg(spec: str) -> NetworkMapping:
     """A network mapping from `PRIMARY=RECOVERY` or `PRIMARY=RECOVERY,test=PTEST=RTEST`."""
+    from ..leap import NetworkMapping
+
     what = "network mapping"
     production, _, test = spec.partition(",")
     primary, sep, recovery = production.partition("=")

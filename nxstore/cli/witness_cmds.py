@@ -14,17 +14,18 @@ serve`. `status` prints the state file's records (read-only; works while the wit
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
-from ..metro.witness import WitnessServer, WitnessStore, read_state, serve_until, state_path
-from ..replication.sites import check_secret, parse_address
 from .common import CliError, plural, table
 from .replication_cmds import read_secret
+
+if TYPE_CHECKING:
+    from ..metro.witness import WitnessStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ def cmd_witness(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.error("the witness needs --listen and --secret-file")
     if not getattr(args, "verbose", 0):  # a daemon says what it does: INFO by default
         logging.getLogger("nxstore").setLevel(logging.INFO)
+    import asyncio
+
+    from ..metro.witness import WitnessStore
+    from ..replication.sites import check_secret, parse_address
+
     secret = check_secret(read_secret(args.secret_file))
     listen = args.listen
     host, port = parse_address(listen) if not listen.endswith(":0") else (listen[:-2], 0)
@@ -62,6 +68,10 @@ def cmd_witness(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
 
 async def _serve(store: WitnessStore, host: str, port: int, secret: str) -> None:
+    import asyncio
+
+    from ..metro.witness import WitnessServer, serve_until
+
     # Signal handlers first: once the port is logged a supervisor may send SIGTERM at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,6 +94,8 @@ def _when(ts: float) -> str:
 
 
 def cmd_witness_status(args: argparse.Namespace) -> int:
+    from ..metro.witness import read_state, state_path
+
     witness_id, records = read_state(args.data)
     if args.json:
         print(json.dumps({"witness_id": witness_id, "state_file": state_path(args.data),
