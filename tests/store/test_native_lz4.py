@@ -4,6 +4,8 @@ payloads, and nothing read or written outside the payloads and rows it is given.
 
 from __future__ import annotations
 
+import os
+
 import lz4.block
 import native_reference as ref
 import numpy as np
@@ -14,6 +16,19 @@ from hypothesis import strategies as st
 from nxstore.constants import COMPRESS_MIN_SAVING
 from nxstore.errors import InvalidArgument
 from nxstore.store import native
+from nxstore.store.extent_group import (
+    FLAG_COMPRESSED,
+    FLAG_INDEXED,
+    HEADER_BYTES,
+    HEADER_DTYPE,
+    ExtentCorruption,
+    decode_payloads,
+    encode_records,
+    fill_headers,
+    group_file_name,
+)
+from nxstore.store.extent_store import ExtentStore
+from nxstore.store.parallel import WORKERS, split_rows
 
 I64 = np.int64
 
@@ -206,3 +221,79 @@ def test_lz4_argument_errors() -> None:
     with pytest.raises(InvalidArgument):
         call([0, 0], [n, n + 1])
     assert np.all(out == 7)
+
+
+# --- the records the extent store writes, and the split over cores ----------------------------
+
+
+@pytest.mark.parametrize(("bs", "k"), [(4096, 3), (4096, 200), (16384, 40)])
+def test_encode_records_matches_one_record_at_a_time(bs: int, k: int) -> None:
+    """Whatever the split over cores, the buffer is each record's header then its payload,
+    in row order, as the extent store always wrote them (docs/format.md)."""
+    rows = np.frombuffer(b"".join(_row(KINDS[i % len(KINDS)], bs, i) for i in range(k)),
+                         np.uint8).reshape(k, bs)  # fmt: skip
+    ids = np.arange(10, 10 + k, dtype=np.uint64)
+    flags = np.full(k, FLAG_INDEXED, np.uint8)
+    fps, _ = native.fingerprint_blocks(rows, bs)
+    limit = bs - bs // COMPRESS_MIN_SAVING
+    buf, sizes, comp = encode_records(ids, flags, bs, 3, fps, rows, limit)
+    want = []
+    for i in range(k):
+        payload, compressed = ref.lz4_encode(rows[i].tobytes(), limit, True)
+        assert bool(comp[i]) == compressed
+        hdr = np.zeros(1, HEADER_DTYPE)
+        fill_headers(hdr, ids[i : i + 1], flags[i] | (FLAG_COMPRESSED * compressed), bs,
+                     np.array([len(payload)]), 3, fps[i : i + 1])  # fmt: skip
+        want.append(hdr.tobytes() + payload)
+    assert buf.tobytes() == b"".join(want)
+    assert sizes.tolist() == [len(w) for w in want]
+    raw, ok = decode_payloads(buf, np.cumsum(sizes) - sizes + HEADER_BYTES, sizes - HEADER_BYTES,
+                              comp, bs)  # fmt: skip
+    assert ok.all() and np.array_equal(raw, rows)
+
+
+def test_split_rows_order_parts_and_errors() -> None:
+    calls: list[tuple[int, int]] = []
+    assert split_rows(lambda lo, hi: calls.append((lo, hi)) or (lo, hi), 5, 4) == [(0, 5)]
+    assert calls == [(0, 5)]
+    got = split_rows(lambda lo, hi: (lo, hi), 1000, 10)
+    edges = [lo for lo, _ in got] + [got[-1][1]]
+    assert edges[0] == 0 and edges[-1] == 1000 and len(got) == min(WORKERS, 100)
+    assert all(a[1] == b[0] for a, b in zip(got, got[1:], strict=False))
+
+    def boom(lo: int, hi: int) -> int:
+        if lo:
+            raise InvalidArgument("part")
+        return hi
+
+    if WORKERS > 1:
+        with pytest.raises(InvalidArgument):
+            split_rows(boom, 1000, 10)
+
+
+def test_read_names_a_compressed_payload_that_does_not_decode(tmp_path) -> None:
+    """One payload among many (a read split over the cores) overwritten so that lz4 rejects
+    it: the read names that extent and why; the others still read back."""
+    bs, k, bad = 4096, 200, 150
+    rows = np.frombuffer(b"".join(_row("text", bs, i) for i in range(k)), np.uint8)
+    store = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
+    try:
+        ids = store.put_blocks(rows)
+        assert store.stats()["compressed_extents"] == k
+        e = int(ids[bad])
+        off, slen = int(store._table.offset[e]), int(store._table.slen[e])
+        store.sync()
+        with open(os.path.join(store.directory, group_file_name(1)), "r+b") as f:
+            f.seek(off + HEADER_BYTES)
+            f.write(b"\xff" * slen)  # literal lengths that run past the payload
+        out = np.empty(k * bs, np.uint8)
+        with pytest.raises(ExtentCorruption) as ei:
+            store.read_blocks(ids, out)
+        assert ei.value.extent_id == e and ei.value.batch_index == bad
+        assert "payload does not decode" in str(ei.value)
+        good = np.delete(ids, bad)
+        out = np.empty(len(good) * bs, np.uint8)
+        store.read_blocks(good, out)
+        assert np.array_equal(out.reshape(-1, bs), np.delete(rows.reshape(k, bs), bad, axis=0))
+    finally:
+        store.close()
