@@ -22,7 +22,7 @@
  * 1/NX_LZ4_SAMPLE_MIN_SAVING of the probe's bytes is stored raw without
  * compressing it. Rows shorter than NX_LZ4_SAMPLE_MIN_BLOCK are not probed. */
 #define NX_LZ4_SAMPLE_SLICES 4
-#define NX_LZ4_SAMPLE_SLICE_BYTES 512
+#define NX_LZ4_SAMPLE_SLICE_BYTES 256
 #define NX_LZ4_SAMPLE_MIN_SAVING 32
 #define NX_LZ4_SAMPLE_MIN_BLOCK 8192
 /* The largest block_size (and payload length) these calls take (LZ4's int sizes). */

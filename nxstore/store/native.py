@@ -626,7 +626,7 @@ def lz4_compress_rows(
 
     Returns (buf uint8, lens uint32 (k,), compressed bool (k,)): buf packs, in
     row order, `gap` unwritten bytes (room for a record header) then the payload
-    of lens[i] bytes, per row. With `sample`, a row whose spread 2 KiB probe
+    of lens[i] bytes, per row. With `sample`, a row whose spread 1 KiB probe
     hardly compresses (native/lz4batch.h) is stored raw without compressing it;
     rows under 8 KiB are never probed. Raises InvalidArgument for another
     type, shape or layout, block_size 0, or limit/gap out of range."""

@@ -229,7 +229,7 @@ def gather_records(
 # through ctypes one block at a time (python-lz4 bundles its own lz4, whose blocks may differ
 # byte for byte; both decode each other's).
 _LIBLZ4 = ctypes.CDLL(ctypes.util.find_library("lz4") or "liblz4.so.1")
-LZ4_SAMPLE_SLICES, LZ4_SAMPLE_SLICE_BYTES, LZ4_SAMPLE_MIN_SAVING = 4, 512, 32
+LZ4_SAMPLE_SLICES, LZ4_SAMPLE_SLICE_BYTES, LZ4_SAMPLE_MIN_SAVING = 4, 256, 32
 LZ4_SAMPLE_MIN_BLOCK = 8192
 
 
