@@ -69,20 +69,10 @@ assert RECORD_HEADER == {  # what the native header check reads (native/headers.
 }  # fmt: skip
 
 
-def header_dtype(itemsize: int = HEADER_BYTES) -> np.dtype:
-    """Structured dtype of a header; `itemsize` > 64 views fixed-size records in place."""
-    names, formats, offsets = zip(*_FIELDS, strict=True)
-    return np.dtype(
-        {
-            "names": list(names),
-            "formats": list(formats),
-            "offsets": list(offsets),
-            "itemsize": itemsize,
-        }
-    )
-
-
-HEADER_DTYPE = header_dtype()
+_NAMES, _FORMATS, _OFFSETS = zip(*_FIELDS, strict=True)
+# a record header as a structured dtype
+HEADER_DTYPE = np.dtype({"names": list(_NAMES), "formats": list(_FORMATS),
+                         "offsets": list(_OFFSETS), "itemsize": HEADER_BYTES})  # fmt: skip
 _GROUP_RE = re.compile(r"^EG([0-9a-f]{8})\.eg$")
 
 
