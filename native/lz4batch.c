@@ -25,21 +25,33 @@ static int probe_compresses(const uint8_t *p, size_t block_size)
     return n > 0 && n <= SAMPLE_BYTES - SAMPLE_BYTES / NX_LZ4_SAMPLE_MIN_SAVING;
 }
 
+int64_t nx_lz4_probe_rows(const uint8_t *src, size_t nrows, size_t block_size, uint8_t *worth)
+{
+    if (block_size == 0 || block_size > NX_LZ4_MAX_BLOCK)
+        return NX_EINVAL;
+    int64_t count = 0;
+    for (size_t i = 0; i < nrows; i++) {
+        worth[i] = block_size < NX_LZ4_SAMPLE_MIN_BLOCK
+                   || probe_compresses(src + i * block_size, block_size);
+        count += worth[i];
+    }
+    return count;
+}
+
 int64_t nx_lz4_compress_rows(const uint8_t *src, size_t nrows, size_t block_size, size_t limit,
-                             size_t gap, int sample, uint8_t *out, uint32_t *lens,
+                             size_t gap, const uint8_t *attempt, uint8_t *out, uint32_t *lens,
                              uint8_t *compressed)
 {
     if (block_size == 0 || block_size > NX_LZ4_MAX_BLOCK)
         return NX_EINVAL;
     if (limit > block_size)
         limit = block_size;
-    int probe = sample && block_size >= NX_LZ4_SAMPLE_MIN_BLOCK;
     size_t pos = 0;
     for (size_t i = 0; i < nrows; i++) {
         const uint8_t *row = src + i * block_size;
         uint8_t *dst = out + pos + gap;
         int n = 0;
-        if (limit > 0 && (!probe || probe_compresses(row, block_size)))
+        if (limit > 0 && (!attempt || attempt[i]))
             /* 0 when the block does not fit in `limit` bytes: LZ4 then stops early */
             n = LZ4_compress_default((const char *)row, (char *)dst, (int)block_size, (int)limit);
         if (n > 0) {

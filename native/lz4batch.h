@@ -19,8 +19,8 @@
 /* The incompressibility probe: NX_LZ4_SAMPLE_SLICES slices of
  * NX_LZ4_SAMPLE_SLICE_BYTES, slice s at byte s * block_size / SLICES of the row,
  * concatenated and LZ4-compressed; a row whose probe saves less than
- * 1/NX_LZ4_SAMPLE_MIN_SAVING of the probe's bytes is stored raw without
- * compressing it. Rows shorter than NX_LZ4_SAMPLE_MIN_BLOCK are not probed. */
+ * 1/NX_LZ4_SAMPLE_MIN_SAVING of the probe's bytes is not worth compressing.
+ * Rows shorter than NX_LZ4_SAMPLE_MIN_BLOCK are not probed (always worth it). */
 #define NX_LZ4_SAMPLE_SLICES 4
 #define NX_LZ4_SAMPLE_SLICE_BYTES 256
 #define NX_LZ4_SAMPLE_MIN_SAVING 32
@@ -29,13 +29,24 @@
 #define NX_LZ4_MAX_BLOCK 0x7E000000
 
 /*
+ * nx_lz4_probe_rows: worth[i] = 1 if row i (of `nrows` rows of `block_size`
+ * bytes at src, row i at src + i * block_size) is worth compressing by the
+ * probe above (always 1 for rows shorter than NX_LZ4_SAMPLE_MIN_BLOCK), else 0.
+ * Returns the count of ones, or NX_EINVAL with nothing written when
+ * block_size is 0 or above NX_LZ4_MAX_BLOCK. About 1/16 of the cost of
+ * compressing a 16 KiB row, so a caller can see how much work a batch holds
+ * before splitting it. Safe to call from several threads.
+ */
+int64_t nx_lz4_probe_rows(const uint8_t *src, size_t nrows, size_t block_size, uint8_t *worth);
+
+/*
  * nx_lz4_compress_rows: encode `nrows` rows of `block_size` bytes (row i at
  * src + i * block_size, any alignment) into `out`, packed in row order: for
  * each row `gap` bytes left untouched (room for the caller's record header),
  * then its payload: the LZ4 block of the row (byte for byte what
  * LZ4_compress_default makes) if that is at most `limit` bytes, else the row
- * itself. With `sample` nonzero a row whose probe (above) says it does not
- * compress is stored raw without being compressed.
+ * itself. Only rows with attempt[i] nonzero are compressed (every row when
+ * attempt is NULL); the others are stored raw without trying.
  *   lens[i]       the payload length of row i (block_size when stored raw)
  *   compressed[i] 1 if row i's payload is compressed, else 0
  * `out` must hold nrows * (gap + block_size) bytes; nothing past the returned
@@ -44,7 +55,7 @@
  * NX_LZ4_MAX_BLOCK. Touches no global state; safe to call from several threads.
  */
 int64_t nx_lz4_compress_rows(const uint8_t *src, size_t nrows, size_t block_size, size_t limit,
-                             size_t gap, int sample, uint8_t *out, uint32_t *lens,
+                             size_t gap, const uint8_t *attempt, uint8_t *out, uint32_t *lens,
                              uint8_t *compressed);
 
 /*

@@ -42,6 +42,7 @@ from .native import (
     fingerprint_blocks,
     lz4_compress_rows,
     lz4_decompress_batch,
+    lz4_probe_rows,
 )
 from .parallel import LZ4_PART_BYTES, split_rows
 
@@ -136,14 +137,18 @@ def encode_records(
     compressed bool (k,)).
 
     `rows` (k, block_size), C-contiguous, holds the raw blocks. A block is stored as
-    its LZ4 block when that is at most `limit` bytes (0: never), with
-    FLAG_COMPRESSED added to its `flags`, else raw. Native batch calls, split over the
-    cores for big batches; the records are in row order whatever the split.
+    its LZ4 block when that is at most `limit` bytes (0: never) and its probe says it
+    is worth trying, with FLAG_COMPRESSED added to its `flags`, else raw. Native batch
+    calls, split over the cores when the rows worth compressing hold enough work; the
+    records are in row order whatever the split.
     """
     k = len(ids)
+    attempt = lz4_probe_rows(rows) if limit else np.zeros(k, bool)
+    # split by the rows lz4 will really run on: a part of raw copies is not worth a thread hop
+    work = int(np.count_nonzero(attempt))
     parts = split_rows(
-        lambda lo, hi: lz4_compress_rows(rows[lo:hi], limit, HEADER_BYTES), k,
-        LZ4_PART_BYTES // block_size,
+        lambda lo, hi: lz4_compress_rows(rows[lo:hi], limit, HEADER_BYTES, attempt[lo:hi]), k,
+        LZ4_PART_BYTES // block_size * k // max(work, 1),
     )
     buf, lens, comp = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts, strict=True))
     sizes = lens.astype(np.int64) + HEADER_BYTES

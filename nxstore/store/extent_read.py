@@ -50,7 +50,7 @@ from .native import (
     plan_runs,
     preadv_runs,
 )
-from .parallel import LZ4_PART_BYTES, split_rows
+from .parallel import UNLZ4_PART_BYTES, split_rows
 
 if TYPE_CHECKING:
     from .extent_store import ExtentStore
@@ -142,7 +142,7 @@ def load_records(
         decoded = np.concatenate(split_rows(
             lambda lo, hi: lz4_decompress_batch(
                 cbuf, cstart[lo:hi], clen[lo:hi], bs, out2d, crow[lo:hi]
-            ), len(cj), LZ4_PART_BYTES // bs,
+            ), len(cj), UNLZ4_PART_BYTES // bs,
         ))  # fmt: skip
         for j in cj[~decoded].tolist():
             errors[int(order[j])] = f"{where(j)}: payload does not decode"

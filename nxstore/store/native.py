@@ -12,7 +12,7 @@ looked up. The C contracts are in native/*.h; the on-disk layout of
 Fingerprints are XXH3-128 in canonical form (16 bytes, equal to
 `xxhash.xxh3_128(block).digest()`); fingerprint arrays are uint8 of shape
 (n, 16). Block maps are sorted, unique uint64 keys with uint64 values.
-`lz4_compress_rows` and `lz4_decompress_batch` are the extent store's codec: one call per
+`lz4_probe_rows`, `lz4_compress_rows` and `lz4_decompress_batch` are the extent store's codec: one call per
 batch of records (stored payloads are raw LZ4 blocks, as python-lz4's
 `lz4.block.compress(x, store_size=False)`).
 `gather_records`, `plan_runs`, `preadv_runs`, `check_headers` and `verify_blocks` are the
@@ -50,6 +50,7 @@ __all__ = [
     "gather_records",
     "lz4_compress_rows",
     "lz4_decompress_batch",
+    "lz4_probe_rows",
     "map_diff",
     "map_fill_range",
     "map_lookup",
@@ -617,30 +618,54 @@ def _require_size(value: Any, lo: int, hi: int, what: str) -> None:
         raise InvalidArgument(f"{what} must be an int in {lo}..{hi}, not {value!r}")
 
 
-def lz4_compress_rows(
-    rows: np.ndarray, limit: int, gap: int = 0, *, sample: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encode each row of `rows` (uint8 (k, block_size), C-contiguous): as its raw
-    LZ4 block (byte for byte `lz4.block.compress(row, store_size=False)`) when that
-    is at most `limit` bytes, else as the row itself.
-
-    Returns (buf uint8, lens uint32 (k,), compressed bool (k,)): buf packs, in
-    row order, `gap` unwritten bytes (room for a record header) then the payload
-    of lens[i] bytes, per row. With `sample`, a row whose spread 1 KiB probe
-    hardly compresses (native/lz4batch.h) is stored raw without compressing it;
-    rows under 8 KiB are never probed. Raises InvalidArgument for another
-    type, shape or layout, block_size 0, or limit/gap out of range."""
+def _require_rows(rows: Any) -> tuple[int, int]:
+    """(k, block_size) of `rows`, a C-contiguous uint8 (k, block_size) array; else InvalidArgument."""
     _require(rows, np.uint8, 2, "rows")
     k, bs = rows.shape
     _require_size(bs, 1, int(lib.NX_LZ4_MAX_BLOCK), "block_size")
+    return k, bs
+
+
+def lz4_probe_rows(rows: np.ndarray) -> np.ndarray:
+    """Which rows of `rows` (uint8 (k, block_size), C-contiguous) are worth
+    compressing: bool (k,), False where a spread 1 KiB probe of the row hardly
+    compresses (native/lz4batch.h); rows under 8 KiB are always worth it. About
+    1/16 of the cost of compressing a 16 KiB row. Raises InvalidArgument for
+    another type, shape or layout, or block_size 0."""
+    k, bs = _require_rows(rows)
+    worth = np.empty(k, np.bool_)
+    if k:
+        lib.nx_lz4_probe_rows(_ptr("uint8_t[]", rows), k, bs, _ptr("uint8_t[]", worth, True))
+    return worth
+
+
+def lz4_compress_rows(
+    rows: np.ndarray, limit: int, gap: int = 0, attempt: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode each row of `rows` (uint8 (k, block_size), C-contiguous): as its raw
+    LZ4 block (byte for byte LZ4_compress_default of the system liblz4) when that
+    is at most `limit` bytes, else as the row itself. Only rows where `attempt`
+    (bool (k,), e.g. from lz4_probe_rows) is True are tried; all when None.
+
+    Returns (buf uint8, lens uint32 (k,), compressed bool (k,)): buf packs, in
+    row order, `gap` unwritten bytes (room for a record header) then the payload
+    of lens[i] bytes, per row. Raises InvalidArgument for another type, shape
+    or layout, block_size 0, or limit/gap/attempt out of range."""
+    k, bs = _require_rows(rows)
     _require_size(limit, 0, bs, "limit")
     _require_size(gap, 0, 2**20, "gap")
+    tried = ffi.NULL
+    if attempt is not None:
+        _require(attempt, np.bool_, 1, "attempt")
+        if len(attempt) != k:
+            raise InvalidArgument(f"{k} rows but {len(attempt)} attempt flags")
+        tried = _ptr("uint8_t[]", attempt)
     buf = np.empty(k * (gap + bs), np.uint8)
     lens, comp = np.empty(k, np.uint32), np.empty(k, np.bool_)
     if not k:
         return buf, lens, comp
     used = lib.nx_lz4_compress_rows(
-        _ptr("uint8_t[]", rows), k, bs, limit, gap, bool(sample), _ptr("uint8_t[]", buf, True),
+        _ptr("uint8_t[]", rows), k, bs, limit, gap, tried, _ptr("uint8_t[]", buf, True),
         _ptr("uint32_t[]", lens, True), _ptr("uint8_t[]", comp, True),
     )  # fmt: skip
     return buf[:used], lens, comp

@@ -15,15 +15,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["HASH_PART_BYTES", "LZ4_PART_BYTES", "WORKERS", "split_rows"]
+__all__ = ["HASH_PART_BYTES", "LZ4_PART_BYTES", "UNLZ4_PART_BYTES", "WORKERS", "split_rows"]
 
 T = TypeVar("T")
 
 WORKERS = max(1, min(os.cpu_count() or 1, 4))  # parts a batch is cut into at most
 # The least bytes of blocks per part for a split to pay (a thread hop costs ~30-50 us; measured
 # with benchmarks/bench_native.py and a sweep of batch sizes on 2 busy cores): lz4 runs at
-# ~0.5-1 GB/s a core, so 256 KiB is ~0.3 ms of work; XXH3 at memory speed needs 2 MiB.
+# ~0.5-1 GB/s a core, so 256 KiB is ~0.3 ms of work; decompression runs ~2-3x faster and XXH3
+# at memory speed, so they need larger parts.
 LZ4_PART_BYTES = 256 << 10
+UNLZ4_PART_BYTES = 1 << 20
 HASH_PART_BYTES = 2 << 20
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0  # a forked child gets a pool of its own (the parent's threads are not in it)

@@ -241,8 +241,10 @@ def lz4_compress_default(block: bytes) -> bytes:
     return dst.raw[:n]
 
 
-def lz4_probe_compresses(block: bytes) -> bool:
+def lz4_worth_compressing(block: bytes) -> bool:
     """The incompressibility probe of native/lz4batch.h, from its description."""
+    if len(block) < LZ4_SAMPLE_MIN_BLOCK:
+        return True
     step = len(block) // LZ4_SAMPLE_SLICES
     sample = b"".join(
         block[s * step : s * step + LZ4_SAMPLE_SLICE_BYTES] for s in range(LZ4_SAMPLE_SLICES)
@@ -251,8 +253,9 @@ def lz4_probe_compresses(block: bytes) -> bool:
 
 
 def lz4_encode(block: bytes, limit: int, sample: bool) -> tuple[bytes, bool]:
-    """(payload, compressed) of one block as the extent store stores it."""
-    if limit and (not sample or len(block) < LZ4_SAMPLE_MIN_BLOCK or lz4_probe_compresses(block)):
+    """(payload, compressed) of one block as the extent store stores it (sample: the probe
+    decides which blocks are tried)."""
+    if limit and (not sample or lz4_worth_compressing(block)):
         p = lz4_compress_default(block)
         if len(p) <= limit:
             return p, True

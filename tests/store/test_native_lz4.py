@@ -83,7 +83,9 @@ def test_compress_matches_reference(
 ) -> None:
     rows, bs = case
     limit = {None: bs - bs // COMPRESS_MIN_SAVING, 0: 0, 1: bs, 2: bs // 2}[limit_kind]
-    buf, lens, comp = native.lz4_compress_rows(rows, limit, gap, sample=sample)
+    worth = native.lz4_probe_rows(rows)
+    assert worth.tolist() == [ref.lz4_worth_compressing(r.tobytes()) for r in rows]
+    buf, lens, comp = native.lz4_compress_rows(rows, limit, gap, worth if sample else None)
     assert lens.dtype == np.uint32 and comp.dtype == np.bool_ and len(lens) == len(rows)
     for i, payload in enumerate(_unpack(buf, lens, gap)):
         want, want_comp = ref.lz4_encode(rows[i].tobytes(), limit, sample)
@@ -100,8 +102,9 @@ def test_compress_decisions_by_kind(bs: int) -> None:
     kinds = ["zero", "random", "text", "random_head", "random_except_slices"]
     rows = np.frombuffer(b"".join(_row(k, bs, 7) for k in kinds), np.uint8).reshape(-1, bs)
     want = [True, False, True, True, bs == 4096]
-    for sample in (True, False):
-        _, lens, comp = native.lz4_compress_rows(rows, bs - bs // COMPRESS_MIN_SAVING, sample=sample)
+    assert native.lz4_probe_rows(rows).tolist() == [True, bs < 8192, True, True, True]
+    for attempt in (native.lz4_probe_rows(rows), None):
+        _, lens, comp = native.lz4_compress_rows(rows, bs - bs // COMPRESS_MIN_SAVING, 0, attempt)
         assert comp.tolist() == want
         assert lens[1] == bs and np.all(lens[comp] <= bs - bs // COMPRESS_MIN_SAVING)
 
@@ -191,6 +194,12 @@ def test_lz4_argument_errors() -> None:
             native.lz4_compress_rows(rows, limit, gap)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument):
         native.lz4_compress_rows(np.zeros((2, 0), np.uint8), 0)
+    for attempt in (np.ones(3, bool), np.ones(2, np.uint8), np.ones((2, 1), bool)):
+        with pytest.raises(InvalidArgument):
+            native.lz4_compress_rows(rows, 100, 0, attempt)
+    for bad in (rows.astype(np.int8), rows[:, ::2], np.zeros((2, 0), np.uint8)):
+        with pytest.raises(InvalidArgument):
+            native.lz4_probe_rows(bad)
 
     src = np.frombuffer(lz4.block.compress(bytes(4096), store_size=False), np.uint8)
     n = len(src)
@@ -274,7 +283,7 @@ def test_split_rows_order_parts_and_errors() -> None:
 def test_read_names_a_compressed_payload_that_does_not_decode(tmp_path) -> None:
     """One payload among many (a read split over the cores) overwritten so that lz4 rejects
     it: the read names that extent and why; the others still read back."""
-    bs, k, bad = 4096, 200, 150
+    bs, k, bad = 4096, 600, 450
     rows = np.frombuffer(b"".join(_row("text", bs, i) for i in range(k)), np.uint8)
     store = ExtentStore.open(str(tmp_path / "ex"), bs, create=True)
     try:
