@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from nxstore.constants import COMPRESS_MIN_SAVING
 from nxstore.errors import InvalidArgument
-from nxstore.store import native
+from nxstore.store import native, parallel
 from nxstore.store.extent_group import (
     FLAG_COMPRESSED,
     FLAG_INDEXED,
@@ -235,7 +235,14 @@ def test_lz4_argument_errors() -> None:
 # --- the records the extent store writes, and the split over cores ----------------------------
 
 
+@pytest.fixture
+def idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split as on an idle host, whatever the load of the one running the tests."""
+    monkeypatch.setattr(parallel, "host_busy", lambda: False)
+
+
 @pytest.mark.parametrize(("bs", "k"), [(4096, 3), (4096, 200), (16384, 40)])
+@pytest.mark.usefixtures("idle_cores")
 def test_encode_records_matches_one_record_at_a_time(bs: int, k: int) -> None:
     """Whatever the split over cores, the buffer is each record's header then its payload,
     in row order, as the extent store always wrote them (docs/format.md)."""
@@ -261,6 +268,7 @@ def test_encode_records_matches_one_record_at_a_time(bs: int, k: int) -> None:
     assert ok.all() and np.array_equal(raw, rows)
 
 
+@pytest.mark.usefixtures("idle_cores")
 def test_split_rows_order_parts_and_errors() -> None:
     calls: list[tuple[int, int]] = []
     assert split_rows(lambda lo, hi: calls.append((lo, hi)) or (lo, hi), 5, 4) == [(0, 5)]
@@ -280,6 +288,17 @@ def test_split_rows_order_parts_and_errors() -> None:
             split_rows(boom, 1000, 10)
 
 
+def test_split_rows_is_one_call_on_a_busy_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "_load", (-1.0, False))
+    monkeypatch.setattr(parallel.os, "getloadavg", lambda: (parallel._CORES + 1.0, 0.0, 0.0))
+    assert parallel.host_busy()
+    assert split_rows(lambda lo, hi: (lo, hi), 1000, 10) == [(0, 1000)]
+    monkeypatch.setattr(parallel, "_load", (-1.0, True))
+    monkeypatch.setattr(parallel.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert not parallel.host_busy()
+
+
+@pytest.mark.usefixtures("idle_cores")
 def test_read_names_a_compressed_payload_that_does_not_decode(tmp_path) -> None:
     """One payload among many (a read split over the cores) overwritten so that lz4 rejects
     it: the read names that extent and why; the others still read back."""
