@@ -6,18 +6,28 @@
     (targets: >= 3x at 4 KiB, >= 1.5x at 16 KiB).
 (c) batch index lookups per second (target >= 10 million/s).
 (d) bytes of RAM per index entry.
+(e) the extent store's lz4 codec on 64 MiB of 16 KiB blocks (mixed: text-like, half-zero and
+    random blocks; and all random): native batch compress (probe on) and decompress on one
+    core vs a python-lz4 loop of one call per block, and the speedup of splitting the batch
+    over the cores (nxstore.store.parallel.split_rows, forced on even when the host is busy;
+    the 1-minute load average is reported with it).
 """
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 
+import lz4.block
 import numpy as np
 import pytest
 import xxhash
 from conftest import measure, report
 
-from nxstore.store import native
+from nxstore.constants import COMPRESS_MIN_SAVING
+from nxstore.store import native, parallel
+from nxstore.store.extent_group import HEADER_BYTES
+from nxstore.store.parallel import UNLZ4_PART_BYTES, WORKERS, split_rows
 
 MiB = 1 << 20
 HASH_BYTES = 256 * MiB
@@ -157,3 +167,101 @@ def test_d_index_bytes_per_entry(benchmark, entries: int) -> None:
     report(benchmark, f"index RAM, {entries:,} entries", per_entry, "bytes/entry", 24.0,
            "24-byte slot", seconds=1.0, load=len(index) / index.capacity(),
            python_dict_bytes_per_entry=dict_per_entry)  # fmt: skip
+
+
+LZ4_BYTES = 64 * MiB
+LZ4_BLOCK = 16 * 1024
+LZ4_LIMIT = LZ4_BLOCK - LZ4_BLOCK // COMPRESS_MIN_SAVING
+
+
+def _lz4_rows(kind: str) -> np.ndarray:
+    """LZ4_BYTES as (n, 16 KiB) rows. mixed: per block at random, 50% text-like
+    (lz4 ~2-3x), 25% half zero, 25% random; random: every block random."""
+    n = LZ4_BYTES // LZ4_BLOCK
+    rng = np.random.default_rng(9)
+    rows = np.frombuffer(rng.bytes(LZ4_BYTES), np.uint8).reshape(n, LZ4_BLOCK).copy()
+    if kind == "mixed":
+        words = np.frombuffer(b"extent group record snapshot vdisk block map oplog ", np.uint8)
+        kinds = rng.random(n)
+        text = np.flatnonzero(kinds < 0.5)
+        starts = rng.integers(0, len(words), (len(text), LZ4_BLOCK // 8))
+        for r, st in zip(text.tolist(), starts, strict=True):  # 8-byte runs of words
+            rows[r] = words[(st[:, None] + np.arange(8)) % len(words)].reshape(-1)
+        rows[(kinds >= 0.5) & (kinds < 0.75), LZ4_BLOCK // 2 :] = 0
+    return rows
+
+
+def _python_compress(rows: np.ndarray) -> list[bytes | None]:
+    """The old _store loop: one python-lz4 call per block, kept if it saves >= 1/8."""
+    out: list[bytes | None] = []
+    for row in rows:
+        p = lz4.block.compress(row, store_size=False)
+        out.append(p if len(p) <= LZ4_LIMIT else None)
+    return out
+
+
+def _one_compress(rows: np.ndarray) -> tuple:
+    """What the extent store runs on one core: the probe, then compress what is worth it."""
+    return native.lz4_compress_rows(rows, LZ4_LIMIT, HEADER_BYTES, native.lz4_probe_rows(rows))
+
+
+def _split_compress(rows: np.ndarray) -> list:
+    """The same split over the cores (the probe first, in one call, as encode_records does)."""
+    worth = native.lz4_probe_rows(rows)
+    return split_rows(
+        lambda lo, hi: native.lz4_compress_rows(rows[lo:hi], LZ4_LIMIT, HEADER_BYTES, worth[lo:hi]),
+        len(rows), 1,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def split_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measure the split even on a busy host (split_rows would then make one call)."""
+    monkeypatch.setattr(parallel, "host_busy", lambda: False)
+
+
+@pytest.mark.usefixtures("split_always")
+@pytest.mark.parametrize("kind", ["mixed", "random"])
+def test_e_lz4_compress(benchmark, kind: str) -> None:
+    rows = _lz4_rows(kind)
+    python_s = measure(lambda: _python_compress(rows), rounds=3)
+    one_s = measure(lambda: _one_compress(rows), rounds=3)
+    benchmark.pedantic(_split_compress, (rows,), rounds=5, iterations=1)
+    split_s = benchmark.stats.stats.median if benchmark.stats else one_s
+    _, lens, comp = _one_compress(rows)
+    report(benchmark, f"lz4 batch compress, {kind}, {WORKERS} parts", LZ4_BYTES, "MB/s",
+           LZ4_BYTES / python_s / 1e6, "python-lz4 one call per block, 1 core",
+           one_core_MBps=LZ4_BYTES / one_s / 1e6, one_core_vs_python=python_s / one_s,
+           split_speedup=one_s / split_s, load=os.getloadavg()[0],
+           compressed_fraction=float(comp.mean()),
+           stored_per_raw=float(lens.sum()) / LZ4_BYTES)  # fmt: skip
+
+
+@pytest.mark.usefixtures("split_always")
+def test_e_lz4_decompress(benchmark) -> None:
+    rows = _lz4_rows("mixed")
+    payloads = [p for p in _python_compress(rows) if p is not None]
+    k = len(payloads)
+    src = np.frombuffer(b"".join(payloads), np.uint8)
+    lengths = np.array([len(p) for p in payloads], np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    out = np.empty((k, LZ4_BLOCK), np.uint8)
+
+    def python_loop() -> None:
+        for i, p in enumerate(payloads):
+            out[i] = np.frombuffer(lz4.block.decompress(p, uncompressed_size=LZ4_BLOCK), np.uint8)
+
+    def split() -> None:
+        split_rows(lambda lo, hi: native.lz4_decompress_batch(
+            src, offsets[lo:hi], lengths[lo:hi], LZ4_BLOCK, out[lo:hi]), k, UNLZ4_PART_BYTES // LZ4_BLOCK)
+
+    python_s = measure(python_loop, rounds=3)
+    one_s = measure(lambda: native.lz4_decompress_batch(src, offsets, lengths, LZ4_BLOCK, out),
+                    rounds=3)  # fmt: skip
+    benchmark.pedantic(split, rounds=5, iterations=1)
+    split_s = benchmark.stats.stats.median if benchmark.stats else one_s
+    assert native.lz4_decompress_batch(src, offsets, lengths, LZ4_BLOCK, out).all()
+    report(benchmark, f"lz4 batch decompress, mixed, {WORKERS} parts", k * LZ4_BLOCK, "MB/s",
+           k * LZ4_BLOCK / python_s / 1e6, "python-lz4 one call per block, 1 core",
+           one_core_MBps=k * LZ4_BLOCK / one_s / 1e6, one_core_vs_python=python_s / one_s,
+           split_speedup=one_s / split_s, load=os.getloadavg()[0])  # fmt: skip

@@ -30,13 +30,21 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import lz4.block
 import numpy as np
 import xxhash
 
 from ..constants import EXTENT_FORMAT_VERSION, FINGERPRINT_BYTES
 from ..errors import Corruption
-from .native import RECORD_HEADER, check_headers, checksum_rows, fingerprint_blocks
+from .native import (
+    RECORD_HEADER,
+    check_headers,
+    checksum_rows,
+    fingerprint_blocks,
+    lz4_compress_rows,
+    lz4_decompress_batch,
+    lz4_probe_rows,
+)
+from .parallel import LZ4_PART_BYTES, split_rows
 
 RECORD_MAGIC = b"NXEX"
 HEADER_BYTES = 64
@@ -62,20 +70,10 @@ assert RECORD_HEADER == {  # what the native header check reads (native/headers.
 }  # fmt: skip
 
 
-def header_dtype(itemsize: int = HEADER_BYTES) -> np.dtype:
-    """Structured dtype of a header; `itemsize` > 64 views fixed-size records in place."""
-    names, formats, offsets = zip(*_FIELDS, strict=True)
-    return np.dtype(
-        {
-            "names": list(names),
-            "formats": list(formats),
-            "offsets": list(offsets),
-            "itemsize": itemsize,
-        }
-    )
-
-
-HEADER_DTYPE = header_dtype()
+_NAMES, _FORMATS, _OFFSETS = zip(*_FIELDS, strict=True)
+# a record header as a structured dtype
+HEADER_DTYPE = np.dtype({"names": list(_NAMES), "formats": list(_FORMATS),
+                         "offsets": list(_OFFSETS), "itemsize": HEADER_BYTES})  # fmt: skip
 _GROUP_RE = re.compile(r"^EG([0-9a-f]{8})\.eg$")
 
 
@@ -133,33 +131,33 @@ def encode_records(
     containers: np.ndarray | int,
     fps: np.ndarray,
     rows: np.ndarray,
-    payloads: dict[int, bytes],
-) -> tuple[np.ndarray | bytes, np.ndarray]:
-    """Encode k records into one buffer; return (buffer, record sizes).
+    limit: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode k records into one buffer; return (buffer uint8, record sizes int64,
+    compressed bool (k,)).
 
-    `rows` (k, block_size) holds the raw blocks; `payloads` maps a record index to
-    its compressed payload (the others are stored raw). With no compressed
-    record the buffer is built by one vectorised copy.
+    `rows` (k, block_size), C-contiguous, holds the raw blocks. A block is stored as
+    its LZ4 block when that is at most `limit` bytes (0: never) and its probe says it
+    is worth trying, with FLAG_COMPRESSED added to its `flags`, else raw. Native batch
+    calls, split over the cores when the rows worth compressing hold enough work; the
+    records are in row order whatever the split.
     """
     k = len(ids)
-    slens = np.full(k, block_size, np.uint32)
-    if not payloads:
-        rec = np.zeros((k, HEADER_BYTES + block_size), np.uint8)
-        view = rec.reshape(-1).view(header_dtype(HEADER_BYTES + block_size))
-        fill_headers(view, ids, flags, block_size, slens, containers, fps)
-        rec[:, HEADER_BYTES:] = rows
-        return rec.reshape(-1), slens + HEADER_BYTES
-    for i, p in payloads.items():
-        slens[i] = len(p)
+    attempt = lz4_probe_rows(rows) if limit else np.zeros(k, bool)
+    # split by the rows lz4 will really run on: a part of raw copies is not worth a thread hop
+    work = int(np.count_nonzero(attempt))
+    parts = split_rows(
+        lambda lo, hi: lz4_compress_rows(rows[lo:hi], limit, HEADER_BYTES, attempt[lo:hi]), k,
+        LZ4_PART_BYTES // block_size * k // max(work, 1),
+    )
+    buf, lens, comp = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts, strict=True))
+    sizes = lens.astype(np.int64) + HEADER_BYTES
     hdr = np.zeros(k, HEADER_DTYPE)
-    fill_headers(hdr, ids, flags, block_size, slens, containers, fps)
-    hb = hdr.tobytes()
-    parts: list[bytes | memoryview] = []
-    for i in range(k):
-        parts.append(hb[i * HEADER_BYTES : (i + 1) * HEADER_BYTES])
-        p = payloads.get(i)
-        parts.append(p if p is not None else rows[i].data)
-    return b"".join(parts), slens.astype(np.int64) + HEADER_BYTES
+    fill_headers(hdr, ids, flags | comp * np.uint8(FLAG_COMPRESSED), block_size, lens, containers,
+                 fps)  # fmt: skip
+    starts = np.cumsum(sizes) - sizes
+    buf[starts[:, None] + np.arange(HEADER_BYTES)] = hdr.view(np.uint8).reshape(k, HEADER_BYTES)
+    return buf, sizes, comp
 
 
 def gather_headers(buf: np.ndarray, rel: np.ndarray) -> np.ndarray:
@@ -178,18 +176,25 @@ def bad_headers(
     return check_headers(rows, ids, slens, flags, block_size)
 
 
-def decode_payload(
-    payload: bytes | memoryview, compressed: bool, block_size: int
-) -> bytes | memoryview:
-    """The raw block of one payload. A payload that does not decompress to exactly
-    `block_size` bytes yields b"" (the caller's fingerprint check then fails)."""
-    if not compressed:
-        return payload
-    try:
-        raw = lz4.block.decompress(payload, uncompressed_size=block_size)
-    except lz4.block.LZ4BlockError:
-        return b""
-    return raw if len(raw) == block_size else b""
+def decode_payloads(
+    buf: np.ndarray, offs: np.ndarray, slens: np.ndarray, compressed: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The raw blocks (uint8 (k, block_size)) of k payloads, payload i being the
+    slens[i] bytes at offs[i] of uint8 `buf`, LZ4 blocks where compressed[i], and
+    ok (bool (k,)): False where a payload lies outside buf or does not give exactly
+    block_size bytes (its row is then zero; the caller's fingerprint check fails)."""
+    offs, slens = np.asarray(offs, np.int64), np.asarray(slens, np.int64)
+    k = len(offs)
+    raw = np.zeros((k, block_size), np.uint8)
+    ok = np.zeros(k, bool)
+    inside = (offs >= 0) & (slens >= 0) & (offs + slens <= len(buf))
+    c = np.flatnonzero(inside & compressed)
+    if c.size:
+        ok[c] = lz4_decompress_batch(buf, offs[c], slens[c], block_size, raw, c.astype(np.int64))
+    for i in np.flatnonzero(inside & ~compressed & (slens == block_size)).tolist():
+        raw[i] = buf[offs[i] : offs[i] + block_size]
+        ok[i] = True
+    return raw, ok
 
 
 @dataclass
@@ -260,17 +265,11 @@ def scan_group(fd: int, name: str, start: int, end: int, block_size: int) -> Sca
     flags_a = np.fromiter((r[2] for r in recs), np.uint8, k)
     slens = np.fromiter((r[3] for r in recs), np.uint32, k)
     fps = np.frombuffer(b"".join(r[5] for r in recs), np.uint8).reshape(k, FINGERPRINT_BYTES)
-    raw = np.zeros((k, block_size), np.uint8)
-    for i, (o, _, fl, slen, _, _) in enumerate(recs):
-        payload = decode_payload(
-            memoryview(data)[o + HEADER_BYTES : o + HEADER_BYTES + slen],
-            bool(fl & FLAG_COMPRESSED),
-            block_size,
-        )
-        if len(payload) == block_size:
-            raw[i] = np.frombuffer(payload, np.uint8)
-        else:
-            raw[i, 0] = 1  # the zero block is never stored: forces a mismatch
+    raw, decoded = decode_payloads(
+        np.frombuffer(data, np.uint8), offs + HEADER_BYTES, slens, (flags_a & FLAG_COMPRESSED) > 0,
+        block_size,
+    )  # fmt: skip
+    raw[~decoded, 0] = 1  # the zero block is never stored: forces a mismatch
     got, _ = fingerprint_blocks(raw, block_size)
     ok = np.all(got == fps, axis=1) if k else np.zeros(0, bool)
     # trailing records with bad payloads belong to the torn tail

@@ -29,7 +29,7 @@ from .extent_group import (
     FLAG_INDEXED,
     HEADER_BYTES,
     bad_headers,
-    decode_payload,
+    decode_payloads,
     gather_headers,
     group_file_name,
 )
@@ -133,15 +133,8 @@ def _verify(store: ExtentStore, buf: np.ndarray, eids: np.ndarray, offs: np.ndar
     e = eids.astype(np.int64)
     slens, flags = t.slen[e].astype(np.int64), t.flags[e]
     bad = bad_headers(gather_headers(buf, offs), eids, slens, flags, bs)
-    raw = np.zeros((len(e), bs), np.uint8)
-    for i, (o, s, f) in enumerate(zip(offs.tolist(), slens.tolist(), flags.tolist(), strict=True)):
-        p = decode_payload(
-            buf[o + HEADER_BYTES : o + HEADER_BYTES + s], bool(f & FLAG_COMPRESSED), bs
-        )
-        if len(p) == bs:
-            raw[i] = np.frombuffer(p, np.uint8)
-        else:
-            bad[i] = True
+    raw, decoded = decode_payloads(buf, offs + HEADER_BYTES, slens, (flags & FLAG_COMPRESSED) > 0, bs)
+    bad |= ~decoded
     fps, _ = fingerprint_blocks(raw, bs)
     bad |= np.any(fps != t.fp[e], axis=1)
     return np.flatnonzero(bad).tolist()

@@ -21,7 +21,8 @@ headers with four native calls, whatever the number of records or runs:
 3. All headers of the call are checked in one native call: magic, extent
    id, raw and stored length and compressed flag against the table, and the
    XXH3-64 header checksum.
-4. Only compressed payloads are decoded one by one (lz4, into their row).
+4. The compressed payloads are decoded into their rows by one native call
+   (`lz4_decompress_batch`; big batches split over the cores).
 
 The payload fingerprints are checked by the caller with one native batch
 call over `out2d` (`verify_blocks` in ExtentStore.read_blocks; scrub and
@@ -33,7 +34,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import lz4.block
 import numpy as np
 
 from ..errors import Corruption
@@ -46,9 +46,11 @@ from .native import (
     READV_MAX_IOV,
     check_headers,
     gather_records,
+    lz4_decompress_batch,
     plan_runs,
     preadv_runs,
 )
+from .parallel import UNLZ4_PART_BYTES, split_rows
 
 if TYPE_CHECKING:
     from .extent_store import ExtentStore
@@ -134,18 +136,16 @@ def load_records(
     errors: dict[int, str] = {}
     if ncomp:
         # a compressed payload's place in cbuf is its payload iovec's offset
-        cstart = iov[1::3, 1]
-        for j in np.flatnonzero(comp if short is None else comp & ~short).tolist():
-            a = int(cstart[j])
-            try:
-                raw = lz4.block.decompress(cbuf[a : a + int(ss[j])], uncompressed_size=bs)
-            except lz4.block.LZ4BlockError:
-                raw = b""
-            if len(raw) == bs:
-                out2d[dest[j]] = np.frombuffer(raw, np.uint8)
-            else:
-                out2d[dest[j]] = 0
-                errors[int(order[j])] = f"{where(j)}: payload does not decode"
+        cj = np.flatnonzero(comp if short is None else comp & ~short)
+        cstart, clen = iov[1::3, 1][cj], ss[cj]
+        crow = np.asarray(dest, np.int64)[cj]
+        decoded = np.concatenate(split_rows(
+            lambda lo, hi: lz4_decompress_batch(
+                cbuf, cstart[lo:hi], clen[lo:hi], bs, out2d, crow[lo:hi]
+            ), len(cj), UNLZ4_PART_BYTES // bs,
+        ))  # fmt: skip
+        for j in cj[~decoded].tolist():
+            errors[int(order[j])] = f"{where(j)}: payload does not decode"
     if bad.any():
         for j in np.flatnonzero(bad).tolist():
             if j in failed:

@@ -27,7 +27,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 
-import lz4.block
 import numpy as np
 import xxhash
 
@@ -64,13 +63,13 @@ from .fileutil import (
 from .fingerprint_index import save_index
 from .lockorder import Level, ordered_lock
 from .native import fingerprint_blocks, verify_blocks
+from .parallel import HASH_PART_BYTES, split_rows
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ExtentCorruption", "ExtentStore"]
 
 _MAX_FDS = 256  # cached group file descriptors
-_SAMPLE = 8  # batches above this many new blocks: lz4 on 8 spread blocks decides (see _store)
 assert EXTENT_GROUP_BYTES + HEADER_BYTES + MAX_BLOCK_SIZE < 2**32  # offsets are u32
 assert GROUPS_PER_CALL <= _MAX_FDS  # a read's open fds all stay cached (extent_read)
 
@@ -325,7 +324,10 @@ class ExtentStore:
         (the store is then unchanged).
         """
         rows = self._blocks(data)
-        fps, zero = fingerprint_blocks(rows, self.block_size)
+        bs = self.block_size
+        parts = split_rows(lambda lo, hi: fingerprint_blocks(rows[lo:hi], bs), len(rows),
+                           HASH_PART_BYTES // bs)  # fmt: skip
+        fps, zero = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts, strict=True))
         return self._put(rows, fps, zero, dedup, compress, verify_dedup, container_id)
 
     def put_blocks_known(
@@ -404,27 +406,11 @@ class ExtentStore:
             bool(k) and int(pos[-1]) - int(pos[0]) == k - 1 and bool(np.all(np.diff(pos) == 1))
         )
         sel = rows[int(pos[0]) : int(pos[0]) + k] if contiguous else rows[pos]
-        payloads: dict[int, bytes] = {}
-        if compress:
-            limit = bs - bs // COMPRESS_MIN_SAVING
-            probe = (
-                range(k) if k <= _SAMPLE else np.linspace(0, k - 1, _SAMPLE).astype(int).tolist()
-            )
-            for i in probe:
-                p = lz4.block.compress(sel[i], store_size=False)
-                if len(p) <= limit:
-                    payloads[i] = p
-            if payloads and k > _SAMPLE:
-                for i in range(k):
-                    if i not in payloads:
-                        p = lz4.block.compress(sel[i], store_size=False)
-                        if len(p) <= limit:
-                            payloads[i] = p
         sids = ids[pos]
         flags = np.full(k, FLAG_INDEXED, np.uint8) * np.asarray(indexed, np.uint8)
-        for i in payloads:
-            flags[i] |= FLAG_COMPRESSED
-        buf, sizes = encode_records(sids, flags, bs, container, fps[pos], sel, payloads)
+        limit = bs - bs // COMPRESS_MIN_SAVING if compress else 0
+        buf, sizes, comp = encode_records(sids, flags, bs, container, fps[pos], sel, limit)
+        flags |= comp * np.uint8(FLAG_COMPRESSED)
         groups, offs = self._write_records(buf, sizes, "_active")
         t = self._table
         top = int(sids.max()) + 1
@@ -438,7 +424,7 @@ class ExtentStore:
         t.next_id = max(t.next_id, top)
         self._n_extents += k
         self._stored += int(sizes.sum()) - k * HEADER_BYTES
-        self._n_compressed += len(payloads)
+        self._n_compressed += int(np.count_nonzero(comp))
         self._changed = True
         return ids
 

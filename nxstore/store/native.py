@@ -12,6 +12,9 @@ looked up. The C contracts are in native/*.h; the on-disk layout of
 Fingerprints are XXH3-128 in canonical form (16 bytes, equal to
 `xxhash.xxh3_128(block).digest()`); fingerprint arrays are uint8 of shape
 (n, 16). Block maps are sorted, unique uint64 keys with uint64 values.
+`lz4_probe_rows`, `lz4_compress_rows` and `lz4_decompress_batch` are the extent store's codec: one call per
+batch of records (stored payloads are raw LZ4 blocks, as python-lz4's
+`lz4.block.compress(x, store_size=False)`).
 `gather_records`, `plan_runs`, `preadv_runs`, `check_headers` and `verify_blocks` are the
 extent store's read path: one call each per read request, whatever the number of extents
 (nxstore/store/extent_read.py, ExtentStore.read_blocks). On that path the wrappers check types
@@ -45,6 +48,9 @@ __all__ = [
     "checksum_rows",
     "fingerprint_blocks",
     "gather_records",
+    "lz4_compress_rows",
+    "lz4_decompress_batch",
+    "lz4_probe_rows",
     "map_diff",
     "map_fill_range",
     "map_lookup",
@@ -605,3 +611,104 @@ def preadv_runs(
     if rc != lib.NX_OK:
         raise InvalidArgument("preadv_runs: an iovec or run is out of range, or a bad iov_limit")
     return result
+
+
+def _require_size(value: Any, lo: int, hi: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidArgument(f"{what} must be an int in {lo}..{hi}, not {value!r}")
+
+
+def _require_rows(rows: Any) -> tuple[int, int]:
+    """(k, block_size) of `rows`, a C-contiguous uint8 (k, block_size) array; else InvalidArgument."""
+    _require(rows, np.uint8, 2, "rows")
+    k, bs = rows.shape
+    _require_size(bs, 1, int(lib.NX_LZ4_MAX_BLOCK), "block_size")
+    return k, bs
+
+
+def lz4_probe_rows(rows: np.ndarray) -> np.ndarray:
+    """Which rows of `rows` (uint8 (k, block_size), C-contiguous) are worth
+    compressing: bool (k,), False where a spread 1 KiB probe of the row hardly
+    compresses (native/lz4batch.h); rows under 8 KiB are always worth it. About
+    1/16 of the cost of compressing a 16 KiB row. Raises InvalidArgument for
+    another type, shape or layout, or block_size 0."""
+    k, bs = _require_rows(rows)
+    worth = np.empty(k, np.bool_)
+    if k:
+        lib.nx_lz4_probe_rows(_ptr("uint8_t[]", rows), k, bs, _ptr("uint8_t[]", worth, True))
+    return worth
+
+
+def lz4_compress_rows(
+    rows: np.ndarray, limit: int, gap: int = 0, attempt: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode each row of `rows` (uint8 (k, block_size), C-contiguous): as its raw
+    LZ4 block (byte for byte LZ4_compress_default of the system liblz4) when that
+    is at most `limit` bytes, else as the row itself. Only rows where `attempt`
+    (bool (k,), e.g. from lz4_probe_rows) is True are tried; all when None.
+
+    Returns (buf uint8, lens uint32 (k,), compressed bool (k,)): buf packs, in
+    row order, `gap` unwritten bytes (room for a record header) then the payload
+    of lens[i] bytes, per row. Raises InvalidArgument for another type, shape
+    or layout, block_size 0, or limit/gap/attempt out of range."""
+    k, bs = _require_rows(rows)
+    _require_size(limit, 0, bs, "limit")
+    _require_size(gap, 0, 2**20, "gap")
+    tried = ffi.NULL
+    if attempt is not None:
+        _require(attempt, np.bool_, 1, "attempt")
+        if len(attempt) != k:
+            raise InvalidArgument(f"{k} rows but {len(attempt)} attempt flags")
+        tried = _ptr("uint8_t[]", attempt)
+    buf = np.empty(k * (gap + bs), np.uint8)
+    lens, comp = np.empty(k, np.uint32), np.empty(k, np.bool_)
+    if not k:
+        return buf, lens, comp
+    used = lib.nx_lz4_compress_rows(
+        _ptr("uint8_t[]", rows), k, bs, limit, gap, tried, _ptr("uint8_t[]", buf, True),
+        _ptr("uint32_t[]", lens, True), _ptr("uint8_t[]", comp, True),
+    )  # fmt: skip
+    return buf[:used], lens, comp
+
+
+def lz4_decompress_batch(
+    src: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, block_size: int,
+    out2d: np.ndarray, rows: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Decode k raw LZ4 blocks, payload i being src[offsets[i] : offsets[i] +
+    lengths[i]], into out2d[i] (or out2d[rows[i]]); return ok, bool (k,): True
+    where the payload decodes to exactly `block_size` bytes. A row whose payload
+    does not (damaged, truncated, another length) is zeroed; damage never makes
+    it read or write outside its payload and row.
+
+    src: uint8 1-D; offsets, lengths (and rows): int64 (k,); out2d: uint8
+    (n, block_size), all C-contiguous (n = k without rows). Raises
+    InvalidArgument, with nothing written, for other types or shapes, a payload
+    outside src, or a row outside out2d."""
+    _require(src, np.uint8, 1, "src")
+    _require(offsets, _I64, 1, "offsets")
+    _require(lengths, _I64, 1, "lengths")
+    _require(out2d, np.uint8, 2, "out2d")
+    k = len(offsets)
+    _require_size(block_size, 1, int(lib.NX_LZ4_MAX_BLOCK), "block_size")
+    if len(lengths) != k or out2d.shape[1] != block_size:
+        raise InvalidArgument(f"{k} offsets, {len(lengths)} lengths, out2d {out2d.shape}")
+    dest = ffi.NULL
+    if rows is not None:
+        _require(rows, _I64, 1, "rows")
+        if len(rows) != k:
+            raise InvalidArgument(f"{k} offsets but {len(rows)} rows")
+        dest = _ptr("int64_t[]", rows)
+    elif len(out2d) < k:
+        raise InvalidArgument(f"{k} payloads but out2d has {len(out2d)} rows")
+    ok = np.zeros(k, np.bool_)
+    if not k:
+        return ok
+    rc = lib.nx_lz4_decompress_rows(
+        _ptr("uint8_t[]", src), len(src), _ptr("int64_t[]", offsets), _ptr("int64_t[]", lengths),
+        k, block_size, _ptr("uint8_t[]", out2d, True), len(out2d), dest,
+        _ptr("uint8_t[]", ok, True),
+    )  # fmt: skip
+    if rc < 0:
+        raise InvalidArgument("lz4_decompress_batch: a payload lies outside src or a row outside out2d")
+    return ok

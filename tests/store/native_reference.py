@@ -6,9 +6,12 @@ code that can be checked by eye; tests/store/test_native.py proves they agree.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import struct
 
+import lz4.block
 import numpy as np
 import xxhash
 
@@ -219,3 +222,50 @@ def gather_records(
     keys = [group[i] * 2**32 + offset[i] for i in ids]
     return (keys, [slen[i] for i in ids], [flags[i] & 1 == 1 for i in ids],
             all(a < b for a, b in zip(keys, keys[1:], strict=False)))  # fmt: skip
+
+
+# --- lz4 batch codec ------------------------------------------------------------
+# The stored form is a raw LZ4 block: LZ4_compress_default of the system liblz4, called here
+# through ctypes one block at a time (python-lz4 bundles its own lz4, whose blocks may differ
+# byte for byte; both decode each other's).
+_LIBLZ4 = ctypes.CDLL(ctypes.util.find_library("lz4") or "liblz4.so.1")
+LZ4_SAMPLE_SLICES, LZ4_SAMPLE_SLICE_BYTES, LZ4_SAMPLE_MIN_SAVING = 4, 256, 32
+LZ4_SAMPLE_MIN_BLOCK = 8192
+
+
+def lz4_compress_default(block: bytes) -> bytes:
+    """LZ4_compress_default(block), unlimited output."""
+    dst = ctypes.create_string_buffer(len(block) + len(block) // 255 + 16)
+    n = _LIBLZ4.LZ4_compress_default(block, dst, len(block), len(dst))
+    assert n > 0
+    return dst.raw[:n]
+
+
+def lz4_worth_compressing(block: bytes) -> bool:
+    """The incompressibility probe of native/lz4batch.h, from its description."""
+    if len(block) < LZ4_SAMPLE_MIN_BLOCK:
+        return True
+    step = len(block) // LZ4_SAMPLE_SLICES
+    sample = b"".join(
+        block[s * step : s * step + LZ4_SAMPLE_SLICE_BYTES] for s in range(LZ4_SAMPLE_SLICES)
+    )
+    return len(lz4_compress_default(sample)) <= len(sample) - len(sample) // LZ4_SAMPLE_MIN_SAVING
+
+
+def lz4_encode(block: bytes, limit: int, sample: bool) -> tuple[bytes, bool]:
+    """(payload, compressed) of one block as the extent store stores it (sample: the probe
+    decides which blocks are tried)."""
+    if limit and (not sample or lz4_worth_compressing(block)):
+        p = lz4_compress_default(block)
+        if len(p) <= limit:
+            return p, True
+    return block, False
+
+
+def lz4_decode(payload: bytes, block_size: int) -> bytes | None:
+    """The block a payload decodes to with python-lz4, None unless exactly block_size bytes."""
+    try:
+        raw = lz4.block.decompress(payload, uncompressed_size=block_size)
+    except lz4.block.LZ4BlockError:
+        return None
+    return raw if len(raw) == block_size else None
