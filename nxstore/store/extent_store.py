@@ -1,6 +1,6 @@
 """The extent store: deduplicated, compressed, verified fixed-size blocks.
 
-Kept as one file (605 lines) because it is the one `ExtentStore` object: one lock over
+Kept as one file (740 lines) because it is the one `ExtentStore` object: one lock over
 the extent table, fingerprint index, group files and id floor; reading, crash recovery and
 gc/scrub/relocate already live in extent_read.py, extent_recovery.py and
 extent_maintenance.py.
@@ -46,11 +46,13 @@ from .extent_group import (
     FLAG_COMPRESSED,
     FLAG_INDEXED,
     HEADER_BYTES,
+    HEADER_DTYPE,
     ExtentCorruption,
     encode_records,
+    fill_headers,
     group_file_name,
 )
-from .extent_read import GROUPS_PER_CALL, MAX_GAP, load_records
+from .extent_read import GROUPS_PER_CALL, MAX_GAP, StoredRecords, load_records, load_stored
 from .extent_recovery import recover
 from .extent_table import PRESENT, ExtentTable
 from .fileutil import (
@@ -62,12 +64,12 @@ from .fileutil import (
 )
 from .fingerprint_index import save_index
 from .lockorder import Level, ordered_lock
-from .native import fingerprint_blocks, verify_blocks
+from .native import fingerprint_blocks, lz4_decompress_batch, verify_blocks
 from .parallel import HASH_PART_BYTES, split_rows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExtentCorruption", "ExtentStore"]
+__all__ = ["ExtentCorruption", "ExtentStore", "StoredRecords"]
 
 _MAX_FDS = 256  # cached group file descriptors
 assert EXTENT_GROUP_BYTES + HEADER_BYTES + MAX_BLOCK_SIZE < 2**32  # offsets are u32
@@ -344,7 +346,9 @@ class ExtentStore:
         zero = np.all(fps == self._zero_fp, axis=1)
         return self._put(rows, fps, zero, dedup, compress, verify_dedup, container_id)
 
-    def _put(self, rows, fps, zero, dedup, compress, verify, container) -> np.ndarray:  # noqa: ANN001
+    def _put(self, rows, fps, zero, dedup, compress, verify, container, write=None) -> np.ndarray:  # noqa: ANN001
+        """Assign ids (dedup) and store the new blocks with `write` (default _store)."""
+        write = write or self._store
         ids = np.zeros(len(rows), np.uint64)
         nz = np.flatnonzero(~zero)
         if not nz.size:
@@ -357,7 +361,7 @@ class ExtentStore:
             if not dedup:
                 pos, indexed = nz, False
                 ids[nz] = np.arange(first, first + nz.size, dtype=np.uint64)
-                return self._store(rows, pos, ids, fps, indexed, compress, container)
+                return write(rows, pos, ids, fps, indexed, compress, container)
             got, is_new, n_new = self._index.lookup_or_insert(fps[nz], first)
             ids[nz] = got
             pos = nz[is_new]
@@ -369,7 +373,7 @@ class ExtentStore:
                     indexed = np.concatenate([np.ones(n_new, bool), np.zeros(anew.size, bool)])
                 else:
                     indexed = True
-                return self._store(rows, pos, ids, fps, indexed, compress, container)
+                return write(rows, pos, ids, fps, indexed, compress, container)
             except BaseException:
                 self._index.remove(fps[nz[is_new]])
                 raise
@@ -411,7 +415,14 @@ class ExtentStore:
         limit = bs - bs // COMPRESS_MIN_SAVING if compress else 0
         buf, sizes, comp = encode_records(sids, flags, bs, container, fps[pos], sel, limit)
         flags |= comp * np.uint8(FLAG_COMPRESSED)
+        self._commit_records(buf, sizes, sids, flags, fps[pos], container)
+        return ids
+
+    def _commit_records(self, buf, sizes, sids, flags, fps, container) -> None:  # noqa: ANN001
+        """Append encoded records (buf, sizes: encode_records) of extents sids with
+        record flags `flags` and fingerprints `fps`; enter them in the table."""
         groups, offs = self._write_records(buf, sizes, "_active")
+        k = len(sids)
         t = self._table
         top = int(sids.max()) + 1
         t.reserve(top)
@@ -420,13 +431,80 @@ class ExtentStore:
         t.slen[si] = sizes - HEADER_BYTES
         t.container[si] = container
         t.flags[si] = flags | PRESENT
-        t.fp[si] = fps[pos]
+        t.fp[si] = fps
         t.next_id = max(t.next_id, top)
         self._n_extents += k
         self._stored += int(sizes.sum()) - k * HEADER_BYTES
-        self._n_compressed += int(np.count_nonzero(comp))
+        self._n_compressed += int(np.count_nonzero(flags & FLAG_COMPRESSED))
         self._changed = True
+
+    # -- records in their stored form (replication ships them as they are) -------------
+    def put_stored(
+        self, records: StoredRecords, *, dedup: bool = True, compress: bool = True,
+        container_id: int = 1,
+    ) -> np.ndarray:  # fmt: skip
+        """Store blocks given in their stored form (as `read_stored` returns them, or as
+        they arrive over the wire); return their extent ids like `put_blocks` (0 for
+        the zero block). Every block is verified first: the compressed payloads are
+        decompressed in one batch call, every block is fingerprinted and compared with
+        records.fingerprints; a payload that does not decode or does not match raises
+        Corruption naming the record, and nothing is stored. The payloads are then
+        written as they are (a compressed one decompressed when `compress` is False).
+        dedup as in put_blocks. Not durable until `sync`. Raises InvalidArgument
+        (inconsistent records), Corruption, ClosedError, OSError."""
+        checked = _CheckedRecords(records, self.block_size)
+        fps = checked.fps
+        zero = np.all(fps == self._zero_fp, axis=1)
+        return self._put(checked, fps, zero, dedup, compress, False, container_id,
+                         self._store_stored)  # fmt: skip
+
+    def _store_stored(self, checked, pos, ids, fps, indexed, compress, container) -> np.ndarray:  # noqa: ANN001
+        """`_store` for verified stored records: their payloads as they are."""
+        k = len(pos)
+        if not k:
+            return ids
+        rec = checked.records
+        sids = ids[pos]
+        keep = rec.compressed[pos] & compress  # stays compressed
+        flags = np.full(k, FLAG_INDEXED, np.uint8) * np.asarray(indexed, np.uint8)
+        flags[keep] |= FLAG_COMPRESSED
+        n, bs = len(rec), self.block_size
+        slens = np.where(keep, rec.lengths[pos], bs).astype(np.int64)
+        sizes = slens + HEADER_BYTES
+        hdr = np.zeros(k, HEADER_DTYPE)
+        fill_headers(hdr, sids, flags, bs, slens, container, fps[pos])
+        if not keep.any() and checked.packed_raw and k == n:  # all raw: one vectorised copy
+            buf = np.empty((k, HEADER_BYTES + bs), np.uint8)
+            buf[:, :HEADER_BYTES] = hdr.view(np.uint8).reshape(k, HEADER_BYTES)
+            buf[:, HEADER_BYTES:] = rec.payload[: n * bs].reshape(n, bs)
+        else:  # each payload as it came (or decompressed), after its header
+            buf = np.empty(int(sizes.sum()), np.uint8)
+            starts = np.cumsum(sizes) - sizes
+            buf[starts[:, None] + np.arange(HEADER_BYTES)] = hdr.view(np.uint8).reshape(
+                k, HEADER_BYTES)
+            for i, (p, a, n_) in enumerate(zip(pos.tolist(), (starts + HEADER_BYTES).tolist(),
+                                               slens.tolist(), strict=True)):  # fmt: skip
+                buf[a : a + n_] = checked.stored(p) if keep[i] else checked.raw(p)
+        self._commit_records(buf.reshape(-1), sizes, sids, flags, fps[pos], container)
         return ids
+
+    def read_stored(self, extent_ids: np.ndarray) -> StoredRecords:
+        """The records of extents (nonzero ids) in their stored form: payloads packed in
+        the order of `extent_ids`, lz4-compressed where they were stored so, with the
+        table's fingerprints. Every header is checked against the table; nothing is
+        decompressed or fingerprinted (`put_stored` verifies at the receiver). Raises
+        ExtentCorruption for the first bad or missing extent, InvalidArgument for id 0."""
+        ids = np.ascontiguousarray(extent_ids, np.uint64).reshape(-1)
+        with self._lock:
+            self._check_open()
+            if not ids.all():
+                raise InvalidArgument("read_stored: extent id 0 (the zero block) is never stored")
+            self._require_present(ids, np.arange(len(ids)))
+            records, errors = load_stored(self, ids)
+            if errors:
+                i = min(errors)
+                self._raise(int(ids[i]), i, errors[i])
+            return records
 
     # -- read ---------------------------------------------------------------------------
     def _raise(self, eid: int, batch_index: int | None, what: str) -> None:
@@ -436,6 +514,16 @@ class ExtentStore:
         if not g and self.cut_tails:
             where += "; open cut torn tails of " + ", ".join(self.cut_tails)
         raise ExtentCorruption(f"extent {eid} ({where}): {what}", eid, batch_index, g, o)
+
+    def _require_present(self, eids: np.ndarray, positions: np.ndarray) -> None:
+        """ExtentCorruption for the first of eids (at positions of the caller's batch)
+        that is not in the store."""
+        missing = ~self._table.is_present(eids)
+        if missing.any():
+            i = int(np.argmax(missing))
+            self._raise(int(eids[i]), int(positions[i]),
+                        "extent is not in the store (lost with a damaged or truncated "
+                        "extent group; nxstore fsck lists the damage)")
 
     def read_blocks(self, extent_ids: np.ndarray, out: np.ndarray) -> None:
         """Fill `out` (uint8, len(extent_ids)*block_size bytes, C-contiguous) with
@@ -458,12 +546,7 @@ class ExtentStore:
             if not nz.size:
                 return
             eids = ids if nz.size == n else ids[nz]
-            missing = ~self._table.is_present(eids)
-            if missing.any():
-                i = int(np.argmax(missing))
-                self._raise(int(eids[i]), int(nz[i]),
-                            "extent is not in the store (lost with a damaged or truncated "
-                            "extent group; nxstore fsck lists the damage)")
+            self._require_present(eids, nz)
             errors = load_records(self, eids, out2d, nz)
             # hashed and compared with the table in one call; i = the first mismatch, or len
             i = verify_blocks(out2d if nz.size == n else out2d[nz], self._table.fp, eids)
@@ -589,3 +672,69 @@ class ExtentStore:
         from .extent_maintenance import relocate
 
         return relocate(self, extent_ids, max_bytes)
+
+
+class _CheckedRecords:
+    """Stored records verified for `put_stored`: the layout checked (InvalidArgument),
+    the compressed payloads decoded in one batch call, every block fingerprinted and
+    compared with its claimed fingerprint (Corruption naming the first bad record)."""
+
+    def __init__(self, records: StoredRecords, block_size: int) -> None:
+        r = records
+        n, bs = len(r.lengths), block_size
+        comp = np.asarray(r.compressed, bool)
+        lengths = np.asarray(r.lengths, np.int64)
+        offsets = np.asarray(r.offsets, np.int64)
+        payload, fps = r.payload, r.fingerprints
+        if not (comp.shape == offsets.shape == (n,) and getattr(fps, "shape", None) == (n, 16)
+                and isinstance(payload, np.ndarray) and payload.dtype == np.uint8
+                and payload.ndim == 1):  # fmt: skip
+            raise InvalidArgument("put_stored: records of inconsistent shapes or types")
+        if n and (bool(np.any(lengths[~comp] != bs)) or int(lengths.min()) <= 0
+                  or int(lengths.max()) > bs or int(offsets.min()) < 0
+                  or int((offsets + lengths).max()) > payload.size):  # fmt: skip
+            raise InvalidArgument(f"put_stored: a record's stored length is not in 1..{bs} "
+                                  "(exactly the block size if raw) or lies outside the payload")
+        self.records, self.block_size = r, bs
+        self._offsets, self._lengths = offsets, lengths
+        ci = np.flatnonzero(comp)
+        self._dec_row = np.full(n, -1, np.int64)
+        self._dec_row[ci] = np.arange(ci.size)
+        self._dec = np.empty((ci.size, bs), np.uint8)
+        decoded = (lz4_decompress_batch(payload, offsets[ci], lengths[ci], bs, self._dec)
+                   if ci.size else np.zeros(0, bool))
+        self.packed_raw = not ci.size and bool(np.all(offsets == np.arange(n) * bs))
+        got = np.empty((n, 16), np.uint8)
+        if self.packed_raw:
+            got[:], _ = fingerprint_blocks(payload[: n * bs], bs)
+        else:
+            got[ci], _ = fingerprint_blocks(self._dec, bs)
+            ri = np.flatnonzero(~comp)
+            if ri.size:
+                raw = np.empty((ri.size, bs), np.uint8)
+                for row, i in enumerate(ri.tolist()):
+                    raw[row] = self.raw(i)
+                got[ri], _ = fingerprint_blocks(raw, bs)
+        bad = np.any(got != fps, axis=1)
+        bad[ci[~decoded]] = True
+        if bad.any():
+            i = int(np.argmax(bad))
+            what = ("does not decompress to a block" if comp[i] and not decoded[self._dec_row[i]]
+                    else "does not match its fingerprint")  # fmt: skip
+            raise Corruption(f"stored record {i} of {n} (fingerprint "
+                             f"{bytes(np.asarray(fps[i], np.uint8)).hex()}) {what} "
+                             f"({int(bad.sum())} bad): nothing of the batch was stored")
+        self.fps = np.ascontiguousarray(fps, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def stored(self, i: int) -> np.ndarray:
+        """Record i's payload as it came."""
+        a = int(self._offsets[i])
+        return self.records.payload[a : a + int(self._lengths[i])]
+
+    def raw(self, i: int) -> np.ndarray:
+        """Record i's raw block."""
+        row = int(self._dec_row[i])
+        return self._dec[row] if row >= 0 else self.stored(i)
