@@ -1,7 +1,8 @@
 """What a replication target serves beyond snapshot replication: registered from above.
 
 The target (nxstore.replication.target) serves snapshot replication itself: BEGIN_TRANSFER,
-BLOCKS, MAP_ENTRIES, COMMIT, ABORT, GET_SNAPSHOTS, HAVE_FINGERPRINTS, PRUNE, PING, VERIFY_REQUEST. The layers
+BLOCKS, STORED_BLOCKS, MAP_ENTRIES, COMMIT, ABORT, GET_SNAPSHOTS, HAVE_FINGERPRINTS, PRUNE, PING,
+VERIFY_REQUEST. The layers
 above add their requests to the one `TargetProtocols` the engine keeps (`target_protocols`):
 a query (one request, one reply: GET_LWS, PD_REQUEST), a transfer (a BEGIN..COMMIT shape
 like snapshot replication's, with its own staged messages: NearSync's LWS episodes), a
@@ -31,6 +32,7 @@ from .messages import (
     Message,
     Ping,
     Prune,
+    StoredBlocks,
     VerifyRequest,
 )
 
@@ -41,8 +43,8 @@ if TYPE_CHECKING:
 
 # Served by the target itself; registering one of them is an error.
 BUILT_IN: tuple[type[Message], ...] = (
-    BeginTransfer, Blocks, MapEntries, Commit, Abort, GetSnapshots, HaveFingerprints, Prune, Ping,
-    VerifyRequest)
+    BeginTransfer, Blocks, StoredBlocks, MapEntries, Commit, Abort, GetSnapshots,
+    HaveFingerprints, Prune, Ping, VerifyRequest)
 
 
 class TransferBegin(Protocol):

@@ -225,11 +225,10 @@ def _own_extents(cluster: Engine, container: ContainerRow, layer: MapLayer,
     step = max(1, COPY_BATCH_BYTES // ctx.block_size)
     for lo in range(0, copy.size, step):
         part = copy[lo:lo + step]
-        data = np.empty(part.size * ctx.block_size, dtype=np.uint8)
-        ctx.store.read_blocks(vals[part], data)
-        vals[part] = ctx.store.put_blocks_known(
-            data, ctx.store.fingerprints(vals[part]), dedup=False,
-            compress=container.compression, container_id=container.id)
+        # as stored: verified by put_stored, never recompressed
+        vals[part] = ctx.store.put_stored(
+            ctx.store.read_stored(vals[part]), dedup=False, compress=container.compression,
+            container_id=container.id)
     return MapLayer(keys, vals)
 
 

@@ -13,25 +13,33 @@ at the target and no longer missing: resume costs only the map.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
 
-from ..constants import WIRE_BLOCKS_BATCH_BYTES, WIRE_MAX_BATCH, WIRE_PRUNE_BY_NAME_VERSION
+from ..constants import (
+    WIRE_BLOCKS_BATCH_BYTES,
+    WIRE_MAX_BATCH,
+    WIRE_PRUNE_BY_NAME_VERSION,
+    WIRE_STORED_BLOCKS_VERSION,
+)
 from ..errors import (
     AuthenticationError,
     ConnectionClosed,
+    Corruption,
     InvalidArgument,
     NxError,
     ProtocolError,
     VersionMismatch,
 )
+from ..store.extent_store import ExtentCorruption, ExtentStore
 from ..store.snapshot import Snapshot, block_delta
 from ..store.vdisk import check_int
 from .auth import SiteIdentity
@@ -53,7 +61,9 @@ from .messages import (
     Ready,
     SnapshotInfo,
     Snapshots,
+    StoredBlocks,
 )
+from .messages.replication import STORED_FLAG_LZ4
 from .sites import RemoteSite, get_site
 from .transport import StreamTransport, connect
 from .window import SendWindow
@@ -234,8 +244,10 @@ async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.nd
 
     Nothing waits for a round trip: the HAVE_FINGERPRINTS of the next chunk is sent
     before the blocks of the current one (its MISSING is there when needed), and the
-    next BLOCKS batch is read (and verified) in a worker thread while the current one
-    is being sent. BLOCKS carry about WIRE_BLOCKS_BATCH_BYTES each."""
+    next batch is read in a worker thread while the current one is being sent. Batches
+    carry about WIRE_BLOCKS_BATCH_BYTES of blocks each: STORED_BLOCKS of the records as
+    stored (headers checked here, payloads verified by the target) on a protocol
+    version 4 session, else BLOCKS of raw blocks read and verified here."""
     nonzero = np.flatnonzero(ids != 0)
     # One copy of each distinct block: equal fingerprints need to travel once.
     _, first = np.unique(fps[nonzero].view("V16").ravel(), return_index=True)
@@ -245,17 +257,27 @@ async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.nd
     per_frame = max(1, min(batch, WIRE_BLOCKS_BATCH_BYTES // block_size))
     store = cluster._ctx.store
     loop = asyncio.get_running_loop()
+    stored = s.t.version >= WIRE_STORED_BLOCKS_VERSION
+    # The parts sent lately: what a target that refuses a block may have been sent last
+    # (at most a window of unacknowledged ones), re-read and verified here to name the
+    # damaged extent.
+    recent: collections.deque[np.ndarray] = collections.deque(maxlen=2 * s.window.window + 2)
 
-    def read(part: np.ndarray) -> np.ndarray:
+    def read(part: np.ndarray) -> Callable[[int], Message]:
+        if stored:
+            rec = store.read_stored(ids[part])  # headers checked; not decompressed
+            flags = rec.compressed.view(np.uint8) * np.uint8(STORED_FLAG_LZ4)
+            return lambda r: StoredBlocks(block_size, fps[part], flags, rec.lengths,
+                                          rec.payload, req_id=r)
         data = np.empty(part.size * block_size, dtype=np.uint8)
         store.read_blocks(ids[part], data)  # verified read
-        return data
+        return lambda r: Blocks(block_size, fps[part], data, req_id=r)
 
     def ask_missing(lo: int) -> Awaitable[asyncio.Future[Message]]:
         chunk = unique[lo: lo + batch]
         return s.ask(lambda r: HaveFingerprints(fps[chunk], req_id=r))
 
-    pending: asyncio.Future[np.ndarray] | None = None
+    pending: asyncio.Future[Callable[[int], Message]] | None = None
     nxt: asyncio.Future[Message] | None = None
     try:
         nxt = await ask_missing(0) if total else None
@@ -272,13 +294,19 @@ async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.nd
                 pending = loop.run_in_executor(None, read, parts[0])
             for i, part in enumerate(parts):
                 assert pending is not None
-                data = await pending
+                make = await pending
                 pending = (loop.run_in_executor(None, read, parts[i + 1])
                            if i + 1 < len(parts) else None)
-                await s.post(lambda r, p=part, d=data: Blocks(block_size, fps[p], d, req_id=r))
+                recent.append(part)
+                await s.post(make)
                 sent += part.size
             if progress:
                 progress("blocks", min(lo + batch, total), total, wire())
+    except (Corruption, ConnectionClosed) as exc:
+        reported = await s.explain(exc) if isinstance(exc, ConnectionClosed) else exc
+        if stored and isinstance(reported, Corruption):
+            await loop.run_in_executor(None, _verify_sent, store, ids, recent, reported)
+        raise
     finally:
         if nxt is not None:  # not awaited: a failure set on it later is not an error
             nxt.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -286,6 +314,20 @@ async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.nd
             with contextlib.suppress(Exception):
                 await pending
     return sent, int(nonzero.size - sent)
+
+
+def _verify_sent(store: ExtentStore, ids: np.ndarray, parts: Iterable[np.ndarray],
+                 reported: Corruption) -> None:
+    """The target refused a block (`reported`): read the parts sent lately with full
+    verification and raise the ExtentCorruption that names the damaged extent here (group
+    file and offset), chained to the target's report. Returns if they all verify."""
+    for part in parts:
+        data = np.empty(part.size * store.block_size, dtype=np.uint8)
+        try:
+            store.read_blocks(ids[part], data)
+        except ExtentCorruption as local:
+            raise ExtentCorruption(f"{local} (the replication target refused it: {reported})",
+                                   local.extent_id, None, local.group, local.offset) from reported
 
 
 async def replicate(cluster: Engine, snaps: list[Snapshot], site: RemoteSite,

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..constants import WIRE_DEFAULT_WINDOW, WIRE_MAX_BATCH, WIRE_PRUNE_BY_NAME_VERSION
+from ..constants import (
+    WIRE_DEFAULT_WINDOW,
+    WIRE_MAX_BATCH,
+    WIRE_PRUNE_BY_NAME_VERSION,
+    WIRE_STORED_BLOCKS_VERSION,
+)
 from ..errors import (
     ConnectionClosed,
     Corruption,
@@ -32,6 +37,7 @@ from ..errors import (
 )
 from ..store import native
 from ..store.extent_group import parse_group_name
+from ..store.extent_read import StoredRecords
 from .messages import (
     Abort,
     BeginTransfer,
@@ -52,8 +58,10 @@ from .messages import (
     Ready,
     SnapshotInfo,
     Snapshots,
+    StoredBlocks,
     VerifyRequest,
 )
+from .messages.replication import STORED_FLAG_LZ4
 from .protocols import (
     SessionHandler,
     Transfer,
@@ -87,6 +95,22 @@ WRITEBACK_MTIME_SLACK_NS = 1_000_000_000  # a pass also flushes groups changed 1
 # the largest (16 MiB); with the frame in hand this bounds what a connection buffers
 STORE_QUEUE_BYTES = 16 * 1024 * 1024
 LINGER_S = 2.0  # seconds a failed connection is drained before it is closed (see _linger)
+
+
+def _block_bytes(msg: Message) -> int:
+    """Bytes of block data a BLOCKS or STORED_BLOCKS message carries (0 for others)."""
+    if isinstance(msg, Blocks):
+        return msg.data.nbytes
+    return msg.payload.nbytes if isinstance(msg, StoredBlocks) else 0
+
+
+def _records(msg: StoredBlocks) -> StoredRecords:
+    """The records of a STORED_BLOCKS message, as views of its payload (no copy)."""
+    lengths = msg.lengths.astype(np.int64)
+    offsets = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    return StoredRecords((msg.flags & STORED_FLAG_LZ4) != 0, lengths, offsets, msg.payload,
+                         msg.fingerprints)
 
 
 class _Writeback:
@@ -189,15 +213,15 @@ class ReplicationTarget:
                     await self._serve_session(session, peer, t, msg)
                     return
                 try:
-                    incoming = msg.data.nbytes if isinstance(msg, Blocks) else 0
+                    incoming = _block_bytes(msg)
                     while storing and (storing[0][0].done() or not incoming
                                        or queued + incoming > STORE_QUEUE_BYTES):
                         fut, nbytes = storing.popleft()
                         queued -= nbytes
                         await fut
                     stage = self._protocols.stage(type(msg))
-                    if isinstance(msg, Blocks):
-                        self._check_blocks(msg, transfer)
+                    if isinstance(msg, (Blocks, StoredBlocks)):
+                        self._check_blocks(msg, transfer, t.version)
                         storing.append((loop.run_in_executor(worker, self._store_blocks, msg,
                                                              transfer), incoming))
                         queued += incoming
@@ -205,7 +229,7 @@ class ReplicationTarget:
                         self._stage_map(msg, transfer)
                     elif stage is not None:
                         stage(msg, transfer)
-                    if isinstance(msg, (Blocks, MapEntries)) or stage is not None:
+                    if isinstance(msg, (Blocks, StoredBlocks, MapEntries)) or stage is not None:
                         ack = acks.done(msg.req_id)
                         if ack:
                             await t.send(ack)
@@ -323,19 +347,25 @@ class ReplicationTarget:
         transfer.indices.append(np.array(msg.indices, dtype=np.uint64))
         transfer.fingerprints.append(np.array(msg.fingerprints, dtype=np.uint8))
 
-    def _check_blocks(self, msg: Blocks, transfer: Transfer | None) -> None:
+    def _check_blocks(self, msg: Blocks | StoredBlocks, transfer: Transfer | None,
+                      version: int) -> None:
+        what = msg.TYPE.name
+        if isinstance(msg, StoredBlocks) and version < WIRE_STORED_BLOCKS_VERSION:
+            raise ProtocolError(f"{what} needs protocol version {WIRE_STORED_BLOCKS_VERSION}; "
+                                f"the session negotiated {version}")
         if transfer is None:
-            raise ProtocolError("BLOCKS outside a transfer")
+            raise ProtocolError(f"{what} outside a transfer")
         if msg.block_size != self.cluster.block_size:
-            raise ProtocolError(f"BLOCKS of {msg.block_size}-byte blocks")
+            raise ProtocolError(f"{what} of {msg.block_size}-byte blocks")
 
-    def _store_blocks(self, msg: Blocks, transfer: Transfer) -> None:
+    def _store_blocks(self, msg: Blocks | StoredBlocks, transfer: Transfer) -> None:
         """Verify a batch against its fingerprints, then store it (worker thread)."""
-        fps, _ = native.fingerprint_blocks(msg.data, msg.block_size)
-        bad = np.flatnonzero((fps != msg.fingerprints).any(axis=1))
-        if bad.size:
-            raise Corruption(f"received block {int(bad[0])} of a BLOCKS batch does not match its "
-                             f"fingerprint ({bad.size} bad): nothing of it was stored")
+        if isinstance(msg, Blocks):
+            fps, _ = native.fingerprint_blocks(msg.data, msg.block_size)
+            bad = np.flatnonzero((fps != msg.fingerprints).any(axis=1))
+            if bad.size:
+                raise Corruption(f"received block {int(bad[0])} of a BLOCKS batch does not match "
+                                 f"its fingerprint ({bad.size} bad): nothing of it was stored")
         container = self.cluster.container(transfer.begin.container)
         # Indexed, so the target finds them by fingerprint, unless the snapshot's container
         # has dedup off (nxstore.replica), for transfers that honour that policy (LWS
@@ -343,14 +373,23 @@ class ReplicationTarget:
         private = not container.dedup and (transfer.kind is None
                                            or transfer.kind.honours_dedup_policy)
         store = self.cluster._ctx.store
-        ids = store.put_blocks_known(msg.data, msg.fingerprints, dedup=not private,
-                                     compress=container.compression, container_id=container.id)
+        if isinstance(msg, Blocks):
+            ids = store.put_blocks_known(msg.data, msg.fingerprints, dedup=not private,
+                                         compress=container.compression,
+                                         container_id=container.id)
+        else:
+            try:  # verified (decompressed, fingerprinted) before anything is stored
+                ids = store.put_stored(_records(msg), dedup=not private,
+                                       compress=container.compression, container_id=container.id)
+            except Corruption as exc:
+                raise Corruption(f"received STORED_BLOCKS (request {msg.req_id}): {exc}") from exc
         if private:
             transfer.private.append((np.array(msg.fingerprints, dtype=np.uint8), ids))
         # Flush as data arrives (early writeback without the store lock, a store sync
         # now and then), so COMMIT does not wait for one huge writeback.
-        transfer.unsynced += msg.data.nbytes
-        transfer.unflushed += msg.data.nbytes
+        nbytes = _block_bytes(msg)
+        transfer.unsynced += nbytes
+        transfer.unflushed += nbytes
         if transfer.unflushed >= REPLICA_WRITEBACK_BYTES:
             self._writeback.kick()
             transfer.unflushed = 0

@@ -302,10 +302,12 @@ def _map_all_to_first(payload: bytes) -> bytes:
 
 
 def _replace_first_block(payload: bytes) -> bytes:
-    """BLOCKS (u32 n, u32 block size, fp[n], data): block 0 replaced by other bytes, with
-    their true fingerprint, so that the target's fingerprint check passes."""
+    """STORED_BLOCKS (u32 n, u32 block size, fp[n], flags[n], u32 lengths[n], payloads) of
+    raw blocks: block 0 replaced by other bytes, with their true fingerprint, so that the
+    target's fingerprint check passes."""
     n, bs = int.from_bytes(payload[:4], "little"), int.from_bytes(payload[4:8], "little")
-    data = 8 + 16 * n
+    assert payload[8 + 16 * n] == 0, "block 0 is stored raw"
+    data = 8 + 21 * n
     evil = bytes(b ^ 0x5A for b in payload[data : data + bs])
     return payload[:8] + xxhash.xxh3_128_digest(evil) + payload[24:data] + evil + \
         payload[data + bs :]
@@ -313,10 +315,10 @@ def _replace_first_block(payload: bytes) -> bytes:
 
 RELAY_ATTACKS = {
     "forge-map": (MessageType.MAP_ENTRIES, "forge", _map_all_to_first),
-    "forge-blocks": (MessageType.BLOCKS, "forge", _replace_first_block),
-    "drop-blocks": (MessageType.BLOCKS, "drop", None),
+    "forge-blocks": (MessageType.STORED_BLOCKS, "forge", _replace_first_block),
+    "drop-blocks": (MessageType.STORED_BLOCKS, "drop", None),
     "replay-map": (MessageType.MAP_ENTRIES, "replay", None),
-    "reorder-blocks": (MessageType.BLOCKS, "reorder", None),
+    "reorder-blocks": (MessageType.STORED_BLOCKS, "reorder", None),
 }
 
 

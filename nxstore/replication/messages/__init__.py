@@ -74,6 +74,7 @@ from .replication import (
     Ready,
     SnapshotInfo,
     Snapshots,
+    StoredBlocks,
 )
 from .session import Auth, AuthOk, Challenge, Error, Hello, Ping, Pong
 from .verify import VerifyReply, VerifyRequest
@@ -132,6 +133,7 @@ __all__ = [
     "Ready",
     "SnapshotInfo",
     "Snapshots",
+    "StoredBlocks",
     "VerifyReply",
     "VerifyRequest",
     "WitnessCas",

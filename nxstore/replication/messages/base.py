@@ -97,7 +97,9 @@ class MessageType(enum.IntEnum):
     # leap_control.py: requests between availability zones (policies, plans, failover)
     LEAP_REQUEST = 48
     LEAP_REPLY = 49
-    # later areas append from 50 on
+    # replication.py, protocol version 4: blocks in their stored form (lz4 where stored so)
+    STORED_BLOCKS = 50
+    # later areas append from 51 on
 
     # verify.py, protocol version 4: replica verification by block fingerprints
     VERIFY_REQUEST = 51

@@ -247,6 +247,79 @@ class Blocks(Message):
         return cls(bs, fps, p.array(n * bs, "u1", (n, bs)), req_id=req_id)
 
 
+STORED_FLAG_LZ4 = 0x01  # STORED_BLOCKS flags: the payload is an lz4 block (no size prefix)
+
+
+@register
+@dataclass(frozen=True, slots=True, eq=False)
+class StoredBlocks(Message):
+    """Source -> target (protocol version 4 on): n blocks of `block_size` bytes as the
+    source's extent store holds them. Block i is payload bytes [sum(lengths[:i]),
+    sum(lengths[:i+1])): an lz4 block (no size prefix) of the raw block where
+    flags[i] & STORED_FLAG_LZ4, else the raw block (lengths[i] == block_size).
+    `fingerprints` are XXH3-128 of the raw blocks, which the target verifies (after
+    decompressing) before storing. Never lz4-compressed as a frame. Acknowledged by
+    ACK (batched) or answered by ERROR."""
+
+    TYPE = MessageType.STORED_BLOCKS
+    block_size: int
+    fingerprints: np.ndarray  # (n, 16) uint8
+    flags: np.ndarray  # (n,) uint8
+    lengths: np.ndarray  # (n,) uint32: payload bytes of each block
+    payload: np.ndarray  # (sum(lengths),) uint8
+
+    def __post_init__(self) -> None:
+        fps = as_fingerprints(self.fingerprints)
+        n, bs = len(fps), self.block_size
+        flags = np.ascontiguousarray(np.asarray(self.flags, np.uint8).reshape(-1))
+        lengths = np.ascontiguousarray(np.asarray(self.lengths, "<u4").reshape(-1))
+        d = self.payload
+        if isinstance(d, (bytes, bytearray, memoryview)):
+            d = np.frombuffer(d, np.uint8)
+        d = np.ascontiguousarray(np.asarray(d, np.uint8).reshape(-1))
+        if len(flags) != n or len(lengths) != n:
+            raise InvalidArgument(f"STORED_BLOCKS: {n} fingerprints, {len(flags)} flags, "
+                                  f"{len(lengths)} lengths")
+        if n and bs <= 0:
+            raise InvalidArgument(f"STORED_BLOCKS: block size {bs}")
+        if np.any(flags > STORED_FLAG_LZ4):
+            raise InvalidArgument("STORED_BLOCKS: unknown block flags")
+        raw = (flags & STORED_FLAG_LZ4) == 0
+        if n and (int(lengths.min()) == 0 or int(lengths.max()) > bs
+                  or bool(np.any(lengths[raw] != bs))):  # fmt: skip
+            raise InvalidArgument(f"STORED_BLOCKS: a block length outside 1..{bs}, or a raw "
+                                  "block that is not exactly the block size")
+        if int(lengths.sum(dtype=np.int64)) != d.size:
+            raise InvalidArgument(f"STORED_BLOCKS: {d.size} payload bytes, the lengths add up "
+                                  f"to {int(lengths.sum(dtype=np.int64))}")
+        object.__setattr__(self, "fingerprints", fps)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "payload", d)
+
+    def encode_payload(self) -> list[Buffer]:
+        n = len(self.fingerprints)
+        check_batch(n, "STORED_BLOCKS")
+        o = PayloadWriter()
+        o.pack(U32, n)
+        o.pack(U32, self.block_size)
+        o.raw(self.fingerprints.data)
+        o.raw(self.flags.data)
+        o.raw(self.lengths.data)
+        o.big(self.payload)
+        return o.done()
+
+    @classmethod
+    def decode_payload(cls, p: PayloadReader, req_id: int) -> StoredBlocks:
+        n = p.count()
+        (bs,) = p.unpack(U32)
+        fps = p.array(n * FINGERPRINT_BYTES, "u1", (n, FINGERPRINT_BYTES))
+        flags = p.array(n, "u1", (n,))
+        lengths = p.array(n, "<u4", (n,))
+        rest = len(p.mv) - p.pos  # the payloads: __post_init__ checks the lengths add up
+        return cls(bs, fps, flags, lengths, p.array(rest, "u1", (rest,)), req_id=req_id)
+
+
 @register
 @dataclass(frozen=True, slots=True, eq=False)
 class MapEntries(Message):
