@@ -205,14 +205,24 @@ async def send_snapshot(cluster: Engine, s: Session, snap: Snapshot, site: Remot
     s.window.window = max(1, ready.window)
     batch = max(1, min(ready.max_batch, WIRE_MAX_BATCH))
     wire = lambda: s.t.bytes_sent + s.t.bytes_received - wire0  # noqa: E731
-    sent, deduped = await _ship_missing(cluster, s, ids, fps, batch, progress, wire)
-    for lo in range(0, indices.size, batch):
-        hi = lo + batch
-        await s.post(lambda r, lo=lo, hi=hi: MapEntries(indices[lo:hi], fps[lo:hi], req_id=r))
-    if progress:
-        progress("map", indices.size, indices.size, wire())
-    # No wait for the last ACK: the target acknowledges everything before it answers COMMIT.
-    done = await s.request(lambda r: Commit(tid, int(indices.size), req_id=r), Committed)
+    # The block batches sent last: a block the target refuses is among them (it has at most
+    # a credit window of data requests unacknowledged), re-read and verified here.
+    recent: collections.deque[np.ndarray] = collections.deque(maxlen=2 * s.window.window + 2)
+    try:
+        sent, deduped = await _ship_missing(cluster, s, ids, fps, batch, progress, wire, recent)
+        for lo in range(0, indices.size, batch):
+            hi = lo + batch
+            await s.post(lambda r, lo=lo, hi=hi: MapEntries(indices[lo:hi], fps[lo:hi], req_id=r))
+        if progress:
+            progress("map", indices.size, indices.size, wire())
+        # No wait for the last ACK: the target acknowledges everything before it answers COMMIT.
+        done = await s.request(lambda r: Commit(tid, int(indices.size), req_id=r), Committed)
+    except (Corruption, ConnectionClosed) as exc:
+        reported = await s.explain(exc) if isinstance(exc, ConnectionClosed) else exc
+        if s.t.version >= WIRE_STORED_BLOCKS_VERSION and isinstance(reported, Corruption):
+            # the source no longer decompresses what it sends: name the damaged extent here
+            await asyncio.to_thread(_verify_sent, cluster._ctx.store, ids, recent, reported)
+        raise
     log.info("replicated %s@%s to %s: %d blocks changed, %d sent, %d deduped, %d bytes on wire",
              snap.vdisk_name, done.snapshot, site.name, indices.size, sent, deduped, wire())
     if progress:
@@ -238,9 +248,10 @@ def _common_base(local: list[Snapshot], snap: Snapshot,
 
 
 async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.ndarray,
-                        batch: int, progress: Progress | None,
-                        wire: Callable[[], int]) -> tuple[int, int]:
-    """Send the blocks the target lacks; return (blocks sent, blocks deduped).
+                        batch: int, progress: Progress | None, wire: Callable[[], int],
+                        recent: collections.deque[np.ndarray]) -> tuple[int, int]:
+    """Send the blocks the target lacks; return (blocks sent, blocks deduped). The
+    batches sent are appended to `recent` (indices into ids).
 
     Nothing waits for a round trip: the HAVE_FINGERPRINTS of the next chunk is sent
     before the blocks of the current one (its MISSING is there when needed), and the
@@ -258,10 +269,6 @@ async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.nd
     store = cluster._ctx.store
     loop = asyncio.get_running_loop()
     stored = s.t.version >= WIRE_STORED_BLOCKS_VERSION
-    # The parts sent lately: what a target that refuses a block may have been sent last
-    # (at most a window of unacknowledged ones), re-read and verified here to name the
-    # damaged extent.
-    recent: collections.deque[np.ndarray] = collections.deque(maxlen=2 * s.window.window + 2)
 
     def read(part: np.ndarray) -> Callable[[int], Message]:
         if stored:
@@ -302,11 +309,6 @@ async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.nd
                 sent += part.size
             if progress:
                 progress("blocks", min(lo + batch, total), total, wire())
-    except (Corruption, ConnectionClosed) as exc:
-        reported = await s.explain(exc) if isinstance(exc, ConnectionClosed) else exc
-        if stored and isinstance(reported, Corruption):
-            await loop.run_in_executor(None, _verify_sent, store, ids, recent, reported)
-        raise
     finally:
         if nxt is not None:  # not awaited: a failure set on it later is not an error
             nxt.add_done_callback(lambda f: f.cancelled() or f.exception())
