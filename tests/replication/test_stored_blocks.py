@@ -16,6 +16,8 @@ import lz4.block
 import numpy as np
 import pytest
 import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_e2e import SECRET, InProcessDaemon, image, source
 
 import nxstore
@@ -214,6 +216,26 @@ def _hostile(edit: str) -> bytes:
 def test_hostile_stored_blocks_payloads_are_protocol_errors(edit):
     with pytest.raises(ProtocolError, match="STORED_BLOCKS"):
         decode(decode_frame(_frame(_hostile(edit))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(0, 200), flips=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 255)),
+                                               max_size=4))
+def test_mangled_stored_blocks_payloads_decode_or_are_protocol_errors(cut, flips):
+    """Any truncation or byte change of a valid payload decodes to a consistent message or
+    raises ProtocolError, nothing else."""
+    good = _hostile("none")
+    data = bytearray(good[: len(good) - cut])
+    for pos, x in flips:
+        if pos < len(data):
+            data[pos] ^= x
+    try:
+        msg = decode(decode_frame(_frame(bytes(data))))
+    except ProtocolError:
+        return
+    assert isinstance(msg, StoredBlocks)
+    assert int(msg.lengths.sum()) == msg.payload.size and len(msg.flags) == len(msg.fingerprints)
+    assert all((msg.lengths[msg.flags == 0] == msg.block_size).tolist())
 
 
 # -- whole replications ------------------------------------------------------------------------
