@@ -99,11 +99,11 @@ class MessageType(enum.IntEnum):
     LEAP_REPLY = 49
     # replication.py, protocol version 4: blocks in their stored form (lz4 where stored so)
     STORED_BLOCKS = 50
-    # later areas append from 51 on
 
     # verify.py, protocol version 4: replica verification by block fingerprints
     VERIFY_REQUEST = 51
     VERIFY_REPLY = 52
+    # later areas append from 53 on
 
 
 class ErrorCode(enum.IntEnum):
