@@ -588,9 +588,9 @@ class Writer:
     def _run(self) -> None:
         while not self._stop.is_set():
             p = self.random_write()
-            while not p.done.wait(0.1):  # stop() may give up on a write that never ends
-                if self._stop.is_set():
-                    return
+            # Even once stop() is asked, the current write settles first (stop's contract);
+            # stop() gives up on one that never ends after its timeout, leaving it pending.
+            p.done.wait()
             if p.write.status != "acked":
                 with self._changed:
                     self.stopped_by = p.write
