@@ -155,6 +155,15 @@ class Session:
         rid = await self.window.acquire()
         await self.t.send(make(rid))
 
+    def require_version(self, site: str, version: int, what: str, outcome: str = "") -> None:
+        """Raise VersionMismatch unless the session speaks at least `version`: "`what` needs
+        version N: upgrade nxstore there (`outcome`)"."""
+        if self.t.version < version:
+            after = f" ({outcome})" if outcome else ""
+            raise VersionMismatch(f"site {site!r} speaks replication protocol version "
+                                  f"{self.t.version}; {what} needs version {version}: "
+                                  f"upgrade nxstore there{after}")
+
     async def close(self) -> None:
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
@@ -366,11 +375,8 @@ async def prune_named(cluster: Engine, site: RemoteSite,
     """Ask `site` to delete, per vDisk, the replica snapshots named (one connection)."""
     s = await open_session(cluster, site)
     try:
-        if s.t.version < WIRE_PRUNE_BY_NAME_VERSION:
-            raise VersionMismatch(
-                f"site {site.name!r} speaks replication protocol version {s.t.version}; deleting "
-                f"replica snapshots by name needs version {WIRE_PRUNE_BY_NAME_VERSION}: upgrade "
-                "nxstore there (nothing was deleted)")
+        s.require_version(site.name, WIRE_PRUNE_BY_NAME_VERSION,
+                          "deleting replica snapshots by name", "nothing was deleted")
         deleted = {}
         for vdisk, doomed in names.items():
             for lo in range(0, len(doomed), WIRE_MAX_BATCH):

@@ -26,7 +26,6 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     ProtocolError,
-    VersionMismatch,
 )
 from ..store.snapshot import Snapshot
 from ..store.verify import RangeFingerprints
@@ -182,11 +181,7 @@ def verify_replica(engine: Engine, site: str, snap: Snapshot, *, reread_here: bo
         started = time.perf_counter()
         s = await open_session(engine, remote)
         try:
-            if s.t.version < WIRE_VERIFY_VERSION:
-                raise VersionMismatch(
-                    f"site {site!r} speaks replication protocol version {s.t.version}; "
-                    f"verifying a replica needs version {WIRE_VERIFY_VERSION}: upgrade "
-                    "nxstore there")
+            s.require_version(site, WIRE_VERIFY_VERSION, "verifying a replica")
             try:
                 found = await _compare(engine, s, site, snap, reread_here=reread_here,
                                        reread_there=reread_there, progress=progress)
