@@ -29,7 +29,7 @@ from .leap import zones as leap_zones
 from .leap.membership import Reconciled
 from .leap.plans import PlanSpec
 from .leap.policies import ProtectionPolicy
-from .leap.recovery import PlanReport, StageHook
+from .leap.recovery import PlanReport, StageHook, StepProgress
 from .leap.service import LeapService
 from .leap.zones import AvailabilityZone, Endpoint
 from .metro.service import MetroService
@@ -397,23 +397,26 @@ class RecoveryPlan:
         return leap_plans.store_plan(self._cluster._protection(),
                                      dataclasses.replace(self.spec, **changes))
 
-    def validate(self) -> PlanReport:
-        return leap_recovery.validate(self._cluster._protection(), self.name)
+    # Every action takes `progress`: called with each PlanStep as it ends.
+    def validate(self, progress: StepProgress | None = None) -> PlanReport:
+        return leap_recovery.validate(self._cluster._protection(), self.name, progress)
 
-    def test_failover(self, point: float | None = None) -> PlanReport:
+    def test_failover(self, point: float | None = None,
+                      progress: StepProgress | None = None) -> PlanReport:
         return leap_recovery.test_failover(self._cluster._protection(), self.name, point,
-                                           self._cluster._leap.hooks)
+                                           self._cluster._leap.hooks, progress=progress)
 
-    def cleanup_test(self) -> PlanReport:
-        return leap_recovery.cleanup_test(self._cluster._protection(), self.name)
+    def cleanup_test(self, progress: StepProgress | None = None) -> PlanReport:
+        return leap_recovery.cleanup_test(self._cluster._protection(), self.name, progress)
 
-    def planned_failover(self) -> PlanReport:
+    def planned_failover(self, progress: StepProgress | None = None) -> PlanReport:
         return leap_recovery.planned_failover(self._cluster._protection(), self.name,
-                                              self._cluster._leap.hooks)
+                                              self._cluster._leap.hooks, progress=progress)
 
-    def unplanned_failover(self, point: float | None = None) -> PlanReport:
+    def unplanned_failover(self, point: float | None = None,
+                           progress: StepProgress | None = None) -> PlanReport:
         return leap_recovery.unplanned_failover(self._cluster._protection(), self.name, point,
-                                                self._cluster._leap.hooks)
+                                                self._cluster._leap.hooks, progress=progress)
 
-    def reverse(self) -> PlanReport:
-        return leap_recovery.reverse(self._cluster._protection(), self.name)
+    def reverse(self, progress: StepProgress | None = None) -> PlanReport:
+        return leap_recovery.reverse(self._cluster._protection(), self.name, progress)

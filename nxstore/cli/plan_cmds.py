@@ -14,15 +14,19 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import admin
 from .common import CliError, open_cluster, plural, table
+from .progress import Progress
 from .specs import network_arg, network_text, stage_arg, stage_text
 
 if TYPE_CHECKING:
     from ..cluster import RecoveryPlan
     from ..leap import PlanReport
+    from ..leap.recovery import PlanStep
 
 CONFIRM_WORD = "Failover"
 _STAGE_HELP = ("a stage, in boot order (repeat): 'vms=VM,VM;categories=KEY:VALUE,...;"
@@ -207,22 +211,31 @@ def cmd_failover(args: argparse.Namespace) -> int:
         raise CliError("--point goes with --unplanned or --test (a planned failover takes "
                        "the latest data)")
     _confirm(args)
-    with open_cluster(args.path) as c:
+    with open_cluster(args.path) as c, _steps(f"{args.kind} failover {args.name}") as step:
         plan = c.recovery_plan(args.name)
         if args.kind == "planned":
-            report = plan.planned_failover()
+            report = plan.planned_failover(progress=step)
         elif args.kind == "unplanned":
-            report = plan.unplanned_failover(args.point)
+            report = plan.unplanned_failover(args.point, progress=step)
         else:
-            report = plan.test_failover(args.point)
-        return show_report(report, args.json)
+            report = plan.test_failover(args.point, progress=step)
+    return show_report(report, args.json)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    with open_cluster(args.path) as c:
-        return show_report(c.recovery_plan(args.name).cleanup_test(), args.json)
+    with open_cluster(args.path) as c, _steps(f"cleanup {args.name}") as step:
+        report = c.recovery_plan(args.name).cleanup_test(progress=step)
+    return show_report(report, args.json)
 
 
 def cmd_reverse(args: argparse.Namespace) -> int:
-    with open_cluster(args.path) as c:
-        return show_report(c.recovery_plan(args.name).reverse(), args.json)
+    with open_cluster(args.path) as c, _steps(f"reverse {args.name}") as step:
+        report = c.recovery_plan(args.name).reverse(progress=step)
+    return show_report(report, args.json)
+
+
+@contextmanager
+def _steps(desc: str) -> Iterator[Callable[[PlanStep], None]]:
+    """A plan action's progress callback: a step counter on a terminal's stderr."""
+    with Progress(None, desc, unit="step") as bar:
+        yield lambda step: bar.update(1)

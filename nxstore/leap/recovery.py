@@ -100,6 +100,10 @@ class PlanReport:
                 "steps": [s.__dict__ for s in self.steps]}
 
 
+# progress(step): called as each step of a plan action ends (ok, skipped or failed)
+StepProgress = Callable[[PlanStep], None]
+
+
 class _StepFailed(Exception):
     pass
 
@@ -279,9 +283,11 @@ def _problems(mgr: ProtectionManager, plan: PlanSpec, *, test: bool, need_primar
 class _Run:
     """One action's report, step by step, with the plan's status kept in the catalogue."""
 
-    def __init__(self, mgr: ProtectionManager, plan: PlanSpec, action: str) -> None:
+    def __init__(self, mgr: ProtectionManager, plan: PlanSpec, action: str,
+                 progress: StepProgress | None) -> None:
         self.mgr = mgr
         self.report = PlanReport(plan.name, action)
+        self.progress = progress
         with mgr.lock, mgr.catalog.transaction():
             self.row = mgr.catalog.insert(PlanRunRow(0, plan.name, action, RUNNING, "[]",
                                                      mgr.now()))
@@ -292,14 +298,17 @@ class _Run:
         try:
             detail = fn() or ""
         except (NxError, _StepFailed, OSError, subprocess.SubprocessError) as exc:
-            self.report.steps.append(PlanStep(name, "failed", started,
-                                              time.perf_counter() - t0, str(exc)))
+            self._ended(PlanStep(name, "failed", started, time.perf_counter() - t0, str(exc)))
             log.error("plan %s %s: step %s failed: %s", self.report.plan, self.report.action,
                       name, exc)
             raise _StepFailed(name) from exc
         status = "skipped" if detail.startswith("skipped") else "ok"
-        self.report.steps.append(PlanStep(name, status, started, time.perf_counter() - t0,
-                                          detail))
+        self._ended(PlanStep(name, status, started, time.perf_counter() - t0, detail))
+
+    def _ended(self, step: PlanStep) -> None:
+        self.report.steps.append(step)
+        if self.progress is not None:
+            self.progress(step)
 
     def finish(self, status: str) -> PlanReport:
         self.report.status = status
@@ -324,10 +333,11 @@ def _require_recovery_zone(mgr: ProtectionManager, plan: PlanSpec, action: str) 
 
 
 def _action(mgr: ProtectionManager, name: str, action: str,
-            body: Callable[[_Run, PlanSpec], None]) -> PlanReport:
+            body: Callable[[_Run, PlanSpec], None], progress: StepProgress | None
+            ) -> PlanReport:
     plan = get_plan_spec(mgr, name)
     _require_recovery_zone(mgr, plan, action)
-    run = _Run(mgr, plan, action)
+    run = _Run(mgr, plan, action, progress)
     try:
         body(run, plan)
     except _StepFailed as exc:
@@ -354,11 +364,13 @@ def _validate_step(run: _Run, plan: PlanSpec, *, test: bool, need_primary: bool
     return stages
 
 
-def validate(mgr: ProtectionManager, name: str) -> PlanReport:
+def validate(mgr: ProtectionManager, name: str, progress: StepProgress | None = None
+             ) -> PlanReport:
     """Every problem of plan `name` at once (module docstring); Succeeded when none blocks
-    a failover."""
+    a failover. Every action calls `progress` (if given) as each of its steps ends."""
     return _action(mgr, name, "validate",
-                   lambda run, plan: _validate_step(run, plan, test=False, need_primary=False))
+                   lambda run, plan: _validate_step(run, plan, test=False, need_primary=False),
+                   progress)
 
 
 # -- bringing VMs up by stage ------------------------------------------------------------------
@@ -469,7 +481,8 @@ def _activation_point(p: RestorePoint | None) -> RestorePoint | str | None:
 
 def planned_failover(mgr: ProtectionManager, name: str,
                      hooks: dict[tuple[str, int], StageHook],
-                     sleep: Callable[[float], None] = time.sleep) -> PlanReport:
+                     sleep: Callable[[float], None] = time.sleep,
+                   progress: StepProgress | None = None) -> PlanReport:
     """Planned failover of plan `name` to this (its recovery) zone (module docstring)."""
     def body(run: _Run, plan: PlanSpec) -> None:
         stages = _validate_step(run, plan, test=False, need_primary=True)
@@ -489,12 +502,13 @@ def planned_failover(mgr: ProtectionManager, name: str,
             _adopt_membership(mgr, plan, stages, [pd])  # per PD: a re-run finds it ours
         _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
 
-    return _action(mgr, name, "planned_failover", body)
+    return _action(mgr, name, "planned_failover", body, progress)
 
 
 def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
                        hooks: dict[tuple[str, int], StageHook],
-                       sleep: Callable[[float], None] = time.sleep) -> PlanReport:
+                       sleep: Callable[[float], None] = time.sleep,
+                   progress: StepProgress | None = None) -> PlanReport:
     """Unplanned failover of plan `name` to this (its recovery) zone from the newest
     recovery points (or the newest at or before cluster-clock time `point`)."""
     def body(run: _Run, plan: PlanSpec) -> None:
@@ -522,7 +536,7 @@ def unplanned_failover(mgr: ProtectionManager, name: str, point: float | None,
             _adopt_membership(mgr, plan, stages, [pd])  # per PD: a re-run finds it ours
         _power_on_stages(run, plan, stages, test=False, prefix="", hooks=hooks, sleep=sleep)
 
-    return _action(mgr, name, "unplanned_failover", body)
+    return _action(mgr, name, "unplanned_failover", body, progress)
 
 
 def test_prefix(plan: str) -> str:
@@ -531,7 +545,8 @@ def test_prefix(plan: str) -> str:
 
 def test_failover(mgr: ProtectionManager, name: str, point: float | None,
                   hooks: dict[tuple[str, int], StageHook],
-                  sleep: Callable[[float], None] = time.sleep) -> PlanReport:
+                  sleep: Callable[[float], None] = time.sleep,
+                  progress: StepProgress | None = None) -> PlanReport:
     """Test failover of plan `name` at this (its recovery) zone (module docstring). Raises
     InvalidArgument if an earlier test's VMs are still here (run cleanup_test)."""
     if mgr.catalog.rows(TestItemRow, "plan = ?", (name,)):
@@ -566,7 +581,7 @@ def test_failover(mgr: ProtectionManager, name: str, point: float | None,
             run.step(f"clone {pd_name}", clone)
         _power_on_stages(run, plan, stages, test=True, prefix=prefix, hooks=hooks, sleep=sleep)
 
-    return _action(mgr, name, "test_failover", body)
+    return _action(mgr, name, "test_failover", body, progress)
 
 
 def _clone_point(mgr: ProtectionManager, pd: ProtectionDomain, point: RestorePoint,
@@ -595,7 +610,8 @@ def _clone_point(mgr: ProtectionManager, pd: ProtectionDomain, point: RestorePoi
     return vms, made
 
 
-def cleanup_test(mgr: ProtectionManager, name: str) -> PlanReport:
+def cleanup_test(mgr: ProtectionManager, name: str, progress: StepProgress | None = None
+                 ) -> PlanReport:
     """Remove exactly the VMs and vDisks the plan's test failover made here."""
     def body(run: _Run, plan: PlanSpec) -> None:
         items = mgr.catalog.rows(TestItemRow, "plan = ?", (plan.name,))
@@ -614,10 +630,11 @@ def cleanup_test(mgr: ProtectionManager, name: str) -> PlanReport:
                 return detail
             run.step(f"remove {item.kind} {item.name}", remove)
 
-    return _action(mgr, name, "cleanup_test", body)
+    return _action(mgr, name, "cleanup_test", body, progress)
 
 
-def reverse(mgr: ProtectionManager, name: str) -> PlanReport:
+def reverse(mgr: ProtectionManager, name: str, progress: StepProgress | None = None
+            ) -> PlanReport:
     """Swap primary and recovery in plan `name` and in the policies protecting its VMs
     (module docstring). Runs where the VMs now are: the plan's recovery zone, after a
     failover. Raises InvalidArgument if a VM of the plan is not running from here."""
@@ -629,7 +646,7 @@ def reverse(mgr: ProtectionManager, name: str) -> PlanReport:
     if away:
         raise InvalidArgument(f"VM {away[0]!r} of plan {name!r} is not at zone "
                               f"{plan.recovery!r}: fail over before reversing")
-    run = _Run(mgr, plan, "reverse")
+    run = _Run(mgr, plan, "reverse", progress)
     try:
         for policy in _plan_policies(mgr, plan, known, stages):
             d = definitions.get_definition(mgr, "policy", policy.name)

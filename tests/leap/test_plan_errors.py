@@ -64,14 +64,18 @@ def test_a_failing_hook_stops_the_plan_and_a_rerun_resumes(zones, tmp_path):
     report = plan.unplanned_failover()  # canada still answers: activate refuses...
     assert report.status.startswith("Failed: activate leap.db")
     zones.down("canada")
-    report = plan.unplanned_failover()
+    seen = []  # the progress callback gets each step as it ends, the failed one too
+    report = plan.unplanned_failover(progress=seen.append)
     assert report.status == "Failed: stage 1: hook"
+    assert seen == report.steps and seen[-1].status == "failed"
     assert "db not ready" in report.steps[-1].detail
     assert fr.vm("db").power_state == "on"
     assert fr.vm("web1").power_state == "off"  # the plan stopped before stage 2
     flag.touch()
-    report = plan.unplanned_failover()
+    seen.clear()
+    report = plan.unplanned_failover(progress=seen.append)
     assert report.ok, report
+    assert seen == report.steps and [s.name for s in seen][0] == "validate"
     assert [s.detail for s in report.steps if s.name.startswith("activate")] == [
         "skipped: already active here"] * 3
     assert fr.vm("web1").power_state == "on"
