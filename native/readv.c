@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <string.h>
 #include <sys/uio.h>
 
 static int iovecs_valid(const uint64_t *buf_sizes, size_t nbufs, const int64_t *iovs, size_t niov)
@@ -88,5 +89,20 @@ int nx_preadv_runs(uint8_t *const *bufs, const uint64_t *buf_sizes, size_t nbufs
         return NX_EINVAL;
     for (size_t r = 0; r < nruns; r++)
         result[r] = read_run(bufs, iovs, runs + 4 * r, iov_limit);
+    return NX_OK;
+}
+
+int nx_copy_runs(const uint8_t *src, uint64_t src_size, uint8_t *dst, uint64_t dst_size,
+                 const int64_t *src_off, const int64_t *dst_off, const int64_t *len, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (src_off[i] < 0 || dst_off[i] < 0 || len[i] < 0)
+            return NX_EINVAL;
+        uint64_t a = (uint64_t)src_off[i], b = (uint64_t)dst_off[i], l = (uint64_t)len[i];
+        if (a > src_size || l > src_size - a || b > dst_size || l > dst_size - b)
+            return NX_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(dst + dst_off[i], src + src_off[i], (size_t)len[i]);
     return NX_OK;
 }

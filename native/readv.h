@@ -45,4 +45,15 @@ int nx_preadv_runs(uint8_t *const *bufs, const uint64_t *buf_sizes, size_t nbufs
                    const int64_t *iovs, size_t niov, const int64_t *runs, size_t nruns,
                    int iov_limit, int64_t *result);
 
+/*
+ * nx_copy_runs: the in-memory counterpart: copy `n` runs of bytes from `src`
+ * to `dst`, run i being len[i] bytes from src + src_off[i] to dst + dst_off[i]
+ * (a gather of variable-length records into one buffer, without a Python loop).
+ * Returns NX_OK, or NX_EINVAL with nothing copied when a run has a negative
+ * offset or length or lies outside its buffer. Runs are copied in order; when
+ * destinations overlap the later run wins. src and dst must not overlap.
+ */
+int nx_copy_runs(const uint8_t *src, uint64_t src_size, uint8_t *dst, uint64_t dst_size,
+                 const int64_t *src_off, const int64_t *dst_off, const int64_t *len, size_t n);
+
 #endif /* NX_READV_H */

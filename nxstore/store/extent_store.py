@@ -64,7 +64,7 @@ from .fileutil import (
 )
 from .fingerprint_index import save_index
 from .lockorder import Level, ordered_lock
-from .native import fingerprint_blocks, lz4_decompress_batch, verify_blocks
+from .native import copy_runs, fingerprint_blocks, lz4_decompress_batch, verify_blocks
 from .parallel import HASH_PART_BYTES, split_rows
 
 log = logging.getLogger(__name__)
@@ -482,9 +482,7 @@ class ExtentStore:
             starts = np.cumsum(sizes) - sizes
             buf[starts[:, None] + np.arange(HEADER_BYTES)] = hdr.view(np.uint8).reshape(
                 k, HEADER_BYTES)
-            for i, (p, a, n_) in enumerate(zip(pos.tolist(), (starts + HEADER_BYTES).tolist(),
-                                               slens.tolist(), strict=True)):  # fmt: skip
-                buf[a : a + n_] = checked.stored(p) if keep[i] else checked.raw(p)
+            checked.gather(pos, keep, buf, starts + HEADER_BYTES)
         self._commit_records(buf.reshape(-1), sizes, sids, flags, fps[pos], container)
         return ids
 
@@ -712,8 +710,8 @@ class _CheckedRecords:
             ri = np.flatnonzero(~comp)
             if ri.size:
                 raw = np.empty((ri.size, bs), np.uint8)
-                for row, i in enumerate(ri.tolist()):
-                    raw[row] = self.raw(i)
+                copy_runs(payload, raw.reshape(-1), offsets[ri], np.arange(ri.size) * bs,
+                          lengths[ri])
                 got[ri], _ = fingerprint_blocks(raw, bs)
         bad = np.any(got != fps, axis=1)
         bad[ci[~decoded]] = True
@@ -729,12 +727,15 @@ class _CheckedRecords:
     def __len__(self) -> int:
         return len(self._lengths)
 
-    def stored(self, i: int) -> np.ndarray:
-        """Record i's payload as it came."""
-        a = int(self._offsets[i])
-        return self.records.payload[a : a + int(self._lengths[i])]
-
-    def raw(self, i: int) -> np.ndarray:
-        """Record i's raw block."""
-        row = int(self._dec_row[i])
-        return self._dec[row] if row >= 0 else self.stored(i)
+    def gather(self, pos: np.ndarray, keep: np.ndarray, out: np.ndarray, at: np.ndarray) -> None:
+        """Copy record pos[i]'s payload to out[at[i]:]: as it came where keep[i], else its
+        raw block (decompressed if it came compressed); one native call per source."""
+        bs = self.block_size
+        dec = self._dec_row[pos]
+        from_dec = ~keep & (dec >= 0)  # compressed on arrival, stored raw
+        as_came = ~from_dec
+        copy_runs(self.records.payload, out, self._offsets[pos[as_came]], at[as_came],
+                  self._lengths[pos[as_came]])
+        if from_dec.any():
+            copy_runs(self._dec.reshape(-1), out, dec[from_dec] * bs, at[from_dec],
+                      np.full(int(from_dec.sum()), bs, np.int64))

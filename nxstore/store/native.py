@@ -56,6 +56,7 @@ __all__ = [
     "map_lookup",
     "map_merge",
     "plan_runs",
+    "copy_runs",
     "preadv_runs",
     "verify_blocks",
 ]
@@ -712,3 +713,25 @@ def lz4_decompress_batch(
     if rc < 0:
         raise InvalidArgument("lz4_decompress_batch: a payload lies outside src or a row outside out2d")
     return ok
+
+
+def copy_runs(src: np.ndarray, dst: np.ndarray, src_off: np.ndarray, dst_off: np.ndarray,
+              lengths: np.ndarray) -> None:
+    """dst[dst_off[i]:dst_off[i] + lengths[i]] = src[src_off[i]:src_off[i] + lengths[i]]
+    for every i, in order, in one call without the GIL (gathering variable-length records
+    into one buffer). src and dst: C-contiguous 1-D uint8 arrays, not overlapping; the
+    offsets and lengths int64. Raises InvalidArgument, with nothing copied, for other
+    types, arrays of different lengths, or a run outside its buffer. See native/readv.h."""
+    _require(src, np.uint8, 1, "src")
+    _require(dst, np.uint8, 1, "dst")
+    so, do, ln = (np.ascontiguousarray(a, _I64) for a in (src_off, dst_off, lengths))
+    if not so.ndim == do.ndim == ln.ndim == 1 or not len(so) == len(do) == len(ln):
+        raise InvalidArgument(f"copy_runs: {so.shape} src offsets, {do.shape} dst offsets, "
+                              f"{ln.shape} lengths")
+    rc = lib.nx_copy_runs(
+        _ptr("uint8_t[]", src), src.size, _ptr("uint8_t[]", dst, True), dst.size,
+        _ptr("int64_t[]", so), _ptr("int64_t[]", do), _ptr("int64_t[]", ln), len(ln),
+    )  # fmt: skip
+    if rc != lib.NX_OK:
+        raise InvalidArgument("copy_runs: a run has a negative offset or length or lies "
+                              "outside its buffer")

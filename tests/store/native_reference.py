@@ -269,3 +269,9 @@ def lz4_decode(payload: bytes, block_size: int) -> bytes | None:
     except lz4.block.LZ4BlockError:
         return None
     return raw if len(raw) == block_size else None
+
+
+def copy_runs(src: bytes, dst: bytearray, runs: list[tuple[int, int, int]]) -> None:
+    """Each run (src offset, dst offset, length) by slicing, in order."""
+    for a, b, n in runs:
+        dst[b : b + n] = src[a : a + n]

@@ -691,3 +691,42 @@ def test_gil_released_during_native_calls() -> None:
     assert span > 0.1, f"native call too short to judge ({span:.3f}s)"
     middle = [t for t in ticks if t0 + 0.4 * span < t < t0 + 0.6 * span]
     assert len(middle) > 100, "another thread made no progress during the native call"
+
+
+# -- copy_runs ---------------------------------------------------------------------------
+@st.composite
+def _copy_cases(draw: st.DrawFn) -> tuple[bytes, int, list[tuple[int, int, int]]]:
+    src = draw(st.binary(min_size=1, max_size=2048))
+    dst_size = draw(st.integers(1, 2048))
+    runs = []
+    for _ in range(draw(st.integers(0, 12))):
+        n = draw(st.integers(0, min(len(src), dst_size)))
+        runs.append((draw(st.integers(0, len(src) - n)), draw(st.integers(0, dst_size - n)), n))
+    return src, dst_size, runs
+
+
+@given(_copy_cases())
+@settings(max_examples=300)
+def test_copy_runs_matches_reference(case: tuple[bytes, int, list[tuple[int, int, int]]]) -> None:
+    src, dst_size, runs = case
+    want = bytearray(b"\xaa" * dst_size)
+    ref.copy_runs(src, want, runs)
+    got = np.full(dst_size, 0xAA, np.uint8)
+    cols = [np.array([r[i] for r in runs], np.int64) for i in range(3)]
+    native.copy_runs(np.frombuffer(src, np.uint8), got, *cols)
+    assert got.tobytes() == bytes(want)
+
+
+@pytest.mark.parametrize("run", [(-1, 0, 1), (0, -1, 1), (0, 0, -1), (8, 0, 1), (0, 8, 1),
+                                 (4, 0, 5), (0, 4, 5)])
+def test_copy_runs_refuses_runs_outside_their_buffers(run: tuple[int, int, int]) -> None:
+    src, dst = np.arange(8, dtype=np.uint8), np.zeros(8, np.uint8)
+    ok = (np.array([0], np.int64),) * 2 + (np.array([8], np.int64),)
+    cols = [np.concatenate([ok[i], np.array([run[i]], np.int64)]) for i in range(3)]
+    with pytest.raises(InvalidArgument, match="outside its buffer"):
+        native.copy_runs(src, dst, *cols)
+    assert not dst.any()  # checked before anything is copied
+    with pytest.raises(InvalidArgument):
+        native.copy_runs(src, dst, *cols[:2], cols[2][:1])  # arrays of different lengths
+    with pytest.raises(InvalidArgument):
+        native.copy_runs(src.astype(np.int16), dst, *ok)
