@@ -74,10 +74,11 @@ INDEX_SLOT_BYTES = 24               # bytes per slot: 16 fingerprint + 8 id (u64
 # --- replication wire --------------------------------------------------------------
 # Layout and meaning: docs/format.md. Code: nxstore/replication/.
 WIRE_MAGIC = b"NXRP"                # 4 bytes; starts every frame
-WIRE_PROTOCOL_VERSION = 4           # frame layout + message set version this build speaks
+WIRE_PROTOCOL_VERSION = 5           # frame layout + message set version this build speaks
 WIRE_PRUNE_BY_NAME_VERSION = 3      # first version with PRUNE_SNAPSHOTS (prune by name)
 WIRE_VERIFY_VERSION = 4             # first version with VERIFY_REQUEST/REPLY (replica verify)
 WIRE_STORED_BLOCKS_VERSION = 4      # first version with STORED_BLOCKS (blocks as stored, lz4 kept)
+WIRE_METRO_BARRIER_VERSION = 5      # first version with a flush barrier inside METRO_WRITES
 WIRE_MIN_PROTOCOL_VERSION = 2       # oldest version this build still speaks (1 had no frame MAC)
 WIRE_FRAME_HEADER_BYTES = 48        # bytes before the payload
 WIRE_MAC_BYTES = 16                 # frame tag: HMAC-SHA256 truncated to 128 bits

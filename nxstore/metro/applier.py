@@ -11,8 +11,8 @@ as ERROR. Each replica must be read-only and of the size METRO_OPEN states.
 A session has three parts: the receiver (on the event loop) reads METRO_WRITES and
 METRO_FLUSH and queues them, at most STANDBY_QUEUE_BYTES of write data ahead, and answers
 PING at once; the applier thread applies the writes in order with
-`VDisk.apply_mirrored_write/trim` and, per METRO_FLUSH, syncs the replicas written since
-the previous barrier once (group commit: `VDisk.flush`, one OpLog sync for them all); the
+`VDisk.apply_mirrored_write/trim` and, per barrier (METRO_FLUSH, or METRO_WRITES carrying
+one), syncs the replicas written since the previous barrier once (group commit: `VDisk.flush`, one OpLog sync for them all); the
 replier (on the event loop) sends what the applier hands it: ACK every WIRE_ACK_EVERY
 batches (credit), METRO_FLUSHED once a barrier is durable. One thread hop per message, none
 back to the event loop but for replies. Any failure ends the session with ERROR; nothing
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+from ..constants import WIRE_METRO_BARRIER_VERSION
 from ..errors import ConnectionClosed, InvalidArgument, NxError, ProtocolError
 from ..replication.messages import (
     Message,
@@ -205,6 +206,10 @@ class _Session:
                 n = len(self.applier.replicas)
                 if msg.vdisks.size and int(msg.vdisks.max()) >= n:
                     raise ProtocolError(f"METRO_WRITES names vDisk {int(msg.vdisks.max())} of {n}")
+                if msg.barrier and self.t.version < WIRE_METRO_BARRIER_VERSION:
+                    raise ProtocolError(f"a barrier in METRO_WRITES needs protocol version "
+                                        f"{WIRE_METRO_BARRIER_VERSION}; the session "
+                                        f"negotiated {self.t.version}")
             elif not isinstance(msg, MetroFlush):
                 raise ProtocolError(f"unexpected {type(msg).__name__} in a mirror session")
             nbytes = msg.nbytes if isinstance(msg, MetroWrites) else 0
@@ -228,17 +233,18 @@ class _Session:
         acks = AckBatcher()
         try:
             while (msg := self.jobs.get()) is not None and not self.over:
-                reply: Message | None
+                barrier = msg.barrier
                 if isinstance(msg, MetroWrites):
                     self.applier.apply(msg)
                     self._applied(msg.nbytes)
-                    reply = acks.done(msg.req_id)  # credit only: the window is larger
-                else:
-                    assert isinstance(msg, MetroFlush)
-                    self.applier.sync()
-                    reply = MetroFlushed(msg.barrier, req_id=msg.req_id)
-                if reply is not None:
-                    self._post(reply)
+                    if not barrier:
+                        if (ack := acks.done(msg.req_id)) is not None:
+                            self._post(ack)  # credit only: the window is larger
+                        continue
+                self.applier.sync()
+                if (ack := acks.flush()) is not None:
+                    self._post(ack)
+                self._post(MetroFlushed(barrier, req_id=msg.req_id))
         except BaseException as exc:  # noqa: BLE001 - the replier raises it: ERROR, session over
             if not isinstance(exc, NxError):
                 log.error("mirror applier failed", exc_info=exc)

@@ -12,8 +12,10 @@ writer that finds no room blocks (back-pressure), up to the link's timeout.
 
 Flushes are group-committed: one METRO_FLUSH barrier covers every write given to the link
 before it, at most two barriers are in flight, and the flushers that arrive meanwhile share
-the next one. A vDisk's flush starts its barrier before its local sync (`prepare_flush`),
-so the two overlap. A flush that is not confirmed within its timeout, or any error on the
+the next one. A barrier travels in the frame of the last batch before it when the standby
+speaks protocol version 5 (one frame each way per flush), else as its own METRO_FLUSH. A
+vDisk's flush starts its barrier before its local sync (`prepare_flush`), so the two
+overlap. A flush that is not confirmed within its timeout, or any error on the
 connection, kills the link: every later call raises `LinkDown`, and `unacked_blocks()`
 names the blocks of every write not covered by a confirmed barrier (sent or not), the
 dirty set a break starts from.
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..constants import WIRE_ACK_EVERY, WIRE_MAX_BATCH
+from ..constants import WIRE_ACK_EVERY, WIRE_MAX_BATCH, WIRE_METRO_BARRIER_VERSION
 from ..errors import ConnectionClosed, InUse, InvalidArgument, LinkDown, NxError, ProtocolError
 from ..replication.messages import (
     Message,
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIRROR_BATCH_BYTES = 256 * 1024  # data bytes per METRO_WRITES at most (larger writes are split)
+MIRROR_BATCH_BYTES = 1024 * 1024  # data bytes per METRO_WRITES at most (larger writes are split)
 MIRROR_WINDOW = 16  # METRO_WRITES (and requests) unacknowledged at once
 MIRROR_UNSENT_BATCHES = 2  # batches filled ahead of the sender before writers block
 MIRROR_BARRIERS_IN_FLIGHT = 2  # a barrier may go while the previous one is unconfirmed
@@ -98,11 +100,11 @@ class _Batch:
             assert self.data is not None
             self.data += data
 
-    def message(self, req_id: int) -> MetroWrites:
+    def message(self, req_id: int, barrier: int = 0) -> MetroWrites:
         assert self.data is not None
         return MetroWrites(np.array(self.vdisks, np.uint32), np.array(self.offsets, np.uint64),
                            np.array(self.lengths, np.uint64), np.array(self.trims, bool),
-                           self.data, req_id=req_id)
+                           self.data, barrier, req_id=req_id)
 
     def sent(self) -> None:
         """Keep only what unacked_blocks needs (compact), not the data."""
@@ -378,47 +380,55 @@ class MirrorLink:
     async def _send_loop(self) -> None:
         assert self._session is not None and self._wake is not None
         s = self._session
+        inline = s.t.version >= WIRE_METRO_BARRIER_VERSION  # a barrier may ride in a batch
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while (work := self._next_work()) is not None:
-                    if isinstance(work, _Batch):
-                        await s.post(work.message)
-                        with self._lock:
-                            work.sent()
+                while (work := self._next_work(inline)) is not None:
+                    batch, barrier, covers = work
+                    if batch is not None and not barrier:
+                        await s.post(batch.message)
                     else:
-                        barrier, covers = work
-                        fut = await s.ask(lambda r, b=barrier: MetroFlush(b, req_id=r))
+                        make = (partial(batch.message, barrier=barrier) if batch is not None
+                                else lambda r, b=barrier: MetroFlush(b, req_id=r))
+                        fut = await s.ask(make)
                         fut.add_done_callback(partial(self._flushed, barrier, covers))
+                    if batch is not None:
+                        with self._lock:
+                            batch.sent()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - the link dies of it
             self._die(exc)
 
-    def _next_work(self) -> _Batch | tuple[int, int] | None:
-        """The oldest batch to send, else a barrier (number, ops it covers) to send, else
-        None. Called by the sender; a barrier goes out only after every batch before it."""
+    def _next_work(self, inline: bool) -> tuple[_Batch | None, int, int] | None:
+        """What to send next: (the oldest unsent batch or None, the barrier to send with or
+        after it or 0, the ops that barrier covers), or None for nothing. Called by the
+        sender; a barrier goes out only after every batch before it: in the same frame as
+        the last of them when `inline` (the peer speaks WIRE_METRO_BARRIER_VERSION)."""
         with self._lock:
             self._kicked = False
             if self._dead is not None:
                 return None
+            batch = None
             if self._unsent:
                 batch = self._unsent.popleft()
                 self._unconfirmed.append(batch)
                 self._room.notify_all()
-                return batch
+                if self._unsent or not inline:
+                    return batch, 0, 0
             if self._barriers_out >= MIRROR_BARRIERS_IN_FLIGHT:
-                return None
+                return None if batch is None else (batch, 0, 0)
             # Without flushes, a barrier now and then bounds what the link remembers and
             # what the standby holds unsynced.
             if self._wanted <= self._asked and (
                     self._barriers_out or len(self._unconfirmed) < MIRROR_BARRIER_BATCHES):
-                return None
+                return None if batch is None else (batch, 0, 0)
             self._barriers_out += 1
             self._barriers += 1
             self._asked = self._given
-            return self._barriers, self._given
+            return batch, self._barriers, self._given
 
     def _flushed(self, barrier: int, covers: int, fut: asyncio.Future[Message]) -> None:
         """A barrier's reply (or failure) arrived (on the link's thread)."""

@@ -5,6 +5,7 @@ optionally behind a delay line that can also hold everything back (a stalled lin
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -15,18 +16,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nxstore
-from nxstore.constants import OPLOG_BYPASS_BYTES, WIRE_FRAME_HEADER_BYTES
+from nxstore.constants import (
+    OPLOG_BYPASS_BYTES,
+    WIRE_FRAME_HEADER_BYTES,
+    WIRE_METRO_BARRIER_VERSION,
+    WIRE_MIN_PROTOCOL_VERSION,
+)
 from nxstore.errors import InvalidArgument, LinkDown, MetroFenced, ProtocolError
 from nxstore.metro import applier, mirror
 from nxstore.metro.applier import Grant
 from nxstore.metro.mirror import LinkMirror, MirrorLink, register
-from nxstore.replication import frames, messages
+from nxstore.replication import auth, frames, messages
 from nxstore.replication.auth import SiteIdentity
-from nxstore.replication.messages import MetroOpen, MetroWrites
+from nxstore.replication.messages import MetroAccept, MetroFlushed, MetroOpen, MetroWrites
 from nxstore.replication.protocols import TargetProtocols
 from nxstore.replication.sites import get_site
+from nxstore.replication.source import open_session
 from nxstore.replication.target import ReplicationTarget
-from nxstore.replication.transport import serve
+from nxstore.replication.transport import serve, tcp
 
 BS = 4096
 DISK = 1 << 20
@@ -317,6 +324,48 @@ def test_concurrent_flushes_share_barriers(pair):
     p.assert_identical()
 
 
+@pytest.mark.parametrize("old", [False, True])
+def test_a_barrier_rides_in_the_last_batch_unless_the_standby_is_older(pair, monkeypatch, old):
+    """On a version 5 session a flush's barrier travels inside its last METRO_WRITES (one
+    frame each way); a version 4 standby gets METRO_FLUSH frames. Both confirm every flush."""
+    if old:
+        monkeypatch.setattr(tcp, "server_handshake", functools.partial(
+            auth.server_handshake, versions=(WIRE_MIN_PROTOCOL_VERSION, WIRE_METRO_BARRIER_VERSION - 1)))
+    separate: list[int] = []
+    real = mirror.MetroFlush
+    monkeypatch.setattr(mirror, "MetroFlush", lambda b, **kw: separate.append(b) or real(b, **kw))
+    p = pair()
+    link = p.link()
+    vd = p.paris.vdisk("vol0")
+    for i in range(5):
+        vd.write(i * BS, os.urandom(BS))
+        vd.flush()
+        p.assert_identical()
+    assert link.barriers == 5
+    assert separate == ([1, 2, 3, 4, 5] if old else [])
+
+
+def test_a_barrier_in_writes_on_an_older_session_is_refused(pair, monkeypatch):
+    monkeypatch.setattr(tcp, "server_handshake", functools.partial(
+        auth.server_handshake, versions=(WIRE_MIN_PROTOCOL_VERSION, WIRE_METRO_BARRIER_VERSION - 1)))
+    p = pair()
+    before = p.tokyo.vdisk("paris:vol0").read(0, DISK)
+
+    async def forged() -> None:
+        s = await open_session(p.paris, get_site(p.paris.ctx.catalog, "tokyo"))
+        try:
+            await s.request(lambda r: MetroOpen("pair-1", 1, [("vol0", "paris:vol0", DISK)],
+                                                req_id=r), MetroAccept)
+            await s.request(lambda r: MetroWrites([0], [0], [BS], [False], os.urandom(BS), 1,
+                                                  req_id=r), MetroFlushed)
+        finally:
+            await s.close()
+
+    with pytest.raises(ProtocolError, match="needs protocol version 5"):
+        asyncio.run(forged())
+    assert p.tokyo.vdisk("paris:vol0").read(0, DISK) == before
+
+
 def test_writes_do_not_wait_for_round_trips(pair):
     delay = 0.005  # each way: a 10 ms round trip
     p = pair(vdisks=2, delay=delay)
@@ -499,14 +548,15 @@ def _round_trip(msg):
 @settings(max_examples=60)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
                           st.binary(max_size=300), st.booleans(), st.integers(0, 2**40)),
-                max_size=20), st.integers(0, 2**64 - 1))
-def test_metro_writes_round_trip(ops, req_id):
+                max_size=20), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_metro_writes_round_trip(ops, req_id, barrier):
     data = b"".join(d for _, _, d, trim, _ in ops if not trim)
     msg = MetroWrites([o[0] for o in ops], [o[1] for o in ops],
                       [o[4] if o[3] else len(o[2]) for o in ops], [o[3] for o in ops], data,
-                      req_id=req_id)
+                      barrier, req_id=req_id)
     got = _round_trip(msg)
     assert got == msg and got.req_id == req_id and got.nbytes == len(data)
+    assert got.barrier == barrier
 
 
 @given(st.text(max_size=40), st.integers(0, 2**64 - 1),
@@ -529,4 +579,19 @@ def test_metro_writes_that_do_not_add_up_are_refused():
     payload[8 + 8] = 9  # the write's length: 9 bytes, 4 in the payload
     bad = frames.encode_frame(int(MetroWrites.TYPE), [bytes(payload)])
     with pytest.raises(ProtocolError):
+        messages.decode(frames.decode_frame(b"".join(bytes(b) for b in bad)))
+    with pytest.raises(InvalidArgument, match="u64"):
+        MetroWrites([0], [8], [4], [False], b"abcd", 2**64)
+
+
+@pytest.mark.parametrize(("flags", "barrier", "error"), [
+    (2, None, "unknown flags"), (3, 7, "unknown flags"), (1, 0, "barrier 0")])
+def test_metro_writes_with_bad_barrier_fields_are_refused(flags, barrier, error):
+    good = b"".join(bytes(b) for b in messages.encode(MetroWrites([0], [8], [4], [True], b"")))
+    payload = bytearray(good[WIRE_FRAME_HEADER_BYTES:])
+    payload[4:8] = flags.to_bytes(4, "little")
+    if barrier is not None:
+        payload[8:8] = barrier.to_bytes(8, "little")
+    bad = frames.encode_frame(int(MetroWrites.TYPE), [bytes(payload)])
+    with pytest.raises(ProtocolError, match=error):
         messages.decode(frames.decode_frame(b"".join(bytes(b) for b in bad)))

@@ -230,7 +230,7 @@ def test_handshake_limits_before_keys():
 
 def test_version_1_frame_is_refused():
     v1 = struct.pack("<4sBBHIIQ", b"NXRP", 1, 1, 0, 70, 70, 0) + bytes(8) + os.urandom(70)
-    with pytest.raises(VersionMismatch, match="2..4"):
+    with pytest.raises(VersionMismatch, match=f"2..{WIRE_PROTOCOL_VERSION}"):
         frames.decode_frame(v1)
 
 

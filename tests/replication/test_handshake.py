@@ -60,7 +60,7 @@ def test_memory_handshake_exchanges_identities():
             client_handshake(a, CLI, SECRET), server_handshake(b, SRV, SECRET)
         )
         assert got == [SRV, CLI] and a.peer == SRV and b.peer == CLI
-        assert a.version == b.version == WIRE_PROTOCOL_VERSION == 4
+        assert a.version == b.version == WIRE_PROTOCOL_VERSION == 5
         await a.close()
         await b.close()
 
@@ -182,12 +182,13 @@ def test_no_common_version_both_sides(caplog):
     async def body():
         a, b = memory_pair()
         ra, rb = await asyncio.gather(
-            client_handshake(a, CLI, SECRET, versions=(5, 6)),
+            client_handshake(a, CLI, SECRET, versions=(WIRE_PROTOCOL_VERSION + 1, WIRE_PROTOCOL_VERSION + 2)),
             server_handshake(b, SRV, SECRET),
             return_exceptions=True,
         )
-        assert isinstance(ra, VersionMismatch) and "2..4" in str(ra)
-        assert isinstance(rb, VersionMismatch) and "5..6" in str(rb)
+        assert isinstance(ra, VersionMismatch) and f"2..{WIRE_PROTOCOL_VERSION}" in str(ra)
+        newer = f"{WIRE_PROTOCOL_VERSION + 1}..{WIRE_PROTOCOL_VERSION + 2}"
+        assert isinstance(rb, VersionMismatch) and newer in str(rb)
 
     with caplog.at_level(logging.INFO, logger=LOG):
         run(body())

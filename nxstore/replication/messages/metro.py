@@ -81,7 +81,9 @@ class MetroWrites(Message):
     """Active -> standby: writes and trims to apply in this order. Op i writes (or, if
     `trims[i]`, trims) [offsets[i], offsets[i]+lengths[i]) of vDisk `vdisks[i]` (its index
     in METRO_OPEN); the bytes of the writes are back to back in `data`. Acknowledged by
-    ACK (batched: credit, not durability) or answered by ERROR."""
+    ACK (batched: credit, not durability) or answered by ERROR. With `barrier` (not 0,
+    protocol version WIRE_METRO_BARRIER_VERSION) the batch is also METRO_FLUSH `barrier`:
+    answered by METRO_FLUSHED once it and everything before it is durable."""
 
     TYPE = MessageType.METRO_WRITES
     COMPRESS = True
@@ -90,18 +92,22 @@ class MetroWrites(Message):
     lengths: np.ndarray  # (n,) uint64
     trims: np.ndarray  # (n,) bool
     data: Buffer
+    barrier: int = 0  # 0: none; else this batch ends with that flush barrier
 
     def __post_init__(self) -> None:
-        try:
-            arrays = [np.ascontiguousarray(np.asarray(getattr(self, name), dtype=dtype)
-                                           .reshape(-1)) for name, dtype in _OPS]
-        except (OverflowError, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"METRO_WRITES: {exc}") from exc
-        if len({a.size for a in arrays}) != 1:
-            raise InvalidArgument(f"METRO_WRITES: op arrays of sizes {[a.size for a in arrays]}")
-        for (name, _), a in zip(_OPS, arrays, strict=True):
-            object.__setattr__(self, name, a)
-        written = self.lengths[~self.trims]
+        for name, dtype in _OPS:
+            a = getattr(self, name)
+            if type(a) is not np.ndarray or a.dtype != dtype or a.ndim != 1:
+                try:
+                    a = np.asarray(a, dtype=dtype).reshape(-1)
+                except (OverflowError, TypeError, ValueError) as exc:
+                    raise InvalidArgument(f"METRO_WRITES: {exc}") from exc
+                object.__setattr__(self, name, a)
+        n = self.offsets.size
+        if not n == self.lengths.size == self.vdisks.size == self.trims.size:
+            raise InvalidArgument(f"METRO_WRITES: op arrays of sizes "
+                                  f"{[getattr(self, name).size for name, _ in _OPS]}")
+        written = self.lengths[~self.trims] if self.trims.any() else self.lengths
         size = len(memoryview(self.data))
         # (the max first, so the sum cannot wrap around)
         if written.size and (int(written.max()) > size or int(written.sum()) != size):
@@ -109,6 +115,8 @@ class MetroWrites(Message):
                                   f"{size} data bytes")
         if not written.size and size:
             raise InvalidArgument(f"METRO_WRITES: {size} data bytes and no write")
+        if not 0 <= self.barrier < 1 << 64:
+            raise InvalidArgument(f"METRO_WRITES: barrier {self.barrier} is not a u64")
 
     @property
     def nbytes(self) -> int:
@@ -120,7 +128,9 @@ class MetroWrites(Message):
         check_batch(n, "METRO_WRITES")
         o = PayloadWriter()
         o.pack(U32, n)
-        o.pack(U32, 0)  # reserved: keeps the u64 arrays 8-byte aligned
+        o.pack(U32, _WITH_BARRIER if self.barrier else 0)  # flags (8-byte alignment kept)
+        if self.barrier:
+            o.pack(U64, self.barrier)
         for name, _ in _OPS:
             o.raw(getattr(self, name).data)
         o.big(self.data)
@@ -129,19 +139,30 @@ class MetroWrites(Message):
     @classmethod
     def decode_payload(cls, p: PayloadReader, req_id: int) -> MetroWrites:
         n = p.count()
-        p.unpack(U32)
-        offsets, lengths, vdisks = (p.array(n, dtype, (n,)) for _, dtype in _OPS[:3])
-        kinds = p.array(n, "u1", (n,))
-        if kinds.size and int(kinds.max()) > 1:
-            raise ProtocolError(f"METRO_WRITES: op kind {int(kinds.max())}")
-        trims = kinds.astype(bool)
-        written = lengths[~trims]
-        if written.size and int(written.max()) > len(p.mv) - p.pos:  # (and the sum cannot wrap)
+        (flags,) = p.unpack(U32)
+        if flags & ~_WITH_BARRIER:
+            raise ProtocolError(f"METRO_WRITES: unknown flags {flags:#x}")
+        barrier = p.unpack(U64)[0] if flags else 0
+        if flags and not barrier:
+            raise ProtocolError("METRO_WRITES: barrier 0")
+        ops = p.raw(_OP_BYTES * n)
+        offsets, lengths, vdisks, kinds = (np.frombuffer(ops, dtype, n, at * n)
+                                           for (_, dtype), at in zip(_OPS, _OP_AT, strict=True))
+        if n and int(kinds.view(np.uint8).max()) > 1:
+            raise ProtocolError(f"METRO_WRITES: op kind {int(kinds.view(np.uint8).max())}")
+        written = lengths[~kinds] if kinds.any() else lengths
+        if written.size and int(written.max()) > len(p.mv) - p.pos:  # (so the sum cannot wrap)
             raise ProtocolError("METRO_WRITES: a write is longer than the payload")
-        return cls(vdisks, offsets, lengths, trims, p.raw(int(written.sum())), req_id=req_id)
+        # the constructor checks the rest (its InvalidArgument becomes ProtocolError)
+        return cls(vdisks, offsets, lengths, kinds, p.raw(int(written.sum())), barrier,
+                   req_id=req_id)
 
 
-_OPS = (("offsets", "<u8"), ("lengths", "<u8"), ("vdisks", "<u4"), ("trims", "?"))  # wire order
+_WITH_BARRIER = 1  # METRO_WRITES flags: a u64 barrier follows (protocol version 5)
+_OPS = tuple((name, np.dtype(code)) for name, code in (  # wire order
+    ("offsets", "<u8"), ("lengths", "<u8"), ("vdisks", "<u4"), ("trims", "?")))
+_OP_AT = (0, 8, 16, 20)  # where each op array starts, in units of n bytes
+_OP_BYTES = 21
 
 
 @dataclass(frozen=True, slots=True, eq=False)
