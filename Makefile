@@ -1,8 +1,8 @@
 # nxstore: `make demo` and `make test` are the only commands a fresh machine needs.
 #
 # setup (internal; demo, test and bench depend on it):
-#   1. system packages the build and the tests need, when missing: libxxhash-dev, liblz4-dev
-#      (the native extension links them), qemu-utils, borgbackup and restic (peers the benchmarks measure
+#   1. system packages the build and the tests need, when missing: libxxhash-dev, liblz4-dev,
+#      libssl-dev (the native extension links them), qemu-utils, borgbackup and restic (peers the benchmarks measure
 #      against in the same run), nbdkit, fio, e2fsprogs, qemu-system-x86 and busybox-static
 #      (tests/nbd: NBD clients, the reference server, a VM), and on a bare
 #      Debian python3-venv / python3-dev (Python.h). Installed with apt-get when root; otherwise
@@ -68,6 +68,7 @@ sysdeps:
 	@missing=""; \
 	[ -f /usr/include/xxhash.h ] || [ -f /usr/local/include/xxhash.h ] || missing="$$missing libxxhash-dev"; \
 	[ -f /usr/include/lz4.h ] || [ -f /usr/local/include/lz4.h ] || missing="$$missing liblz4-dev"; \
+	[ -f /usr/include/openssl/evp.h ] || [ -f /usr/local/include/openssl/evp.h ] || missing="$$missing libssl-dev"; \
 	command -v qemu-img >/dev/null 2>&1 || missing="$$missing qemu-utils"; \
 	command -v borg >/dev/null 2>&1 || missing="$$missing borgbackup"; \
 	command -v restic >/dev/null 2>&1 || missing="$$missing restic"; \

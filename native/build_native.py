@@ -20,7 +20,8 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SOURCES = ["fingerprint.c", "fpindex.c", "headers.c", "lz4batch.c", "mapops.c", "plan.c", "readv.c"]
+SOURCES = ["fingerprint.c", "fpindex.c", "framemac.c", "headers.c", "lz4batch.c", "mapops.c", "plan.c",
+           "readv.c"]
 
 HEADERS = ["nxerr.h", *(f"{name[:-2]}.h" for name in SOURCES)]
 # `#define NAME <integer>` (parentheses and a U suffix allowed): the constants cffi can take
@@ -64,7 +65,7 @@ def make_builder(relative: bool = True) -> FFI:
         "".join(f'#include "{name[:-2]}.h"\n' for name in SOURCES),
         sources=[path(s) for s in SOURCES],
         include_dirs=[path("")],
-        libraries=["xxhash", "lz4"],
+        libraries=["xxhash", "lz4", "crypto"],
         extra_compile_args=compile_args(),
     )
     return builder

@@ -79,6 +79,7 @@ WIRE_PRUNE_BY_NAME_VERSION = 3      # first version with PRUNE_SNAPSHOTS (prune 
 WIRE_VERIFY_VERSION = 4             # first version with VERIFY_REQUEST/REPLY (replica verify)
 WIRE_STORED_BLOCKS_VERSION = 4      # first version with STORED_BLOCKS (blocks as stored, lz4 kept)
 WIRE_METRO_BARRIER_VERSION = 5      # first version with a flush barrier inside METRO_WRITES
+WIRE_GMAC_VERSION = 5               # first version whose frame tags are AES-256-GMAC, not HMAC
 WIRE_MIN_PROTOCOL_VERSION = 2       # oldest version this build still speaks (1 had no frame MAC)
 WIRE_FRAME_HEADER_BYTES = 48        # bytes before the payload
 WIRE_MAC_BYTES = 16                 # frame tag: HMAC-SHA256 truncated to 128 bits

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..constants import (
+    WIRE_GMAC_VERSION,
     WIRE_HANDSHAKE_TIMEOUT_S,
     WIRE_MIN_PROTOCOL_VERSION,
     WIRE_NONCE_BYTES,
@@ -119,12 +120,17 @@ def proof(secret: bytes, role: bytes, tr: bytes) -> bytes:
     return hmac.new(secret, role + tr, hashlib.sha256).digest()
 
 
-def frame_keys(secret: bytes, tr: bytes) -> tuple[FrameKey, FrameKey]:
-    """The frame MAC keys of a connection, (client->server, server->client): HMAC-SHA256
-    of the secret over a direction label + transcript. The labels differ from the proofs'
-    role labels in their first byte, so no key is ever a proof sent in clear."""
-    return (FrameKey(hmac.new(secret, b"frame key client->server" + tr, hashlib.sha256).digest()),
-            FrameKey(hmac.new(secret, b"frame key server->client" + tr, hashlib.sha256).digest()))
+def frame_keys(secret: bytes, tr: bytes, version: int) -> tuple[FrameKey, FrameKey]:
+    """The frame MAC keys of a connection negotiated at `version`, (client->server,
+    server->client): HMAC-SHA256 of the secret over a direction label + transcript, used
+    for AES-256-GMAC tags from WIRE_GMAC_VERSION on (frames.FrameKey). The labels differ
+    from the proofs' role labels in their first byte, so no key is ever a proof sent in
+    clear."""
+    def key(way: bytes) -> FrameKey:
+        return FrameKey(hmac.new(secret, b"frame key " + way + tr, hashlib.sha256).digest(),
+                        gmac=version >= WIRE_GMAC_VERSION)
+
+    return key(b"client->server"), key(b"server->client")
 
 
 def _expect(msg: Message, cls: type[Message], step: str) -> None:
@@ -200,7 +206,7 @@ async def client_handshake(
                 f"server {server.site!r} ({server.cluster_id}) failed authentication: "
                 "wrong shared secret"
             )
-        c2s, s2c = frame_keys(key, tr)
+        c2s, s2c = frame_keys(key, tr, ch.version)
         t._key_recv(s2c)
         await t.send(Auth(proof(key, b"client", tr)))
         t._key_send(c2s)
@@ -243,7 +249,7 @@ async def server_handshake(
         await t.send(
             Challenge(version, local.cluster_id, local.site, nonce_s, proof(key, b"server", tr))
         )
-        c2s, s2c = frame_keys(key, tr)
+        c2s, s2c = frame_keys(key, tr, version)
         t._key_send(s2c)
         auth = await t.recv()
         _expect(auth, Auth, "after CHALLENGE")

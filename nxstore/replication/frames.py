@@ -11,9 +11,10 @@ Byte layout (docs/format.md; all integers little-endian)::
            equals the payload length when bit 0 is clear
     16  8  request id (u64): chosen by the requester, echoed by the reply; 0 = none
     24  8  checksum = XXH3-64(bytes 0..23, seed = XXH3-64(payload as sent))
-    32  16 tag: 16 zero bytes in the handshake; once the direction is keyed,
-           HMAC-SHA256(direction key, u64 frame number || bytes 0..31 || payload as sent)
-           truncated to 16 bytes (`FrameKey`)
+    32  16 tag: 16 zero bytes in the handshake; once the direction is keyed, the MAC
+           of (u64 frame number || bytes 0..31 || payload as sent) under the direction
+           key (`FrameKey`): AES-256-GMAC with the frame number as nonce from protocol
+           version 5 (WIRE_GMAC_VERSION), HMAC-SHA256 truncated to 16 bytes before
     48  …  payload
 
 The checksum covers every header byte but the tag and the payload as it travels, so a
@@ -57,6 +58,7 @@ from ..errors import (
     ProtocolError,
     VersionMismatch,
 )
+from ..store.native import gmac_tag
 
 FLAG_LZ4 = 0x0001
 KNOWN_FLAGS = FLAG_LZ4
@@ -102,26 +104,35 @@ class Frame(NamedTuple):
 class FrameKey:
     """The MAC key of one direction of one connection, and its frame counter.
 
-    `tag(head, payload)` returns HMAC-SHA256(key, u64 n || head || payload)[:16] for the
-    n-th frame (from 0) keyed in this direction, and advances n. The sender and the
-    receiver of a direction each hold a FrameKey made from the same key and call `tag`
-    once per frame in stream order, so a frame that is changed, dropped, replayed,
-    reordered, or reflected from the other direction (other key) gets a tag that does
-    not match. Not thread-safe (one per direction and side)."""
+    `tag(head, payload)` returns the tag of the n-th frame (from 0) keyed in this
+    direction and advances n: with `gmac` (protocol version 5 on), AES-256-GMAC(key,
+    nonce n, u64 n || head || payload), whose nonce never repeats under a key because the
+    handshake keys every direction of every connection afresh; else HMAC-SHA256(key,
+    u64 n || head || payload)[:16]. The sender and the receiver of a direction each hold
+    a FrameKey made from the same key and call `tag` once per frame in stream order, so a
+    frame that is changed, dropped, replayed, reordered, or reflected from the other
+    direction (other key) gets a tag that does not match. Not thread-safe (one per
+    direction and side)."""
 
-    __slots__ = ("_mac", "frames")
+    __slots__ = ("_gmac_key", "_mac", "frames")
 
-    def __init__(self, key: bytes) -> None:
-        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # OpenSSL HMAC; copied per frame
+    def __init__(self, key: bytes, *, gmac: bool = False) -> None:
+        self._gmac_key = key if gmac else None
+        # OpenSSL HMAC, copied per frame
+        self._mac = None if gmac else hmac.new(key, digestmod=hashlib.sha256)
         self.frames = 0
 
     def tag(self, head: Buffer, payload: Sequence[Buffer]) -> bytes:
+        n = self.frames
+        self.frames += 1
+        if self._mac is None:
+            assert self._gmac_key is not None
+            return gmac_tag(self._gmac_key, n, [_U64.pack(n), head, *payload])
         m = self._mac.copy()
-        m.update(_U64.pack(self.frames))
+        m.update(_U64.pack(n))
         m.update(head)
         for p in payload:
             m.update(p)
-        self.frames += 1
         return m.digest()[:WIRE_MAC_BYTES]
 
 

@@ -39,7 +39,7 @@ from ..constants import (
     INDEX_BLOB_VERSION,
     INDEX_SLOT_BYTES,
 )
-from ..errors import Corruption, FormatError, InvalidArgument
+from ..errors import Corruption, FormatError, InvalidArgument, NxError
 from .lockorder import Level, ordered_lock
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "checksum_rows",
     "fingerprint_blocks",
     "gather_records",
+    "gmac_tag",
     "lz4_compress_rows",
     "lz4_decompress_batch",
     "lz4_probe_rows",
@@ -735,3 +736,25 @@ def copy_runs(src: np.ndarray, dst: np.ndarray, src_off: np.ndarray, dst_off: np
     if rc != lib.NX_OK:
         raise InvalidArgument("copy_runs: a run has a negative offset or length or lies "
                               "outside its buffer")
+
+
+GMAC_KEY_BYTES = int(lib.NX_GMAC_KEY_BYTES)
+GMAC_TAG_BYTES = int(lib.NX_GMAC_TAG_BYTES)
+
+
+def gmac_tag(key: bytes, counter: int, parts: Sequence[Any]) -> bytes:
+    """The AES-256-GMAC tag (16 bytes) of the concatenated `parts` (bytes-like, each
+    C-contiguous) under the 32-byte `key` and the nonce made of `counter` (u64): the frame
+    MAC of replication protocol version 5, through the system libcrypto (native/framemac.h).
+    Never call twice with one key and counter on different data. Raises InvalidArgument for
+    a key of another length or a counter outside u64; NxError if libcrypto fails."""
+    if len(key) != GMAC_KEY_BYTES:
+        raise InvalidArgument(f"gmac_tag: key of {len(key)} bytes, need {GMAC_KEY_BYTES}")
+    if not 0 <= counter < 1 << 64:
+        raise InvalidArgument(f"gmac_tag: counter {counter} is not a u64")
+    bufs = [_ptr("uint8_t[]", p) for p in parts]
+    tag = bytearray(GMAC_TAG_BYTES)
+    rc = lib.nx_gmac(key, counter, bufs, [len(b) for b in bufs], len(bufs), _ptr("uint8_t[]", tag, True))
+    if rc != lib.NX_OK:
+        raise NxError(f"gmac_tag: libcrypto failed (status {rc})")
+    return bytes(tag)

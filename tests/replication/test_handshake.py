@@ -15,8 +15,14 @@ import pytest
 from certs import self_signed
 from conftest import run
 
-from nxstore.constants import WIRE_NONCE_BYTES, WIRE_PROTOCOL_VERSION
-from nxstore.errors import AuthenticationError, ConnectionClosed, ProtocolError, VersionMismatch
+from nxstore.constants import WIRE_GMAC_VERSION, WIRE_NONCE_BYTES, WIRE_PROTOCOL_VERSION
+from nxstore.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    FrameCorruption,
+    ProtocolError,
+    VersionMismatch,
+)
 from nxstore.replication import (
     AuthOk,
     Error,
@@ -35,6 +41,7 @@ from nxstore.replication import (
     server_handshake,
 )
 from nxstore.replication.auth import proof, transcript
+from nxstore.replication.frames import FrameKey
 
 SRV = SiteIdentity("c-srv-0001", "canada")
 CLI = SiteIdentity("c-cli-0002", "paris")
@@ -61,6 +68,35 @@ def test_memory_handshake_exchanges_identities():
         )
         assert got == [SRV, CLI] and a.peer == SRV and b.peer == CLI
         assert a.version == b.version == WIRE_PROTOCOL_VERSION == 5
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize("client_max", [WIRE_GMAC_VERSION - 1, WIRE_GMAC_VERSION])
+def test_frames_carry_gmac_tags_from_version_5_and_hmac_before(client_max):
+    """Both sides key the negotiated version's MAC: keyed frames pass both ways, and a
+    frame tagged with the other MAC is refused as forged."""
+    async def body():
+        a, b = memory_pair()
+        await asyncio.gather(client_handshake(a, CLI, SECRET, versions=(2, client_max)),
+                             server_handshake(b, SRV, SECRET))
+        assert a.version == b.version == client_max
+        gmac = client_max >= WIRE_GMAC_VERSION
+        assert (a._send_key._mac is None) == (b._recv_key._mac is None) == gmac
+        for _ in range(3):
+            await a.send(Ping(1))
+            assert isinstance(await b.recv(), Ping)
+            await b.send(Ping(2))
+            assert isinstance(await a.recv(), Ping)
+        # A MAC of the other kind makes tags that b rejects as forged.
+        wrong = FrameKey(a._send_key._gmac_key or bytes(32), gmac=not gmac)
+        wrong.frames = a._send_key.frames
+        a._send_key = wrong
+        await a.send(Ping(3))
+        with pytest.raises(FrameCorruption, match="authentication failed"):
+            await b.recv()
         await a.close()
         await b.close()
 

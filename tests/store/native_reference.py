@@ -275,3 +275,89 @@ def copy_runs(src: bytes, dst: bytearray, runs: list[tuple[int, int, int]]) -> N
     """Each run (src offset, dst offset, length) by slicing, in order."""
     for a, b, n in runs:
         dst[b : b + n] = src[a : a + n]
+
+
+# -- AES-256-GMAC (native/framemac.h), after FIPS-197 and NIST SP 800-38D ---------------------
+def _xtime(a: int) -> int:
+    return ((a << 1) ^ 0x11B) if a & 0x80 else a << 1
+
+
+def _gf8_mul(a: int, b: int) -> int:
+    p = 0
+    while b:
+        if b & 1:
+            p ^= a
+        a, b = _xtime(a), b >> 1
+    return p
+
+
+def _sbox() -> list[int]:
+    """The AES S-box: the inverse in GF(2^8) (0 for 0), then the affine map."""
+    box = []
+    for x in range(256):
+        inv = next((y for y in range(1, 256) if _gf8_mul(x, y) == 1), 0)
+        rot = lambda v, k: ((v << k) | (v >> (8 - k))) & 0xFF  # noqa: E731
+        box.append(inv ^ rot(inv, 1) ^ rot(inv, 2) ^ rot(inv, 3) ^ rot(inv, 4) ^ 0x63)
+    return box
+
+
+SBOX = _sbox()
+
+
+def aes256_round_keys(key: bytes) -> list[list[int]]:
+    """The 15 round keys (16 bytes each) of AES-256 (FIPS-197 5.2)."""
+    w = [list(key[4 * i: 4 * i + 4]) for i in range(8)]
+    rcon = 1
+    for i in range(8, 60):
+        t = list(w[i - 1])
+        if i % 8 == 0:
+            t = [SBOX[b] for b in t[1:] + t[:1]]
+            t[0] ^= rcon
+            rcon = _xtime(rcon)
+        elif i % 8 == 4:
+            t = [SBOX[b] for b in t]
+        w.append([a ^ b for a, b in zip(w[i - 8], t, strict=True)])
+    return [sum(w[4 * r: 4 * r + 4], []) for r in range(15)]
+
+
+def aes256_encrypt_block(round_keys: list[list[int]], block: bytes) -> bytes:
+    """One AES-256 block encryption (FIPS-197 5.1); state byte r + 4c is row r, column c."""
+    s = [b ^ k for b, k in zip(block, round_keys[0], strict=True)]
+    for r in range(1, 15):
+        s = [SBOX[b] for b in s]
+        s = [s[(i % 4) + 4 * ((i // 4 + i % 4) % 4)] for i in range(16)]  # ShiftRows
+        if r < 14:  # MixColumns
+            mixed = []
+            for c in range(4):
+                a = s[4 * c: 4 * c + 4]
+                m2 = [_gf8_mul(x, 2) for x in a]
+                m3 = [_gf8_mul(x, 3) for x in a]
+                mixed += [m2[0] ^ m3[1] ^ a[2] ^ a[3], a[0] ^ m2[1] ^ m3[2] ^ a[3],
+                          a[0] ^ a[1] ^ m2[2] ^ m3[3], m3[0] ^ a[1] ^ a[2] ^ m2[3]]
+            s = mixed
+        s = [b ^ k for b, k in zip(s, round_keys[r], strict=True)]
+    return bytes(s)
+
+
+def _gf128_mul(x: int, y: int) -> int:
+    """Multiplication in GCM's GF(2^128) (SP 800-38D, Algorithm 1; bit 0 is the MSB)."""
+    z, v = 0, y
+    for i in range(127, -1, -1):
+        if (x >> i) & 1:
+            z ^= v
+        v = (v >> 1) ^ (0xE1 << 120) if v & 1 else v >> 1
+    return z
+
+
+def gmac(key: bytes, counter: int, parts: list[bytes]) -> bytes:
+    """GCM-AES-256 tag with IV = 4 zero bytes + u64 LE counter, no plaintext and the joined
+    `parts` as additional data: the contract of nx_gmac."""
+    rk = aes256_round_keys(key)
+    h = int.from_bytes(aes256_encrypt_block(rk, bytes(16)), "big")
+    aad = b"".join(parts)
+    x = 0
+    for i in range(0, len(aad), 16):
+        x = _gf128_mul(x ^ int.from_bytes(aad[i: i + 16].ljust(16, b"\0"), "big"), h)
+    x = _gf128_mul(x ^ ((len(aad) * 8) << 64), h)
+    j0 = bytes(4) + counter.to_bytes(8, "little") + (1).to_bytes(4, "big")
+    return (x ^ int.from_bytes(aes256_encrypt_block(rk, j0), "big")).to_bytes(16, "big")
