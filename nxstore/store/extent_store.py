@@ -54,6 +54,7 @@ from .extent_group import (
 )
 from .extent_read import GROUPS_PER_CALL, MAX_GAP, StoredRecords, load_records, load_stored
 from .extent_recovery import recover
+from .extent_remote import RemoteGroups
 from .extent_table import PRESENT, ExtentTable
 from .fileutil import (
     fsync_dir,
@@ -63,6 +64,7 @@ from .fileutil import (
     write_checksummed,
 )
 from .fingerprint_index import save_index
+from .group_backend import BackendConfig, load_config, open_backend, save_config
 from .lockorder import Level, ordered_lock
 from .native import copy_runs, fingerprint_blocks, lz4_decompress_batch, verify_blocks
 from .parallel import HASH_PART_BYTES, split_rows
@@ -101,18 +103,24 @@ class ExtentStore:
         self._floor = 0  # durable: no id >= this was ever handed out
         self.floor_lost = False  # the floor file was damaged: the owner must raise_floor()
         self.cut_tails: list[str] = []  # group tails open cut as torn (kept in salvaged/)
+        self._remote: RemoteGroups | None = None  # where sealed groups go (None: all local)
+        self._pinned: set[int] = set()  # groups a read holds open: the cache keeps their fds
 
     # -- open / close -------------------------------------------------------------
     @classmethod
-    def open(cls, directory: str, block_size: int, *, create: bool = False) -> ExtentStore:
+    def open(cls, directory: str, block_size: int, *, create: bool = False,
+             backend: BackendConfig | None = None) -> ExtentStore:  # fmt: skip
         """Open (or with create=True, create if missing) the store in `directory`.
+        `backend` (create only): keep sealed groups there (group_backend.py), recorded in
+        the store's backend.conf; a store opened later uses what it records.
 
         Loads the table checkpoint, scans group bytes beyond it, truncates torn
         group tails, rebuilds the table (from the groups) or the index (from the
         table) when their file is missing or damaged, logging why. Damage found
         elsewhere is logged and kept for `scrub`. Raises NotFound (no store and
         not create), InvalidArgument (block size differs from the store's),
-        FormatError (a file from a newer version).
+        FormatError (a file from a newer version), and for a store on S3 NotFound
+        (bucket), AuthenticationError, ObjectStoreError (unreachable).
         """
         if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
             raise InvalidArgument(f"block size {block_size} is not a power of two in range")
@@ -122,9 +130,21 @@ class ExtentStore:
             make_private_dirs(directory)
             fsync_dir(os.path.dirname(os.path.abspath(directory)))
         self = cls(directory, block_size)
-        groups = recover(self, create)
-        if groups and self._glen.get(groups[-1], EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES:
-            self._active = groups[-1]
+        if backend is not None and create:
+            save_config(directory, backend)
+        config = load_config(directory)
+        if config is not None:
+            self._remote = RemoteGroups(directory, open_backend(config), config.cache_bytes)
+        try:
+            groups = recover(self, create)
+        except BaseException:
+            if self._remote is not None:
+                self._remote.close()
+            raise
+        last = groups[-1] if groups else None
+        if last is not None and self._glen.get(last, EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES \
+                and os.path.exists(self._path(group_file_name(last))):  # sealed ones are remote
+            self._active = last
         self._load_floor()
         self.sync()
         return self
@@ -209,6 +229,8 @@ class ExtentStore:
                 for fd in self._fds.values():
                     os.close(fd)
                 self._fds.clear()
+                if self._remote is not None:
+                    self._remote.close()
 
     def __enter__(self) -> ExtentStore:
         return self
@@ -232,7 +254,9 @@ class ExtentStore:
         try:
             fd = os.open(self._path(group_file_name(g)), os.O_RDWR)
         except FileNotFoundError:
-            raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
+            if self._remote is None or g not in self._remote.sizes:
+                raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
+            fd = self._open_remote(g)
         self._fds[g] = fd
         while len(self._fds) > _MAX_FDS:
             old, ofd = next(iter(self._fds.items()))
@@ -242,6 +266,44 @@ class ExtentStore:
             del self._fds[old]
             os.close(ofd)
         return fd
+
+    def _open_remote(self, g: int) -> int:
+        """An fd of remote group g's cache file (fetched first if need be); closes the fds
+        of groups the cache evicted. Raises Corruption (the object is missing),
+        ObjectStoreError, AuthenticationError."""
+        assert self._remote is not None
+        try:
+            path, evicted = self._remote.fetch(g, self._glen.get(g, 0), self._pinned)
+        except NotFound:
+            raise Corruption(f"extent group {group_file_name(g)} is missing from "
+                             f"{self._remote.backend.location}") from None  # fmt: skip
+        for h in evicted:
+            fd = self._fds.pop(h, None)
+            if fd is not None:
+                os.close(fd)
+        return os.open(path, os.O_RDONLY)
+
+    def group_size(self, g: int) -> int | None:
+        """Bytes of group g's file (local) or object (remote); None if neither exists."""
+        try:
+            return os.stat(self._path(group_file_name(g))).st_size
+        except FileNotFoundError:
+            return None if self._remote is None else self._remote.sizes.get(g)
+
+    def _upload_sealed(self) -> None:
+        """Put every sealed, synced local group once to the remote back end (see
+        extent_remote.py). Raises AlreadyExists, ObjectStoreError, AuthenticationError;
+        a group not uploaded stays local and is tried again at the next sync."""
+        assert self._remote is not None
+        open_groups = {self._active, self._gc_active}
+        for g in sorted(self._glen):
+            path = self._path(group_file_name(g))
+            if g in open_groups or g in self._remote.sizes or not os.path.exists(path):
+                continue
+            for h in self._remote.upload(g, path):
+                fd = self._fds.pop(h, None)
+                if fd is not None:
+                    os.close(fd)
 
     def _new_group(self) -> int:
         g = self._next_group
@@ -587,7 +649,9 @@ class ExtentStore:
     # -- durability -----------------------------------------------------------------------
     def sync(self) -> None:
         """Make every extent put so far durable (fdatasync of the groups written
-        since the last sync, then of the directory if a group was created)."""
+        since the last sync, then of the directory if a group was created). On S3, then
+        upload the sealed groups; raises AlreadyExists, ObjectStoreError or
+        AuthenticationError if that fails (what was synced stays durable locally)."""
         with self._lock:
             self._check_open()
             try:
@@ -597,6 +661,8 @@ class ExtentStore:
                 if self._dir_dirty:
                     fsync_dir(self.directory)
                     self._dir_dirty = False
+                if self._remote is not None:
+                    self._upload_sealed()
             except OSError as exc:
                 raise_os_error(exc, f"extent store {self.directory}")
 
