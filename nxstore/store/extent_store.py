@@ -295,7 +295,8 @@ class ExtentStore:
         extent_remote.py). Raises AlreadyExists, ObjectStoreError, AuthenticationError;
         a group not uploaded stays local and is tried again at the next sync."""
         assert self._remote is not None
-        open_groups = {self._active, self._gc_active}
+        open_groups = {g for g in (self._active, self._gc_active)
+                       if g is not None and self._glen[g] < EXTENT_GROUP_BYTES}  # fmt: skip
         for g in sorted(self._glen):
             path = self._path(group_file_name(g))
             if g in open_groups or g in self._remote.sizes or not os.path.exists(path):
