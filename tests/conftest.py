@@ -1,14 +1,17 @@
-"""Shared fixtures: a temporary cluster factory and a fake clock; the hypothesis profile."""
+"""Shared fixtures: a temporary cluster factory and a fake clock; the hypothesis profile; a
+real S3 server (SeaweedFS, s3server.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import settings
+from s3server import BUCKET, SeaweedServer
 
 from nxstore.store import lockorder
 
@@ -95,6 +98,24 @@ def make_cluster(tmp_path) -> Iterator[Callable[..., object]]:
     for c in opened:
         with contextlib.suppress(Exception):  # a test may leave a cluster broken on purpose
             c.close()
+
+
+@pytest.fixture(scope="session")
+def s3server() -> Iterator[SeaweedServer]:
+    """One real S3 server (SeaweedFS `weed mini` on 127.0.0.1) for the session; tests keep
+    apart by prefix (`s3_url`). Its absence fails the test, never skips it."""
+    server = SeaweedServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3server: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh s3:// URL (own prefix) on the session's server, its credentials in the
+    environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) for this test."""
+    for key, value in s3server.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:12]}"
 
 
 def pattern(seed: int, n: int) -> bytes:

@@ -30,7 +30,14 @@ from ..constants import (
     EXTENT_CACHE_DIR,
     S3_CACHE_BYTES,
 )
-from ..errors import AlreadyExists, Corruption, FormatError, InvalidArgument, NotFound
+from ..errors import (
+    AlreadyExists,
+    Corruption,
+    FormatError,
+    InvalidArgument,
+    NotFound,
+    ObjectStoreError,
+)
 from .extent_group import parse_group_name
 from .fileutil import (
     fsync_dir,
@@ -221,8 +228,11 @@ def open_backend(config: BackendConfig, *, check: bool = False) -> GroupBackend:
     """Connect to the back end of `config` (imports boto3 only now). With `check`, prove
     it works first: the bucket exists and the credentials are accepted (NotFound,
     AuthenticationError, ObjectStoreError otherwise)."""
-    from .s3_backend import S3Backend
-
+    try:
+        from .s3_backend import S3Backend
+    except ImportError as exc:  # boto3 is an optional dependency
+        raise ObjectStoreError(f"{config.url}: S3 needs boto3 (pip install 'nxstore[s3]'): "
+                               f"{exc}") from None  # fmt: skip
     backend = S3Backend(config)
     if check:
         backend.check()
