@@ -105,6 +105,7 @@ class ExtentStore:
         self.cut_tails: list[str] = []  # group tails open cut as torn (kept in salvaged/)
         self._remote: RemoteGroups | None = None  # where sealed groups go (None: all local)
         self._pinned: set[int] = set()  # groups a read holds open: the cache keeps their fds
+        self._group_bytes: int | None = None  # the back end's group size (None: the default)
 
     # -- open / close -------------------------------------------------------------
     @classmethod
@@ -135,6 +136,7 @@ class ExtentStore:
         config = load_config(directory)
         if config is not None:
             self._remote = RemoteGroups(directory, open_backend(config), config.cache_bytes)
+            self._group_bytes = config.group_bytes
         try:
             groups = recover(self, create)
         except BaseException:
@@ -142,7 +144,7 @@ class ExtentStore:
                 self._remote.close()
             raise
         last = groups[-1] if groups else None
-        if last is not None and self._glen.get(last, EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES \
+        if last is not None and self._glen.get(last, self._group_limit()) < self._group_limit() \
                 and os.path.exists(self._path(group_file_name(last))):  # sealed ones are remote
             self._active = last
         self._load_floor()
@@ -283,6 +285,10 @@ class ExtentStore:
                 os.close(fd)
         return os.open(path, os.O_RDONLY)
 
+    def _group_limit(self) -> int:
+        """Bytes past which a group is sealed and the next one started."""
+        return self._group_bytes or EXTENT_GROUP_BYTES
+
     def group_size(self, g: int) -> int | None:
         """Bytes of group g's file (local) or object (remote); None if neither exists."""
         try:
@@ -296,7 +302,7 @@ class ExtentStore:
         a group not uploaded stays local and is tried again at the next sync."""
         assert self._remote is not None
         open_groups = {g for g in (self._active, self._gc_active)
-                       if g is not None and self._glen[g] < EXTENT_GROUP_BYTES}  # fmt: skip
+                       if g is not None and self._glen[g] < self._group_limit()}  # fmt: skip
         for g in sorted(self._glen):
             path = self._path(group_file_name(g))
             if g in open_groups or g in self._remote.sizes or not os.path.exists(path):
@@ -323,7 +329,7 @@ class ExtentStore:
         self, buf: object, sizes: np.ndarray, slot: str
     ) -> tuple[np.ndarray, np.ndarray]:
         """Append encoded records (concatenated in `buf`) to the group in attribute
-        `slot`, starting a new group once one passes EXTENT_GROUP_BYTES. Returns
+        `slot`, starting a new group once one passes the group size. Returns
         each record's (group, offset). On an I/O error every touched group is cut
         back to its old length and the error re-raised."""
         k = len(sizes)
@@ -336,13 +342,14 @@ class ExtentStore:
         try:
             while i < k:
                 g = getattr(self, slot)
-                if g is None or self._glen[g] >= EXTENT_GROUP_BYTES:
+                limit = self._group_limit()
+                if g is None or self._glen[g] >= limit:
                     g = self._new_group()
                     setattr(self, slot, g)
                 start = self._glen[g]
                 touched.append((g, start))
                 j = min(
-                    k, i + 1 + int(np.searchsorted(ends[i:] - boff, EXTENT_GROUP_BYTES - start))
+                    k, i + 1 + int(np.searchsorted(ends[i:] - boff, limit - start))
                 )
                 nbytes = int(ends[j - 1]) - boff
                 fd, chunk, pos = self._fd(g), mv[boff : boff + nbytes], start

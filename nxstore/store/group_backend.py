@@ -28,6 +28,7 @@ from ..constants import (
     EXTENT_BACKEND_FILE,
     EXTENT_BACKEND_VERSION,
     EXTENT_CACHE_DIR,
+    EXTENT_GROUP_BYTES,
     S3_CACHE_BYTES,
 )
 from ..errors import (
@@ -158,7 +159,8 @@ class BackendConfig:
     an empty prefix), endpoint URL (None: the AWS default), region, credentials_file (an
     AWS-style INI file with aws_access_key_id / aws_secret_access_key in [default];
     None: the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables when the
-    store is opened), cache_bytes (the local read cache's bound)."""
+    store is opened), cache_bytes (the local read cache's bound), group_bytes (the size
+    past which a group is sealed; None: EXTENT_GROUP_BYTES)."""
 
     kind: str
     bucket: str = ""
@@ -167,6 +169,7 @@ class BackendConfig:
     region: str = "us-east-1"
     credentials_file: str | None = None
     cache_bytes: int = S3_CACHE_BYTES
+    group_bytes: int | None = None
 
     @property
     def url(self) -> str:
@@ -219,6 +222,8 @@ def load_config(directory: str) -> BackendConfig | None:
         config = BackendConfig(**json.loads(payload))
     except (ValueError, TypeError) as exc:
         raise Corruption(f"{path}: unreadable back-end config ({exc})") from None
+    if config.group_bytes is not None and not 0 < config.group_bytes <= EXTENT_GROUP_BYTES:
+        raise Corruption(f"{path}: group size {config.group_bytes} out of range")
     if config.kind != "s3":
         raise FormatError(f"{path}: unknown extent back end {config.kind!r}")
     return config
