@@ -50,6 +50,7 @@ EXTENT_BACKEND_FILE = "backend.conf"        # in EXTENT_DIR: where sealed groups
 EXTENT_BACKEND_VERSION = 1
 EXTENT_CACHE_DIR = "cache"                  # in EXTENT_DIR: the read cache of remote sealed groups
 S3_CACHE_BYTES = 1024 * 1024 * 1024         # bytes; default bound of that read cache
+S3_UPLOAD_PENDING_GROUPS = 4                # sealed groups awaiting upload before puts wait
 
 # --- block maps ----------------------------------------------------------------
 MAP_DIR = "maps"

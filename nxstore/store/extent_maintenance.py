@@ -124,7 +124,7 @@ def gc(store: ExtentStore, live: np.ndarray) -> dict[str, int]:
             fsync_dir(store.directory)
         if store._remote is not None:  # objects go only now that no checkpoint names them
             for g in drop:
-                if g in store._remote.sizes:
+                if store._remote.is_remote_or_pending(g):
                     store._remote.delete(g)
             stats["orphans_deleted"] = store._remote.delete_orphans(set(store._glen),
                                                                     store._next_group)

@@ -224,6 +224,8 @@ class ExtentStore:
                     self.checkpoint()
                 else:
                     self.sync()
+                if self._remote is not None:
+                    self._remote.wait_uploaded()
                 if self._floor > self._table.next_id and not self.floor_lost:
                     self._write_floor(self._table.next_id)  # a clean close reserves nothing
             finally:
@@ -256,7 +258,7 @@ class ExtentStore:
         try:
             fd = os.open(self._path(group_file_name(g)), os.O_RDWR)
         except FileNotFoundError:
-            if self._remote is None or g not in self._remote.sizes:
+            if self._remote is None or not self._remote.has(g):
                 raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
             fd = self._open_remote(g)
         self._fds[g] = fd
@@ -297,20 +299,30 @@ class ExtentStore:
             return None if self._remote is None else self._remote.sizes.get(g)
 
     def _upload_sealed(self) -> None:
-        """Put every sealed, synced local group once to the remote back end (see
-        extent_remote.py). Raises AlreadyExists, ObjectStoreError, AuthenticationError;
-        a group not uploaded stays local and is tried again at the next sync."""
+        """Hand every sealed, synced local group to the uploader (extent_remote.py), trim
+        the read cache, and raise the first upload failure since the last sync:
+        AlreadyExists, ObjectStoreError, AuthenticationError (the group stays local and
+        is enqueued again by the next sync)."""
         assert self._remote is not None
         open_groups = {g for g in (self._active, self._gc_active)
                        if g is not None and self._glen[g] < self._group_limit()}  # fmt: skip
         for g in sorted(self._glen):
             path = self._path(group_file_name(g))
-            if g in open_groups or g in self._remote.sizes or not os.path.exists(path):
+            if g in open_groups or self._remote.is_remote_or_pending(g) or not os.path.exists(path):
                 continue
-            for h in self._remote.upload(g, path):
-                fd = self._fds.pop(h, None)
-                if fd is not None:
-                    os.close(fd)
+            self._remote.enqueue(g, path)
+        for h in self._remote.evict(self._pinned):
+            fd = self._fds.pop(h, None)
+            if fd is not None:
+                os.close(fd)
+        self._remote.raise_error()
+
+    def wait_uploaded(self) -> None:
+        """sync, then block until every sealed group is on the remote back end (no-op
+        for a local store). Raises what `sync` raises, for the uploads too."""
+        self.sync()
+        if self._remote is not None:
+            self._remote.wait_uploaded()
 
     def _new_group(self) -> int:
         g = self._next_group
@@ -423,6 +435,8 @@ class ExtentStore:
         nz = np.flatnonzero(~zero)
         if not nz.size:
             return ids
+        if self._remote is not None:  # outside the lock: reads go on while uploads catch up
+            self._remote.wait_for_room()
         with self._lock:
             self._check_open()
             t = self._table
@@ -658,8 +672,9 @@ class ExtentStore:
     def sync(self) -> None:
         """Make every extent put so far durable (fdatasync of the groups written
         since the last sync, then of the directory if a group was created). On S3, then
-        upload the sealed groups; raises AlreadyExists, ObjectStoreError or
-        AuthenticationError if that fails (what was synced stays durable locally)."""
+        hand the sealed groups to the uploader; raises AlreadyExists, ObjectStoreError or
+        AuthenticationError if an upload failed since the last sync (what was synced
+        stays durable locally, and is uploaded by a later sync)."""
         with self._lock:
             self._check_open()
             try:

@@ -99,7 +99,7 @@ def test_gc_deletes_objects_only_once_unreferenced(tmp_path, s3server, s3_url):
     s = _s3_store(tmp_path, s3_url, s3server)
     keep = s.put_blocks(_blocks(4, 200))  # groups 1-4
     s.put_blocks(_blocks(5, 200))  # groups 4-7: dropped below
-    s.sync()
+    s.wait_uploaded()
     before = set(_keys(s3server, s3_url))
     assert len(before) >= 6
     real_delete = s._remote.backend.delete
@@ -132,7 +132,7 @@ def test_gc_that_cannot_delete_leaves_an_orphan_the_next_gc_removes(tmp_path, s3
     s = _s3_store(tmp_path, s3_url, s3server)
     keep = s.put_blocks(_blocks(6, 100))
     s.put_blocks(_blocks(7, 300))
-    s.sync()
+    s.wait_uploaded()
     real_delete = s._remote.backend.delete
 
     def unreachable(name: str) -> None:
@@ -186,7 +186,7 @@ def test_two_writers_racing_for_one_group(tmp_path, s3server, s3_url):
     def sync(i: int) -> None:
         start.wait()
         try:
-            stores[i].sync()
+            stores[i].wait_uploaded()
             results[i] = "won"
         except AlreadyExists as exc:
             results[i] = exc
@@ -204,7 +204,7 @@ def test_two_writers_racing_for_one_group(tmp_path, s3server, s3_url):
         assert np.array_equal(_read(stores[i], ids[i]), datas[i])
     assert os.path.exists(stores[loser]._path(group_file_name(1)))
     with pytest.raises(AlreadyExists):  # and it keeps refusing, never overwriting
-        stores[loser].sync()
+        stores[loser].wait_uploaded()
     for st in stores:
         st._remote.sizes.setdefault(1, 0)  # let the loser close without another upload
         st.close(checkpoint=False)
