@@ -285,3 +285,27 @@ def test_credentials_file_and_prefix_already_used(tmp_path, s3server, s3_url, mo
                                extent_store=s3_url, s3_endpoint=s3server.endpoint,
                                s3_credentials_file=str(creds))  # fmt: skip
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_read_cache_stays_within_its_bound(tmp_path, s3server, s3_url):
+    """A cache of 3 groups' bytes over 10 groups: reads stay correct, the cache directory
+    never holds more than its bound plus the groups one read holds open, and groups
+    evicted are fetched again (ranged GETs) when read again."""
+    bound = 3 * GROUP
+    s = _s3_store(tmp_path, s3_url, s3server, cache_bytes=bound)
+    data = _blocks(30, 640).reshape(640, BS)
+    ids = s.put_blocks(data)
+    s.wait_uploaded()
+    s.close()
+    cache = os.path.join(str(tmp_path / "ex"), EXTENT_CACHE_DIR)
+    shutil.rmtree(cache)
+    s = ExtentStore.open(str(tmp_path / "ex"), BS)
+    groups = len(set(s._table.group[ids.astype(np.int64)].tolist()))
+    assert groups >= 9
+    for _ in range(2):
+        for i in range(0, 640, 32):
+            assert np.array_equal(_read(s, ids[i : i + 32]), data[i : i + 32].reshape(-1))
+            held = sum(os.path.getsize(os.path.join(cache, n)) for n in os.listdir(cache))
+            assert held <= bound + 2 * (GROUP + 2 * (BS + 64)), held
+    assert s._remote.fetches >= 2 * groups - 3  # evicted groups were fetched again
+    s.close()
