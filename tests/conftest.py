@@ -118,6 +118,47 @@ def s3_url(s3server: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:12]}"
 
 
+S3_GROUP_BYTES = 64 * 1024  # bytes: the conformance runs' groups seal (and go to S3) this often
+
+
+@pytest.fixture
+def extent_groups_on_s3(s3server, monkeypatch, request):  # noqa: ANN001, ANN201
+    """For the S3 conformance modules: every cluster the test creates (Engine.create and
+    Cluster.create, so child processes opening it too) keeps its sealed extent groups on
+    the session's S3 server under a fresh prefix, with a group size of S3_GROUP_BYTES (or
+    the test module's own S3_GROUP_BYTES) recorded in its backend.conf. Fails the test if
+    it put no group on S3 (it proved nothing)."""
+    from dataclasses import replace
+
+    from nxstore.constants import DEFAULT_BLOCK_SIZE, EXTENT_DIR
+    from nxstore.store.engine import Engine
+    from nxstore.store.group_backend import load_config, save_config
+
+    for key, value in s3server.env.items():
+        monkeypatch.setenv(key, value)
+    create = Engine.create.__func__
+    prefixes: list[str] = []
+    group_bytes = getattr(request.module, "S3_GROUP_BYTES", S3_GROUP_BYTES)
+
+    def create_on_s3(cls, path, block_size=DEFAULT_BLOCK_SIZE, **kw):  # noqa: ANN001, ANN202
+        open_kw = {k: kw[k] for k in ("clock", "salvage", "background", "collapse_depth")
+                   if k in kw}  # fmt: skip
+        prefixes.append(f"conf-{uuid.uuid4().hex[:12]}")
+        kw.setdefault("extent_store", f"s3://{BUCKET}/{prefixes[-1]}")
+        kw.setdefault("s3_endpoint", s3server.endpoint)
+        create(cls, path, block_size, **{**kw, "background": False}).close()
+        extents = os.path.join(os.path.abspath(path), EXTENT_DIR)
+        save_config(extents, replace(load_config(extents), group_bytes=group_bytes))
+        return cls.open(path, **open_kw)
+
+    monkeypatch.setattr(Engine, "create", classmethod(create_on_s3))
+    yield
+    client = s3server.client()
+    objects = sum(client.list_objects_v2(Bucket=BUCKET, Prefix=f"{p}/").get("KeyCount", 0)
+                  for p in prefixes)  # fmt: skip
+    assert objects, "the test put no extent group on S3: it proves nothing here"
+
+
 def pattern(seed: int, n: int) -> bytes:
     """Deterministic pseudo-random bytes (incompressible) for tests."""
     import random

@@ -2,7 +2,7 @@
 every cluster's sealed extent groups on S3 (a real SeaweedFS on 127.0.0.1).
 
 The tests are imported from their modules, so pytest runs them here a second time, under
-this module's autouse fixture `on_s3`: every `Engine.create` / `Cluster.create` the test
+the fixture `extent_groups_on_s3` (tests/conftest.py): every `Engine.create` / `Cluster.create` the test
 (or a child process it starts) makes gets a fresh s3:// prefix, and its store records a
 64 KiB group size (backend.conf), so groups seal and go to S3 every 16 records. Crash
 children inherit the credentials through the environment and read the rest from the
@@ -15,13 +15,8 @@ groups, so >= 16 runs whatever defrag does).
 
 from __future__ import annotations
 
-import os
-import uuid
-from dataclasses import replace
-
 import pytest
 from hypothesis import HealthCheck, settings
-from s3server import BUCKET
 from test_concurrency import test_threads_on_one_and_several_vdisks  # noqa: F401
 from test_corruption import (  # noqa: F401 (collected again here, on S3)
     test_flipped_byte_in_catalogue,
@@ -45,49 +40,17 @@ from test_snapshots import (  # noqa: F401
     test_snapshots_are_immutable,
 )
 
-from nxstore.constants import DEFAULT_BLOCK_SIZE, EXTENT_DIR
-from nxstore.store.engine import Engine
-from nxstore.store.group_backend import load_config, save_config
-
-S3_GROUP_BYTES = 64 * 1024  # bytes: groups seal (and are uploaded) this often
-_OPEN_KW = ("clock", "salvage", "background", "collapse_depth")
-
-
-@pytest.fixture(autouse=True)
-def on_s3(s3server, monkeypatch):  # noqa: ANN001, ANN201
-    """Every cluster created during the test keeps its sealed groups on S3."""
-    for key, value in s3server.env.items():
-        monkeypatch.setenv(key, value)
-    create = Engine.create.__func__
-    prefixes: list[str] = []
-
-    def create_on_s3(cls, path, block_size=DEFAULT_BLOCK_SIZE, **kw):  # noqa: ANN001, ANN202
-        open_kw = {k: kw[k] for k in _OPEN_KW if k in kw}
-        prefixes.append(f"conf-{uuid.uuid4().hex[:12]}")
-        kw.setdefault("extent_store", f"s3://{BUCKET}/{prefixes[-1]}")
-        kw.setdefault("s3_endpoint", s3server.endpoint)
-        create(cls, path, block_size, **{**kw, "background": False}).close()
-        extents = os.path.join(os.path.abspath(path), EXTENT_DIR)
-        save_config(extents, replace(load_config(extents), group_bytes=S3_GROUP_BYTES))
-        return cls.open(path, **open_kw)
-
-    monkeypatch.setattr(Engine, "create", classmethod(create_on_s3))
-    yield
-    client = s3server.client()
-    objects = sum(client.list_objects_v2(Bucket=BUCKET, Prefix=f"{p}/").get("KeyCount", 0)
-                  for p in prefixes)  # fmt: skip
-    assert objects, "the test put no extent group on S3: it proves nothing here"
-
+pytestmark = pytest.mark.usefixtures("extent_groups_on_s3")
 
 _MODEL_SETTINGS = settings(max_examples=25, stateful_step_count=50, deadline=None,
                            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.mark.usefixtures("on_s3")
+@pytest.mark.usefixtures("extent_groups_on_s3")
 class TestEngineModelOnS3(EngineMachine.TestCase):
     settings = _MODEL_SETTINGS
 
 
-@pytest.mark.usefixtures("on_s3")
+@pytest.mark.usefixtures("extent_groups_on_s3")
 class TestEngineModelBackgroundOnS3(BackgroundEngineMachine.TestCase):
     settings = _MODEL_SETTINGS
