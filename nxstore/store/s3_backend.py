@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import configparser
 import logging
+import os
+import threading
 
 import boto3
 import botocore.exceptions
@@ -35,9 +37,15 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
 
 def _credentials(config: BackendConfig) -> dict[str, str]:
     """Keyword arguments giving the client its keys: from the credentials file when the
-    config names one, else {} (boto3 reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
+    config names one, else from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and
+    AWS_SESSION_TOKEN) as they are now, else {} (botocore's other sources)."""
     if config.credentials_file is None:
-        return {}
+        env = {"aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+               "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+               "aws_session_token": os.environ.get("AWS_SESSION_TOKEN")}  # fmt: skip
+        if not (env["aws_access_key_id"] and env["aws_secret_access_key"]):
+            return {}
+        return {k: v for k, v in env.items() if v}
     parser = configparser.ConfigParser()
     try:
         with open(config.credentials_file) as f:
@@ -53,6 +61,24 @@ def _credentials(config: BackendConfig) -> dict[str, str]:
             "aws_access_key_id and aws_secret_access_key") from None  # fmt: skip
 
 
+_session: boto3.session.Session | None = None  # one per process: a client from it costs ~10 ms
+_session_lock = threading.Lock()  # boto3 sessions are not thread-safe; their clients are
+
+
+def _client(config: BackendConfig) -> object:
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(
+            "s3", endpoint_url=config.endpoint, region_name=config.region,
+            config=Config(s3={"addressing_style": "path"},
+                          retries={"max_attempts": _ATTEMPTS, "mode": "standard"},
+                          connect_timeout=_CONNECT_TIMEOUT_S, read_timeout=_READ_TIMEOUT_S),
+            **_credentials(config),
+        )  # fmt: skip
+
+
 class S3Backend(GroupBackend):
     """GroupBackend on bucket `config.bucket` under `config.prefix` (see the module
     docstring). Thread-safe (one boto3 client)."""
@@ -64,13 +90,7 @@ class S3Backend(GroupBackend):
         where = config.endpoint or "the AWS endpoint"
         self._where = f"{self.location} at {where}"
         try:
-            self._client = boto3.session.Session().client(
-                "s3", endpoint_url=config.endpoint, region_name=config.region,
-                config=Config(s3={"addressing_style": "path"},
-                              retries={"max_attempts": _ATTEMPTS, "mode": "standard"},
-                              connect_timeout=_CONNECT_TIMEOUT_S, read_timeout=_READ_TIMEOUT_S),
-                **_credentials(config),
-            )  # fmt: skip
+            self._client = _client(config)
         except ValueError as exc:  # botocore rejects a malformed endpoint URL
             raise InvalidArgument(f"S3 endpoint {config.endpoint!r}: {exc}") from None
 

@@ -32,7 +32,6 @@ from test_crash import (  # noqa: F401
 from test_defrag import test_defragment_changes_no_image  # noqa: F401
 from test_engine_model import BackgroundEngineMachine, EngineMachine
 from test_snapshots import (  # noqa: F401
-    test_changed_blocks_property,
     test_clone_is_independent_and_shares_space,
     test_deep_chain_collapse_and_deletes,
     test_snapshot_basics_and_clock,
