@@ -1,16 +1,17 @@
-"""The engine's model, crash, corruption, snapshot and defrag tests, re-run unchanged with
-every cluster's sealed extent groups on S3 (a real SeaweedFS on 127.0.0.1).
+"""The engine's model, crash, corruption, snapshot, concurrency and defrag tests, re-run
+unchanged with every cluster's sealed extent groups on S3 (a real SeaweedFS on 127.0.0.1).
 
 The tests are imported from their modules, so pytest runs them here a second time, under
-the fixture `extent_groups_on_s3` (tests/conftest.py): every `Engine.create` / `Cluster.create` the test
-(or a child process it starts) makes gets a fresh s3:// prefix, and its store records a
-64 KiB group size (backend.conf), so groups seal and go to S3 every 16 records. Crash
-children inherit the credentials through the environment and read the rest from the
-recorded config. The fixture fails a test that put no group on S3. Tests that damage local
-extent group files by path are not here (on S3 a sealed group is an object:
-test_s3_extent_store.py damages those), nor tests too small to seal a group, nor the
-defrag tests that count a 1 MiB window's read runs (at 64 KiB groups a window spans 16
-groups, so >= 16 runs whatever defrag does).
+the fixture `extent_groups_on_s3` (tests/conftest.py): every `Engine.create` /
+`Cluster.create` the test (or a child process it starts) makes gets a fresh s3:// prefix,
+and its store records a 64 KiB group size (backend.conf), so groups seal and go to S3
+every 16 records. Crash children inherit the credentials through the environment and read
+the rest from the recorded config. The fixture fails a test that put no group on S3.
+Not here: tests that damage local extent group files by path (on S3 a sealed group is an
+object: test_s3_extent_store.py damages those); tests too small to seal a group, or whose
+hypothesis examples may not (test_changed_blocks_property); the defrag tests that count a
+1 MiB window's read runs (at 64 KiB groups a window spans 16 groups, so >= 16 runs
+whatever defrag does).
 """
 
 from __future__ import annotations
