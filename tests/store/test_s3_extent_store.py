@@ -232,7 +232,9 @@ def test_server_killed_mid_ingest_loses_nothing_acknowledged(make_cluster, s3_ur
                 server.start()
         assert failures, "writes while the server was down must fail clearly"
         path = c.path
-        c.close()
+        c.close()  # waits for the uploads the outage held back
+        local = [n for n in os.listdir(os.path.join(path, EXTENT_DIR)) if n.startswith("EG")]
+        assert len(local) <= 1, local  # only the group being filled stays local
         shutil.rmtree(os.path.join(path, EXTENT_DIR, EXTENT_CACHE_DIR), ignore_errors=True)
         c = make_cluster.open(path)
         for i, chunk in acked.items():
