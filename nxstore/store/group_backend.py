@@ -37,7 +37,6 @@ from ..errors import (
     FormatError,
     InvalidArgument,
     NotFound,
-    ObjectStoreError,
 )
 from .extent_group import parse_group_name
 from .fileutil import (
@@ -230,14 +229,10 @@ def load_config(directory: str) -> BackendConfig | None:
 
 
 def open_backend(config: BackendConfig, *, check: bool = False) -> GroupBackend:
-    """Connect to the back end of `config` (imports boto3 only now). With `check`, prove
-    it works first: the bucket exists and the credentials are accepted (NotFound,
-    AuthenticationError, ObjectStoreError otherwise)."""
-    try:
-        from .s3_backend import S3Backend
-    except ImportError as exc:  # boto3 is an optional dependency
-        raise ObjectStoreError(f"{config.url}: S3 needs boto3 (pip install 'nxstore[s3]'): "
-                               f"{exc}") from None  # fmt: skip
+    """Connect to the back end of `config` (imports boto3 only now; ObjectStoreError if it
+    is not installed). With `check`, prove it works first: the bucket exists and the
+    credentials are accepted (NotFound, AuthenticationError, ObjectStoreError otherwise)."""
+    from .s3_backend import S3Backend
     backend = S3Backend(config)
     if check:
         backend.check()

@@ -6,8 +6,9 @@ ConditionalRequestConflict while another conditional PUT of the key is in flight
 key exists, so two writers can never overwrite a group. Reads are ranged GETs. S3 PUTs are
 atomic: an object is complete or absent, never partial.
 
-Imported only when a store on S3 is opened (boto3 costs ~0.3 s to import; `import nxstore`
-and the CLI's start stay fast).
+boto3 (the `s3` extra) is imported only when a store on S3 is opened: it costs ~0.3 s to
+import, and `import nxstore` and the CLI's start stay fast; without it, opening such a
+store raises ObjectStoreError saying what to install.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ import configparser
 import logging
 import os
 import threading
-
-import boto3
-import botocore.exceptions
-from botocore.config import Config
 
 from ..errors import AlreadyExists, AuthenticationError, InvalidArgument, NotFound, ObjectStoreError
 from .group_backend import BackendConfig, GroupBackend, check_range
@@ -61,15 +58,28 @@ def _credentials(config: BackendConfig) -> dict[str, str]:
             "aws_access_key_id and aws_secret_access_key") from None  # fmt: skip
 
 
-_session: boto3.session.Session | None = None  # one per process: a client from it costs ~10 ms
+_session = None  # boto3.session.Session, one per process: a client from it costs ~10 ms
 _session_lock = threading.Lock()  # boto3 sessions are not thread-safe; their clients are
+
+
+def _boto() -> tuple[object, type, type]:
+    """(boto3, botocore ClientError, botocore BotoCoreError), imported now."""
+    try:
+        import boto3
+        import botocore.exceptions
+    except ImportError as exc:
+        raise ObjectStoreError(f"S3 needs boto3 (pip install 'nxstore[s3]'): {exc}") from None
+    return boto3, botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError
 
 
 def _client(config: BackendConfig) -> object:
     global _session
+    boto3, _, _ = _boto()
+    from botocore.config import Config
+
     with _session_lock:
         if _session is None:
-            _session = boto3.session.Session()
+            _session = boto3.session.Session()  # type: ignore[attr-defined]
         return _session.client(
             "s3", endpoint_url=config.endpoint, region_name=config.region,
             config=Config(s3={"addressing_style": "path"},
@@ -77,6 +87,12 @@ def _client(config: BackendConfig) -> object:
                           connect_timeout=_CONNECT_TIMEOUT_S, read_timeout=_READ_TIMEOUT_S),
             **_credentials(config),
         )  # fmt: skip
+
+
+def _code(exc: Exception) -> str:
+    """The S3 error code of a botocore ClientError ("" for anything else)."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
 
 
 class S3Backend(GroupBackend):
@@ -87,52 +103,51 @@ class S3Backend(GroupBackend):
         self.bucket = config.bucket
         self._prefix = f"{config.prefix}/" if config.prefix else ""
         self.location = config.url
-        where = config.endpoint or "the AWS endpoint"
-        self._where = f"{self.location} at {where}"
+        self._where = f"{self.location} at {config.endpoint or 'the AWS endpoint'}"
+        _, self._client_error, self._boto_error = _boto()
         try:
             self._client = _client(config)
         except ValueError as exc:  # botocore rejects a malformed endpoint URL
             raise InvalidArgument(f"S3 endpoint {config.endpoint!r}: {exc}") from None
 
     def _fail(self, exc: Exception, what: str) -> Exception:
-        """The nxstore error for boto3 exception `exc` raised while doing `what`."""
-        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        """The nxstore error for `exc`, raised by boto3 while doing `what` (any other
+        exception is returned as it is)."""
+        if type(exc).__name__ == "NoCredentialsError":
             return AuthenticationError(
                 f"{self._where}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or give a credentials file)")  # fmt: skip
-        if isinstance(exc, botocore.exceptions.ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+        if isinstance(exc, self._client_error):
+            code = _code(exc)
             if code in _DENIED:
                 return AuthenticationError(f"{self._where}: {what}: credentials refused ({code})")
             if code == "NoSuchBucket":
                 return NotFound(f"{self._where}: bucket {self.bucket} does not exist")
             return ObjectStoreError(f"{self._where}: {what}: {code or exc}")
-        return ObjectStoreError(f"{self._where}: {what}: {exc}")
+        if isinstance(exc, self._boto_error):
+            return ObjectStoreError(f"{self._where}: {what}: {exc}")
+        return exc
 
     def check(self) -> None:
         """Prove the bucket exists and the credentials work (a HEAD of the bucket and a
         one-key listing). Raises NotFound, AuthenticationError, ObjectStoreError."""
         try:
             self._client.head_bucket(Bucket=self.bucket)
-        except botocore.exceptions.ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in {"404", "NoSuchBucket"}:
+        except Exception as exc:
+            if _code(exc) in {"404", "NoSuchBucket"}:
                 raise NotFound(f"{self._where}: bucket {self.bucket} does not exist") from None
             raise self._fail(exc, "checking the bucket") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise self._fail(exc, "connecting") from None
         self._list(1)
 
     def put_once(self, name: str, data: bytes | memoryview) -> None:
         try:
             self._client.put_object(Bucket=self.bucket, Key=self._prefix + name,
                                     Body=bytes(data), IfNoneMatch="*")  # fmt: skip
-        except botocore.exceptions.ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code in _EXISTS or status in _EXISTS:
+        except Exception as exc:
+            status = str(getattr(exc, "response", {}).get("ResponseMetadata", {})
+                         .get("HTTPStatusCode", ""))  # fmt: skip
+            if isinstance(exc, self._client_error) and (_code(exc) in _EXISTS or status in _EXISTS):
                 raise AlreadyExists(f"{self._where}: {name} already exists") from None
-            raise self._fail(exc, f"uploading {name}") from None
-        except botocore.exceptions.BotoCoreError as exc:
             raise self._fail(exc, f"uploading {name}") from None
 
     def get(self, name: str, offset: int, length: int) -> bytes:
@@ -144,14 +159,11 @@ class S3Backend(GroupBackend):
             resp = self._client.get_object(Bucket=self.bucket, Key=self._prefix + name,
                                            Range=f"bytes={offset}-{offset + length - 1}")  # fmt: skip
             return resp["Body"].read()
-        except botocore.exceptions.ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _MISSING:
+        except Exception as exc:
+            if _code(exc) in _MISSING:
                 raise NotFound(f"{self._where}: {name} does not exist") from None
-            if code == "InvalidRange":  # at or past the end
+            if _code(exc) == "InvalidRange":  # at or past the end
                 return b""
-            raise self._fail(exc, f"reading {name}") from None
-        except botocore.exceptions.BotoCoreError as exc:
             raise self._fail(exc, f"reading {name}") from None
 
     def _list(self, limit: int | None = None) -> dict[str, int]:
@@ -166,9 +178,7 @@ class S3Backend(GroupBackend):
                     name = obj["Key"][n:]
                     if name and "/" not in name:
                         out[name] = int(obj["Size"])
-        except botocore.exceptions.ClientError as exc:
-            raise self._fail(exc, "listing") from None
-        except botocore.exceptions.BotoCoreError as exc:
+        except Exception as exc:
             raise self._fail(exc, "listing") from None
         return out
 
@@ -178,13 +188,9 @@ class S3Backend(GroupBackend):
     def delete(self, name: str) -> None:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self._prefix + name)
-        except botocore.exceptions.ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING:
-                return
-            raise self._fail(exc, f"deleting {name}") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise self._fail(exc, f"deleting {name}") from None
+        except Exception as exc:
+            if _code(exc) not in _MISSING:
+                raise self._fail(exc, f"deleting {name}") from None
 
     def close(self) -> None:
         self._client.close()
-

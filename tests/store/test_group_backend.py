@@ -136,3 +136,19 @@ def test_ranged_get_matches_slicing(backend, data, ranges):
     backend.put_once(name, data)
     for offset, length in ranges:
         assert backend.get(name, offset, length) == data[offset : offset + length]
+
+
+def test_without_boto3_an_s3_store_is_a_clear_error(monkeypatch, tmp_path):
+    """boto3 is the optional `s3` extra: without it the wheel imports, local clusters work,
+    and creating one on S3 says what to install (nothing is created)."""
+    import sys
+
+    import nxstore
+    from nxstore.errors import ObjectStoreError
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # `import boto3` raises ImportError
+    with pytest.raises(ObjectStoreError, match=r"nxstore\[s3\]"):
+        nxstore.Cluster.create(str(tmp_path / "c"), extent_store="s3://bucket/x",
+                               s3_endpoint="http://127.0.0.1:9", background=False)  # fmt: skip
+    assert not (tmp_path / "c").exists()
+    nxstore.Cluster.create(str(tmp_path / "local"), background=False).close()
