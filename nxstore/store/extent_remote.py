@@ -35,7 +35,7 @@ from collections import OrderedDict
 from ..constants import S3_UPLOAD_PENDING_GROUPS
 from ..errors import AlreadyExists, NxError, ObjectStoreError
 from .extent_group import group_file_name, parse_group_name
-from .fileutil import fsync_dir
+from .fileutil import fsync_dir, open_private
 from .group_backend import GroupBackend, cache_dir
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class RemoteGroups:
             want = max(length, self.sizes.get(g, 0))
         name = group_file_name(g)
         tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:  # owner-only
             try:
                 at = 0
                 while at < want:

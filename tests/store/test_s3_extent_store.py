@@ -77,6 +77,9 @@ def test_cluster_round_trip_after_reopen_with_an_empty_cache(make_cluster, s3ser
     assert c.vdisk("v").snapshots()[0].read(0, len(data)) == data
     assert c.ctx.store._remote.fetches >= 16  # read from S3, not from a local copy
     assert c.scrub() == []
+    for top, dirs, files in os.walk(os.path.join(path, EXTENT_DIR)):  # owner-only, cache too
+        assert all(os.stat(os.path.join(top, d)).st_mode & 0o777 == 0o700 for d in dirs)
+        assert all(os.stat(os.path.join(top, f)).st_mode & 0o777 == 0o600 for f in files)
     del snap
 
 
