@@ -314,3 +314,60 @@ def test_read_cache_stays_within_its_bound(tmp_path, s3server, s3_url):
             assert held <= bound + 2 * (GROUP + 2 * (BS + 64)), held
     assert s._remote.fetches >= 2 * groups - 3  # evicted groups were fetched again
     s.close()
+
+
+_CRASH_CHILD = """
+import os, signal, sys
+import numpy as np
+import nxstore.store.extent_store as es
+import nxstore.store.extent_remote as er
+from nxstore.store.extent_store import ExtentStore
+from nxstore.store.group_backend import parse_extent_store
+
+path, url, endpoint, point, group = sys.argv[1:6]
+es.EXTENT_GROUP_BYTES = int(group)
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+s = ExtentStore.open(path, 4096, create=True,
+                     backend=parse_extent_store(url, endpoint=endpoint))
+keep = s.put_blocks(np.random.default_rng(40).integers(0, 256, 100 * 4096, dtype=np.uint8))
+s.put_blocks(np.random.default_rng(41).integers(0, 256, 300 * 4096, dtype=np.uint8))
+np.save(path + ".keep.npy", keep)
+if point == "before-move":  # the object is complete, the local file not yet moved
+    er.os.replace = die
+    s.sync()
+    s.wait_uploaded()
+s.wait_uploaded()
+if point == "gc-before-delete":  # the checkpoint no longer names them, the objects remain
+    s._remote.backend.delete = die
+    s.gc(keep)
+"""
+
+
+@pytest.mark.parametrize("point", ["before-move", "gc-before-delete"])
+def test_killed_between_steps_leaves_nothing_dangling(tmp_path, s3server, s3_url, point):
+    """SIGKILL between an upload and the move into the cache, or between gc's checkpoint
+    and its deletes: the reopened store reads everything it names, keeps no group both
+    local and remote, and deletes the orphan objects."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "ex")
+    proc = subprocess.run([sys.executable, "-c", _CRASH_CHILD, path, s3_url, s3server.endpoint,
+                           point, str(GROUP)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    keep = np.load(path + ".keep.npy")
+    local = {n for n in os.listdir(path) if n.startswith("EG")}
+    if point == "before-move":
+        assert local and set(_keys(s3server, s3_url)) & local  # both local and remote
+    else:  # objects the durable checkpoint no longer names
+        ckpt = load_checkpoint(os.path.join(path, EXTENT_TABLE_FILE))
+        assert set(_keys(s3server, s3_url)) - {group_file_name(g) for g in ckpt.groups}
+    s = ExtentStore.open(path, BS)
+    named = {group_file_name(g) for g in s._glen}
+    assert set(_keys(s3server, s3_url)) <= named  # no orphan left
+    local_now = {n for n in os.listdir(path) if n.startswith("EG")}
+    assert not local_now & set(_keys(s3server, s3_url))  # none both local and remote
+    assert np.array_equal(_read(s, keep), np.random.default_rng(40).integers(
+        0, 256, 100 * BS, dtype=np.uint8))
+    assert s.scrub() == []
+    s.close()
