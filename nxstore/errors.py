@@ -95,7 +95,8 @@ class FrameCorruption(ProtocolError, Corruption):
 
 
 class AuthenticationError(NxError):
-    """The peer failed the shared-secret challenge-response (or rejected ours)."""
+    """The peer failed the shared-secret challenge-response (or rejected ours), or an
+    object store (S3) refused the credentials."""
 
 
 class WitnessUnreachable(NxError):
@@ -119,3 +120,8 @@ class GenerationUnverifiable(Corruption):
 class MetroFenced(NxError):
     """Metro: another site holds the epoch, so this site may not acknowledge writes."""
 
+
+class ObjectStoreError(NxError):
+    """The object store holding sealed extent groups (S3) failed or could not be reached:
+    nothing acknowledged is lost (groups stay on the local disk until uploaded); retry once
+    it is back."""

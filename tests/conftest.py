@@ -1,14 +1,17 @@
-"""Shared fixtures: a temporary cluster factory and a fake clock; the hypothesis profile."""
+"""Shared fixtures: a temporary cluster factory and a fake clock; the hypothesis profile; a
+real S3 server (SeaweedFS, s3server.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import settings
+from s3server import BUCKET, SeaweedServer
 
 from nxstore.store import lockorder
 
@@ -95,6 +98,65 @@ def make_cluster(tmp_path) -> Iterator[Callable[..., object]]:
     for c in opened:
         with contextlib.suppress(Exception):  # a test may leave a cluster broken on purpose
             c.close()
+
+
+@pytest.fixture(scope="session")
+def s3server() -> Iterator[SeaweedServer]:
+    """One real S3 server (SeaweedFS `weed mini` on 127.0.0.1) for the session; tests keep
+    apart by prefix (`s3_url`). Its absence fails the test, never skips it."""
+    server = SeaweedServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3server: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh s3:// URL (own prefix) on the session's server, its credentials in the
+    environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) for this test."""
+    for key, value in s3server.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:12]}"
+
+
+S3_GROUP_BYTES = 64 * 1024  # bytes: the conformance runs' groups seal (and go to S3) this often
+
+
+@pytest.fixture
+def extent_groups_on_s3(s3server, monkeypatch, request):  # noqa: ANN001, ANN201
+    """For the S3 conformance modules: every cluster the test creates (Engine.create and
+    Cluster.create, so child processes opening it too) keeps its sealed extent groups on
+    the session's S3 server under a fresh prefix, with a group size of S3_GROUP_BYTES (or
+    the test module's own S3_GROUP_BYTES) recorded in its backend.conf. Fails the test if
+    it put no group on S3 (it proved nothing)."""
+    from dataclasses import replace
+
+    from nxstore.constants import DEFAULT_BLOCK_SIZE, EXTENT_DIR
+    from nxstore.store.engine import Engine
+    from nxstore.store.group_backend import load_config, save_config
+
+    for key, value in s3server.env.items():
+        monkeypatch.setenv(key, value)
+    create = Engine.create.__func__
+    prefixes: list[str] = []
+    group_bytes = getattr(request.module, "S3_GROUP_BYTES", S3_GROUP_BYTES)
+
+    def create_on_s3(cls, path, block_size=DEFAULT_BLOCK_SIZE, **kw):  # noqa: ANN001, ANN202
+        open_kw = {k: kw[k] for k in ("clock", "salvage", "background", "collapse_depth")
+                   if k in kw}  # fmt: skip
+        prefixes.append(f"conf-{uuid.uuid4().hex[:12]}")
+        kw.setdefault("extent_store", f"s3://{BUCKET}/{prefixes[-1]}")
+        kw.setdefault("s3_endpoint", s3server.endpoint)
+        create(cls, path, block_size, **{**kw, "background": False}).close()
+        extents = os.path.join(os.path.abspath(path), EXTENT_DIR)
+        save_config(extents, replace(load_config(extents), group_bytes=group_bytes))
+        return cls.open(path, **open_kw)
+
+    monkeypatch.setattr(Engine, "create", classmethod(create_on_s3))
+    yield
+    client = s3server.client()
+    objects = sum(client.list_objects_v2(Bucket=BUCKET, Prefix=f"{p}/").get("KeyCount", 0)
+                  for p in prefixes)  # fmt: skip
+    assert objects, "the test put no extent group on S3: it proves nothing here"
 
 
 def pattern(seed: int, n: int) -> bytes:

@@ -140,3 +140,13 @@ def test_the_parser_of_one_command_helps_like_the_full_one():
         one = _helps(build_parser(command))
         assert set(one) == {""} | {p for p in full if p.split()[:1] == [command]}, command
         assert all(text == full[path] for path, text in one.items()), command
+
+
+def test_boto3_is_imported_only_by_a_store_on_s3(tmp_path):
+    """boto3 costs ~0.3 s to import: a local cluster, `nxstore create` and the CLI never
+    load it (the S3 back end imports it when a store on S3 opens)."""
+    code = ("import sys, nxstore\nnxstore.Cluster.create(sys.argv[1], background=False).close()\n"
+            "nxstore.Cluster.open(sys.argv[1], background=False).close()\n"
+            "from nxstore.cli import main\nmain(['create', sys.argv[1] + '2'])\n"
+            "assert not {'boto3', 'botocore'} & set(sys.modules), 'boto3 was imported'\n")
+    loaded(code, str(tmp_path / "c"))

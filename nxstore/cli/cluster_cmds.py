@@ -17,6 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="PATH")
     p.add_argument("--block-size", type=size_arg, default=DEFAULT_BLOCK_SIZE, metavar="N",
                    help=f"block size, a power of two from 4K to 64K (default {DEFAULT_BLOCK_SIZE // 1024}K)")
+    p.add_argument("--extent-store", metavar="s3://BUCKET[/PREFIX]",
+                   help="keep sealed extent groups in this S3 bucket (default: the local disk); "
+                        "keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or --s3-credentials-file")
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint, e.g. http://127.0.0.1:8333")
+    p.add_argument("--s3-credentials-file", metavar="FILE",
+                   help="AWS-style INI file ([default] aws_access_key_id, aws_secret_access_key)")
+    p.add_argument("--s3-cache-size", type=size_arg, metavar="SIZE",
+                   help="bound of the local read cache of S3 groups (default 1G)")
     p.set_defaults(func=cmd_create)
 
     p = sub.add_parser("info", help="space statistics: logical vs stored bytes, dedup and compression")
@@ -72,9 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_create(args: argparse.Namespace) -> int:
     from ..cluster import Cluster
 
-    with Cluster.create(args.path, block_size=args.block_size, background=False):
+    with Cluster.create(args.path, block_size=args.block_size, background=False,
+                        extent_store=args.extent_store, s3_endpoint=args.s3_endpoint,
+                        s3_credentials_file=args.s3_credentials_file,
+                        s3_cache_bytes=args.s3_cache_size):  # fmt: skip
         pass
-    print(f"created cluster {args.path} (block size {human(args.block_size)})")
+    where = f", sealed extent groups in {args.extent_store}" if args.extent_store else ""
+    print(f"created cluster {args.path} (block size {human(args.block_size)}{where})")
     return 0
 
 

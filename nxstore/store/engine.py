@@ -60,6 +60,7 @@ from .context import ClusterContext
 from .drainer import Drainer
 from .extent_store import ExtentStore
 from .fileutil import fsync_dir, open_private, tighten_dir
+from .group_backend import check_empty_backend, parse_extent_store
 from .layers import LayerTree
 from .layout import build_cluster_dir
 from .lockorder import Level, ordered_lock
@@ -139,9 +140,20 @@ class Engine:
     def create(cls: type[_E], path: str, block_size: int = DEFAULT_BLOCK_SIZE, *,
                site_name: str | None = None, clock: Callable[[], float] | None = None,
                salvage: bool = False, background: bool = True,
-               collapse_depth: int = CHAIN_COLLAPSE_DEPTH) -> _E:
+               collapse_depth: int = CHAIN_COLLAPSE_DEPTH, extent_store: str | None = None,
+               s3_endpoint: str | None = None, s3_credentials_file: str | None = None,
+               s3_cache_bytes: int | None = None) -> _E:  # fmt: skip
         """Create a new cluster directory and open it. `site_name` (default: the
         directory's name) is how peers name this cluster's replicas.
+
+        `extent_store` "s3://BUCKET[/PREFIX]" keeps sealed extent groups in that bucket
+        (default None: all on the local disk) at `s3_endpoint` (an http(s) URL; None: AWS),
+        with the keys of `s3_credentials_file` (AWS INI form; None: the AWS_ACCESS_KEY_ID
+        and AWS_SECRET_ACCESS_KEY environment variables) and a local read cache of at
+        most `s3_cache_bytes` (default S3_CACHE_BYTES); recorded in the cluster, so `open`
+        uses it. The bucket is checked first: NotFound (no bucket), AuthenticationError
+        (credentials refused), ObjectStoreError (unreachable), AlreadyExists (the prefix
+        already holds extent groups); nothing is created then.
 
         Raises AlreadyExists if `path` exists and is not an empty directory,
         InvalidArgument unless block_size is a power of two in 4-64 KiB, NoSpace.
@@ -160,10 +172,18 @@ class Engine:
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
             raise NotFound(f"parent directory {parent} does not exist")
+        backend = None
+        if extent_store is not None:
+            backend = parse_extent_store(extent_store, endpoint=s3_endpoint,
+                                         credentials_file=s3_credentials_file,
+                                         cache_bytes=s3_cache_bytes)  # fmt: skip
+            check_empty_backend(backend)
+        elif (s3_endpoint, s3_credentials_file, s3_cache_bytes) != (None, None, None):
+            raise InvalidArgument("S3 options need extent_store='s3://BUCKET[/PREFIX]'")
         tmp = f"{path}.creating.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            build_cluster_dir(tmp, bs, site_name)
+            build_cluster_dir(tmp, bs, site_name, backend)
             if os.path.isdir(path):
                 os.rmdir(path)
             os.rename(tmp, path)

@@ -52,7 +52,9 @@ def gc(store: ExtentStore, live: np.ndarray) -> dict[str, int]:
     gc group is sealed first), delete groups with nothing live. Checkpoints when
     anything changed. Returns extents_freed, bytes_freed (stored bytes + headers
     of freed extents), groups_compacted, groups_deleted (compacted ones
-    included), file_bytes_reclaimed.
+    included), file_bytes_reclaimed, and on S3 orphans_deleted (objects no checkpoint
+    names: a crash or an unreachable store kept an earlier delete from happening).
+    On S3 a group's object is deleted after the checkpoint that stops naming it.
     A group that fails verification is left alone and reported by scrub."""
     with store._lock:
         store._check_open()
@@ -120,6 +122,12 @@ def gc(store: ExtentStore, live: np.ndarray) -> dict[str, int]:
                 os.unlink(store._path(group_file_name(g)))
         if drop:
             fsync_dir(store.directory)
+        if store._remote is not None:  # objects go only now that no checkpoint names them
+            for g in drop:
+                if store._remote.is_remote_or_pending(g):
+                    store._remote.delete(g)
+            stats["orphans_deleted"] = store._remote.delete_orphans(set(store._glen),
+                                                                    store._next_group)
         stats["groups_compacted"] = len(done)
         stats["groups_deleted"] = len(drop)
         stats["file_bytes_reclaimed"] = old_bytes - written
@@ -288,9 +296,8 @@ def scrub(store: ExtentStore, progress: Callable[[int, int], None] | None = None
         ids = ids[np.lexsort((t.offset[ids], t.group[ids]))]
         for g, length in sorted(store._glen.items()):
             path = store._path(group_file_name(g))
-            try:
-                size = os.stat(path).st_size
-            except FileNotFoundError:
+            size = store.group_size(g)
+            if size is None:
                 problems.append(f"extent group {path} is missing")
                 continue
             if size < length:

@@ -280,15 +280,21 @@ def _read_runs(
     for c in range(0, len(edges) - 1, GROUPS_PER_CALL):
         span = edges[c : c + GROUPS_PER_CALL + 1]
         opened = len(why)
+        # the call's fds stay open until its preadv (a remote group's fetch may evict others)
+        store._pinned = {int(groups[a]) for a in span[:-1]}
         for a, b in zip(span[:-1], span[1:], strict=True):
             try:
                 runs[a:b, 0] = store._fd(int(groups[a]))
             except (Corruption, OSError) as exc:
                 why.update(dict.fromkeys(range(a, b), str(exc)))
+            except BaseException:
+                store._pinned = set()
+                raise
         sel: slice | np.ndarray = slice(span[0], span[-1])
         if len(why) > opened:  # leave out the runs of groups that did not open
             sel = np.setdiff1d(np.arange(span[0], span[-1]), list(why))
         got[sel] = preadv_runs(buffers, iov, runs[sel], _IOV_LIMIT)
+        store._pinned = set()
     failed = got < 0  # -errno
     if failed.any():
         for r in np.flatnonzero(failed).tolist():

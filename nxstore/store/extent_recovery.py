@@ -54,6 +54,8 @@ def recover(store: ExtentStore, create: bool) -> list[int]:
         if ".tmp." in name:
             os.unlink(os.path.join(directory, name))
     groups = sorted(g for g in map(parse_group_name, names) if g is not None)
+    if store._remote is not None:
+        groups = _merge_remote(store, groups)
     try:
         ckpt = load_checkpoint(ckpt_path)
     except Corruption as exc:
@@ -73,8 +75,11 @@ def recover(store: ExtentStore, create: bool) -> list[int]:
         for g in groups:  # left behind by a gc that checkpointed, then crashed
             if g < ckpt.next_group and g not in covered:
                 log.info("%s: removing compacted group %s", directory, group_file_name(g))
-                os.unlink(store._path(group_file_name(g)))
-                store._dir_dirty = True
+                if os.path.exists(store._path(group_file_name(g))):
+                    os.unlink(store._path(group_file_name(g)))
+                    store._dir_dirty = True
+                if store._remote is not None and g in store._remote.sizes:
+                    store._remote.delete(g)  # an orphan if unreachable: the next gc retries
         groups = [g for g in groups if g in covered or g >= ckpt.next_group]
         for g in sorted(set(covered) - set(groups)):
             store._problem(f"extent group {store._path(group_file_name(g))} is missing")
@@ -97,11 +102,33 @@ def recover(store: ExtentStore, create: bool) -> list[int]:
     return groups
 
 
+def _merge_remote(store: ExtentStore, local: list[int]) -> list[int]:
+    """Every group, local or remote, ascending. A group found in both (a crash between
+    its upload and the move into the cache) is moved into the cache when the object is
+    complete, else kept local (its next upload compares them)."""
+    assert store._remote is not None
+    remote = store._remote.load()
+    for g in local:
+        if g in remote and store._remote.adopt_local(g, store._path(group_file_name(g))):
+            log.info("%s: %s was uploaded; moved into the read cache", store.directory,
+                     group_file_name(g))  # fmt: skip
+            store._dir_dirty = True
+    return sorted(set(local) | set(remote))
+
+
+def _head(store: ExtentStore, g: int) -> bytes:
+    """The first bytes (a record header) of group g, local or remote."""
+    path = store._path(group_file_name(g))
+    if store._remote is not None and not os.path.exists(path):
+        return store._remote.head(g, HEADER_BYTES)
+    with open(path, "rb") as f:
+        return f.read(HEADER_BYTES)
+
+
 def _check_block_size(store: ExtentStore, groups: list[int]) -> None:
     """Refuse (before any truncation) groups written with another block size."""
     for g in groups:
-        with open(store._path(group_file_name(g)), "rb") as f:
-            head = f.read(HEADER_BYTES)
+        head = _head(store, g)
         if len(head) == HEADER_BYTES and head[:4] == RECORD_MAGIC:
             raw = int.from_bytes(head[16:20], "little")
             if raw != store.block_size:
@@ -117,9 +144,13 @@ def _recover_groups(store: ExtentStore, groups: list[int], covered: dict[int, in
     t = store._table
     added = []
     for g in groups:
+        size = store.group_size(g) or 0
+        start = covered.get(g, 0)
+        if size == start:  # nothing beyond the checkpoint (no need to fetch a remote group)
+            store._glen[g] = start
+            continue
         fd = store._fd(g)
         size = os.fstat(fd).st_size
-        start = covered.get(g, 0)
         if size < start:
             store._problem(
                 f"{store._path(group_file_name(g))} is {size} bytes, checkpoint covers {start}"
@@ -129,7 +160,11 @@ def _recover_groups(store: ExtentStore, groups: list[int], covered: dict[int, in
         res = scan_group(fd, store._path(group_file_name(g)), start, size, store.block_size)
         for p in res.problems:
             store._problem(p)
-        if res.torn:
+        sealed = not os.path.exists(store._path(group_file_name(g)))  # remote: never cut
+        if res.torn and sealed:
+            store._problem(f"{group_file_name(g)} in {store._remote.backend.location}: "  # type: ignore[union-attr]
+                           f"bad bytes from offset {res.end} on (damaged object)")  # fmt: skip
+        elif res.torn:
             path = store._path(group_file_name(g))
             log.warning("%s: dropping torn tail at offset %d (%d bytes)", path, res.end, size - res.end)
             # Kept, not destroyed: were the tail synced after all (damage, not a crash), a

@@ -54,6 +54,7 @@ from .extent_group import (
 )
 from .extent_read import GROUPS_PER_CALL, MAX_GAP, StoredRecords, load_records, load_stored
 from .extent_recovery import recover
+from .extent_remote import RemoteGroups
 from .extent_table import PRESENT, ExtentTable
 from .fileutil import (
     fsync_dir,
@@ -63,6 +64,7 @@ from .fileutil import (
     write_checksummed,
 )
 from .fingerprint_index import save_index
+from .group_backend import BackendConfig, load_config, open_backend, save_config
 from .lockorder import Level, ordered_lock
 from .native import copy_runs, fingerprint_blocks, lz4_decompress_batch, verify_blocks
 from .parallel import HASH_PART_BYTES, split_rows
@@ -101,18 +103,25 @@ class ExtentStore:
         self._floor = 0  # durable: no id >= this was ever handed out
         self.floor_lost = False  # the floor file was damaged: the owner must raise_floor()
         self.cut_tails: list[str] = []  # group tails open cut as torn (kept in salvaged/)
+        self._remote: RemoteGroups | None = None  # where sealed groups go (None: all local)
+        self._pinned: set[int] = set()  # groups a read holds open: the cache keeps their fds
+        self._group_bytes: int | None = None  # the back end's group size (None: the default)
 
     # -- open / close -------------------------------------------------------------
     @classmethod
-    def open(cls, directory: str, block_size: int, *, create: bool = False) -> ExtentStore:
+    def open(cls, directory: str, block_size: int, *, create: bool = False,
+             backend: BackendConfig | None = None) -> ExtentStore:  # fmt: skip
         """Open (or with create=True, create if missing) the store in `directory`.
+        `backend` (create only): keep sealed groups there (group_backend.py), recorded in
+        the store's backend.conf; a store opened later uses what it records.
 
         Loads the table checkpoint, scans group bytes beyond it, truncates torn
         group tails, rebuilds the table (from the groups) or the index (from the
         table) when their file is missing or damaged, logging why. Damage found
         elsewhere is logged and kept for `scrub`. Raises NotFound (no store and
         not create), InvalidArgument (block size differs from the store's),
-        FormatError (a file from a newer version).
+        FormatError (a file from a newer version), and for a store on S3 NotFound
+        (bucket), AuthenticationError, ObjectStoreError (unreachable).
         """
         if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
             raise InvalidArgument(f"block size {block_size} is not a power of two in range")
@@ -122,9 +131,22 @@ class ExtentStore:
             make_private_dirs(directory)
             fsync_dir(os.path.dirname(os.path.abspath(directory)))
         self = cls(directory, block_size)
-        groups = recover(self, create)
-        if groups and self._glen.get(groups[-1], EXTENT_GROUP_BYTES) < EXTENT_GROUP_BYTES:
-            self._active = groups[-1]
+        if backend is not None and create:
+            save_config(directory, backend)
+        config = load_config(directory)
+        if config is not None:
+            self._remote = RemoteGroups(directory, open_backend(config), config.cache_bytes)
+            self._group_bytes = config.group_bytes
+        try:
+            groups = recover(self, create)
+        except BaseException:
+            if self._remote is not None:
+                self._remote.close()
+            raise
+        last = groups[-1] if groups else None
+        if last is not None and self._glen.get(last, self._group_limit()) < self._group_limit() \
+                and os.path.exists(self._path(group_file_name(last))):  # sealed ones are remote
+            self._active = last
         self._load_floor()
         self.sync()
         return self
@@ -202,6 +224,8 @@ class ExtentStore:
                     self.checkpoint()
                 else:
                     self.sync()
+                if self._remote is not None:
+                    self._remote.wait_uploaded()
                 if self._floor > self._table.next_id and not self.floor_lost:
                     self._write_floor(self._table.next_id)  # a clean close reserves nothing
             finally:
@@ -209,6 +233,8 @@ class ExtentStore:
                 for fd in self._fds.values():
                     os.close(fd)
                 self._fds.clear()
+                if self._remote is not None:
+                    self._remote.close()
 
     def __enter__(self) -> ExtentStore:
         return self
@@ -232,7 +258,9 @@ class ExtentStore:
         try:
             fd = os.open(self._path(group_file_name(g)), os.O_RDWR)
         except FileNotFoundError:
-            raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
+            if self._remote is None or not self._remote.has(g):
+                raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
+            fd = self._open_remote(g)
         self._fds[g] = fd
         while len(self._fds) > _MAX_FDS:
             old, ofd = next(iter(self._fds.items()))
@@ -242,6 +270,59 @@ class ExtentStore:
             del self._fds[old]
             os.close(ofd)
         return fd
+
+    def _open_remote(self, g: int) -> int:
+        """An fd of remote group g's cache file (fetched first if need be); closes the fds
+        of groups the cache evicted. Raises Corruption (the object is missing),
+        ObjectStoreError, AuthenticationError."""
+        assert self._remote is not None
+        try:
+            path, evicted = self._remote.fetch(g, self._glen.get(g, 0), self._pinned)
+        except NotFound:
+            raise Corruption(f"extent group {group_file_name(g)} is missing from "
+                             f"{self._remote.backend.location}") from None  # fmt: skip
+        for h in evicted:
+            fd = self._fds.pop(h, None)
+            if fd is not None:
+                os.close(fd)
+        return os.open(path, os.O_RDONLY)
+
+    def _group_limit(self) -> int:
+        """Bytes past which a group is sealed and the next one started."""
+        return self._group_bytes or EXTENT_GROUP_BYTES
+
+    def group_size(self, g: int) -> int | None:
+        """Bytes of group g's file (local) or object (remote); None if neither exists."""
+        try:
+            return os.stat(self._path(group_file_name(g))).st_size
+        except FileNotFoundError:
+            return None if self._remote is None else self._remote.sizes.get(g)
+
+    def _upload_sealed(self) -> None:
+        """Hand every sealed, synced local group to the uploader (extent_remote.py), trim
+        the read cache, and raise the first upload failure since the last sync:
+        AlreadyExists, ObjectStoreError, AuthenticationError (the group stays local and
+        is enqueued again by the next sync)."""
+        assert self._remote is not None
+        open_groups = {g for g in (self._active, self._gc_active)
+                       if g is not None and self._glen[g] < self._group_limit()}  # fmt: skip
+        for g in sorted(self._glen):
+            path = self._path(group_file_name(g))
+            if g in open_groups or self._remote.is_remote_or_pending(g) or not os.path.exists(path):
+                continue
+            self._remote.enqueue(g, path)
+        for h in self._remote.evict(self._pinned):
+            fd = self._fds.pop(h, None)
+            if fd is not None:
+                os.close(fd)
+        self._remote.raise_error()
+
+    def wait_uploaded(self) -> None:
+        """sync, then block until every sealed group is on the remote back end (no-op
+        for a local store). Raises what `sync` raises, for the uploads too."""
+        self.sync()
+        if self._remote is not None:
+            self._remote.wait_uploaded()
 
     def _new_group(self) -> int:
         g = self._next_group
@@ -260,7 +341,7 @@ class ExtentStore:
         self, buf: object, sizes: np.ndarray, slot: str
     ) -> tuple[np.ndarray, np.ndarray]:
         """Append encoded records (concatenated in `buf`) to the group in attribute
-        `slot`, starting a new group once one passes EXTENT_GROUP_BYTES. Returns
+        `slot`, starting a new group once one passes the group size. Returns
         each record's (group, offset). On an I/O error every touched group is cut
         back to its old length and the error re-raised."""
         k = len(sizes)
@@ -273,13 +354,14 @@ class ExtentStore:
         try:
             while i < k:
                 g = getattr(self, slot)
-                if g is None or self._glen[g] >= EXTENT_GROUP_BYTES:
+                limit = self._group_limit()
+                if g is None or self._glen[g] >= limit:
                     g = self._new_group()
                     setattr(self, slot, g)
                 start = self._glen[g]
                 touched.append((g, start))
                 j = min(
-                    k, i + 1 + int(np.searchsorted(ends[i:] - boff, EXTENT_GROUP_BYTES - start))
+                    k, i + 1 + int(np.searchsorted(ends[i:] - boff, limit - start))
                 )
                 nbytes = int(ends[j - 1]) - boff
                 fd, chunk, pos = self._fd(g), mv[boff : boff + nbytes], start
@@ -353,6 +435,8 @@ class ExtentStore:
         nz = np.flatnonzero(~zero)
         if not nz.size:
             return ids
+        if self._remote is not None:  # outside the lock: reads go on while uploads catch up
+            self._remote.wait_for_room()
         with self._lock:
             self._check_open()
             t = self._table
@@ -587,7 +671,10 @@ class ExtentStore:
     # -- durability -----------------------------------------------------------------------
     def sync(self) -> None:
         """Make every extent put so far durable (fdatasync of the groups written
-        since the last sync, then of the directory if a group was created)."""
+        since the last sync, then of the directory if a group was created). On S3, then
+        hand the sealed groups to the uploader; raises AlreadyExists, ObjectStoreError or
+        AuthenticationError if an upload failed since the last sync (what was synced
+        stays durable locally, and is uploaded by a later sync)."""
         with self._lock:
             self._check_open()
             try:
@@ -597,6 +684,8 @@ class ExtentStore:
                 if self._dir_dirty:
                     fsync_dir(self.directory)
                     self._dir_dirty = False
+                if self._remote is not None:
+                    self._upload_sealed()
             except OSError as exc:
                 raise_os_error(exc, f"extent store {self.directory}")
 

@@ -19,11 +19,14 @@ from ..constants import CATALOG_FILE, CLUSTER_FORMAT_VERSION, EXTENT_DIR, MAP_DI
 from .catalog import Catalog, ContainerRow
 from .extent_store import ExtentStore
 from .fileutil import fsync_dir, make_private_dirs, open_private
+from .group_backend import BackendConfig
 
 
-def build_cluster_dir(directory: str, block_size: int, site_name: str) -> None:
+def build_cluster_dir(directory: str, block_size: int, site_name: str,
+                      backend: BackendConfig | None = None) -> None:  # fmt: skip
     """Lay out an empty cluster in `directory` (made here, owner-only), durably: every
-    file and directory is fsynced before this returns. The caller renames it into place."""
+    file and directory is fsynced before this returns; `backend`: where its extent store
+    keeps sealed groups (None: local). The caller renames it into place."""
     make_private_dirs(directory)
     for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR):
         make_private_dirs(os.path.join(directory, sub))
@@ -40,6 +43,7 @@ def build_cluster_dir(directory: str, block_size: int, site_name: str) -> None:
     with catalog.transaction():
         catalog.insert(ContainerRow(0, "default", True, True, False))
     catalog.close()
-    ExtentStore.open(os.path.join(directory, EXTENT_DIR), block_size, create=True).close()
+    ExtentStore.open(os.path.join(directory, EXTENT_DIR), block_size, create=True,
+                     backend=backend).close()
     for sub in (OPLOG_DIR, EXTENT_DIR, MAP_DIR, "."):
         fsync_dir(os.path.join(directory, sub))

@@ -1,0 +1,165 @@
+"""Scale-out benchmarks of issue 18, the S3 half (run: pytest benchmarks/bench_scaleout.py
+--benchmark-only -s).
+
+Measurements with the peer timed in the same run, interleaved: every round runs the local
+back end in the untimed pedantic setup right before the S3 back end's timed call, so both
+see the same machine load (reported: the 1-minute load average). The S3 server is a real
+SeaweedFS (`weed mini`, tests/s3server.py) on 127.0.0.1 with a temporary data directory,
+sharing the machine's cores with nxstore. Sizes scale with NXSTORE_BENCH_SCALE.
+
+S1. ingest: SEQ_BYTES of unique incompressible data in 1 MiB writes + flush into a fresh
+    cluster (16 KiB blocks) on S3 (64 MiB groups, each uploaded with a conditional put by
+    the store's uploader thread once sealed and synced) vs the same into a local cluster,
+    timed (a) until flush returns: everything durable on the local disk, at most
+    S3_UPLOAD_PENDING_GROUPS sealed groups still to upload, and (b) until every sealed
+    group is on S3 (`ExtentStore.wait_uploaded`): the S3 server's own ingest speed.
+    Target: >= 0.5 x local.
+S2. read: the ingested vDisk read back sequentially in 1 MiB calls, (a) warm, every group
+    in the read cache, vs the local cluster (target: >= 0.8 x local), and (b) cold: the
+    cache emptied and the cluster reopened, every group fetched with ranged GETs (reported
+    against the same local figure; no target).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _util import Fresh, KiB, MiB, read_all, scaled, scratch_dir, timed, unique_blocks, write_all
+from conftest import report
+
+import nxstore
+from nxstore.constants import EXTENT_CACHE_DIR, EXTENT_DIR
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from s3server import BUCKET, SeaweedServer  # noqa: E402
+
+SEQ_BYTES = scaled(256 * MiB)
+ROUNDS = 5
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[SeaweedServer]:
+    server = SeaweedServer().start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[str]:
+    with scratch_dir("scaleout") as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return unique_blocks(SEQ_BYTES, 16 * KiB, seed=18)
+
+
+class _S3Fresh(Fresh):
+    """Fresh clusters on S3, each under its own prefix."""
+
+    def __init__(self, root: str, server: SeaweedServer) -> None:
+        super().__init__(root, block_size=16 * KiB, background=False)
+        self.server = server
+
+    def new(self) -> nxstore.Cluster:
+        self.kwargs.update(extent_store=f"s3://{BUCKET}/bench-{uuid.uuid4().hex[:12]}",
+                           s3_endpoint=self.server.endpoint)  # fmt: skip
+        return super().new()
+
+
+def _ingest(c: nxstore.Cluster, data: np.ndarray) -> nxstore.VDisk:
+    vd = c.create_vdisk("seq", SEQ_BYTES)
+    write_all(vd, data, MiB)
+    vd.flush()
+    return vd
+
+
+@pytest.mark.parametrize("until", ["flushed", "uploaded"])
+def test_s1_ingest_s3_vs_local(benchmark, s3, root, data, until) -> None:  # noqa: ANN001
+    local = Fresh(os.path.join(root, f"l-{until}"), 16 * KiB, background=False)
+    remote = _S3Fresh(os.path.join(root, f"s-{until}"), s3)
+    os.makedirs(local.root)
+    os.makedirs(remote.root)
+    local_s: list[float] = []
+    made: list[nxstore.Cluster] = []
+
+    def setup() -> None:
+        remote.discard()  # the last round's uploads finish before anything is timed
+        c = local.new()
+        local_s.append(timed(lambda: _ingest(c, data)))
+        local.discard()
+        made[:] = [remote.new()]
+
+    def run() -> None:
+        _ingest(made[0], data)
+        if until == "uploaded":
+            made[0].ctx.store.wait_uploaded()
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    c = remote.cluster
+    assert c is not None and c.vdisk("seq").read(SEQ_BYTES - MiB, MiB) == data[-MiB:].tobytes()
+    uploaded = len(c.ctx.store._remote.sizes)
+    remote.discard()
+    what = ("flush returned (sealed groups durable locally, uploads in the background)"
+            if until == "flushed" else "flush + every sealed group on S3")  # fmt: skip
+    report(benchmark, f"S1 seq ingest 1 MiB writes, S3 back end, until {what}", SEQ_BYTES,
+           "MB/s", SEQ_BYTES / float(np.median(local_s)) / 1e6, "local back end, same run",
+           target_ratio=0.5, groups_on_s3_at_end=uploaded, load1=os.getloadavg()[0])  # fmt: skip
+
+
+def test_s2_read_s3_vs_local(benchmark, s3, root, data) -> None:  # noqa: ANN001
+    lpath, spath = os.path.join(root, "rl"), os.path.join(root, "rs")
+    with nxstore.Cluster.create(lpath, block_size=16 * KiB, background=False) as c:
+        _ingest(c, data)
+    with nxstore.Cluster.create(spath, block_size=16 * KiB, background=False,
+                                extent_store=f"s3://{BUCKET}/bench-read",
+                                s3_endpoint=s3.endpoint) as c:  # fmt: skip
+        _ingest(c, data)
+    lc = nxstore.Cluster.open(lpath, background=False)
+    sc = nxstore.Cluster.open(spath, background=False)
+    try:
+        read_all(lc.vdisk("seq"), SEQ_BYTES)  # warm both: page cache, read cache
+        read_all(sc.vdisk("seq"), SEQ_BYTES)
+        local_s: list[float] = []
+
+        def setup() -> None:
+            local_s.append(timed(lambda: read_all(lc.vdisk("seq"), SEQ_BYTES)))
+
+        benchmark.pedantic(lambda: read_all(sc.vdisk("seq"), SEQ_BYTES), setup=setup,
+                           rounds=ROUNDS, iterations=1)  # fmt: skip
+        local_mbps = SEQ_BYTES / float(np.median(local_s)) / 1e6
+        report(benchmark, "S2a seq read 1 MiB, S3 back end, groups in the read cache",
+               SEQ_BYTES, "MB/s", local_mbps, "local back end, same run", target_ratio=0.8,
+               load1=os.getloadavg()[0])  # fmt: skip
+        sc.close()
+        cold = []
+        for _ in range(3):  # an empty cache each time: every group fetched by ranged GETs
+            shutil.rmtree(os.path.join(spath, EXTENT_DIR, EXTENT_CACHE_DIR))
+            sc = nxstore.Cluster.open(spath, background=False)
+            cold.append(timed(lambda sc=sc: read_all(sc.vdisk("seq"), SEQ_BYTES)))
+            fetched = sc.ctx.store._remote.fetches
+            sc.close()
+        report(benchmark, "S2b seq read 1 MiB, S3 back end, empty cache (ranged GETs)",
+               SEQ_BYTES, "MB/s", local_mbps, "local back end, same run",
+               seconds=float(np.median(cold)), groups_fetched=fetched,
+               load1=os.getloadavg()[0])  # fmt: skip
+    finally:
+        lc.close()
+        sc.close()
