@@ -119,3 +119,14 @@ class GenerationUnverifiable(Corruption):
 class MetroFenced(NxError):
     """Metro: another site holds the epoch, so this site may not acknowledge writes."""
 
+
+
+class CoordinationUnavailable(NxError):
+    """etcd, the site's coordination service, could not be reached or refused a request
+    (nxstore.coord): nothing was coordinated. A write that raised this may or may not have
+    been applied: read it back to learn the outcome."""
+
+
+class LeadershipLost(NxError):
+    """This worker can no longer prove it leads the site (its etcd lease expired or could
+    not be renewed in time, or another worker leads): it stopped coordinating."""
