@@ -91,7 +91,11 @@ class Etcd:
                 or parts.path not in ("", "/"):
             raise InvalidArgument(f"bad etcd endpoint {url!r}: expected http://HOST:PORT")
         self.url = f"{parts.scheme}://{parts.hostname}:{parts.port}"
-        import etcd3gw  # noqa: PLC0415 - the HTTP stack costs CLI start-up time
+        try:
+            import etcd3gw  # here: the HTTP stack costs CLI start-up time
+        except ImportError:
+            raise InvalidArgument("coordination through etcd needs the etcd3gw package: "
+                                  "pip install 'nxstore[etcd]'") from None
 
         self._client = etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port,
                                            protocol=parts.scheme, timeout=timeout,
