@@ -136,6 +136,7 @@ class TransferRunner:
 
     async def run(self, until: asyncio.Event) -> None:
         """Until `until` is set or the leadership is lost. Never raises (logs)."""
+        said = ""
         while not until.is_set() and self.lead.holds():
             try:
                 pending = [t for t in await asyncio.to_thread(transfers, self.etcd, self.keys)
@@ -144,8 +145,11 @@ class TransferRunner:
                     if until.is_set() or not self.lead.holds():
                         return
                     await asyncio.to_thread(self.run_one, t)
+                said = ""
             except (LeadershipLost, CoordinationUnavailable) as exc:
-                log.warning("transfers paused: %s", exc)
+                if str(exc) != said:  # once per error, not at every poll
+                    said = str(exc)
+                    log.warning("transfers paused: %s", exc)
             except Exception:  # a bug must not end the daemon
                 log.exception("transfer runner failed")
             with contextlib.suppress(asyncio.TimeoutError):
@@ -200,9 +204,10 @@ class TransferRunner:
 
 
 class _ProgressReport:
-    """The replication progress callback: writes the attempt's progress to the record (at
-    most every PROGRESS_PERIOD_S) and raises LeadershipLost, which stops the transfer, as
-    soon as the leadership is no longer proven."""
+    """The replication progress callback (called per frame of blocks sent): writes the
+    attempt's progress to the record (at most every PROGRESS_PERIOD_S; a write etcd does
+    not take is skipped) and raises LeadershipLost, which stops the transfer, as soon as the
+    leadership is no longer proven."""
 
     def __init__(self, runner: TransferRunner, record: Transfer) -> None:
         self.runner = runner
@@ -219,5 +224,8 @@ class _ProgressReport:
         if now - self._last < PROGRESS_PERIOD_S and phase == "blocks" and done < total:
             return
         self._last = now
-        self.record = self.runner._write(replace(
-            self.record, attempts=(*self.record.attempts[:-1], self.attempt)))
+        try:
+            self.record = self.runner._write(replace(
+                self.record, attempts=(*self.record.attempts[:-1], self.attempt)))
+        except CoordinationUnavailable as exc:  # the lease, checked above, decides
+            log.debug("progress of transfer %s not recorded: %s", self.record.id, exc)

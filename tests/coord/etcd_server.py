@@ -4,6 +4,7 @@ temporary data directory, free non-default ports, ready when its /health endpoin
     with EtcdServer.start(tmp_path) as etcd:   # AssertionError if etcd is missing or fails
         etcd.url                               # http://127.0.0.1:PORT
         etcd.kill()                            # SIGKILL (etcd unreachable from then on)
+        etcd.restart()                         # the same ports and data: its state is back
 """
 
 from __future__ import annotations
@@ -27,33 +28,38 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
-        self.proc = proc
-        self.url = url
-        self.log = log
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.peer_url = f"http://127.0.0.1:{free_port()}"
+        self.log = directory / "etcd.log"
+        self.proc: subprocess.Popen | None = None
 
     @classmethod
     def start(cls, directory: Path) -> EtcdServer:
+        server = cls(directory)
+        server.restart()
+        return server
+
+    def restart(self) -> None:
+        """Start etcd (again: the same ports and data directory) and wait until healthy."""
         binary = shutil.which("etcd") or "/usr/bin/etcd"
         assert os.access(binary, os.X_OK), "etcd is missing: apt-get install etcd-server"
-        client, peer = free_port(), free_port()
-        url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-        log = directory / "etcd.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [binary, "--name", "nxtest", "--data-dir", str(directory / "etcd-data"),
-                 "--listen-client-urls", url, "--advertise-client-urls", url,
-                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                 "--initial-cluster", f"nxtest={peer_url}", "--log-level", "warn"],
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [binary, "--name", "nxtest", "--data-dir", str(self.directory / "etcd-data"),
+                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                 "--listen-peer-urls", self.peer_url,
+                 "--initial-advertise-peer-urls", self.peer_url,
+                 "--initial-cluster", f"nxtest={self.peer_url}", "--log-level", "warn"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        server = cls(proc, url, log)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not server.healthy():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise AssertionError(f"etcd did not become healthy:\n{log.read_text()[-2000:]}")
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError("etcd did not become healthy:\n"
+                                     f"{self.log.read_text()[-2000:]}")
             time.sleep(0.05)  # a poll interval, not a guess: readiness is /health
-        return server
 
     def healthy(self) -> bool:
         try:
@@ -63,9 +69,9 @@ class EtcdServer:
             return False
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait()
+            self.proc.wait()
 
     def __enter__(self) -> EtcdServer:
         return self

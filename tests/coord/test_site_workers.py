@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from etcd_server import free_port
+from site_workers import LEASE_TTL, NXSTORE, Daemon, Worker
 
 import nxstore
 from nxstore.coord.election import Leadership
@@ -22,38 +21,11 @@ from nxstore.coord.etcd import Etcd, Put
 from nxstore.coord.keys import SiteKeys
 from nxstore.coord.lease import WorkerLease
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "replication"))
-from sites_helper import NXSTORE, Daemon  # noqa: E402
-
 MiB = 1 << 20
 BS = 4096
 SECRET = "a shared secret of 32 characters"
-TTL = 5
+TTL = LEASE_TTL
 SLACK_S = 3.0  # a busy 2-core machine: process start-up, a campaign poll, HTTP round trips
-
-
-class Worker(Daemon):
-    """`nxstore serve PATH --etcd URL --worker NAME`, ready once it has joined the site."""
-
-    @classmethod
-    def join(cls, path: str, secret_file: str, etcd: str, name: str) -> Worker:
-        d = cls._spawn(["serve", path, "--listen", "127.0.0.1:0", "--secret-file", secret_file,
-                        "--schedule-interval", "0", "--etcd", etcd, "--worker", name,
-                        "--lease-ttl", str(TTL)], path, 60)
-        d.name = name
-        return d
-
-    def _ready_line(self, line: str) -> bool:
-        super()._ready_line(line)  # takes the port once it leads
-        return " joined the site at " in line or "not coordinating" in line
-
-    def wait_for(self, text: str, timeout: float) -> float:
-        """Seconds until a line of its stderr contains `text` (AssertionError after `timeout`)."""
-        start = time.monotonic()
-        while not any(text in line for line in self.lines):
-            assert time.monotonic() - start < timeout, f"no {text!r} in:\n{self.stderr}"
-            time.sleep(0.02)
-        return time.monotonic() - start
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -220,3 +192,44 @@ def test_a_deposed_leader_can_change_nothing(etcd):
     assert client.txn([b.guard()], [Put("fence/x", b"b")]) > 0
     assert client.get("fence/x").value == b"b"
     client.close()
+
+
+def test_a_leader_that_loses_etcd_stops_its_transfer_and_resumes_when_it_is_back(etcd, sites):
+    secret, make, started = sites
+    tokyo_path, paris = make("tokyo"), make("paris")
+    tokyo = Daemon.start(tokyo_path, secret)
+    started.append(tokyo)
+    size = 16 * MiB
+    with nxstore.Cluster.open(paris, background=False) as c:
+        c.add_remote_site("tokyo", tokyo.address, SECRET)
+        vd = c.create_vdisk("db", size)
+        vd.write(0, np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8).tobytes())
+        source_image = vd.snapshot("s1").read(0, size)
+    w1 = Worker.join(paris, secret, etcd.url, "w1")
+    started.append(w1)
+    w1.wait_for("serving site", 30)
+    assert cli("site", "transfer", "--etcd", etcd.url, "db@s1", "tokyo",
+               "--bandwidth-limit", "2M").returncode == 0
+    deadline = time.monotonic() + 60
+    while not (status(etcd.url)["transfers"][0]["attempts"] or [{}])[-1].get("done"):
+        assert time.monotonic() < deadline, w1.stderr
+        time.sleep(0.05)
+    etcd.kill()
+    lost = time.monotonic()
+    w1.wait_for("stopped: leadership lost", TTL + SLACK_S)
+    w1.wait_for("cluster " + paris + " closed", TTL + SLACK_S)
+    assert time.monotonic() - lost < TTL + SLACK_S
+    nxstore.Cluster.open(paris, background=False).close()  # released: nobody coordinates
+    etcd.restart()  # its state is back: the same worker joins again, leads, resumes
+    deadline = time.monotonic() + 90
+    while (t := status(etcd.url)["transfers"][0])["state"] != "done":
+        assert time.monotonic() < deadline, (t, w1.stderr)
+        time.sleep(0.1)
+    assert [x["worker"] for x in t["attempts"]] == ["w1", "w1"]
+    assert t["attempts"][1]["term"] > t["attempts"][0]["term"]
+    assert t["attempts"][1]["blocks_deduped"] > 0  # what arrived before was not sent again
+    w1.stop()
+    tokyo.stop()
+    with nxstore.Cluster.open(tokyo_path, background=False) as c:
+        (snap,) = c.vdisk("paris:db").snapshots()
+        assert snap.read(0, size) == source_image
