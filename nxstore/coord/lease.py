@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from ..errors import CoordinationUnavailable, InvalidArgument
 from .etcd import Etcd
@@ -28,7 +27,7 @@ RENEWALS_PER_TTL = 3
 
 class WorkerLease:
     """One lease: `grant` it, `start` the keep-alive thread, `valid()` while proven,
-    `on_lost` called once (from the keep-alive thread) when it is lost, `close` revokes it."""
+    `close` revokes it."""
 
     def __init__(self, etcd: Etcd, lease_id: int, ttl: int, deadline: float) -> None:
         self.etcd = etcd
@@ -38,7 +37,6 @@ class WorkerLease:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.on_lost: Callable[[], None] | None = None
 
     @classmethod
     def grant(cls, etcd: Etcd, ttl: int = DEFAULT_TTL_S) -> WorkerLease:
@@ -73,8 +71,6 @@ class WorkerLease:
             return
         self._lost.set()
         log.warning("lease %x lost: %s", self.id, why)
-        if self.on_lost is not None:
-            self.on_lost()
 
     def _keep_alive(self) -> None:
         period = self.ttl / RENEWALS_PER_TTL
@@ -89,10 +85,6 @@ class WorkerLease:
                 self._lose("etcd says it has expired")
                 return
             self._deadline = max(self._deadline, sent + ttl)
-
-    def wait_lost(self, timeout: float) -> bool:
-        """Block up to `timeout` s; True once the lease is lost."""
-        return self._lost.wait(timeout)
 
     def close(self) -> None:
         """Stop renewing and revoke the lease (its keys go with it); best effort."""

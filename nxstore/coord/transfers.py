@@ -133,9 +133,18 @@ class TransferRunner:
         self.keys = keys
         self.lead = lead
         self.poll = poll
+        self.stopping = False  # set on stop: the transfer in progress stops at its next frame
 
     async def run(self, until: asyncio.Event) -> None:
         """Until `until` is set or the leadership is lost. Never raises (logs)."""
+        watcher = asyncio.get_running_loop().create_task(until.wait())
+        watcher.add_done_callback(lambda _: setattr(self, "stopping", True))
+        try:
+            await self._loop(until)
+        finally:
+            watcher.cancel()
+
+    async def _loop(self, until: asyncio.Event) -> None:
         said = ""
         while not until.is_set() and self.lead.holds():
             try:
@@ -216,6 +225,9 @@ class _ProgressReport:
         self._last = 0.0
 
     def __call__(self, phase: str, done: int, total: int, wire: int) -> None:
+        if self.runner.stopping:
+            raise LeadershipLost(f"worker {self.runner.lead.worker} is stopping: it gives "
+                                 "up the leadership")
         if not self.runner.lead.holds():
             raise LeadershipLost(f"worker {self.runner.lead.worker} no longer leads the site")
         self.attempt = replace(self.attempt, phase=phase, done=done, total=total,
