@@ -36,6 +36,7 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 MAX_ATTEMPTS = 5          # attempts that end in an error (not a lost leadership) before FAILED
 PROGRESS_PERIOD_S = 0.25  # at most one progress write per this many seconds
 RETRY_AFTER_S = 2.0       # a failed attempt is retried no sooner
+POLL_S = 0.25             # the leader looks for transfers to run this often
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class TransferRunner:
     """The leader's loop: claim and run the pending transfers, one at a time, on `cluster`."""
 
     def __init__(self, cluster: Cluster, etcd: Etcd, keys: SiteKeys, lead: Leadership,
-                 poll: float = 0.5) -> None:
+                 poll: float = POLL_S) -> None:
         self.cluster = cluster
         self.etcd = etcd
         self.keys = keys
