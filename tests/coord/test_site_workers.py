@@ -233,3 +233,43 @@ def test_a_leader_that_loses_etcd_stops_its_transfer_and_resumes_when_it_is_back
     with nxstore.Cluster.open(tokyo_path, background=False) as c:
         (snap,) = c.vdisk("paris:db").snapshots()
         assert snap.read(0, size) == source_image
+
+
+def test_a_stopped_leader_hands_its_transfer_over_at_once(etcd, sites):
+    """SIGTERM: the leader stops its transfer at the next frame, closes the cluster and
+    resigns, so the standby leads without waiting for the lease to run out."""
+    secret, make, started = sites
+    tokyo_path, paris = make("tokyo"), make("paris")
+    tokyo = Daemon.start(tokyo_path, secret)
+    started.append(tokyo)
+    size = 16 * MiB
+    with nxstore.Cluster.open(paris, background=False) as c:
+        c.add_remote_site("tokyo", tokyo.address, SECRET)
+        vd = c.create_vdisk("db", size)
+        vd.write(0, np.random.default_rng(9).integers(0, 256, size, dtype=np.uint8).tobytes())
+        source_image = vd.snapshot("s1").read(0, size)
+    workers = [Worker.join(paris, secret, etcd.url, f"w{i}") for i in (1, 2)]
+    started += workers
+    first = _leader(workers)
+    other = next(w for w in workers if w is not first)
+    assert cli("site", "transfer", "--etcd", etcd.url, "db@s1", "tokyo",
+               "--bandwidth-limit", "2M").returncode == 0
+    deadline = time.monotonic() + 60
+    while not (status(etcd.url)["transfers"][0]["attempts"] or [{}])[-1].get("done"):
+        assert time.monotonic() < deadline, first.stderr
+        time.sleep(0.05)
+    stopped = time.monotonic()
+    assert "is stopping: it gives up the leadership" in first.stop()
+    other.wait_for("serving site", TTL)
+    assert time.monotonic() - stopped < TTL  # no wait for the lease: it resigned
+    deadline = time.monotonic() + 90
+    while (t := status(etcd.url)["transfers"][0])["state"] != "done":
+        assert time.monotonic() < deadline, (t, other.stderr)
+        time.sleep(0.1)
+    assert [a["worker"] for a in t["attempts"]] == [first.name, other.name]
+    assert t["attempts"][1]["blocks_deduped"] > 0
+    other.stop()
+    tokyo.stop()
+    with nxstore.Cluster.open(tokyo_path, background=False) as c:
+        (snap,) = c.vdisk("paris:db").snapshots()
+        assert snap.read(0, size) == source_image
