@@ -23,8 +23,9 @@ class Worker(Daemon):
     """`nxstore serve PATH --etcd URL --worker NAME`, ready once it has joined the site."""
 
     @classmethod
-    def join(cls, path: str, secret_file: str, etcd: str, name: str, *extra: str) -> Worker:
-        d = cls._spawn(["serve", path, "--listen", "127.0.0.1:0", "--secret-file", secret_file,
+    def join(cls, path: str, secret_file: str, etcd: str, name: str, *extra: str,
+             listen: str = "127.0.0.1:0") -> Worker:
+        d = cls._spawn(["serve", path, "--listen", listen, "--secret-file", secret_file,
                         "--schedule-interval", "0", "--etcd", etcd, "--worker", name,
                         "--lease-ttl", str(LEASE_TTL), *extra], path, 60)
         d.name = name

@@ -58,9 +58,12 @@ def sites(tmp_path):
 
 
 def test_one_leader_and_takeover_within_the_lease_ttl(etcd, sites):
+    """Takeover: the dead leader's lease runs out (at most TTL after its last renewal),
+    etcd deletes the leader key, the standby's next campaign wins and opens the cluster."""
     secret, make, started = sites
     paris = make("paris")
-    workers = [Worker.join(paris, secret, etcd.url, f"w{i}") for i in (1, 2)]
+    listen = f"127.0.0.1:{free_port()}"  # one address: only the leader binds it
+    workers = [Worker.join(paris, secret, etcd.url, f"w{i}", listen=listen) for i in (1, 2)]
     started += workers
     first = _leader(workers)
     other = next(w for w in workers if w is not first)
@@ -75,7 +78,8 @@ def test_one_leader_and_takeover_within_the_lease_ttl(etcd, sites):
         assert time.monotonic() - killed < TTL + SLACK_S, other.stderr
         time.sleep(0.1)
     assert time.monotonic() - killed < TTL + SLACK_S
-    other.wait_for("serving site", SLACK_S)  # it owns the cluster now
+    other.wait_for("serving site paris (cluster", SLACK_S)  # it owns the cluster now
+    assert any(line.endswith(f" on {listen}") for line in other.lines)  # peers reach it there
     other.stop()
     st = status(etcd.url)
     assert st["leader"] is None and st["workers"] == []  # a clean stop revokes the lease
