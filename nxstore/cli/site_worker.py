@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,8 @@ def serve_site_worker(path: str, listen: str, secret: str, *, etcd_url: str, wor
                       schedule_interval: float, clock_file: str | None = None) -> None:
     """Serve the site at `path` as worker `worker` of the site coordinated in etcd at
     `etcd_url` under `prefix` (module docstring) until SIGTERM or SIGINT. Raises
-    InvalidArgument (bad settings), AlreadyExists (a live worker has that name)."""
+    InvalidArgument (bad settings), AlreadyExists (a live worker still holds that name
+    after a lease TTL)."""
     import asyncio
 
     from ..coord.etcd import Etcd
@@ -86,29 +88,36 @@ class _Worker:
         import asyncio
 
         stop = stop_on_signals()
-        first = True
+        lost: WorkerLease | None = None
         while not stop.is_set():
-            lease = await self._join(stop, rejoin=not first)
-            first = False
+            lease = await self._join(stop, lost)
             if lease is None:
                 return
             try:
                 await self._campaign(lease, stop)
             finally:
                 await asyncio.to_thread(lease.close)
+            lost = lease
 
-    async def _join(self, stop: asyncio.Event, rejoin: bool) -> WorkerLease | None:
-        """Register with a new lease; retries while etcd is unreachable (and, on a rejoin,
-        while the key of this worker's lost lease has not expired yet). None on stop."""
+    async def _join(self, stop: asyncio.Event, lost: WorkerLease | None) -> WorkerLease | None:
+        """Register with a new lease; retries while etcd is unreachable (and, after the
+        `lost` lease, while its key lingers). None on stop. The lost lease is revoked first:
+        this worker stopped coordinating when it lost it, and its keys (the leader key
+        among them) would otherwise stay until etcd itself sees it expire."""
         import asyncio
 
         from ..coord.lease import WorkerLease
         from ..coord.registry import register
 
         said = ""
+        # A process of the same name that just died leaves its key for up to a TTL.
+        patience = time.monotonic() + self.ttl + 1
         while not stop.is_set():
             lease = None
             try:
+                if lost is not None:
+                    with contextlib.suppress(CoordinationUnavailable):  # expired already
+                        await asyncio.to_thread(self.etcd.revoke, lost.id)
                 lease = await asyncio.to_thread(WorkerLease.grant, self.etcd, self.ttl)
                 await asyncio.to_thread(register, self.etcd, self.keys, self.name, lease,
                                         self.listen)
@@ -116,7 +125,8 @@ class _Worker:
                 if lease is not None:
                     with contextlib.suppress(CoordinationUnavailable):
                         await asyncio.to_thread(self.etcd.revoke, lease.id)
-                if isinstance(exc, AlreadyExists) and not rejoin:
+                if isinstance(exc, AlreadyExists) and lost is None and \
+                        time.monotonic() > patience:
                     raise
                 if str(exc) != said:
                     said = str(exc)

@@ -277,3 +277,16 @@ def test_a_stopped_leader_hands_its_transfer_over_at_once(etcd, sites):
     with nxstore.Cluster.open(tokyo_path, background=False) as c:
         (snap,) = c.vdisk("paris:db").snapshots()
         assert snap.read(0, size) == source_image
+
+
+def test_two_live_workers_cannot_share_a_name(etcd, sites):
+    secret, make, started = sites
+    paris = make("paris")
+    w1 = Worker.join(paris, secret, etcd.url, "w1")
+    started.append(w1)
+    twin = cli("serve", paris, "--listen", "127.0.0.1:0", "--secret-file", secret,
+               "--etcd", etcd.url, "--worker", "w1", "--lease-ttl", str(TTL))
+    assert twin.returncode == 1
+    assert "worker 'w1' is already registered" in twin.stderr
+    assert [w["name"] for w in status(etcd.url)["workers"]] == ["w1"]
+    w1.stop()
