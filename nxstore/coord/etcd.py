@@ -152,13 +152,6 @@ class Etcd:
         out = self._post("/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
         return [_entry(kv) for kv in out.get("kvs", [])]
 
-    def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        """Write `key` unconditionally; the store's revision after the write."""
-        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
-        if lease:
-            body["lease"] = lease
-        return int(self._post("/kv/put", body)["header"]["revision"])
-
     def txn(self, guards: Sequence[Guard], puts: Sequence[Put] = (),
             deletes: Sequence[str] = ()) -> int:
         """If every guard holds, apply `puts` and `deletes` atomically and return the
@@ -174,11 +167,3 @@ class Etcd:
         out = self._post("/kv/txn", {"compare": [g.compare() for g in guards],
                                       "success": ops, "failure": []})
         return int(out["header"]["revision"]) if out.get("succeeded") else 0
-
-    def healthy(self) -> bool:
-        """Does etcd answer a linearizable read? (False rather than raising.)"""
-        try:
-            self._post("/kv/range", {"key": _b64("health"), "count_only": True})
-        except CoordinationUnavailable:
-            return False
-        return True

@@ -62,10 +62,6 @@ class WorkerLease:
             return False
         return True
 
-    def remaining(self) -> float:
-        """Seconds the lease is proven for (0 once lost)."""
-        return max(0.0, self._deadline - time.monotonic()) if self.valid() else 0.0
-
     def _lose(self, why: str) -> None:
         if self._lost.is_set():
             return

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CoordinationUnavailable, InvalidArgument, LeadershipLost, NxError
 from .election import Leadership
 from .etcd import Entry, Etcd, Guard, Put
-from .keys import SiteKeys, check_name, encode
+from .keys import SiteKeys, encode
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
@@ -117,11 +117,6 @@ def transfers(etcd: Etcd, keys: SiteKeys) -> list[Transfer]:
     """Every transfer record, oldest first. Raises CoordinationUnavailable."""
     out = [Transfer.decode(e) for e in etcd.get_prefix(keys.transfers)]
     return sorted(out, key=lambda t: (t.queued_at, t.id))
-
-
-def get(etcd: Etcd, keys: SiteKeys, tid: str) -> Transfer | None:
-    entry = etcd.get(keys.transfer(check_name("transfer", tid)))
-    return Transfer.decode(entry) if entry else None
 
 
 class TransferRunner:

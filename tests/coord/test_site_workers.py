@@ -73,11 +73,9 @@ def test_one_leader_and_takeover_within_the_lease_ttl(etcd, sites):
     assert all(0 < w["lease_ttl"] <= TTL for w in st["workers"])
     assert not any("serving site" in line for line in other.lines)  # a standby never opens PATH
     first.kill()
-    killed = time.monotonic()
-    while status(etcd.url)["leader"] is None or status(etcd.url)["leader"]["worker"] != other.name:
-        assert time.monotonic() - killed < TTL + SLACK_S, other.stderr
-        time.sleep(0.1)
-    assert time.monotonic() - killed < TTL + SLACK_S
+    # Seen in its log (polled locally): a `site status` process per look is too slow a clock.
+    assert other.wait_for(f"worker {other.name} leads the site", TTL + SLACK_S) < TTL + SLACK_S
+    assert status(etcd.url)["leader"]["worker"] == other.name
     other.wait_for("serving site paris (cluster", SLACK_S)  # it owns the cluster now
     assert any(line.endswith(f" on {listen}") for line in other.lines)  # peers reach it there
     other.stop()
@@ -262,10 +260,9 @@ def test_a_stopped_leader_hands_its_transfer_over_at_once(etcd, sites):
     while not (status(etcd.url)["transfers"][0]["attempts"] or [{}])[-1].get("done"):
         assert time.monotonic() < deadline, first.stderr
         time.sleep(0.05)
-    stopped = time.monotonic()
     assert "is stopping: it gives up the leadership" in first.stop()
-    other.wait_for("serving site", TTL)
-    assert time.monotonic() - stopped < TTL  # no wait for the lease: it resigned
+    # It resigned and revoked its lease on the way out: no wait for the lease to run out.
+    assert other.wait_for("serving site", SLACK_S) < SLACK_S
     deadline = time.monotonic() + 90
     while (t := status(etcd.url)["transfers"][0])["state"] != "done":
         assert time.monotonic() < deadline, (t, other.stderr)
