@@ -186,7 +186,7 @@ def test_takeover_after_the_leader_is_killed(benchmark, bench) -> None:  # noqa:
                 w.cleanup()
 
     benchmark.pedantic(takeover, rounds=ROUNDS, iterations=1)
-    report(benchmark, "takeover after the leader's SIGKILL", 1, "s", seconds=1,
-           median_s=statistics.median(times), max_s=max(times), lease_ttl_s=LEASE_TTL,
+    report(benchmark, "takeover after the leader's SIGKILL (median)", statistics.median(times),
+           "s", seconds=1, max_s=max(times), lease_ttl_s=LEASE_TTL,
            target_met=max(times) <= LEASE_TTL, load=os.getloadavg()[0],
            rounds_s=[round(t, 2) for t in times])
