@@ -4,7 +4,8 @@
 #   1. system packages the build and the tests need, when missing: libxxhash-dev, liblz4-dev,
 #      libssl-dev (the native extension links them), qemu-utils, borgbackup and restic (peers the benchmarks measure
 #      against in the same run), nbdkit, fio, e2fsprogs, qemu-system-x86 and busybox-static
-#      (tests/nbd: NBD clients, the reference server, a VM), and on a bare
+#      (tests/nbd: NBD clients, the reference server, a VM), etcd-server (tests/coord: site
+#      workers coordinated by etcd), and on a bare
 #      Debian python3-venv / python3-dev (Python.h). Installed with apt-get when root; otherwise
 #      the exact command is printed and make stops.
 #   2. .venv (python3 -m venv) and `pip install -e '.[test]'`, which compiles nxstore._native;
@@ -77,6 +78,7 @@ sysdeps:
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v nbdkit >/dev/null 2>&1 || missing="$$missing nbdkit"; \
 	command -v fio >/dev/null 2>&1 || missing="$$missing fio"; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	command -v debugfs >/dev/null 2>&1 || missing="$$missing e2fsprogs"; \
 	command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-system-x86"; \
 	{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing="$$missing busybox-static"; \

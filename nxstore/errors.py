@@ -125,3 +125,14 @@ class ObjectStoreError(NxError):
     """The object store holding sealed extent groups (S3) failed or could not be reached:
     nothing acknowledged is lost (groups stay on the local disk until uploaded); retry once
     it is back."""
+
+
+class CoordinationUnavailable(NxError):
+    """etcd, the site's coordination service, could not be reached or refused a request
+    (nxstore.coord): nothing was coordinated. A write that raised this may or may not have
+    been applied: read it back to learn the outcome."""
+
+
+class LeadershipLost(NxError):
+    """This worker can no longer prove it leads the site (its etcd lease expired or could
+    not be renewed in time, or another worker leads): it stopped coordinating."""

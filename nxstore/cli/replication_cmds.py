@@ -19,6 +19,7 @@ import os
 import stat
 import sys
 
+from . import coord_cmds
 from .common import CliError, human, open_cluster, plural, size_arg, split_ref, table
 from .progress import Progress
 from .serve import SCHEDULE_INTERVAL_S, serve_cluster, tls_context
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="simulated time: the cluster clock is the epoch seconds written in "
                    "FILE, read again at every look (replace the file to move time; for "
                    "demos and tests)")
+    coord_cmds.add_serve_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("site", help="remote sites this cluster replicates to")
@@ -68,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("path", metavar="PATH")
     q.add_argument("name", metavar="NAME")
     q.set_defaults(func=cmd_site_remove)
+    coord_cmds.register_site(ssub)
 
     p = sub.add_parser("replicate", help="ship a snapshot to a remote site (incremental)")
     p.add_argument("path", metavar="PATH")
@@ -165,6 +168,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"cannot load TLS certificate/key: {exc.strerror or exc}") from None
     except Exception as exc:  # ssl.SSLError and friends: bad PEM contents
         raise CliError(f"cannot load TLS certificate/key: {exc}") from None
+    if coord_cmds.worker_mode(args):
+        from .site_worker import serve_site_worker
+
+        serve_site_worker(args.path, args.listen, secret, etcd_url=args.etcd,
+                          worker=args.worker, prefix=args.etcd_prefix,
+                          lease_ttl=args.lease_ttl, tls=tls,
+                          schedule_interval=args.schedule_interval, clock_file=args.clock_file)
+        return 0
     serve_cluster(args.path, args.listen, secret, tls=tls,
                   schedule_interval=args.schedule_interval, clock_file=args.clock_file)
     return 0

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument
@@ -99,6 +100,19 @@ def run_due_schedules(cluster: Cluster) -> None:
         log.log(level, "schedule run: %s", run.summary())
 
 
+def check_serve_settings(listen: str, secret: str, schedule_interval: float,
+                         clock_file: str | None) -> tuple[str, int, FileClock | None]:
+    """(host, port, clock) of `serve_cluster`'s arguments; InvalidArgument if one is bad."""
+    from ..replication.sites import check_secret, parse_address
+
+    if not isinstance(schedule_interval, (int, float)) or not 0 <= schedule_interval < math.inf:
+        raise InvalidArgument(f"schedule interval must be seconds >= 0, not {schedule_interval!r}")
+    check_secret(secret)
+    clock = FileClock(clock_file) if clock_file else None
+    host, port = parse_address(listen) if not listen.endswith(":0") else (listen[:-2], 0)
+    return host, port, clock
+
+
 def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | None = None,
                   schedule_interval: float = SCHEDULE_INTERVAL_S,
                   clock_file: str | None = None) -> None:
@@ -112,24 +126,50 @@ def serve_cluster(path: str, listen: str, secret: str, *, tls: ssl.SSLContext | 
     import asyncio
 
     from ..cluster import Cluster
-    from ..replication.sites import check_secret, parse_address
 
-    if not isinstance(schedule_interval, (int, float)) or not 0 <= schedule_interval < math.inf:
-        raise InvalidArgument(f"schedule interval must be seconds >= 0, not {schedule_interval!r}")
-    check_secret(secret)
-    clock = FileClock(clock_file) if clock_file else None
-    host, port = parse_address(listen) if not listen.endswith(":0") else (listen[:-2], 0)
+    host, port, clock = check_serve_settings(listen, secret, schedule_interval, clock_file)
     cluster = Cluster.open(path, clock=clock)
+
+    async def main() -> None:
+        # Signal handlers first: once the port is logged a supervisor may send SIGTERM at once.
+        await serve_open_cluster(cluster, host, port, secret, tls, schedule_interval,
+                                 stop_on_signals())
+
     try:
-        asyncio.run(_serve(cluster, host, port, secret, tls, schedule_interval))
+        asyncio.run(main())
     finally:
-        stop_exports()  # NBD exports started through the admin socket (nxstore nbd)
-        cluster.close()
-        log.info("cluster %s closed", path)
+        close_served(cluster)
 
 
-async def _serve(cluster: Cluster, host: str, port: int, secret: str,
-                 tls: ssl.SSLContext | None, schedule_interval: float) -> None:
+def close_served(cluster: Cluster) -> None:
+    """Stop what the admin socket started on `cluster` and close it."""
+    stop_exports()  # NBD exports started through the admin socket (nxstore nbd)
+    cluster.close()
+    log.info("cluster %s closed", cluster.path)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set (call inside the running loop)."""
+    import asyncio
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+Job = Callable[["asyncio.Event"], Awaitable[None]]
+
+
+async def serve_open_cluster(cluster: Cluster, host: str, port: int, secret: str,
+                             tls: ssl.SSLContext | None, schedule_interval: float,
+                             stop: asyncio.Event, *, fence: Callable[[], bool] | None = None,
+                             jobs: Sequence[Job] = ()) -> None:
+    """Serve `cluster` (replication, the admin socket, its schedules and `jobs`, each
+    called with `stop`) until `stop` is set; then wait for the schedule run and the jobs in
+    progress and close the connections. `fence`: no schedule pass starts unless it returns
+    True (a site worker's leadership, nxstore.coord)."""
     import asyncio
 
     from ..replication.auth import SiteIdentity
@@ -138,11 +178,6 @@ async def _serve(cluster: Cluster, host: str, port: int, secret: str,
 
     target = ReplicationTarget(cluster)
     identity = SiteIdentity(cluster.id, cluster.site_name)
-    # Signal handlers first: once the port is logged a supervisor may send SIGTERM at once.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     # The admin socket first: once the port is logged, `nxstore ... PATH` commands work.
     async with admin_server(cluster):
         server = await serve(host, port, target.handle, identity=identity, secret=secret,
@@ -153,18 +188,22 @@ async def _serve(cluster: Cluster, host: str, port: int, secret: str,
         scheduler = None
         if schedule_interval:
             log.info("running schedules every %g s", schedule_interval)
-            scheduler = asyncio.create_task(_schedule_loop(cluster, schedule_interval, stop))
+            scheduler = asyncio.create_task(_schedule_loop(cluster, schedule_interval, stop,
+                                                           fence))
+        running = [asyncio.create_task(job(stop)) for job in jobs]
         await stop.wait()
         log.info("stopping: closing connections")
         if scheduler is not None:
             await scheduler  # a run in progress finishes: the cluster closes after it
+        await asyncio.gather(*running)
         await server.close()
 
 
-async def _schedule_loop(cluster: Cluster, interval: float, stop: asyncio.Event) -> None:
+async def _schedule_loop(cluster: Cluster, interval: float, stop: asyncio.Event,
+                         fence: Callable[[], bool] | None) -> None:
     import asyncio
 
-    while not stop.is_set():
+    while not stop.is_set() and (fence is None or fence()):
         await asyncio.to_thread(run_due_schedules, cluster)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

@@ -316,6 +316,8 @@ async def _ship_missing(cluster: Engine, s: Session, ids: np.ndarray, fps: np.nd
                 recent.append(part)
                 await s.post(make)
                 sent += part.size
+                if progress and i + 1 < len(parts):  # per frame: a caller may stop it sooner
+                    progress("blocks", lo + chunk.size * (i + 1) // len(parts), total, wire())
             if progress:
                 progress("blocks", min(lo + batch, total), total, wire())
     finally:

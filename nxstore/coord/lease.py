@@ -1,0 +1,95 @@
+"""A worker's etcd lease, kept alive by a thread, and the deadline up to which it is proven.
+
+The deadline is the send time of the last keep-alive etcd answered plus the TTL it granted:
+etcd starts that TTL when it receives the request, later than it was sent, so the lease is
+alive at least until then whatever the network delays. `valid()` is the proof every act of
+coordination checks first; once the deadline passes without a renewal the lease counts as
+lost for good (a lease is never trusted again, even if etcd later answers: the worker joins
+anew with a new lease).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..errors import CoordinationUnavailable, InvalidArgument
+from .etcd import Etcd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 5
+MIN_TTL_S = 2  # a TTL of 1 s leaves no room for a renewal to fail
+# Renewals per TTL: with 3, two renewals in a row may fail before the lease is lost.
+RENEWALS_PER_TTL = 3
+
+
+class WorkerLease:
+    """One lease: `grant` it, `start` the keep-alive thread, `valid()` while proven,
+    `close` revokes it."""
+
+    def __init__(self, etcd: Etcd, lease_id: int, ttl: int, deadline: float) -> None:
+        self.etcd = etcd
+        self.id = lease_id
+        self.ttl = ttl
+        self._deadline = deadline
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def grant(cls, etcd: Etcd, ttl: int = DEFAULT_TTL_S) -> WorkerLease:
+        """A new lease of `ttl` seconds. Raises InvalidArgument (ttl < MIN_TTL_S),
+        CoordinationUnavailable."""
+        if not isinstance(ttl, int) or ttl < MIN_TTL_S:
+            raise InvalidArgument(f"lease TTL must be whole seconds >= {MIN_TTL_S}, not {ttl!r}")
+        sent = time.monotonic()
+        lease_id, granted = etcd.grant(ttl)
+        return cls(etcd, lease_id, granted, sent + granted)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._keep_alive, name=f"lease-{self.id:x}",
+                                        daemon=True)
+        self._thread.start()
+
+    def valid(self) -> bool:
+        """Is the lease proven alive now? False for good once it was lost."""
+        if self._lost.is_set():
+            return False
+        if time.monotonic() >= self._deadline:
+            self._lose("its deadline passed without a renewal")
+            return False
+        return True
+
+    def _lose(self, why: str) -> None:
+        if self._lost.is_set():
+            return
+        self._lost.set()
+        log.warning("lease %x lost: %s", self.id, why)
+
+    def _keep_alive(self) -> None:
+        period = self.ttl / RENEWALS_PER_TTL
+        while not self._stop.wait(period) and self.valid():
+            sent = time.monotonic()
+            try:
+                ttl = self.etcd.keepalive(self.id)
+            except CoordinationUnavailable as exc:
+                log.warning("lease %x not renewed: %s", self.id, exc)
+                continue  # valid() decides when it is lost
+            if ttl <= 0:
+                self._lose("etcd says it has expired")
+                return
+            self._deadline = max(self._deadline, sent + ttl)
+
+    def close(self) -> None:
+        """Stop renewing and revoke the lease (its keys go with it); best effort."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if not self._lost.is_set():
+            self._lost.set()
+            try:
+                self.etcd.revoke(self.id)
+            except CoordinationUnavailable as exc:
+                log.warning("lease %x not revoked (it expires by itself): %s", self.id, exc)
