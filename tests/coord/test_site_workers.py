@@ -94,18 +94,25 @@ def _leader(workers: list[Worker], timeout: float = 30.0) -> Worker:
         time.sleep(0.05)
 
 
-def test_leader_killed_during_replication_another_worker_finishes_it(etcd, sites):
+def _paris_with_a_snapshot(sites, vdisk: str, size: int, seed: int):
+    """Sites paris (with vDisk `vdisk` of `size` random bytes, snapshot s1) and tokyo (served,
+    paris's remote site "tokyo"). Returns (tokyo's path, tokyo's daemon, paris's path, the
+    snapshot's bytes)."""
     secret, make, started = sites
     tokyo_path, paris = make("tokyo"), make("paris")
     tokyo = Daemon.start(tokyo_path, secret)
     started.append(tokyo)
-    rng = np.random.default_rng(18)
-    size = 24 * MiB
     with nxstore.Cluster.open(paris, background=False) as c:
         c.add_remote_site("tokyo", tokyo.address, SECRET)
-        vd = c.create_vdisk("big", size)
-        vd.write(0, rng.integers(0, 256, size, dtype=np.uint8).tobytes())
-        source_image = vd.snapshot("s1").read(0, size)
+        vd = c.create_vdisk(vdisk, size)
+        vd.write(0, np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+        return tokyo_path, tokyo, paris, vd.snapshot("s1").read(0, size)
+
+
+def test_leader_killed_during_replication_another_worker_finishes_it(etcd, sites):
+    secret, _, started = sites
+    size = 24 * MiB
+    tokyo_path, tokyo, paris, source_image = _paris_with_a_snapshot(sites, "big", size, 18)
     blocks = size // BS
     w1 = Worker.join(paris, secret, etcd.url, "w1")
     started.append(w1)
@@ -197,16 +204,9 @@ def test_a_deposed_leader_can_change_nothing(etcd):
 
 
 def test_a_leader_that_loses_etcd_stops_its_transfer_and_resumes_when_it_is_back(etcd, sites):
-    secret, make, started = sites
-    tokyo_path, paris = make("tokyo"), make("paris")
-    tokyo = Daemon.start(tokyo_path, secret)
-    started.append(tokyo)
+    secret, _, started = sites
     size = 16 * MiB
-    with nxstore.Cluster.open(paris, background=False) as c:
-        c.add_remote_site("tokyo", tokyo.address, SECRET)
-        vd = c.create_vdisk("db", size)
-        vd.write(0, np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8).tobytes())
-        source_image = vd.snapshot("s1").read(0, size)
+    tokyo_path, tokyo, paris, source_image = _paris_with_a_snapshot(sites, "db", size, 7)
     w1 = Worker.join(paris, secret, etcd.url, "w1")
     started.append(w1)
     w1.wait_for("serving site", 30)
@@ -240,16 +240,9 @@ def test_a_leader_that_loses_etcd_stops_its_transfer_and_resumes_when_it_is_back
 def test_a_stopped_leader_hands_its_transfer_over_at_once(etcd, sites):
     """SIGTERM: the leader stops its transfer at the next frame, closes the cluster and
     resigns, so the standby leads without waiting for the lease to run out."""
-    secret, make, started = sites
-    tokyo_path, paris = make("tokyo"), make("paris")
-    tokyo = Daemon.start(tokyo_path, secret)
-    started.append(tokyo)
+    secret, _, started = sites
     size = 16 * MiB
-    with nxstore.Cluster.open(paris, background=False) as c:
-        c.add_remote_site("tokyo", tokyo.address, SECRET)
-        vd = c.create_vdisk("db", size)
-        vd.write(0, np.random.default_rng(9).integers(0, 256, size, dtype=np.uint8).tobytes())
-        source_image = vd.snapshot("s1").read(0, size)
+    tokyo_path, tokyo, paris, source_image = _paris_with_a_snapshot(sites, "db", size, 9)
     workers = [Worker.join(paris, secret, etcd.url, f"w{i}") for i in (1, 2)]
     started += workers
     first = _leader(workers)
