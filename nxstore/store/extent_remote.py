@@ -105,6 +105,13 @@ class RemoteGroups:
         with self._cond:
             return g in self.sizes
 
+    def size(self, g: int) -> int | None:
+        """Bytes of remote group g's object, None if it is not on the back end. Taken under
+        the upload lock, so a caller that just missed the local file (the uploader moves it
+        into the cache and records the object under this lock) sees the object."""
+        with self._cond:
+            return self.sizes.get(g)
+
     def is_remote_or_pending(self, g: int) -> bool:
         with self._cond:
             return g in self.sizes or g in self._pending

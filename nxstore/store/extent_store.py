@@ -296,7 +296,7 @@ class ExtentStore:
         try:
             return os.stat(self._path(group_file_name(g))).st_size
         except FileNotFoundError:
-            return None if self._remote is None else self._remote.sizes.get(g)
+            return None if self._remote is None else self._remote.size(g)
 
     def _upload_sealed(self) -> None:
         """Hand every sealed, synced local group to the uploader (extent_remote.py), trim
