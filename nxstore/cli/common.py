@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..constants import LOCK_FILE
 from ..errors import Locked, NotFound
@@ -106,6 +108,24 @@ def human(n: float) -> str:
 def plural(n: int, one: str, many: str) -> str:
     """'1 entity', '3 entities'."""
     return f"{n} {one if n == 1 else many}"
+
+
+def report_blocks(source: str, findings: Sequence[Any], *, clean: str, error: str,
+                  json_doc: dict[str, Any] | None = None) -> int:
+    """The verdict of a block check on the CLI: `json_doc` as JSON if given, else one line
+    per finding (`.offset`, `.problem`) and `clean` when there is none; then, if there are
+    findings, `nxstore: error: <error>` on stderr. Returns the exit status (0 clean, else 1)."""
+    if json_doc is not None:
+        print(json.dumps(json_doc, indent=2))
+    else:
+        for d in findings:
+            print(f"{source}: block at offset {d.offset}: {d.problem}")
+        if not findings:
+            print(clean)
+    if not findings:
+        return 0
+    sys.stderr.write(f"nxstore: error: {error}\n")
+    return 1
 
 
 def split_ref(ref: str, *, need_snap: bool) -> tuple[str, str | None]:

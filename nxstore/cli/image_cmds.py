@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import json
 import logging
 import os
 import stat
@@ -34,7 +33,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import NxError
-from .common import CliError, ClusterBusy, human, open_cluster, plural, split_ref
+from .common import CliError, ClusterBusy, human, open_cluster, plural, report_blocks, split_ref
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -472,21 +471,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with open_cluster(args.path) as c, Progress(None, f"verify {args.source}") as bar:
         src = c.snapshot(vdisk, snap) if snap else c.vdisk(vdisk)
         r = src.verify(progress=bar.set)
-    if args.json:
-        print(json.dumps({"source": args.source, "size": r.size,
-                          "blocks_checked": r.blocks_checked, "bytes_checked": r.bytes_checked,
-                          "seconds": round(r.seconds, 3), "clean": r.clean,
-                          "damaged": [dataclasses.asdict(d) for d in r.damaged]}, indent=2))
-    else:
-        for d in r.damaged:
-            print(f"{args.source}: block at offset {d.offset}: {d.problem}")
-        if r.clean:
-            print(f"verified {args.source}: {r.blocks_checked} allocated blocks "
-                  f"({human(r.bytes_checked)}) in {r.seconds:.2f} s "
-                  f"({_rate(r.bytes_checked, r.seconds)}): no damage")
-    if r.damaged:
-        found = plural(len(r.damaged), "damaged block", "damaged blocks")
-        sys.stderr.write(f"nxstore: error: verify found {found} of {r.blocks_checked} in "
-                         f"{args.source}\n")
-        return 1
-    return 0
+    doc = {"source": args.source, "size": r.size, "blocks_checked": r.blocks_checked,
+           "bytes_checked": r.bytes_checked, "seconds": round(r.seconds, 3), "clean": r.clean,
+           "damaged": [dataclasses.asdict(d) for d in r.damaged]}
+    return report_blocks(
+        args.source, r.damaged, json_doc=doc if args.json else None,
+        clean=f"verified {args.source}: {r.blocks_checked} allocated blocks "
+              f"({human(r.bytes_checked)}) in {r.seconds:.2f} s "
+              f"({_rate(r.bytes_checked, r.seconds)}): no damage",
+        error=f"verify found {plural(len(r.damaged), 'damaged block', 'damaged blocks')} of "
+              f"{r.blocks_checked} in {args.source}")

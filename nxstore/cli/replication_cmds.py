@@ -17,10 +17,18 @@ import json
 import logging
 import os
 import stat
-import sys
 
 from . import coord_cmds
-from .common import CliError, human, open_cluster, plural, size_arg, split_ref, table
+from .common import (
+    CliError,
+    human,
+    open_cluster,
+    plural,
+    report_blocks,
+    size_arg,
+    split_ref,
+    table,
+)
 from .progress import Progress
 from .serve import SCHEDULE_INTERVAL_S, serve_cluster, tls_context
 
@@ -307,22 +315,14 @@ def cmd_replica_verify(args: argparse.Namespace) -> int:
         with Progress(None, f"verify {args.source} at {args.site}", unit="blk") as bar:
             r = verify_replica(c, args.site, snap, reread_here=args.read_local,
                                progress=bar.set)
-    if args.json:
-        print(json.dumps({"site": r.site, "source": r.snapshot, "size": r.size,
-                          "blocks_compared": r.blocks_compared, "clean": r.clean,
-                          "bytes_on_wire": r.bytes_on_wire, "seconds": round(r.seconds, 3),
-                          "differences": [{"offset": d.offset, "problem": d.problem}
-                                          for d in r.differences]}, indent=2))
-    else:
-        for d in r.differences:
-            print(f"{args.source}: block at offset {d.offset}: {d.problem}")
-        if r.clean:
-            print(f"verified {args.source} against its replica at {args.site}: "
-                  f"{r.blocks_compared} blocks ({human(r.size)}) match; {human(r.bytes_on_wire)} "
-                  f"on the wire in {r.seconds:.2f} s")
-    if r.differences:
-        found = plural(len(r.differences), "block differs", "blocks differ")
-        sys.stderr.write(f"nxstore: error: {found} between {args.source} and its replica at "
-                         f"{args.site}\n")
-        return 1
-    return 0
+    doc = {"site": r.site, "source": r.snapshot, "size": r.size,
+           "blocks_compared": r.blocks_compared, "clean": r.clean,
+           "bytes_on_wire": r.bytes_on_wire, "seconds": round(r.seconds, 3),
+           "differences": [{"offset": d.offset, "problem": d.problem} for d in r.differences]}
+    return report_blocks(
+        args.source, r.differences, json_doc=doc if args.json else None,
+        clean=f"verified {args.source} against its replica at {args.site}: "
+              f"{r.blocks_compared} blocks ({human(r.size)}) match; {human(r.bytes_on_wire)} "
+              f"on the wire in {r.seconds:.2f} s",
+        error=f"{plural(len(r.differences), 'block differs', 'blocks differ')} between "
+              f"{args.source} and its replica at {args.site}")

@@ -109,6 +109,33 @@ def _paris_with_a_snapshot(sites, vdisk: str, size: int, seed: int):
         return tokyo_path, tokyo, paris, vd.snapshot("s1").read(0, size)
 
 
+def _until_first_attempt_sent(url: str, worker: Worker) -> None:
+    """Wait (60 s at most) until the first transfer's latest attempt has sent something."""
+    deadline = time.monotonic() + 60
+    while not (status(url)["transfers"][0]["attempts"] or [{}])[-1].get("done"):
+        assert time.monotonic() < deadline, worker.stderr
+        time.sleep(0.05)
+
+
+def _until_transfer_done(url: str, worker: Worker, timeout: float = 90,
+                         meanwhile: tuple[str, ...] = ()) -> dict:
+    """The first transfer's record once its state is "done" (within `timeout` s); while it
+    waits its state must be one of `meanwhile` (any, if empty)."""
+    deadline = time.monotonic() + timeout
+    while (t := status(url)["transfers"][0])["state"] != "done":
+        assert not meanwhile or t["state"] in meanwhile, t
+        assert time.monotonic() < deadline, (t, worker.stderr)
+        time.sleep(0.1)
+    return t
+
+
+def _replica_reads_as(tokyo_path: str, size: int, image: bytes) -> None:
+    """Tokyo's replica of paris's db holds one snapshot, reading as `image`."""
+    with nxstore.Cluster.open(tokyo_path, background=False) as c:
+        (snap,) = c.vdisk("paris:db").snapshots()
+        assert snap.read(0, size) == image
+
+
 def test_leader_killed_during_replication_another_worker_finishes_it(etcd, sites):
     secret, _, started = sites
     size = 24 * MiB
@@ -136,11 +163,7 @@ def test_leader_killed_during_replication_another_worker_finishes_it(etcd, sites
     assert 0 < arrived < blocks
     w2 = Worker.join(paris, secret, etcd.url, "w2")
     started.append(w2)
-    deadline = time.monotonic() + 120
-    while (t := status(etcd.url)["transfers"][0])["state"] != "done":
-        assert t["state"] in ("queued", "running"), t
-        assert time.monotonic() < deadline, (t, w2.stderr)
-        time.sleep(0.1)
+    t = _until_transfer_done(etcd.url, w2, 120, meanwhile=("queued", "running"))
     first, second = t["attempts"]
     assert first["worker"] == "w1" and first["outcome"] == "running"  # cut off by the kill
     assert second["worker"] == "w2" and second["outcome"] == "done"
@@ -212,10 +235,7 @@ def test_a_leader_that_loses_etcd_stops_its_transfer_and_resumes_when_it_is_back
     w1.wait_for("serving site", 30)
     assert cli("site", "transfer", "--etcd", etcd.url, "db@s1", "tokyo",
                "--bandwidth-limit", "2M").returncode == 0
-    deadline = time.monotonic() + 60
-    while not (status(etcd.url)["transfers"][0]["attempts"] or [{}])[-1].get("done"):
-        assert time.monotonic() < deadline, w1.stderr
-        time.sleep(0.05)
+    _until_first_attempt_sent(etcd.url, w1)
     etcd.kill()
     # The lease runs out within TTL; the transfer stops at its next frame (4 MiB at 2 MiB/s).
     bound = TTL + 2 + SLACK_S
@@ -223,18 +243,13 @@ def test_a_leader_that_loses_etcd_stops_its_transfer_and_resumes_when_it_is_back
     w1.wait_for("cluster " + paris + " closed", SLACK_S)
     nxstore.Cluster.open(paris, background=False).close()  # released: nobody coordinates
     etcd.restart()  # its state is back: the same worker joins again, leads, resumes
-    deadline = time.monotonic() + 90
-    while (t := status(etcd.url)["transfers"][0])["state"] != "done":
-        assert time.monotonic() < deadline, (t, w1.stderr)
-        time.sleep(0.1)
+    t = _until_transfer_done(etcd.url, w1)
     assert [x["worker"] for x in t["attempts"]] == ["w1", "w1"]
     assert t["attempts"][1]["term"] > t["attempts"][0]["term"]
     assert t["attempts"][1]["blocks_deduped"] > 0  # what arrived before was not sent again
     w1.stop()
     tokyo.stop()
-    with nxstore.Cluster.open(tokyo_path, background=False) as c:
-        (snap,) = c.vdisk("paris:db").snapshots()
-        assert snap.read(0, size) == source_image
+    _replica_reads_as(tokyo_path, size, source_image)
 
 
 def test_a_stopped_leader_hands_its_transfer_over_at_once(etcd, sites):
@@ -249,24 +264,16 @@ def test_a_stopped_leader_hands_its_transfer_over_at_once(etcd, sites):
     other = next(w for w in workers if w is not first)
     assert cli("site", "transfer", "--etcd", etcd.url, "db@s1", "tokyo",
                "--bandwidth-limit", "2M").returncode == 0
-    deadline = time.monotonic() + 60
-    while not (status(etcd.url)["transfers"][0]["attempts"] or [{}])[-1].get("done"):
-        assert time.monotonic() < deadline, first.stderr
-        time.sleep(0.05)
+    _until_first_attempt_sent(etcd.url, first)
     assert "is stopping: it gives up the leadership" in first.stop()
     # It resigned and revoked its lease on the way out: no wait for the lease to run out.
     assert other.wait_for("serving site", SLACK_S) < SLACK_S
-    deadline = time.monotonic() + 90
-    while (t := status(etcd.url)["transfers"][0])["state"] != "done":
-        assert time.monotonic() < deadline, (t, other.stderr)
-        time.sleep(0.1)
+    t = _until_transfer_done(etcd.url, other)
     assert [a["worker"] for a in t["attempts"]] == [first.name, other.name]
     assert t["attempts"][1]["blocks_deduped"] > 0
     other.stop()
     tokyo.stop()
-    with nxstore.Cluster.open(tokyo_path, background=False) as c:
-        (snap,) = c.vdisk("paris:db").snapshots()
-        assert snap.read(0, size) == source_image
+    _replica_reads_as(tokyo_path, size, source_image)
 
 
 def test_two_live_workers_cannot_share_a_name(etcd, sites):
