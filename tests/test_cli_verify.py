@@ -22,29 +22,13 @@ from nxstore.store.verify import damaged_extents, verify_image
 
 sys.path.insert(0, str(Path(__file__).parent / "replication"))
 from sites_helper import NXSTORE, Daemon  # noqa: E402
+from test_cli import nx  # noqa: E402
+from test_cli_leap import error_line as last_error  # noqa: E402
 
 MiB = 1 << 20
 BS = 4096
 TIMEOUT = 120
 SECRET = "correct horse battery staple"
-
-
-def nx(*args: object, rc: int = 0, **kwargs) -> subprocess.CompletedProcess:
-    """Run `nxstore ARGS` (text output); assert the exit status and no traceback."""
-    proc = subprocess.run([*NXSTORE, *map(str, args)], capture_output=True, text=True,
-                          timeout=TIMEOUT, stdin=subprocess.DEVNULL, **kwargs)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == rc, (f"nxstore {' '.join(map(str, args))}: rc {proc.returncode} "
-                                   f"!= {rc}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return proc
-
-
-def last_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("nxstore: error: "), proc.stderr
-    for needle in needles:
-        assert needle in line, line
-    return line
 
 
 def export_sha256(path: object, ref: str) -> str:
