@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import CoordinationUnavailable, InvalidArgument
+from .keys import KEY_FORMAT_VERSION
 
 REQUEST_TIMEOUT_S = 2.0  # one HTTP request; a lease TTL is several of these
 
@@ -32,13 +33,18 @@ class Entry:
     lease: int  # 0: not bound to a lease
 
     def json(self) -> dict[str, Any]:
-        """The value as a JSON object; CoordinationUnavailable if it is not one."""
+        """The value as a JSON object of this build's format (`keys.encode`);
+        CoordinationUnavailable if it is not one or has another "version"."""
         try:
             out = json.loads(self.value)
         except ValueError:
             out = None
         if not isinstance(out, dict):
             raise CoordinationUnavailable(f"etcd key {self.key} does not hold a JSON object")
+        if out.get("version") != KEY_FORMAT_VERSION:
+            raise CoordinationUnavailable(
+                f"etcd key {self.key} holds format version {out.get('version')!r}; this build "
+                f"reads version {KEY_FORMAT_VERSION}")
         return out
 
 
