@@ -240,7 +240,7 @@ def update_blocks(fd: int, size: int, vd, block_size: int) -> UpdateResult:
     writing only the blocks whose fingerprint differs from the vDisk's (zero blocks that
     differ are trimmed). Reads the file in UPDATE_CHUNK pieces, the next one read and
     fingerprinted (C, GIL released) in a helper thread while this one is compared (one map
-    lookup a piece) and its runs of differing blocks written. Durable on return."""
+    lookup a piece) and its differing blocks written as one batch. Durable on return."""
     import numpy as np  # here, not at the top: `nxstore import --help` stays fast
 
     from ..store import native
@@ -270,7 +270,12 @@ def update_blocks(fd: int, size: int, vd, block_size: int) -> UpdateResult:
             first = off // block_size
             differ = (fps != vd.block_fingerprints(first, len(fps)).fps).any(axis=1)
             data, zeros = np.flatnonzero(differ & ~zero), np.flatnonzero(differ & zero)
-            for lo, length in block_ranges(data + first, block_size, size):
+            # whole blocks in one batch, straight to the extent store; a partial last
+            # block (an image size that is not a multiple of the block size) as a write
+            whole = data[(data + first + 1) * block_size <= size]
+            rows = piece.reshape(-1, block_size)
+            vd.write_blocks(whole + first, rows[whole])
+            for lo, length in block_ranges(data[len(whole):] + first, block_size, size):
                 vd.write(lo, piece[lo - off : lo - off + length])
             for lo, length in block_ranges(zeros + first, block_size, size):
                 vd.trim(lo, length)

@@ -227,6 +227,12 @@ def lock_group(vdisks: Sequence[VDisk], duplicate_error: str, *,
         yield members
 
 
+def _runs(blocks: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) index pairs of the runs of consecutive numbers in sorted `blocks`."""
+    breaks = (np.flatnonzero(np.diff(blocks.astype(np.int64)) != 1) + 1).tolist()
+    return list(zip([0, *breaks], [*breaks, len(blocks)], strict=True))
+
+
 def block_ranges(blocks: np.ndarray, block_size: int, size: int) -> list[tuple[int, int]]:
     """Sorted block indices -> merged (offset, length) byte ranges clipped to `size`."""
     if blocks.size == 0:
@@ -331,6 +337,39 @@ class VDisk:
         """Discard [offset, offset+length): it reads as zeros. Durable after `flush()`."""
         self._trim(offset, length, mirrored=False)
 
+    def write_blocks(self, blocks: np.ndarray, data: np.ndarray) -> None:
+        """Write whole blocks, scattered: row i of `data` (uint8, (n, block_size)) becomes
+        block `blocks[i]` (integers, strictly increasing). Like a large aligned `write`, the
+        rows go straight to the extent store, deduplicated and compressed as one batch, and
+        are logged as one MAP record per run of consecutive blocks: no block is written
+        twice. Durable once a later `flush()` returns. Raises InvalidArgument (shapes,
+        dtype, order), OutOfRange (a block not wholly inside the vDisk), ReadOnly; nothing
+        is written then."""
+        bs = self._ctx.block_size
+        rows = np.asarray(data)
+        nums = np.asarray(blocks)
+        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != bs:
+            raise InvalidArgument(f"write to {self.name}: data must be uint8 rows of {bs} bytes")
+        if nums.ndim != 1 or nums.dtype.kind not in "iu" or len(nums) != len(rows):
+            raise InvalidArgument(f"write to {self.name}: {len(rows)} rows need as many "
+                                  "integer block numbers")
+        if not len(nums):
+            return
+        if np.any(np.diff(nums.astype(np.int64)) <= 0):
+            raise InvalidArgument(f"write to {self.name}: block numbers must increase")
+        if int(nums[0]) < 0 or (int(nums[-1]) + 1) * bs > self.size:
+            raise OutOfRange(f"write to {self.name}: blocks {int(nums[0])}..{int(nums[-1])} "
+                             f"are not all inside its {self.size} bytes")
+        nums = nums.astype(np.uint64)
+        self._ctx.throttle()
+        with self._lock:
+            self._check_target(mirrored=False)
+            self._store_blocks(nums, np.ascontiguousarray(rows))
+            if self._mirror is not None:
+                for start, stop in _runs(nums):
+                    self._mirror.write(self, int(nums[start]) * bs,
+                                       memoryview(rows[start:stop]).cast("B"))
+
     def apply_mirrored_write(self, offset: int, data: object) -> None:
         """Apply a write a mirror received from another vDisk (nxstore.store.mirror) to this
         read-only replica; durable, like `write`, once a later `flush()` returns. For the
@@ -411,18 +450,27 @@ class VDisk:
             self._apply_write(offset, view, seq)
 
     def _write_direct(self, offset: int, view: memoryview) -> None:
+        bs = self._ctx.block_size
+        first = offset // bs
+        rows = np.frombuffer(view, dtype=np.uint8).reshape(-1, bs)
+        self._store_blocks(np.arange(first, first + len(rows), dtype=np.uint64), rows)
+
+    def _store_blocks(self, blocks: np.ndarray, rows: np.ndarray) -> None:
+        """Put `rows` into the extent store as one batch and point `blocks` (increasing)
+        at them, one MAP record per run of consecutive blocks (caller holds the lock)."""
         container = self._ctx.containers[self._row.container_id]
-        first = offset // self._ctx.block_size
         with self._ctx.map_lock:
             ids = self._ctx.store.put_blocks(
-                np.frombuffer(view, dtype=np.uint8),
+                rows,
                 dedup=container.dedup,
                 compress=container.compression,
                 verify_dedup=container.verify_dedup,
                 container_id=container.id,
             )
-            seq = self._ctx.oplog.append_map(self.id, first, ids)
-            self._apply_map(first, ids, seq)
+            for start, stop in _runs(blocks):
+                seq = self._ctx.oplog.append_map(self.id, int(blocks[start]), ids[start:stop])
+            self._set_map(blocks, ids)  # one map update for every run
+            self._last_seq = seq
 
     def _apply_write(self, offset: int, view: memoryview, seq: int) -> None:
         self._dirty.write(offset, view, seq)

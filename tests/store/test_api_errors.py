@@ -100,6 +100,38 @@ def test_write_wrong_data_type(populated, make_cluster, bad):
     assert_intact(make_cluster, c, expected)
 
 
+_ROW = np.zeros((1, BS), np.uint8)
+
+
+@pytest.mark.parametrize("blocks,rows,error", [
+    ([SIZE // BS], _ROW, errors.OutOfRange),                    # past the end
+    ([-1], _ROW, errors.OutOfRange),
+    ([2, 1], np.zeros((2, BS), np.uint8), errors.InvalidArgument),  # not increasing
+    ([1, 1], np.zeros((2, BS), np.uint8), errors.InvalidArgument),
+    ([1, 2], _ROW, errors.InvalidArgument),                     # counts differ
+    ([1], np.zeros((1, BS - 1), np.uint8), errors.InvalidArgument),  # not a block
+    ([1], np.zeros((1, BS), np.int32), errors.InvalidArgument),
+    ([1.0], _ROW, errors.InvalidArgument),
+])
+def test_write_blocks_bad_input(populated, make_cluster, blocks, rows, error):
+    c, expected = populated
+    with pytest.raises(error):
+        c.vdisk("a").write_blocks(np.array(blocks), rows)
+    assert_intact(make_cluster, c, expected)
+
+
+def test_write_blocks_on_a_partial_last_block(make_cluster):
+    c = make_cluster()
+    vd = c.create_vdisk("v", 3 * BS + 10)
+    with pytest.raises(errors.OutOfRange):
+        vd.write_blocks(np.array([3]), _ROW)
+    rows = np.frombuffer(pattern(4, 2 * BS), np.uint8).reshape(2, BS)
+    vd.write_blocks(np.array([0, 2]), rows)
+    vd.flush()
+    c2 = make_cluster.reopen(c)
+    assert c2.vdisk("v").read(0, 3 * BS) == rows[0].tobytes() + bytes(BS) + rows[1].tobytes()
+
+
 @pytest.mark.parametrize("offset,length", [("0", 1), (0.0, 1), (None, 1), (0, "1"), (0, 1.0),
                                            (0, None), (True, 1)])
 def test_io_wrong_argument_types(populated, make_cluster, offset, length):

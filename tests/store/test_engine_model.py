@@ -95,6 +95,23 @@ class EngineMachine(RuleBasedStateMachine):
         self.m.disks[name].write(offset, payload)
 
     @rule(data=st.data())
+    def write_blocks(self, data) -> None:
+        """Scattered whole blocks in one batch (the path of `import --update`)."""
+        import numpy as np
+
+        name = data.draw(st.sampled_from(sorted(self.m.disks)))
+        whole = self.m.disks[name].size // BS
+        if not whole:
+            return
+        blocks = sorted(data.draw(st.sets(st.integers(0, whole - 1), min_size=1, max_size=12)))
+        kind = data.draw(st.sampled_from(KINDS))
+        payload = pattern(data.draw(st.integers(0, 2**32)), len(blocks) * BS, kind)
+        rows = np.frombuffer(payload, np.uint8).reshape(-1, BS)
+        self.c.vdisk(name).write_blocks(np.array(blocks), rows)
+        for i, b in enumerate(blocks):
+            self.m.disks[name].write(b * BS, payload[i * BS : (i + 1) * BS])
+
+    @rule(data=st.data())
     def trim(self, data) -> None:
         name = data.draw(st.sampled_from(sorted(self.m.disks)))
         size = self.m.disks[name].size

@@ -62,6 +62,17 @@ def engine(tmp_path):
     e.close()
 
 
+def test_scattered_block_writes_reach_the_mirror_as_runs(engine):
+    vd = engine.create_vdisk("vol", DISK)
+    rec = Recorder()
+    engine.set_mirror("vol", rec)
+    rows = np.frombuffer(os.urandom(4 * BS), np.uint8).reshape(4, BS)
+    vd.write_blocks(np.array([3, 4, 9, 10]), rows)
+    assert rec.calls == [("write", "vol", 3 * BS, rows[:2].tobytes()),
+                         ("write", "vol", 9 * BS, rows[2:].tobytes())]
+    assert vd.read(3 * BS, 8 * BS) == rows[:2].tobytes() + bytes(4 * BS) + rows[2:].tobytes()
+
+
 def replica(e: Engine, name: str, size: int = DISK) -> VDisk:
     return e.new_vdisk(name, size, e.container("default").id, parent_layer=0, read_only=True)
 
