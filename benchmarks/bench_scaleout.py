@@ -17,7 +17,10 @@ S1. ingest: SEQ_BYTES of unique incompressible data in 1 MiB writes + flush into
 S2. read: the ingested vDisk read back sequentially in 1 MiB calls, (a) warm, every group
     in the read cache, vs the local cluster (target: >= 0.8 x local), and (b) cold: the
     cache emptied and the cluster reopened, every group fetched with ranged GETs (reported
-    against the same local figure; no target).
+    against the same local figure; no target); (c) SPARSE_READS and RANDOM_READS random
+    16 KiB reads on an empty cache (the cluster's open included): a cold read fetches only the chunks
+    (extent_remote.PART_CHUNK_BYTES) its records lie in; the same run with the chunk set to
+    the group size is what fetching whole groups costs (reported with the bytes fetched).
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from _util import Fresh, KiB, MiB, read_all, scaled, scratch_dir, timed, unique_
 from conftest import report
 
 import nxstore
-from nxstore.constants import EXTENT_CACHE_DIR, EXTENT_DIR
+from nxstore.constants import EXTENT_CACHE_DIR, EXTENT_DIR, EXTENT_GROUP_BYTES
+from nxstore.store import extent_remote
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from s3server import BUCKET, SeaweedServer  # noqa: E402
 
 SEQ_BYTES = scaled(256 * MiB)
 ROUNDS = 5
+RANDOM_READS = 200  # dense: most chunks of every group
+SPARSE_READS = 8  # sparse: a few chunks of each group
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +155,60 @@ def test_s2_read_s3_vs_local(benchmark, s3, root, data) -> None:  # noqa: ANN001
                SEQ_BYTES, "MB/s", local_mbps, "local back end, same run", target_ratio=0.8,
                load1=os.getloadavg()[0])  # fmt: skip
         sc.close()
-        cold = []
-        for _ in range(3):  # an empty cache each time: every group fetched by ranged GETs
-            shutil.rmtree(os.path.join(spath, EXTENT_DIR, EXTENT_CACHE_DIR))
-            sc = nxstore.Cluster.open(spath, background=False)
-            cold.append(timed(lambda sc=sc: read_all(sc.vdisk("seq"), SEQ_BYTES)))
-            fetched = sc.ctx.store._remote.fetches
-            sc.close()
-        report(benchmark, "S2b seq read 1 MiB, S3 back end, empty cache (ranged GETs)",
-               SEQ_BYTES, "MB/s", local_mbps, "local back end, same run",
-               seconds=float(np.median(cold)), groups_fetched=fetched,
-               load1=os.getloadavg()[0])  # fmt: skip
+        cold: dict[str, list[float]] = {"chunks": [], "whole groups": []}
+        fetched = {}
+        modes = [("chunks", extent_remote.PART_CHUNK_BYTES),
+                 ("whole groups", EXTENT_GROUP_BYTES)]  # (what a cold read fetched before)
+        for r in range(4):  # an empty cache each time; the first mode of a round runs slower
+            for how, chunk in modes[:: 1 if r % 2 else -1]:
+                shutil.rmtree(os.path.join(spath, EXTENT_DIR, EXTENT_CACHE_DIR))
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(extent_remote, "PART_CHUNK_BYTES", chunk)
+                    sc = nxstore.Cluster.open(spath, background=False)
+                    cold[how].append(timed(lambda sc=sc: read_all(sc.vdisk("seq"), SEQ_BYTES)))
+                    fetched[how] = sc.ctx.store._remote.fetches
+                    sc.close()
+        for how, times in cold.items():
+            report(benchmark, f"S2b seq read 1 MiB, S3 back end, empty cache, fetching {how}",
+                   SEQ_BYTES, "MB/s", local_mbps, "local back end, same run",
+                   seconds=float(np.median(times)), fetch_calls=fetched[how],
+                   load1=os.getloadavg()[0])  # fmt: skip
     finally:
         lc.close()
         sc.close()
+
+
+@pytest.mark.parametrize("reads", [SPARSE_READS, RANDOM_READS])
+@pytest.mark.parametrize("fetch", ["chunks", "whole groups"])
+def test_s2c_cold_random_reads(benchmark, s3, root, data, fetch, reads, monkeypatch) -> None:  # noqa: ANN001
+    if fetch == "whole groups":  # what a cold read fetched before chunks: its whole group
+        monkeypatch.setattr(extent_remote, "PART_CHUNK_BYTES", EXTENT_GROUP_BYTES)
+    lpath, spath = (os.path.join(root, f"{side}-{fetch}-{reads}") for side in ("cl", "cs"))
+    with nxstore.Cluster.create(lpath, block_size=16 * KiB, background=False) as c:
+        _ingest(c, data)
+    with nxstore.Cluster.create(spath, block_size=16 * KiB, background=False,
+                                extent_store=f"s3://{BUCKET}/bench-cold-{uuid.uuid4().hex[:8]}",
+                                s3_endpoint=s3.endpoint) as c:  # fmt: skip
+        _ingest(c, data)
+    blocks = np.random.default_rng(5).integers(0, SEQ_BYTES // (16 * KiB), reads)
+    offsets = (blocks * 16 * KiB).tolist()
+    with nxstore.Cluster.open(lpath, background=False) as lc:
+        read_all(lc.vdisk("seq"), SEQ_BYTES)  # in the page cache
+        local_s = timed(lambda: [lc.vdisk("seq").read(o, 16 * KiB) for o in offsets])
+    fetched: list[int] = []
+
+    def setup() -> None:
+        shutil.rmtree(os.path.join(spath, EXTENT_DIR, EXTENT_CACHE_DIR))
+
+    def run() -> None:
+        with nxstore.Cluster.open(spath, background=False) as sc:
+            vd = sc.vdisk("seq")
+            for o in offsets:
+                vd.read(o, 16 * KiB)
+            fetched.append(sc.ctx.store._remote.fetched_bytes)
+
+    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+    report(benchmark, f"S2c {reads} random 16 KiB reads (open included), S3 back end, "
+           f"empty cache, fetching {fetch}", reads, "reads/s", reads / local_s,
+           "local back end (page cache), same run", fetched_bytes=int(np.median(fetched)),
+           load1=os.getloadavg()[0])  # fmt: skip

@@ -273,6 +273,10 @@ def _read_runs(
     n = len(groups)
     got = np.zeros(n, np.int64)
     why: dict[int, str] = {}
+    spans = None
+    if store.remote:  # a cold remote group is fetched only where these runs read
+        ends = np.concatenate(([0], np.cumsum(iov[:, 2])))
+        spans = np.stack([runs[:, 1], ends[runs[:, 2] + runs[:, 3]] - ends[runs[:, 2]]], 1)
     # where each group's runs start (groups ascend: one group when first == last)
     edges = [0, n] if groups[0] == groups[-1] else [
         0, *(np.flatnonzero(groups[1:] != groups[:-1]) + 1).tolist(), n
@@ -284,7 +288,8 @@ def _read_runs(
         store._pinned = {int(groups[a]) for a in span[:-1]}
         for a, b in zip(span[:-1], span[1:], strict=True):
             try:
-                runs[a:b, 0] = store._fd(int(groups[a]))
+                runs[a:b, 0] = store._fd(int(groups[a]),
+                                         None if spans is None else spans[a:b].tolist())
             except (Corruption, OSError) as exc:
                 why.update(dict.fromkeys(range(a, b), str(exc)))
             except BaseException:

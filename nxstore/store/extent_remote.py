@@ -10,10 +10,20 @@ that: writes stall while the server is slow, and fail with the upload's error on
 unreachable). An upload error is raised by the store's next sync (`raise_error`), and the
 group, still local, is enqueued again.
 
-A read of a group not in the cache fetches the object with ranged GETs
-(FETCH_CHUNK_BYTES each) into the cache first; the cache keeps at most `cache_bytes` of
-groups, evicting the least recently used (a group a read in progress holds open is
-evicted only from the directory; its space is freed when the store closes its fd).
+A read of a group not in the cache fetches only the PART_CHUNK_BYTES-aligned chunks of the
+object its records lie in (ranged GETs of at most FETCH_CHUNK_BYTES; one that starts right
+after a chunk already there reads ahead to that size, so a sequential reader gets large
+GETs and a random one small ones; a group that WHOLE_AFTER_MISSES reads missed in is
+fetched whole on the next) into a sparse cache
+file of the object's size, `<group>.part`, whose fetched chunks this object tracks; once
+every chunk is there the file is renamed to the group's name (a whole-group read, such as
+maintenance's, fetches the rest at once). A partial file is never read where a chunk is
+missing: the store asks for the chunks of every read first (`fetch` with the read's byte
+spans), and a missing chunk would read as zeros, which fail the record checks anyway. Open
+removes partial files (their chunk set is kept in RAM only). The cache keeps at most
+`cache_bytes` of fetched bytes, evicting the least recently used group (a group a read in
+progress holds open is evicted only from the directory; its space is freed when the store
+closes its fd).
 
 Crash safety: a group is deleted locally only after the object is complete in the store
 (S3 PUTs are atomic), so every group the table names is local, remote or both. A crash
@@ -40,7 +50,13 @@ from .group_backend import GroupBackend, cache_dir
 
 log = logging.getLogger(__name__)
 
-FETCH_CHUNK_BYTES = 8 * 1024 * 1024  # bytes per ranged GET when a group is fetched
+FETCH_CHUNK_BYTES = 16 * 1024 * 1024  # bytes per ranged GET at most
+# Cache granularity of cold reads: a 16 KiB read of a cold 64 MiB group fetches one chunk.
+PART_CHUNK_BYTES = 256 * 1024
+# A group that reads keep missing in is fetched whole on its next miss: many small GETs
+# cost more than the few large ones of the whole group once the reads are dense.
+WHOLE_AFTER_MISSES = 4
+_PART_SUFFIX = ".part"
 _COMPARE_CHUNK_BYTES = 8 * 1024 * 1024
 
 
@@ -55,7 +71,10 @@ class RemoteGroups:
         self.cache = cache_dir(directory)
         self.sizes: dict[int, int] = {}  # remote group -> object size
         self._lru: OrderedDict[int, int] = OrderedDict()  # cached group -> bytes, LRU first
-        self.fetches = 0  # groups fetched from the back end (tests and benchmarks read it)
+        self._parts: dict[int, set[int]] = {}  # partly fetched group -> its chunks present
+        self._misses: dict[int, int] = {}  # partly fetched group -> reads that fetched chunks
+        self.fetches = 0  # reads that went to the back end (tests and benchmarks read it)
+        self.fetched_bytes = 0  # bytes those fetches got (tests and benchmarks read it)
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[int, str | None] = {}  # group -> local path (None: cancelled)
         self._error: NxError | OSError | None = None  # the first upload failure not raised yet
@@ -65,12 +84,15 @@ class RemoteGroups:
     def _cached(self, g: int) -> str:
         return os.path.join(self.cache, group_file_name(g))
 
+    def _partial(self, g: int) -> str:
+        return self._cached(g) + _PART_SUFFIX
+
     # -- open -------------------------------------------------------------------------
     def load(self) -> dict[int, int]:
         """List the remote groups ({group: size}) and adopt the cache files that match
         one (others are removed). At open only. Raises ObjectStoreError,
         AuthenticationError."""
-        self.sizes, self._lru = {}, OrderedDict()
+        self.sizes, self._lru, self._parts, self._misses = {}, OrderedDict(), {}, {}
         for name, size in self.backend.list().items():
             g = parse_group_name(name)
             if g is not None:
@@ -208,26 +230,61 @@ class RemoteGroups:
         return True
 
     # -- read -------------------------------------------------------------------------
-    def fetch(self, g: int, length: int, pinned: set[int]) -> tuple[str, list[int]]:
-        """The cache file of remote group g, fetched first if missing (at least `length`
-        bytes asked for, more if the object is longer; a shorter object gives a shorter
-        file, which reads report as truncated). Returns (path, groups evicted to make
-        room; never g or a pinned one). Raises NotFound (no such object),
-        ObjectStoreError, AuthenticationError."""
+    def is_partial(self, g: int) -> bool:
+        """True while group g's cache file holds only some of its chunks."""
+        with self._cond:
+            return g in self._parts
+
+    def fetch(self, g: int, length: int, pinned: set[int],
+              spans: list[tuple[int, int]] | None = None) -> tuple[str, list[int]]:
+        """The cache file of remote group g, with the bytes a read needs fetched first:
+        the chunks of `spans` ((offset, length) pairs), or with `spans` None the whole
+        object (at least `length` bytes asked for, more if the object is longer; a shorter
+        object gives a shorter file, which reads report as truncated). Returns (path of
+        the file, complete or `.part`; groups evicted to make room, never g or a pinned
+        one). Raises NotFound (no such object), ObjectStoreError, AuthenticationError."""
         path = self._cached(g)
         with self._cond:
-            if g in self._lru and os.path.exists(path):
+            size = self.sizes.get(g)
+            present = self._parts.get(g)
+            if g in self._lru and present is None and os.path.exists(path):
                 self._lru.move_to_end(g)
                 return path, []
-            want = max(length, self.sizes.get(g, 0))
-        name = group_file_name(g)
+            if present is None and (spans is None or size is None):
+                whole = True
+            else:
+                whole = False
+                if present is None:
+                    present = set()
+                chunks = -(-(size or 0) // PART_CHUNK_BYTES)
+                if self._misses.get(g, 0) >= WHOLE_AFTER_MISSES:
+                    spans = None
+                want = set(range(chunks)) if spans is None else {
+                    c for off, n in spans if n > 0
+                    for c in range(off // PART_CHUNK_BYTES,
+                                   min(chunks, -(-(off + n) // PART_CHUNK_BYTES)))
+                }  # fmt: skip
+                missing = sorted(want - present)
+                if missing:
+                    self._misses[g] = self._misses.get(g, 0) + 1
+        if whole:
+            self._fetch_whole(g, max(length, size or 0))
+        elif missing or g not in self._parts:
+            self._fetch_chunks(g, size or 0, present, missing)
+        with self._cond:
+            self._lru.move_to_end(g)
+            path = self._partial(g) if g in self._parts else path
+        return path, self.evict({g, *pinned})
+
+    def _fetch_whole(self, g: int, want: int) -> None:
+        path = self._cached(g)
         tmp = f"{path}.tmp.{os.getpid()}"
         with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:  # owner-only
             try:
                 at = 0
                 while at < want:
                     ask = min(FETCH_CHUNK_BYTES, want - at)
-                    chunk = self.backend.get(name, at, ask)
+                    chunk = self._get(g, at, ask)
                     f.write(chunk)
                     at += len(chunk)
                     if len(chunk) < ask:
@@ -240,7 +297,56 @@ class RemoteGroups:
             os.replace(tmp, path)
             self.fetches += 1
             self._lru[g] = os.stat(path).st_size
-        return path, self.evict({g, *pinned})
+
+    def _fetch_chunks(self, g: int, size: int, present: set[int], missing: list[int]) -> None:
+        """Fetch chunks `missing` (sorted) of group g (object of `size` bytes) into its
+        partial file, `present` being those already there, consecutive ones in one GET; a
+        GET right after a present chunk reads ahead (a reader moving forward through the
+        group) up to FETCH_CHUNK_BYTES. Renames the file to the group's name once every
+        chunk is there."""
+        part = self._partial(g)
+        chunks = -(-size // PART_CHUNK_BYTES)
+        most = max(1, FETCH_CHUNK_BYTES // PART_CHUNK_BYTES)  # chunks per GET
+        self.fetches += bool(missing)
+        fd = open_private(part, os.O_RDWR)
+        try:
+            if not present:
+                os.ftruncate(fd, size)
+            wanted = set(missing)
+            i = 0
+            while i < len(missing):
+                lo = hi = missing[i]
+                # read ahead (up to a FETCH_CHUNK_BYTES boundary: aligned GETs are cheaper
+                # where the server keeps objects in chunks) when the reader moves forward
+                ahead = lo - 1 in present
+                stop = min(chunks, (lo // most + 1) * most if ahead else lo + most)
+                # the chunks that follow: wanted ones always, when reading ahead any absent one
+                while hi + 1 < stop and hi + 1 not in present and (ahead or hi + 1 in wanted):
+                    hi += 1
+                while i < len(missing) and missing[i] <= hi:
+                    i += 1
+                at = lo * PART_CHUNK_BYTES
+                view = memoryview(self._get(g, at, min(size, (hi + 1) * PART_CHUNK_BYTES) - at))
+                while view:
+                    n = os.pwrite(fd, view, at)
+                    view, at = view[n:], at + n
+                present.update(range(lo, hi + 1))
+        finally:
+            os.close(fd)
+            with self._cond:
+                if len(present) >= chunks:
+                    os.replace(part, self._cached(g))
+                    self._parts.pop(g, None)
+                    self._misses.pop(g, None)
+                    self._lru[g] = size
+                else:
+                    self._parts[g] = present
+                    self._lru[g] = min(size, len(present) * PART_CHUNK_BYTES)
+
+    def _get(self, g: int, at: int, n: int) -> bytes:
+        data = self.backend.get(group_file_name(g), at, n)
+        self.fetched_bytes += len(data)
+        return data
 
     def evict(self, keep: set[int]) -> list[int]:
         """Remove least recently used cache files until the cache fits its bound, never
@@ -255,7 +361,9 @@ class RemoteGroups:
                     continue
                 total -= self._lru.pop(h)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._cached(h))
+                    self._misses.pop(h, None)
+                    os.unlink(self._partial(h) if self._parts.pop(h, None) is not None
+                              else self._cached(h))
                 out.append(h)
         return out
 
@@ -272,8 +380,10 @@ class RemoteGroups:
             if g in self._pending:
                 self._pending[g] = None
             self._lru.pop(g, None)
+            self._misses.pop(g, None)
+            path = self._partial(g) if self._parts.pop(g, None) is not None else self._cached(g)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._cached(g))
+                os.unlink(path)
         try:
             self.backend.delete(group_file_name(g))
         except ObjectStoreError as exc:

@@ -242,6 +242,11 @@ class ExtentStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def remote(self) -> bool:
+        """True when sealed groups live on a remote back end (extent_remote)."""
+        return self._remote is not None
+
     # -- files ------------------------------------------------------------------------
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -250,17 +255,22 @@ class ExtentStore:
         log.error("extent store: %s", text)
         self._problems.append(text)
 
-    def _fd(self, g: int) -> int:
+    def _fd(self, g: int, spans: list[tuple[int, int]] | None = None) -> int:
+        """An fd of group g's file, local or (remote groups) the cache file, with every
+        byte of it readable, or with `spans` ((offset, length) pairs) those bytes at least
+        (a cold remote group is fetched only in the chunks they touch: extent_remote)."""
         fd = self._fds.get(g)
         if fd is not None:
             self._fds.move_to_end(g)
+            if self._remote is not None and self._remote.is_partial(g):
+                self._fetch_remote(g, spans)
             return fd
         try:
             fd = os.open(self._path(group_file_name(g)), os.O_RDWR)
         except FileNotFoundError:
             if self._remote is None or not self._remote.has(g):
                 raise Corruption(f"extent group {self._path(group_file_name(g))} is missing") from None
-            fd = self._open_remote(g)
+            fd = os.open(self._fetch_remote(g, spans), os.O_RDONLY)
         self._fds[g] = fd
         while len(self._fds) > _MAX_FDS:
             old, ofd = next(iter(self._fds.items()))
@@ -271,13 +281,13 @@ class ExtentStore:
             os.close(ofd)
         return fd
 
-    def _open_remote(self, g: int) -> int:
-        """An fd of remote group g's cache file (fetched first if need be); closes the fds
-        of groups the cache evicted. Raises Corruption (the object is missing),
-        ObjectStoreError, AuthenticationError."""
+    def _fetch_remote(self, g: int, spans: list[tuple[int, int]] | None) -> str:
+        """The path of remote group g's cache file, with `spans` (None: everything)
+        fetched first if need be; closes the fds of groups the cache evicted. Raises
+        Corruption (the object is missing), ObjectStoreError, AuthenticationError."""
         assert self._remote is not None
         try:
-            path, evicted = self._remote.fetch(g, self._glen.get(g, 0), self._pinned)
+            path, evicted = self._remote.fetch(g, self._glen.get(g, 0), self._pinned, spans)
         except NotFound:
             raise Corruption(f"extent group {group_file_name(g)} is missing from "
                              f"{self._remote.backend.location}") from None  # fmt: skip
@@ -285,7 +295,7 @@ class ExtentStore:
             fd = self._fds.pop(h, None)
             if fd is not None:
                 os.close(fd)
-        return os.open(path, os.O_RDONLY)
+        return path
 
     def _group_limit(self) -> int:
         """Bytes past which a group is sealed and the next one started."""

@@ -13,6 +13,7 @@ import pytest
 from s3server import BUCKET, SeaweedServer
 
 import nxstore
+import nxstore.store.extent_remote as er_mod
 import nxstore.store.extent_store as es_mod
 from nxstore.constants import EXTENT_CACHE_DIR, EXTENT_DIR, EXTENT_TABLE_FILE
 from nxstore.errors import (
@@ -30,11 +31,13 @@ from nxstore.store.group_backend import parse_extent_store
 
 BS = 4096
 GROUP = 64 * BS  # sealed groups every 256 KiB, so small tests reach S3
+CHUNK = 16 * BS  # a cold read fetches this much of a group around what it reads
 
 
 @pytest.fixture(autouse=True)
 def _small_groups(monkeypatch):
     monkeypatch.setattr(es_mod, "EXTENT_GROUP_BYTES", GROUP)
+    monkeypatch.setattr(er_mod, "PART_CHUNK_BYTES", CHUNK)  # cold reads fetch parts of groups
 
 
 def _keys(server: SeaweedServer, url: str) -> dict[str, int]:
@@ -81,6 +84,62 @@ def test_cluster_round_trip_after_reopen_with_an_empty_cache(make_cluster, s3ser
         assert all(os.stat(os.path.join(top, d)).st_mode & 0o777 == 0o700 for d in dirs)
         assert all(os.stat(os.path.join(top, f)).st_mode & 0o777 == 0o600 for f in files)
     del snap
+
+
+def test_cold_reads_fetch_only_the_chunks_they_touch(tmp_path, s3server, s3_url):
+    """A cold read gets the chunks of a group its records lie in, into a sparse `.part`
+    cache file; the group's other reads add chunks until the file is whole and renamed;
+    reopening drops partial files; every read is right and verified throughout."""
+    s = _s3_store(tmp_path, s3_url, s3server)
+    data = _blocks(7, 4 * 64)  # four groups of incompressible blocks
+    ids = s.put_blocks(data)
+    s.sync()
+    s.wait_uploaded()
+    s.close()
+    cache = os.path.join(str(tmp_path / "ex"), EXTENT_CACHE_DIR)
+    shutil.rmtree(cache)
+    s = ExtentStore.open(str(tmp_path / "ex"), BS)
+    rows = data.reshape(-1, BS)
+    assert np.array_equal(_read(s, ids[70:71]), rows[70])  # one block of the second group
+    got = s._remote.fetched_bytes
+    assert 0 < got <= CHUNK + BS  # one chunk (a record can straddle two)
+    parts = [n for n in os.listdir(cache) if n.endswith(".part")]
+    assert len(parts) == 1 and os.path.getsize(os.path.join(cache, parts[0])) > CHUNK
+    assert np.array_equal(_read(s, ids[70:72]), rows[70:72].reshape(-1))  # already there: no GET
+    assert s._remote.fetched_bytes == got
+    assert np.array_equal(_read(s, ids[64:128]), rows[64:128].reshape(-1))  # the rest of the group
+    assert not [n for n in os.listdir(cache) if n.endswith(".part")]  # whole, renamed
+    assert np.array_equal(_read(s, ids[200:201]), rows[200])  # another group, partly
+    s.close()
+    assert [n for n in os.listdir(cache) if n.endswith(".part")]
+    s = ExtentStore.open(str(tmp_path / "ex"), BS)
+    assert not [n for n in os.listdir(cache) if n.endswith(".part")]  # open drops them
+    assert s.scrub() == []
+    assert np.array_equal(_read(s, ids), data)
+    s.close()
+
+
+def test_a_group_missed_often_is_fetched_whole(tmp_path, s3server, s3_url, monkeypatch):
+    monkeypatch.setattr(er_mod, "WHOLE_AFTER_MISSES", 2)
+    monkeypatch.setattr(er_mod, "PART_CHUNK_BYTES", 4 * BS)  # 16 chunks a group
+    s = _s3_store(tmp_path, s3_url, s3server)
+    data = _blocks(8, 64)  # one group
+    ids = s.put_blocks(data)
+    s.sync()
+    s.wait_uploaded()
+    s.close()
+    cache = os.path.join(str(tmp_path / "ex"), EXTENT_CACHE_DIR)
+    shutil.rmtree(cache)
+    s = ExtentStore.open(str(tmp_path / "ex"), BS)
+    rows = data.reshape(-1, BS)
+    for k, block in enumerate([1, 20]):  # two misses, one chunk each (no read-ahead)
+        assert np.array_equal(_read(s, ids[block : block + 1]), rows[block])
+        assert s._remote.fetched_bytes <= (k + 1) * 5 * BS
+    assert [n for n in os.listdir(cache) if n.endswith(".part")]
+    assert np.array_equal(_read(s, ids[40:41]), rows[40])  # the third: the whole group
+    assert not [n for n in os.listdir(cache) if n.endswith(".part")]
+    assert np.array_equal(_read(s, ids), data)
+    s.close()
 
 
 def test_dedup_across_vdisks_on_s3(make_cluster, s3server, s3_url):
@@ -365,6 +424,7 @@ def test_killed_between_steps_leaves_nothing_dangling(tmp_path, s3server, s3_url
     s = ExtentStore.open(path, BS)
     named = {group_file_name(g) for g in s._glen}
     assert set(_keys(s3server, s3_url)) <= named  # no orphan left
+    s.wait_uploaded()  # open hands the groups the crash left local to the uploader
     local_now = {n for n in os.listdir(path) if n.startswith("EG")}
     assert not local_now & set(_keys(s3server, s3_url))  # none both local and remote
     assert np.array_equal(_read(s, keep), np.random.default_rng(40).integers(
