@@ -4,13 +4,14 @@ Every worker joins the site in etcd with its own lease (nxstore.coord.registry) 
 campaigns for the leader key (nxstore.coord.election). The leader alone opens the cluster
 (the engine admits one process at a time: its directory's LOCK is flock()ed), serves
 replication and the admin socket on `--listen`, runs the schedules and runs the transfers
-queued in etcd (nxstore.coord.transfers); the other workers wait, campaigning every
-CAMPAIGN_POLL_S. The leader stops coordinating the moment its lease is no longer proven:
-no schedule pass starts, the transfer in progress stops at its next progress report, the
-cluster is closed (its lock released) and the worker joins again with a new lease. A
-worker that cannot reach etcd never opens the cluster. A worker that dies (even SIGKILL)
-leaves the leader key to its lease: another worker leads within the lease TTL (plus one
-campaign poll) and resumes the transfers it left.
+queued in etcd (nxstore.coord.transfers); the other workers wait on etcd's watch of the
+leader key and campaign the moment it is deleted. The leader stops coordinating the moment
+its lease is no longer proven: no schedule pass starts, the transfer in progress stops at
+its next progress report, the cluster is closed (its lock released) and the worker joins
+again with a new lease. A worker that cannot reach etcd never opens the cluster. A worker
+that dies (even SIGKILL) leaves the leader key to its lease: another worker leads within
+the lease TTL of the death (nxstore.coord.lease: etcd's lease is a second shorter, for
+etcd's expiry sweep and the campaign) and resumes the transfers it left.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..errors import AlreadyExists, CoordinationUnavailable, InvalidArgument, Locked
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CAMPAIGN_POLL_S = 0.2   # a waiting worker tries the leader key this often
+CAMPAIGN_RETRY_S = 0.2  # a worker whose campaign could not reach etcd tries again this often
 JOIN_RETRY_S = 1.0      # a worker that cannot reach etcd tries again this often
 FENCE_CHECK_S = 0.05    # the leader looks at its lease's deadline this often
 
@@ -140,7 +141,10 @@ class _Worker:
         return None
 
     async def _campaign(self, lease: WorkerLease, stop: asyncio.Event) -> None:
-        """Campaign until elected, lead, and return when the lease is lost or on stop."""
+        """Campaign until elected, lead, and return when the lease is lost or on stop. A
+        lost campaign waits on etcd's watch of the leader key and campaigns again when it is
+        deleted; the watch is bounded by the lease TTL so the lease's validity is looked at
+        again meanwhile."""
         import asyncio
 
         from ..coord.election import Leadership
@@ -148,18 +152,20 @@ class _Worker:
         lead = Leadership(self.etcd, self.keys, self.name, lease)
         while not stop.is_set() and lease.valid():
             try:
-                won = await asyncio.to_thread(lead.campaign)
+                if not await asyncio.to_thread(lead.campaign):
+                    watch = await asyncio.to_thread(lead.vacancy_watch)
+                    if watch is not None:
+                        await _until(stop, asyncio.to_thread(watch.wait, lease.ttl),
+                                     watch.cancel)
+                    continue
             except CoordinationUnavailable as exc:
                 log.debug("campaign: %s", exc)
-                won = False
-            if won:
-                try:
-                    await self._lead(lead, stop)
-                finally:
-                    await asyncio.to_thread(lead.resign)
+                await _wait(stop, CAMPAIGN_RETRY_S)
                 continue
-            await _wait(stop, CAMPAIGN_POLL_S)
-
+            try:
+                await self._lead(lead, stop)
+            finally:
+                await asyncio.to_thread(lead.resign)
     async def _lead(self, lead: Leadership, stop: asyncio.Event) -> None:
         """Open the cluster and serve it while the leadership holds and until stop."""
         import asyncio
@@ -211,6 +217,22 @@ async def _watch(holds: Callable[[], bool], stop: asyncio.Event, ended: asyncio.
             ended.set()
             return
         await _wait(ended, FENCE_CHECK_S)
+
+
+async def _until(stop: asyncio.Event, work: Awaitable[object],
+                 cancel: Callable[[], None]) -> None:
+    """Wait for `work`; if `stop` is set first, `cancel()` it and wait for it to end."""
+    import asyncio
+
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        cancel()
+    await task
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -6,6 +6,13 @@ alive at least until then whatever the network delays. `valid()` is the proof ev
 coordination checks first; once the deadline passes without a renewal the lease counts as
 lost for good (a lease is never trusted again, even if etcd later answers: the worker joins
 anew with a new lease).
+
+The TTL a site is configured with (`--lease-ttl`, default 5 s) is the longest the other
+workers wait for a dead worker's keys to go: measured from its death, whenever its last
+renewal was. etcd deletes an expired lease's keys in a sweep every 0.5 s, so the lease
+etcd is asked for is TAKEOVER_MARGIN_S shorter: the last renewal just before a SIGKILL,
+the sweep's delay and a standby's campaign (it watches the leader key) then still fit in
+the configured TTL.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from .etcd import Etcd
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 5
-MIN_TTL_S = 2  # a TTL of 1 s leaves no room for a renewal to fail
+# etcd's expiry sweep (every 0.5 s), the revoke's raft commit, the watch event and the
+# campaign: measured 0.1-0.3 s together on a loaded 2-core machine.
+TAKEOVER_MARGIN_S = 1
+MIN_TTL_S = 3  # an etcd lease of 2 s: etcd grants no less, and a renewal may fail once
 # Renewals per TTL: with 3, two renewals in a row may fail before the lease is lost.
 RENEWALS_PER_TTL = 3
 
@@ -40,12 +50,13 @@ class WorkerLease:
 
     @classmethod
     def grant(cls, etcd: Etcd, ttl: int = DEFAULT_TTL_S) -> WorkerLease:
-        """A new lease of `ttl` seconds. Raises InvalidArgument (ttl < MIN_TTL_S),
-        CoordinationUnavailable."""
-        if not isinstance(ttl, int) or ttl < MIN_TTL_S:
+        """A new lease for a site configured with lease TTL `ttl` seconds (module
+        docstring): etcd's lease, and `self.ttl`, are `ttl - TAKEOVER_MARGIN_S` seconds.
+        Raises InvalidArgument (ttl < MIN_TTL_S), CoordinationUnavailable."""
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < MIN_TTL_S:
             raise InvalidArgument(f"lease TTL must be whole seconds >= {MIN_TTL_S}, not {ttl!r}")
         sent = time.monotonic()
-        lease_id, granted = etcd.grant(ttl)
+        lease_id, granted = etcd.grant(ttl - TAKEOVER_MARGIN_S)
         return cls(etcd, lease_id, granted, sent + granted)
 
     def start(self) -> None:

@@ -25,7 +25,7 @@ MiB = 1 << 20
 BS = 4096
 SECRET = "a shared secret of 32 characters"
 TTL = LEASE_TTL
-SLACK_S = 3.0  # a busy 2-core machine: process start-up, a campaign poll, HTTP round trips
+SLACK_S = 3.0  # a busy 2-core machine: process start-up, HTTP round trips
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -58,8 +58,9 @@ def sites(tmp_path):
 
 
 def test_one_leader_and_takeover_within_the_lease_ttl(etcd, sites):
-    """Takeover: the dead leader's lease runs out (at most TTL after its last renewal),
-    etcd deletes the leader key, the standby's next campaign wins and opens the cluster."""
+    """Takeover: the dead leader's etcd lease runs out (at most TTL - 1 s after its last
+    renewal), etcd deletes the leader key, the standby's watch sees it, its campaign wins
+    and it opens the cluster (the time is measured in benchmarks/bench_workers.py)."""
     secret, make, started = sites
     paris = make("paris")
     listen = f"127.0.0.1:{free_port()}"  # one address: only the leader binds it
