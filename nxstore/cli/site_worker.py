@@ -3,8 +3,9 @@
 Every worker joins the site in etcd with its own lease (nxstore.coord.registry) and
 campaigns for the leader key (nxstore.coord.election). The leader alone opens the cluster
 (the engine admits one process at a time: its directory's LOCK is flock()ed), serves
-replication and the admin socket on `--listen`, runs the schedules and runs the transfers
-queued in etcd (nxstore.coord.transfers); the other workers wait on etcd's watch of the
+replication and the admin socket on `--listen`, runs the schedules (their replications
+recorded in etcd: nxstore.coord.schedules) and runs the transfers queued in etcd
+(nxstore.coord.transfers); the other workers wait on etcd's watch of the
 leader key and campaign the moment it is deleted. The leader stops coordinating the moment
 its lease is no longer proven: no schedule pass starts, the transfer in progress stops at
 its next progress report, the cluster is closed (its lock released) and the worker joins
@@ -20,10 +21,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import AlreadyExists, CoordinationUnavailable, InvalidArgument, Locked
-from .serve import check_serve_settings, close_served, serve_open_cluster, stop_on_signals
+from .serve import (
+    check_serve_settings,
+    close_served,
+    run_due_schedules,
+    serve_open_cluster,
+    stop_on_signals,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -171,6 +179,7 @@ class _Worker:
         import asyncio
 
         from ..cluster import Cluster
+        from ..coord.schedules import ScheduleRecords
         from ..coord.transfers import TransferRunner
 
         ended = asyncio.Event()
@@ -181,9 +190,12 @@ class _Worker:
                 return
             try:
                 runner = TransferRunner(cluster, self.etcd, self.keys, lead)
-                await serve_open_cluster(cluster, self.host, self.port, self.secret, self.tls,
-                                         self.schedule_interval, ended, fence=lead.holds,
-                                         jobs=[runner.run])
+                records = ScheduleRecords(cluster, self.etcd, self.keys, lead,
+                                          self.clock or time.time)
+                await serve_open_cluster(
+                    cluster, self.host, self.port, self.secret, self.tls,
+                    self.schedule_interval, ended, fence=lead.holds, jobs=[runner.run],
+                    schedule_pass=lambda c: records.run_pass(partial(run_due_schedules, c)))
             finally:
                 await asyncio.to_thread(close_served, cluster)
             if not stop.is_set():

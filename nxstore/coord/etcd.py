@@ -40,19 +40,19 @@ class Entry:
     mod_revision: int
     lease: int  # 0: not bound to a lease
 
-    def json(self) -> dict[str, Any]:
+    def json(self, versions: tuple[int, ...] = (KEY_FORMAT_VERSION,)) -> dict[str, Any]:
         """The value as a JSON object of this build's format (`keys.encode`);
-        CoordinationUnavailable if it is not one or has another "version"."""
+        CoordinationUnavailable if it is not one or its "version" is not in `versions`."""
         try:
             out = json.loads(self.value)
         except ValueError:
             out = None
         if not isinstance(out, dict):
             raise CoordinationUnavailable(f"etcd key {self.key} does not hold a JSON object")
-        if out.get("version") != KEY_FORMAT_VERSION:
+        if out.get("version") not in versions:
             raise CoordinationUnavailable(
                 f"etcd key {self.key} holds format version {out.get('version')!r}; this build "
-                f"reads version {KEY_FORMAT_VERSION}")
+                f"reads version {' or '.join(map(str, versions))}")
         return out
 
 

@@ -7,8 +7,10 @@ coordinates; `nxstore site status` says so and exits 1), and fencing of a depose
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -288,3 +290,70 @@ def test_two_live_workers_cannot_share_a_name(etcd, sites):
     assert "worker 'w1' is already registered" in twin.stderr
     assert [w["name"] for w in status(etcd.url)["workers"]] == ["w1"]
     w1.stop()
+
+
+def test_a_schedule_replication_cut_by_the_leaders_death_is_resumed(tmp_path, etcd, sites):
+    """The leader's schedule takes a PD snapshot and replicates it to tokyo, recorded in
+    etcd first; tokyo is frozen (SIGSTOP) so the replication cannot end, and the leader is
+    SIGKILLed. The standby takes over, finds the record, replicates that snapshot (once),
+    and deletes the record."""
+    secret, _, started = sites
+    size = 4 * MiB
+    tokyo_path, tokyo, paris, _ = _paris_with_a_snapshot(sites, "db", size, 11)
+    t0 = 1_000_000.0
+    clock = tmp_path / "clock"
+    clock.write_text(str(t0))
+    with nxstore.Cluster.open(paris, background=False) as c:
+        vd = c.vdisk("db")
+        vd.write(0, np.random.default_rng(12).integers(0, 256, size, dtype=np.uint8).tobytes())
+        image = vd.read(0, size)
+        pd = c.create_protection_domain("pdb", [vd])
+        pd.add_schedule(timedelta(hours=1), keep_local=3, keep_remote={"tokyo": 2},
+                        start=t0 + 60)
+    argv = ("--clock-file", str(clock), "--schedule-interval", "0.1")
+    workers = [Worker.join(paris, secret, etcd.url, f"w{i}", *argv) for i in (1, 2)]
+    started += workers
+    first = _leader(workers)
+    other = next(w for w in workers if w is not first)
+    tokyo.proc.send_signal(signal.SIGSTOP)
+    try:
+        _set_clock(clock, t0 + 61)  # the slot is due: the leader records it, snapshots, sends
+        deadline = time.monotonic() + 30
+        while not (records := [t for t in status(etcd.url)["transfers"]
+                               if t["kind"] == "schedule"]):
+            assert time.monotonic() < deadline, first.stderr
+            time.sleep(0.05)
+        (record,) = records
+        assert record["state"] == "running" and record["pd"] == "pdb"
+        while not _pd(paris, "pdb")["snapshot_list"]:  # asked through the leader's socket
+            assert time.monotonic() < deadline, first.stderr
+            time.sleep(0.05)
+        first.kill()  # tokyo never answered: nothing of this snapshot arrived
+    finally:
+        tokyo.proc.send_signal(signal.SIGCONT)
+    other.wait_for("resuming schedule replication " + record["id"], TTL + SLACK_S)
+    other.wait_for(f"schedule replication {record['id']} done", 60)
+    deadline = time.monotonic() + 30
+    while status(etcd.url)["transfers"]:  # the record is deleted once dealt with
+        assert time.monotonic() < deadline, other.stderr
+        time.sleep(0.05)
+    (snap,) = _pd(paris, "pdb")["snapshot_list"]
+    assert snap["replicated_to"] == ["tokyo"]
+    other.stop()
+    tokyo.stop()
+    with nxstore.Cluster.open(tokyo_path, background=False) as t:
+        (replica,) = [s for s in t.vdisk("paris:db").snapshots() if s.name == snap["name"]]
+        assert replica.read(0, size) == image  # applied once (one of that name), identical
+        assert t.scrub() == []
+
+
+def _set_clock(path, value: float) -> None:  # noqa: ANN001
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(value))
+    tmp.replace(path)
+
+
+def _pd(path: str, name: str) -> dict:
+    proc = cli("pd", "show", path, name, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
