@@ -18,6 +18,7 @@ etcd's expiry sweep and the campaign) and resumes the transfers it left.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The engine (about 0.4 s to import), the jobs and the replication server of a leader.
+_LEADER_MODULES = ("nxstore.cluster", "nxstore.coord.schedules", "nxstore.coord.transfers",
+                   "nxstore.replication.target", "nxstore.replication.transport")
 CAMPAIGN_RETRY_S = 0.2  # a worker whose campaign could not reach etcd tries again this often
 JOIN_RETRY_S = 1.0      # a worker that cannot reach etcd tries again this often
 FENCE_CHECK_S = 0.05    # the leader looks at its lease's deadline this often
@@ -97,6 +101,8 @@ class _Worker:
         import asyncio
 
         stop = stop_on_signals()
+        # What leading needs, imported while standing by: a takeover does not wait for it.
+        await asyncio.to_thread(lambda: [importlib.import_module(m) for m in _LEADER_MODULES])
         lost: WorkerLease | None = None
         while not stop.is_set():
             lease = await self._join(stop, lost)

@@ -33,6 +33,9 @@ TAKEOVER_MARGIN_S = 1
 MIN_TTL_S = 3  # an etcd lease of 2 s: etcd grants no less, and a renewal may fail once
 # Renewals per TTL: with 3, two renewals in a row may fail before the lease is lost.
 RENEWALS_PER_TTL = 3
+# A renewal that failed is tried again this soon, not a period later: a request that timed
+# out (REQUEST_TIMEOUT_S) has used up most of the period already.
+RETRY_S = 0.25
 
 
 class WorkerLease:
@@ -80,14 +83,16 @@ class WorkerLease:
         log.warning("lease %x lost: %s", self.id, why)
 
     def _keep_alive(self) -> None:
-        period = self.ttl / RENEWALS_PER_TTL
-        while not self._stop.wait(period) and self.valid():
+        period = wait = self.ttl / RENEWALS_PER_TTL
+        while not self._stop.wait(wait) and self.valid():
             sent = time.monotonic()
             try:
                 ttl = self.etcd.keepalive(self.id)
             except CoordinationUnavailable as exc:
                 log.warning("lease %x not renewed: %s", self.id, exc)
+                wait = min(period, RETRY_S)
                 continue  # valid() decides when it is lost
+            wait = period
             if ttl <= 0:
                 self._lose("etcd says it has expired")
                 return

@@ -75,6 +75,11 @@ def test_one_leader_and_takeover_within_the_lease_ttl(etcd, sites):
     assert sorted(w["name"] for w in st["workers"]) == ["w1", "w2"]
     assert all(0 < w["lease_ttl"] <= TTL for w in st["workers"])
     assert not any("serving site" in line for line in other.lines)  # a standby never opens PATH
+    spare = Worker.join(paris, secret, etcd.url, "w3", listen=listen)
+    started.append(spare)
+    stopping = time.monotonic()
+    spare.stop()  # SIGTERM ends its wait on the leader key's watch at once: a clean exit
+    assert time.monotonic() - stopping < SLACK_S
     first.kill()
     # Seen in its log (polled locally): a `site status` process per look is too slow a clock.
     assert other.wait_for(f"worker {other.name} leads the site", TTL + SLACK_S) < TTL + SLACK_S
