@@ -16,7 +16,11 @@ VDISKS transfers in etcd to the last one recorded done (polled every 50 ms).
    the two cores the data path takes). Not met by design: the engine admits one process
    per site directory (its flock), so the leader runs every transfer and a second worker
    only stands by (docs/architecture.md, coord); the two figures differ by noise only.
-2. Takeover: the leader SIGKILLed, at a different phase of its lease renewal period each
+2. Why a second worker cannot help much even if it could read the site: two source
+   processes, each holding half the vDisks (the best case of handing reads to a second
+   worker: no view to build, nothing shared but the target), replicating at once to one
+   target, vs one process replicating all (docs/performance.md, issue 18).
+3. Takeover: the leader SIGKILLed, at a different phase of its lease renewal period each
    round, seconds until another worker serves the site (it logs "serving site": elected
    and the cluster opened), vs the lease TTL (the issue: within it). Also reported: the
    longest time from the kill to etcd deleting the leader key (seen on a watch of this
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -171,6 +176,92 @@ def test_seed_two_workers_vs_one(benchmark, bench) -> None:  # noqa: ANN001
            target_met=one_s / two_s >= TARGET_RATIO,
            cpu_per_wall_s=statistics.median(bench.cpu), load=os.getloadavg()[0],
            rounds_two_s=[round(t, 2) for t in two], rounds_one_s=[round(t, 2) for t in one])
+
+
+# A source process that replicates the snapshots NAMES of the cluster at PATH to SITE when
+# told "go" on stdin; prints its seconds.
+_SOURCE = """
+import sys, time, nxstore
+path, site, names = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+with nxstore.Cluster.open(path) as c:
+    snaps = [c.snapshot(n, "s1") for n in names]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.perf_counter()
+    for s in snaps:
+        c.replicate(s, site)
+    print(time.perf_counter() - started, flush=True)
+"""
+
+
+def _sources_at_once(jobs: list[tuple[str, list[str]]], site: str) -> float:
+    """Seconds for one process per (cluster path, vDisk names) job, started together, to
+    replicate those snapshots to `site`."""
+    procs = [subprocess.Popen([sys.executable, "-c", _SOURCE, path, site, ",".join(names)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for path, names in jobs]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        os.sync()
+        started = time.perf_counter()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.stdout is not None
+            float(p.stdout.readline())
+            assert p.wait() == 0
+        return time.perf_counter() - started
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_seed_reads_split_over_two_processes(benchmark, bench) -> None:  # noqa: ANN001
+    """The most delegating reads to a second worker could give: two source processes,
+    each with its own copy of half the vDisks (a perfect read-only view, at no cost to
+    build), replicating at once to one target, vs one process replicating all of them."""
+    env = bench.env
+    halves = []
+    for k in range(2):
+        path = os.path.join(bench.root, f"half{k}")
+        with nxstore.Cluster.create(path, block_size=BS, site_name=f"half{k}") as c:
+            for i in range(k, VDISKS, 2):
+                vd = c.create_vdisk(f"vd{i}", VDISK_BYTES)
+                vd.write(0, random_bytes(VDISK_BYTES, seed=i))
+                vd.snapshot("s1")
+        halves.append((path, [f"vd{i}" for i in range(k, VDISKS, 2)]))
+    one: list[float] = []
+    two: list[float] = []
+
+    def register(paths: list[str]) -> None:
+        env.fresh_target()
+        assert env.target is not None
+        for path in paths:
+            with nxstore.Cluster.open(path) as c:
+                if any(s.name == env.site for s in c.remote_sites()):
+                    c.remove_remote_site(env.site)
+                c.add_remote_site(env.site, env.target.address, SECRET)
+
+    def setup() -> None:
+        register([env.source_path])
+        one.append(_sources_at_once([(env.source_path, [f"vd{i}" for i in range(VDISKS)])],
+                                    env.site))
+        register([path for path, _ in halves])
+
+    benchmark.pedantic(lambda: two.append(_sources_at_once(halves, env.site)), setup=setup,
+                       rounds=ROUNDS, iterations=1)
+    total = VDISKS * VDISK_BYTES
+    one_s, two_s = statistics.median(one), statistics.median(two)
+    report(benchmark, f"seed of {VDISKS} x {VDISK_BYTES // MiB} MiB by 2 source processes "
+           "(half each)", total, "MB/s", ceiling=total / one_s / 1e6,
+           ceiling_label="one process, all of it", seconds=two_s, two_vs_one=one_s / two_s,
+           load=os.getloadavg()[0], rounds_two_s=[round(t, 2) for t in two],
+           rounds_one_s=[round(t, 2) for t in one])
 
 
 def test_takeover_after_the_leader_is_killed(benchmark, bench) -> None:  # noqa: ANN001
