@@ -172,7 +172,7 @@ async def serve_open_cluster(cluster: Cluster, host: str, port: int, secret: str
     called with `stop`) until `stop` is set; then wait for the schedule run and the jobs in
     progress and close the connections. `fence`: no schedule pass starts unless it returns
     True (a site worker's leadership, nxstore.coord). `schedule_pass(cluster)`: one pass,
-    never raising (a site worker's records its replications in etcd around it)."""
+    never raising (a site worker's pass records its replications in etcd around it)."""
     import asyncio
 
     from ..replication.auth import SiteIdentity

@@ -180,6 +180,7 @@ class _Worker:
                 await self._lead(lead, stop)
             finally:
                 await asyncio.to_thread(lead.resign)
+
     async def _lead(self, lead: Leadership, stop: asyncio.Event) -> None:
         """Open the cluster and serve it while the leadership holds and until stop."""
         import asyncio

@@ -27,8 +27,9 @@ from .etcd import Etcd
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 5
-# etcd's expiry sweep (every 0.5 s), the revoke's raft commit, the watch event and the
-# campaign: measured 0.1-0.3 s together on a loaded 2-core machine.
+# etcd's expiry sweep (every 0.5 s) and the revoke's raft commit, then the watch event, the
+# campaign and opening the cluster (0.1 s at most together, measured on a loaded 2-core
+# machine: docs/performance.md, issue 18).
 TAKEOVER_MARGIN_S = 1
 MIN_TTL_S = 3  # an etcd lease of 2 s: etcd grants no less, and a renewal may fail once
 # Renewals per TTL: with 3, two renewals in a row may fail before the lease is lost.

@@ -59,8 +59,9 @@ class Attempt:
 class Transfer:
     """A transfer's record (the JSON value of its key). Kind VDISK: snapshot `vdisk`@
     `snapshot` to `site`, queued by anyone, run by TransferRunner. Kind SCHEDULE: the
-    replication to `site` of the PD snapshot schedule `schedule_id` of PD `pd` takes at or
-    after `after` (cluster clock), recorded and resumed by nxstore.coord.schedules."""
+    replication to `site` of the first PD snapshot that schedule `schedule_id` of PD `pd`
+    takes at or after `after` (cluster clock), recorded and resumed by
+    nxstore.coord.schedules."""
 
     id: str
     vdisk: str

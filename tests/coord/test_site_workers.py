@@ -344,6 +344,14 @@ def test_a_schedule_replication_cut_by_the_leaders_death_is_resumed(tmp_path, et
         time.sleep(0.05)
     (snap,) = _pd(paris, "pdb")["snapshot_list"]
     assert snap["replicated_to"] == ["tokyo"]
+    # The next slot, with tokyo answering: recorded, replicated by the pass, record deleted.
+    _set_clock(clock, t0 + 60 + 3600 + 1)
+    deadline = time.monotonic() + 60
+    while len(snaps := _pd(paris, "pdb")["snapshot_list"]) < 2 or \
+            snaps[-1]["replicated_to"] != ["tokyo"] or status(etcd.url)["transfers"]:
+        assert time.monotonic() < deadline, other.stderr
+        time.sleep(0.05)
+    assert "schedule pass skipped" not in other.stderr
     other.stop()
     tokyo.stop()
     with nxstore.Cluster.open(tokyo_path, background=False) as t:
