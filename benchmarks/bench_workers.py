@@ -187,16 +187,18 @@ with nxstore.Cluster.open(path) as c:
     snaps = [c.snapshot(n, "s1") for n in names]
     print("ready", flush=True)
     sys.stdin.readline()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for s in snaps:
         c.replicate(s, site)
-    print(time.perf_counter() - started, flush=True)
+    print(time.perf_counter() - started, time.process_time() - cpu, flush=True)
 """
 
 
-def _sources_at_once(jobs: list[tuple[str, list[str]]], site: str) -> float:
-    """Seconds for one process per (cluster path, vDisk names) job, started together, to
-    replicate those snapshots to `site`."""
+def _sources_at_once(jobs: list[tuple[str, list[str]]], site: str, target_pid: int
+                     ) -> tuple[float, float, float]:
+    """(seconds, CPU seconds of the sources, of the target) for one process per (cluster
+    path, vDisk names) job, started together, to replicate those snapshots to `site`
+    (served by process `target_pid`)."""
     procs = [subprocess.Popen([sys.executable, "-c", _SOURCE, path, site, ",".join(names)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for path, names in jobs]
@@ -204,16 +206,21 @@ def _sources_at_once(jobs: list[tuple[str, list[str]]], site: str) -> float:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         os.sync()
+        target_cpu = _cpu_seconds(target_pid)
         started = time.perf_counter()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
             p.stdin.flush()
+        sources_cpu = 0.0
         for p in procs:
             assert p.stdout is not None
-            float(p.stdout.readline())
+            sources_cpu += float(p.stdout.readline().split()[1])
+        seconds = time.perf_counter() - started
+        target_cpu = _cpu_seconds(target_pid) - target_cpu
+        for p in procs:
             assert p.wait() == 0
-        return time.perf_counter() - started
+        return seconds, sources_cpu, target_cpu
     finally:
         for p in procs:
             if p.poll() is None:
@@ -235,10 +242,11 @@ def test_seed_reads_split_over_two_processes(benchmark, bench) -> None:  # noqa:
                 vd.write(0, random_bytes(VDISK_BYTES, seed=i))
                 vd.snapshot("s1")
         halves.append((path, [f"vd{i}" for i in range(k, VDISKS, 2)]))
-    one: list[float] = []
-    two: list[float] = []
+    one: list[tuple[float, float, float]] = []
+    two: list[tuple[float, float, float]] = []
 
-    def register(paths: list[str]) -> None:
+    def register(paths: list[str]) -> int:
+        """A fresh target registered at the clusters `paths`; its pid."""
         env.fresh_target()
         assert env.target is not None
         for path in paths:
@@ -246,22 +254,29 @@ def test_seed_reads_split_over_two_processes(benchmark, bench) -> None:  # noqa:
                 if any(s.name == env.site for s in c.remote_sites()):
                     c.remove_remote_site(env.site)
                 c.add_remote_site(env.site, env.target.address, SECRET)
+        return env.target.proc.pid
+
+    target = [0]
 
     def setup() -> None:
-        register([env.source_path])
+        pid = register([env.source_path])
         one.append(_sources_at_once([(env.source_path, [f"vd{i}" for i in range(VDISKS)])],
-                                    env.site))
-        register([path for path, _ in halves])
+                                    env.site, pid))
+        target[0] = register([path for path, _ in halves])
 
-    benchmark.pedantic(lambda: two.append(_sources_at_once(halves, env.site)), setup=setup,
-                       rounds=ROUNDS, iterations=1)
+    benchmark.pedantic(lambda: two.append(_sources_at_once(halves, env.site, target[0])),
+                       setup=setup, rounds=ROUNDS, iterations=1)
     total = VDISKS * VDISK_BYTES
-    one_s, two_s = statistics.median(one), statistics.median(two)
+    one_s, two_s = (statistics.median(r[0] for r in x) for x in (one, two))
+    # CPU seconds per wall second: how much of the two cores each side took.
+    per_s = {f"{side}_cpu_per_wall_s_{name}": statistics.median(r[k] / r[0] for r in runs)
+             for name, runs in (("one", one), ("two", two))
+             for k, side in ((1, "sources"), (2, "target"))}
     report(benchmark, f"seed of {VDISKS} x {VDISK_BYTES // MiB} MiB by 2 source processes "
            "(half each)", total, "MB/s", ceiling=total / one_s / 1e6,
            ceiling_label="one process, all of it", seconds=two_s, two_vs_one=one_s / two_s,
-           load=os.getloadavg()[0], rounds_two_s=[round(t, 2) for t in two],
-           rounds_one_s=[round(t, 2) for t in one])
+           load=os.getloadavg()[0], **per_s, rounds_two_s=[round(r[0], 2) for r in two],
+           rounds_one_s=[round(r[0], 2) for r in one])
 
 
 def test_takeover_after_the_leader_is_killed(benchmark, bench) -> None:  # noqa: ANN001
