@@ -98,7 +98,7 @@ def cmd_site_status(args: argparse.Namespace) -> int:
     rows = []
     for t in st.transfers:
         a = t.attempts[-1] if t.attempts else None
-        rows.append((t.id, f"{t.vdisk}@{t.snapshot}", t.site, t.state, str(len(t.attempts)),
+        rows.append((t.id, t.source, t.site, t.state, str(len(t.attempts)),
                      a.worker if a else "-",
                      f"{a.phase} {a.done}/{a.total}" if a and a.phase else "-",
                      human(a.bytes_on_wire) if a else "-"))

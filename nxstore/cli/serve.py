@@ -165,11 +165,14 @@ Job = Callable[["asyncio.Event"], Awaitable[None]]
 async def serve_open_cluster(cluster: Cluster, host: str, port: int, secret: str,
                              tls: ssl.SSLContext | None, schedule_interval: float,
                              stop: asyncio.Event, *, fence: Callable[[], bool] | None = None,
-                             jobs: Sequence[Job] = ()) -> None:
+                             jobs: Sequence[Job] = (),
+                             schedule_pass: Callable[[Cluster], None] = run_due_schedules
+                             ) -> None:
     """Serve `cluster` (replication, the admin socket, its schedules and `jobs`, each
     called with `stop`) until `stop` is set; then wait for the schedule run and the jobs in
     progress and close the connections. `fence`: no schedule pass starts unless it returns
-    True (a site worker's leadership, nxstore.coord)."""
+    True (a site worker's leadership, nxstore.coord). `schedule_pass(cluster)`: one pass,
+    never raising (a site worker's pass records its replications in etcd around it)."""
     import asyncio
 
     from ..replication.auth import SiteIdentity
@@ -189,7 +192,7 @@ async def serve_open_cluster(cluster: Cluster, host: str, port: int, secret: str
         if schedule_interval:
             log.info("running schedules every %g s", schedule_interval)
             scheduler = asyncio.create_task(_schedule_loop(cluster, schedule_interval, stop,
-                                                           fence))
+                                                           fence, schedule_pass))
         running = [asyncio.create_task(job(stop)) for job in jobs]
         await stop.wait()
         log.info("stopping: closing connections")
@@ -200,10 +203,11 @@ async def serve_open_cluster(cluster: Cluster, host: str, port: int, secret: str
 
 
 async def _schedule_loop(cluster: Cluster, interval: float, stop: asyncio.Event,
-                         fence: Callable[[], bool] | None) -> None:
+                         fence: Callable[[], bool] | None,
+                         schedule_pass: Callable[[Cluster], None]) -> None:
     import asyncio
 
     while not stop.is_set() and (fence is None or fence()):
-        await asyncio.to_thread(run_due_schedules, cluster)
+        await asyncio.to_thread(schedule_pass, cluster)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

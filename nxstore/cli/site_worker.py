@@ -3,26 +3,36 @@
 Every worker joins the site in etcd with its own lease (nxstore.coord.registry) and
 campaigns for the leader key (nxstore.coord.election). The leader alone opens the cluster
 (the engine admits one process at a time: its directory's LOCK is flock()ed), serves
-replication and the admin socket on `--listen`, runs the schedules and runs the transfers
-queued in etcd (nxstore.coord.transfers); the other workers wait, campaigning every
-CAMPAIGN_POLL_S. The leader stops coordinating the moment its lease is no longer proven:
-no schedule pass starts, the transfer in progress stops at its next progress report, the
-cluster is closed (its lock released) and the worker joins again with a new lease. A
-worker that cannot reach etcd never opens the cluster. A worker that dies (even SIGKILL)
-leaves the leader key to its lease: another worker leads within the lease TTL (plus one
-campaign poll) and resumes the transfers it left.
+replication and the admin socket on `--listen`, runs the schedules (their replications
+recorded in etcd: nxstore.coord.schedules) and runs the transfers queued in etcd
+(nxstore.coord.transfers); the other workers wait on etcd's watch of the
+leader key and campaign the moment it is deleted. The leader stops coordinating the moment
+its lease is no longer proven: no schedule pass starts, the transfer in progress stops at
+its next progress report, the cluster is closed (its lock released) and the worker joins
+again with a new lease. A worker that cannot reach etcd never opens the cluster. A worker
+that dies (even SIGKILL) leaves the leader key to its lease: another worker leads within
+the lease TTL of the death (nxstore.coord.lease: etcd's lease is a second shorter, for
+etcd's expiry sweep and the campaign) and resumes the transfers it left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import AlreadyExists, CoordinationUnavailable, InvalidArgument, Locked
-from .serve import check_serve_settings, close_served, serve_open_cluster, stop_on_signals
+from .serve import (
+    check_serve_settings,
+    close_served,
+    run_due_schedules,
+    serve_open_cluster,
+    stop_on_signals,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -37,7 +47,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CAMPAIGN_POLL_S = 0.2   # a waiting worker tries the leader key this often
+# The engine (about 0.4 s to import), the jobs and the replication server of a leader.
+_LEADER_MODULES = ("nxstore.cluster", "nxstore.coord.schedules", "nxstore.coord.transfers",
+                   "nxstore.replication.target", "nxstore.replication.transport")
+CAMPAIGN_RETRY_S = 0.2  # a worker whose campaign could not reach etcd tries again this often
 JOIN_RETRY_S = 1.0      # a worker that cannot reach etcd tries again this often
 FENCE_CHECK_S = 0.05    # the leader looks at its lease's deadline this often
 
@@ -88,6 +101,8 @@ class _Worker:
         import asyncio
 
         stop = stop_on_signals()
+        # What leading needs, imported while standing by: a takeover does not wait for it.
+        await asyncio.to_thread(lambda: [importlib.import_module(m) for m in _LEADER_MODULES])
         lost: WorkerLease | None = None
         while not stop.is_set():
             lease = await self._join(stop, lost)
@@ -140,7 +155,10 @@ class _Worker:
         return None
 
     async def _campaign(self, lease: WorkerLease, stop: asyncio.Event) -> None:
-        """Campaign until elected, lead, and return when the lease is lost or on stop."""
+        """Campaign until elected, lead, and return when the lease is lost or on stop. A
+        lost campaign waits on etcd's watch of the leader key and campaigns again when it is
+        deleted; the watch is bounded by the lease TTL so the lease's validity is looked at
+        again meanwhile."""
         import asyncio
 
         from ..coord.election import Leadership
@@ -148,23 +166,27 @@ class _Worker:
         lead = Leadership(self.etcd, self.keys, self.name, lease)
         while not stop.is_set() and lease.valid():
             try:
-                won = await asyncio.to_thread(lead.campaign)
+                if not await asyncio.to_thread(lead.campaign):
+                    watch = await asyncio.to_thread(lead.vacancy_watch)
+                    if watch is not None:
+                        await _until(stop, asyncio.to_thread(watch.wait, lease.ttl),
+                                     watch.cancel)
+                    continue
             except CoordinationUnavailable as exc:
                 log.debug("campaign: %s", exc)
-                won = False
-            if won:
-                try:
-                    await self._lead(lead, stop)
-                finally:
-                    await asyncio.to_thread(lead.resign)
+                await _wait(stop, CAMPAIGN_RETRY_S)
                 continue
-            await _wait(stop, CAMPAIGN_POLL_S)
+            try:
+                await self._lead(lead, stop)
+            finally:
+                await asyncio.to_thread(lead.resign)
 
     async def _lead(self, lead: Leadership, stop: asyncio.Event) -> None:
         """Open the cluster and serve it while the leadership holds and until stop."""
         import asyncio
 
         from ..cluster import Cluster
+        from ..coord.schedules import ScheduleRecords
         from ..coord.transfers import TransferRunner
 
         ended = asyncio.Event()
@@ -175,9 +197,12 @@ class _Worker:
                 return
             try:
                 runner = TransferRunner(cluster, self.etcd, self.keys, lead)
-                await serve_open_cluster(cluster, self.host, self.port, self.secret, self.tls,
-                                         self.schedule_interval, ended, fence=lead.holds,
-                                         jobs=[runner.run])
+                records = ScheduleRecords(cluster, self.etcd, self.keys, lead,
+                                          self.clock or time.time)
+                await serve_open_cluster(
+                    cluster, self.host, self.port, self.secret, self.tls,
+                    self.schedule_interval, ended, fence=lead.holds, jobs=[runner.run],
+                    schedule_pass=lambda c: records.run_pass(partial(run_due_schedules, c)))
             finally:
                 await asyncio.to_thread(close_served, cluster)
             if not stop.is_set():
@@ -211,6 +236,22 @@ async def _watch(holds: Callable[[], bool], stop: asyncio.Event, ended: asyncio.
             ended.set()
             return
         await _wait(ended, FENCE_CHECK_S)
+
+
+async def _until(stop: asyncio.Event, work: Awaitable[object],
+                 cancel: Callable[[], None]) -> None:
+    """Wait for `work`; if `stop` is set first, `cancel()` it and wait for it to end."""
+    import asyncio
+
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        cancel()
+    await task
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -6,6 +6,10 @@ key's create revision is the leadership's term: every write the leader makes to 
 coordination state carries `guard()` (the leader key still has that create revision), so a
 worker that lost its lease can change nothing even if it has not noticed yet, and `holds()`
 (the lease proven alive, nobody else leads) is checked before every act of coordination.
+
+A worker that lost its campaign waits on etcd's watch of the leader key
+(`vacancy_watch`) and campaigns again the moment the key is deleted (its holder's lease
+ended or it resigned), not at the next tick of a timer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CoordinationUnavailable, LeadershipLost
-from .etcd import Etcd, Guard, Put
+from .etcd import DeletionWatch, Etcd, Guard, Put
 from .keys import SiteKeys, encode
 from .lease import WorkerLease
 
@@ -53,6 +57,16 @@ class Leadership:
             self.term = term
             log.info("worker %s leads the site (term %d)", self.worker, term)
         return bool(self.term)
+
+    def vacancy_watch(self) -> DeletionWatch | None:
+        """After a lost campaign: a watch that ends when the leader key now held by another
+        worker is deleted (from its last change on, so a deletion before the watch starts
+        counts); None if the key is already gone (campaign again now). Raises
+        CoordinationUnavailable."""
+        rival = self.etcd.get(self.keys.leader)
+        if rival is None:
+            return None
+        return self.etcd.watch_deletion(self.keys.leader, rival.mod_revision + 1)
 
     def holds(self) -> bool:
         """Is this worker's leadership proven now (campaign won, lease alive)?"""

@@ -4,13 +4,21 @@ etcd3gw package, imported on first use so the command line starts fast).
 Error contract: every failure to reach etcd, a timeout, or a request etcd refuses raises
 CoordinationUnavailable naming the endpoint; a transaction whose guards do not hold returns
 False and changes nothing. A write that raised may or may not have been applied.
+
+A watch (`DeletionWatch`) is a long-lived streaming request, so it has a connection of its
+own (http.client, not the shared session): closing that socket is how another thread ends
+the wait at once.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,19 +40,19 @@ class Entry:
     mod_revision: int
     lease: int  # 0: not bound to a lease
 
-    def json(self) -> dict[str, Any]:
+    def json(self, versions: tuple[int, ...] = (KEY_FORMAT_VERSION,)) -> dict[str, Any]:
         """The value as a JSON object of this build's format (`keys.encode`);
-        CoordinationUnavailable if it is not one or has another "version"."""
+        CoordinationUnavailable if it is not one or its "version" is not in `versions`."""
         try:
             out = json.loads(self.value)
         except ValueError:
             out = None
         if not isinstance(out, dict):
             raise CoordinationUnavailable(f"etcd key {self.key} does not hold a JSON object")
-        if out.get("version") != KEY_FORMAT_VERSION:
+        if out.get("version") not in versions:
             raise CoordinationUnavailable(
                 f"etcd key {self.key} holds format version {out.get('version')!r}; this build "
-                f"reads version {KEY_FORMAT_VERSION}")
+                f"reads version {' or '.join(map(str, versions))}")
         return out
 
 
@@ -158,6 +166,10 @@ class Etcd:
         out = self._post("/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
         return [_entry(kv) for kv in out.get("kvs", [])]
 
+    def watch_deletion(self, key: str, start_revision: int) -> DeletionWatch:
+        """A watch for the deletion of `key` at or after `start_revision` (see DeletionWatch)."""
+        return DeletionWatch(self.url, key, start_revision)
+
     def txn(self, guards: Sequence[Guard], puts: Sequence[Put] = (),
             deletes: Sequence[str] = ()) -> int:
         """If every guard holds, apply `puts` and `deletes` atomically and return the
@@ -173,3 +185,81 @@ class Etcd:
         out = self._post("/kv/txn", {"compare": [g.compare() for g in guards],
                                       "success": ops, "failure": []})
         return int(out["header"]["revision"]) if out.get("succeeded") else 0
+
+
+class DeletionWatch:
+    """etcd's watch of one key, from `start_revision` on, for its deletion only (the NOPUT
+    filter): etcd replays the events since that revision first, so a deletion between the
+    read that gave the revision and the watch is not missed.
+
+    `wait(timeout)` blocks until the key is deleted (True) or `timeout` seconds pass or
+    `cancel()` is called from another thread (False). It also returns True when etcd
+    cancels the watch (the revision was compacted): the caller then looks at the key
+    again, which is what the watch was for. Raises CoordinationUnavailable (etcd
+    unreachable, the stream cut). One wait per watch."""
+
+    def __init__(self, url: str, key: str, start_revision: int) -> None:
+        parts = urlsplit(url)
+        assert parts.hostname and parts.port
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else \
+            http.client.HTTPConnection
+        self.url = url
+        self.key = key
+        self._conn = cls(parts.hostname, parts.port, timeout=REQUEST_TIMEOUT_S)
+        self._body = json.dumps({"create_request": {
+            "key": _b64(key), "start_revision": start_revision, "filters": ["NOPUT"]}})
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        """End a `wait` in progress (or the next one) at once; it returns False."""
+        self._cancelled.set()
+        with self._lock:
+            sock = self._conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        try:
+            with self._lock:
+                if self._cancelled.is_set():
+                    return False
+                self._conn.connect()
+            self._conn.request("POST", "/v3/watch", self._body,
+                               {"Content-Type": "application/json"})
+            response = self._conn.getresponse()
+            if response.status != 200:
+                raise CoordinationUnavailable(
+                    f"etcd at {self.url} refused to watch {self.key}: HTTP {response.status}")
+            while not self._cancelled.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                assert self._conn.sock is not None
+                self._conn.sock.settimeout(left)
+                try:
+                    line = response.readline()
+                except TimeoutError:  # no deletion in time: the stream is dropped below
+                    return False
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result", {})
+                if result.get("canceled") or any(e.get("type") == "DELETE"
+                                                 for e in result.get("events", ())):
+                    return True
+            if self._cancelled.is_set():
+                return False
+            raise CoordinationUnavailable(f"etcd at {self.url} ended the watch of {self.key}")
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            if self._cancelled.is_set():
+                return False
+            raise CoordinationUnavailable(
+                f"etcd at {self.url} is unreachable or cut the watch of {self.key}: "
+                f"{str(exc)[:200] or type(exc).__name__}") from None
+        finally:
+            with self._lock:
+                self._conn.close()

@@ -11,6 +11,9 @@ from typing import Any
 from ..errors import InvalidArgument
 
 KEY_FORMAT_VERSION = 1
+# A schedule's transfer record (nxstore.coord.schedules): version 2, so that a build that
+# knows only version 1 refuses it rather than run it as a vDisk transfer.
+SCHEDULE_RECORD_VERSION = 2
 DEFAULT_PREFIX = "nxstore/"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -23,8 +26,8 @@ def check_name(what: str, name: str) -> str:
     return name
 
 
-def encode(fields: dict[str, Any]) -> bytes:
-    return json.dumps({"version": KEY_FORMAT_VERSION, **fields}, sort_keys=True).encode()
+def encode(fields: dict[str, Any], version: int = KEY_FORMAT_VERSION) -> bytes:
+    return json.dumps({"version": version, **fields}, sort_keys=True).encode()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,13 @@ alive at least until then whatever the network delays. `valid()` is the proof ev
 coordination checks first; once the deadline passes without a renewal the lease counts as
 lost for good (a lease is never trusted again, even if etcd later answers: the worker joins
 anew with a new lease).
+
+The TTL a site is configured with (`--lease-ttl`, default 5 s) is the longest the other
+workers wait for a dead worker's keys to go: measured from its death, whenever its last
+renewal was. etcd deletes an expired lease's keys in a sweep every 0.5 s, so the lease
+etcd is asked for is TAKEOVER_MARGIN_S shorter: the last renewal just before a SIGKILL,
+the sweep's delay and a standby's campaign (it watches the leader key) then still fit in
+the configured TTL.
 """
 
 from __future__ import annotations
@@ -20,9 +27,16 @@ from .etcd import Etcd
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 5
-MIN_TTL_S = 2  # a TTL of 1 s leaves no room for a renewal to fail
+# etcd's expiry sweep (every 0.5 s) and the revoke's raft commit, then the watch event, the
+# campaign and opening the cluster (0.1 s at most together, measured on a loaded 2-core
+# machine: docs/performance.md, issue 18).
+TAKEOVER_MARGIN_S = 1
+MIN_TTL_S = 3  # an etcd lease of 2 s: etcd grants no less, and a renewal may fail once
 # Renewals per TTL: with 3, two renewals in a row may fail before the lease is lost.
 RENEWALS_PER_TTL = 3
+# A renewal that failed is tried again this soon, not a period later: a request that timed
+# out (REQUEST_TIMEOUT_S) has used up most of the period already.
+RETRY_S = 0.25
 
 
 class WorkerLease:
@@ -40,12 +54,13 @@ class WorkerLease:
 
     @classmethod
     def grant(cls, etcd: Etcd, ttl: int = DEFAULT_TTL_S) -> WorkerLease:
-        """A new lease of `ttl` seconds. Raises InvalidArgument (ttl < MIN_TTL_S),
-        CoordinationUnavailable."""
-        if not isinstance(ttl, int) or ttl < MIN_TTL_S:
+        """A new lease for a site configured with lease TTL `ttl` seconds (module
+        docstring): etcd's lease, and `self.ttl`, are `ttl - TAKEOVER_MARGIN_S` seconds.
+        Raises InvalidArgument (ttl < MIN_TTL_S), CoordinationUnavailable."""
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < MIN_TTL_S:
             raise InvalidArgument(f"lease TTL must be whole seconds >= {MIN_TTL_S}, not {ttl!r}")
         sent = time.monotonic()
-        lease_id, granted = etcd.grant(ttl)
+        lease_id, granted = etcd.grant(ttl - TAKEOVER_MARGIN_S)
         return cls(etcd, lease_id, granted, sent + granted)
 
     def start(self) -> None:
@@ -69,14 +84,16 @@ class WorkerLease:
         log.warning("lease %x lost: %s", self.id, why)
 
     def _keep_alive(self) -> None:
-        period = self.ttl / RENEWALS_PER_TTL
-        while not self._stop.wait(period) and self.valid():
+        period = wait = self.ttl / RENEWALS_PER_TTL
+        while not self._stop.wait(wait) and self.valid():
             sent = time.monotonic()
             try:
                 ttl = self.etcd.keepalive(self.id)
             except CoordinationUnavailable as exc:
                 log.warning("lease %x not renewed: %s", self.id, exc)
+                wait = min(period, RETRY_S)
                 continue  # valid() decides when it is lost
+            wait = period
             if ttl <= 0:
                 self._lose("etcd says it has expired")
                 return

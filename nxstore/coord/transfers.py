@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CoordinationUnavailable, InvalidArgument, LeadershipLost, NxError
 from .election import Leadership
 from .etcd import Entry, Etcd, Guard, Put
-from .keys import SiteKeys, encode
+from .keys import KEY_FORMAT_VERSION, SCHEDULE_RECORD_VERSION, SiteKeys, encode
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+VDISK, SCHEDULE = "vdisk", "schedule"  # what a record transfers (Transfer.kind)
 MAX_ATTEMPTS = 5          # attempts that end in an error (not a lost leadership) before FAILED
 PROGRESS_PERIOD_S = 0.25  # at most one progress write per this many seconds
 RETRY_AFTER_S = 2.0       # a failed attempt is retried no sooner
@@ -56,7 +57,11 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Transfer:
-    """A transfer's record (the JSON value of its key)."""
+    """A transfer's record (the JSON value of its key). Kind VDISK: snapshot `vdisk`@
+    `snapshot` to `site`, queued by anyone, run by TransferRunner. Kind SCHEDULE: the
+    replication to `site` of the first PD snapshot that schedule `schedule_id` of PD `pd`
+    takes at or after `after` (cluster clock), recorded and resumed by
+    nxstore.coord.schedules."""
 
     id: str
     vdisk: str
@@ -68,20 +73,41 @@ class Transfer:
     not_before: float = 0.0     # epoch seconds: a failed attempt waits until then
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
     revision: int = 0           # the key's mod revision when read (not stored)
+    kind: str = VDISK
+    pd: str = ""
+    schedule_id: int = 0
+    after: float = 0.0
+
+    @property
+    def source(self) -> str:
+        """What is transferred, for people: VDISK@SNAP, or the PD schedule's snapshot."""
+        if self.kind == SCHEDULE:
+            return f"PD {self.pd} schedule {self.schedule_id}" + (
+                f" snapshot {self.snapshot}" if self.snapshot else "")
+        return f"{self.vdisk}@{self.snapshot}"
 
     def encode(self) -> bytes:
         fields = asdict(self)
         del fields["revision"]
-        return encode(fields)
+        if self.kind == VDISK:  # exactly the version 1 record
+            for name in ("kind", "pd", "schedule_id", "after"):
+                del fields[name]
+            return encode(fields)
+        return encode(fields, SCHEDULE_RECORD_VERSION)
 
     @classmethod
     def decode(cls, entry: Entry) -> Transfer:
-        v: dict[str, Any] = entry.json()
+        v: dict[str, Any] = entry.json((KEY_FORMAT_VERSION, SCHEDULE_RECORD_VERSION))
         try:
+            kind = VDISK if v["version"] == KEY_FORMAT_VERSION else str(v["kind"])
+            if kind not in (VDISK, SCHEDULE):
+                raise ValueError(f"kind {kind!r}")
             return cls(str(v["id"]), str(v["vdisk"]), str(v["snapshot"]), str(v["site"]),
                        str(v["state"]), v.get("bandwidth_limit"), float(v["queued_at"]),
                        float(v.get("not_before", 0)),
-                       tuple(Attempt(**a) for a in v.get("attempts", ())), entry.mod_revision)
+                       tuple(Attempt(**a) for a in v.get("attempts", ())), entry.mod_revision,
+                       kind, str(v.get("pd", "")), int(v.get("schedule_id", 0)),
+                       float(v.get("after", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise CoordinationUnavailable(f"etcd key {entry.key} is not a transfer record "
                                           f"({exc})") from None
@@ -119,8 +145,28 @@ def transfers(etcd: Etcd, keys: SiteKeys) -> list[Transfer]:
     return sorted(out, key=lambda t: (t.queued_at, t.id))
 
 
+def write(etcd: Etcd, keys: SiteKeys, lead: Leadership, t: Transfer, *,
+          expect: int | None = None, delete: bool = False) -> Transfer:
+    """Store (or with `delete`, delete) record `t` guarded by `lead`'s term and, with
+    `expect`, by the record's mod revision (0: it must not exist). Returns `t` with its new
+    revision. Raises LeadershipLost (the term's guard failed), CoordinationUnavailable
+    (etcd unreachable, or the record changed meanwhile while the leadership holds)."""
+    key = keys.transfer(t.id)
+    guards = [lead.guard()]
+    if expect is not None:
+        guards.append(Guard(key, expect, "MOD"))
+    revision = etcd.txn(guards, deletes=[key]) if delete else \
+        etcd.txn(guards, [Put(key, t.encode())])
+    if not revision:
+        if expect is not None and lead.holds():
+            raise CoordinationUnavailable(f"transfer {t.id} changed while being claimed")
+        raise LeadershipLost(f"worker {lead.worker} no longer leads the site")
+    return replace(t, revision=revision)
+
+
 class TransferRunner:
-    """The leader's loop: claim and run the pending transfers, one at a time, on `cluster`."""
+    """The leader's loop: claim and run the pending vDisk transfers, one at a time, on
+    `cluster` (schedule records are nxstore.coord.schedules' own)."""
 
     def __init__(self, cluster: Cluster, etcd: Etcd, keys: SiteKeys, lead: Leadership,
                  poll: float = POLL_S) -> None:
@@ -145,7 +191,8 @@ class TransferRunner:
         while not until.is_set() and self.lead.holds():
             try:
                 pending = [t for t in await asyncio.to_thread(transfers, self.etcd, self.keys)
-                           if t.state in (QUEUED, RUNNING) and t.not_before <= time.time()]
+                           if t.kind == VDISK and t.state in (QUEUED, RUNNING)
+                           and t.not_before <= time.time()]
                 for t in pending:
                     if until.is_set() or not self.lead.holds():
                         return
@@ -161,18 +208,7 @@ class TransferRunner:
                 await asyncio.wait_for(until.wait(), self.poll)
 
     def _write(self, t: Transfer, *, expect: int | None = None) -> Transfer:
-        """Store `t` guarded by the term (and, with `expect`, the record's mod revision);
-        LeadershipLost if a guard fails."""
-        key = self.keys.transfer(t.id)
-        guards = [self.lead.guard()]
-        if expect is not None:
-            guards.append(Guard(key, expect, "MOD"))
-        revision = self.etcd.txn(guards, [Put(key, t.encode())])
-        if not revision:
-            if expect is not None and self.lead.holds():
-                raise CoordinationUnavailable(f"transfer {t.id} changed while being claimed")
-            raise LeadershipLost(f"worker {self.lead.worker} no longer leads the site")
-        return replace(t, revision=revision)
+        return write(self.etcd, self.keys, self.lead, t, expect=expect)
 
     def run_one(self, t: Transfer) -> Transfer:
         """Claim `t` and run it to its end (DONE, or QUEUED again after an error, FAILED

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,20 @@ LEASE_TTL = 5
 
 
 class Worker(Daemon):
-    """`nxstore serve PATH --etcd URL --worker NAME`, ready once it has joined the site."""
+    """`nxstore serve PATH --etcd URL --worker NAME`, ready once it has joined the site.
+    `line_times[i]`: when `lines[i]` was read (time.monotonic())."""
+
+    def __init__(self, proc: subprocess.Popen, path: str) -> None:
+        self.line_times: list[float] = []  # before the reader thread starts
+        super().__init__(proc, path)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.line_times.append(time.monotonic())  # first: lines[i] has its time
+            self.lines.append(line.rstrip("\n"))
+            if not self._ready.is_set() and self._ready_line(line):
+                self._ready.set()
 
     @classmethod
     def join(cls, path: str, secret_file: str, etcd: str, name: str, *extra: str,
