@@ -150,3 +150,21 @@ def test_boto3_is_imported_only_by_a_store_on_s3(tmp_path):
             "from nxstore.cli import main\nmain(['create', sys.argv[1] + '2'])\n"
             "assert not {'boto3', 'botocore'} & set(sys.modules), 'boto3 was imported'\n")
     loaded(code, str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("preset", [None, "4"])
+def test_the_console_script_starts_numpy_with_one_blas_thread(tmp_path, preset):
+    """nxstore uses no BLAS: the console script asks OpenBLAS for one thread (its start-up
+    cost) unless the user chose a number, and numpy, imported by the command, sees it."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    code = ("import sys, nxstore.cli as cli\nsys.argv = ['nxstore', 'create', sys.argv[1]]\n"
+            "assert cli.console_main() == 0\nimport numpy, os\n"
+            "print('BLAS', os.environ['OPENBLAS_NUM_THREADS'])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], env=env,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert f"BLAS {preset or 1}" in proc.stdout
