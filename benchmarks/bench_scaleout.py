@@ -138,14 +138,20 @@ def test_s1_ingest_s3_vs_local(benchmark, s3, root, data, until) -> None:  # noq
            **extra)  # fmt: skip
 
 
-def test_s2_read_s3_vs_local(benchmark, s3, root, data) -> None:  # noqa: ANN001
-    lpath, spath = os.path.join(root, "rl"), os.path.join(root, "rs")
+def _local_and_s3(root: str, name: str, s3: SeaweedServer, data: np.ndarray) -> tuple[str, str]:
+    """Paths of two new clusters holding `data` in vDisk "seq": local, and on S3."""
+    lpath, spath = os.path.join(root, f"l-{name}"), os.path.join(root, f"s-{name}")
     with nxstore.Cluster.create(lpath, block_size=16 * KiB, background=False) as c:
         _ingest(c, data)
     with nxstore.Cluster.create(spath, block_size=16 * KiB, background=False,
-                                extent_store=f"s3://{BUCKET}/bench-read",
+                                extent_store=f"s3://{BUCKET}/bench-{name}-{uuid.uuid4().hex[:8]}",
                                 s3_endpoint=s3.endpoint) as c:  # fmt: skip
         _ingest(c, data)
+    return lpath, spath
+
+
+def test_s2_read_s3_vs_local(benchmark, s3, root, data) -> None:  # noqa: ANN001
+    lpath, spath = _local_and_s3(root, "read", s3, data)
     lc = nxstore.Cluster.open(lpath, background=False)
     sc = nxstore.Cluster.open(spath, background=False)
     try:
@@ -191,13 +197,7 @@ def test_s2_read_s3_vs_local(benchmark, s3, root, data) -> None:  # noqa: ANN001
 def test_s2c_cold_random_reads(benchmark, s3, root, data, fetch, reads, monkeypatch) -> None:  # noqa: ANN001
     if fetch == "whole groups":  # what a cold read fetched before chunks: its whole group
         monkeypatch.setattr(extent_remote, "PART_CHUNK_BYTES", EXTENT_GROUP_BYTES)
-    lpath, spath = (os.path.join(root, f"{side}-{fetch}-{reads}") for side in ("cl", "cs"))
-    with nxstore.Cluster.create(lpath, block_size=16 * KiB, background=False) as c:
-        _ingest(c, data)
-    with nxstore.Cluster.create(spath, block_size=16 * KiB, background=False,
-                                extent_store=f"s3://{BUCKET}/bench-cold-{uuid.uuid4().hex[:8]}",
-                                s3_endpoint=s3.endpoint) as c:  # fmt: skip
-        _ingest(c, data)
+    lpath, spath = _local_and_s3(root, f"cold-{fetch}-{reads}".replace(" ", "-"), s3, data)
     blocks = np.random.default_rng(5).integers(0, SEQ_BYTES // (16 * KiB), reads)
     offsets = (blocks * 16 * KiB).tolist()
     with nxstore.Cluster.open(lpath, background=False) as lc:

@@ -86,19 +86,26 @@ def test_cluster_round_trip_after_reopen_with_an_empty_cache(make_cluster, s3ser
     del snap
 
 
-def test_cold_reads_fetch_only_the_chunks_they_touch(tmp_path, s3server, s3_url):
-    """A cold read gets the chunks of a group its records lie in, into a sparse `.part`
-    cache file; the group's other reads add chunks until the file is whole and renamed;
-    reopening drops partial files; every read is right and verified throughout."""
-    s = _s3_store(tmp_path, s3_url, s3server)
-    data = _blocks(7, 4 * 64)  # four groups of incompressible blocks
+def _cold_store(tmp_path, url: str, server: SeaweedServer,  # noqa: ANN001
+                data: np.ndarray) -> tuple[ExtentStore, np.ndarray, str]:
+    """A store on S3 holding `data` (every group uploaded), reopened with an empty read
+    cache: (store, the blocks' ids, the cache directory)."""
+    s = _s3_store(tmp_path, url, server)
     ids = s.put_blocks(data)
     s.sync()
     s.wait_uploaded()
     s.close()
     cache = os.path.join(str(tmp_path / "ex"), EXTENT_CACHE_DIR)
     shutil.rmtree(cache)
-    s = ExtentStore.open(str(tmp_path / "ex"), BS)
+    return ExtentStore.open(str(tmp_path / "ex"), BS), ids, cache
+
+
+def test_cold_reads_fetch_only_the_chunks_they_touch(tmp_path, s3server, s3_url):
+    """A cold read gets the chunks of a group its records lie in, into a sparse `.part`
+    cache file; the group's other reads add chunks until the file is whole and renamed;
+    reopening drops partial files; every read is right and verified throughout."""
+    data = _blocks(7, 4 * 64)  # four groups of incompressible blocks
+    s, ids, cache = _cold_store(tmp_path, s3_url, s3server, data)
     rows = data.reshape(-1, BS)
     assert np.array_equal(_read(s, ids[70:71]), rows[70])  # one block of the second group
     got = s._remote.fetched_bytes
@@ -122,15 +129,8 @@ def test_cold_reads_fetch_only_the_chunks_they_touch(tmp_path, s3server, s3_url)
 def test_a_group_missed_often_is_fetched_whole(tmp_path, s3server, s3_url, monkeypatch):
     monkeypatch.setattr(er_mod, "WHOLE_AFTER_MISSES", 2)
     monkeypatch.setattr(er_mod, "PART_CHUNK_BYTES", 4 * BS)  # 16 chunks a group
-    s = _s3_store(tmp_path, s3_url, s3server)
     data = _blocks(8, 64)  # one group
-    ids = s.put_blocks(data)
-    s.sync()
-    s.wait_uploaded()
-    s.close()
-    cache = os.path.join(str(tmp_path / "ex"), EXTENT_CACHE_DIR)
-    shutil.rmtree(cache)
-    s = ExtentStore.open(str(tmp_path / "ex"), BS)
+    s, ids, cache = _cold_store(tmp_path, s3_url, s3server, data)
     rows = data.reshape(-1, BS)
     for k, block in enumerate([1, 20]):  # two misses, one chunk each (no read-ahead)
         assert np.array_equal(_read(s, ids[block : block + 1]), rows[block])
