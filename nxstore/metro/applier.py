@@ -15,10 +15,12 @@ order, applies the writes with `VDisk.apply_mirrored_write/trim`, answers PING, 
 barrier (METRO_FLUSH, or METRO_WRITES carrying one) syncs the replicas written since the
 previous barrier once (group commit: `VDisk.flush`, one OpLog sync for them all) and sends
 METRO_FLUSHED, in the same write as the pending ACK; ACK (credit) every WIRE_ACK_EVERY
-batches otherwise. No thread hop between the socket and the disk: while the thread applies
-or syncs, what the active site sends next waits in the kernel's buffers (back-pressure:
-the active site's sends block once they are full). Any failure ends the session with
-ERROR; nothing after the failed write is applied.
+batches otherwise. Barriers that follow each other closely share a sync: while more of the
+stream has arrived already, it is applied first (up to STANDBY_MERGE_BYTES), then one sync
+confirms every barrier applied. No thread hop between the socket and the disk: while the
+thread applies or syncs, what the active site sends next waits in the kernel's buffers
+(back-pressure: the active site's sends block once they are full). Any failure ends the
+session with ERROR; nothing after the failed write is applied.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     from ..store.vdisk import VDisk
 
 log = logging.getLogger(__name__)
+
+STANDBY_MERGE_BYTES = 8 * 1024 * 1024  # write bytes applied at most before a pending barrier's sync
 
 
 def _always() -> None:
@@ -196,8 +200,18 @@ class _Session:
         connection or something fails (then ERROR to the active site)."""
         acks = AckBatcher()
         stream = self.stream
+        done: list[MetroFlushed] = []  # barriers applied, to confirm after the next sync
+        merged = 0  # write bytes applied since the first of them
         try:
             while True:
+                # Barriers merge: while more of the stream is already here (an active site
+                # with many flushers keeps two barriers in flight), apply it first, then one
+                # sync confirms them all. Bounded by STANDBY_MERGE_BYTES.
+                if done and (merged >= STANDBY_MERGE_BYTES or not stream.readable()):
+                    self.applier.sync()
+                    ack = acks.flush()
+                    stream.send(*((ack, *done) if ack is not None else done))
+                    done, merged = [], 0
                 try:
                     msg = stream.recv()
                 except ConnectionClosed:
@@ -215,16 +229,15 @@ class _Session:
                                             f"{WIRE_METRO_BARRIER_VERSION}; the session "
                                             f"negotiated {stream.version}")
                     self.applier.apply(msg)
+                    if done:
+                        merged += msg.nbytes
                     if not msg.barrier:
                         if (ack := acks.done(msg.req_id)) is not None:
                             stream.send(ack)  # credit only: the window is larger
                         continue
                 elif not isinstance(msg, MetroFlush):
                     raise ProtocolError(f"unexpected {type(msg).__name__} in a mirror session")
-                self.applier.sync()
-                ack = acks.flush()
-                flushed = MetroFlushed(msg.barrier, req_id=msg.req_id)
-                stream.send(*((ack, flushed) if ack is not None else (flushed,)))
+                done.append(MetroFlushed(msg.barrier, req_id=msg.req_id))
         except ConnectionClosed:
             return  # the active site went away while we answered
         except BaseException as exc:  # noqa: BLE001 - sent as ERROR, the session is over

@@ -57,6 +57,10 @@ class FrameStream(abc.ABC):
     def recv(self) -> Message: ...
 
     @abc.abstractmethod
+    def readable(self) -> bool:
+        """A hint: `recv` would find bytes (or the end of the stream) without waiting."""
+
+    @abc.abstractmethod
     def linger(self, seconds: float) -> None:
         """After an ERROR was sent: read and discard what the peer still sends until it
         closes or `seconds` pass. Closing a socket with unread input makes the kernel send
@@ -187,6 +191,17 @@ class SocketStream(FrameStream):
             k += self._recv_into(dest[k:], True)
         return dest.toreadonly()
 
+    def readable(self) -> bool:
+        if self._end > self._start:
+            return True
+        try:
+            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # recv reports it
+        return True
+
     # -- ending ---------------------------------------------------------------------------------
     def linger(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -237,6 +252,9 @@ class LoopStream(FrameStream):
 
     def recv(self) -> Message:
         return self._run(self._t.recv())
+
+    def readable(self) -> bool:
+        return bool(self._t._reader._buffer)  # a hint: read on another thread
 
     async def _linger(self, seconds: float) -> None:
         reader = self._t._reader
