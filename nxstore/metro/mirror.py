@@ -6,9 +6,11 @@ their replicas) and accepted by the standby, on a private event loop. Then the c
 leaves asyncio (`transport.detach`: the same frames, keys and counters on a blocking socket;
 a TLS connection stays on the loop behind a `LoopStream`) and the link runs on plain
 threads, because on this path every thread hop costs more than the wire: the thread that
-flushes seals and sends its barrier itself, a receiver thread reads the standby's replies
-and wakes the flushers directly, and a sender thread sends batches that fill up between
-flushes, so that writers go on meanwhile.
+flushes seals and sends its barrier itself, a receiver thread reads the standby's replies,
+wakes the flushers directly and sends the barrier that a confirmation (or returned credit)
+makes due, and a sender thread sends batches that fill up between flushes, so that writers
+go on meanwhile. (The receiver may send: the standby's replies are a few small frames per
+request in flight, so it never blocks on them and always reads what the link sends.)
 
 `LinkMirror(link)` is the `WriteMirror` (nxstore.store.mirror) installed on the mirrored
 vDisks: every write and trim is copied, under the vDisk's lock, into the link's open batch,
@@ -160,8 +162,6 @@ class MirrorLink:
         self._wanted = 0  # ops a flusher waits to see confirmed
         self._asked = 0  # ops covered by the newest barrier sent
         self._confirmed = 0  # ops covered by a confirmed barrier
-        self._confirms = 0  # barriers confirmed so far (flushers look again when it moves)
-        self._flushers = 0  # threads in flush(): they send due barriers themselves
         self._barriers_out = 0  # barriers sent, not confirmed yet
         self._barriers = 0
         self._window = window  # requests unacknowledged at most (ACK credit)
@@ -322,32 +322,17 @@ class MirrorLink:
             if need > self._wanted:
                 self._wanted = need
             self._kicked = True
-            self._flushers += 1
-        try:
-            while True:
-                with self._lock:
-                    seen = self._confirms
-                # The barrier this flush needs may be due only once an earlier one is
-                # confirmed: the flushers send it themselves, no hop to the sender thread.
-                self._pump()
-                with self._lock:
-                    while self._confirms == seen:
-                        if self._confirmed >= need:
-                            return
-                        self._check_alive()
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise self._kill_locked(LinkDown(
-                                f"site {self.site.name} did not confirm a flush within "
-                                f"{timeout:g} s"))
-                        self._done.wait(remaining)
-                    if self._confirmed >= need:
-                        return
-                    self._check_alive()
-                    self._kicked = True
-        finally:
-            with self._lock:
-                self._flushers -= 1
+        # Sends the barrier unless it must wait for an earlier one's confirmation: then the
+        # receiver sends it as soon as that arrives.
+        self._pump()
+        with self._lock:
+            while self._confirmed < need:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._kill_locked(LinkDown(f"site {self.site.name} did not confirm a "
+                                                     f"flush within {timeout:g} s"))
+                self._check_alive()
+                self._done.wait(remaining)
 
     def _index_of(self, vd: VDisk) -> int:
         index = self._index.get(vd.id)
@@ -445,8 +430,8 @@ class MirrorLink:
         self._work.notify()
 
     def _send_loop(self) -> None:
-        """The sender thread: sends what is due when kicked (batches that filled up between
-        flushes, work that waited for credit), until the link dies."""
+        """The sender thread: sends the batches that fill up between flushes (writers kick
+        it), until the link dies."""
         while True:
             with self._lock:
                 while not self._kicked and self._dead is None:
@@ -542,9 +527,11 @@ class MirrorLink:
             while True:
                 msg = self._stream.recv()
                 if isinstance(msg, Ack):
-                    self._acked(msg)
+                    if self._acked(msg):
+                        self._pump()
                 elif isinstance(msg, MetroFlushed):
-                    self._flushed(msg)
+                    if self._flushed(msg):
+                        self._pump()
                 elif isinstance(msg, Pong):
                     with self._lock:
                         answered = self._pings.pop(msg.req_id, None)
@@ -559,33 +546,35 @@ class MirrorLink:
         except BaseException as exc:  # noqa: BLE001 - the link dies of it
             self._die(exc)
 
-    def _acked(self, msg: Ack) -> None:
+    def _acked(self, msg: Ack) -> bool:
+        """Credit came back; True if work waited for it (the caller sends it)."""
         with self._lock:
             self._outstanding = {r for r in self._outstanding if r > msg.upto}
             if msg.window:
                 self._window = msg.window
-            if self._unsent or self._barrier_due_locked():
-                self._kick_locked()  # work waited for this credit
+            due = bool(self._unsent) or self._barrier_due_locked()
+            self._kicked = self._kicked or due
+            return due
 
-    def _flushed(self, msg: MetroFlushed) -> None:
-        """A barrier is durable at the standby (the standby confirms them in order)."""
+    def _flushed(self, msg: MetroFlushed) -> bool:
+        """A barrier is durable at the standby (the standby confirms them in order): wake
+        its flushers. True if the next barrier is due now (the caller sends it)."""
         with self._lock:
             expected = self._barrier_reqs.pop(msg.req_id, None)
             if expected is None or expected[0] != msg.barrier:
                 raise ProtocolError(f"METRO_FLUSHED {msg.barrier} (req {msg.req_id}) does not "
                                     f"answer a barrier in flight")
             if self._dead is not None:
-                return
+                return False
             self._outstanding.discard(msg.req_id)
             self._confirmed = expected[1]
-            self._confirms += 1
             self._barriers_out -= 1
             while self._unconfirmed and self._unconfirmed[0].end <= self._confirmed:
                 self._unconfirmed.popleft()
             self._done.notify_all()
-            # Waiting flushers send the next barrier themselves; without any, the sender.
-            if not self._flushers and self._barrier_due_locked():
-                self._kick_locked()
+            due = self._barrier_due_locked()
+            self._kicked = self._kicked or due
+            return due
 
     # -- death ---------------------------------------------------------------------------------
     def _check_alive(self) -> None:
