@@ -217,9 +217,12 @@ class SocketStream(FrameStream):
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked on another thread
 
     def close(self) -> None:
-        """Abort and release the socket; call once no other thread uses the stream."""
+        """Abort and release the socket; call once no other thread receives. A send under
+        way fails at once (aborted) and is waited for: a descriptor is never closed under
+        a thread that still uses it."""
         self.abort()
-        self._sock.close()
+        with self._send_lock:
+            self._sock.close()
 
 
 class LoopStream(FrameStream):
