@@ -475,19 +475,23 @@ class MirrorLink:
         """What to send next: (the oldest unsent batch or None, the barrier to send with it
         or alone or 0, its request id), or None for nothing (or no credit). A barrier goes
         out only after every batch before it: in the same frame as the last of them when
-        the standby speaks WIRE_METRO_BARRIER_VERSION, else as METRO_FLUSH after it."""
+        the standby speaks WIRE_METRO_BARRIER_VERSION, else as METRO_FLUSH after it. The
+        open batch (the last, not full) goes only with a barrier: while barriers wait for
+        confirmations, the writes of the flushes that will share the next one gather in it
+        (one frame, not one per flusher)."""
         with self._lock:
             self._kicked = False
             if self._dead is not None or len(self._outstanding) >= self._window:
                 return None
+            due = self._barrier_due_locked()
             batch = None
-            if self._unsent:
+            if self._unsent and (due or len(self._unsent) > 1
+                                 or not self._fits(self._unsent[0], 1)):
                 batch = self._unsent.popleft()
                 self._unconfirmed.append(batch)
                 self._room.notify_all()
             barrier = 0
-            if (batch is None or (self._inline and not self._unsent)) \
-                    and self._barrier_due_locked():
+            if due and (batch is None or (self._inline and not self._unsent)):
                 self._barriers_out += 1
                 self._barriers += 1
                 self._asked = self._given
@@ -552,7 +556,8 @@ class MirrorLink:
             self._outstanding = {r for r in self._outstanding if r > msg.upto}
             if msg.window:
                 self._window = msg.window
-            due = bool(self._unsent) or self._barrier_due_locked()
+            due = self._barrier_due_locked() or len(self._unsent) > 1 or bool(
+                self._unsent and not self._fits(self._unsent[0], 1))
             self._kicked = self._kicked or due
             return due
 
