@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 MIRROR_BATCH_BYTES = 1024 * 1024  # data bytes per METRO_WRITES at most (larger writes are split)
 MIRROR_WINDOW = 16  # METRO_WRITES (and requests) unacknowledged at once
+MIRROR_HOLD_BYTES = 64 * 1024  # an open batch smaller than this waits for the next barrier
 MIRROR_UNSENT_BATCHES = 2  # batches filled ahead of the sender before writers block
 MIRROR_BARRIERS_IN_FLIGHT = 2  # a barrier may go while the previous one is unconfirmed
 MIRROR_BARRIER_BATCHES = 256  # batches sent unconfirmed before the link sends a barrier itself
@@ -365,6 +366,11 @@ class MirrorLink:
         if len(self._unsent) > 1 or not self._fits(batch, 1):
             self._kick_locked()
 
+    def _goes(self, batch: _Batch) -> bool:
+        """The open batch may go without a barrier: full, or large enough."""
+        assert batch.data is not None
+        return not self._fits(batch, 1) or len(batch.data) >= MIRROR_HOLD_BYTES
+
     def _fits(self, batch: _Batch, nbytes: int) -> bool:
         assert batch.data is not None
         return len(batch.vdisks) < WIRE_MAX_BATCH and (
@@ -476,17 +482,17 @@ class MirrorLink:
         or alone or 0, its request id), or None for nothing (or no credit). A barrier goes
         out only after every batch before it: in the same frame as the last of them when
         the standby speaks WIRE_METRO_BARRIER_VERSION, else as METRO_FLUSH after it. The
-        open batch (the last, not full) goes only with a barrier: while barriers wait for
-        confirmations, the writes of the flushes that will share the next one gather in it
-        (one frame, not one per flusher)."""
+        open batch (the last, not full) goes only with a barrier unless it holds
+        MIRROR_HOLD_BYTES: while barriers wait for confirmations, the small writes of the
+        flushes that will share the next one gather in it (one frame, not one per
+        flusher), and large ones travel meanwhile."""
         with self._lock:
             self._kicked = False
             if self._dead is not None or len(self._outstanding) >= self._window:
                 return None
             due = self._barrier_due_locked()
             batch = None
-            if self._unsent and (due or len(self._unsent) > 1
-                                 or not self._fits(self._unsent[0], 1)):
+            if self._unsent and (due or len(self._unsent) > 1 or self._goes(self._unsent[0])):
                 batch = self._unsent.popleft()
                 self._unconfirmed.append(batch)
                 self._room.notify_all()
@@ -557,7 +563,7 @@ class MirrorLink:
             if msg.window:
                 self._window = msg.window
             due = self._barrier_due_locked() or len(self._unsent) > 1 or bool(
-                self._unsent and not self._fits(self._unsent[0], 1))
+                self._unsent and self._goes(self._unsent[0]))
             self._kicked = self._kicked or due
             return due
 
