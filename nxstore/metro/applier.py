@@ -8,15 +8,19 @@ index in METRO_OPEN, a `check` run before each batch is applied and each barrier
 per barrier, not only at open) and an `ended` hook; or it raises NxError, which goes back
 as ERROR. Each replica must be read-only and of the size METRO_OPEN states.
 
-A session has three parts: the receiver (on the event loop) reads METRO_WRITES and
-METRO_FLUSH and queues them, at most STANDBY_QUEUE_BYTES of write data ahead, and answers
-PING at once; the applier thread applies the writes in order with
-`VDisk.apply_mirrored_write/trim` and, per barrier (METRO_FLUSH, or METRO_WRITES carrying
-one), syncs the replicas written since the previous barrier once (group commit: `VDisk.flush`, one OpLog sync for them all); the
-replier (on the event loop) sends what the applier hands it: ACK every WIRE_ACK_EVERY
-batches (credit), METRO_FLUSHED once a barrier is durable. One thread hop per message, none
-back to the event loop but for replies. Any failure ends the session with ERROR; nothing
-after the failed write is applied.
+Once accepted, the connection leaves the event loop (`transport.detach`: the same frames,
+keys and counters on a blocking socket; a TLS connection stays on the loop behind a
+`LoopStream`) and one thread serves the session: it reads METRO_WRITES and METRO_FLUSH in
+order, applies the writes with `VDisk.apply_mirrored_write/trim`, answers PING, and per
+barrier (METRO_FLUSH, or METRO_WRITES carrying one) syncs the replicas written since the
+previous barrier once (group commit: `VDisk.flush`, one OpLog sync for them all) and sends
+METRO_FLUSHED, in the same write as the pending ACK; ACK (credit) every WIRE_ACK_EVERY
+batches otherwise. Barriers that follow each other closely share a sync: while more of the
+stream has arrived already, it is applied first (up to STANDBY_MERGE_BYTES), then one sync
+confirms every barrier applied. No thread hop between the socket and the disk: while the
+thread applies or syncs, what the active site sends next waits in the kernel's buffers
+(back-pressure: the active site's sends block once they are full). Any failure ends the
+session with ERROR; nothing after the failed write is applied.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING
 from ..constants import WIRE_METRO_BARRIER_VERSION
 from ..errors import ConnectionClosed, InvalidArgument, NxError, ProtocolError
 from ..replication.messages import (
+    Error,
     Message,
     MetroAccept,
     MetroFlush,
@@ -43,6 +47,8 @@ from ..replication.messages import (
     Ping,
     Pong,
 )
+from ..replication.target import LINGER_S
+from ..replication.transport import FrameStream, LoopStream, SocketStream, detach
 from ..replication.window import AckBatcher
 
 if TYPE_CHECKING:
@@ -54,8 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STANDBY_QUEUE_BYTES = 16 * 1024 * 1024  # write bytes received ahead of the applier
-
+STANDBY_MERGE_BYTES = 8 * 1024 * 1024  # write bytes applied at most before a pending barrier's sync
 
 
 def _always() -> None:
@@ -91,12 +96,22 @@ async def serve_mirror(engine: Engine, accept: Accept, peer: SiteIdentity,
     try:
         replicas = _checked(grant, peer, msg)
         await t.send(MetroAccept(msg.epoch, req_id=msg.req_id))
-        log.info("mirror session from site %s accepted: pair %s, epoch %d, %d vDisk(s)",
-                 peer.site, msg.pair_id, msg.epoch, len(replicas))
-        await _Session(t, _Applier(replicas, grant.check)).run()
+        try:
+            stream = await detach(t) or LoopStream(t, asyncio.get_running_loop())
+        except ConnectionClosed:
+            return  # the active site went away at once
+        log.info("mirror session from site %s accepted: pair %s, epoch %d, %d vDisk(s)%s",
+                 peer.site, msg.pair_id, msg.epoch, len(replicas),
+                 "" if isinstance(stream, SocketStream) else " (through the event loop)")
+        session = _Session(stream, _Applier(replicas, grant.check), msg.req_id)
+        await session.run()
     finally:
         grant.ended()
-    log.info("mirror session from site %s (pair %s) ended", peer.site, msg.pair_id)
+    if session.failed is not None:
+        log.error("mirror session from site %s (pair %s) failed: %s", peer.site, msg.pair_id,
+                  session.failed)
+    else:
+        log.info("mirror session from site %s (pair %s) ended", peer.site, msg.pair_id)
 
 
 def _checked(grant: Grant, peer: SiteIdentity, msg: MetroOpen) -> list[VDisk]:
@@ -146,122 +161,92 @@ class _Applier:
 
 
 class _Session:
-    """One accepted session: receiver, applier thread and replier (module docstring)."""
+    """One accepted session, served by a thread of its own (module docstring)."""
 
-    def __init__(self, t: StreamTransport, applier: _Applier) -> None:
-        self.t = t
+    def __init__(self, stream: FrameStream, applier: _Applier, open_req: int) -> None:
+        self.stream = stream
         self.applier = applier
-        self.loop = asyncio.get_running_loop()
-        self.jobs: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
-        # the applier's replies, a failure, or None once it stopped
-        self.replies: asyncio.Queue[Message | BaseException | None] = asyncio.Queue()
-        self.lock = threading.Lock()  # guards queued and waiting
-        self.queued = 0  # write bytes queued for the applier
-        self.waiting = False  # the receiver waits for `room`
-        self.room = asyncio.Event()
-        self.over = False  # the session ended: the applier stops at the next message
-        self.thread = threading.Thread(target=self._apply_all, daemon=True,
-                                       name="nxstore-metro-apply")
+        self.open_req = open_req  # METRO_OPEN's request id: an ERROR answers it
+        self.failed: NxError | None = None  # what ended the session, sent as ERROR
 
     async def run(self) -> None:
-        self.thread.start()
-        receiving = asyncio.ensure_future(self._receive())
-        replying = asyncio.ensure_future(self._reply())
-        try:
-            await asyncio.wait({receiving, replying}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            receiving.cancel()  # the replier failed (or the session is cancelled)
-            self.over = True  # the applier drops what is still queued (none of it confirmed)
-            self.jobs.put(None)
-            results = await asyncio.gather(receiving, replying, return_exceptions=True)
-            await self._join_applier()
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                    result, (ConnectionClosed, asyncio.CancelledError)):
-                raise result
+        """Serve until the active site closes the session or it fails (`failed`). If
+        cancelled, breaks the connection and still waits for the thread: nothing may run on
+        the replicas once a session is over."""
+        loop = asyncio.get_running_loop()
+        over = loop.create_future()
 
-    async def _join_applier(self) -> None:
-        """Wait for the applier thread to stop, even if cancelled meanwhile (then raise
-        CancelledError afterwards): nothing may run on the replicas once a session is over."""
-        joined = asyncio.ensure_future(asyncio.to_thread(self.thread.join))
-        cancelled = False
-        while not joined.done():
+        def serve() -> None:
             try:
-                await asyncio.shield(joined)
+                self._serve()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(lambda: over.done() or over.set_result(None))
+
+        thread = threading.Thread(target=serve, daemon=True, name="nxstore-metro-standby")
+        thread.start()
+        cancelled = False
+        while not over.done():
+            try:
+                await asyncio.shield(over)
             except asyncio.CancelledError:
                 cancelled = True
+                self.stream.abort()
         if cancelled:
             raise asyncio.CancelledError
 
-    async def _receive(self) -> None:
-        while True:
-            try:
-                msg = await self.t.recv()
-            except ConnectionClosed:
-                return
-            if isinstance(msg, Ping):
-                await self.t.send(Pong(msg.sent_ns, req_id=msg.req_id))
-                continue
-            if isinstance(msg, MetroWrites):
-                n = len(self.applier.replicas)
-                if msg.vdisks.size and int(msg.vdisks.max()) >= n:
-                    raise ProtocolError(f"METRO_WRITES names vDisk {int(msg.vdisks.max())} of {n}")
-                if msg.barrier and self.t.version < WIRE_METRO_BARRIER_VERSION:
-                    raise ProtocolError(f"a barrier in METRO_WRITES needs protocol version "
-                                        f"{WIRE_METRO_BARRIER_VERSION}; the session "
-                                        f"negotiated {self.t.version}")
-            elif not isinstance(msg, MetroFlush):
-                raise ProtocolError(f"unexpected {type(msg).__name__} in a mirror session")
-            nbytes = msg.nbytes if isinstance(msg, MetroWrites) else 0
-            with self.lock:
-                self.queued += nbytes
-                full = self.waiting = self.queued > STANDBY_QUEUE_BYTES
-            if full:
-                self.room.clear()
-            self.jobs.put(msg)
-            if full:
-                await self.room.wait()
-
-    async def _reply(self) -> None:
-        while (item := await self.replies.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            await self.t.send(item)
-
-    def _apply_all(self) -> None:
-        """The applier thread: every queued message in order, until None or a failure."""
+    def _serve(self) -> None:
+        """The session's thread: every message in order, until the active site closes the
+        connection or something fails (then ERROR to the active site)."""
         acks = AckBatcher()
+        stream = self.stream
+        done: list[MetroFlushed] = []  # barriers applied, to confirm after the next sync
+        merged = 0  # write bytes applied since the first of them
         try:
-            while (msg := self.jobs.get()) is not None and not self.over:
-                barrier = msg.barrier
+            while True:
+                # Barriers merge: while more of the stream is already here (an active site
+                # with many flushers keeps two barriers in flight), apply it first, then one
+                # sync confirms them all. Bounded by STANDBY_MERGE_BYTES.
+                if done and (merged >= STANDBY_MERGE_BYTES or not stream.readable()):
+                    self.applier.sync()
+                    ack = acks.flush()
+                    stream.send(*((ack, *done) if ack is not None else done))
+                    done, merged = [], 0
+                try:
+                    msg = stream.recv()
+                except ConnectionClosed:
+                    return
+                if isinstance(msg, Ping):
+                    stream.send(Pong(msg.sent_ns, req_id=msg.req_id))
+                    continue
                 if isinstance(msg, MetroWrites):
+                    n = len(self.applier.replicas)
+                    if msg.vdisks.size and int(msg.vdisks.max()) >= n:
+                        raise ProtocolError(f"METRO_WRITES names vDisk {int(msg.vdisks.max())} "
+                                            f"of {n}")
+                    if msg.barrier and stream.version < WIRE_METRO_BARRIER_VERSION:
+                        raise ProtocolError(f"a barrier in METRO_WRITES needs protocol version "
+                                            f"{WIRE_METRO_BARRIER_VERSION}; the session "
+                                            f"negotiated {stream.version}")
                     self.applier.apply(msg)
-                    self._applied(msg.nbytes)
-                    if not barrier:
+                    if done:
+                        merged += msg.nbytes
+                    if not msg.barrier:
                         if (ack := acks.done(msg.req_id)) is not None:
-                            self._post(ack)  # credit only: the window is larger
+                            stream.send(ack)  # credit only: the window is larger
                         continue
-                self.applier.sync()
-                if (ack := acks.flush()) is not None:
-                    self._post(ack)
-                self._post(MetroFlushed(barrier, req_id=msg.req_id))
-        except BaseException as exc:  # noqa: BLE001 - the replier raises it: ERROR, session over
+                elif not isinstance(msg, MetroFlush):
+                    raise ProtocolError(f"unexpected {type(msg).__name__} in a mirror session")
+                done.append(MetroFlushed(msg.barrier, req_id=msg.req_id))
+        except ConnectionClosed:
+            return  # the active site went away while we answered
+        except BaseException as exc:  # noqa: BLE001 - sent as ERROR, the session is over
             if not isinstance(exc, NxError):
                 log.error("mirror applier failed", exc_info=exc)
                 exc = NxError(f"applying mirrored writes failed: {exc!r}")
-            self._post(exc)
+            self.failed = exc
+            with contextlib.suppress(NxError, OSError):
+                stream.send(Error.from_exception(exc, req_id=self.open_req))
+                stream.linger(LINGER_S)
         finally:
-            self._post(None)
-
-    def _applied(self, nbytes: int) -> None:
-        with self.lock:
-            self.queued -= nbytes
-            wake = self.waiting and self.queued <= STANDBY_QUEUE_BYTES
-            if wake:
-                self.waiting = False
-        if wake:
-            self.loop.call_soon_threadsafe(self.room.set)
-
-    def _post(self, item: Message | BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
-            self.loop.call_soon_threadsafe(self.replies.put_nowait, item)
+            stream.close()

@@ -1,24 +1,33 @@
 """The Metro mirror stream, active side: the synchronous link to the standby.
 
 A `MirrorLink` is one authenticated replication connection to the standby
-(`replication.source.open_session`), opened with METRO_OPEN (pair, epoch, the vDisks and
-their replicas) and accepted by the standby. `LinkMirror(link)` is the `WriteMirror`
-(nxstore.store.mirror) installed on the mirrored vDisks: every write and trim is copied,
-under the vDisk's lock, into the link's open batch, and the link's event-loop thread sends
-each batch as METRO_WRITES once it is full or a flush wants it, while writers go on
-(pipelined: no write waits for a round trip). At most `window` requests are unacknowledged
-(ACK credit), batches carry at most `batch_bytes`, and at most two more wait to be sent: a
-writer that finds no room blocks (back-pressure), up to the link's timeout.
+(`replication.source.open_transport`), opened with METRO_OPEN (pair, epoch, the vDisks and
+their replicas) and accepted by the standby, on a private event loop. Then the connection
+leaves asyncio (`transport.detach`: the same frames, keys and counters on a blocking socket;
+a TLS connection stays on the loop behind a `LoopStream`) and the link runs on plain
+threads, because on this path every thread hop costs more than the wire: the thread that
+flushes seals and sends its barrier itself, a receiver thread reads the standby's replies,
+wakes the flushers directly and sends the barrier that a confirmation (or returned credit)
+makes due, and a sender thread sends batches that fill up between flushes, so that writers
+go on meanwhile. (The receiver may send: the standby's replies are a few small frames per
+request in flight, so it never blocks on them and always reads what the link sends.)
 
-Flushes are group-committed: one METRO_FLUSH barrier covers every write given to the link
-before it, at most two barriers are in flight, and the flushers that arrive meanwhile share
-the next one. A barrier travels in the frame of the last batch before it when the standby
-speaks protocol version 5 (one frame each way per flush), else as its own METRO_FLUSH. A
-vDisk's flush starts its barrier before its local sync (`prepare_flush`), so the two
-overlap. A flush that is not confirmed within its timeout, or any error on the
-connection, kills the link: every later call raises `LinkDown`, and `unacked_blocks()`
-names the blocks of every write not covered by a confirmed barrier (sent or not), the
-dirty set a break starts from.
+`LinkMirror(link)` is the `WriteMirror` (nxstore.store.mirror) installed on the mirrored
+vDisks: every write and trim is copied, under the vDisk's lock, into the link's open batch,
+sent as METRO_WRITES once it is full or a flush wants it, while writers go on (pipelined:
+no write waits for a round trip). At most `window` requests are unacknowledged (ACK
+credit), batches carry at most `batch_bytes`, and at most two more wait to be sent: a
+writer that finds no room blocks (back-pressure), up to the link's timeout, which also
+bounds one blocked send.
+
+Flushes are group-committed: one barrier covers every write given to the link before it,
+at most two barriers are in flight, and the flushers that arrive meanwhile share the next
+one. A barrier travels in the frame of the last batch before it when the standby speaks
+protocol version 5 (one frame each way per flush), else as its own METRO_FLUSH. A vDisk's
+flush starts its barrier before its local sync (`prepare_flush`), so the two overlap. A
+flush that is not confirmed within its timeout, or any error on the connection, kills the
+link: every later call raises `LinkDown`, and `unacked_blocks()` names the blocks of every
+write not covered by a confirmed barrier (sent or not), the dirty set a break starts from.
 
 The standby side is nxstore.metro.applier (its `register` is re-exported here).
 """
@@ -27,13 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,7 +47,8 @@ import numpy as np
 from ..constants import WIRE_ACK_EVERY, WIRE_MAX_BATCH, WIRE_METRO_BARRIER_VERSION
 from ..errors import ConnectionClosed, InUse, InvalidArgument, LinkDown, NxError, ProtocolError
 from ..replication.messages import (
-    Message,
+    Ack,
+    Error,
     MetroAccept,
     MetroFlush,
     MetroFlushed,
@@ -50,11 +57,13 @@ from ..replication.messages import (
     Ping,
     Pong,
 )
-from ..replication.source import Session, open_session
+from ..replication.source import open_transport
+from ..replication.transport import FrameStream, LoopStream, SocketStream, detach
 from .applier import register as register  # the standby side of the stream
 
 if TYPE_CHECKING:
     from ..replication.sites import RemoteSite
+    from ..replication.transport import StreamTransport
     from ..store.engine import Engine
     from ..store.vdisk import VDisk
 
@@ -62,10 +71,13 @@ log = logging.getLogger(__name__)
 
 MIRROR_BATCH_BYTES = 1024 * 1024  # data bytes per METRO_WRITES at most (larger writes are split)
 MIRROR_WINDOW = 16  # METRO_WRITES (and requests) unacknowledged at once
+MIRROR_HOLD_BYTES = 64 * 1024  # an open batch smaller than this waits for the next barrier
 MIRROR_UNSENT_BATCHES = 2  # batches filled ahead of the sender before writers block
 MIRROR_BARRIERS_IN_FLIGHT = 2  # a barrier may go while the previous one is unconfirmed
 MIRROR_BARRIER_BATCHES = 256  # batches sent unconfirmed before the link sends a barrier itself
 MIRROR_TIMEOUT_S = 15.0  # default: a flush unconfirmed, or a writer without room, this long
+_OPEN_REQ = 1  # METRO_OPEN's request id; the stream's requests follow it
+_LAST_WORD_S = 2.0  # how long a failed send waits for the standby's ERROR (why it failed)
 
 
 # -- source side ---------------------------------------------------------------------------
@@ -116,8 +128,9 @@ class _Batch:
 class MirrorLink:
     """The active site's synchronous link to the standby `site` for Metro pair `pair_id` in
     `epoch`, mirroring `vdisks` ({local vDisk name: replica name at the standby}); see the
-    module docstring. Thread-safe; its connection runs on a thread of its own. `timeout`
-    (seconds) bounds a flush and a writer's wait for room unless a call says otherwise."""
+    module docstring. Thread-safe; it runs a receiver and a sender thread of its own.
+    `timeout` (seconds) bounds a flush, a writer's wait for room and a blocked send unless a
+    call says otherwise."""
 
     def __init__(self, engine: Engine, site: RemoteSite, pair_id: str, epoch: int,
                  vdisks: Mapping[str, str], *, timeout: float = MIRROR_TIMEOUT_S,
@@ -133,31 +146,40 @@ class MirrorLink:
         self.timeout = timeout
         self._engine = engine
         self._batch_bytes = batch_bytes
-        self._window = window
         mirrored = [engine.vdisk(name) for name in vdisks]
         self._names = [vd.name for vd in mirrored]
         self._index = {vd.id: i for i, vd in enumerate(mirrored)}
         opened = tuple((vd.name, vdisks[vd.name], vd.size) for vd in mirrored)
-        self._open_msg = lambda r: MetroOpen(pair_id, epoch, opened, req_id=r)
+        self._open_msg = MetroOpen(pair_id, epoch, opened, req_id=_OPEN_REQ)
         self._lock = threading.Lock()  # guards the state below
         self._room = threading.Condition(self._lock)  # writers wait for room
         self._done = threading.Condition(self._lock)  # flushers wait for a confirmed barrier
+        self._work = threading.Condition(self._lock)  # the sender thread waits for work
+        # Held by the one thread that takes work and sends it, so frames leave in the order
+        # the work was taken. Taken after _lock, never while holding it.
+        self._send_lock = threading.Lock()
+        self._kicked = False  # work may be due: whoever holds _send_lock looks again
         self._given = 0  # ops (writes, trims) given to the link
         self._wanted = 0  # ops a flusher waits to see confirmed
         self._asked = 0  # ops covered by the newest barrier sent
         self._confirmed = 0  # ops covered by a confirmed barrier
         self._barriers_out = 0  # barriers sent, not confirmed yet
         self._barriers = 0
+        self._window = window  # requests unacknowledged at most (ACK credit)
+        self._next_id = _OPEN_REQ + 1
+        self._outstanding: set[int] = set()  # requests sent, not acknowledged
+        self._barrier_reqs: dict[int, tuple[int, int]] = {}  # req_id -> (barrier, ops covered)
+        self._pings: dict[int, threading.Event] = {}
         self._unsent: collections.deque[_Batch] = collections.deque()
         self._unconfirmed: collections.deque[_Batch] = collections.deque()
         self._lost: list[tuple[int, int, int]] = []  # given after the link died
         self._dead: LinkDown | None = LinkDown(f"mirror link to site {site.name} is not open")
-        self._kicked = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._session: Session | None = None
-        self._wake: asyncio.Event | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._opened = False
+        self._inline = False  # a barrier may ride in a batch (the standby speaks version 5)
+        self._stream: FrameStream | None = None
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the handshake's, and a LoopStream's
+        self._loop_thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self, timeout: float | None = None) -> None:
@@ -165,66 +187,92 @@ class MirrorLink:
         standby raised to refuse it (its ERROR: wrong epoch, unknown replica, ...),
         AuthenticationError, LinkDown (unreachable, no answer within `timeout`), or
         InvalidArgument (opened before)."""
-        if self._loop is not None:
+        if self._opened:
             raise InvalidArgument(f"mirror link to site {self.site.name} was opened before")
+        self._opened = True
         timeout = self.timeout if timeout is None else timeout
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name=f"nxstore-metro-{self.site.name}")
-        self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(self._connect(timeout), self._loop)
+        loop = self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                             name=f"nxstore-metro-{self.site.name}-io")
+        self._loop_thread.start()
         try:
-            fut.result()
+            stream = asyncio.run_coroutine_threadsafe(self._connect(timeout), loop).result()
         except BaseException:
             self.close()
             raise
+        if isinstance(stream, SocketStream):
+            self._stop_loop()  # only a LoopStream needs it
+        self._stream = stream
+        self._inline = stream.version >= WIRE_METRO_BARRIER_VERSION
         with self._lock:
             self._dead = None
-        log.info("mirror link to site %s open: pair %s, epoch %d, %d vDisk(s)",
-                 self.site.name, self.pair_id, self.epoch, len(self._names))
+        for run, role in ((self._receive_loop, "recv"), (self._send_loop, "send")):
+            thread = threading.Thread(target=run, daemon=True,
+                                      name=f"nxstore-metro-{self.site.name}-{role}")
+            self._threads.append(thread)
+            thread.start()
+        log.info("mirror link to site %s open: pair %s, epoch %d, %d vDisk(s)%s",
+                 self.site.name, self.pair_id, self.epoch, len(self._names),
+                 "" if isinstance(stream, SocketStream) else " (through its event loop)")
 
-    async def _connect(self, timeout: float) -> None:
+    async def _connect(self, timeout: float) -> FrameStream:
         try:
-            await asyncio.wait_for(self._handshake(), timeout)
+            t = await asyncio.wait_for(self._handshake(), timeout)
         except asyncio.TimeoutError:
             raise LinkDown(f"site {self.site.name} did not accept the mirror session within "
                            f"{timeout:g} s") from None
         except OSError as exc:
             raise LinkDown(f"cannot reach site {self.site.name} at {self.site.address}: "
                            f"{exc}") from exc
-        self._wake = asyncio.Event()
-        self._sender = asyncio.get_running_loop().create_task(self._send_loop())
-
-    async def _handshake(self) -> None:
-        s = self._session = await open_session(self._engine, self.site)
-        s.window.window = self._window
         try:
-            await s.request(self._open_msg, MetroAccept)
-        except ConnectionClosed as exc:
-            raise await s.explain(exc) from exc
+            stream = await detach(t, send_timeout=self.timeout)
+        except BaseException:
+            t.abort()
+            raise
+        return stream or LoopStream(t, asyncio.get_running_loop())
+
+    async def _handshake(self) -> StreamTransport:
+        t = await open_transport(self._engine, self.site)
+        try:
+            try:
+                await t.send(self._open_msg)
+            except ConnectionClosed as exc:  # the standby's ERROR may be in already
+                reply = await asyncio.wait_for(t.recv(), _LAST_WORD_S)
+                if not isinstance(reply, Error):
+                    raise exc from None
+            else:
+                reply = await t.recv()
+            if isinstance(reply, Error):
+                raise reply.to_exception()
+            if not isinstance(reply, MetroAccept) or reply.req_id != _OPEN_REQ:
+                raise ProtocolError(f"expected METRO_ACCEPT, got {reply!r}")
+        except BaseException:
+            t.abort()
+            raise
+        return t
 
     def close(self) -> None:
-        """Close the connection and stop the link's thread; every later call, and every
+        """Close the connection and stop the link's threads; every later call, and every
         one still waiting, raises LinkDown. Idempotent."""
         with self._lock:
             self._kill_locked(LinkDown(f"mirror link to site {self.site.name} was closed"),
                               expected=True)
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
+        me = threading.current_thread()
+        for thread in self._threads:
+            if thread is not me:
+                thread.join(10)
+        if self._stream is not None and not any(t.is_alive() for t in self._threads):
+            self._stream.close()
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None or loop.is_closed():
             return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         if not thread.is_alive():
             loop.close()
-
-    async def _shutdown(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
 
     # -- the WriteMirror calls ----------------------------------------------------------------
     def write(self, vd: VDisk, offset: int, data: memoryview) -> None:
@@ -251,12 +299,15 @@ class MirrorLink:
                 raise
 
     def start_flush(self) -> None:
-        """Send a barrier covering every write and trim given so far as soon as possible,
-        without waiting for it (a later `flush` waits; it overlaps the local sync)."""
+        """Send a barrier covering every write and trim given so far as soon as possible
+        (from this thread when nothing else is being sent), without waiting for its
+        confirmation (a later `flush` waits; it overlaps the local sync)."""
         with self._lock:
-            if self._dead is None and self._given > self._wanted:
-                self._wanted = self._given
-                self._kick()
+            if self._dead is not None or self._given <= self._wanted:
+                return
+            self._wanted = self._given
+            self._kicked = True
+        self._pump()
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every write and trim given to the link before this call is durable at
@@ -271,7 +322,11 @@ class MirrorLink:
                 return
             if need > self._wanted:
                 self._wanted = need
-                self._kick()
+            self._kicked = True
+        # Sends the barrier unless it must wait for an earlier one's confirmation: then the
+        # receiver sends it as soon as that arrives.
+        self._pump()
+        with self._lock:
             while self._confirmed < need:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -306,10 +361,15 @@ class MirrorLink:
         batch = self._unsent[-1]
         batch.add(index, offset, length, data)
         batch.end = self._given
-        # A full batch goes at once; a partial one with the next barrier (or when full):
-        # the writer that flushes next wakes the sender once for both.
+        # A full batch goes at once, from the sender thread (the writer goes on); a partial
+        # one with the next barrier, sent by the flusher.
         if len(self._unsent) > 1 or not self._fits(batch, 1):
-            self._kick()
+            self._kick_locked()
+
+    def _goes(self, batch: _Batch) -> bool:
+        """The open batch may go without a barrier: full, or large enough."""
+        assert batch.data is not None
+        return not self._fits(batch, 1) or len(batch.data) >= MIRROR_HOLD_BYTES
 
     def _fits(self, batch: _Batch, nbytes: int) -> bool:
         assert batch.data is not None
@@ -323,7 +383,7 @@ class MirrorLink:
 
     @property
     def barriers(self) -> int:
-        """METRO_FLUSH barriers sent so far (group commit: fewer than the flushes)."""
+        """Barriers sent so far (group commit: fewer than the flushes)."""
         return self._barriers
 
     def unacked_blocks(self) -> dict[str, np.ndarray]:
@@ -353,100 +413,179 @@ class MirrorLink:
         timeout = self.timeout if timeout is None else timeout
         with self._lock:
             self._check_alive()
-        assert self._loop is not None
-        fut = asyncio.run_coroutine_threadsafe(self._ping(), self._loop)
+            rid = self._next_id
+            self._next_id += 1
+            answered = self._pings[rid] = threading.Event()
+        assert self._stream is not None
+        started = time.perf_counter()
         try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise self._die(LinkDown(f"site {self.site.name} did not answer a ping within "
-                                     f"{timeout:g} s")) from None
+            self._stream.send(Ping(time.monotonic_ns(), req_id=rid))
         except NxError as exc:
             raise self._die(exc) from exc
-
-    async def _ping(self) -> float:
-        assert self._session is not None
-        started = time.perf_counter()
-        await self._session.request(lambda r: Ping(time.monotonic_ns(), req_id=r), Pong)
+        if not answered.wait(timeout):
+            raise self._die(LinkDown(f"site {self.site.name} did not answer a ping within "
+                                     f"{timeout:g} s"))
+        with self._lock:
+            self._check_alive()
         return time.perf_counter() - started
 
-    # -- the link's thread -------------------------------------------------------------------
-    def _kick(self) -> None:
-        """Wake the sender (caller holds the lock); once until it looks again."""
-        if not self._kicked and self._loop is not None and self._wake is not None:
-            self._kicked = True
-            self._loop.call_soon_threadsafe(self._wake.set)
+    # -- sending ---------------------------------------------------------------------------
+    def _kick_locked(self) -> None:
+        """Work is due: wake the sender thread (caller holds the lock)."""
+        self._kicked = True
+        self._work.notify()
 
-    async def _send_loop(self) -> None:
-        assert self._session is not None and self._wake is not None
-        s = self._session
-        inline = s.t.version >= WIRE_METRO_BARRIER_VERSION  # a barrier may ride in a batch
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while (work := self._next_work(inline)) is not None:
-                    batch, barrier, covers = work
-                    if batch is not None and not barrier:
-                        await s.post(batch.message)
-                    else:
-                        make = (partial(batch.message, barrier=barrier) if batch is not None
-                                else lambda r, b=barrier: MetroFlush(b, req_id=r))
-                        fut = await s.ask(make)
-                        fut.add_done_callback(partial(self._flushed, barrier, covers))
-                    if batch is not None:
-                        with self._lock:
-                            batch.sent()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the link dies of it
-            self._die(exc)
+    def _send_loop(self) -> None:
+        """The sender thread: sends the batches that fill up between flushes (writers kick
+        it), until the link dies."""
+        while True:
+            with self._lock:
+                while not self._kicked and self._dead is None:
+                    self._work.wait()
+                if self._dead is not None:
+                    return
+            self._pump(wait=True)
 
-    def _next_work(self, inline: bool) -> tuple[_Batch | None, int, int] | None:
-        """What to send next: (the oldest unsent batch or None, the barrier to send with or
-        after it or 0, the ops that barrier covers), or None for nothing. Called by the
-        sender; a barrier goes out only after every batch before it: in the same frame as
-        the last of them when `inline` (the peer speaks WIRE_METRO_BARRIER_VERSION)."""
+    def _pump(self, wait: bool = False) -> None:
+        """Take and send what is due, unless another thread is at it (`wait`: wait for
+        it to finish, then look); that one looks again if `_kicked` was set meanwhile.
+        Callers set `_kicked` first. Never raises: a failure kills the link."""
+        if wait:
+            self._send_lock.acquire()
+        elif not self._send_lock.acquire(blocking=False):
+            return
+        while True:
+            try:
+                while (work := self._take_work()) is not None:
+                    self._send_work(*work)
+            except BaseException as exc:  # noqa: BLE001 - the link dies of it
+                self._send_failed(exc)
+                self._send_lock.release()
+                return
+            self._send_lock.release()
+            with self._lock:
+                if not self._kicked or self._dead is not None:
+                    return
+            if not self._send_lock.acquire(blocking=False):
+                return  # the thread that holds it looks again
+
+    def _barrier_due_locked(self) -> bool:
+        """A barrier should be sent now (caller holds the lock): a flusher wants one, or,
+        without flushes, a barrier now and then bounds what the link remembers and what the
+        standby holds unsynced."""
+        return self._barriers_out < MIRROR_BARRIERS_IN_FLIGHT and (
+            self._wanted > self._asked or (not self._barriers_out
+                                           and len(self._unconfirmed) >= MIRROR_BARRIER_BATCHES))
+
+    def _take_work(self) -> tuple[_Batch | None, int, int] | None:
+        """What to send next: (the oldest unsent batch or None, the barrier to send with it
+        or alone or 0, its request id), or None for nothing (or no credit). A barrier goes
+        out only after every batch before it: in the same frame as the last of them when
+        the standby speaks WIRE_METRO_BARRIER_VERSION, else as METRO_FLUSH after it. The
+        open batch (the last, not full) goes only with a barrier unless it holds
+        MIRROR_HOLD_BYTES: while barriers wait for confirmations, the small writes of the
+        flushes that will share the next one gather in it (one frame, not one per
+        flusher), and large ones travel meanwhile."""
         with self._lock:
             self._kicked = False
-            if self._dead is not None:
+            if self._dead is not None or len(self._outstanding) >= self._window:
                 return None
+            due = self._barrier_due_locked()
             batch = None
-            if self._unsent:
+            if self._unsent and (due or len(self._unsent) > 1 or self._goes(self._unsent[0])):
                 batch = self._unsent.popleft()
                 self._unconfirmed.append(batch)
                 self._room.notify_all()
-                if self._unsent or not inline:
-                    return batch, 0, 0
-            if self._barriers_out >= MIRROR_BARRIERS_IN_FLIGHT:
-                return None if batch is None else (batch, 0, 0)
-            # Without flushes, a barrier now and then bounds what the link remembers and
-            # what the standby holds unsynced.
-            if self._wanted <= self._asked and (
-                    self._barriers_out or len(self._unconfirmed) < MIRROR_BARRIER_BATCHES):
-                return None if batch is None else (batch, 0, 0)
-            self._barriers_out += 1
-            self._barriers += 1
-            self._asked = self._given
-            return batch, self._barriers, self._given
+            barrier = 0
+            if due and (batch is None or (self._inline and not self._unsent)):
+                self._barriers_out += 1
+                self._barriers += 1
+                self._asked = self._given
+                barrier = self._barriers
+            if batch is None and not barrier:
+                return None
+            rid = self._next_id
+            self._next_id += 1
+            self._outstanding.add(rid)
+            if barrier:
+                self._barrier_reqs[rid] = (barrier, self._asked)
+            return batch, barrier, rid
 
-    def _flushed(self, barrier: int, covers: int, fut: asyncio.Future[Message]) -> None:
-        """A barrier's reply (or failure) arrived (on the link's thread)."""
-        exc = ConnectionClosed("closed") if fut.cancelled() else fut.exception()
-        reply = None if exc is not None else fut.result()
-        if not isinstance(reply, MetroFlushed) or reply.barrier != barrier:
-            self._die(exc or ProtocolError(f"expected METRO_FLUSHED {barrier}, got {reply!r}"))
+    def _send_work(self, batch: _Batch | None, barrier: int, rid: int) -> None:
+        assert self._stream is not None
+        if batch is None:
+            self._stream.send(MetroFlush(barrier, req_id=rid))
             return
+        self._stream.send(batch.message(rid, barrier))
         with self._lock:
+            batch.sent()
+
+    def _send_failed(self, exc: BaseException) -> None:
+        """Sending failed: the standby may have said why (an ERROR, then it closed); give the
+        receiver a moment to read it, so the link dies of that rather than of a reset."""
+        if isinstance(exc, (ConnectionClosed, OSError)):
+            receiver = self._threads[0] if self._threads else None
+            if receiver is not None and receiver is not threading.current_thread():
+                receiver.join(_LAST_WORD_S)
+        self._die(exc)
+
+    # -- receiving -----------------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        """The receiver thread: the standby's replies, until the link dies."""
+        assert self._stream is not None
+        try:
+            while True:
+                msg = self._stream.recv()
+                if isinstance(msg, Ack):
+                    if self._acked(msg):
+                        self._pump()
+                elif isinstance(msg, MetroFlushed):
+                    if self._flushed(msg):
+                        self._pump()
+                elif isinstance(msg, Pong):
+                    with self._lock:
+                        answered = self._pings.pop(msg.req_id, None)
+                    if answered is None:
+                        raise ProtocolError(f"unexpected PONG (req {msg.req_id})")
+                    answered.set()
+                elif isinstance(msg, Error):
+                    raise msg.to_exception()
+                else:
+                    raise ProtocolError(f"unexpected {type(msg).__name__} (req {msg.req_id}) "
+                                        "on a mirror link")
+        except BaseException as exc:  # noqa: BLE001 - the link dies of it
+            self._die(exc)
+
+    def _acked(self, msg: Ack) -> bool:
+        """Credit came back; True if work waited for it (the caller sends it)."""
+        with self._lock:
+            self._outstanding = {r for r in self._outstanding if r > msg.upto}
+            if msg.window:
+                self._window = msg.window
+            due = self._barrier_due_locked() or len(self._unsent) > 1 or bool(
+                self._unsent and self._goes(self._unsent[0]))
+            self._kicked = self._kicked or due
+            return due
+
+    def _flushed(self, msg: MetroFlushed) -> bool:
+        """A barrier is durable at the standby (the standby confirms them in order): wake
+        its flushers. True if the next barrier is due now (the caller sends it)."""
+        with self._lock:
+            expected = self._barrier_reqs.pop(msg.req_id, None)
+            if expected is None or expected[0] != msg.barrier:
+                raise ProtocolError(f"METRO_FLUSHED {msg.barrier} (req {msg.req_id}) does not "
+                                    f"answer a barrier in flight")
             if self._dead is not None:
-                return
-            self._confirmed = covers  # the standby answers barriers in order
+                return False
+            self._outstanding.discard(msg.req_id)
+            self._confirmed = expected[1]
             self._barriers_out -= 1
-            while self._unconfirmed and self._unconfirmed[0].end <= covers:
+            while self._unconfirmed and self._unconfirmed[0].end <= self._confirmed:
                 self._unconfirmed.popleft()
             self._done.notify_all()
-            if self._wanted > self._asked:
-                self._kick()
+            due = self._barrier_due_locked()
+            self._kicked = self._kicked or due
+            return due
 
     # -- death ---------------------------------------------------------------------------------
     def _check_alive(self) -> None:
@@ -458,9 +597,9 @@ class MirrorLink:
             return self._kill_locked(exc)
 
     def _kill_locked(self, exc: BaseException, expected: bool = False) -> LinkDown:
-        """Mark the link dead of `exc` unless it is dead already (caller holds the
-        condition): wake every waiter and drop the connection, so that nothing later is
-        confirmed. Returns the LinkDown the link died of (logged unless `expected`)."""
+        """Mark the link dead of `exc` unless it is dead already (caller holds the lock):
+        wake every waiter and break the connection, so that nothing later is confirmed.
+        Returns the LinkDown the link died of (logged unless `expected`)."""
         if self._dead is None:
             dead = exc if isinstance(exc, LinkDown) else LinkDown(
                 f"mirror link to site {self.site.name} is down: {exc}")
@@ -470,9 +609,11 @@ class MirrorLink:
             log.log(logging.INFO if expected else logging.WARNING, "%s", dead)
             self._room.notify_all()
             self._done.notify_all()
-            if self._session is not None and self._loop is not None and not self._loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
-                    self._loop.call_soon_threadsafe(self._session.t.abort)
+            self._work.notify_all()
+            for answered in self._pings.values():
+                answered.set()
+            if self._stream is not None:
+                self._stream.abort()
         return self._dead
 
 

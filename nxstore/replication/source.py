@@ -170,19 +170,24 @@ class Session:
         await self.t.close()
 
 
-async def open_session(cluster: Engine, site: RemoteSite,
-                       bandwidth_limit: float | None = None) -> Session:
-    """An authenticated session with `site`. Raises what `connect` raises; a failed
+async def open_transport(cluster: Engine, site: RemoteSite,
+                         bandwidth_limit: float | None = None) -> StreamTransport:
+    """An authenticated connection to `site`. Raises what `connect` raises; a failed
     challenge as AuthenticationError naming the site as registered here and its address."""
     host, port = site.host_port()
     try:
-        t = await connect(host, port, identity=SiteIdentity(cluster.id, cluster.site_name),
-                          secret=site.secret, bandwidth_limit=bandwidth_limit,
-                          ssl=site.ssl_context())
+        return await connect(host, port, identity=SiteIdentity(cluster.id, cluster.site_name),
+                             secret=site.secret, bandwidth_limit=bandwidth_limit,
+                             ssl=site.ssl_context())
     except AuthenticationError as exc:
         raise AuthenticationError(f"authentication with site {site.name!r} at {host}:{port} "
                                   "failed: the shared secrets differ") from exc
-    return Session(t)
+
+
+async def open_session(cluster: Engine, site: RemoteSite,
+                       bandwidth_limit: float | None = None) -> Session:
+    """An authenticated session with `site` (`open_transport`)."""
+    return Session(await open_transport(cluster, site, bandwidth_limit))
 
 
 def _transfer_id(cluster: Engine, snap: Snapshot) -> bytes:

@@ -5,13 +5,16 @@ optionally behind a delay line that can also hold everything back (a stalled lin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+import ssl
 import threading
 import time
 
 import numpy as np
 import pytest
+from certs import self_signed  # tests/replication, on the path (conftest)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,18 +25,34 @@ from nxstore.constants import (
     WIRE_METRO_BARRIER_VERSION,
     WIRE_MIN_PROTOCOL_VERSION,
 )
-from nxstore.errors import InvalidArgument, LinkDown, MetroFenced, ProtocolError
+from nxstore.errors import ConnectionClosed, InvalidArgument, LinkDown, MetroFenced, ProtocolError
 from nxstore.metro import applier, mirror
 from nxstore.metro.applier import Grant
 from nxstore.metro.mirror import LinkMirror, MirrorLink, register
 from nxstore.replication import auth, frames, messages
 from nxstore.replication.auth import SiteIdentity
-from nxstore.replication.messages import MetroAccept, MetroFlushed, MetroOpen, MetroWrites
+from nxstore.replication.messages import (
+    Ack,
+    MetroAccept,
+    MetroFlushed,
+    MetroOpen,
+    MetroWrites,
+    Ping,
+    Pong,
+)
 from nxstore.replication.protocols import TargetProtocols
 from nxstore.replication.sites import get_site
 from nxstore.replication.source import open_session
 from nxstore.replication.target import ReplicationTarget
-from nxstore.replication.transport import serve, tcp
+from nxstore.replication.transport import (
+    LoopStream,
+    SocketStream,
+    connect,
+    detach,
+    memory_pair,
+    serve,
+    tcp,
+)
 
 BS = 4096
 DISK = 1 << 20
@@ -62,7 +81,7 @@ class Standby:
     """`cluster` served as a replication target with the mirror applier registered. Its
     accept() takes sessions in `epoch` only and counts the barriers its replicas sync."""
 
-    def __init__(self, cluster: nxstore.Cluster, epoch: int = 1) -> None:
+    def __init__(self, cluster: nxstore.Cluster, epoch: int = 1, ssl=None) -> None:  # noqa: ANN001
         self.cluster = cluster
         self.epoch = epoch
         self.opened: list[MetroOpen] = []
@@ -72,7 +91,7 @@ class Standby:
         self.io = Loop()
         ident = SiteIdentity(cluster.id, cluster.site_name)
         self.server = self.io.run(serve("127.0.0.1", 0, ReplicationTarget(cluster).handle,
-                                        identity=ident, secret=SECRET))
+                                        identity=ident, secret=SECRET, ssl=ssl))
         self.port = self.server.port
 
     def accept(self, peer_cluster: str, peer_site: str, msg: MetroOpen) -> Grant:
@@ -161,16 +180,22 @@ class Pair:
     """Source `paris` and standby `tokyo` (each a 4 KiB-block cluster), vDisks vol0.. seeded
     to `tokyo` by snapshot replication, and a link factory."""
 
-    def __init__(self, tmp_path, vdisks: int = 1, delay: float | None = None) -> None:
+    def __init__(self, tmp_path, vdisks: int = 1, delay: float | None = None,
+                 tls: bool = False) -> None:
         tmp_path.mkdir()
         self.paris = nxstore.Cluster.create(str(tmp_path / "paris"), block_size=BS,
                                             background=False)
         self.tokyo = nxstore.Cluster.create(str(tmp_path / "tokyo"), block_size=BS,
                                             background=False)
-        self.standby = Standby(self.tokyo)
+        cert = server_ssl = None
+        if tls:
+            cert, key = self_signed(tmp_path)
+            server_ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server_ssl.load_cert_chain(cert, key)
+        self.standby = Standby(self.tokyo, ssl=server_ssl)
         self.line = DelayLine(self.standby.port, delay) if delay is not None else None
         port = self.line.port if self.line else self.standby.port
-        self.paris.add_remote_site("tokyo", f"127.0.0.1:{port}", SECRET)
+        self.paris.add_remote_site("tokyo", f"127.0.0.1:{port}", SECRET, tls_ca=cert)
         self.names = [f"vol{i}" for i in range(vdisks)]
         for name in self.names:
             vd = self.paris.create_vdisk(name, DISK)
@@ -406,6 +431,101 @@ def test_without_flushes_the_link_sends_barriers_itself(pair):
     assert link.barriers >= 2
 
 
+# -- the stream off the event loop ---------------------------------------------------------------
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_plain_link_runs_on_threads_and_a_tls_link_through_its_loop(pair, caplog, tls):
+    """After the handshake a plain TCP session continues on blocking sockets at both ends
+    (SocketStream); TLS state lives in asyncio's transport, so a TLS session stays on the
+    event loops (LoopStream). Both mirror exactly, group-commit, answer pings, fail as
+    LinkDown."""
+    caplog.set_level("INFO", logger="nxstore.metro")
+    p = pair(vdisks=2, tls=tls)
+    link = p.link(batch_bytes=16 * 1024)
+    assert isinstance(link._stream, LoopStream if tls else SocketStream)
+    accepted = [r.getMessage() for r in caplog.records if "accepted" in r.getMessage()]
+    assert len(accepted) == 1 and ("through the event loop" in accepted[0]) == tls
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            vd = p.paris.vdisk(p.names[n % 2])
+            for r in range(10):
+                vd.write((n * 10 + r) * 5 * BS % (DISK - 5 * BS), os.urandom(5 * BS))
+                vd.flush()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(120)
+    assert not errors, errors
+    p.assert_identical()
+    assert link.unacked_blocks() == {} and 0 < link.barriers <= 40
+    assert 0 < link.rtt() < 5
+    p.standby.close()
+    vd = p.paris.vdisk("vol0")
+    with pytest.raises(LinkDown):
+        vd.write(0, b"after")
+        vd.flush()
+    assert not link.alive
+
+
+SRV, CLI = SiteIdentity("srv-cluster", "srv"), SiteIdentity("cli-cluster", "cli")
+
+
+def test_a_detached_connection_continues_the_same_stream():
+    """`detach` hands a connection's socket over mid-stream: what its reader buffered, the
+    frame keys and their counters carry on (the peer, still on asyncio, cannot tell), small
+    and large frames go both ways, `abort` wakes a blocked recv. What it cannot take (an
+    in-memory pipe) it refuses with None."""
+    big = MetroWrites([0, 1], [0, 4 * BS], [40 * BS, BS], [False, False],
+                      os.urandom(41 * BS), 7, req_id=9)
+
+    async def echo(t) -> None:  # noqa: ANN001
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                msg = await t.recv()
+                await t.send(msg)
+                if isinstance(msg, Ping):
+                    await t.send(Pong(msg.sent_ns, req_id=msg.req_id))  # a second frame
+
+    async def body() -> None:
+        a, _ = memory_pair()
+        assert await detach(a) is None
+        async with await serve("127.0.0.1", 0, echo, identity=SRV, secret=SECRET) as srv:
+            t = await connect("127.0.0.1", srv.port, identity=CLI, secret=SECRET)
+            await t.send(Ping(1, req_id=1))
+            assert await t.recv() == Ping(1, req_id=1)
+            while not t._reader._buffer:  # the PONG is in the reader, not read yet
+                await t._reader._wait_for_data("test")
+            stream = await detach(t, send_timeout=5)
+            assert isinstance(stream, SocketStream) and t.closed and stream.peer == SRV
+
+            def blocking() -> None:
+                assert stream.recv() == Pong(1, req_id=1)
+                stream.send(big, Ack(3))
+                assert stream.recv() == big
+                assert stream.recv() == Ack(3)
+                stream.send(Ping(2, req_id=2))
+                assert [stream.recv(), stream.recv()] == [Ping(2, req_id=2), Pong(2, req_id=2)]
+                stuck: list[BaseException] = []
+                reader = threading.Thread(target=lambda: stuck.append(
+                    pytest.raises(ConnectionClosed, stream.recv).value))
+                reader.start()
+                stream.abort()
+                reader.join(10)
+                assert stuck and not reader.is_alive()
+                with pytest.raises(ConnectionClosed):
+                    stream.send(Ack(4))
+                stream.close()
+
+            await asyncio.to_thread(blocking)
+
+    asyncio.run(body())
+
+
 # -- failures --------------------------------------------------------------------------------------
 def test_a_stalled_standby_makes_flush_raise_linkdown_never_succeed(pair):
     p = pair(delay=0.0)
@@ -442,9 +562,9 @@ def test_a_standby_that_goes_away_fails_the_flush_at_once(pair):
     vd.write(0, b"x" * 100)
     vd.flush()
     p.standby.close()
-    vd.write(0, b"y" * 100)
     started = time.monotonic()
-    with pytest.raises(LinkDown):
+    with pytest.raises(LinkDown):  # the write if the link saw the close already, else the flush
+        vd.write(0, b"y" * 100)
         vd.flush()
     assert time.monotonic() - started < 30  # not the 60 s timeout
     assert {k: v.tolist() for k, v in link.unacked_blocks().items()} == {"vol0": [0]}

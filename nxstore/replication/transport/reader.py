@@ -47,6 +47,16 @@ class PayloadStreamReader(asyncio.StreamReader):
         if self._dest_pos >= len(self._dest):
             self._wakeup_waiter()
 
+    def take_buffered(self) -> bytes | None:
+        """Remove and return what is buffered and not read yet, for a caller that takes
+        the connection over (`blocking.detach`; reading paused first); None if the stream
+        ended or failed, or a payload read is under way."""
+        if self._eof or self._exception is not None or self._dest is not None:
+            return None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
     def feed_data(self, data) -> None:
         room = self.dest_room()
         if room is not None and len(data):
