@@ -17,7 +17,7 @@ GETs and a random one small ones; a group that WHOLE_AFTER_MISSES reads missed i
 fetched whole on the next) into a sparse cache
 file of the object's size, `<group>.part`, whose fetched chunks this object tracks; once
 every chunk is there the file is renamed to the group's name (a whole-group read, such as
-maintenance's, fetches the rest at once). A partial file is never read where a chunk is
+maintenance's, fetches all that is missing at once, in the same GETs). A partial file is never read where a chunk is
 missing: the store asks for the chunks of every read first (`fetch` with the read's byte
 spans), and a missing chunk would read as zeros, which fail the record checks anyway. Open
 removes partial files (their chunk set is kept in RAM only). The cache keeps at most
@@ -43,7 +43,7 @@ import threading
 from collections import OrderedDict
 
 from ..constants import S3_UPLOAD_PENDING_GROUPS
-from ..errors import AlreadyExists, NxError, ObjectStoreError
+from ..errors import AlreadyExists, NotFound, NxError, ObjectStoreError
 from .extent_group import group_file_name, parse_group_name
 from .fileutil import fsync_dir, open_private
 from .group_backend import GroupBackend, cache_dir
@@ -235,68 +235,43 @@ class RemoteGroups:
         with self._cond:
             return g in self._parts
 
-    def fetch(self, g: int, length: int, pinned: set[int],
+    def fetch(self, g: int, pinned: set[int],
               spans: list[tuple[int, int]] | None = None) -> tuple[str, list[int]]:
         """The cache file of remote group g, with the bytes a read needs fetched first:
         the chunks of `spans` ((offset, length) pairs), or with `spans` None the whole
-        object (at least `length` bytes asked for, more if the object is longer; a shorter
-        object gives a shorter file, which reads report as truncated). Returns (path of
-        the file, complete or `.part`; groups evicted to make room, never g or a pinned
-        one). Raises NotFound (no such object), ObjectStoreError, AuthenticationError."""
+        object. The file has the object's size: one shorter than the table covers reads
+        as truncated. Returns (path of the file, complete or `.part`; groups evicted to
+        make room, never g or a pinned one). Raises NotFound (no such object),
+        ObjectStoreError, AuthenticationError."""
         path = self._cached(g)
         with self._cond:
-            size = self.sizes.get(g)
             present = self._parts.get(g)
-            if g in self._lru and present is None and os.path.exists(path):
+            if present is None and g in self._lru and os.path.exists(path):
                 self._lru.move_to_end(g)
                 return path, []
-            if present is None and (spans is None or size is None):
-                whole = True
-            else:
-                whole = False
-                if present is None:
-                    present = set()
-                chunks = -(-(size or 0) // PART_CHUNK_BYTES)
-                if self._misses.get(g, 0) >= WHOLE_AFTER_MISSES:
-                    spans = None
-                want = set(range(chunks)) if spans is None else {
-                    c for off, n in spans if n > 0
-                    for c in range(off // PART_CHUNK_BYTES,
-                                   min(chunks, -(-(off + n) // PART_CHUNK_BYTES)))
-                }  # fmt: skip
-                missing = sorted(want - present)
-                if missing:
-                    self._misses[g] = self._misses.get(g, 0) + 1
-        if whole:
-            self._fetch_whole(g, max(length, size or 0))
-        elif missing or g not in self._parts:
-            self._fetch_chunks(g, size or 0, present, missing)
+            size = self.sizes.get(g)
+            if size is None:  # gc deleted it meanwhile
+                raise NotFound(f"extent group {group_file_name(g)} is not in "
+                               f"{self.backend.location}")
+            fresh = present is None
+            present = set() if present is None else present
+            chunks = -(-size // PART_CHUNK_BYTES)
+            if self._misses.get(g, 0) >= WHOLE_AFTER_MISSES:
+                spans = None
+            want = set(range(chunks)) if spans is None else {
+                c for off, n in spans if n > 0
+                for c in range(off // PART_CHUNK_BYTES,
+                               min(chunks, -(-(off + n) // PART_CHUNK_BYTES)))
+            }  # fmt: skip
+            missing = sorted(want - present)
+            if missing:
+                self._misses[g] = self._misses.get(g, 0) + 1
+        if missing or fresh:
+            self._fetch_chunks(g, size, present, missing)
         with self._cond:
             self._lru.move_to_end(g)
             path = self._partial(g) if g in self._parts else path
         return path, self.evict({g, *pinned})
-
-    def _fetch_whole(self, g: int, want: int) -> None:
-        path = self._cached(g)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:  # owner-only
-            try:
-                at = 0
-                while at < want:
-                    ask = min(FETCH_CHUNK_BYTES, want - at)
-                    chunk = self._get(g, at, ask)
-                    f.write(chunk)
-                    at += len(chunk)
-                    if len(chunk) < ask:
-                        break  # the object ends here
-            except BaseException:
-                f.close()
-                os.unlink(tmp)
-                raise
-        with self._cond:
-            os.replace(tmp, path)
-            self.fetches += 1
-            self._lru[g] = os.stat(path).st_size
 
     def _fetch_chunks(self, g: int, size: int, present: set[int], missing: list[int]) -> None:
         """Fetch chunks `missing` (sorted) of group g (object of `size` bytes) into its

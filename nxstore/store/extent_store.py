@@ -287,7 +287,7 @@ class ExtentStore:
         Corruption (the object is missing), ObjectStoreError, AuthenticationError."""
         assert self._remote is not None
         try:
-            path, evicted = self._remote.fetch(g, self._glen.get(g, 0), self._pinned, spans)
+            path, evicted = self._remote.fetch(g, self._pinned, spans)
         except NotFound:
             raise Corruption(f"extent group {group_file_name(g)} is missing from "
                              f"{self._remote.backend.location}") from None  # fmt: skip

@@ -227,10 +227,15 @@ def lock_group(vdisks: Sequence[VDisk], duplicate_error: str, *,
         yield members
 
 
+def _run_bounds(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays (starts, stops) of the runs of consecutive numbers in sorted `blocks`."""
+    breaks = np.flatnonzero(np.diff(blocks.astype(np.int64)) != 1) + 1
+    return np.r_[0, breaks], np.r_[breaks, blocks.size]
+
+
 def _runs(blocks: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) index pairs of the runs of consecutive numbers in sorted `blocks`."""
-    breaks = (np.flatnonzero(np.diff(blocks.astype(np.int64)) != 1) + 1).tolist()
-    return list(zip([0, *breaks], [*breaks, len(blocks)], strict=True))
+    return list(zip(*(a.tolist() for a in _run_bounds(blocks)), strict=True))
 
 
 def block_ranges(blocks: np.ndarray, block_size: int, size: int) -> list[tuple[int, int]]:
@@ -238,9 +243,9 @@ def block_ranges(blocks: np.ndarray, block_size: int, size: int) -> list[tuple[i
     if blocks.size == 0:
         return []
     blocks = blocks.astype(np.int64)
-    breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
-    starts = blocks[np.r_[0, breaks]] * block_size
-    ends = np.minimum((blocks[np.r_[breaks - 1, blocks.size - 1]] + 1) * block_size, size)
+    first, stop = _run_bounds(blocks)
+    starts = blocks[first] * block_size
+    ends = np.minimum((blocks[stop - 1] + 1) * block_size, size)
     return list(zip(starts.tolist(), (ends - starts).tolist(), strict=True))
 
 
@@ -346,7 +351,7 @@ class VDisk:
         dtype, order), OutOfRange (a block not wholly inside the vDisk), ReadOnly; nothing
         is written then."""
         bs = self._ctx.block_size
-        rows = np.asarray(data)
+        rows = np.ascontiguousarray(data)
         nums = np.asarray(blocks)
         if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != bs:
             raise InvalidArgument(f"write to {self.name}: data must be uint8 rows of {bs} bytes")
@@ -364,7 +369,7 @@ class VDisk:
         self._ctx.throttle()
         with self._lock:
             self._check_target(mirrored=False)
-            self._store_blocks(nums, np.ascontiguousarray(rows))
+            self._store_blocks(nums, rows)
             if self._mirror is not None:
                 for start, stop in _runs(nums):
                     self._mirror.write(self, int(nums[start]) * bs,
